@@ -1,0 +1,172 @@
+"""The synchronous and asynchronous MSService client."""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Union
+
+import grpc
+
+from mindserve._proto import ms_service_pb2 as pb
+from mindserve.client._convert import fill_tensor, value_of
+
+PREDICT = "/mindspore.serving.proto.MSService/Predict"
+MAX_MESSAGE_BYTES = 512 << 20
+
+Instances = Union[dict, Sequence[dict]]
+Result = Union[list, dict]
+
+
+def _check_str(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise RuntimeError(f"Parameter '{name}' should be str, but actually {type(value)}")
+    if not value:
+        raise RuntimeError(f"Parameter '{name}' should not be empty str")
+    return value
+
+
+class SSLConfig:
+    """TLS for a client: ``custom_ca`` (PEM path) to trust the server's certificate (the system roots when
+    None), and ``certificate`` plus ``private_key`` for servers that verify clients (mutual TLS)."""
+
+    def __init__(self, certificate: Optional[str] = None, private_key: Optional[str] = None,
+                 custom_ca: Optional[str] = None):
+        for name, value in (("certificate", certificate), ("private_key", private_key), ("custom_ca", custom_ca)):
+            if value is not None:
+                _check_str(name, value)
+        if (certificate is None) != (private_key is None):
+            raise RuntimeError("The certificate and private_key should be passed at the same time")
+        self.certificate = certificate
+        self.private_key = private_key
+        self.custom_ca = custom_ca
+
+
+def _read(path: Optional[str]) -> Optional[bytes]:
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _grpc_error(error: grpc.RpcError) -> dict:
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    details = error.details() if hasattr(error, "details") else str(error)
+    return {"error": f"Grpc Error, {code.value}, {details}"}
+
+
+def _parse_reply(reply: pb.PredictReply, count: int) -> Result:
+    errors = reply.error_msg
+    if len(errors) == 1 and errors[0].error_code != 0:
+        return {"error": errors[0].error_msg.decode(errors="replace")}
+    if errors and len(errors) != count:
+        raise RuntimeError(f"error msg result size {len(errors)} not be 0, 1 or length of instances {count}")
+    results = []
+    for i, instance in enumerate(reply.instances):
+        if errors and errors[i].error_code != 0:
+            results.append({"error": errors[i].error_msg.decode(errors="replace")})
+        else:
+            results.append({name: value_of(tensor) for name, tensor in instance.items.items()})
+    return results
+
+
+class ClientAsyncResult:
+    """The pending result of ``Client.infer_async``."""
+
+    def __init__(self, future: Optional[grpc.Future], count: int, error: Optional[dict] = None):
+        self._future = future
+        self._count = count
+        self._error = error
+
+    def result(self, timeout: Optional[float] = None) -> Result:
+        """Wait for the reply and return what ``Client.infer`` would have returned."""
+        if self._error is not None:
+            return self._error
+        try:
+            return _parse_reply(self._future.result(timeout), self._count)
+        except grpc.RpcError as error:
+            return _grpc_error(error)
+
+
+class Client:
+    """A client of one method of one servable.
+
+    Args:
+        address: ``"host:port"`` or ``"unix:/path"``.
+        servable_name: the servable to call.
+        method_name: its method.
+        version_number: a version, or 0 for the newest one the server runs.
+        ssl_config: ``SSLConfig`` to connect with TLS.
+    """
+
+    def __init__(self, address: str, servable_name: str, method_name: str, version_number: int = 0,
+                 ssl_config: Optional[SSLConfig] = None):
+        _check_str("address", address)
+        _check_str("servable_name", servable_name)
+        _check_str("method_name", method_name)
+        if isinstance(version_number, bool) or not isinstance(version_number, int):
+            raise RuntimeError(f"Parameter 'version_number' should be int, but actually {type(version_number)}")
+        if version_number < 0:
+            raise RuntimeError("Parameter 'version_number' should be >= 0")
+        if ssl_config is not None and not isinstance(ssl_config, SSLConfig):
+            raise RuntimeError("The type of ssl_config should be type of SSLConfig")
+        self.address = address
+        self.servable_name = servable_name
+        self.method_name = method_name
+        self.version_number = version_number
+        options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+        if ssl_config is None:
+            self._channel = grpc.insecure_channel(address, options=options)
+        else:
+            credentials = grpc.ssl_channel_credentials(root_certificates=_read(ssl_config.custom_ca),
+                                                       private_key=_read(ssl_config.private_key),
+                                                       certificate_chain=_read(ssl_config.certificate))
+            self._channel = grpc.secure_channel(address, credentials, options=options)
+        self._predict = self._channel.unary_unary(PREDICT, request_serializer=pb.PredictRequest.SerializeToString,
+                                                  response_deserializer=pb.PredictReply.FromString)
+
+    def _request(self, instances: Instances) -> pb.PredictRequest:
+        if not isinstance(instances, (list, tuple)):
+            instances = (instances,)
+        request = pb.PredictRequest()
+        request.servable_spec.name = self.servable_name
+        request.servable_spec.method_name = self.method_name
+        request.servable_spec.version_number = self.version_number
+        for instance in instances:
+            if not isinstance(instance, dict):
+                raise RuntimeError("instance should be a map")
+            items = request.instances.add().items
+            for name, value in instance.items():
+                if not isinstance(name, str):
+                    raise RuntimeError(f"instance key should be str, but actually {type(name)}")
+                fill_tensor(items[name], name, value)
+        return request
+
+    def infer(self, instances: Instances) -> Result:
+        """Call the method on one instance (a dict of input name to value) or a list of them.
+
+        Returns a list with one dict per instance (output name to numpy array, str or bytes; ``{"error": msg}``
+        for a failed instance), or one ``{"error": msg}`` dict when the whole request failed.
+        """
+        request = self._request(instances)
+        try:
+            reply = self._predict(request)
+        except grpc.RpcError as error:
+            return _grpc_error(error)
+        return _parse_reply(reply, len(request.instances))
+
+    def infer_async(self, instances: Instances) -> ClientAsyncResult:
+        """Like ``infer`` without waiting: ``.result()`` on the returned object gives what ``infer`` returns."""
+        request = self._request(instances)
+        try:
+            future = self._predict.future(request)
+        except grpc.RpcError as error:
+            return ClientAsyncResult(None, 0, _grpc_error(error))
+        return ClientAsyncResult(future, len(request.instances))
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()

@@ -1,0 +1,67 @@
+"""Python values <-> MSService tensors, on the client side."""
+from __future__ import annotations
+
+from typing import Any, Union
+
+import numpy as np
+
+from mindserve import _dtypes
+from mindserve._proto import ms_service_pb2 as pb
+
+# Python scalars become 1-element arrays of these types (fixed, not platform-dependent)
+_SCALAR_DTYPES = ((bool, np.bool_), (int, np.int64), (float, np.float64))
+
+
+def _fill_array(tensor: pb.Tensor, array: np.ndarray) -> None:
+    code = _dtypes.code_of_array(array)
+    if code is None:
+        if array.dtype.byteorder == ">" and array.dtype.newbyteorder("<") in _dtypes.CODE_OF:
+            array = array.astype(array.dtype.newbyteorder("<"))
+            code = _dtypes.code_of_array(array)
+        else:
+            raise RuntimeError(f"Unknown data type {array.dtype}")
+    tensor.dtype = code
+    tensor.shape.dims.extend(array.shape)
+    tensor.data = array.tobytes()
+
+
+def fill_tensor(tensor: pb.Tensor, name: str, value: Any) -> None:
+    """Encode one input value: numpy arrays and scalars keep dtype and shape; bool/int/float become 1-element
+    bool/int64/float64 arrays; str and bytes become single-item string/bytes tensors."""
+    if isinstance(value, (np.ndarray, np.generic)) and not isinstance(value, (np.str_, np.bytes_)):
+        _fill_array(tensor, np.asarray(value))
+        return
+    if isinstance(value, str):
+        tensor.dtype = _dtypes.MS_STRING
+        tensor.shape.dims.append(1)
+        tensor.bytes_val.append(value.encode())
+        return
+    if isinstance(value, bytes):
+        tensor.dtype = _dtypes.MS_BYTES
+        tensor.shape.dims.append(1)
+        tensor.bytes_val.append(value)
+        return
+    for python_type, dtype in _SCALAR_DTYPES:
+        if isinstance(value, python_type):
+            try:
+                array = np.array((value,), dtype=dtype)
+            except OverflowError:
+                raise RuntimeError(f"The value {value} of input '{name}' is out of the int64 range") from None
+            _fill_array(tensor, array)
+            return
+    raise RuntimeError(f"Not support value type {type(value)}")
+
+
+def value_of(tensor: pb.Tensor) -> Union[np.ndarray, str, bytes, list]:
+    """Decode one output tensor: numeric tensors as numpy arrays of their shape; a single-item string or bytes
+    tensor as str / bytes (several items: a list)."""
+    if tensor.dtype == _dtypes.MS_STRING:
+        items = [b.decode() for b in tensor.bytes_val]
+        return items[0] if len(items) == 1 else items
+    if tensor.dtype == _dtypes.MS_BYTES:
+        items = list(tensor.bytes_val)
+        return items[0] if len(items) == 1 else items
+    dtype = _dtypes.NUMPY_OF.get(tensor.dtype)
+    if dtype is None:
+        raise RuntimeError(f"Unknown data type {tensor.dtype} in the reply")
+    return np.frombuffer(tensor.data, dtype=dtype).reshape(tuple(tensor.shape.dims))

@@ -1,0 +1,80 @@
+"""The configuration objects of ``mindserve.server``, with MindSpore Serving's argument checks."""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+DEVICE_TYPES = ("cpu", "gpu", "ascend")
+
+
+def check_int(name: str, value, low: int, high: Optional[int] = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RuntimeError(f"Parameter '{name}' should be int, but actually {type(value)}")
+    if high is not None and not low <= value <= high:
+        raise RuntimeError(f"Parameter '{name}' should be in range [{low},{high}]")
+    if value < low:
+        raise RuntimeError(f"Parameter '{name}' should be >= {low}")
+    return value
+
+
+def check_str(name: str, value) -> str:
+    if not isinstance(value, str):
+        raise RuntimeError(f"Parameter '{name}' should be str, but actually {type(value)}")
+    if not value:
+        raise RuntimeError(f"Parameter '{name}' should not be empty str")
+    return value
+
+
+class ServableStartConfig:
+    """Which servable to start, from where, on which devices.
+
+    Args:
+        servable_directory: the folder that holds servable folders.
+        servable_name: the servable's folder name, holding servable_config.py and version folders.
+        device_ids: one worker process is started per device id (an int or a sequence of ints).
+        version_number: the version folder to serve; 0 serves the newest one.
+        device_type: None or "CPU" (the default), "GPU" (ONNX Runtime's CUDA provider) or "Ascend", case ignored.
+        num_parallel_workers: accepted for compatibility; one worker runs per device id.
+    """
+
+    def __init__(self, servable_directory: str, servable_name: str,
+                 device_ids: Union[int, Sequence[int], None] = None, version_number: int = 0,
+                 device_type: Optional[str] = None, num_parallel_workers: int = 0):
+        self.servable_directory = check_str("servable_directory", servable_directory)
+        self.servable_name = check_str("servable_name", servable_name)
+        self.version_number = check_int("version_number", version_number, 0)
+        self.num_parallel_workers = check_int("num_parallel_workers", num_parallel_workers, 0, 64)
+        if device_ids is None:
+            device_ids = (0,)
+        elif isinstance(device_ids, int) and not isinstance(device_ids, bool):
+            device_ids = (device_ids,)
+        if not isinstance(device_ids, (list, tuple)) or not device_ids:
+            raise RuntimeError(f"Parameter 'device_ids' should be int or tuple/list of int, but actually {device_ids!r}")
+        for item in device_ids:
+            if isinstance(item, bool) or not isinstance(item, int):
+                raise RuntimeError(f"Parameter 'device_ids' should be int or tuple/list of int, but actually "
+                                   f"{device_ids!r}")
+            if item < 0:
+                raise RuntimeError(f"The item value '{item}' in parameter 'device_ids' should be >= 0")
+        if len(set(device_ids)) != len(device_ids):
+            raise RuntimeError(f"The item value in parameter 'device_ids' should not be repeated: {list(device_ids)}")
+        self.device_ids = tuple(device_ids)
+        if device_type is not None and (not isinstance(device_type, str) or device_type.lower() not in DEVICE_TYPES):
+            raise RuntimeError(f"Unsupported device type '{device_type}', only support 'Ascend', 'GPU', 'CPU' and "
+                               f"None, case ignored")
+        self.device_type = device_type.lower() if device_type else None
+
+
+class SSLConfig:
+    """TLS for a server: its certificate chain and private key (PEM file paths); with ``verify_client=True``
+    clients must present a certificate signed by ``custom_ca`` (mutual TLS)."""
+
+    def __init__(self, certificate: str, private_key: str, custom_ca: Optional[str] = None,
+                 verify_client: bool = False):
+        self.certificate = check_str("certificate", certificate)
+        self.private_key = check_str("private_key", private_key)
+        self.custom_ca = check_str("custom_ca", custom_ca) if custom_ca is not None else None
+        if not isinstance(verify_client, bool):
+            raise RuntimeError(f"Parameter 'verify_client' should be bool, but actually {type(verify_client)}")
+        if verify_client and self.custom_ca is None:
+            raise RuntimeError("Parameter 'custom_ca' should be given when 'verify_client' is True")
+        self.verify_client = verify_client

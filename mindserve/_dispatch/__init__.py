@@ -1,0 +1,1 @@
+"""From a request for (servable, method, version) to the worker that runs it, and its results back."""

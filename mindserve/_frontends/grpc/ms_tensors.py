@@ -1,0 +1,66 @@
+"""MSService tensors <-> the server's RawTensor, with every check a client's tensor must pass.
+
+Nothing is allocated from a declared shape: the byte count implied by shape and dtype is computed with Python
+integers (no overflow) and compared with the bytes actually received before anything else is done.
+"""
+from __future__ import annotations
+
+import math
+
+from mindserve import _dtypes
+from mindserve._errors import INVALID_INPUTS, ServingError
+from mindserve._proto import ms_service_pb2 as pb
+from mindserve._tensor import RawTensor
+
+_TEXT_TYPES = (_dtypes.MS_STRING, _dtypes.MS_BYTES)
+
+
+def _invalid(name: str, detail: str) -> ServingError:
+    return ServingError(INVALID_INPUTS, f"Instances input {name} check failed, detail: {detail}")
+
+
+def tensor_from_proto(name: str, tensor: pb.Tensor) -> RawTensor:
+    """The validated tensor of input ``name``; ServingError(INVALID_INPUTS) naming the problem otherwise."""
+    code = tensor.dtype
+    dims = tuple(tensor.shape.dims)
+    if any(d < 0 for d in dims):
+        raise _invalid(name, f"Tensor check failed: input shape {list(dims)} invalid")
+    if tensor.WhichOneof("tensor_data") == "shm_data":
+        raise _invalid(name, "Tensor check failed: shared memory tensor data is not supported by this server")
+    dtype = _dtypes.NUMPY_OF.get(code)
+    if dtype is not None:
+        if tensor.bytes_val:
+            raise _invalid(name, f"Tensor check failed: bytes_val is only for string and bytes tensors, not "
+                                 f"{_dtypes.NAME_OF[code]}")
+        data = tensor.data
+        expected = math.prod(dims) * dtype.itemsize
+        if len(data) != expected:
+            raise _invalid(name, f"Tensor check failed: input data size {len(data)} invalid, shape {list(dims)} of "
+                                 f"{_dtypes.NAME_OF[code]} needs {expected} bytes")
+        return RawTensor(code, dims, data)
+    if code in _TEXT_TYPES:
+        if len(tensor.bytes_val) != 1:
+            raise _invalid(name, "Instance tensor check failed: bytes or string type shape batch size can only be 1")
+        if dims not in ((), (1,)):
+            raise _invalid(name, f"Instance tensor check failed: bytes or string type input shape can only be (1,) or "
+                                 f"empty, but given shape is {list(dims)}")
+        data = tensor.bytes_val[0]
+        if code == _dtypes.MS_STRING:
+            try:
+                data.decode()
+            except UnicodeDecodeError:
+                raise _invalid(name, "Instance tensor check failed: string input is not valid UTF-8") from None
+        return RawTensor(code, (), data)
+    label = _dtypes.NAME_OF.get(code, str(code))
+    raise _invalid(name, f"Tensor check failed: input data type {label} invalid")
+
+
+def tensor_to_proto(raw: RawTensor, tensor: pb.Tensor) -> None:
+    """Fill ``tensor`` from an output; str and bytes outputs become single-item tensors of shape [1]."""
+    tensor.dtype = raw.dtype
+    if raw.dtype in _TEXT_TYPES:
+        tensor.shape.dims.append(1)
+        tensor.bytes_val.append(bytes(raw.data))
+    else:
+        tensor.shape.dims.extend(raw.shape)
+        tensor.data = bytes(raw.data)

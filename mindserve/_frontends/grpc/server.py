@@ -1,0 +1,98 @@
+"""The gRPC server of the master: one grpc.aio server per address, TCP ``host:port`` or ``unix:/path``, with
+optional TLS / mutual TLS and a message size limit."""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import grpc
+
+from mindserve._config import SSLConfig
+
+UNIX_PREFIX = "unix:"
+
+
+def unix_socket_path(address: str) -> Optional[str]:
+    """The file of a ``unix:`` address (``unix:/abs``, ``unix:///abs`` or ``unix:relative``), else None."""
+    if not address.startswith(UNIX_PREFIX):
+        return None
+    path = address[len(UNIX_PREFIX):]
+    if path.startswith("//"):
+        path = path[2:]
+    return path
+
+
+def check_address(address: str) -> None:
+    if not isinstance(address, str) or not address:
+        raise RuntimeError(f"Parameter 'address' should be a non-empty str, but actually {address!r}")
+    if address.startswith("unix-abstract:"):
+        raise RuntimeError("unix-abstract: addresses are not supported: they cannot be protected by file "
+                           "permissions; use unix:/path")
+    if address.startswith(UNIX_PREFIX):
+        if not unix_socket_path(address):
+            raise RuntimeError(f"the unix socket address '{address}' has no path")
+    elif ":" not in address:
+        raise RuntimeError(f"the address '{address}' should be 'host:port' or 'unix:/path'")
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise RuntimeError(f"cannot read the {what} file '{path}': {exc.strerror}") from None
+
+
+def server_credentials(ssl_config: SSLConfig) -> grpc.ServerCredentials:
+    key = _read(ssl_config.private_key, "private key")
+    cert = _read(ssl_config.certificate, "certificate")
+    ca = _read(ssl_config.custom_ca, "CA certificate") if ssl_config.custom_ca else None
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
+                                       require_client_auth=ssl_config.verify_client)
+
+
+class GrpcServer:
+    """A started gRPC server listening on one address."""
+
+    def __init__(self, server: grpc.aio.Server, address: str):
+        self.server = server
+        self.address = address
+        self.socket_path = unix_socket_path(address)
+
+    @classmethod
+    async def start(cls, address: str, handlers: Sequence[grpc.GenericRpcHandler], max_msg_mb_size: int,
+                    ssl_config: Optional[SSLConfig]) -> "GrpcServer":
+        limit = max_msg_mb_size << 20
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),  # a second server on a busy port must fail, not share it
+        ])
+        server.add_generic_rpc_handlers(tuple(handlers))
+        credentials = server_credentials(ssl_config) if ssl_config else None
+        socket_path = unix_socket_path(address)
+        # A unix socket is created with owner-only permissions: the umask applies while gRPC binds it (the
+        # umask is process-wide, so this window is kept to the bind call), and chmod makes it certain.
+        old_umask = os.umask(0o177) if socket_path else None
+        try:
+            port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise RuntimeError(f"gRPC server failed to listen on {address}: {exc}") from None
+        finally:
+            if old_umask is not None:
+                os.umask(old_umask)
+        if not port:
+            raise RuntimeError(f"gRPC server failed to listen on {address}")
+        await server.start()
+        if socket_path and os.path.exists(socket_path):
+            os.chmod(socket_path, 0o600)
+        return cls(server, address)
+
+    async def stop(self, grace: float) -> None:
+        """Stop taking new calls, let calls in progress finish within ``grace`` seconds, remove the socket file."""
+        await self.server.stop(grace)
+        if self.socket_path:
+            try:
+                os.unlink(self.socket_path)
+            except FileNotFoundError:
+                pass

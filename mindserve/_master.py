@@ -1,0 +1,148 @@
+"""The master process's runtime: one asyncio loop in a background thread that runs the frontends, the
+dispatcher and worker supervision. The public ``mindserve.server`` functions are thin calls into it.
+
+``start_*`` return once their part is up; the process then keeps serving after the script's last line (an
+atexit hook waits) until ``stop()``, SIGINT or SIGTERM.
+"""
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import signal
+import threading
+from typing import Any, Coroutine, Optional
+
+from mindserve._config import ServableStartConfig, SSLConfig
+from mindserve._dispatch.dispatcher import Dispatcher
+from mindserve._frontends.grpc.ms_service import MSServiceHandler
+from mindserve._frontends.grpc.server import GrpcServer
+from mindserve._servable import directory
+from mindserve._supervision.servable_workers import ServableWorkers
+from mindserve._supervision.worker_process import WorkerSpec
+
+log = logging.getLogger("mindserve")
+
+DRAIN_GRACE_S = 10.0  # how long stop() lets requests in progress finish
+
+
+class Master:
+    def __init__(self) -> None:
+        self.dispatcher = Dispatcher()
+        self.grpc_servers: list[GrpcServer] = []
+        self.stopped = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="mindserve-master", daemon=True)
+        self._thread.start()
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+        self._loop.close()
+
+    def call(self, coro: Coroutine) -> Any:
+        """Run ``coro`` on the master loop and wait for its result (from any other thread)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    async def start_servables(self, configs: list[ServableStartConfig]) -> None:
+        groups = []
+        for config in configs:
+            directory.servable_path(config.servable_directory, config.servable_name)
+            version = directory.resolve_version(config.servable_directory, config.servable_name,
+                                                config.version_number)
+            if self.dispatcher.has(config.servable_name, version) or any(
+                    g.name == config.servable_name and g.version == version for g in groups):
+                raise RuntimeError(f"servable {config.servable_name} version {version} has already been started")
+            groups.append(ServableWorkers([
+                WorkerSpec(config.servable_directory, config.servable_name, version, device_id, config.device_type)
+                for device_id in config.device_ids]))
+        outcomes = await asyncio.gather(*(g.start() for g in groups), return_exceptions=True)
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        if failed:
+            await asyncio.gather(*(g.stop() for g, o in zip(groups, outcomes) if o is None), return_exceptions=True)
+            raise failed[0]
+        for group in groups:
+            self.dispatcher.add(group)
+            log.info("servable %s version %d ready on %d worker(s)", group.name, group.version, len(group.workers))
+
+    async def start_grpc_server(self, address: str, max_msg_mb_size: int, ssl_config: Optional[SSLConfig]) -> None:
+        handlers = [MSServiceHandler(self.dispatcher).rpc_handlers()]
+        server = await GrpcServer.start(address, handlers, max_msg_mb_size, ssl_config)
+        self.grpc_servers.append(server)
+        log.info("gRPC server listening on %s%s", address, " (TLS)" if ssl_config else "")
+
+    async def _shutdown(self) -> None:
+        await asyncio.gather(*(s.stop(DRAIN_GRACE_S) for s in self.grpc_servers), return_exceptions=True)
+        await asyncio.gather(*(g.stop() for g in self.dispatcher.groups()), return_exceptions=True)
+
+    def stop(self) -> None:
+        """Drain and stop the servers, end the workers, end the loop thread. Idempotent."""
+        if self.stopped.is_set():
+            return
+        try:
+            self.call(self._shutdown())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            if threading.current_thread() is not self._thread:
+                self._thread.join()
+            self.stopped.set()
+
+
+_lock = threading.Lock()
+_master: Optional[Master] = None
+_waiting_at_exit = False
+_previous_handlers: dict = {}
+
+
+def get_master() -> Master:
+    """The running master, started (with its signal handlers and exit hook) on first use."""
+    global _master
+    with _lock:
+        if _master is None or _master.stopped.is_set():
+            _master = Master()
+            _install_signal_handlers()
+        return _master
+
+
+def stop() -> None:
+    with _lock:
+        master = _master
+    if master is not None:
+        master.stop()
+
+
+def _wait_at_exit() -> None:
+    """atexit hook: keep a serving process alive after its script ends, until stop() or a signal."""
+    global _waiting_at_exit
+    master = _master
+    if master is None or master.stopped.is_set():
+        return
+    _waiting_at_exit = True
+    while not master.stopped.wait(0.5):  # wakes for signal handlers too
+        pass
+
+
+def _on_signal(signum: int, frame) -> None:
+    stop()
+    if _waiting_at_exit:
+        return  # the exit hook returns now and the process ends normally
+    previous = _previous_handlers.get(signum)
+    if callable(previous):
+        previous(signum, frame)
+    elif previous == signal.SIG_DFL:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
+def _install_signal_handlers() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals can only be handled by the main thread; stop() still works
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        current = signal.getsignal(signum)
+        if current is not _on_signal:
+            _previous_handlers[signum] = current
+            signal.signal(signum, _on_signal)
+
+
+atexit.register(_wait_at_exit)

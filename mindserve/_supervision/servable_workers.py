@@ -1,0 +1,88 @@
+"""The workers of one servable version, one per device id: picking one for a job, restarting the dead."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Optional
+
+from mindserve._supervision.worker_process import WorkerProcess, WorkerSpec
+
+log = logging.getLogger("mindserve")
+
+RESTART_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # back-off between restarts of a worker that keeps failing
+
+
+class ServableWorkers:
+    """All workers of (servable, version). ``methods`` maps each method to its input and output names, as the
+    workers reported them (the master never imports servable code itself)."""
+
+    def __init__(self, specs: list[WorkerSpec]):
+        self.specs = specs
+        self.name = specs[0].name
+        self.version = specs[0].version
+        self.methods: dict = {}
+        self.workers: list[WorkerProcess] = []
+        self._next = 0
+        self._stopping = asyncio.Event()
+        self._restarts: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        """Start one worker per device concurrently; if any fails, stop the others and raise its error."""
+        workers = [WorkerProcess(spec, self._on_exit) for spec in self.specs]
+        outcomes = await asyncio.gather(*(w.start() for w in workers), return_exceptions=True)
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        if errors:
+            await asyncio.gather(*(w.stop() for w in workers if w.alive), return_exceptions=True)
+            raise errors[0]
+        self.workers = workers
+        self.methods = workers[0].methods
+
+    @property
+    def ready(self) -> bool:
+        return any(w.alive for w in self.workers)
+
+    def pick(self) -> Optional[WorkerProcess]:
+        """The live worker with the fewest instances in flight; ties go round-robin so all devices are used."""
+        count = len(self.workers)
+        best = None
+        for k in range(count):
+            worker = self.workers[(self._next + k) % count]
+            if worker.alive and (best is None or worker.in_flight < best.in_flight):
+                best = worker
+        if best is not None:
+            self._next = (self.workers.index(best) + 1) % count
+        return best
+
+    def _on_exit(self, worker: WorkerProcess) -> None:
+        if self._stopping.is_set():
+            return
+        task = asyncio.get_running_loop().create_task(self._restart(worker))
+        self._restarts.add(task)
+        task.add_done_callback(self._restarts.discard)
+
+    async def _restart(self, dead: WorkerProcess) -> None:
+        """Replace a dead worker with a new process on the same device, backing off while starts fail."""
+        for attempt in range(1 << 30):
+            delay = RESTART_DELAYS_S[min(attempt, len(RESTART_DELAYS_S) - 1)]
+            try:
+                await asyncio.wait_for(self._stopping.wait(), delay)
+                return  # stopping: no more restarts
+            except asyncio.TimeoutError:
+                pass
+            fresh = WorkerProcess(dead.spec, self._on_exit)
+            try:
+                await fresh.start()
+            except Exception as exc:
+                log.error("restart of worker for %s failed: %s", dead.spec.describe(), exc)
+                continue
+            if self._stopping.is_set():
+                await fresh.stop()
+                return
+            self.workers[self.workers.index(dead)] = fresh
+            log.warning("worker for %s restarted (pid %s)", dead.spec.describe(), fresh.pid)
+            return
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        await asyncio.gather(*self._restarts, return_exceptions=True)  # a start under way finishes, then stops
+        await asyncio.gather(*(w.stop() for w in self.workers), return_exceptions=True)

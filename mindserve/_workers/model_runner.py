@@ -1,0 +1,134 @@
+"""Runs a declared model on lists of instances: checks each instance's inputs against the model, stacks them
+into batches of the model's batch size (padding a fixed batch), runs, and splits the outputs back."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from mindserve import _dtypes
+from mindserve._backends import BackendSession, TensorSpec
+from mindserve._errors import FAILED, INVALID_INPUTS, ServingError
+from mindserve._servable.definition import Model
+from mindserve._workers.batching import stack_rows
+
+InstanceResult = Union[tuple, ServingError]
+
+
+def _type_name(value) -> str:
+    if isinstance(value, str):
+        return _dtypes.NAME_OF[_dtypes.MS_STRING]
+    if isinstance(value, bytes):
+        return _dtypes.NAME_OF[_dtypes.MS_BYTES]
+    return _dtypes.NAME_OF.get(_dtypes.code_of_array(value), str(getattr(value, "dtype", type(value).__name__)))
+
+
+class ModelRunner:
+    """A loaded model (one backend session per subgraph) as the stages of a method use it."""
+
+    def __init__(self, model: Model, sessions: list[BackendSession], max_batch_size: Optional[int] = None):
+        self.model = model
+        self.sessions = sessions
+        self.max_batch_size = max_batch_size
+
+    def check_counts(self, inputs_count: int, outputs_count: int) -> None:
+        """Raise when add_stage's argument or output counts differ from the model's (checked at load)."""
+        for index, session in enumerate(self.sessions):
+            for what, given, actual in (("inputs", inputs_count, len(session.inputs)),
+                                        ("outputs", outputs_count, len(session.outputs))):
+                if given != actual:
+                    raise RuntimeError(f"The {what} count {given} in register_method not equal to the count {actual} "
+                                       f"defined in model, model info: {self.model.key}, subgraph: {index}")
+
+    def _session(self, subgraph: int) -> BackendSession:
+        if isinstance(subgraph, bool) or not isinstance(subgraph, int) or not 0 <= subgraph < len(self.sessions):
+            raise ServingError(FAILED, f"Model({self.model.key}).call() failed: The model does not have subgraph of "
+                                       f"index {subgraph}, the subgraph count of the model is {len(self.sessions)}")
+        return self.sessions[subgraph]
+
+    def _instance_shape(self, spec: TensorSpec) -> tuple[int, ...]:
+        return spec.shape[1:] if self.model.with_batch_dim else spec.shape
+
+    def _check_input(self, index: int, spec: TensorSpec, value) -> np.ndarray:
+        """The instance's value for model input ``index``, reshaped to the model's instance shape; raises
+        ServingError(INVALID_INPUTS) with MindSpore Serving's texts when dtype or size differ."""
+        if not isinstance(value, np.ndarray) or _dtypes.code_of_array(value) != spec.dtype:
+            raise ServingError(INVALID_INPUTS, f"Given model input {index} data type {_type_name(value)} not match the "
+                                               f"data type {_dtypes.NAME_OF.get(spec.dtype)} defined in model")
+        shape = self._instance_shape(spec)
+        if all(d >= 0 for d in shape):
+            expected = math.prod(shape) * value.itemsize
+            if value.nbytes != expected:
+                raise ServingError(INVALID_INPUTS, f"Given model input {index} size {value.nbytes} not match the size "
+                                                   f"{expected} defined in model")
+            return value.reshape(shape)
+        if len(value.shape) != len(shape) or any(d >= 0 and d != g for d, g in zip(shape, value.shape)):
+            raise ServingError(INVALID_INPUTS, f"Given model input {index} shape {list(value.shape)} not match the "
+                                               f"shape {list(shape)} defined in model")
+        return value
+
+    @staticmethod
+    def _fixed_batch_size(session: BackendSession) -> Optional[int]:
+        """Dim 0 of the first input when the model fixes it, else None."""
+        shape = session.inputs[0].shape if session.inputs else ()
+        return shape[0] if shape and shape[0] > 0 else None
+
+    def run(self, subgraph: int, instances: Sequence[tuple]) -> list[InstanceResult]:
+        """One output tuple, or a ServingError, per instance, in order."""
+        session = self._session(subgraph)
+        results: list[Optional[InstanceResult]] = [None] * len(instances)
+        ready: dict[tuple, list[int]] = {}  # instances grouped by input shapes, so that each group can stack
+        checked: list[list[np.ndarray]] = [[] for _ in instances]
+        for i, inputs in enumerate(instances):
+            if len(inputs) != len(session.inputs):
+                results[i] = ServingError(FAILED, f"Model({self.model.key}).call() failed: The inputs count "
+                                                  f"{len(inputs)} of instance {i} is not equal to the inputs count "
+                                                  f"{len(session.inputs)} of the model")
+                continue
+            try:
+                checked[i] = [self._check_input(k, spec, v) for k, (spec, v) in enumerate(zip(session.inputs, inputs))]
+            except ServingError as err:
+                results[i] = err
+                continue
+            ready.setdefault(tuple(a.shape for a in checked[i]), []).append(i)
+        for members in ready.values():
+            if self.model.with_batch_dim:
+                self._run_batched(session, members, checked, results)
+            else:
+                for i in members:
+                    self._run_group(session, [i], checked[i], results, batched=False)
+        return results  # type: ignore[return-value]
+
+    def _run_batched(self, session: BackendSession, members: list[int], checked: list, results: list) -> None:
+        """Run ``members`` in batches: of the model's fixed batch size (the last one padded), or for a variable
+        batch dim of at most ``max_batch_size`` instances (all of them when unbounded)."""
+        fixed = self._fixed_batch_size(session)
+        step = fixed or self.max_batch_size or len(members)
+        for start in range(0, len(members), step):
+            chunk = members[start:start + step]
+            feeds = []
+            for k in range(len(session.inputs)):
+                first = checked[chunk[0]][k]
+                feeds.append(stack_rows([checked[i][k] for i in chunk], fixed or len(chunk), first.shape, first.dtype))
+            self._run_group(session, chunk, feeds, results, batched=True)
+
+    def _run_group(self, session: BackendSession, members: list[int], feeds: list, results: list,
+                   batched: bool) -> None:
+        try:
+            outputs = session.run(feeds)
+        except Exception as exc:  # the runtime's own error, for these instances only
+            for i in members:
+                results[i] = ServingError(FAILED, f"Model({self.model.key}) run failed: {exc}")
+            return
+        if not batched:
+            results[members[0]] = tuple(outputs)
+            return
+        for j, out in enumerate(outputs):
+            if out.ndim == 0 or out.shape[0] < len(members):
+                for i in members:
+                    results[i] = ServingError(FAILED, f"Model({self.model.key}) output {j} shape {list(out.shape)} has "
+                                                      f"no batch dim of {len(members)} instances")
+                return
+        for row, i in enumerate(members):
+            results[i] = tuple(out[row] for out in outputs)

@@ -1,0 +1,64 @@
+"""Serving servables: start device workers for servable directories, serve them over gRPC, stop.
+
+Example::
+
+    from mindserve import server
+    server.start_servables(server.ServableStartConfig(servable_directory="servables", servable_name="add",
+                                                      device_ids=(0, 1)))
+    server.start_grpc_server(address="127.0.0.1:5500")   # or "unix:/tmp/add.sock", ssl_config=SSLConfig(...)
+
+The process keeps serving after the script ends, until ``stop()``, SIGINT or SIGTERM.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence, Union
+
+from mindserve._config import ServableStartConfig, SSLConfig, check_int
+from mindserve._frontends.grpc.server import check_address
+from mindserve._master import get_master, stop as _stop
+from mindserve.server import register
+
+__all__ = ["ServableStartConfig", "SSLConfig", "register", "start_servables", "start_grpc_server", "stop"]
+
+
+def _configure_logging() -> None:
+    logger = logging.getLogger("mindserve")
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[mindserve] %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def start_servables(servable_configs: Union[ServableStartConfig, Sequence[ServableStartConfig]]) -> None:
+    """Start the workers of one or more servables (or versions of one) and return once all are ready.
+
+    Raises RuntimeError naming the problem (missing directory, file or version, an error in servable_config.py,
+    a model that fails to load) and then leaves nothing of these servables running.
+    """
+    configs = [servable_configs] if isinstance(servable_configs, ServableStartConfig) else list(servable_configs)
+    for config in configs:
+        if not isinstance(config, ServableStartConfig):
+            raise RuntimeError(f"The item of parameter 'servable_configs' should be ServableStartConfig, but "
+                               f"actually {type(config)}")
+    _configure_logging()
+    master = get_master()
+    master.call(master.start_servables(configs))
+
+
+def start_grpc_server(address: str, max_msg_mb_size: int = 100, ssl_config: Optional[SSLConfig] = None) -> None:
+    """Serve MSService on ``address``: ``"host:port"`` or ``"unix:/path"`` (a socket file only the owner may
+    use). ``max_msg_mb_size`` in [1, 512] bounds request and reply sizes; ``ssl_config`` turns on TLS."""
+    check_address(address)
+    check_int("max_msg_mb_size", max_msg_mb_size, 1, 512)
+    if ssl_config is not None and not isinstance(ssl_config, SSLConfig):
+        raise RuntimeError("The type of ssl_config should be type of SSLConfig")
+    _configure_logging()
+    master = get_master()
+    master.call(master.start_grpc_server(address, max_msg_mb_size, ssl_config))
+
+
+def stop() -> None:
+    """Stop serving: let requests in progress finish, end every worker, remove unix socket files."""
+    _stop()

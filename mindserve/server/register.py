@@ -1,0 +1,14 @@
+"""The API that a servable's ``servable_config.py`` uses to declare models and register methods.
+
+Example::
+
+    from mindserve.server import register
+    model = register.declare_model(model_file="tensor_add.onnx", model_format="ONNX", with_batch_dim=False)
+
+    @register.register_method(output_names=["y"])
+    def add_common(x1, x2):
+        return register.add_stage(model, x1, x2, outputs_count=1)
+"""
+from mindserve._servable.definition import Model, add_stage, declare_model, register_method
+
+__all__ = ["Model", "add_stage", "declare_model", "register_method"]

@@ -1,0 +1,17 @@
+/* batch_copy.h - gather instance tensors into one batch buffer and scatter a batch back into instances.
+ *
+ * A batch buffer is `rows` rows of `row_size` bytes each, row i being instance i. Models with a batch
+ * dimension take such buffers; these functions move instance data in and out with one memcpy per instance
+ * and no Python in between, so callers can run them with the GIL released. */
+#ifndef MINDSERVE_BATCH_COPY_H
+#define MINDSERVE_BATCH_COPY_H
+
+#include <stddef.h>
+
+int ms_gather_rows(void *dst, size_t dst_size, size_t row_size,
+                   const void *const *srcs, const size_t *src_sizes, size_t count);
+
+int ms_scatter_rows(const void *src, size_t src_size, size_t row_size,
+                    void *const *dsts, const size_t *dst_sizes, size_t count);
+
+#endif

@@ -1,0 +1,26 @@
+"""cffi build script for ``mindserve._native`` (out-of-line API mode).
+
+setup.py names ``native/build_native.py:ffibuilder`` in ``cffi_modules``; running this file directly builds the
+module in place for development: ``python native/build_native.py``.
+"""
+import os
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCES = ["batch_copy.c"]
+
+ffibuilder = FFI()
+with open(os.path.join(HERE, "native.cdef")) as f:
+    ffibuilder.cdef(f.read())
+
+ffibuilder.set_source(
+    "mindserve._native",
+    '#include "batch_copy.h"\n',
+    sources=[os.path.relpath(os.path.join(HERE, s)) for s in SOURCES],
+    include_dirs=[os.path.relpath(HERE)],
+    extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(tmpdir=os.path.dirname(HERE), verbose=True)

@@ -1,0 +1,75 @@
+"""Packaging for mindserve.
+
+Besides the pure-Python packages this builds two outputs that are never committed:
+- ``mindserve._native``, the C core in ``native/``, through cffi (``cffi_modules``);
+- the protobuf modules for the ``.proto`` files in ``mindserve/_proto/``, through grpcio-tools' protoc.
+``client/`` is installed as ``mindserve.client``.
+"""
+import glob
+import os
+
+from setuptools import Command, find_packages, setup
+from setuptools.command.build_py import build_py
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def generate_protos() -> None:
+    """Compile every mindserve/_proto/*.proto into *_pb2.py beside it (message classes only: the gRPC
+    services are registered by hand so that mindserve parses and validates requests itself)."""
+    from grpc_tools import protoc
+
+    protos = sorted(glob.glob(os.path.join(HERE, "mindserve", "_proto", "*.proto")))
+    include = os.path.join(os.path.dirname(protoc.__file__), "_proto")
+    for proto in protos:
+        args = ["protoc", f"-I{HERE}", f"-I{include}", f"--python_out={HERE}", os.path.relpath(proto, HERE)]
+        if protoc.main(args) != 0:
+            raise RuntimeError(f"protoc failed on {proto}")
+
+
+class BuildProtos(Command):
+    """``python setup.py build_protos``: regenerate the protobuf modules in the source tree."""
+
+    user_options: list = []
+
+    def initialize_options(self) -> None:
+        pass
+
+    def finalize_options(self) -> None:
+        pass
+
+    def run(self) -> None:
+        generate_protos()
+
+
+class BuildPyWithProtos(build_py):
+    def run(self) -> None:
+        generate_protos()
+        super().run()
+
+
+packages = [p for p in find_packages(include=["mindserve", "mindserve.*"])]
+setup(
+    name="mindserve",
+    version="0.1.0",
+    description="Model serving in the style of MindSpore Serving: servables, device workers, gRPC with TLS",
+    python_requires=">=3.9",
+    packages=packages + ["mindserve.client"],
+    package_dir={"mindserve.client": "client"},
+    package_data={"mindserve._proto": ["*.proto"]},
+    install_requires=[
+        "grpcio>=1.76",
+        "protobuf>=6.31.1,<7",
+        "numpy>=1.23",
+        "cffi>=1.16",
+        "pyyaml>=6",
+    ],
+    extras_require={
+        "onnx": ["onnxruntime>=1.17"],
+        "test": ["pytest>=8", "trustme>=1.1", "onnx>=1.15", "onnxruntime>=1.17"],
+    },
+    setup_requires=[],
+    cffi_modules=["native/build_native.py:ffibuilder"],
+    cmdclass={"build_py": BuildPyWithProtos, "build_protos": BuildProtos},
+    zip_safe=False,
+)
