@@ -5,6 +5,7 @@ from typing import Any, Optional, Sequence, Union
 
 import grpc
 
+from mindserve._checks import check_int, check_str
 from mindserve._proto import ms_service_pb2 as pb
 from mindserve.client._convert import fill_tensor, value_of
 
@@ -15,14 +16,6 @@ Instances = Union[dict, Sequence[dict]]
 Result = Union[list, dict]
 
 
-def _check_str(name: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise RuntimeError(f"Parameter '{name}' should be str, but actually {type(value)}")
-    if not value:
-        raise RuntimeError(f"Parameter '{name}' should not be empty str")
-    return value
-
-
 class SSLConfig:
     """TLS for a client: ``custom_ca`` (PEM path) to trust the server's certificate (the system roots when
     None), and ``certificate`` plus ``private_key`` for servers that verify clients (mutual TLS)."""
@@ -31,7 +24,7 @@ class SSLConfig:
                  custom_ca: Optional[str] = None):
         for name, value in (("certificate", certificate), ("private_key", private_key), ("custom_ca", custom_ca)):
             if value is not None:
-                _check_str(name, value)
+                check_str(name, value)
         if (certificate is None) != (private_key is None):
             raise RuntimeError("The certificate and private_key should be passed at the same time")
         self.certificate = certificate
@@ -98,13 +91,10 @@ class Client:
 
     def __init__(self, address: str, servable_name: str, method_name: str, version_number: int = 0,
                  ssl_config: Optional[SSLConfig] = None):
-        _check_str("address", address)
-        _check_str("servable_name", servable_name)
-        _check_str("method_name", method_name)
-        if isinstance(version_number, bool) or not isinstance(version_number, int):
-            raise RuntimeError(f"Parameter 'version_number' should be int, but actually {type(version_number)}")
-        if version_number < 0:
-            raise RuntimeError("Parameter 'version_number' should be >= 0")
+        check_str("address", address)
+        check_str("servable_name", servable_name)
+        check_str("method_name", method_name)
+        check_int("version_number", version_number, 0)
         if ssl_config is not None and not isinstance(ssl_config, SSLConfig):
             raise RuntimeError("The type of ssl_config should be type of SSLConfig")
         self.address = address

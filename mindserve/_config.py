@@ -3,25 +3,9 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Union
 
+from mindserve._checks import check_int, check_str
+
 DEVICE_TYPES = ("cpu", "gpu", "ascend")
-
-
-def check_int(name: str, value, low: int, high: Optional[int] = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise RuntimeError(f"Parameter '{name}' should be int, but actually {type(value)}")
-    if high is not None and not low <= value <= high:
-        raise RuntimeError(f"Parameter '{name}' should be in range [{low},{high}]")
-    if value < low:
-        raise RuntimeError(f"Parameter '{name}' should be >= {low}")
-    return value
-
-
-def check_str(name: str, value) -> str:
-    if not isinstance(value, str):
-        raise RuntimeError(f"Parameter '{name}' should be str, but actually {type(value)}")
-    if not value:
-        raise RuntimeError(f"Parameter '{name}' should not be empty str")
-    return value
 
 
 class ServableStartConfig:

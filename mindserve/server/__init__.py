@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 from typing import Optional, Sequence, Union
 
-from mindserve._config import ServableStartConfig, SSLConfig, check_int
+from mindserve._checks import check_int
+from mindserve._config import ServableStartConfig, SSLConfig
 from mindserve._frontends.grpc.server import check_address
 from mindserve._master import get_master, stop as _stop
 from mindserve.server import register
