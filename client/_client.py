@@ -103,6 +103,10 @@ class Client:
         self.version_number = version_number
         options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+        if ssl_config is not None and address.startswith("unix:"):
+            # gRPC's default authority for a unix: target is the socket path, while a server certificate names a
+            # host: verify it against localhost, as for a local TCP server
+            options.append(("grpc.default_authority", "localhost"))
         if ssl_config is None:
             self._channel = grpc.insecure_channel(address, options=options)
         else:

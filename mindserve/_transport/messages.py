@@ -26,10 +26,15 @@ class FrameError(Exception):
     """A frame or a tensor descriptor that does not describe its payload."""
 
 
+def _byte_view(buffer: Any) -> Union[memoryview, bytes]:
+    view = memoryview(buffer)
+    return view.cast("B") if view.nbytes else b""  # cast() refuses views with a zero in their shape
+
+
 def encode_frame(header: dict, buffers: Iterable[Any] = ()) -> list:
     """The pieces of one frame, ready for ``writelines``/``sendmsg`` (buffers are not copied)."""
     head = json.dumps(header, separators=(",", ":")).encode()
-    bufs = [memoryview(b).cast("B") if not isinstance(b, bytes) else b for b in buffers]
+    bufs = [b if isinstance(b, bytes) else _byte_view(b) for b in buffers]
     total = sum(len(b) for b in bufs)
     return [PREFIX.pack(len(head), total), head, *bufs]
 
@@ -52,7 +57,9 @@ def pack_value(value: Value, buffers: list) -> list:
         data = bytes(value)
         buffers.append(data)
         return [_dtypes.MS_BYTES, [], len(data)]
-    array = np.ascontiguousarray(value)
+    array = np.asarray(value)
+    if not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array)  # (only here: it would turn a 0-d array into a 1-d one)
     code = _dtypes.code_of_array(array)
     if code is None:
         raise TypeError(f"unsupported tensor data type {array.dtype}")

@@ -30,7 +30,7 @@ def to_output_value(value: Any) -> Value:
     if isinstance(value, (bool, int, float, np.generic)):
         value = np.asarray(value)
     if isinstance(value, np.ndarray) and _dtypes.code_of_array(value) is not None:
-        return np.ascontiguousarray(value)
+        return value if value.flags.c_contiguous else np.ascontiguousarray(value)  # keeps 0-d arrays 0-d
     kind = f"numpy array of {value.dtype}" if isinstance(value, np.ndarray) else str(type(value))
     raise TypeError(f"unsupported type {kind}, a method output must be a numpy array, str, bytes or a scalar")
 
