@@ -32,6 +32,7 @@ class Master:
         self.dispatcher = Dispatcher()
         self.grpc_servers: list[GrpcServer] = []
         self.stopped = threading.Event()
+        self._stopping = threading.Lock()  # held for good by the first stop()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name="mindserve-master", daemon=True)
         self._thread.start()
@@ -77,8 +78,9 @@ class Master:
         await asyncio.gather(*(g.stop() for g in self.dispatcher.groups()), return_exceptions=True)
 
     def stop(self) -> None:
-        """Drain and stop the servers, end the workers, end the loop thread. Idempotent."""
-        if self.stopped.is_set():
+        """Drain and stop the servers, end the workers, end the loop thread. A second call while a stop is under
+        way (a second Ctrl-C, say) returns at once and leaves that stop to finish."""
+        if self.stopped.is_set() or not self._stopping.acquire(blocking=False):
             return
         try:
             self.call(self._shutdown())
@@ -117,6 +119,9 @@ def _wait_at_exit() -> None:
     global _waiting_at_exit
     master = _master
     if master is None or master.stopped.is_set():
+        return
+    if not master.grpc_servers and not master.dispatcher.groups():
+        master.stop()  # nothing is being served (start_servables failed, say): let the process end
         return
     _waiting_at_exit = True
     while not master.stopped.wait(0.5):  # wakes for signal handlers too

@@ -64,9 +64,8 @@ class ServerProcess:
             if left <= 0 or self.proc.poll() is not None and not select.select([self.proc.stdout], [], [], 0)[0]:
                 raise RuntimeError(f"server did not print {marker!r}; it printed:\n{self.output}")
             if select.select([self.proc.stdout], [], [], min(left, 0.5))[0]:
-                line = self.proc.stdout.readline()
-                if line:
-                    self.output += line
+                # os.read, not readline: a buffered reader could hold a second line that select cannot see
+                self.output += os.read(self.proc.stdout.fileno(), 65536).decode(errors="replace")
         return self.output
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:

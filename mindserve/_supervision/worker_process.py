@@ -74,7 +74,7 @@ class WorkerProcess:
         try:
             header, _ = await asyncio.wait_for(self._channel.recv(), START_TIMEOUT_S)
         except (asyncio.IncompleteReadError, ConnectionError):
-            code = await asyncio.get_running_loop().run_in_executor(None, self._process.wait)
+            code = await self._wait_exit(STOP_TIMEOUT_S)
             raise RuntimeError(f"worker of {spec.describe()} exited during start with exit code {code}") from None
         except asyncio.TimeoutError:
             self._kill()
@@ -114,7 +114,22 @@ class WorkerProcess:
             if not self._stopping:
                 log.error("worker of %s (pid %s) is gone: %s", self.spec.describe(), self.pid, exc)
         finally:
-            self._lost()
+            was_alive, self.alive = self.alive, False  # no new jobs from here on
+            if not self._stopping:  # the end of the stream comes first; give the exit code a moment to follow
+                await self._wait_exit(1.0)
+            self._lost(was_alive)
+
+    async def _wait_exit(self, timeout: float) -> Optional[int]:
+        """The process's exit code once it has exited, or None after ``timeout`` seconds.
+
+        Polls rather than waiting in an executor thread: a master that keeps serving after its script ended
+        runs inside the interpreter's exit, where executors no longer take work. Only exits are waited on
+        here, never requests."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._process.poll() is None and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        return self._process.returncode
 
     @staticmethod
     def _decode_results(header: dict, payload: bytearray) -> list:
@@ -128,9 +143,8 @@ class WorkerProcess:
                 results.append(reader.take_raws(item["outputs"]))
         return results
 
-    def _lost(self) -> None:
+    def _lost(self, was_alive: bool) -> None:
         """The channel is closed: fail what was in flight, then tell the owner (once)."""
-        was_alive, self.alive = self.alive, False
         code = self._process.poll() if self._process else None
         reason = "was stopped" if self._stopping else f"exited unexpectedly (exit code {code})"
         error = ServingError(WORKER_UNAVAILABLE, f"worker of {self.spec.describe()} {reason}, the request was not "
@@ -148,13 +162,10 @@ class WorkerProcess:
             self._process.kill()
 
     async def _reap(self) -> None:
-        if self._process:
-            try:
-                await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, self._process.wait),
-                                       STOP_TIMEOUT_S)
-            except asyncio.TimeoutError:
-                self._kill()
-                await asyncio.get_running_loop().run_in_executor(None, self._process.wait)
+        """Wait for the process to end (killing it after STOP_TIMEOUT_S) and close the channel."""
+        if self._process and await self._wait_exit(STOP_TIMEOUT_S) is None:
+            self._kill()
+            await self._wait_exit(STOP_TIMEOUT_S)
         if self._channel:
             self._channel.close()
 
