@@ -2,14 +2,13 @@
 that is killed outright."""
 import os
 import signal
-import textwrap
 import time
 
 import numpy as np
 import pytest
 
 import servable_factory
-from conftest import child_pids, free_port, pid_alive, start_server as _start_server
+from conftest import child_pids, free_port, pid_alive, start_server
 from mindserve.client import Client
 
 SLOW_CONFIG = '''
@@ -30,13 +29,6 @@ def slow(x):
 '''
 
 
-def start_server(tmp_path, body: str, address: str):
-    """conftest.start_server with the server's INFO logging off: conftest's reader takes one line per select()
-    wake-up, so several lines that arrive together can leave READY unread in its buffer (see the report)."""
-    return _start_server(tmp_path, "import logging\nlogging.basicConfig(level=logging.WARNING)\n"
-                         + textwrap.dedent(body), address)
-
-
 @pytest.fixture
 def slow_dir(tmp_path) -> str:
     root = str(tmp_path / "servables")
@@ -55,7 +47,7 @@ def _worker_pids(address: str, count: int) -> set:
     """The pids of the echo workers, from ``worker_pid`` requests until ``count`` different ones answered."""
     pids = set()
     for _ in range(4 * count):
-        result = Client(address, "echo", "worker_pid").infer({"x": np.zeros(1, np.float32)})
+        result = Client(address, "echo", "worker_pid").infer_async({"x": np.zeros(1, np.float32)}).result(20)
         assert isinstance(result, list), result
         pids.add(int(result[0]["pid"][0]))
         if len(pids) == count:

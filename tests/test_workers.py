@@ -2,14 +2,13 @@
 happens when a worker process is killed."""
 import os
 import signal
-import textwrap
 import time
 
 import numpy as np
 import pytest
 
 import servable_factory
-from conftest import child_pids, free_port, pid_alive, start_server as _start_server
+from conftest import child_pids, free_port, pid_alive, start_server
 from mindserve.client import Client
 
 SLOW_CONFIG = '''
@@ -40,15 +39,13 @@ def worker_pid(x):
 '''
 
 
-def start_server(tmp_path, body: str, address: str):
-    """conftest.start_server with the server's INFO logging off: conftest's reader takes one line per select()
-    wake-up, so several lines that arrive together can leave READY unread in its buffer (see the report)."""
-    return _start_server(tmp_path, "import logging\nlogging.basicConfig(level=logging.WARNING)\n"
-                         + textwrap.dedent(body), address)
+def _ask_pid(address: str, servable: str, timeout: float = 20):
+    """What ``worker_pid`` answers; a reply that does not come within ``timeout`` s fails the test (no hang)."""
+    return Client(address, servable, "worker_pid").infer_async({"x": np.zeros(1, np.float32)}).result(timeout)
 
 
 def _pid_of(address: str, servable: str) -> int:
-    result = Client(address, servable, "worker_pid").infer({"x": np.zeros(1, np.float32)})
+    result = _ask_pid(address, servable)
     assert isinstance(result, list), result
     return int(result[0]["pid"][0])
 
@@ -205,7 +202,7 @@ def test_python_batch_stage_with_batch_size_zero_gets_all(echo_server):
 # ---------------------------------------------------------------------------------------------------- killed workers
 
 @pytest.fixture(scope="module")
-def crash_server(servable_dir, tmp_path_factory):
+def crash_server(tmp_path_factory):
     """echo and slow (a stage that sleeps 5 s), one worker each on device 0 (their own server: the tests kill
     its workers)."""
     tmp = tmp_path_factory.mktemp("crash_server")
@@ -227,7 +224,7 @@ def _wait_for_new_worker(address: str, servable: str, old_pid: int, timeout: flo
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
-        last = Client(address, servable, "worker_pid").infer({"x": np.zeros(1, np.float32)})
+        last = _ask_pid(address, servable)
         if isinstance(last, list):
             pid = int(last[0]["pid"][0])
             assert pid != old_pid
@@ -242,8 +239,8 @@ def test_idle_worker_killed_is_restarted(crash_server):
     assert old in child_pids(crash_server.proc.pid)
     os.kill(old, signal.SIGKILL)
     start = time.monotonic()
-    result = Client(address, "echo", "worker_pid").infer({"x": np.zeros(1, np.float32)})
-    assert time.monotonic() - start < 5  # fails (or succeeds) fast, no hang
+    result = _ask_pid(address, "echo", timeout=10)  # fails (or succeeds) fast, no hang
+    assert time.monotonic() - start < 5
     if isinstance(result, dict):
         assert result["error"] in (
             "Request servable(echo) method(worker_pid) , servable is not available",
