@@ -97,40 +97,35 @@ def echo(address: str, call, value):
 
 # --- numeric arrays ---------------------------------------------------------------------------------------------
 
+def assert_echoes(client, call, arrays) -> None:
+    """Send one instance per array to the echo method; each comes back exactly, in order."""
+    result = call(client, [{"x": a} for a in arrays])
+    assert isinstance(result, list), result
+    assert len(result) == len(arrays)
+    for got, expected in zip(result, arrays):
+        assert list(got) == ["y"]
+        assert_same_array(got["y"], expected)
+
+
 @pytest.mark.parametrize("dtype", NUMERIC_DTYPES, ids=lambda d: np.dtype(d).name)
 def test_every_dtype_round_trips_in_several_shapes(address, call, dtype):
     client = Client(address, "echo", "echo")
     arrays = [sample(dtype, shape) for shape in SHAPES]
     # every shape in one request: the instances keep their order and their own dtype/shape
-    result = call(client, [{"x": a} for a in arrays])
-    assert isinstance(result, list), result
-    assert len(result) == len(arrays)
-    for got, expected in zip(result, arrays):
-        assert list(got) == ["y"]
-        assert_same_array(got["y"], expected)
+    assert_echoes(client, call, arrays)
 
 
 def test_0d_arrays_of_every_dtype_keep_shape(address, call):
     client = Client(address, "echo", "echo")
     arrays = [sample(dtype, ()) for dtype in NUMERIC_DTYPES]
-    result = call(client, [{"x": a} for a in arrays])
-    assert isinstance(result, list), result
-    assert len(result) == len(arrays)
-    for got, expected in zip(result, arrays):
-        assert list(got) == ["y"]
-        assert_same_array(got["y"], expected)
+    assert_echoes(client, call, arrays)
 
 
 def test_arrays_with_empty_dims_round_trip(address, call):
     client = Client(address, "echo", "echo")
     arrays = [np.zeros(shape, dtype) for dtype, shape in zip(NUMERIC_DTYPES, EMPTY_SHAPES * 4)]
     try:
-        result = call(client, [{"x": a} for a in arrays])
-        assert isinstance(result, list), result
-        assert len(result) == len(arrays)
-        for got, expected in zip(result, arrays):
-            assert list(got) == ["y"]
-            assert_same_array(got["y"], expected)
+        assert_echoes(client, call, arrays)
     finally:
         wait_until_serving(client)
 
