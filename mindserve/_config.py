@@ -18,15 +18,29 @@ class ServableStartConfig:
         version_number: the version folder to serve; 0 serves the newest one.
         device_type: None or "CPU" (the default), "GPU" (ONNX Runtime's CUDA provider) or "Ascend", case ignored.
         num_parallel_workers: accepted for compatibility; one worker runs per device id.
+        max_batch_size: the most instances a worker runs together (taken from many requests); 0 means the
+            model's fixed batch size, or for a model with a dynamic batch dim every instance queued.
+        max_batch_delay_ms: how long a worker may wait for a batch to fill after its first instance arrived;
+            0 (the default, as in MindSpore Serving) takes whatever is queued at once.
+        shm_size_mb: shared memory per worker for requests and replies (half each); a request larger than a
+            quarter of it is split into several jobs. Reserved at start: /dev/shm must have room for it.
     """
 
     def __init__(self, servable_directory: str, servable_name: str,
                  device_ids: Union[int, Sequence[int], None] = None, version_number: int = 0,
-                 device_type: Optional[str] = None, num_parallel_workers: int = 0):
+                 device_type: Optional[str] = None, num_parallel_workers: int = 0, max_batch_size: int = 0,
+                 max_batch_delay_ms: float = 0.0, shm_size_mb: int = 64):
         self.servable_directory = check_str("servable_directory", servable_directory)
         self.servable_name = check_str("servable_name", servable_name)
         self.version_number = check_int("version_number", version_number, 0)
         self.num_parallel_workers = check_int("num_parallel_workers", num_parallel_workers, 0, 64)
+        self.max_batch_size = check_int("max_batch_size", max_batch_size, 0, 1 << 20)
+        if isinstance(max_batch_delay_ms, bool) or not isinstance(max_batch_delay_ms, (int, float)) \
+                or not 0 <= max_batch_delay_ms <= 60000:
+            raise RuntimeError(f"Parameter 'max_batch_delay_ms' should be a number in [0, 60000], but actually "
+                               f"{max_batch_delay_ms!r}")
+        self.max_batch_delay_ms = float(max_batch_delay_ms)
+        self.shm_size_mb = check_int("shm_size_mb", shm_size_mb, 4, 1 << 20)
         if device_ids is None:
             device_ids = (0,)
         elif isinstance(device_ids, int) and not isinstance(device_ids, bool):

@@ -56,7 +56,8 @@ class Master:
                     g.name == config.servable_name and g.version == version for g in groups):
                 raise RuntimeError(f"servable {config.servable_name} version {version} has already been started")
             groups.append(ServableWorkers([
-                WorkerSpec(config.servable_directory, config.servable_name, version, device_id, config.device_type)
+                WorkerSpec(config.servable_directory, config.servable_name, version, device_id, config.device_type,
+                           config.max_batch_size, config.max_batch_delay_ms, config.shm_size_mb)
                 for device_id in config.device_ids]))
         outcomes = await asyncio.gather(*(g.start() for g in groups), return_exceptions=True)
         failed = [o for o in outcomes if isinstance(o, BaseException)]
@@ -66,6 +67,9 @@ class Master:
         for group in groups:
             self.dispatcher.add(group)
             log.info("servable %s version %d ready on %d worker(s)", group.name, group.version, len(group.workers))
+
+    async def set_max_enqueued_requests(self, limit: int) -> None:
+        self.dispatcher.max_enqueued_requests = limit
 
     async def start_grpc_server(self, address: str, max_msg_mb_size: int, ssl_config: Optional[SSLConfig]) -> None:
         handlers = [MSServiceHandler(self.dispatcher).rpc_handlers()]

@@ -3,42 +3,49 @@
 
 #include "batch_copy.h"
 
-/* Checks that `count` buffers of `sizes[i]` bytes each fit as rows of `row_size` bytes in a buffer of
- * `buf_size` bytes: every size must equal row_size and count * row_size must not overflow nor exceed
- * buf_size. Returns 0 when they fit, -1 otherwise. Reads only `sizes`. */
-static int rows_fit(size_t buf_size, size_t row_size, const size_t *sizes, size_t count) {
-    if (row_size != 0 && count > buf_size / row_size) return -1;
+/* Checks that `count` pieces of `sizes[i]` bytes, each a whole number of rows of `row_size` bytes, fit
+ * back to back in `buf_size` bytes. Stores their total in *total. Returns 0 when they fit, -1 when a size
+ * is not whole rows or the total overflows or exceeds buf_size. Reads only `sizes`. */
+static int rows_fit(size_t buf_size, size_t row_size, const size_t *sizes, size_t count, size_t *total) {
+    size_t sum = 0;
     for (size_t i = 0; i < count; i++) {
-        if (sizes[i] != row_size) return -1;
+        if (row_size ? sizes[i] % row_size != 0 : sizes[i] != 0) return -1;
+        if (sizes[i] > buf_size - sum) return -1; /* sum <= buf_size holds here, so no overflow */
+        sum += sizes[i];
     }
+    *total = sum;
     return 0;
 }
 
-/* Copies instance i (srcs[i], src_sizes[i] bytes) into row i of `dst`, for i < count, and zero-fills the
- * rest of dst: the padding rows of a fixed-size batch (and any tail shorter than a row).
- * Returns 0 on success; -1, with dst untouched, when a source size differs from row_size or the rows do
- * not fit in dst_size bytes. The caller owns every buffer; nothing is kept after the call. */
+/* Copies srcs[0..count) (src_sizes[i] bytes each, whole rows of `row_size`) back to back into `dst` and
+ * zero-fills the rest of dst: the padding rows of a fixed-size batch.
+ * Returns 0 on success; -1, with dst untouched, when a source is not whole rows or they do not fit in
+ * dst_size bytes. The caller owns every buffer; nothing is kept after the call. */
 int ms_gather_rows(void *dst, size_t dst_size, size_t row_size,
                    const void *const *srcs, const size_t *src_sizes, size_t count) {
-    if (rows_fit(dst_size, row_size, src_sizes, count) != 0) return -1;
+    size_t used;
+    if (rows_fit(dst_size, row_size, src_sizes, count, &used) != 0) return -1;
     unsigned char *out = dst;
     for (size_t i = 0; i < count; i++) {
-        if (row_size) memcpy(out + i * row_size, srcs[i], row_size);
+        if (src_sizes[i]) memcpy(out, srcs[i], src_sizes[i]);
+        out += src_sizes[i];
     }
-    size_t used = count * row_size;
-    if (dst_size > used) memset(out + used, 0, dst_size - used);
+    if (dst_size > used) memset(out, 0, dst_size - used);
     return 0;
 }
 
-/* Copies row i of `src` into dsts[i] (dst_sizes[i] bytes), for i < count; rows past count (padding) are
- * ignored. Returns 0 on success; -1, with no destination written, when a destination size differs from
- * row_size or count rows would read past src_size bytes. The caller owns every buffer. */
+/* Copies the rows of `src` in order into dsts[0..count) (dst_sizes[i] bytes each, whole rows of
+ * `row_size`); rows past the last destination (padding) are ignored. Returns 0 on success; -1, with no
+ * destination written, when a destination is not whole rows or they would read past src_size bytes.
+ * The caller owns every buffer. */
 int ms_scatter_rows(const void *src, size_t src_size, size_t row_size,
                     void *const *dsts, const size_t *dst_sizes, size_t count) {
-    if (rows_fit(src_size, row_size, dst_sizes, count) != 0) return -1;
+    size_t used;
+    if (rows_fit(src_size, row_size, dst_sizes, count, &used) != 0) return -1;
     const unsigned char *in = src;
     for (size_t i = 0; i < count; i++) {
-        if (row_size) memcpy(dsts[i], in + i * row_size, row_size);
+        if (dst_sizes[i]) memcpy(dsts[i], in, dst_sizes[i]);
+        in += dst_sizes[i];
     }
     return 0;
 }

@@ -1,8 +1,9 @@
 /* batch_copy.h - gather instance tensors into one batch buffer and scatter a batch back into instances.
  *
- * A batch buffer is `rows` rows of `row_size` bytes each, row i being instance i. Models with a batch
- * dimension take such buffers; these functions move instance data in and out with one memcpy per instance
- * and no Python in between, so callers can run them with the GIL released. */
+ * A batch buffer is rows of `row_size` bytes, row i being instance i. A source (gather) or destination
+ * (scatter) holds one or more whole rows back to back: one instance, or a request's instances stacked. These
+ * functions move the rows with one memcpy per source or destination and no Python in between, so callers
+ * run them with the GIL released. */
 #ifndef MINDSERVE_BATCH_COPY_H
 #define MINDSERVE_BATCH_COPY_H
 

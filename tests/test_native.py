@@ -65,7 +65,7 @@ def test_gather_no_rows_zeroes_everything():
     assert not dst.any()
 
 
-@pytest.mark.parametrize("bad_size", [7, 9, 0, 16])
+@pytest.mark.parametrize("bad_size", [7, 9, 12, 15])
 def test_gather_source_of_wrong_size_fails_and_leaves_destination_untouched(bad_size):
     rows = [b"a" * 8, b"b" * 8, b"c" * 8]
     dst = _filled(32)
@@ -216,7 +216,7 @@ def test_stack_rows_wrong_row_size_raises():
     with pytest.raises(ValueError, match="instance tensors do not fit the batch buffer"):
         stack_rows(rows, 4, (2, 3), np.dtype(np.float32))
     rows = [np.zeros(3, np.float64), np.zeros(3, np.float32)]  # same count, other item size
-    with pytest.raises(ValueError, match="instance tensors do not fit the batch buffer"):
+    with pytest.raises(ValueError, match="instance tensors differ in data type from the batch"):
         stack_rows(rows, 2, (3,), np.dtype(np.float64))
 
 

@@ -1,23 +1,25 @@
-"""The dispatcher: knows every running servable version, resolves requests to one, and hands their instances
-to a live worker. Frontends give it already-validated instances and get one result or error per instance."""
+"""The dispatcher: knows every running servable version, resolves requests to one, bounds how many requests
+wait, and hands their instances to the live worker with the most free slots. Frontends give it
+already-validated instances and get one result or error per instance."""
 from __future__ import annotations
 
 from typing import Optional
 
-from mindserve._errors import INVALID_INPUTS, SERVABLE_UNAVAILABLE, ServingError
+from mindserve._errors import (FAILED, INVALID_INPUTS, QUEUE_FULL_MESSAGE_PREFIX, ServingError, request_repr,
+                               servable_unavailable)
 from mindserve._supervision.servable_workers import ServableWorkers
 from mindserve._tensor import RawTensor
 
+__all__ = ["Dispatcher", "request_repr", "DEFAULT_MAX_ENQUEUED_REQUESTS"]
 
-def request_repr(name: str, method: str, version: int) -> str:
-    """How error texts name a request, as MindSpore Serving writes it: ``servable(add) method(add_common) ``."""
-    text = f"servable({name}) method({method}) "
-    return text + f"version({version}) " if version > 0 else text
+DEFAULT_MAX_ENQUEUED_REQUESTS = 10000
 
 
 class Dispatcher:
     def __init__(self) -> None:
         self._servables: dict[str, dict[int, ServableWorkers]] = {}
+        self.max_enqueued_requests = DEFAULT_MAX_ENQUEUED_REQUESTS
+        self.enqueued_requests = 0  # requests handed to workers and not yet answered, over all servables
 
     def add(self, group: ServableWorkers) -> None:
         self._servables.setdefault(group.name, {})[group.version] = group
@@ -39,17 +41,22 @@ class Dispatcher:
         else:
             group = versions.get(version)
         if group is None or not group.ready:
-            raise ServingError(SERVABLE_UNAVAILABLE,
-                               f"Request {request_repr(name, method, version)}, servable is not available")
+            raise servable_unavailable(name, method, version)
         signature = group.methods.get(method)
         if signature is None:
             raise ServingError(INVALID_INPUTS, f"Request {request_repr(name, method, version)}, method is not available")
         return group, signature
 
     async def run(self, group: ServableWorkers, method: str, instances: list[dict[str, RawTensor]]) -> list:
-        """One ``dict[str, RawTensor]`` of outputs or one ServingError per instance, in order."""
+        """One ``dict[str, RawTensor]`` of outputs or one ServingError per instance, in order. Refused at once
+        when ``max_enqueued_requests`` requests are already waiting."""
+        if self.enqueued_requests >= self.max_enqueued_requests:
+            raise ServingError(FAILED, f"{QUEUE_FULL_MESSAGE_PREFIX} {self.max_enqueued_requests}")
         worker = group.pick()
         if worker is None:
-            raise ServingError(SERVABLE_UNAVAILABLE, f"Request {request_repr(group.name, method, group.version)}, "
-                                                     f"servable is not available")
-        return await worker.run(method, instances)
+            raise servable_unavailable(group.name, method, group.version)
+        self.enqueued_requests += 1
+        try:
+            return await worker.run(method, instances)
+        finally:
+            self.enqueued_requests -= 1

@@ -1,11 +1,13 @@
-"""The workers of one servable version, one per device id: picking one for a job, restarting the dead."""
+"""The workers of one servable version, one per device id: picking one for a job, moving the jobs of a dead
+worker to the live ones, restarting the dead."""
 from __future__ import annotations
 
 import asyncio
 import logging
 from typing import Optional
 
-from mindserve._supervision.worker_process import WorkerProcess, WorkerSpec
+from mindserve._errors import servable_unavailable
+from mindserve._supervision.worker_process import Job, WorkerProcess, WorkerSpec
 
 log = logging.getLogger("mindserve")
 
@@ -32,7 +34,8 @@ class ServableWorkers:
         outcomes = await asyncio.gather(*(w.start() for w in workers), return_exceptions=True)
         errors = [o for o in outcomes if isinstance(o, BaseException)]
         if errors:
-            await asyncio.gather(*(w.stop() for w in workers if w.alive), return_exceptions=True)
+            await asyncio.gather(*(w.stop() for w, o in zip(workers, outcomes) if o is None),
+                                 return_exceptions=True)
             raise errors[0]
         self.workers = workers
         self.methods = workers[0].methods
@@ -42,7 +45,8 @@ class ServableWorkers:
         return any(w.alive for w in self.workers)
 
     def pick(self) -> Optional[WorkerProcess]:
-        """The live worker with the fewest instances in flight; ties go round-robin so all devices are used."""
+        """The live worker with the most free slots (fewest instances in flight); ties go round-robin so that
+        every device is used."""
         count = len(self.workers)
         best = None
         for k in range(count):
@@ -53,7 +57,15 @@ class ServableWorkers:
             self._next = (self.workers.index(best) + 1) % count
         return best
 
-    def _on_exit(self, worker: WorkerProcess) -> None:
+    def _on_exit(self, worker: WorkerProcess, untaken: list[Job]) -> None:
+        """A worker died: the jobs it never took run on the others (or fail at once when none is alive), and
+        a fresh process replaces it."""
+        for job in untaken:
+            other = self.pick()
+            if other is not None:
+                other.submit(job)
+            elif not job.future.done():
+                job.future.set_exception(servable_unavailable(self.name, job.method, self.version))
         if self._stopping.is_set():
             return
         task = asyncio.get_running_loop().create_task(self._restart(worker))

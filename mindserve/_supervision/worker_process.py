@@ -1,4 +1,10 @@
-"""The master's handle on one worker process: start, handshake, jobs in flight, exit."""
+"""The master's handle on one worker process: start, handshake, jobs through the shared-memory channel, exit.
+
+Requests go to the worker as jobs: a message block in the channel's request arena plus an entry in its job
+queue. Replies come back the same way through the reply arena; the worker writes an eventfd after each, which
+the master's event loop watches, so completions arrive without polling. The control socket carries the
+start handshake, and its end of stream is how each side learns that the other is gone.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -8,13 +14,16 @@ import os
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from mindserve._errors import WORKER_UNAVAILABLE, ServingError
+from mindserve._errors import INVALID_INPUTS, SYSTEM_ERROR, WORKER_UNAVAILABLE, ServingError
 from mindserve._tensor import RawTensor
-from mindserve._transport import messages
+from mindserve._transport import blocks
 from mindserve._transport.master_side import MasterChannel
+from mindserve._transport.shm_channel import (QUEUE_CAPACITY, REPLIES, REQUESTS, ArenaFull, ChannelBroken,
+                                              ChannelClosed, MessageTooBig, ShmChannel)
 
 log = logging.getLogger("mindserve")
 
@@ -24,33 +33,63 @@ STOP_TIMEOUT_S = 10.0
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """What a worker serves: one version of one servable on one device."""
+    """What a worker serves (one version of one servable on one device) and how it batches."""
 
     servable_directory: str
     name: str
     version: int
     device_id: int
     device_type: Optional[str]
+    max_batch_size: int = 0
+    max_batch_delay_ms: float = 0.0
+    shm_size_mb: int = 64
 
     def describe(self) -> str:
         return f"servable {self.name} version {self.version} on device {self.device_id}"
 
 
-class WorkerProcess:
-    """One running worker. ``run`` sends a job and resolves with one result per instance; if the process dies,
-    every job in flight fails with a WORKER_UNAVAILABLE error and ``on_exit`` is called once."""
+@dataclass(eq=False)
+class Job:
+    """Instances of one request (or of a part of a large one) on their way to a worker. Its block is encoded
+    once; if the worker dies before taking it, the same job goes to another worker."""
 
-    def __init__(self, spec: WorkerSpec, on_exit: Callable[["WorkerProcess"], None]):
+    method: str
+    instances: list
+    future: asyncio.Future
+    writer: blocks.BlockWriter = field(init=False)
+    head: bytes = field(init=False)
+    size: int = field(init=False)
+    request_offset: int = -1
+
+    def __post_init__(self) -> None:
+        self.writer = blocks.BlockWriter()
+        names = list(self.instances[0])
+        columns = {n: blocks.raw_column(self.writer, [inst[n] for inst in self.instances]) for n in names}
+        self.head, self.size = self.writer.encode({"m": self.method, "n": len(self.instances), "in": columns})
+
+    @property
+    def count(self) -> int:
+        return len(self.instances)
+
+
+class WorkerProcess:
+    """One running worker. ``run`` resolves with one result per instance. If the process dies, the jobs it had
+    not yet taken go to ``on_exit`` to be run elsewhere; those it was running fail with WORKER_UNAVAILABLE."""
+
+    def __init__(self, spec: WorkerSpec, on_exit: Callable[["WorkerProcess", list[Job]], None]):
         self.spec = spec
         self.methods: dict = {}
-        self.in_flight = 0  # instances sent and not yet answered
+        self.in_flight = 0  # instances submitted and not yet answered
         self.alive = False
         self._on_exit = on_exit
         self._process: Optional[subprocess.Popen] = None
-        self._channel: Optional[MasterChannel] = None
-        self._pending: dict[int, tuple[asyncio.Future, int]] = {}
+        self._control: Optional[MasterChannel] = None
+        self._channel: Optional[ShmChannel] = None
+        self._event_fd = -1
+        self._jobs: dict[int, Job] = {}  # pushed to the channel, by id
+        self._backlog: deque[Job] = deque()  # waiting for room in the channel
         self._ids = itertools.count(1)
-        self._reader: Optional[asyncio.Task] = None
+        self._watcher: Optional[asyncio.Task] = None
         self._stopping = False
 
     @property
@@ -59,65 +98,169 @@ class WorkerProcess:
 
     async def start(self) -> None:
         """Spawn the process and wait for it to load the servable; raises RuntimeError with its reason."""
-        master_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         spec = self.spec
-        argv = [sys.executable, "-m", "mindserve._workers", "--fd", str(worker_end.fileno()),
-                "--servable-directory", os.path.abspath(spec.servable_directory), "--name", spec.name,
-                "--version", str(spec.version), "--device-id", str(spec.device_id)]
+        self._channel = ShmChannel.create(spec.shm_size_mb << 20, f"worker of {spec.describe()}")
+        self._event_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        master_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fds = (worker_end.fileno(), self._channel.fd, self._event_fd)
+        argv = [sys.executable, "-m", "mindserve._workers", "--fd", str(fds[0]), "--shm-fd", str(fds[1]),
+                "--event-fd", str(fds[2]), "--servable-directory", os.path.abspath(spec.servable_directory),
+                "--name", spec.name, "--version", str(spec.version), "--device-id", str(spec.device_id),
+                "--max-batch-size", str(spec.max_batch_size), "--max-batch-delay-ms", str(spec.max_batch_delay_ms)]
         if spec.device_type:
             argv += ["--device-type", spec.device_type]
         try:
-            self._process = subprocess.Popen(argv, pass_fds=(worker_end.fileno(),))
+            self._process = subprocess.Popen(argv, pass_fds=fds)
+        except BaseException:
+            self._release_resources()
+            raise
         finally:
             worker_end.close()
-        self._channel = await MasterChannel.open(master_end)
+            self._channel.close_fd()  # the mapping stays; only the worker needs the descriptor
+        self._control = await MasterChannel.open(master_end)
         try:
-            header, _ = await asyncio.wait_for(self._channel.recv(), START_TIMEOUT_S)
+            header, _ = await asyncio.wait_for(self._control.recv(), START_TIMEOUT_S)
         except (asyncio.IncompleteReadError, ConnectionError):
             code = await self._wait_exit(STOP_TIMEOUT_S)
+            self._release_resources()
             raise RuntimeError(f"worker of {spec.describe()} exited during start with exit code {code}") from None
         except asyncio.TimeoutError:
             self._kill()
+            await self._reap()
             raise RuntimeError(f"worker of {spec.describe()} did not start within {START_TIMEOUT_S:.0f} s") from None
         if header.get("op") != "ready":
             await self._reap()
             raise RuntimeError(str(header.get("error", f"worker of {spec.describe()} failed to start")))
         self.methods = header["methods"]
         self.alive = True
-        self._reader = asyncio.create_task(self._read_replies(), name=f"worker-{self.pid}")
+        asyncio.get_running_loop().add_reader(self._event_fd, self._on_replies)
+        self._watcher = asyncio.create_task(self._watch_control(), name=f"worker-{self.pid}")
 
     async def run(self, method: str, instances: list[dict[str, RawTensor]]) -> list:
-        """Run ``method`` on ``instances``; one ``dict[str, RawTensor]`` or ServingError per instance."""
+        """Run ``method`` on ``instances``; one ``dict[str, RawTensor]`` or ServingError per instance. A request
+        too large for the channel's arena at once goes as several jobs."""
         if not self.alive:
             raise ServingError(WORKER_UNAVAILABLE, f"worker of {self.spec.describe()} is not running")
-        job_id = next(self._ids)
-        buffers: list = []
-        descs = [messages.pack_raws(inst, buffers) for inst in instances]
-        future = asyncio.get_running_loop().create_future()
-        self._pending[job_id] = (future, len(instances))
-        self.in_flight += len(instances)
-        self._channel.send({"op": "run", "id": job_id, "method": method, "instances": descs}, buffers)
-        return await future
+        results: list = [None] * len(instances)
+        parts: list[tuple[list[int], asyncio.Future]] = []
+        loop = asyncio.get_running_loop()
+        for indices in self._split(instances, results):
+            job = Job(method, [instances[i] for i in indices], loop.create_future())
+            parts.append((indices, job.future))
+            self.submit(job)
+        outcomes = await asyncio.gather(*(future for _, future in parts), return_exceptions=True)
+        for (indices, _), outcome in zip(parts, outcomes):
+            if isinstance(outcome, ServingError):  # this part's worker died: its instances fail, not the rest
+                outcome = [outcome] * len(indices)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            for i, result in zip(indices, outcome):
+                results[i] = result
+        return results
 
-    async def _read_replies(self) -> None:
+    def _split(self, instances: list[dict[str, RawTensor]], results: list) -> list[list[int]]:
+        """Instance indices in groups whose bytes fit half the request arena, so two can be in flight; an
+        instance that alone is larger gets its error in ``results``."""
+        limit = self._channel.max_message(REQUESTS) // 2
+        groups: list[list[int]] = []
+        size = 0
+        for i, inst in enumerate(instances):
+            nbytes = sum(len(t.data) + blocks.ALIGN for t in inst.values()) + 256  # data, padding, header
+            if nbytes > limit:
+                results[i] = ServingError(INVALID_INPUTS, f"instance {i} of {nbytes} bytes exceeds the worker's shared "
+                                                          f"memory for requests ({limit} bytes per job); raise "
+                                                          f"shm_size_mb in ServableStartConfig")
+                continue
+            if not groups or size + nbytes > limit:
+                groups.append([])
+                size = 0
+            groups[-1].append(i)
+            size += nbytes
+        return groups
+
+    def submit(self, job: Job) -> None:
+        """Queue a job on this worker: straight into the channel when there is room, else in the backlog."""
+        self.in_flight += job.count
+        if self._backlog or not self._push(job):
+            self._backlog.append(job)
+
+    def _push(self, job: Job) -> bool:
+        """Write the job's block and queue it; False when the arena or the queue is full (or the worker is
+        going away: the job then goes elsewhere with the backlog)."""
+        channel = self._channel
+        if len(self._jobs) >= QUEUE_CAPACITY:
+            return False
+        try:
+            offset = channel.alloc(REQUESTS, job.size)
+        except ArenaFull:
+            return False
+        except (MessageTooBig, ChannelBroken) as exc:  # cannot happen after _split; a defect if it does
+            self._finish(job, ServingError(SYSTEM_ERROR, f"job not queued: {exc}"))
+            return True
+        job.writer.write(channel.view, offset, job.head)
+        job_id = next(self._ids)
+        try:
+            channel.push_job(job_id, offset, job.size, job.count)
+        except (ArenaFull, ChannelClosed, ChannelBroken):
+            channel.release(REQUESTS, offset)
+            return False
+        job.request_offset = offset
+        self._jobs[job_id] = job
+        return True
+
+    def _flush_backlog(self) -> None:
+        while self._backlog and self.alive and self._push(self._backlog[0]):
+            self._backlog.popleft()
+
+    def _finish(self, job: Job, outcome) -> None:
+        self.in_flight -= job.count
+        if job.future.done():
+            return
+        if isinstance(outcome, BaseException):
+            job.future.set_exception(outcome)
+        else:
+            job.future.set_result(outcome)
+
+    def _on_replies(self) -> None:
+        """The eventfd fired: take every completion, copy each reply out of shared memory, free both blocks."""
+        try:
+            os.eventfd_read(self._event_fd)
+        except BlockingIOError:
+            pass
+        channel = self._channel
+        try:
+            done = channel.pop_done()
+        except ChannelBroken:
+            self._kill()  # its end of the control socket closes and _watch_control cleans up
+            return
+        for job_id, offset, size, _ in done:
+            job = self._jobs.pop(job_id, None)
+            if job is None or not channel.contains(REPLIES, offset, size):
+                log.error("worker of %s sent a reply that does not describe a job; stopping it", self.spec.describe())
+                self._kill()
+                return
+            data = bytes(channel.view[offset:offset + size])  # after this copy the worker can change nothing
+            channel.release(REPLIES, offset)
+            channel.release(REQUESTS, job.request_offset)
+            try:
+                outcome = _decode_reply(memoryview(data), job.count, self.methods[job.method]["outputs"])
+            except blocks.BlockError as exc:
+                outcome = ServingError(SYSTEM_ERROR, f"bad reply from worker of {self.spec.describe()}: {exc}")
+            self._finish(job, outcome)
+        self._flush_backlog()
+
+    async def _watch_control(self) -> None:
+        """Wait for the end of the control stream: the worker has exited (or was stopped)."""
         try:
             while True:
-                header, payload = await self._channel.recv()
-                entry = self._pending.pop(header.get("id"), None)
-                if entry is None:
-                    continue
-                future, count = entry
-                self.in_flight -= count
-                if not future.done():
-                    future.set_result(self._decode_results(header, payload))
-        except (asyncio.IncompleteReadError, ConnectionError, messages.FrameError, ValueError) as exc:
-            if not self._stopping:
-                log.error("worker of %s (pid %s) is gone: %s", self.spec.describe(), self.pid, exc)
-        finally:
-            was_alive, self.alive = self.alive, False  # no new jobs from here on
-            if not self._stopping:  # the end of the stream comes first; give the exit code a moment to follow
-                await self._wait_exit(1.0)
-            self._lost(was_alive)
+                await self._control.recv()
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass
+        was_alive, self.alive = self.alive, False  # no new jobs from here on
+        if not self._stopping:  # the end of the stream comes first; give the exit code a moment to follow
+            log.error("worker of %s (pid %s) is gone", self.spec.describe(), self.pid)
+            await self._wait_exit(1.0)
+        self._lost(was_alive)
 
     async def _wait_exit(self, timeout: float) -> Optional[int]:
         """The process's exit code once it has exited, or None after ``timeout`` seconds.
@@ -131,57 +274,99 @@ class WorkerProcess:
             await asyncio.sleep(0.01)
         return self._process.returncode
 
-    @staticmethod
-    def _decode_results(header: dict, payload: bytearray) -> list:
-        reader = messages.PayloadReader(payload)
-        results = []
-        for item in header["results"]:
-            if "error" in item:
-                code, message = item["error"]
-                results.append(ServingError(int(code), str(message)))
-            else:
-                results.append(reader.take_raws(item["outputs"]))
-        return results
-
     def _lost(self, was_alive: bool) -> None:
-        """The channel is closed: fail what was in flight, then tell the owner (once)."""
+        """The worker is gone: jobs it never took go back to the owner, jobs it was running fail; then the
+        shared memory is freed."""
         code = self._process.poll() if self._process else None
         reason = "was stopped" if self._stopping else f"exited unexpectedly (exit code {code})"
         error = ServingError(WORKER_UNAVAILABLE, f"worker of {self.spec.describe()} {reason}, the request was not "
                                                  f"completed")
-        pending, self._pending = self._pending, {}
-        self.in_flight = 0
-        for future, _ in pending.values():
-            if not future.done():
-                future.set_exception(error)
-        if was_alive and not self._stopping:
-            self._on_exit(self)
+        untaken: list[Job] = []
+        if self._channel is not None:
+            try:
+                queued = {job_id for job_id, _, _, _ in self._channel.take_jobs()}
+            except ChannelBroken:
+                queued = set()
+            untaken = [job for job_id, job in self._jobs.items() if job_id in queued]
+            for job_id, job in self._jobs.items():
+                if job_id not in queued:
+                    self._finish(job, error)
+        untaken += list(self._backlog)
+        self._jobs, self._backlog = {}, deque()
+        for job in untaken:
+            self.in_flight -= job.count
+        self._release_resources()
+        if self._stopping or not was_alive:
+            for job in untaken:
+                if not job.future.done():
+                    job.future.set_exception(error)
+            return
+        self._on_exit(self, untaken)
+
+    def _release_resources(self) -> None:
+        if self._event_fd >= 0:
+            try:
+                asyncio.get_running_loop().remove_reader(self._event_fd)
+            except RuntimeError:
+                pass
+            os.close(self._event_fd)
+            self._event_fd = -1
+        if self._channel is not None:
+            self._channel.close_fd()
+            self._channel.unmap()
+            self._channel = None
 
     def _kill(self) -> None:
         if self._process and self._process.poll() is None:
             self._process.kill()
 
     async def _reap(self) -> None:
-        """Wait for the process to end (killing it after STOP_TIMEOUT_S) and close the channel."""
+        """Wait for the process to end (killing it after STOP_TIMEOUT_S), close the control socket, free the
+        shared memory."""
         if self._process and await self._wait_exit(STOP_TIMEOUT_S) is None:
             self._kill()
             await self._wait_exit(STOP_TIMEOUT_S)
-        if self._channel:
-            self._channel.close()
+        if self._control:
+            self._control.close()
+        self._release_resources()
 
     async def stop(self) -> None:
-        """Ask the worker to finish its jobs and exit; kill it if it does not within STOP_TIMEOUT_S."""
+        """Close the channel: the worker finishes the jobs it has and exits; it is killed if it does not within
+        STOP_TIMEOUT_S. Jobs still in the backlog then fail."""
         self._stopping = True
-        if self._channel and self.alive:
+        if self._channel is not None and self.alive:
             try:
-                self._channel.send({"op": "exit"})
-                await self._channel.drain()
-            except ConnectionError:
-                pass
-        if self._reader:  # replies to the jobs it had still come in, up to its end of the stream
+                self._channel.close()
+            except ChannelBroken:
+                self._kill()
+        if self._watcher:
             try:
-                await asyncio.wait_for(asyncio.shield(self._reader), STOP_TIMEOUT_S)
+                await asyncio.wait_for(asyncio.shield(self._watcher), STOP_TIMEOUT_S)
             except asyncio.TimeoutError:
                 self._kill()
-            await asyncio.gather(self._reader, return_exceptions=True)
+            await asyncio.gather(self._watcher, return_exceptions=True)
         await self._reap()
+
+
+def _decode_reply(data: memoryview, count: int, output_names: list) -> list:
+    """One dict of RawTensors (views of ``data``) or one ServingError per instance, from a reply block."""
+    reader = blocks.BlockReader(data, 0, len(data))
+    header = reader.header
+    if header.get("n") != count or not isinstance(header.get("err"), list) or not isinstance(header.get("out"), dict):
+        raise blocks.BlockError("reply header does not match its job")
+    results: list = [None] * count
+    for item in header["err"]:
+        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], int) and 0 <= item[0] < count):
+            raise blocks.BlockError("bad error entry in reply")
+        results[item[0]] = ServingError(int(item[1]), str(item[2]))
+    ok = [i for i, r in enumerate(results) if r is None]
+    columns = {}
+    for name in output_names:
+        if name not in header["out"]:
+            if ok:
+                raise blocks.BlockError(f"reply without output {name}")
+            continue
+        columns[name] = blocks.raw_rows(reader, header["out"][name], len(ok))
+    for k, i in enumerate(ok):
+        results[i] = {name: column[k] for name, column in columns.items()}
+    return results

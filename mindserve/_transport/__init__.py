@@ -1,6 +1,7 @@
 """The channel between the master and one worker process.
 
-Messages are a JSON header plus raw tensor bytes: tensors cross the process boundary as plain descriptors and
-bytes, never pickled. ``messages`` defines the framing and the tensor packing; ``master_side`` is the asyncio end
-the master holds per worker; ``worker_side`` the blocking end inside the worker.
+Tensors cross in shared memory: ``shm_channel`` wraps the native channel (queues and arenas in one segment),
+``blocks`` lays out the job and reply messages in it (a JSON header plus raw tensor bytes, never pickled).
+The control socket beside it (``messages`` framing, ``master_side`` / ``worker_side`` ends) carries the start
+handshake and tells each side when the other is gone.
 """

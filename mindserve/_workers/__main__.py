@@ -1,89 +1,117 @@
 """Entry point of a worker process, started by the master:
 
-    python -m mindserve._workers --fd FD --servable-directory DIR --name NAME --version N --device-id ID
-                                 [--device-type TYPE]
+    python -m mindserve._workers --fd FD --shm-fd SHM --event-fd EVENT --servable-directory DIR --name NAME
+                                 --version N --device-id ID [--device-type TYPE]
+                                 [--max-batch-size B] [--max-batch-delay-ms D]
 
-FD is the worker's end of a connected stream socket. The worker loads the servable, reports ``ready`` (or
-``failed`` with the reason) and then answers ``run`` frames in order until the master sends ``exit`` or goes
-away; it never outlives the master.
+FD is the worker's end of a connected stream socket (control: the ``ready``/``failed`` handshake, and the way
+the worker learns that the master is gone). SHM is the channel segment (native/channel.h) that carries the
+jobs and replies; EVENT the master's eventfd, written after each reply. The worker loads the servable,
+reports, then takes batches of jobs until the master closes the channel; it never outlives the master.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import queue
 import signal
 import socket
 import threading
+from itertools import groupby
 
 from mindserve._errors import SYSTEM_ERROR, ServingError
-from mindserve._transport import messages
+from mindserve._transport import blocks
+from mindserve._transport.shm_channel import ChannelClosed, ShmChannel
 from mindserve._transport.worker_side import WorkerChannel
+from mindserve._workers.columns import Column
 from mindserve._workers.executor import MethodExecutor
-from mindserve._workers.loader import load_servable, method_signatures
+from mindserve._workers.job_io import Job, read_job, reply_block, send_error, send_reply
+from mindserve._workers.loader import batch_limit, load_servable, method_signatures
 
 
-def _read_frames(channel: WorkerChannel, jobs: queue.Queue) -> None:
-    """Reader thread: hand frames to the main thread; end the process at once when the master is gone, even
-    while a long model run is in progress."""
-    while True:
-        frame = channel.recv()
-        if frame is None:
-            os._exit(0)
-        jobs.put(frame)
-        if frame[0].get("op") == "exit":
-            return
+def _watch_master(control: WorkerChannel) -> None:
+    """Watcher thread: end the process at once when the master is gone, even in the middle of a model run."""
+    while control.recv() is not None:
+        pass
+    os._exit(0)
 
 
-def _run_job(executor: MethodExecutor, header: dict, payload: bytearray) -> tuple[dict, list]:
-    reader = messages.PayloadReader(payload)
-    instances = [reader.take_values(descs) for descs in header["instances"]]
+def _run_method(executor: MethodExecutor, method: str, jobs: list[Job], channel: ShmChannel, event_fd: int) -> None:
+    """Run one method over the instances of several jobs as one batch and reply to each job."""
+    if method not in executor.servable.methods:
+        for job in jobs:
+            send_error(channel, event_fd, job.id, job.count, ServingError(SYSTEM_ERROR, f"unknown method {method}"))
+        return
+    names = executor.servable.methods[method].input_names
+    total = sum(job.count for job in jobs)
     try:
-        outcomes = executor.run(header["method"], instances)
-    except Exception as exc:  # a defect of the worker itself: fail the job, keep serving
-        outcomes = [ServingError(SYSTEM_ERROR, f"worker error: {exc}")] * len(instances)
-    buffers: list = []
-    results = []
-    for outcome in outcomes:
-        if isinstance(outcome, ServingError):
-            results.append({"error": [outcome.code, outcome.message]})
-        else:
-            results.append({"outputs": messages.pack_values(outcome, buffers)})
-    return {"op": "done", "id": header["id"], "results": results}, buffers
+        for job in jobs:
+            missing = [n for n in names if n not in job.inputs]
+            if missing:
+                raise ServingError(SYSTEM_ERROR, f"job without input {missing[0]}")
+        inputs = {n: Column([chunk for job in jobs for chunk in job.inputs[n].chunks]) for n in names}
+        outputs, errors = executor.run_columns(method, inputs, total)
+    except Exception as exc:  # a defect of the worker itself: fail these jobs, keep serving
+        error = exc if isinstance(exc, ServingError) else ServingError(SYSTEM_ERROR, f"worker error: {exc}")
+        for job in jobs:
+            send_error(channel, event_fd, job.id, job.count, error)
+        return
+    start = 0
+    for job in jobs:
+        stop = start + job.count
+        writer, header = reply_block(method, job.count, {n: c.slice(start, stop) for n, c in outputs.items()},
+                                     errors[start:stop])
+        send_reply(channel, event_fd, job.id, writer, header)
+        start = stop
+
+
+def serve(executor: MethodExecutor, channel: ShmChannel, event_fd: int, max_items: int, max_delay_s: float) -> None:
+    """Take batches of jobs until the channel is closed; jobs of one method in a batch run together."""
+    while True:
+        try:
+            entries = channel.pop_batch(max_items, max_delay_s)
+        except ChannelClosed:
+            return
+        jobs = []
+        for job_id, offset, size, _ in entries:
+            try:
+                jobs.append(read_job(channel, job_id, offset, size))
+            except blocks.BlockError as exc:
+                send_error(channel, event_fd, job_id, 1, ServingError(SYSTEM_ERROR, f"bad job: {exc}"))
+        for method, group in groupby(sorted(jobs, key=lambda j: j.method), key=lambda j: j.method):
+            _run_method(executor, method, list(group), channel, event_fd)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m mindserve._workers")
     parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--shm-fd", type=int, required=True)
+    parser.add_argument("--event-fd", type=int, required=True)
     parser.add_argument("--servable-directory", required=True)
     parser.add_argument("--name", required=True)
     parser.add_argument("--version", type=int, required=True)
     parser.add_argument("--device-id", type=int, required=True)
     parser.add_argument("--device-type", default=None)
+    parser.add_argument("--max-batch-size", type=int, default=0)
+    parser.add_argument("--max-batch-delay-ms", type=float, default=0.0)
     args = parser.parse_args()
     # Ctrl-C, or a SIGTERM sent to the whole process group, is the master's to handle: it drains the requests
-    # in progress and then tells each worker to exit (a worker also exits as soon as the master is gone).
+    # in progress and then closes the channel (a worker also exits as soon as the master is gone).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
-    channel = WorkerChannel(socket.socket(fileno=args.fd))
+    control = WorkerChannel(socket.socket(fileno=args.fd))
     try:
-        executor = load_servable(args.servable_directory, args.name, args.version, args.device_type, args.device_id)
+        channel = ShmChannel.attach(args.shm_fd)
+        executor = load_servable(args.servable_directory, args.name, args.version, args.device_type,
+                                 args.device_id, args.max_batch_size or None)
     except Exception as exc:
-        channel.send({"op": "failed", "error": str(exc)})
-        channel.close()
+        control.send({"op": "failed", "error": str(exc)})
+        control.close()
         raise SystemExit(1)
-    channel.send({"op": "ready", "pid": os.getpid(), "methods": method_signatures(executor)})
-
-    jobs: queue.Queue = queue.Queue()
-    threading.Thread(target=_read_frames, args=(channel, jobs), daemon=True, name="frames").start()
-    while True:
-        header, payload = jobs.get()
-        if header.get("op") == "exit":
-            break
-        reply, buffers = _run_job(executor, header, payload)
-        channel.send(reply, buffers)
-    channel.close()
+    control.send({"op": "ready", "pid": os.getpid(), "methods": method_signatures(executor)})
+    threading.Thread(target=_watch_master, args=(control,), daemon=True, name="master-watch").start()
+    serve(executor, channel, args.event_fd, batch_limit(executor, args.max_batch_size),
+          args.max_batch_delay_ms / 1000.0)
 
 
 if __name__ == "__main__":

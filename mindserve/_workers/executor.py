@@ -1,21 +1,23 @@
-"""Runs the stages of a method over a list of instances, keeping one result or one error per instance.
+"""Runs the stages of a method over a batch of instances (from one or many requests), keeping one result or
+one error per instance.
 
-An instance that fails in a stage drops out of the later stages; the others go on. Model stages see all
-live instances at once, so the model runner can batch them.
+Values travel between stages as columns (mindserve._workers.columns). An instance that fails in a stage drops
+out of the later stages; the others go on. Model stages see all live instances at once, so the model runner
+can batch them: stacked columns go to the model whole, other values one instance at a time.
 """
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
 from mindserve import _dtypes
 from mindserve._errors import SYSTEM_ERROR, ServingError
 from mindserve._servable.definition import MethodDefinition, Model, ServableDefinition, StageDefinition
+from mindserve._workers.columns import Column
 from mindserve._workers.model_runner import ModelRunner
 
 Value = Union[np.ndarray, str, bytes]
-InstanceOutcome = Union[dict, ServingError]
 
 
 def _message(exc: BaseException) -> str:
@@ -42,31 +44,64 @@ class MethodExecutor:
         self.servable = servable
         self.runners = runners
 
-    def run(self, method_name: str, instances: list[dict[str, Value]]) -> list[InstanceOutcome]:
+    def run_columns(self, method_name: str, inputs: dict[str, Column], count: int) \
+            -> tuple[dict[str, Column], list[Optional[ServingError]]]:
+        """Run a method on ``count`` instances given as one column per input. Returns one column per output
+        (the value of a failed instance is None) and the error of each instance, None for those that
+        succeeded. Stacked columns go through model stages whole, batched in C."""
         method = self.servable.methods[method_name]
-        errors: list = [None] * len(instances)
-        # env[i][s] is the output tuple of stage s for instance i; stage 0 is the method inputs
-        env: list[list[tuple]] = [[tuple(inst[name] for name in method.input_names)] for inst in instances]
+        errors: list[Optional[ServingError]] = [None] * count
+        # slots[s][k] is output k of stage s over all instances; stage 0 is the method inputs
+        slots: list[list[Column]] = [[inputs[name] for name in method.input_names]]
         for index, stage in enumerate(method.stages, start=1):
             live = [i for i, err in enumerate(errors) if err is None]
             if not live:
                 break
-            args = [tuple(env[i][p.stage][p.index] for p in stage.args) for i in live]
-            if stage.is_model:
-                outcomes = self.runners[stage.target].run(0, args)
-            elif stage.batch_size is None:
-                outcomes = [self._call_one(method, index, stage, a) for a in args]
-            else:
-                outcomes = self._call_batched(method, index, stage, args)
-            for i, outcome in zip(live, outcomes):
-                if isinstance(outcome, ServingError):
-                    errors[i] = outcome
-                else:
-                    env[i].append(outcome)
-        results: list[InstanceOutcome] = []
-        for i, err in enumerate(errors):
-            results.append(err if err is not None else self._outputs(method, env[i]))
-        return results
+            args = [slots[p.stage][p.index] for p in stage.args]
+            if stage.is_model and len(live) == count:
+                outcome = self._model_columns(stage, args, errors)
+                if outcome is not None:
+                    slots.append(outcome)
+                    continue
+            slots.append(self._run_rows(method, index, stage, args, live, errors, count))
+        outputs = {name: slots[p.stage][p.index] if p.stage < len(slots) else Column.of_values([None] * count)
+                   for name, p in zip(method.output_names, method.outputs)}
+        return outputs, errors
+
+    def _model_columns(self, stage: StageDefinition, args: list[Column], errors: list) -> Optional[list[Column]]:
+        """A model stage over whole stacked columns, or None when they are not stacked."""
+        try:
+            outcome = self.runners[stage.target].run_columns(args)
+        except ServingError as err:
+            errors[:] = [err] * len(errors)
+            return [Column.of_values([None] * len(errors))] * stage.outputs_count
+        if outcome is None:
+            return None
+        columns, failed = outcome
+        for i, err in failed.items():
+            errors[i] = err
+        return columns
+
+    def _run_rows(self, method: MethodDefinition, index: int, stage: StageDefinition, args: list[Column],
+                  live: list[int], errors: list, count: int) -> list[Column]:
+        """A stage over the live instances one by one (or in lists, for batch Python stages); its outputs as
+        columns of per-instance values, None for instances that failed."""
+        rows = [column.rows() for column in args]
+        live_args = [tuple(r[i] for r in rows) for i in live]
+        if stage.is_model:
+            outcomes = self.runners[stage.target].run(0, live_args)
+        elif stage.batch_size is None:
+            outcomes = [self._call_one(method, index, stage, a) for a in live_args]
+        else:
+            outcomes = self._call_batched(method, index, stage, live_args)
+        values: list[list] = [[None] * count for _ in range(stage.outputs_count)]
+        for i, outcome in zip(live, outcomes):
+            if isinstance(outcome, ServingError):
+                errors[i] = outcome
+                continue
+            for k, value in enumerate(outcome):
+                values[k][i] = value
+        return [Column.of_values(v) for v in values]
 
     @staticmethod
     def _failure(method: MethodDefinition, index: int, stage: StageDefinition, message: str) -> ServingError:
@@ -116,13 +151,3 @@ class MethodExecutor:
                                                            f"provided to it")] * len(chunk)
             outcomes.extend(got)
         return outcomes
-
-    @staticmethod
-    def _outputs(method: MethodDefinition, env: list[tuple]) -> InstanceOutcome:
-        outputs = {}
-        for name, p in zip(method.output_names, method.outputs):
-            try:
-                outputs[name] = to_output_value(env[p.stage][p.index])
-            except TypeError as exc:
-                return ServingError(SYSTEM_ERROR, f"Method '{method.name}' output '{name}': {exc}")
-        return outputs

@@ -9,6 +9,7 @@ import traceback
 from typing import Optional
 
 from mindserve import _backends
+from mindserve._dtypes import MS_UNKNOWN
 from mindserve._errors import ServingError
 from mindserve._servable import definition
 from mindserve._servable.directory import version_path
@@ -44,7 +45,7 @@ def _bind(runner: ModelRunner):
 
 
 def load_servable(servable_directory: str, name: str, version: int, device_type: Optional[str],
-                  device_id: int) -> MethodExecutor:
+                  device_id: int, max_batch_size: Optional[int] = None) -> MethodExecutor:
     """Everything a worker needs to run the servable's methods; raises RuntimeError with a text for the user."""
     servable = import_servable_config(servable_directory, name)
     if servable.models and version == 0:
@@ -64,7 +65,7 @@ def load_servable(servable_directory: str, name: str, version: int, device_type:
                 raise RuntimeError(f"Load model failed, servable directory: '{servable_directory}', servable name: "
                                    f"'{name}', model file: '{file}', version number {version}, load error details: "
                                    f"{exc}") from exc
-        runner = ModelRunner(model, sessions)
+        runner = ModelRunner(model, sessions, max_batch_size)
         if model.inputs_count is not None:
             runner.check_counts(model.inputs_count, model.outputs_count)
         model._runner = _bind(runner)
@@ -72,7 +73,62 @@ def load_servable(servable_directory: str, name: str, version: int, device_type:
     return MethodExecutor(servable, runners)
 
 
+def batch_limit(executor: MethodExecutor, max_batch_size: int) -> int:
+    """How many instances a worker takes from its queue at once: ``max_batch_size`` when set, else the largest
+    fixed batch size of the servable's batching models, else 0 (everything queued: the model runner still
+    splits it into runs of a model's batch size)."""
+    if max_batch_size:
+        return max_batch_size
+    sizes = [runner._fixed_batch_size(session) or 0 for runner in executor.runners.values()
+             if runner.model.with_batch_dim for session in runner.sessions]
+    return max(sizes, default=0)
+
+
+def _tensor_spec(runner: ModelRunner, spec) -> dict:
+    """A model input or output as the master describes it: dtype code and per-instance shape (without the batch
+    dim of a model declared with_batch_dim), -1 for a variable dim."""
+    shape = list(spec.shape[1:] if runner.model.with_batch_dim else spec.shape)
+    return {"dtype": spec.dtype, "shape": shape}
+
+
+# what is known of a method input or output that no model stage fixes (a Python stage may take or return
+# anything): no dtype (MS_UNKNOWN) and no shape, not even a rank
+UNKNOWN_SPEC = {"dtype": MS_UNKNOWN, "shape": None}
+
+
+def _method_specs(executor: MethodExecutor, method: definition.MethodDefinition) -> tuple[list, list]:
+    """The dtype and per-instance shape of each method input that feeds a model input directly (the first model
+    stage that takes it says) and of each output that is a model output (or a method input) directly."""
+    inputs: list = [None] * len(method.input_names)
+    for stage in method.stages:
+        runner = executor.runners.get(stage.target) if stage.is_model else None
+        if runner is None or not runner.sessions:
+            continue
+        session = runner.sessions[0]  # add_stage runs subgraph 0
+        for position, arg in enumerate(stage.args):
+            if arg.stage == 0 and inputs[arg.index] is None and position < len(session.inputs):
+                inputs[arg.index] = _tensor_spec(runner, session.inputs[position])
+    outputs = []
+    for placeholder in method.outputs:
+        spec = None
+        if placeholder.stage == 0:
+            spec = inputs[placeholder.index]
+        else:
+            stage = method.stages[placeholder.stage - 1]
+            runner = executor.runners.get(stage.target) if stage.is_model else None
+            if runner is not None and runner.sessions and placeholder.index < len(runner.sessions[0].outputs):
+                spec = _tensor_spec(runner, runner.sessions[0].outputs[placeholder.index])
+        outputs.append(spec)
+    return [s or dict(UNKNOWN_SPEC) for s in inputs], [s or dict(UNKNOWN_SPEC) for s in outputs]
+
+
 def method_signatures(executor: MethodExecutor) -> dict:
-    """What the master needs to know of each method: its input and output names."""
-    return {m.name: {"inputs": m.input_names, "outputs": m.output_names}
-            for m in executor.servable.methods.values()}
+    """What the master needs to know of each method: its input and output names, and in ``input_specs`` /
+    ``output_specs`` (one per name, in order) ``{"dtype": code, "shape": [per-instance dims, -1 variable]}``
+    where a model fixes them, ``{"dtype": 0 (MS_UNKNOWN), "shape": None}`` where nothing does."""
+    signatures = {}
+    for m in executor.servable.methods.values():
+        input_specs, output_specs = _method_specs(executor, m)
+        signatures[m.name] = {"inputs": m.input_names, "outputs": m.output_names,
+                              "input_specs": input_specs, "output_specs": output_specs}
+    return signatures

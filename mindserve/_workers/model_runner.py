@@ -12,6 +12,7 @@ from mindserve._backends import BackendSession, TensorSpec
 from mindserve._errors import FAILED, INVALID_INPUTS, ServingError
 from mindserve._servable.definition import Model
 from mindserve._workers.batching import stack_rows
+from mindserve._workers.columns import Column
 
 InstanceResult = Union[tuple, ServingError]
 
@@ -73,6 +74,66 @@ class ModelRunner:
         """Dim 0 of the first input when the model fixes it, else None."""
         shape = session.inputs[0].shape if session.inputs else ()
         return shape[0] if shape and shape[0] > 0 else None
+
+    def _check_column(self, index: int, spec: TensorSpec, kind: tuple[np.dtype, tuple]) -> tuple[int, ...]:
+        """The instance shape a stacked column of (dtype, row shape) ``kind`` feeds model input ``index`` as;
+        raises ServingError(INVALID_INPUTS) with the same texts as ``_check_input`` gives each instance."""
+        dtype, row_shape = kind
+        if _dtypes.CODE_OF.get(dtype) != spec.dtype:
+            raise ServingError(INVALID_INPUTS, f"Given model input {index} data type {_type_name(np.empty(0, dtype))} "
+                                               f"not match the data type {_dtypes.NAME_OF.get(spec.dtype)} defined "
+                                               f"in model")
+        shape = self._instance_shape(spec)
+        if all(d >= 0 for d in shape):
+            given, expected = math.prod(row_shape) * dtype.itemsize, math.prod(shape) * dtype.itemsize
+            if given != expected:
+                raise ServingError(INVALID_INPUTS, f"Given model input {index} size {given} not match the size "
+                                                   f"{expected} defined in model")
+            return shape
+        if len(row_shape) != len(shape) or any(d >= 0 and d != g for d, g in zip(shape, row_shape)):
+            raise ServingError(INVALID_INPUTS, f"Given model input {index} shape {list(row_shape)} not match the "
+                                               f"shape {list(shape)} defined in model")
+        return row_shape
+
+    def run_columns(self, columns: list[Column]) -> Optional[tuple[list[Column], dict[int, ServingError]]]:
+        """Run subgraph 0 on whole stacked columns: rows go to the model in batches without a per-instance
+        step. Returns the output columns and the errors of instances whose run failed (their rows are None),
+        or None when the columns are not all stacked (or the model has no batch dim): then ``run`` takes
+        the instances one by one. Raises ServingError when a column does not fit the model at all."""
+        session = self.sessions[0]
+        kinds = [c.stacked_type() for c in columns]
+        if not self.model.with_batch_dim or len(columns) != len(session.inputs) or None in kinds or not columns:
+            return None
+        count = columns[0].count
+        shapes = [self._check_column(k, spec, kind) for k, (spec, kind) in enumerate(zip(session.inputs, kinds))]
+        fixed = self._fixed_batch_size(session)
+        step = fixed or self.max_batch_size or count
+        outputs: list[list] = [[] for _ in session.outputs]
+        errors: dict[int, ServingError] = {}
+        for start in range(0, count, step):
+            stop = min(count, start + step)
+            feeds = [stack_rows(c.pieces(start, stop), fixed or stop - start, shape, kind[0])
+                     for c, shape, kind in zip(columns, shapes, kinds)]
+            for j, rows in enumerate(self._run_rows(session, feeds, stop - start)):
+                outputs[j].append(rows)
+            if isinstance(outputs[0][-1], ServingError):
+                errors.update((i, outputs[0][-1]) for i in range(start, stop))
+                for chunks in outputs:
+                    chunks[-1] = [None] * (stop - start)
+        return [Column(chunks) for chunks in outputs], errors
+
+    def _run_rows(self, session: BackendSession, feeds: list, rows: int) -> list:
+        """The model's outputs for one batch, cut to its ``rows`` real rows; a list of one ServingError per
+        output when the run fails or an output has no batch dim."""
+        try:
+            outputs = session.run(feeds)
+        except Exception as exc:
+            return [ServingError(FAILED, f"Model({self.model.key}) run failed: {exc}")] * len(session.outputs)
+        for j, out in enumerate(outputs):
+            if out.ndim == 0 or out.shape[0] < rows:
+                return [ServingError(FAILED, f"Model({self.model.key}) output {j} shape {list(out.shape)} has no batch "
+                                             f"dim of {rows} instances")] * len(session.outputs)
+        return [out[:rows] for out in outputs]
 
     def run(self, subgraph: int, instances: Sequence[tuple]) -> list[InstanceResult]:
         """One output tuple, or a ServingError, per instance, in order."""

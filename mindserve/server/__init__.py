@@ -18,9 +18,9 @@ from mindserve._checks import check_int
 from mindserve._config import ServableStartConfig, SSLConfig
 from mindserve._frontends.grpc.server import check_address
 from mindserve._master import get_master, stop as _stop
-from mindserve.server import register
+from mindserve.server import context, register
 
-__all__ = ["ServableStartConfig", "SSLConfig", "register", "start_servables", "start_grpc_server", "stop"]
+__all__ = ["ServableStartConfig", "SSLConfig", "context", "register", "start_servables", "start_grpc_server", "stop"]
 
 
 def _configure_logging() -> None:

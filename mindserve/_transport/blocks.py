@@ -1,0 +1,203 @@
+"""Message blocks: how a job or a reply is laid out in a channel arena.
+
+A block is ``<u32 header length><u32 0><header JSON>``, padding to 64 bytes, then the tensor data, each
+column 64-byte aligned. The header describes each named tensor column of the message's ``n`` instances:
+
+- ``["s", dtype, row_shape, offset]``: stacked, the instances' values back to back as one C-ordered array of
+  shape ``[n, *row_shape]``: what a batching model takes, written and read with one copy;
+- ``["e", [[dtype, shape, offset, nbytes], ...]]``: one value per instance (strings, bytes, or instances whose
+  shapes differ).
+
+Offsets are relative to the start of the data. A reader checks every descriptor against the block before it
+touches any byte, so a corrupt header gives :class:`BlockError`, never a read outside the block. Only plain
+JSON and raw bytes cross: nothing is unpickled.
+"""
+from __future__ import annotations
+
+import json
+import math
+import struct
+from typing import Any, Iterable, Optional, Sequence, Union
+
+import numpy as np
+
+from mindserve import _dtypes
+from mindserve._tensor import RawTensor
+
+PREFIX = struct.Struct("<II")
+ALIGN = 64
+TEXT_CODES = (_dtypes.MS_STRING, _dtypes.MS_BYTES)
+
+
+class BlockError(Exception):
+    """A block whose header does not describe its bytes."""
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) & ~(ALIGN - 1)
+
+
+def byte_view(buffer: Any) -> Union[memoryview, bytes]:
+    """The bytes of a contiguous buffer as a flat byte view (no copy)."""
+    if isinstance(buffer, bytes):
+        return buffer
+    view = memoryview(buffer)
+    return view.cast("B") if view.nbytes else b""  # cast() refuses views with a zero in their shape
+
+
+class BlockWriter:
+    """Collects a message's tensors, then writes header and data into an arena block in one pass."""
+
+    def __init__(self) -> None:
+        self.data_size = 0
+        self._copies: list[tuple[int, Any]] = []
+
+    def _place(self, nbytes: int) -> int:
+        offset = _align(self.data_size)
+        self.data_size = offset + nbytes
+        return offset
+
+    def add(self, data: Any) -> int:
+        """Place one buffer; its offset in the data."""
+        data = byte_view(data)
+        offset = self._place(len(data))
+        self._copies.append((offset, data))
+        return offset
+
+    def add_rows(self, pieces: Sequence[Any]) -> int:
+        """Place buffers back to back, as the rows of one stacked column; the column's offset."""
+        pieces = [byte_view(p) for p in pieces]
+        offset = self._place(sum(len(p) for p in pieces))
+        at = offset
+        for piece in pieces:
+            self._copies.append((at, piece))
+            at += len(piece)
+        return offset
+
+    def encode(self, header: dict) -> tuple[bytes, int]:
+        """The header bytes and the total block size."""
+        head = json.dumps(header, separators=(",", ":")).encode()
+        return head, _align(PREFIX.size + len(head)) + self.data_size
+
+    def write(self, view: memoryview, offset: int, head: bytes) -> None:
+        """Write the block at ``offset`` of ``view`` (a block of the size ``encode`` returned)."""
+        end = offset + PREFIX.size + len(head)
+        view[offset:end] = PREFIX.pack(len(head), 0) + head
+        data = offset + _align(PREFIX.size + len(head))
+        for at, piece in self._copies:
+            if len(piece):
+                view[data + at:data + at + len(piece)] = piece
+
+
+class BlockReader:
+    """The header of a block and checked access to its tensor columns."""
+
+    def __init__(self, buffer: memoryview, offset: int, size: int):
+        if size < PREFIX.size:
+            raise BlockError("message block too short")
+        head_len, _ = PREFIX.unpack(buffer[offset:offset + PREFIX.size])
+        if head_len > size - PREFIX.size:
+            raise BlockError("message header reaches past its block")
+        try:
+            self.header = json.loads(bytes(buffer[offset + PREFIX.size:offset + PREFIX.size + head_len]))
+        except ValueError as exc:
+            raise BlockError(f"message header is not JSON: {exc}") from None
+        if not isinstance(self.header, dict):
+            raise BlockError("message header is not an object")
+        start = _align(PREFIX.size + head_len)
+        if start > size:
+            raise BlockError("message data starts past its block")
+        self._buffer = buffer
+        self._data = offset + start
+        self._data_size = size - start
+
+    def _span(self, offset: Any, nbytes: int) -> int:
+        """The absolute position of [offset, offset + nbytes) of the data, after checking it lies inside."""
+        if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= self._data_size - nbytes:
+            raise BlockError("tensor reaches past its message block")
+        return self._data + offset
+
+    def column(self, desc: Any, count: int) -> Union[tuple[int, tuple, int], list[tuple[int, tuple, int, int]]]:
+        """A checked column descriptor: ``(dtype, row_shape, position)`` for a stacked one of ``count`` rows, or a
+        list of ``(dtype, shape, position, nbytes)``, one per instance."""
+        if isinstance(desc, list) and len(desc) == 4 and desc[0] == "s":
+            code, shape = desc[1], _shape(desc[2])
+            dtype = _dtypes.NUMPY_OF.get(code)
+            if dtype is None:
+                raise BlockError(f"bad stacked column {desc!r}")
+            return code, shape, self._span(desc[3], count * math.prod(shape) * dtype.itemsize)
+        if isinstance(desc, list) and len(desc) == 2 and desc[0] == "e" and isinstance(desc[1], list) \
+                and len(desc[1]) == count:
+            return [self._value_desc(d) for d in desc[1]]
+        raise BlockError(f"bad column descriptor {str(desc)[:200]}")
+
+    def _value_desc(self, desc: Any) -> tuple[int, tuple, int, int]:
+        if not (isinstance(desc, list) and len(desc) == 4):
+            raise BlockError(f"bad tensor descriptor {str(desc)[:200]}")
+        code, shape, offset, nbytes = desc[0], _shape(desc[1]), desc[2], desc[3]
+        if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes < 0:
+            raise BlockError(f"bad tensor descriptor {desc!r}")
+        dtype = _dtypes.NUMPY_OF.get(code)
+        if dtype is None and code not in TEXT_CODES:
+            raise BlockError(f"bad tensor descriptor {desc!r}")
+        if dtype is not None and math.prod(shape) * dtype.itemsize != nbytes:
+            raise BlockError(f"tensor descriptor {desc!r} does not match its byte size")
+        return code, shape, self._span(offset, nbytes), nbytes
+
+    def array(self, code: int, shape: tuple, position: int) -> np.ndarray:
+        """A numpy array over the block's bytes (no copy), after ``column`` checked the span."""
+        dtype = _dtypes.NUMPY_OF[code]
+        return np.frombuffer(self._buffer, dtype, math.prod(shape), position).reshape(shape)
+
+    def value(self, code: int, shape: tuple, position: int, nbytes: int) -> Union[np.ndarray, str, bytes]:
+        if code == _dtypes.MS_STRING:
+            return bytes(self._buffer[position:position + nbytes]).decode()
+        if code == _dtypes.MS_BYTES:
+            return bytes(self._buffer[position:position + nbytes])
+        return self.array(code, shape, position)
+
+    def raw(self, code: int, shape: tuple, position: int, nbytes: int) -> RawTensor:
+        return RawTensor(code, shape, self._buffer[position:position + nbytes])
+
+
+def _shape(shape: Any) -> tuple:
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                              for d in shape):
+        raise BlockError(f"bad tensor shape {str(shape)[:200]}")
+    return tuple(shape)
+
+
+def raw_column(writer: BlockWriter, tensors: Sequence[RawTensor]) -> list:
+    """The descriptor of a column of raw tensors (the master's side), placing their bytes in ``writer``:
+    stacked when every instance has the same numeric dtype and shape."""
+    first = tensors[0]
+    if first.dtype not in TEXT_CODES and all(t.dtype == first.dtype and t.shape == first.shape for t in tensors):
+        return ["s", first.dtype, list(first.shape), writer.add_rows([t.data for t in tensors])]
+    return ["e", [[t.dtype, list(t.shape), writer.add(t.data), len(t.data)] for t in tensors]]
+
+
+def raw_rows(reader: BlockReader, desc: Any, count: int) -> list[RawTensor]:
+    """A column read back as one RawTensor per instance (views of the reader's buffer)."""
+    column = reader.column(desc, count)
+    if isinstance(column, list):
+        return [reader.raw(*d) for d in column]
+    code, shape, position = column
+    row = math.prod(shape) * _dtypes.NUMPY_OF[code].itemsize
+    buffer = reader._buffer
+    return [RawTensor(code, shape, buffer[position + i * row:position + (i + 1) * row]) for i in range(count)]
+
+
+def value_descriptor(writer: BlockWriter, value: Union[np.ndarray, str, bytes]) -> list:
+    """The per-instance descriptor of one value (the worker's side), placing its bytes in ``writer``."""
+    if isinstance(value, str):
+        data = value.encode()
+        return [_dtypes.MS_STRING, [], writer.add(data), len(data)]
+    if isinstance(value, bytes):
+        return [_dtypes.MS_BYTES, [], writer.add(value), len(value)]
+    return [_dtypes.code_of_array(value), list(value.shape), writer.add(value), value.nbytes]
+
+
+def stacked_descriptor(writer: BlockWriter, pieces: Iterable[np.ndarray], row_shape: tuple,
+                       code: Optional[int]) -> list:
+    """The descriptor of a stacked column made of row blocks ``pieces`` (C-contiguous arrays of one dtype)."""
+    return ["s", code, list(row_shape), writer.add_rows(list(pieces))]

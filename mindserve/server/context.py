@@ -1,0 +1,15 @@
+"""Server-wide settings, as MindSpore Serving's ``mindspore_serving.server.context`` offers them."""
+from __future__ import annotations
+
+from mindserve._checks import check_int
+from mindserve._master import get_master
+
+__all__ = ["set_max_enqueued_requests"]
+
+
+def set_max_enqueued_requests(max_enqueued_requests: int) -> None:
+    """Bound the requests waiting to be processed, over all servables (default 10000). A request past the bound
+    is refused at once with ``Serving Error: enqueued requests count exceeds the limit N``."""
+    check_int("max_enqueued_requests", max_enqueued_requests, 1)
+    master = get_master()
+    master.call(master.set_max_enqueued_requests(max_enqueued_requests))

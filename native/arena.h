@@ -1,0 +1,38 @@
+/* arena.h - a ring allocator for messages inside a shared-memory segment.
+ *
+ * An arena is a region of `capacity` bytes at `offset` from the segment start. Blocks are carved from it in
+ * ring order by one process (the producer); any process may mark a block free (the consumer, once it is done
+ * with it). The producer reclaims freed space lazily, oldest block first, so a block freed out of order is
+ * reused once the blocks before it are freed too. Each block starts with a 64-byte header; the data after it
+ * is 64-byte aligned. Offsets handed out and taken back are segment offsets of the data, never pointers, so
+ * both processes may map the segment at different addresses. */
+#ifndef MINDSERVE_ARENA_H
+#define MINDSERVE_ARENA_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#define MS_ALIGN 64u
+
+typedef struct {
+    uint64_t offset;   /* segment offset of the region */
+    uint64_t capacity; /* bytes in the region, a multiple of MS_ALIGN */
+    uint64_t head;     /* bytes ever handed out (producer only) */
+    uint64_t tail;     /* bytes ever reclaimed (producer only) */
+} ms_arena;
+
+/* The header in front of every block. */
+typedef struct {
+    uint64_t size;          /* bytes of the block, header included, a multiple of MS_ALIGN */
+    uint32_t magic;         /* MS_BLOCK_MAGIC: tells a block header from stray bytes */
+    _Atomic uint32_t state; /* MS_BLOCK_USED until released */
+    unsigned char pad[MS_ALIGN - 16];
+} ms_block;
+
+void ms_arena_init(ms_arena *arena, uint64_t offset, uint64_t capacity);
+int ms_arena_alloc(ms_arena *arena, unsigned char *base, uint64_t size, uint64_t *data_offset);
+int ms_arena_release(const ms_arena *arena, unsigned char *base, uint64_t data_offset);
+int ms_arena_contains(const ms_arena *arena, uint64_t data_offset, uint64_t size);
+uint64_t ms_arena_max_alloc(const ms_arena *arena);
+
+#endif
