@@ -3,6 +3,7 @@ raw little-endian bytes (UTF-8 text for MS_STRING, the bytes themselves for MS_B
 these; the dispatcher and the transport move them without looking inside."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple, Union
 
 
@@ -10,3 +11,37 @@ class RawTensor(NamedTuple):
     dtype: int
     shape: tuple
     data: Union[bytes, memoryview]
+
+
+class StackedOutput(NamedTuple):
+    """One output of every instance of a request, back to back: ``count`` rows of ``row_shape``."""
+
+    dtype: int
+    row_shape: tuple
+    data: Union[bytes, memoryview]
+
+
+class StackedResults(Sequence):
+    """The results of a request whose instances all succeeded with stacked outputs: a sequence of one
+    ``dict[str, RawTensor]`` per instance, made on demand, whose ``outputs`` frontends can also take whole (a
+    reply written in one pass, an OIP tensor as it is)."""
+
+    def __init__(self, count: int, outputs: dict[str, StackedOutput]):
+        self.count = count
+        self.outputs = outputs
+        self.row_bytes = {name: len(out.data) // count if count else 0 for name, out in outputs.items()}
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.count))]
+        if not -self.count <= index < self.count:
+            raise IndexError("instance index out of range")
+        index %= self.count
+        result = {}
+        for name, out in self.outputs.items():
+            size = self.row_bytes[name]
+            result[name] = RawTensor(out.dtype, out.row_shape, out.data[index * size:(index + 1) * size])
+        return result

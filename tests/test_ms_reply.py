@@ -98,3 +98,18 @@ def test_large_lengths_take_multi_byte_varints():
     _check(_spec(), [{"y": _raw(value)}])
     assert varint(0) == b"\x00" and varint(127) == b"\x7f" and varint(128) == b"\x80\x01" and \
         varint(300) == b"\xac\x02"
+
+
+def test_stacked_results_encode_as_their_instances():
+    """A request whose outputs came back stacked is written in one pass; it must read as the same reply as its
+    instances one by one."""
+    from mindserve._tensor import StackedOutput, StackedResults
+    y = np.arange(24, dtype=np.float32).reshape(4, 2, 3)
+    z = np.arange(4, dtype=np.int64)
+    results = StackedResults(4, {"y": StackedOutput(_dtypes.MS_FLOAT32, (2, 3), memoryview(y.tobytes())),
+                                 "z": StackedOutput(_dtypes.MS_INT64, (), memoryview(z.tobytes()))})
+    assert results[2]["y"].data.tobytes() == y[2].tobytes() and results[-1]["z"].shape == ()
+    data = ReplyEncoder().encode(_spec().SerializeToString(), results)
+    assert pb.PredictReply.FromString(data) == _expected(_spec(), list(results))
+    with pytest.raises(IndexError):
+        results[4]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import logging
 import os
 import socket
@@ -18,8 +19,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from mindserve import _dtypes
 from mindserve._errors import INVALID_INPUTS, SYSTEM_ERROR, WORKER_UNAVAILABLE, ServingError
-from mindserve._tensor import RawTensor
+from mindserve._tensor import RawTensor, StackedOutput, StackedResults
 from mindserve._transport import blocks
 from mindserve._transport.master_side import MasterChannel
 from mindserve._transport.shm_channel import (QUEUE_CAPACITY, REPLIES, REQUESTS, ArenaFull, ChannelBroken,
@@ -148,6 +150,8 @@ class WorkerProcess:
             job = Job(method, [instances[i] for i in indices], loop.create_future())
             parts.append((indices, job.future))
             self.submit(job)
+        if len(parts) == 1 and len(parts[0][0]) == len(instances):  # the usual case: one job, every instance
+            return await parts[0][1]
         outcomes = await asyncio.gather(*(future for _, future in parts), return_exceptions=True)
         for (indices, _), outcome in zip(parts, outcomes):
             if isinstance(outcome, ServingError):  # this part's worker died: its instances fail, not the rest
@@ -354,6 +358,10 @@ def _decode_reply(data: memoryview, count: int, output_names: list) -> list:
     header = reader.header
     if header.get("n") != count or not isinstance(header.get("err"), list) or not isinstance(header.get("out"), dict):
         raise blocks.BlockError("reply header does not match its job")
+    if not header["err"]:
+        stacked = _stacked_results(reader, header["out"], count, output_names)
+        if stacked is not None:
+            return stacked
     results: list = [None] * count
     for item in header["err"]:
         if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], int) and 0 <= item[0] < count):
@@ -370,3 +378,18 @@ def _decode_reply(data: memoryview, count: int, output_names: list) -> list:
     for k, i in enumerate(ok):
         results[i] = {name: column[k] for name, column in columns.items()}
     return results
+
+
+def _stacked_results(reader: blocks.BlockReader, columns: dict, count: int, output_names: list) \
+        -> Optional[StackedResults]:
+    """All instances succeeded: when every output is a stacked column, the outputs whole (no per-instance
+    objects); None otherwise."""
+    outputs = {}
+    for name in output_names:
+        desc = columns.get(name)
+        if not (isinstance(desc, list) and desc and desc[0] == "s"):
+            return None
+        code, shape, position = reader.column(desc, count)
+        size = count * math.prod(shape) * _dtypes.NUMPY_OF[code].itemsize
+        outputs[name] = StackedOutput(code, shape, reader.buffer[position:position + size])
+    return StackedResults(count, outputs)

@@ -100,14 +100,14 @@ class BlockReader:
             raise BlockError("message header reaches past its block")
         try:
             self.header = json.loads(bytes(buffer[offset + PREFIX.size:offset + PREFIX.size + head_len]))
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: arrays or objects nested too deep
             raise BlockError(f"message header is not JSON: {exc}") from None
         if not isinstance(self.header, dict):
             raise BlockError("message header is not an object")
         start = _align(PREFIX.size + head_len)
         if start > size:
             raise BlockError("message data starts past its block")
-        self._buffer = buffer
+        self.buffer = buffer
         self._data = offset + start
         self._data_size = size - start
 
@@ -122,7 +122,7 @@ class BlockReader:
         list of ``(dtype, shape, position, nbytes)``, one per instance."""
         if isinstance(desc, list) and len(desc) == 4 and desc[0] == "s":
             code, shape = desc[1], _shape(desc[2])
-            dtype = _dtypes.NUMPY_OF.get(code)
+            dtype = _numeric_dtype(code)
             if dtype is None:
                 raise BlockError(f"bad stacked column {desc!r}")
             return code, shape, self._span(desc[3], count * math.prod(shape) * dtype.itemsize)
@@ -137,8 +137,8 @@ class BlockReader:
         code, shape, offset, nbytes = desc[0], _shape(desc[1]), desc[2], desc[3]
         if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes < 0:
             raise BlockError(f"bad tensor descriptor {desc!r}")
-        dtype = _dtypes.NUMPY_OF.get(code)
-        if dtype is None and code not in TEXT_CODES:
+        dtype = _numeric_dtype(code)
+        if dtype is None and not (_is_int(code) and code in TEXT_CODES):
             raise BlockError(f"bad tensor descriptor {desc!r}")
         if dtype is not None and math.prod(shape) * dtype.itemsize != nbytes:
             raise BlockError(f"tensor descriptor {desc!r} does not match its byte size")
@@ -147,22 +147,35 @@ class BlockReader:
     def array(self, code: int, shape: tuple, position: int) -> np.ndarray:
         """A numpy array over the block's bytes (no copy), after ``column`` checked the span."""
         dtype = _dtypes.NUMPY_OF[code]
-        return np.frombuffer(self._buffer, dtype, math.prod(shape), position).reshape(shape)
+        return np.frombuffer(self.buffer, dtype, math.prod(shape), position).reshape(shape)
 
     def value(self, code: int, shape: tuple, position: int, nbytes: int) -> Union[np.ndarray, str, bytes]:
         if code == _dtypes.MS_STRING:
-            return bytes(self._buffer[position:position + nbytes]).decode()
+            try:
+                return bytes(self.buffer[position:position + nbytes]).decode()
+            except UnicodeDecodeError:
+                raise BlockError("string tensor is not UTF-8") from None
         if code == _dtypes.MS_BYTES:
-            return bytes(self._buffer[position:position + nbytes])
+            return bytes(self.buffer[position:position + nbytes])
         return self.array(code, shape, position)
 
     def raw(self, code: int, shape: tuple, position: int, nbytes: int) -> RawTensor:
-        return RawTensor(code, shape, self._buffer[position:position + nbytes])
+        return RawTensor(code, shape, self.buffer[position:position + nbytes])
+
+
+def _is_int(value: Any) -> bool:
+    """Whether a header value is a JSON integer (not a boolean, which Python counts as an int)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _numeric_dtype(code: Any) -> Optional[np.dtype]:
+    """The numpy dtype of a numeric dtype code read from a header; None for a text code or anything else
+    (a list, a boolean or a float such as 11.0 must not pass for a code)."""
+    return _dtypes.NUMPY_OF.get(code) if _is_int(code) else None
 
 
 def _shape(shape: Any) -> tuple:
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                              for d in shape):
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
         raise BlockError(f"bad tensor shape {str(shape)[:200]}")
     return tuple(shape)
 
@@ -183,7 +196,7 @@ def raw_rows(reader: BlockReader, desc: Any, count: int) -> list[RawTensor]:
         return [reader.raw(*d) for d in column]
     code, shape, position = column
     row = math.prod(shape) * _dtypes.NUMPY_OF[code].itemsize
-    buffer = reader._buffer
+    buffer = reader.buffer
     return [RawTensor(code, shape, buffer[position + i * row:position + (i + 1) * row]) for i in range(count)]
 
 

@@ -97,7 +97,10 @@ class ShmChannel:
         size = ffi.new("uint64_t *")
         _check(lib.ms_segment_size(fd, size), "fstat of the channel segment")
         channel = cls._map(fd, size[0])
-        _check(lib.ms_channel_check(channel._base, channel.size), "channel check")
+        status = lib.ms_channel_check(channel._base, channel.size)
+        if status != lib.MS_OK:
+            channel.unmap()  # the caller keeps ``fd``; the mapping is ours to end
+            _check(status, "channel check")
         return channel
 
     @classmethod

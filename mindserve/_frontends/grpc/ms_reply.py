@@ -11,7 +11,7 @@ from typing import Optional, Union
 
 from mindserve import _dtypes
 from mindserve._errors import ServingError
-from mindserve._tensor import RawTensor
+from mindserve._tensor import RawTensor, StackedResults
 
 _TEXT_TYPES = (_dtypes.MS_STRING, _dtypes.MS_BYTES)
 _PREFIX_CACHE_LIMIT = 4096
@@ -85,6 +85,8 @@ class ReplyEncoder:
         """The reply to a request whose instances ended as ``outcomes`` (a dict of RawTensor outputs or a
         ServingError each), by MSService's rules: no error entry when all succeeded; one when every instance
         failed with the same error; else one per instance, and an empty instance for each failure."""
+        if isinstance(outcomes, StackedResults):
+            return self._encode_stacked(spec, outcomes)
         errors = [o for o in outcomes if isinstance(o, ServingError)]
         if errors and len(errors) == len(outcomes) and len({(e.code, e.message) for e in errors}) == 1:
             return self.whole_request_error(spec, errors[0])
@@ -96,6 +98,24 @@ class ReplyEncoder:
                 self._instance(outcome, parts)
         if errors:
             parts.extend(self._error(o if isinstance(o, ServingError) else None) for o in outcomes)
+        return b"".join(parts)
+
+    def _encode_stacked(self, spec: bytes, results: StackedResults) -> bytes:
+        """Every instance succeeded with stacked outputs: each instance is the same prefixes around its rows."""
+        layout = []
+        size = 0
+        for name, out in results.outputs.items():
+            row = results.row_bytes[name]
+            prefix = self._item_prefix(name, RawTensor(out.dtype, out.row_shape, b""), row)
+            layout.append((prefix, out.data, row))
+            size += len(prefix) + row
+        head = b"\x1a" + varint(size)  # PredictReply.instances = 3, all of one size
+        parts: list = [_field(0x0A, spec)] if spec else []
+        for i in range(results.count):
+            parts.append(head)
+            for prefix, data, row in layout:
+                parts.append(prefix)
+                parts.append(data[i * row:(i + 1) * row])
         return b"".join(parts)
 
     def whole_request_error(self, spec: bytes, error: ServingError) -> bytes:

@@ -62,6 +62,8 @@ class MSServiceHandler:
                 valid_index.append(i)
             except ServingError as err:
                 outcomes[i] = err
+        if len(valid) == len(outcomes):  # every instance valid: the results as they come (possibly stacked)
+            return await self._dispatcher.run(group, spec.method_name, valid)
         if valid:
             for i, result in zip(valid_index, await self._dispatcher.run(group, spec.method_name, valid)):
                 outcomes[i] = result
