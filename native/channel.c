@@ -1,14 +1,17 @@
 /* channel.c - see channel.h for the layout and who writes what. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "channel.h"
 #include "ms_status.h"
 
-#define MS_CHANNEL_MAGIC 0x6d696e6473727631ull /* "mindsrv1": the layout version is part of it */
+#define MS_CHANNEL_MAGIC 0x6d696e6473727632ull /* "mindsrv2": the layout version is part of it */
 
 static uint64_t align_up(uint64_t n) { return (n + MS_ALIGN - 1) & ~(uint64_t)(MS_ALIGN - 1); }
 
@@ -36,7 +39,7 @@ size_t ms_channel_min_size(uint64_t queue_capacity) {
 /* Master side: lays out a fresh channel over the `size` bytes at `base` (zero-filled, as a new segment is),
  * with `queue_capacity` entries per queue and the rest split evenly between the two arenas.
  * Returns MS_OK, MS_EINVAL when the segment is too small or the capacity is 0 or absurd, or MS_ESYS when the
- * process-shared mutex or condition variable cannot be made (errno is set). */
+ * process-shared mutex cannot be made (errno is set). */
 int ms_channel_init(void *base, uint64_t size, uint64_t queue_capacity) {
     if (queue_capacity == 0 || queue_capacity > (1u << 20) || size < ms_channel_min_size(queue_capacity))
         return MS_EINVAL;
@@ -55,17 +58,11 @@ int ms_channel_init(void *base, uint64_t size, uint64_t queue_capacity) {
     ms_arena_init(&ch->replies, pos + arena_size, arena_size);
 
     pthread_mutexattr_t mattr;
-    pthread_condattr_t cattr;
     int err = pthread_mutexattr_init(&mattr);
     if (!err) err = pthread_mutexattr_setpshared(&mattr, PTHREAD_PROCESS_SHARED);
     if (!err) err = pthread_mutexattr_setrobust(&mattr, PTHREAD_MUTEX_ROBUST);
     if (!err) err = pthread_mutex_init(&ch->lock, &mattr);
     pthread_mutexattr_destroy(&mattr);
-    if (!err) err = pthread_condattr_init(&cattr);
-    if (!err) err = pthread_condattr_setpshared(&cattr, PTHREAD_PROCESS_SHARED);
-    if (!err) err = pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC);
-    if (!err) err = pthread_cond_init(&ch->jobs_ready, &cattr);
-    pthread_condattr_destroy(&cattr);
     if (err) {
         errno = err;
         return MS_ESYS;
@@ -97,6 +94,13 @@ int ms_channel_check(const void *base, uint64_t size) {
     return MS_OK;
 }
 
+/* Bumps jobs_seq and wakes up to `n` processes sleeping on it in wait_jobs (a shared futex: no
+ * FUTEX_PRIVATE_FLAG). Called with the lock held; a waiter that read jobs_seq before the bump does not sleep. */
+static void wake_jobs(ms_channel *ch, int n) {
+    atomic_fetch_add_explicit(&ch->jobs_seq, 1, memory_order_release);
+    syscall(SYS_futex, (uint32_t *)&ch->jobs_seq, FUTEX_WAKE, n, NULL, NULL, 0);
+}
+
 /* Takes the channel lock. Returns MS_OK with the lock held, or MS_EBROKEN without it when the channel is
  * broken (now or before: a process died holding the lock, so the queues may be half-updated). */
 int ms_channel_lock(void *base) {
@@ -105,7 +109,7 @@ int ms_channel_lock(void *base) {
     if (err == EOWNERDEAD) {
         ch->broken = 1;
         pthread_mutex_consistent(&ch->lock);
-        pthread_cond_broadcast(&ch->jobs_ready);
+        wake_jobs(ch, INT_MAX);
         pthread_mutex_unlock(&ch->lock);
         return MS_EBROKEN;
     }
@@ -153,7 +157,7 @@ int ms_channel_close(void *base) {
     int status = ms_channel_lock(base);
     if (status != MS_OK) return status;
     ch->closed = 1;
-    pthread_cond_broadcast(&ch->jobs_ready);
+    wake_jobs(ch, INT_MAX);
     ms_channel_unlock(base);
     return MS_OK;
 }
@@ -167,31 +171,23 @@ int ms_push_job(void *base, const ms_entry *job) {
     ms_entry e = *job;
     e.enqueued_ns = now_ns();
     status = ch->closed ? MS_ECLOSED : queue_push(ch, &ch->jobs, &e);
-    if (status == MS_OK) pthread_cond_signal(&ch->jobs_ready);
+    if (status == MS_OK) wake_jobs(ch, 1);
     ms_channel_unlock(base);
     return status;
 }
 
-/* Waits on jobs_ready until `deadline_ns` (CLOCK_MONOTONIC), or without end for 0. Lock held throughout
- * (released while waiting). Returns MS_OK (woken or timed out) or MS_EBROKEN, with the lock released. */
+/* Sleeps until wake_jobs, until `deadline_ns` (CLOCK_MONOTONIC), or without end for 0; call it with the lock
+ * held. The lock is released while sleeping; jobs_seq is read under it, so a push made between the unlock and
+ * the sleep makes the futex wait return at once. Returns MS_OK with the lock held (woken, timed out or
+ * interrupted: the caller checks its condition again), or MS_EBROKEN with the lock released. */
 static int wait_jobs(ms_channel *ch, uint64_t deadline_ns) {
-    int err;
-    if (deadline_ns == 0) {
-        err = pthread_cond_wait(&ch->jobs_ready, &ch->lock);
-    } else {
-        struct timespec ts = {(time_t)(deadline_ns / 1000000000ull), (long)(deadline_ns % 1000000000ull)};
-        err = pthread_cond_timedwait(&ch->jobs_ready, &ch->lock, &ts);
-    }
-    if (err == EOWNERDEAD) {
-        ch->broken = 1;
-        pthread_mutex_consistent(&ch->lock);
-    }
-    if (ch->broken) {
-        pthread_cond_broadcast(&ch->jobs_ready);
-        pthread_mutex_unlock(&ch->lock);
-        return MS_EBROKEN;
-    }
-    return MS_OK;
+    uint32_t seq = atomic_load_explicit(&ch->jobs_seq, memory_order_relaxed);
+    struct timespec ts = {(time_t)(deadline_ns / 1000000000ull), (long)(deadline_ns % 1000000000ull)};
+    ms_channel_unlock(ch);
+    /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline; NULL waits without end */
+    syscall(SYS_futex, (uint32_t *)&ch->jobs_seq, FUTEX_WAIT_BITSET, seq, deadline_ns ? &ts : NULL, NULL,
+            FUTEX_BITSET_MATCH_ANY);
+    return ms_channel_lock(ch);
 }
 
 /* Worker side: blocks until at least one job is queued, then, when max_delay_ns > 0, keeps waiting until

@@ -10,7 +10,10 @@
  * master takes done entries with ms_pop_done, copies the reply out, and releases both blocks.
  *
  * Both queues share one robust, process-shared mutex. A process that dies holding it leaves the channel
- * "broken": every later call returns MS_EBROKEN instead of blocking, and the master drops the channel. */
+ * "broken": every later call returns MS_EBROKEN instead of blocking, and the master drops the channel.
+ * ms_pop_batch sleeps on a futex (jobs_seq), not on a process-shared condition variable: glibc keeps waiter
+ * counts inside a condition variable, so a process killed while waiting on one could make a later signal
+ * block for ever, with the lock held. A futex keeps its waiters in the kernel, which forgets a dead one. */
 #ifndef MINDSERVE_CHANNEL_H
 #define MINDSERVE_CHANNEL_H
 
@@ -44,7 +47,7 @@ typedef struct {
     uint32_t closed;
     uint32_t broken;
     pthread_mutex_t lock;
-    pthread_cond_t jobs_ready;
+    _Atomic uint32_t jobs_seq; /* futex word: bumped and woken by every push, close and breakage */
     ms_queue jobs;
     ms_queue done;
     ms_arena requests; /* master allocates, master releases */

@@ -244,8 +244,14 @@ class WorkerProcess:
                 self._kill()
                 return
             data = bytes(channel.view[offset:offset + size])  # after this copy the worker can change nothing
-            channel.release(REPLIES, offset)
             channel.release(REQUESTS, job.request_offset)
+            try:
+                channel.release(REPLIES, offset)
+            except ValueError:  # not a block the worker allocated: it cannot be trusted any more
+                self._jobs[job_id] = job  # fails with the others once the process is gone
+                log.error("worker of %s answered outside its reply blocks; stopping it", self.spec.describe())
+                self._kill()
+                return
             try:
                 outcome = _decode_reply(memoryview(data), job.count, self.methods[job.method]["outputs"])
             except blocks.BlockError as exc:

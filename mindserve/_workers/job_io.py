@@ -34,7 +34,8 @@ def read_job(channel: ShmChannel, job_id: int, offset: int, size: int) -> Job:
     reader = blocks.BlockReader(channel.view, offset, size)
     header = reader.header
     method, count, inputs = header.get("m"), header.get("n"), header.get("in")
-    if not isinstance(method, str) or not isinstance(count, int) or count < 1 or not isinstance(inputs, dict):
+    if not isinstance(method, str) or not isinstance(count, int) or isinstance(count, bool) or count < 1 \
+            or not isinstance(inputs, dict):
         raise blocks.BlockError("bad job header")
     columns = {}
     for name, desc in inputs.items():
