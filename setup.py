@@ -14,15 +14,26 @@ from setuptools.command.build_py import build_py
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+# Protos whose full names other packages also register in protobuf's default pool (tritonclient defines the
+# same inference.* messages): a second file defining a name fails to import, so these are compiled to a
+# descriptor set, *.desc, that mindserve loads into a pool of its own (mindserve/_proto/grpc_inference.py).
+PRIVATE_POOL_PROTOS = {"grpc_inference.proto"}
+
+
 def generate_protos() -> None:
     """Compile every mindserve/_proto/*.proto into *_pb2.py beside it (message classes only: the gRPC
-    services are registered by hand so that mindserve parses and validates requests itself)."""
+    services are registered by hand so that mindserve parses and validates requests itself), or into *.desc
+    for PRIVATE_POOL_PROTOS."""
     from grpc_tools import protoc
 
     protos = sorted(glob.glob(os.path.join(HERE, "mindserve", "_proto", "*.proto")))
     include = os.path.join(os.path.dirname(protoc.__file__), "_proto")
     for proto in protos:
-        args = ["protoc", f"-I{HERE}", f"-I{include}", f"--python_out={HERE}", os.path.relpath(proto, HERE)]
+        if os.path.basename(proto) in PRIVATE_POOL_PROTOS:
+            output = f"--descriptor_set_out={os.path.splitext(proto)[0]}.desc"
+        else:
+            output = f"--python_out={HERE}"
+        args = ["protoc", f"-I{HERE}", f"-I{include}", output, os.path.relpath(proto, HERE)]
         if protoc.main(args) != 0:
             raise RuntimeError(f"protoc failed on {proto}")
 
@@ -56,9 +67,12 @@ setup(
     python_requires=">=3.9",
     packages=packages + ["mindserve.client"],
     package_dir={"mindserve.client": "client"},
-    package_data={"mindserve._proto": ["*.proto"]},
+    package_data={"mindserve._proto": ["*.proto", "*.desc"]},
     install_requires=[
         "grpcio>=1.76",
+        # 1.82 and later need protobuf 7, which tritonclient (protobuf < 7) and this package's pin exclude
+        "grpcio-health-checking>=1.76,<1.82",
+        "grpcio-reflection>=1.76,<1.82",
         "protobuf>=6.31.1,<7",
         "numpy>=1.23",
         "cffi>=1.16",
@@ -66,7 +80,12 @@ setup(
     ],
     extras_require={
         "onnx": ["onnxruntime>=1.17"],
-        "test": ["pytest>=8", "trustme>=1.1", "onnx>=1.15", "onnxruntime>=1.17"],
+        # what the bundled servables need at serving time (digits decodes images with Pillow)
+        "examples": ["onnxruntime>=1.17", "Pillow>=9.1"],
+        # what example/*/export_model/ needs to make the bundled model files again
+        "export": ["onnx>=1.15", "scikit-learn>=1.3", "skl2onnx>=1.16", "Pillow>=9.1"],
+        "test": ["pytest>=8", "trustme>=1.1", "onnx>=1.15", "onnxruntime>=1.17", "tritonclient[grpc]",
+                 "Pillow>=9.1", "scikit-learn>=1.3"],
     },
     setup_requires=[],
     cffi_modules=["native/build_native.py:ffibuilder"],

@@ -52,3 +52,26 @@ NAME_OF: dict[int, str] = {
 def code_of_array(array: np.ndarray) -> int | None:
     """The enum value for a numpy array's dtype, or None when the wire contract has no such type."""
     return CODE_OF.get(array.dtype)
+
+
+# Open Inference Protocol (KServe v2) datatype names. Both text types travel as BYTES; a BYTES input becomes
+# MS_BYTES unless the frontend knows the method takes a string (see the OIP frontend).
+OIP_NAME_OF: dict[int, str] = {
+    MS_BOOL: "BOOL",
+    MS_INT8: "INT8",
+    MS_UINT8: "UINT8",
+    MS_INT16: "INT16",
+    MS_UINT16: "UINT16",
+    MS_INT32: "INT32",
+    MS_UINT32: "UINT32",
+    MS_INT64: "INT64",
+    MS_UINT64: "UINT64",
+    MS_FLOAT16: "FP16",
+    MS_FLOAT32: "FP32",
+    MS_FLOAT64: "FP64",
+    MS_STRING: "BYTES",
+    MS_BYTES: "BYTES",
+}
+
+# OIP datatype name -> enum value
+CODE_OF_OIP_NAME: dict[str, int] = {name: code for code, name in OIP_NAME_OF.items() if code != MS_STRING}

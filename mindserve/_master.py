@@ -16,7 +16,9 @@ from typing import Any, Coroutine, Optional
 
 from mindserve._config import ServableStartConfig, SSLConfig
 from mindserve._dispatch.dispatcher import Dispatcher
+from mindserve._frontends.grpc import health_reflection, ms_service, oip_service
 from mindserve._frontends.grpc.ms_service import MSServiceHandler
+from mindserve._frontends.grpc.oip_service import OipServiceHandler
 from mindserve._frontends.grpc.server import GrpcServer
 from mindserve._servable import directory
 from mindserve._supervision.servable_workers import ServableWorkers
@@ -26,11 +28,17 @@ log = logging.getLogger("mindserve")
 
 DRAIN_GRACE_S = 10.0  # how long stop() lets requests in progress finish
 
+# the gRPC services every server answers (and reflection lists)
+GRPC_SERVICE_NAMES = (ms_service.SERVICE_NAME, oip_service.SERVICE_NAME, health_reflection.HEALTH_SERVICE_NAME,
+                      health_reflection.REFLECTION_SERVICE_NAME)
+
 
 class Master:
     def __init__(self) -> None:
         self.dispatcher = Dispatcher()
         self.grpc_servers: list[GrpcServer] = []
+        self._grpc_handlers: list = []  # made on the loop by the first start_grpc_server, shared by all servers
+        self._health: Optional[health_reflection.HealthMonitor] = None
         self.stopped = threading.Event()
         self._stopping = threading.Lock()  # held for good by the first stop()
         self._loop = asyncio.new_event_loop()
@@ -72,12 +80,20 @@ class Master:
         self.dispatcher.max_enqueued_requests = limit
 
     async def start_grpc_server(self, address: str, max_msg_mb_size: int, ssl_config: Optional[SSLConfig]) -> None:
-        handlers = [MSServiceHandler(self.dispatcher).rpc_handlers()]
-        server = await GrpcServer.start(address, handlers, max_msg_mb_size, ssl_config)
+        if not self._grpc_handlers:
+            self._health = health_reflection.HealthMonitor(self.dispatcher, GRPC_SERVICE_NAMES)
+            await self._health.start()
+            self._grpc_handlers = [MSServiceHandler(self.dispatcher).rpc_handlers(),
+                                   OipServiceHandler(self.dispatcher).rpc_handlers(),
+                                   self._health.rpc_handlers(),
+                                   health_reflection.reflection_handler(GRPC_SERVICE_NAMES)]
+        server = await GrpcServer.start(address, self._grpc_handlers, max_msg_mb_size, ssl_config)
         self.grpc_servers.append(server)
         log.info("gRPC server listening on %s%s", address, " (TLS)" if ssl_config else "")
 
     async def _shutdown(self) -> None:
+        if self._health is not None:  # NOT_SERVING while draining; health Watch streams end now
+            await self._health.stop()
         await asyncio.gather(*(s.stop(DRAIN_GRACE_S) for s in self.grpc_servers), return_exceptions=True)
         await asyncio.gather(*(g.stop() for g in self.dispatcher.groups()), return_exceptions=True)
 

@@ -49,8 +49,9 @@ def start_servables(servable_configs: Union[ServableStartConfig, Sequence[Servab
 
 
 def start_grpc_server(address: str, max_msg_mb_size: int = 100, ssl_config: Optional[SSLConfig] = None) -> None:
-    """Serve MSService on ``address``: ``"host:port"`` or ``"unix:/path"`` (a socket file only the owner may
-    use). ``max_msg_mb_size`` in [1, 512] bounds request and reply sizes; ``ssl_config`` turns on TLS."""
+    """Serve MSService, the Open Inference Protocol (``inference.GRPCInferenceService``), gRPC health and server
+    reflection on ``address``: ``"host:port"`` or ``"unix:/path"`` (a socket file only the owner may use).
+    ``max_msg_mb_size`` in [1, 512] bounds request and reply sizes; ``ssl_config`` turns on TLS."""
     check_address(address)
     check_int("max_msg_mb_size", max_msg_mb_size, 1, 512)
     if ssl_config is not None and not isinstance(ssl_config, SSLConfig):

@@ -15,44 +15,62 @@ from mindserve._tensor import RawTensor
 _TEXT_TYPES = (_dtypes.MS_STRING, _dtypes.MS_BYTES)
 
 
-def _invalid(name: str, detail: str) -> ServingError:
+def invalid_input(name: str, detail: str) -> ServingError:
+    """The error for a bad tensor of input ``name`` (shared by the gRPC frontends, so the texts are one)."""
     return ServingError(INVALID_INPUTS, f"Instances input {name} check failed, detail: {detail}")
+
+
+
+def check_dims(name: str, dims: tuple) -> None:
+    """Refuse a shape with a negative dim."""
+    if any(d < 0 for d in dims):
+        raise invalid_input(name, f"Tensor check failed: input shape {list(dims)} invalid")
+
+
+def check_data_size(name: str, code: int, dims: tuple, size: int) -> None:
+    """Refuse ``size`` bytes of data unless they are exactly what ``dims`` of numeric type ``code`` take (the
+    product is a Python int: a huge declared shape cannot overflow, and nothing is allocated from it)."""
+    expected = math.prod(dims) * _dtypes.NUMPY_OF[code].itemsize
+    if size != expected:
+        raise invalid_input(name, f"Tensor check failed: input data size {size} invalid, shape {list(dims)} of "
+                                  f"{_dtypes.NAME_OF[code]} needs {expected} bytes")
+
+
+def check_utf8(name: str, data: bytes) -> None:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        raise invalid_input(name, "Instance tensor check failed: string input is not valid UTF-8") from None
 
 
 def tensor_from_proto(name: str, tensor: pb.Tensor) -> RawTensor:
     """The validated tensor of input ``name``; ServingError(INVALID_INPUTS) naming the problem otherwise."""
     code = tensor.dtype
     dims = tuple(tensor.shape.dims)
-    if any(d < 0 for d in dims):
-        raise _invalid(name, f"Tensor check failed: input shape {list(dims)} invalid")
+    check_dims(name, dims)
     if tensor.WhichOneof("tensor_data") == "shm_data":
-        raise _invalid(name, "Tensor check failed: shared memory tensor data is not supported by this server")
+        raise invalid_input(name, "Tensor check failed: shared memory tensor data is not supported by this server")
     dtype = _dtypes.NUMPY_OF.get(code)
     if dtype is not None:
         if tensor.bytes_val:
-            raise _invalid(name, f"Tensor check failed: bytes_val is only for string and bytes tensors, not "
-                                 f"{_dtypes.NAME_OF[code]}")
+            raise invalid_input(name, f"Tensor check failed: bytes_val is only for string and bytes tensors, not "
+                                      f"{_dtypes.NAME_OF[code]}")
         data = tensor.data
-        expected = math.prod(dims) * dtype.itemsize
-        if len(data) != expected:
-            raise _invalid(name, f"Tensor check failed: input data size {len(data)} invalid, shape {list(dims)} of "
-                                 f"{_dtypes.NAME_OF[code]} needs {expected} bytes")
+        check_data_size(name, code, dims, len(data))
         return RawTensor(code, dims, data)
     if code in _TEXT_TYPES:
         if len(tensor.bytes_val) != 1:
-            raise _invalid(name, "Instance tensor check failed: bytes or string type shape batch size can only be 1")
+            raise invalid_input(name, "Instance tensor check failed: bytes or string type shape batch size can only "
+                                      "be 1")
         if dims not in ((), (1,)):
-            raise _invalid(name, f"Instance tensor check failed: bytes or string type input shape can only be (1,) or "
-                                 f"empty, but given shape is {list(dims)}")
+            raise invalid_input(name, f"Instance tensor check failed: bytes or string type input shape can only be "
+                                      f"(1,) or empty, but given shape is {list(dims)}")
         data = tensor.bytes_val[0]
         if code == _dtypes.MS_STRING:
-            try:
-                data.decode()
-            except UnicodeDecodeError:
-                raise _invalid(name, "Instance tensor check failed: string input is not valid UTF-8") from None
+            check_utf8(name, data)
         return RawTensor(code, (), data)
     label = _dtypes.NAME_OF.get(code, str(code))
-    raise _invalid(name, f"Tensor check failed: input data type {label} invalid")
+    raise invalid_input(name, f"Tensor check failed: input data type {label} invalid")
 
 
 def tensor_to_proto(raw: RawTensor, tensor: pb.Tensor) -> None:
