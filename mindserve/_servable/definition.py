@@ -224,7 +224,8 @@ def add_stage(stage: Union[Callable, Model], *args: Placeholder, outputs_count: 
     ``stage`` is a Python function or a Model from ``declare_model``; ``args`` are placeholders (method inputs
     or outputs of earlier stages). A function with ``batch_size=None`` is called once per instance with the
     inputs as arguments; with ``batch_size=0`` (all instances at once) or ``N`` it is called with a list of
-    instances, each a tuple of inputs, and returns or yields one output tuple per instance.
+    instances, each a tuple of inputs, and returns or yields one output tuple per instance, or an exception
+    for an instance that fails alone (the list may hold instances of several requests).
     """
     servable = _current
     method = servable._tracing

@@ -130,7 +130,8 @@ class MethodExecutor:
         return self._as_outputs(method, index, stage, out)
 
     def _call_batched(self, method: MethodDefinition, index: int, stage: StageDefinition, args: list[tuple]) -> list:
-        """Call a batch function on chunks of ``batch_size`` instances (all of them for 0). If it raises part
+        """Call a batch function on chunks of ``batch_size`` instances (all of them for 0). It may return (or
+        yield) an exception in place of one instance's outputs to fail that instance alone; if it raises part
         way, the instances it answered keep their results and the rest fail; if it answers a different number of
         instances than it was given, the whole chunk fails."""
         step = stage.batch_size or len(args)
@@ -140,7 +141,10 @@ class MethodExecutor:
             got: list = []
             try:
                 for out in stage.target(list(chunk)):
-                    got.append(self._as_outputs(method, index, stage, out))
+                    if isinstance(out, Exception):  # the function failed this instance alone
+                        got.append(self._failure(method, index, stage, _message(out)))
+                    else:
+                        got.append(self._as_outputs(method, index, stage, out))
                     if len(got) > len(chunk):
                         break
             except Exception as exc:

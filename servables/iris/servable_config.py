@@ -1,0 +1,78 @@
+"""The iris servable: a logistic regression on the Iris data, answering like Seldon's iris example.
+
+Model (version folder ``1/``): iris_logreg.onnx, exported by example/iris/export_model/train_iris.py, with a
+batch dim fixed at 8 rows (the worker stacks instances and pads the last batch).
+
+Methods:
+    predict(x)                  -> label, probabilities, puid    puid: a new uuid4 hex per instance
+    predict_with_puid(x, puid)  -> label, probabilities, puid    puid: the client's, echoed
+
+    x              4 measurements in cm: sepal length, sepal width, petal length, petal width; any real numeric
+                   dtype and any shape holding 4 values ([4], [1, 4], ...); cast to float32
+    label          str: 'setosa', 'versicolor' or 'virginica'
+    probabilities  float32 [3], in that class order
+    puid           str: the prediction id; a client's puid must be a non-empty str
+"""
+import uuid
+from typing import Any
+
+import numpy as np
+
+from mindserve.server import register
+
+CLASS_NAMES = ("setosa", "versicolor", "virginica")  # the model's class indexes 0, 1, 2 (load_iris().target_names)
+
+model = register.declare_model(model_file="iris_logreg.onnx", model_format="ONNX", with_batch_dim=True)
+
+
+def measurements(x: Any) -> np.ndarray:
+    """x as the float32 [4] row the model takes; raises ValueError with a text for the client otherwise."""
+    if not isinstance(x, np.ndarray) or x.dtype.kind not in "iuf":
+        kind = f"a numpy array of {x.dtype}" if isinstance(x, np.ndarray) else type(x).__name__
+        raise ValueError(f"x must be a numeric array of the 4 measurements, got {kind}")
+    if x.size != 4:
+        raise ValueError(f"x must hold 4 measurements (sepal length, sepal width, petal length, petal width in cm), "
+                         f"got shape {list(x.shape)}")
+    row = x.reshape(4).astype(np.float32)
+    if not np.isfinite(row).all():
+        raise ValueError("x must hold finite numbers")
+    return row
+
+
+def measurements_and_puid(x: Any, puid: Any) -> tuple:
+    """Checks the client's puid before the model runs, so that a bad one costs no model time."""
+    if not isinstance(puid, str) or not puid:
+        got = repr(puid) if isinstance(puid, str) else type(puid).__name__
+        raise ValueError(f"puid must be a non-empty str, got {got}")
+    return measurements(x), puid
+
+
+def class_name(label: np.ndarray) -> str:
+    """The class name of the model's class index."""
+    return CLASS_NAMES[int(label)]
+
+
+def named_with_new_puid(label: np.ndarray, probabilities: np.ndarray) -> tuple:
+    """Class name, probabilities and a fresh prediction id for one instance."""
+    return class_name(label), probabilities, uuid.uuid4().hex
+
+
+def named(label: np.ndarray, probabilities: np.ndarray, puid: str) -> tuple:
+    """Class name, probabilities and the client's prediction id for one instance."""
+    return class_name(label), probabilities, puid
+
+
+@register.register_method(output_names=["label", "probabilities", "puid"])
+def predict(x):
+    """Classify one flower; the reply carries a new puid."""
+    x = register.add_stage(measurements, x, outputs_count=1)
+    label, probabilities = register.add_stage(model, x, outputs_count=2)
+    return register.add_stage(named_with_new_puid, label, probabilities, outputs_count=3)
+
+
+@register.register_method(output_names=["label", "probabilities", "puid"])
+def predict_with_puid(x, puid):
+    """Classify one flower; the reply carries the client's puid."""
+    x, puid = register.add_stage(measurements_and_puid, x, puid, outputs_count=2)
+    label, probabilities = register.add_stage(model, x, outputs_count=2)
+    return register.add_stage(named, label, probabilities, puid, outputs_count=3)
