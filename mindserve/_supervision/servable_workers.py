@@ -96,5 +96,9 @@ class ServableWorkers:
 
     async def stop(self) -> None:
         self._stopping.set()
-        await asyncio.gather(*self._restarts, return_exceptions=True)  # a start under way finishes, then stops
+        # a restart still starting its worker is cancelled (WorkerProcess.start then ends that process): a worker
+        # whose start hangs or is slow (loading a big model) must not hold up the stop
+        for task in self._restarts:
+            task.cancel()
+        await asyncio.gather(*self._restarts, return_exceptions=True)
         await asyncio.gather(*(w.stop() for w in self.workers), return_exceptions=True)

@@ -119,9 +119,15 @@ class WorkerProcess:
         finally:
             worker_end.close()
             self._channel.close_fd()  # the mapping stays; only the worker needs the descriptor
-        self._control = await MasterChannel.open(master_end)
         try:
+            self._control = await MasterChannel.open(master_end)
             header, _ = await asyncio.wait_for(self._control.recv(), START_TIMEOUT_S)
+        except asyncio.CancelledError:  # the servable stops while this worker starts: end it, leave nothing
+            if self._control is None:
+                master_end.close()
+            self._kill()
+            await self._reap()
+            raise
         except (asyncio.IncompleteReadError, ConnectionError):
             code = await self._wait_exit(STOP_TIMEOUT_S)
             self._release_resources()

@@ -72,11 +72,11 @@ def serve(executor: MethodExecutor, channel: ShmChannel, event_fd: int, max_item
         except ChannelClosed:
             return
         jobs = []
-        for job_id, offset, size, _ in entries:
+        for job_id, offset, size, weight in entries:
             try:
                 jobs.append(read_job(channel, job_id, offset, size))
-            except blocks.BlockError as exc:
-                send_error(channel, event_fd, job_id, 1, ServingError(SYSTEM_ERROR, f"bad job: {exc}"))
+            except blocks.BlockError as exc:  # one error per instance (the weight): the master checks the count
+                send_error(channel, event_fd, job_id, max(weight, 1), ServingError(SYSTEM_ERROR, f"bad job: {exc}"))
         for method, group in groupby(sorted(jobs, key=lambda j: j.method), key=lambda j: j.method):
             _run_method(executor, method, list(group), channel, event_fd)
 
