@@ -47,16 +47,19 @@ class Dispatcher:
             raise ServingError(INVALID_INPUTS, f"Request {request_repr(name, method, version)}, method is not available")
         return group, signature
 
-    async def run(self, group: ServableWorkers, method: str, instances: list[dict[str, RawTensor]]) -> list:
+    async def run(self, group: ServableWorkers, method: str, instances: list[dict[str, RawTensor]],
+                  version: Optional[int] = None) -> list:
         """One ``dict[str, RawTensor]`` of outputs or one ServingError per instance, in order. Refused at once
-        when ``max_enqueued_requests`` requests are already waiting."""
+        when ``max_enqueued_requests`` requests are already waiting. ``version`` is the one the request asked
+        for (0: the newest), as error texts name it; None names the group's."""
+        version = group.version if version is None else version
         if self.enqueued_requests >= self.max_enqueued_requests:
             raise ServingError(FAILED, f"{QUEUE_FULL_MESSAGE_PREFIX} {self.max_enqueued_requests}")
         worker = group.pick()
         if worker is None:
-            raise servable_unavailable(group.name, method, group.version)
+            raise servable_unavailable(group.name, method, version)
         self.enqueued_requests += 1
         try:
-            return await worker.run(method, instances)
+            return await worker.run(method, instances, version)
         finally:
             self.enqueued_requests -= 1

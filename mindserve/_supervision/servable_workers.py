@@ -65,7 +65,7 @@ class ServableWorkers:
             if other is not None:
                 other.submit(job)
             elif not job.future.done():
-                job.future.set_exception(servable_unavailable(self.name, job.method, self.version))
+                job.future.set_exception(servable_unavailable(self.name, job.method, job.version))
         if self._stopping.is_set():
             return
         task = asyncio.get_running_loop().create_task(self._restart(worker))

@@ -58,6 +58,7 @@ class Job:
     method: str
     instances: list
     future: asyncio.Future
+    version: int = 0  # as the request named it (0: the newest), for error texts
     writer: blocks.BlockWriter = field(init=False)
     head: bytes = field(init=False)
     size: int = field(init=False)
@@ -144,7 +145,7 @@ class WorkerProcess:
         asyncio.get_running_loop().add_reader(self._event_fd, self._on_replies)
         self._watcher = asyncio.create_task(self._watch_control(), name=f"worker-{self.pid}")
 
-    async def run(self, method: str, instances: list[dict[str, RawTensor]]) -> list:
+    async def run(self, method: str, instances: list[dict[str, RawTensor]], version: Optional[int] = None) -> list:
         """Run ``method`` on ``instances``; one ``dict[str, RawTensor]`` or ServingError per instance. A request
         too large for the channel's arena at once goes as several jobs."""
         if not self.alive:
@@ -153,7 +154,8 @@ class WorkerProcess:
         parts: list[tuple[list[int], asyncio.Future]] = []
         loop = asyncio.get_running_loop()
         for indices in self._split(instances, results):
-            job = Job(method, [instances[i] for i in indices], loop.create_future())
+            job = Job(method, [instances[i] for i in indices], loop.create_future(),
+                      self.spec.version if version is None else version)
             parts.append((indices, job.future))
             self.submit(job)
         if len(parts) == 1 and len(parts[0][0]) == len(instances):  # the usual case: one job, every instance

@@ -68,9 +68,10 @@ class MSServiceHandler:
             except ServingError as err:
                 outcomes[i] = err
         if len(valid) == len(outcomes):  # every instance valid: the results as they come (possibly stacked)
-            return await self._dispatcher.run(group, spec.method_name, valid)
+            return await self._dispatcher.run(group, spec.method_name, valid, spec.version_number)
         if valid:
-            for i, result in zip(valid_index, await self._dispatcher.run(group, spec.method_name, valid)):
+            for i, result in zip(valid_index, await self._dispatcher.run(group, spec.method_name, valid,
+                                                                              spec.version_number)):
                 outcomes[i] = result
         return outcomes
 
