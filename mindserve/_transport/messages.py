@@ -15,7 +15,7 @@ PREFIX = struct.Struct("<IQ")
 MAX_HEADER_BYTES = 64 << 20
 
 
-class FrameError(Exception):
+class FrameError(ValueError):
     """A frame whose prefix does not describe a frame."""
 
 

@@ -79,7 +79,7 @@ def batch_limit(executor: MethodExecutor, max_batch_size: int) -> int:
     splits it into runs of a model's batch size)."""
     if max_batch_size:
         return max_batch_size
-    sizes = [runner._fixed_batch_size(session) or 0 for runner in executor.runners.values()
+    sizes = [runner.fixed_batch_size(session) or 0 for runner in executor.runners.values()
              if runner.model.with_batch_dim for session in runner.sessions]
     return max(sizes, default=0)
 

@@ -70,7 +70,7 @@ class ModelRunner:
         return value
 
     @staticmethod
-    def _fixed_batch_size(session: BackendSession) -> Optional[int]:
+    def fixed_batch_size(session: BackendSession) -> Optional[int]:
         """Dim 0 of the first input when the model fixes it, else None."""
         shape = session.inputs[0].shape if session.inputs else ()
         return shape[0] if shape and shape[0] > 0 else None
@@ -106,7 +106,7 @@ class ModelRunner:
             return None
         count = columns[0].count
         shapes = [self._check_column(k, spec, kind) for k, (spec, kind) in enumerate(zip(session.inputs, kinds))]
-        fixed = self._fixed_batch_size(session)
+        fixed = self.fixed_batch_size(session)
         step = fixed or self.max_batch_size or count
         outputs: list[list] = [[] for _ in session.outputs]
         errors: dict[int, ServingError] = {}
@@ -114,25 +114,25 @@ class ModelRunner:
             stop = min(count, start + step)
             feeds = [stack_rows(c.pieces(start, stop), fixed or stop - start, shape, kind[0])
                      for c, shape, kind in zip(columns, shapes, kinds)]
-            for j, rows in enumerate(self._run_rows(session, feeds, stop - start)):
-                outputs[j].append(rows)
-            if isinstance(outputs[0][-1], ServingError):
-                errors.update((i, outputs[0][-1]) for i in range(start, stop))
-                for chunks in outputs:
-                    chunks[-1] = [None] * (stop - start)
+            ran = self._run_rows(session, feeds, stop - start)
+            if isinstance(ran, ServingError):
+                errors.update((i, ran) for i in range(start, stop))
+                ran = [[None] * (stop - start)] * len(outputs)
+            for chunks, rows in zip(outputs, ran):
+                chunks.append(rows)
         return [Column(chunks) for chunks in outputs], errors
 
-    def _run_rows(self, session: BackendSession, feeds: list, rows: int) -> list:
-        """The model's outputs for one batch, cut to its ``rows`` real rows; a list of one ServingError per
-        output when the run fails or an output has no batch dim."""
+    def _run_rows(self, session: BackendSession, feeds: list, rows: int) -> Union[list, ServingError]:
+        """The model's outputs for one batch, cut to its ``rows`` real rows (padding dropped); the error for
+        all of them when the run fails or an output has no batch dim."""
         try:
             outputs = session.run(feeds)
-        except Exception as exc:
-            return [ServingError(FAILED, f"Model({self.model.key}) run failed: {exc}")] * len(session.outputs)
+        except Exception as exc:  # the runtime's own error, for these instances only
+            return ServingError(FAILED, f"Model({self.model.key}) run failed: {exc}")
         for j, out in enumerate(outputs):
             if out.ndim == 0 or out.shape[0] < rows:
-                return [ServingError(FAILED, f"Model({self.model.key}) output {j} shape {list(out.shape)} has no batch "
-                                             f"dim of {rows} instances")] * len(session.outputs)
+                return ServingError(FAILED, f"Model({self.model.key}) output {j} shape {list(out.shape)} has no batch "
+                                            f"dim of {rows} instances")
         return [out[:rows] for out in outputs]
 
     def run(self, subgraph: int, instances: Sequence[tuple]) -> list[InstanceResult]:
@@ -158,13 +158,16 @@ class ModelRunner:
                 self._run_batched(session, members, checked, results)
             else:
                 for i in members:
-                    self._run_group(session, [i], checked[i], results, batched=False)
+                    try:
+                        results[i] = tuple(session.run(checked[i]))
+                    except Exception as exc:  # the runtime's own error, for this instance only
+                        results[i] = ServingError(FAILED, f"Model({self.model.key}) run failed: {exc}")
         return results  # type: ignore[return-value]
 
     def _run_batched(self, session: BackendSession, members: list[int], checked: list, results: list) -> None:
         """Run ``members`` in batches: of the model's fixed batch size (the last one padded), or for a variable
         batch dim of at most ``max_batch_size`` instances (all of them when unbounded)."""
-        fixed = self._fixed_batch_size(session)
+        fixed = self.fixed_batch_size(session)
         step = fixed or self.max_batch_size or len(members)
         for start in range(0, len(members), step):
             chunk = members[start:start + step]
@@ -172,24 +175,6 @@ class ModelRunner:
             for k in range(len(session.inputs)):
                 first = checked[chunk[0]][k]
                 feeds.append(stack_rows([checked[i][k] for i in chunk], fixed or len(chunk), first.shape, first.dtype))
-            self._run_group(session, chunk, feeds, results, batched=True)
-
-    def _run_group(self, session: BackendSession, members: list[int], feeds: list, results: list,
-                   batched: bool) -> None:
-        try:
-            outputs = session.run(feeds)
-        except Exception as exc:  # the runtime's own error, for these instances only
-            for i in members:
-                results[i] = ServingError(FAILED, f"Model({self.model.key}) run failed: {exc}")
-            return
-        if not batched:
-            results[members[0]] = tuple(outputs)
-            return
-        for j, out in enumerate(outputs):
-            if out.ndim == 0 or out.shape[0] < len(members):
-                for i in members:
-                    results[i] = ServingError(FAILED, f"Model({self.model.key}) output {j} shape {list(out.shape)} has "
-                                                      f"no batch dim of {len(members)} instances")
-                return
-        for row, i in enumerate(members):
-            results[i] = tuple(out[row] for out in outputs)
+            outputs = self._run_rows(session, feeds, len(chunk))
+            for row, i in enumerate(chunk):
+                results[i] = outputs if isinstance(outputs, ServingError) else tuple(out[row] for out in outputs)
