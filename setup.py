@@ -84,8 +84,14 @@ setup(
         "examples": ["onnxruntime>=1.17", "Pillow>=9.1"],
         # what example/*/export_model/ needs to make the bundled model files again
         "export": ["onnx>=1.15", "scikit-learn>=1.3", "skl2onnx>=1.16", "Pillow>=9.1"],
-        "test": ["pytest>=8", "trustme>=1.1", "onnx>=1.15", "onnxruntime>=1.17", "tritonclient[grpc]",
-                 "Pillow>=9.1", "scikit-learn>=1.3"],
+        # the REST frontend (start_restful_server)
+        "rest": ["aiohttp>=3.9"],
+        # the MindIR backend (model_format="MindIR"); pip picks the newest MindSpore that fits protobuf < 7
+        "mindir": ["mindspore>=2.7"],
+        # what `mindserve serve` needs for the bundled servables: ONNX Runtime, Pillow for digits, REST
+        "serve": ["onnxruntime>=1.17", "Pillow>=9.1", "aiohttp>=3.9"],
+        "test": ["pytest>=8", "trustme>=1.1", "onnx>=1.15", "onnxruntime>=1.17", "tritonclient[grpc,http]",
+                 "Pillow>=9.1", "scikit-learn>=1.3", "aiohttp>=3.9", "mindspore>=2.7"],
     },
     setup_requires=[],
     cffi_modules=["native/build_native.py:ffibuilder"],
