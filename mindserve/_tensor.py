@@ -4,7 +4,10 @@ these; the dispatcher and the transport move them without looking inside."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, Union
+from typing import TYPE_CHECKING, NamedTuple, Union
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class RawTensor(NamedTuple):
@@ -45,3 +48,43 @@ class StackedResults(Sequence):
             size = self.row_bytes[name]
             result[name] = RawTensor(out.dtype, out.row_shape, out.data[index * size:(index + 1) * size])
         return result
+
+
+class StackedInput(NamedTuple):
+    """One input of every instance of a request, each row still inside the request's bytes: row ``i`` is
+    ``row_size`` bytes at ``offsets[i]`` of the request."""
+
+    dtype: int
+    row_shape: tuple
+    row_size: int
+    offsets: np.ndarray  # uint64, one per instance
+
+
+class StackedInputs(Sequence):
+    """The instances of a request whose every input is numeric and shaped alike in all of them, read in place
+    from the request's bytes (``source``). A sequence of one ``dict[str, RawTensor]`` per instance, made on
+    demand; the transport instead copies each input's rows straight into a stacked column."""
+
+    def __init__(self, source: bytes, count: int, inputs: dict[str, StackedInput]):
+        self.source = source
+        self.count = count
+        self.inputs = inputs
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.count))]
+        if not -self.count <= index < self.count:
+            raise IndexError("instance index out of range")
+        index %= self.count
+        view = memoryview(self.source)
+        return {name: RawTensor(col.dtype, col.row_shape,
+                                view[int(col.offsets[index]):int(col.offsets[index]) + col.row_size])
+                for name, col in self.inputs.items()}
+
+    def part(self, start: int, stop: int) -> "StackedInputs":
+        """Instances ``start`` to ``stop`` (exclusive) as a StackedInputs of their own."""
+        return StackedInputs(self.source, stop - start,
+                             {name: col._replace(offsets=col.offsets[start:stop]) for name, col in self.inputs.items()})

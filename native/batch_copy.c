@@ -49,3 +49,18 @@ int ms_scatter_rows(const void *src, size_t src_size, size_t row_size,
     }
     return 0;
 }
+
+/* Copies `count` rows of `row_size` bytes, row i read at src + offsets[i], back to back into `dst`: the rows
+ * a request carries in place (see predict_wire.h) become one stacked column. Returns 0 on success; -1, with
+ * dst untouched, when the rows do not fit in dst_size bytes or a row reaches past src_size bytes. The caller
+ * owns every buffer. */
+int ms_gather_at(void *dst, size_t dst_size, const void *src, size_t src_size, const uint64_t *offsets,
+                 size_t count, size_t row_size) {
+    if (row_size && count > dst_size / row_size) return -1;
+    for (size_t i = 0; i < count; i++)
+        if (row_size > src_size || offsets[i] > src_size - row_size) return -1;
+    unsigned char *out = dst;
+    const unsigned char *in = src;
+    for (size_t i = 0; i < count; i++, out += row_size) memcpy(out, in + offsets[i], row_size);
+    return 0;
+}

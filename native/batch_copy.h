@@ -8,11 +8,15 @@
 #define MINDSERVE_BATCH_COPY_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 int ms_gather_rows(void *dst, size_t dst_size, size_t row_size,
                    const void *const *srcs, const size_t *src_sizes, size_t count);
 
 int ms_scatter_rows(const void *src, size_t src_size, size_t row_size,
                     void *const *dsts, const size_t *dst_sizes, size_t count);
+
+int ms_gather_at(void *dst, size_t dst_size, const void *src, size_t src_size, const uint64_t *offsets,
+                 size_t count, size_t row_size);
 
 #endif

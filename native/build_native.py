@@ -8,7 +8,7 @@ import os
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = ["arena.c", "batch_copy.c", "channel.c", "segment.c"]
+SOURCES = ["arena.c", "batch_copy.c", "channel.c", "predict_wire.c", "segment.c"]
 
 ffibuilder = FFI()
 with open(os.path.join(HERE, "native.cdef")) as f:
@@ -16,7 +16,8 @@ with open(os.path.join(HERE, "native.cdef")) as f:
 
 ffibuilder.set_source(
     "mindserve._native",
-    '#include "batch_copy.h"\n#include "channel.h"\n#include "ms_status.h"\n#include "segment.h"\n',
+    '#include "batch_copy.h"\n#include "channel.h"\n#include "ms_status.h"\n#include "predict_wire.h"\n'
+    '#include "segment.h"\n',
     sources=[os.path.relpath(os.path.join(HERE, s)) for s in SOURCES],
     include_dirs=[os.path.relpath(HERE)],
     extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra"],

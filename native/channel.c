@@ -94,10 +94,16 @@ int ms_channel_check(const void *base, uint64_t size) {
     return MS_OK;
 }
 
-/* Bumps jobs_seq and wakes up to `n` processes sleeping on it in wait_jobs (a shared futex: no
- * FUTEX_PRIVATE_FLAG). Called with the lock held; a waiter that read jobs_seq before the bump does not sleep. */
-static void wake_jobs(ms_channel *ch, int n) {
+/* Bumps jobs_seq, so that a waiter that read it before does not sleep, and tells whether anyone sleeps on
+ * it (wake_sleepers is then due once the lock is released). Called with the lock held. */
+static int bump_jobs(ms_channel *ch) {
     atomic_fetch_add_explicit(&ch->jobs_seq, 1, memory_order_release);
+    return ch->jobs_sleepers > 0;
+}
+
+/* Wakes up to `n` processes sleeping in wait_jobs (a shared futex: no FUTEX_PRIVATE_FLAG). Called after
+ * bump_jobs, best without the lock: a woken worker then finds the lock free instead of sleeping on it. */
+static void wake_sleepers(ms_channel *ch, int n) {
     syscall(SYS_futex, (uint32_t *)&ch->jobs_seq, FUTEX_WAKE, n, NULL, NULL, 0);
 }
 
@@ -109,8 +115,9 @@ int ms_channel_lock(void *base) {
     if (err == EOWNERDEAD) {
         ch->broken = 1;
         pthread_mutex_consistent(&ch->lock);
-        wake_jobs(ch, INT_MAX);
+        bump_jobs(ch);
         pthread_mutex_unlock(&ch->lock);
+        wake_sleepers(ch, INT_MAX); /* the dead process may have been counted as a sleeper: wake regardless */
         return MS_EBROKEN;
     }
     if (err) return MS_EBROKEN; /* ENOTRECOVERABLE, or a lock that is not one */
@@ -157,8 +164,9 @@ int ms_channel_close(void *base) {
     int status = ms_channel_lock(base);
     if (status != MS_OK) return status;
     ch->closed = 1;
-    wake_jobs(ch, INT_MAX);
+    bump_jobs(ch);
     ms_channel_unlock(base);
+    wake_sleepers(ch, INT_MAX);
     return MS_OK;
 }
 
@@ -171,23 +179,27 @@ int ms_push_job(void *base, const ms_entry *job) {
     ms_entry e = *job;
     e.enqueued_ns = now_ns();
     status = ch->closed ? MS_ECLOSED : queue_push(ch, &ch->jobs, &e);
-    if (status == MS_OK) wake_jobs(ch, 1);
+    int sleepers = status == MS_OK && bump_jobs(ch);
     ms_channel_unlock(base);
+    if (sleepers) wake_sleepers(ch, 1);
     return status;
 }
 
-/* Sleeps until wake_jobs, until `deadline_ns` (CLOCK_MONOTONIC), or without end for 0; call it with the lock
- * held. The lock is released while sleeping; jobs_seq is read under it, so a push made between the unlock and
- * the sleep makes the futex wait return at once. Returns MS_OK with the lock held (woken, timed out or
+/* Sleeps until a push, close or breakage wakes it, until `deadline_ns` (CLOCK_MONOTONIC), or without end for
+ * 0; call it with the lock held. The lock is released while sleeping; jobs_seq is read and the sleeper
+ * counted under it, so a push made between the unlock and the sleep makes the futex wait return at once. Returns MS_OK with the lock held (woken, timed out or
  * interrupted: the caller checks its condition again), or MS_EBROKEN with the lock released. */
 static int wait_jobs(ms_channel *ch, uint64_t deadline_ns) {
     uint32_t seq = atomic_load_explicit(&ch->jobs_seq, memory_order_relaxed);
     struct timespec ts = {(time_t)(deadline_ns / 1000000000ull), (long)(deadline_ns % 1000000000ull)};
+    ch->jobs_sleepers++;
     ms_channel_unlock(ch);
     /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline; NULL waits without end */
     syscall(SYS_futex, (uint32_t *)&ch->jobs_seq, FUTEX_WAIT_BITSET, seq, deadline_ns ? &ts : NULL, NULL,
             FUTEX_BITSET_MATCH_ANY);
-    return ms_channel_lock(ch);
+    int status = ms_channel_lock(ch);
+    if (status == MS_OK) ch->jobs_sleepers--;
+    return status;
 }
 
 /* Worker side: blocks until at least one job is queued, then, when max_delay_ns > 0, keeps waiting until

@@ -48,6 +48,7 @@ typedef struct {
     uint32_t broken;
     pthread_mutex_t lock;
     _Atomic uint32_t jobs_seq; /* futex word: bumped and woken by every push, close and breakage */
+    uint32_t jobs_sleepers;    /* processes in wait_jobs (under the lock): a push with none makes no syscall */
     ms_queue jobs;
     ms_queue done;
     ms_arena requests; /* master allocates, master releases */

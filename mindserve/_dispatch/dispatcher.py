@@ -3,7 +3,7 @@ wait, and hands their instances to the live worker with the most free slots. Fro
 already-validated instances and get one result or error per instance."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 from mindserve._errors import (FAILED, INVALID_INPUTS, QUEUE_FULL_MESSAGE_PREFIX, ServingError, request_repr,
                                servable_unavailable)
@@ -47,9 +47,10 @@ class Dispatcher:
             raise ServingError(INVALID_INPUTS, f"Request {request_repr(name, method, version)}, method is not available")
         return group, signature
 
-    async def run(self, group: ServableWorkers, method: str, instances: list[dict[str, RawTensor]],
+    async def run(self, group: ServableWorkers, method: str, instances: Sequence[dict[str, RawTensor]],
                   version: Optional[int] = None) -> list:
-        """One ``dict[str, RawTensor]`` of outputs or one ServingError per instance, in order. Refused at once
+        """One ``dict[str, RawTensor]`` of outputs or one ServingError per instance, in order (``instances`` is a
+        list, or a StackedInputs read in place from the request). Refused at once
         when ``max_enqueued_requests`` requests are already waiting. ``version`` is the one the request asked
         for (0: the newest), as error texts name it; None names the group's."""
         version = group.version if version is None else version

@@ -17,11 +17,11 @@ import subprocess
 import sys
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from mindserve import _dtypes
 from mindserve._errors import INVALID_INPUTS, SYSTEM_ERROR, WORKER_UNAVAILABLE, ServingError
-from mindserve._tensor import RawTensor, StackedOutput, StackedResults
+from mindserve._tensor import RawTensor, StackedInputs, StackedOutput, StackedResults
 from mindserve._transport import blocks
 from mindserve._transport.master_side import MasterChannel
 from mindserve._transport.shm_channel import (QUEUE_CAPACITY, REPLIES, REQUESTS, ArenaFull, ChannelBroken,
@@ -66,8 +66,11 @@ class Job:
 
     def __post_init__(self) -> None:
         self.writer = blocks.BlockWriter()
-        names = list(self.instances[0])
-        columns = {n: blocks.raw_column(self.writer, [inst[n] for inst in self.instances]) for n in names}
+        if isinstance(self.instances, StackedInputs):
+            columns = blocks.stacked_inputs_columns(self.writer, self.instances)
+        else:
+            names = list(self.instances[0])
+            columns = {n: blocks.raw_column(self.writer, [inst[n] for inst in self.instances]) for n in names}
         self.head, self.size = self.writer.encode({"m": self.method, "n": len(self.instances), "in": columns})
 
     @property
@@ -145,7 +148,7 @@ class WorkerProcess:
         asyncio.get_running_loop().add_reader(self._event_fd, self._on_replies)
         self._watcher = asyncio.create_task(self._watch_control(), name=f"worker-{self.pid}")
 
-    async def run(self, method: str, instances: list[dict[str, RawTensor]], version: Optional[int] = None) -> list:
+    async def run(self, method: str, instances: Sequence[dict[str, RawTensor]], version: Optional[int] = None) -> list:
         """Run ``method`` on ``instances``; one ``dict[str, RawTensor]`` or ServingError per instance. A request
         too large for the channel's arena at once goes as several jobs."""
         if not self.alive:
@@ -154,8 +157,9 @@ class WorkerProcess:
         parts: list[tuple[list[int], asyncio.Future]] = []
         loop = asyncio.get_running_loop()
         for indices in self._split(instances, results):
-            job = Job(method, [instances[i] for i in indices], loop.create_future(),
-                      self.spec.version if version is None else version)
+            part = instances.part(indices[0], indices[-1] + 1) if isinstance(instances, StackedInputs) \
+                else [instances[i] for i in indices]
+            job = Job(method, part, loop.create_future(), self.spec.version if version is None else version)
             parts.append((indices, job.future))
             self.submit(job)
         if len(parts) == 1 and len(parts[0][0]) == len(instances):  # the usual case: one job, every instance
@@ -170,12 +174,17 @@ class WorkerProcess:
                 results[i] = result
         return results
 
-    def _split(self, instances: list[dict[str, RawTensor]], results: list) -> list[list[int]]:
+    def _split(self, instances: Sequence[dict[str, RawTensor]], results: list) -> list[list[int]]:
         """Instance indices in groups whose bytes fit half the request arena, so two can be in flight; an
         instance that alone is larger gets its error in ``results``."""
         limit = self._channel.max_message(REQUESTS) // 2
         groups: list[list[int]] = []
         size = 0
+        if isinstance(instances, StackedInputs):  # instances alike: one size for all
+            nbytes = sum(col.row_size + blocks.ALIGN for col in instances.inputs.values()) + 256
+            if nbytes <= limit:
+                per_job = limit // nbytes
+                return [list(range(i, min(i + per_job, len(instances)))) for i in range(0, len(instances), per_job)]
         for i, inst in enumerate(instances):
             nbytes = sum(len(t.data) + blocks.ALIGN for t in inst.values()) + 256  # data, padding, header
             if nbytes > limit:

@@ -7,17 +7,19 @@ those that succeeded, and the instances list holds an (empty, for failures) inst
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Awaitable, Optional
 
 import grpc
 
 from mindserve._dispatch.dispatcher import Dispatcher
+from mindserve._supervision.servable_workers import ServableWorkers
 from mindserve._errors import INVALID_INPUTS, SYSTEM_ERROR, ServingError
+from mindserve._frontends.grpc import ms_wire
 from mindserve._frontends.grpc.ms_reply import ReplyEncoder
 from mindserve._frontends.grpc.ms_tensors import tensor_from_proto
 from mindserve._frontends.grpc.strict_parse import InvalidMessage, parse_strict
 from mindserve._proto import ms_service_pb2 as pb
-from mindserve._tensor import RawTensor
+from mindserve._tensor import RawTensor, StackedInputs
 from mindserve._transport.blocks import TEXT_CODES
 
 log = logging.getLogger("mindserve")
@@ -33,24 +35,45 @@ class MSServiceHandler:
         self._dispatcher = dispatcher
         self._encoder = ReplyEncoder()
         self._sizes: dict[tuple, int] = {}  # (dtype, dims) of numeric tensors seen valid -> their byte size
+        self._reader = ms_wire.CommonReader()
 
     def rpc_handlers(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
             SERVICE_NAME, {"Predict": grpc.unary_unary_rpc_method_handler(self.predict)})
 
     async def predict(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        common = self._common_request(data)
+        if common is not None:
+            head, group, instances = common
+            return await self._answer(head.spec, self._dispatcher.run(group, head.method, instances, head.version))
         try:
             request = parse_strict(pb.PredictRequest, data)
         except InvalidMessage as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        spec = request.servable_spec.SerializeToString()
+        return await self._answer(request.servable_spec.SerializeToString(), self._predict(request))
+
+    async def _answer(self, spec: bytes, outcomes: Awaitable[list]) -> bytes:
+        """The reply with the outcome of each instance, or with the error that failed the whole request."""
         try:
-            return self._encoder.encode(spec, await self._predict(request))
+            return self._encoder.encode(spec, await outcomes)
         except ServingError as err:
             return self._encoder.whole_request_error(spec, err)
         except Exception as exc:  # a defect of ours: answer it plainly, never with a traceback
             log.exception("Predict failed")
             return self._encoder.whole_request_error(spec, ServingError(SYSTEM_ERROR, f"Predict failed: {exc}"))
+
+    def _common_request(self, data: bytes) -> Optional[tuple[ms_wire.RequestHead, ServableWorkers, StackedInputs]]:
+        """A common request (see ms_wire) read in place, with the servable version that runs it; None sends the
+        request the protobuf way, which also answers every error."""
+        head = ms_wire.read_head(data)
+        if head is None:
+            return None
+        try:
+            group, signature = self._dispatcher.resolve(head.name, head.method, head.version)
+        except ServingError:
+            return None
+        instances = self._reader.read(data, head, tuple(signature["inputs"]))
+        return None if instances is None else (head, group, instances)
 
     async def _predict(self, request: pb.PredictRequest) -> list:
         """One dict of outputs or one ServingError per instance."""
