@@ -6,7 +6,7 @@
 
 FD is the worker's end of a connected stream socket (control: the ``ready``/``failed`` handshake, and the way
 the worker learns that the master is gone). SHM is the channel segment (native/channel.h) that carries the
-jobs and replies; EVENT the master's eventfd, written after each reply. The worker loads the servable,
+jobs and replies; EVENT the master's eventfd, written after each batch's replies. The worker loads the servable,
 reports, then takes batches of jobs until the master closes the channel; it never outlives the master.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from mindserve._transport.shm_channel import ChannelClosed, ShmChannel
 from mindserve._transport.worker_side import WorkerChannel
 from mindserve._workers.columns import Column
 from mindserve._workers.executor import MethodExecutor
-from mindserve._workers.job_io import Job, read_job, reply_block, send_error, send_reply
+from mindserve._workers.job_io import Job, notify, read_job, reply_block, send_error, send_reply
 from mindserve._workers.loader import batch_limit, load_servable, method_signatures
 
 
@@ -36,10 +36,19 @@ def _watch_master(control: WorkerChannel) -> None:
 
 
 def _run_method(executor: MethodExecutor, method: str, jobs: list[Job], channel: ShmChannel, event_fd: int) -> None:
-    """Run one method over the instances of several jobs as one batch and reply to each job."""
+    """Run one method over the instances of several jobs as one batch, reply to each job, then wake the master
+    once for all of these replies (one wake-up per batch, not per job: the master takes them in one go)."""
+    try:
+        _answer_jobs(executor, method, jobs, channel, event_fd)
+    finally:
+        notify(event_fd)
+
+
+def _answer_jobs(executor: MethodExecutor, method: str, jobs: list[Job], channel: ShmChannel, event_fd: int) -> None:
     if method not in executor.servable.methods:
         for job in jobs:
-            send_error(channel, event_fd, job.id, job.count, ServingError(SYSTEM_ERROR, f"unknown method {method}"))
+            send_error(channel, event_fd, job.id, job.count, ServingError(SYSTEM_ERROR, f"unknown method {method}"),
+                       wake=False)
         return
     names = executor.servable.methods[method].input_names
     total = sum(job.count for job in jobs)
@@ -53,14 +62,14 @@ def _run_method(executor: MethodExecutor, method: str, jobs: list[Job], channel:
     except Exception as exc:  # a defect of the worker itself: fail these jobs, keep serving
         error = exc if isinstance(exc, ServingError) else ServingError(SYSTEM_ERROR, f"worker error: {exc}")
         for job in jobs:
-            send_error(channel, event_fd, job.id, job.count, error)
+            send_error(channel, event_fd, job.id, job.count, error, wake=False)
         return
     start = 0
     for job in jobs:
         stop = start + job.count
         writer, header = reply_block(method, job.count, {n: c.slice(start, stop) for n, c in outputs.items()},
                                      errors[start:stop])
-        send_reply(channel, event_fd, job.id, writer, header)
+        send_reply(channel, event_fd, job.id, writer, header, wake=False)
         start = stop
 
 

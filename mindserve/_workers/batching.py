@@ -1,6 +1,7 @@
 """Stacking instance tensors into a batch buffer, through the C core (one memcpy per piece, GIL released)."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -16,7 +17,7 @@ def stack_rows(pieces: Sequence[np.ndarray], batch_size: int, row_shape: tuple[i
     the whole batch comes back as a view, without a copy."""
     if len(pieces) == 1 and pieces[0].dtype == dtype and pieces[0].flags.c_contiguous:
         piece = pieces[0]
-        if piece.size == batch_size * int(np.prod(row_shape, dtype=np.int64)):
+        if piece.size == batch_size * math.prod(row_shape):
             return piece.reshape((batch_size, *row_shape))
     batch = np.empty((batch_size, *row_shape), dtype)
     pieces = [np.ascontiguousarray(p) for p in pieces]  # keeps the buffers alive through the C call

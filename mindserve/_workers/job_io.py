@@ -2,6 +2,7 @@
 message blocks of mindserve._transport.blocks)."""
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -92,27 +93,40 @@ def reply_block(method: str, count: int, outputs: dict[str, Column], errors: lis
     return writer, {"n": count, "err": failed, "out": out}
 
 
-def send_reply(channel: ShmChannel, event_fd: int, job_id: int, writer: blocks.BlockWriter, header: dict) -> None:
-    """Write a reply block (waiting while the arena is full) and queue its completion."""
+def notify(event_fd: int) -> None:
+    """Wake the master to take the completions queued since its last wake-up."""
+    try:
+        os.eventfd_write(event_fd, 1)
+    except BlockingIOError:  # the counter is saturated: a wake-up is pending anyway
+        pass
+
+
+def send_reply(channel: ShmChannel, event_fd: int, job_id: int, writer: blocks.BlockWriter, header: dict,
+               wake: bool = True) -> None:
+    """Write a reply block and queue its completion, waking the master unless ``wake`` is False (the caller
+    then calls ``notify`` once for several replies). While the reply arena is full it wakes the master, which
+    frees reply blocks as it takes them, and waits."""
     head, size = writer.encode(header)
     while True:
         try:
             offset = channel.alloc(REPLIES, size)
             break
         except ArenaFull:
+            notify(event_fd)  # replies queued without a wake-up hold the space this one needs
             time.sleep(ARENA_WAIT_S)
         except MessageTooBig:
             limit = channel.max_message(REPLIES)
             error = ServingError(SYSTEM_ERROR, f"the outputs of the request ({size} bytes) exceed the worker's "
                                                f"shared memory for replies ({limit} bytes); raise shm_size_mb")
-            send_error(channel, event_fd, job_id, header["n"], error)
+            send_error(channel, event_fd, job_id, header["n"], error, wake)
             return
     writer.write(channel.view, offset, head)
-    channel.push_done(job_id, offset, size, event_fd)
+    channel.push_done(job_id, offset, size, event_fd if wake else -1)
 
 
-def send_error(channel: ShmChannel, event_fd: int, job_id: int, count: int, error: ServingError) -> None:
+def send_error(channel: ShmChannel, event_fd: int, job_id: int, count: int, error: ServingError,
+               wake: bool = True) -> None:
     """Fail every instance of a job with ``error``."""
     writer = blocks.BlockWriter()
     send_reply(channel, event_fd, job_id, writer,
-               {"n": count, "err": [[i, error.code, error.message] for i in range(count)], "out": {}})
+               {"n": count, "err": [[i, error.code, error.message] for i in range(count)], "out": {}}, wake)
