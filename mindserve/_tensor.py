@@ -52,21 +52,21 @@ class StackedResults(Sequence):
 
 class StackedInput(NamedTuple):
     """One input of every instance of a request, each row still inside the request's bytes: row ``i`` is
-    ``row_size`` bytes at ``offsets[i]`` of the request."""
+    ``row_size`` bytes at ``offsets[i]`` of ``source``."""
 
     dtype: int
     row_shape: tuple
     row_size: int
+    source: bytes
     offsets: np.ndarray  # uint64, one per instance
 
 
 class StackedInputs(Sequence):
     """The instances of a request whose every input is numeric and shaped alike in all of them, read in place
-    from the request's bytes (``source``). A sequence of one ``dict[str, RawTensor]`` per instance, made on
-    demand; the transport instead copies each input's rows straight into a stacked column."""
+    from the request's bytes. A sequence of one ``dict[str, RawTensor]`` per instance, made on demand; the
+    transport instead copies each input's rows straight into a stacked column."""
 
-    def __init__(self, source: bytes, count: int, inputs: dict[str, StackedInput]):
-        self.source = source
+    def __init__(self, count: int, inputs: dict[str, StackedInput]):
         self.count = count
         self.inputs = inputs
 
@@ -79,12 +79,13 @@ class StackedInputs(Sequence):
         if not -self.count <= index < self.count:
             raise IndexError("instance index out of range")
         index %= self.count
-        view = memoryview(self.source)
-        return {name: RawTensor(col.dtype, col.row_shape,
-                                view[int(col.offsets[index]):int(col.offsets[index]) + col.row_size])
-                for name, col in self.inputs.items()}
+        result = {}
+        for name, col in self.inputs.items():
+            start = int(col.offsets[index])
+            result[name] = RawTensor(col.dtype, col.row_shape, memoryview(col.source)[start:start + col.row_size])
+        return result
 
     def part(self, start: int, stop: int) -> "StackedInputs":
         """Instances ``start`` to ``stop`` (exclusive) as a StackedInputs of their own."""
-        return StackedInputs(self.source, stop - start,
+        return StackedInputs(stop - start,
                              {name: col._replace(offsets=col.offsets[start:stop]) for name, col in self.inputs.items()})

@@ -236,7 +236,7 @@ def test_block_writer_places_gathered_rows_as_a_stacked_column():
     instances = _read(data)
     writer = BlockWriter()
     col = instances.inputs["x1"]
-    at = writer.add_gathered(instances.source, col.offsets, col.row_size)
+    at = writer.add_gathered(col.source, col.offsets, col.row_size)
     head, size = writer.encode({})
     buffer = bytearray(size)
     writer.write(memoryview(buffer), 0, head)

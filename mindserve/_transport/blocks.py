@@ -205,8 +205,7 @@ def raw_column(writer: BlockWriter, tensors: Sequence[RawTensor]) -> list:
 
 def stacked_inputs_columns(writer: BlockWriter, instances: StackedInputs) -> dict[str, list]:
     """The stacked column descriptors of a request read in place (the master's side), placing its rows."""
-    return {name: ["s", col.dtype, list(col.row_shape), writer.add_gathered(instances.source, col.offsets,
-                                                                             col.row_size)]
+    return {name: ["s", col.dtype, list(col.row_shape), writer.add_gathered(col.source, col.offsets, col.row_size)]
             for name, col in instances.inputs.items()}
 
 

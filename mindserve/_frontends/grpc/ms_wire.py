@@ -92,6 +92,6 @@ class CommonReader:
         inputs = {}
         for k, name in enumerate(input_names):
             spec = specs[k]
-            inputs[name] = StackedInput(spec.dtype, tuple(ffi.unpack(spec.dims, spec.ndims)), spec.row_size,
+            inputs[name] = StackedInput(spec.dtype, tuple(ffi.unpack(spec.dims, spec.ndims)), spec.row_size, data,
                                         offsets[k])
-        return StackedInputs(data, count, inputs)
+        return StackedInputs(count, inputs)
