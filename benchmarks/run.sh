@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Runs ../shared/bench/run_peers.sh with mindserve beside the floor and MLServer, over MindSpore-style Predict.
-#   benchmarks/run.sh [SECONDS] [DEVICE_IDS]      (from the repository root, after the README's install)
+# Runs ../shared/bench/run_peers.sh with mindserve beside the floor and MLServer.
+#   benchmarks/run.sh [SECONDS] [DEVICE_IDS] [PROTO]      (from the repository root, after the README's install)
+# PROTO: ms (MindSpore-style Predict, the default) or v2 (Open Inference Protocol ModelInfer; each servable has
+# one method, so its bare name is its model name).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 bench=${BENCH_DIR:-$root/../shared/bench}
 S=${1:-5}
 DEV=${2:-0}
+PROTO=${3:-ms}
 cache=${XDG_CACHE_HOME:-$HOME/.cache}
 W=${BENCH_WORK:-$cache/mindserve-bench-work}
 V=${BENCH_VENV:-$cache/mindserve-bench-venv}
@@ -19,4 +22,4 @@ pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null' EXIT
 for _ in $(seq 120); do grep -q listening "$W/mindserve.log" && break; sleep 1; done
 grep -q listening "$W/mindserve.log" || { cat "$W/mindserve.log"; exit 1; }
-PROJECT_ADDR="unix:$sock" PROJECT_PROTO=ms bash "$bench/run_peers.sh" "$S"
+PROJECT_ADDR="unix:$sock" PROJECT_PROTO=$PROTO bash "$bench/run_peers.sh" "$S"
