@@ -228,6 +228,9 @@ attempt("key_int", lambda: server.SSLConfig(CERT, 5))
 attempt("address_empty", lambda: server.start_grpc_server(""))
 attempt("address_abstract", lambda: server.start_grpc_server("unix-abstract:mindserve"))
 attempt("address_no_port", lambda: server.start_grpc_server("localhost"))
+attempt("address_bad_port", lambda: server.start_grpc_server("localhost:abc"))
+attempt("address_port_too_big", lambda: server.start_grpc_server("127.0.0.1:65536"))
+attempt("address_no_host", lambda: server.start_grpc_server(":5500"))
 # none of these may have started anything: the process ends by itself, with no other thread running
 results["threads"] = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
 print(json.dumps(results))
@@ -262,6 +265,9 @@ def test_start_grpc_server_and_ssl_config_argument_checks(tls_files, tmp_path):
         "address_abstract": "unix-abstract: addresses are not supported: they cannot be protected by file "
                             "permissions; use unix:/path",
         "address_no_port": "the address 'localhost' should be 'host:port' or 'unix:/path'",
+        "address_bad_port": "the address 'localhost:abc' should be 'host:port' or 'unix:/path'",
+        "address_port_too_big": "the address '127.0.0.1:65536' should be 'host:port' or 'unix:/path'",
+        "address_no_host": "the address ':5500' should be 'host:port' or 'unix:/path'",
         "threads": [],
     }
 

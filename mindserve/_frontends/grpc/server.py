@@ -31,8 +31,10 @@ def check_address(address: str) -> None:
     if address.startswith(UNIX_PREFIX):
         if not unix_socket_path(address):
             raise RuntimeError(f"the unix socket address '{address}' has no path")
-    elif ":" not in address:
-        raise RuntimeError(f"the address '{address}' should be 'host:port' or 'unix:/path'")
+    else:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise RuntimeError(f"the address '{address}' should be 'host:port' or 'unix:/path'")
 
 
 def _read(path: str, what: str) -> bytes:
