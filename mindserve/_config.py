@@ -16,7 +16,8 @@ class ServableStartConfig:
         servable_name: the servable's folder name, holding servable_config.py and version folders.
         device_ids: one worker process is started per device id (an int or a sequence of ints).
         version_number: the version folder to serve; 0 serves the newest one.
-        device_type: None or "CPU" (the default), "GPU" (ONNX Runtime's CUDA provider) or "Ascend", case ignored.
+        device_type: None or "CPU" (the default), "GPU" (ONNX Runtime's CUDA provider, or MindSpore built for GPU) or
+            "Ascend" (ONNX Runtime's CANN provider, or MindSpore for Ascend), case ignored.
         num_parallel_workers: accepted for compatibility; one worker runs per device id.
         max_batch_size: the most instances a worker runs together (taken from many requests); 0 means the
             model's fixed batch size, or for a model with a dynamic batch dim every instance queued.

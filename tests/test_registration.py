@@ -246,9 +246,9 @@ def test_returning_a_non_placeholder(svc, returned):
     assert svc.methods == {}
 
 
-@pytest.mark.parametrize("fmt", ["MindIR", "OM", "", None, 1])
+@pytest.mark.parametrize("fmt", ["MindIR_Lite", "OM", "", None, 1])
 def test_unsupported_model_format(svc, fmt):
-    with raises(f"model format can only be ONNX, case ignored, but given {fmt!r}"):
+    with raises(f"model format can only be ONNX or MindIR, case ignored, but given {fmt!r}"):
         definition.declare_model("a.onnx", fmt)
     assert svc.models == []
     definition.declare_model("a.onnx", "onnx")  # the failed declaration used nothing up

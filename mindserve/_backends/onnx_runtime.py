@@ -19,9 +19,9 @@ _CODE_OF_ONNX_TYPE = {
 # execution provider for each device type; CPU needs no device id
 _PROVIDER_OF_DEVICE = {"cpu": "CPUExecutionProvider", "gpu": "CUDAExecutionProvider", "ascend": "CANNExecutionProvider"}
 
-# session options a servable may set through declare_model(options=...), with this machine's defaults:
-# one thread per session, since every device worker is its own process and workers share the cores
-_SESSION_OPTIONS = {"intra_op_num_threads": 1, "inter_op_num_threads": 1}
+# graph_optimization_level option -> the name of ONNX Runtime's GraphOptimizationLevel member
+_OPTIMIZATION_LEVELS = {"disable_all": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
+                        "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
 
 def _import_onnxruntime():
@@ -59,23 +59,29 @@ class OnnxSession:
     """One ONNX model loaded in ONNX Runtime."""
 
     def __init__(self, session):
-        self._session = session
+        self.session = session  # the InferenceSession (its get_session_options() shows the options applied)
         self.inputs = [_spec(i) for i in session.get_inputs()]
         self.outputs = [_spec(o) for o in session.get_outputs()]
         self._input_names = [i.name for i in self.inputs]
         self._output_names = [o.name for o in self.outputs]
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return self._session.run(self._output_names, dict(zip(self._input_names, inputs)))
+        """One array per output, for one array per input in the model's input order."""
+        return self.session.run(self._output_names, dict(zip(self._input_names, inputs)))
+
+
+def session_options(ort, options: dict):
+    """ONNX Runtime SessionOptions for a model's options (see ``mindserve._backends.options``)."""
+    result = ort.SessionOptions()
+    result.intra_op_num_threads = options["thread_num"]
+    result.inter_op_num_threads = options["inter_op_num_threads"]
+    result.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                              _OPTIMIZATION_LEVELS[options["graph_optimization_level"]])
+    return result
 
 
 def load(path: str, device_type: Optional[str], device_id: int, options: dict) -> OnnxSession:
+    """Load an ONNX file into an InferenceSession on the device's execution provider."""
     ort = _import_onnxruntime()
-    unknown = sorted(set(options) - set(_SESSION_OPTIONS))
-    if unknown:
-        raise RuntimeError(f"unknown ONNX model option(s) {', '.join(unknown)}; known: {', '.join(_SESSION_OPTIONS)}")
-    session_options = ort.SessionOptions()
-    for key, default in _SESSION_OPTIONS.items():
-        setattr(session_options, key, int(options.get(key, default)))
     providers = providers_for(device_type, device_id, ort.get_available_providers())
-    return OnnxSession(ort.InferenceSession(path, session_options, providers=providers))
+    return OnnxSession(ort.InferenceSession(path, session_options(ort, options), providers=providers))

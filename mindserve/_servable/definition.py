@@ -10,7 +10,10 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
-SUPPORTED_FORMATS = ("onnx",)
+from mindserve._backends.options import FORMAT_NAMES, check_options
+
+# model formats declare_model takes, lower case (the user's spelling is case-insensitive: "MindIR", "ONNX")
+SUPPORTED_FORMATS = ("onnx", "mindir")
 
 
 class Placeholder:
@@ -36,6 +39,7 @@ class Model:
         self.files = files
         self.model_format = model_format
         self.with_batch_dim = with_batch_dim
+        # every option of the format: the declared ones and the defaults of the rest (see _backends.options)
         self.options = dict(options or {})
         self.key = ";".join(files)
         # counts fixed by the first add_stage that uses the model; checked against the real model at load
@@ -49,7 +53,17 @@ class Model:
 
         ``call(x1, x2)`` runs one instance and returns its output (a tuple when the model has several);
         ``call([(x1, x2), (x1, x2)])`` runs several instances and returns one output tuple per instance.
+        ``subgraph`` picks the model file of a model declared with several (0: the first).
         """
+        if isinstance(subgraph, bool) or not isinstance(subgraph, int):
+            raise RuntimeError(f"Model({self.key}).call() failed: parameter 'subgraph' should be int, but actually "
+                               f"{type(subgraph)}")
+        if subgraph < 0:
+            raise RuntimeError(f"Model({self.key}).call() failed: parameter 'subgraph' should be >= 0, but actually "
+                               f"{subgraph}")
+        if subgraph >= len(self.files):
+            raise RuntimeError(f"Model({self.key}).call() failed: The model does not have subgraph of index "
+                               f"{subgraph}, the subgraph count of the model is {len(self.files)}")
         if not args:
             raise RuntimeError(
                 f"Model({self.key}).call() failed: no inputs provided, the inputs can be call(x1, x2) for single "
@@ -143,16 +157,19 @@ def declare_model(model_file: Union[str, Sequence[str]], model_format: str, with
                   options: Optional[dict] = None) -> Model:
     """Declare the model file(s) of this servable, found in each version directory.
 
-    ``model_format`` is ``"ONNX"`` (case ignored). With ``with_batch_dim=True`` dim 0 of every input and output
-    is the batch: instances are stacked into batches of the model's batch size. Several files make one model
-    with several subgraphs (``Model.call(..., subgraph=i)``).
+    ``model_format`` is ``"ONNX"`` (ONNX Runtime) or ``"MindIR"`` (MindSpore), case ignored. With
+    ``with_batch_dim=True`` dim 0 of every input and output is the batch: instances are stacked into batches of
+    the model's batch size. Several files make one model with several subgraphs: ``add_stage`` runs the first,
+    ``Model.call(..., subgraph=i)`` any. ``options`` is a dict of per-model runtime options (``thread_num``,
+    ``precision_mode``, ...; see ``mindserve._backends.options``), checked here.
     """
     servable = _current
     files = _check_str_list("model_file", model_file)
     if not files:
         raise RuntimeError("Declare model failed, model files size cannot be 0")
     if not isinstance(model_format, str) or model_format.lower() not in SUPPORTED_FORMATS:
-        raise RuntimeError(f"model format can only be ONNX, case ignored, but given {model_format!r}")
+        raise RuntimeError(f"model format can only be {' or '.join(FORMAT_NAMES[f] for f in SUPPORTED_FORMATS)}, "
+                           f"case ignored, but given {model_format!r}")
     if not isinstance(with_batch_dim, bool):
         raise RuntimeError(f"Parameter 'with_batch_dim' should be bool, but actually {type(with_batch_dim)}")
     if options is not None and not isinstance(options, dict):
@@ -160,6 +177,10 @@ def declare_model(model_file: Union[str, Sequence[str]], model_format: str, with
     for file in files:
         if file in servable._used_files:
             raise RuntimeError(f"Declare model {';'.join(files)} failed, model file '{file}' has already been used")
+    try:
+        options = check_options(model_format.lower(), options)
+    except ValueError as exc:
+        raise RuntimeError(f"Declare model {';'.join(files)} failed, {exc}") from None
     servable._used_files.update(files)
     model = Model(tuple(files), model_format.lower(), with_batch_dim, options)
     servable.models.append(model)

@@ -9,6 +9,7 @@ import traceback
 from typing import Optional
 
 from mindserve import _backends
+from mindserve._backends import mindir
 from mindserve._dtypes import MS_UNKNOWN
 from mindserve._errors import ServingError
 from mindserve._servable import definition
@@ -20,6 +21,7 @@ from mindserve._workers.model_runner import ModelRunner
 def import_servable_config(servable_directory: str, name: str) -> definition.ServableDefinition:
     """Import ``<servable_directory>/<name>/servable_config.py`` as module ``<name>.servable_config`` and return
     what it declared."""
+    mindir.prepare_process()  # before the config imports protobuf: MindSpore needs a say in it
     servable = definition.begin_servable(name)
     directory = os.path.abspath(servable_directory)
     if directory not in sys.path:
@@ -27,7 +29,11 @@ def import_servable_config(servable_directory: str, name: str) -> definition.Ser
     try:
         importlib.import_module(f"{name}.servable_config")
     except Exception as exc:
-        where = traceback.extract_tb(exc.__traceback__)[-1]
+        # the line of the servable's own code that failed (a declare_model or register_method call, say), not
+        # the line inside mindserve that raised; the innermost frame when none is the servable's
+        frames = traceback.extract_tb(exc.__traceback__)
+        own = os.path.join(directory, name) + os.sep
+        where = next((f for f in reversed(frames) if os.path.abspath(f.filename).startswith(own)), frames[-1])
         raise RuntimeError(f"import {name}.servable_config failed, {exc} ({os.path.basename(where.filename)}, "
                            f"line {where.lineno})") from exc
     return servable

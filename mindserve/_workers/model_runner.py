@@ -34,13 +34,14 @@ class ModelRunner:
         self.max_batch_size = max_batch_size
 
     def check_counts(self, inputs_count: int, outputs_count: int) -> None:
-        """Raise when add_stage's argument or output counts differ from the model's (checked at load)."""
-        for index, session in enumerate(self.sessions):
-            for what, given, actual in (("inputs", inputs_count, len(session.inputs)),
-                                        ("outputs", outputs_count, len(session.outputs))):
-                if given != actual:
-                    raise RuntimeError(f"The {what} count {given} in register_method not equal to the count {actual} "
-                                       f"defined in model, model info: {self.model.key}, subgraph: {index}")
+        """Raise when add_stage's argument or output counts differ from the model's (checked at load). add_stage
+        runs subgraph 0, so only that one is checked: other subgraphs may take and give other counts."""
+        session = self.sessions[0]
+        for what, given, actual in (("inputs", inputs_count, len(session.inputs)),
+                                    ("outputs", outputs_count, len(session.outputs))):
+            if given != actual:
+                raise RuntimeError(f"The {what} count {given} in register_method not equal to the count {actual} "
+                                   f"defined in model, model info: {self.model.key}, subgraph: 0")
 
     def _session(self, subgraph: int) -> BackendSession:
         if isinstance(subgraph, bool) or not isinstance(subgraph, int) or not 0 <= subgraph < len(self.sessions):

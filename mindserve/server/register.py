@@ -8,6 +8,10 @@ Example::
     @register.register_method(output_names=["y"])
     def add_common(x1, x2):
         return register.add_stage(model, x1, x2, outputs_count=1)
+
+``model_format`` is "ONNX" (ONNX Runtime) or "MindIR" (MindSpore); ``declare_model(..., options={...})`` sets
+per-model runtime options (``thread_num``, ...); a list of files makes a model of several subgraphs, run by
+``Model.call(..., subgraph=i)``.
 """
 from mindserve._servable.definition import Model, add_stage, declare_model, register_method
 
