@@ -16,8 +16,10 @@ static uint64_t round_up(uint64_t size) {
     return (size + MS_ALIGN - 1) & ~(uint64_t)(MS_ALIGN - 1);
 }
 
-static ms_block *block_at(const ms_arena *arena, unsigned char *base, uint64_t ring_pos) {
-    return (ms_block *)(base + arena->offset + ring_pos);
+/* The header of the block at ring position `pos` (< capacity, a multiple of MS_ALIGN: the whole header then
+ * lies inside the arena, which the caller's trusted layout places inside the segment). */
+static ms_block *block_at(const ms_arena *arena, unsigned char *base, uint64_t pos) {
+    return (ms_block *)(base + arena->offset + pos);
 }
 
 /* Sets up an empty arena over [offset, offset + capacity) of the segment. `capacity` must be a multiple of
@@ -34,16 +36,25 @@ uint64_t ms_arena_max_alloc(const ms_arena *arena) {
     return arena->capacity - MS_ALIGN;
 }
 
-/* Producer side: moves the tail past every freed block at the front of the ring. Returns MS_ECORRUPT when
- * a block header there is not one this arena wrote (its size would lead outside the live part). */
+/* Whether a header read at ring position `pos` (the tail's) may describe a block of `size` bytes: a whole
+ * number of alignment units, inside the live part, and not across the end of the ring (no block wraps). */
+static int block_size_ok(const ms_arena *arena, uint64_t pos, uint64_t size) {
+    return size >= MS_ALIGN && size % MS_ALIGN == 0 && size <= arena->head - arena->tail &&
+           size <= arena->capacity - pos;
+}
+
+/* Producer side: moves the tail past every freed block at the front of the ring. Each header is read once
+ * (the other process may be rewriting it) and checked before its size is used, so the tail stays aligned and
+ * never passes the head. Returns MS_OK, or MS_ECORRUPT when a freed header there is not one this producer
+ * wrote; the arena is then left as it was before that block. */
 static int reclaim(ms_arena *arena, unsigned char *base) {
-    while (arena->tail < arena->head) {
-        ms_block *blk = block_at(arena, base, arena->tail % arena->capacity);
+    while (arena->tail != arena->head) {
+        uint64_t pos = arena->tail % arena->capacity;
+        ms_block *blk = block_at(arena, base, pos);
         if (atomic_load_explicit(&blk->state, memory_order_acquire) != MS_BLOCK_FREE) break;
-        uint64_t size = blk->size;
-        if (blk->magic != MS_BLOCK_MAGIC || size < MS_ALIGN || size % MS_ALIGN != 0 ||
-            size > arena->head - arena->tail)
-            return MS_ECORRUPT;
+        uint64_t size = __atomic_load_n(&blk->size, __ATOMIC_RELAXED);
+        uint32_t magic = __atomic_load_n(&blk->magic, __ATOMIC_RELAXED);
+        if (magic != MS_BLOCK_MAGIC || !block_size_ok(arena, pos, size)) return MS_ECORRUPT;
         arena->tail += size;
     }
     if (arena->tail == arena->head) arena->head = arena->tail = 0; /* empty: start again at the front */

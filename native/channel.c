@@ -1,4 +1,4 @@
-/* channel.c - see channel.h for the layout and who writes what. */
+/* channel.c - see channel.h for the layout, who writes what, and what each side trusts. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <limits.h>
@@ -11,7 +11,8 @@
 #include "channel.h"
 #include "ms_status.h"
 
-#define MS_CHANNEL_MAGIC 0x6d696e6473727632ull /* "mindsrv2": the layout version is part of it */
+#define MS_CHANNEL_MAGIC 0x6d696e6473727633ull /* "mindsrv3": the layout version is part of it */
+#define MS_MAX_QUEUE (1u << 20)                /* entries per queue */
 
 static uint64_t align_up(uint64_t n) { return (n + MS_ALIGN - 1) & ~(uint64_t)(MS_ALIGN - 1); }
 
@@ -21,8 +22,18 @@ static uint64_t now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-static ms_entry *entries(ms_channel *ch, const ms_queue *q) {
-    return (ms_entry *)((unsigned char *)ch + q->offset);
+static ms_channel *header(const ms_view *view) { return (ms_channel *)view->base; }
+
+/* A shared word the other process may rewrite at any moment: read or written exactly once where the code
+ * says so (the compiler may neither re-read nor tear it). Relaxed: between honest processes the channel lock
+ * orders these accesses. */
+static uint64_t load_u64(const uint64_t *word) { return __atomic_load_n(word, __ATOMIC_RELAXED); }
+static void store_u64(uint64_t *word, uint64_t value) { __atomic_store_n(word, value, __ATOMIC_RELAXED); }
+
+/* The entry at ring index `index` of the queue whose trusted entry array is `r`. The index is taken modulo
+ * the trusted capacity, so the entry lies inside the array whatever the index. */
+static ms_entry *entry_at(const ms_view *view, const ms_region *r, uint64_t index) {
+    return (ms_entry *)(view->base + r->offset) + index % r->capacity;
 }
 
 /* Bytes needed by the header and both queues, before the arenas. */
@@ -36,61 +47,90 @@ size_t ms_channel_min_size(uint64_t queue_capacity) {
     return (size_t)(fixed_size(queue_capacity) + 2 * 4096);
 }
 
-/* Master side: lays out a fresh channel over the `size` bytes at `base` (zero-filled, as a new segment is),
- * with `queue_capacity` entries per queue and the rest split evenly between the two arenas.
- * Returns MS_OK, MS_EINVAL when the segment is too small or the capacity is 0 or absurd, or MS_ESYS when the
- * process-shared mutex cannot be made (errno is set). */
-int ms_channel_init(void *base, uint64_t size, uint64_t queue_capacity) {
-    if (queue_capacity == 0 || queue_capacity > (1u << 20) || size < ms_channel_min_size(queue_capacity))
-        return MS_EINVAL;
-    ms_channel *ch = base;
-    memset(ch, 0, sizeof(*ch));
-    ch->size = size;
+/* Fills `view` with the layout of a channel of `size` bytes at `base`: the header, `queue_capacity`
+ * entries per queue, the rest split evenly between the two arenas (empty). The caller checked the sizes. */
+static void lay_out(ms_view *view, void *base, uint64_t size, uint64_t queue_capacity) {
+    uint64_t queue_bytes = align_up(queue_capacity * sizeof(ms_entry));
     uint64_t pos = align_up(sizeof(ms_channel));
-    ms_queue *queues[2] = {&ch->jobs, &ch->done};
-    for (int i = 0; i < 2; i++) {
-        queues[i]->offset = pos;
-        queues[i]->capacity = queue_capacity;
-        pos += align_up(queue_capacity * sizeof(ms_entry));
-    }
+    view->base = base;
+    view->size = size;
+    view->jobs = (ms_region){pos, queue_capacity};
+    view->done = (ms_region){pos + queue_bytes, queue_capacity};
+    pos += 2 * queue_bytes;
     uint64_t arena_size = ((size - pos) / 2) & ~(uint64_t)(MS_ALIGN - 1);
-    ms_arena_init(&ch->requests, pos, arena_size);
-    ms_arena_init(&ch->replies, pos + arena_size, arena_size);
+    ms_arena_init(&view->requests, pos, arena_size);
+    ms_arena_init(&view->replies, pos + arena_size, arena_size);
+}
 
+/* Makes the header's lock a robust, process-shared mutex. Returns MS_OK or MS_ESYS (errno set). */
+static int init_lock(ms_channel *ch) {
     pthread_mutexattr_t mattr;
     int err = pthread_mutexattr_init(&mattr);
     if (!err) err = pthread_mutexattr_setpshared(&mattr, PTHREAD_PROCESS_SHARED);
     if (!err) err = pthread_mutexattr_setrobust(&mattr, PTHREAD_MUTEX_ROBUST);
     if (!err) err = pthread_mutex_init(&ch->lock, &mattr);
     pthread_mutexattr_destroy(&mattr);
-    if (err) {
-        errno = err;
-        return MS_ESYS;
-    }
-    ch->magic = MS_CHANNEL_MAGIC; /* last: a half-made channel never passes ms_channel_check */
+    if (!err) return MS_OK;
+    errno = err;
+    return MS_ESYS;
+}
+
+/* Master side: lays out a fresh channel over the `size` bytes at `base` (zero-filled, as a new segment is),
+ * with `queue_capacity` entries per queue and the rest split evenly between the two arenas, and fills the
+ * caller's `view` with that layout: the master's copy, taken from its own arithmetic, never from the header.
+ * Returns MS_OK; MS_EINVAL when the segment is too small or the capacity is 0 or absurd (nothing is written,
+ * `view` included); MS_ESYS when the process-shared mutex cannot be made (errno is set). */
+int ms_channel_init(ms_view *view, void *base, uint64_t size, uint64_t queue_capacity) {
+    if (queue_capacity == 0 || queue_capacity > MS_MAX_QUEUE || size < ms_channel_min_size(queue_capacity))
+        return MS_EINVAL;
+    ms_view local;
+    lay_out(&local, base, size, queue_capacity);
+    ms_channel *ch = base;
+    memset(ch, 0, sizeof(*ch));
+    ch->size = size;
+    ch->jobs.entries = local.jobs;
+    ch->done.entries = local.done;
+    ch->requests = (ms_region){local.requests.offset, local.requests.capacity};
+    ch->replies = (ms_region){local.replies.offset, local.replies.capacity};
+    int status = init_lock(ch);
+    if (status != MS_OK) return status;
+    ch->magic = MS_CHANNEL_MAGIC; /* last: a half-made channel never passes ms_channel_attach */
+    *view = local;
     return MS_OK;
 }
 
-/* Checks that a queue's entry array lies inside the segment, after the header. */
-static int queue_fits(const ms_queue *q, uint64_t size) {
+/* Whether a queue's entry array lies inside a segment of `size` bytes, aligned, after the header. */
+static int queue_fits(const ms_region *r, uint64_t size) {
     uint64_t bytes;
-    if (q->capacity == 0 || __builtin_mul_overflow(q->capacity, sizeof(ms_entry), &bytes)) return 0;
-    return q->offset >= sizeof(ms_channel) && q->offset <= size && bytes <= size - q->offset;
+    if (r->capacity == 0 || __builtin_mul_overflow(r->capacity, sizeof(ms_entry), &bytes)) return 0;
+    return r->offset % MS_ALIGN == 0 && r->offset >= sizeof(ms_channel) && r->offset <= size &&
+           bytes <= size - r->offset;
 }
 
+/* Whether an arena's region lies inside a segment of `size` bytes, aligned, with room for two headers. */
 static int arena_fits(const ms_arena *a, uint64_t size) {
     return a->offset % MS_ALIGN == 0 && a->capacity % MS_ALIGN == 0 && a->capacity >= 2 * MS_ALIGN &&
            a->offset <= size && a->capacity <= size - a->offset;
 }
 
-/* Worker side, after mapping a segment it was handed: checks that it holds a channel whose every part lies
- * inside its `size` bytes, so that no later offset computed from the header reaches outside the mapping.
- * Returns MS_OK or MS_ECORRUPT. */
-int ms_channel_check(const void *base, uint64_t size) {
-    const ms_channel *ch = base;
-    if (size < sizeof(ms_channel) || ch->magic != MS_CHANNEL_MAGIC || ch->size != size) return MS_ECORRUPT;
-    if (!queue_fits(&ch->jobs, size) || !queue_fits(&ch->done, size)) return MS_ECORRUPT;
-    if (!arena_fits(&ch->requests, size) || !arena_fits(&ch->replies, size)) return MS_ECORRUPT;
+/* Worker side, after mapping the `size` bytes at `base` it was handed: copies the layout from the header
+ * into the caller's `view` (each field read once), then checks that copy: the magic, the size, and every part
+ * inside the segment. From then on only `view` is used, so no later change to the header moves an address.
+ * The arenas start empty in `view`: attach before producing into an arena, and only once per producer.
+ * Returns MS_OK, or MS_ECORRUPT with `view` untouched. */
+int ms_channel_attach(ms_view *view, void *base, uint64_t size) {
+    if (size < sizeof(ms_channel)) return MS_ECORRUPT;
+    ms_channel *ch = base;
+    ms_view local = {.base = base, .size = size};
+    uint64_t magic = load_u64(&ch->magic), claimed_size = load_u64(&ch->size);
+    local.jobs = (ms_region){load_u64(&ch->jobs.entries.offset), load_u64(&ch->jobs.entries.capacity)};
+    local.done = (ms_region){load_u64(&ch->done.entries.offset), load_u64(&ch->done.entries.capacity)};
+    ms_arena_init(&local.requests, load_u64(&ch->requests.offset), load_u64(&ch->requests.capacity));
+    ms_arena_init(&local.replies, load_u64(&ch->replies.offset), load_u64(&ch->replies.capacity));
+    if (magic != MS_CHANNEL_MAGIC || claimed_size != size) return MS_ECORRUPT;
+    if (!queue_fits(&local.jobs, size) || !queue_fits(&local.done, size)) return MS_ECORRUPT;
+    if (!arena_fits(&local.requests, size) || !arena_fits(&local.replies, size)) return MS_ECORRUPT;
+    *view = local;
     return MS_OK;
 }
 
@@ -109,8 +149,8 @@ static void wake_sleepers(ms_channel *ch, int n) {
 
 /* Takes the channel lock. Returns MS_OK with the lock held, or MS_EBROKEN without it when the channel is
  * broken (now or before: a process died holding the lock, so the queues may be half-updated). */
-int ms_channel_lock(void *base) {
-    ms_channel *ch = base;
+int ms_channel_lock(const ms_view *view) {
+    ms_channel *ch = header(view);
     int err = pthread_mutex_lock(&ch->lock);
     if (err == EOWNERDEAD) {
         ch->broken = 1;
@@ -128,134 +168,193 @@ int ms_channel_lock(void *base) {
     return MS_OK;
 }
 
-void ms_channel_unlock(void *base) {
-    pthread_mutex_unlock(&((ms_channel *)base)->lock);
+void ms_channel_unlock(const ms_view *view) {
+    pthread_mutex_unlock(&header(view)->lock);
 }
 
-/* Appends `e` to queue `q` (lock held). Returns MS_OK or MS_EFULL. */
-static int queue_push(ms_channel *ch, ms_queue *q, const ms_entry *e) {
-    if (q->tail - q->head >= q->capacity) return MS_EFULL;
-    entries(ch, q)[q->tail % q->capacity] = *e;
-    q->tail++;
-    q->weight += e->weight;
+/* Reads the head and tail of queue `q` once each (lock held): *head, and *len = entries queued. Returns
+ * MS_OK, or MS_ECORRUPT when they claim more entries than the trusted entry array `r` holds. */
+static int queue_read(const ms_queue *q, const ms_region *r, uint64_t *head, uint64_t *len) {
+    *head = load_u64(&q->head);
+    *len = load_u64(&q->tail) - *head;
+    return *len <= r->capacity ? MS_OK : MS_ECORRUPT;
+}
+
+/* Appends `e` to queue `q` with entry array `r` (lock held). Returns MS_OK, MS_EFULL, or MS_ECORRUPT
+ * (nothing written). */
+static int queue_push(const ms_view *view, ms_queue *q, const ms_region *r, const ms_entry *e) {
+    uint64_t head, len;
+    int status = queue_read(q, r, &head, &len);
+    if (status != MS_OK) return status;
+    if (len == r->capacity) return MS_EFULL;
+    *entry_at(view, r, head + len) = *e;
+    store_u64(&q->tail, head + len + 1);
+    store_u64(&q->weight, load_u64(&q->weight) + e->weight);
     return MS_OK;
 }
 
-/* Moves up to `cap` entries from the front of `q` to `out` (lock held), stopping before the entry that
- * would take the total weight past `max_weight` (0: no limit); the first entry is always taken. */
-static size_t queue_take(ms_channel *ch, ms_queue *q, uint64_t max_weight, ms_entry *out, size_t cap) {
-    size_t n = 0;
-    uint64_t taken = 0;
-    while (n < cap && q->head < q->tail) {
-        const ms_entry *e = &entries(ch, q)[q->head % q->capacity];
-        if (n > 0 && max_weight && taken + e->weight > max_weight) break;
-        out[n++] = *e;
-        taken += e->weight;
-        q->head++;
-        q->weight -= e->weight;
+/* Whether an entry of weight `w` still fits a batch of weight `taken` under `max_weight` (0: no limit). */
+static int weight_fits(uint64_t taken, uint64_t w, uint64_t max_weight) {
+    return max_weight == 0 || (taken <= max_weight && w <= max_weight - taken);
+}
+
+/* Moves up to `cap` entries from the front of queue `q` (entry array `r`) to `out` (lock held), stopping
+ * before the entry that would take the total weight past `max_weight` (0: no limit); the first entry is
+ * always taken. *n is the number moved. Returns MS_OK, or MS_ECORRUPT (nothing moved): at most the trusted
+ * capacity is ever read, whatever the shared head and tail say. */
+static int queue_take(const ms_view *view, ms_queue *q, const ms_region *r, uint64_t max_weight, ms_entry *out,
+                      size_t cap, size_t *n) {
+    uint64_t head, len, taken = 0;
+    size_t i = 0;
+    *n = 0;
+    int status = queue_read(q, r, &head, &len);
+    if (status != MS_OK) return status;
+    for (; i < cap && i < len; i++) {
+        out[i] = *entry_at(view, r, head + i); /* copied once: the weight checked is the weight returned */
+        if (i > 0 && !weight_fits(taken, out[i].weight, max_weight)) break;
+        taken += out[i].weight;
     }
-    return n;
+    store_u64(&q->head, head + i);
+    store_u64(&q->weight, load_u64(&q->weight) - taken);
+    *n = i;
+    return MS_OK;
 }
 
 /* Master side: marks the channel closed and wakes the worker; ms_pop_batch then returns MS_ECLOSED once the
  * jobs already queued are taken. Returns MS_OK or MS_EBROKEN. */
-int ms_channel_close(void *base) {
-    ms_channel *ch = base;
-    int status = ms_channel_lock(base);
+int ms_channel_close(const ms_view *view) {
+    ms_channel *ch = header(view);
+    int status = ms_channel_lock(view);
     if (status != MS_OK) return status;
     ch->closed = 1;
     bump_jobs(ch);
-    ms_channel_unlock(base);
+    ms_channel_unlock(view);
     wake_sleepers(ch, INT_MAX);
     return MS_OK;
 }
 
+/* Master side: tells the worker whether jobs wait in the master for room in the channel (`backlog` != 0).
+ * While they do, ms_pop_batch stops waiting for a fuller batch, which could not come before the worker frees
+ * room. Wakes a worker waiting for one. Returns MS_OK or MS_EBROKEN. */
+int ms_channel_set_backlog(const ms_view *view, int backlog) {
+    ms_channel *ch = header(view);
+    int status = ms_channel_lock(view);
+    if (status != MS_OK) return status;
+    ch->backlog = backlog != 0;
+    int sleepers = bump_jobs(ch);
+    ms_channel_unlock(view);
+    if (sleepers) wake_sleepers(ch, INT_MAX);
+    return MS_OK;
+}
+
 /* Master side: queues a job (its enqueued_ns is stamped here) and wakes the worker.
- * Returns MS_OK, MS_EFULL when the queue holds `capacity` jobs, MS_ECLOSED, or MS_EBROKEN. */
-int ms_push_job(void *base, const ms_entry *job) {
-    ms_channel *ch = base;
-    int status = ms_channel_lock(base);
+ * Returns MS_OK, MS_EFULL when the queue holds `capacity` jobs, MS_ECLOSED, MS_EBROKEN, or MS_ECORRUPT. */
+int ms_push_job(const ms_view *view, const ms_entry *job) {
+    ms_channel *ch = header(view);
+    int status = ms_channel_lock(view);
     if (status != MS_OK) return status;
     ms_entry e = *job;
     e.enqueued_ns = now_ns();
-    status = ch->closed ? MS_ECLOSED : queue_push(ch, &ch->jobs, &e);
+    status = ch->closed ? MS_ECLOSED : queue_push(view, &ch->jobs, &view->jobs, &e);
     int sleepers = status == MS_OK && bump_jobs(ch);
-    ms_channel_unlock(base);
+    ms_channel_unlock(view);
     if (sleepers) wake_sleepers(ch, 1);
     return status;
 }
 
-/* Sleeps until a push, close or breakage wakes it, until `deadline_ns` (CLOCK_MONOTONIC), or without end for
- * 0; call it with the lock held. The lock is released while sleeping; jobs_seq is read and the sleeper
- * counted under it, so a push made between the unlock and the sleep makes the futex wait return at once. Returns MS_OK with the lock held (woken, timed out or
- * interrupted: the caller checks its condition again), or MS_EBROKEN with the lock released. */
-static int wait_jobs(ms_channel *ch, uint64_t deadline_ns) {
+/* Sleeps until a push, close, backlog change or breakage wakes it, until `deadline_ns` (CLOCK_MONOTONIC), or
+ * without end for 0; call it with the lock held. The lock is released while sleeping; jobs_seq is read and
+ * the sleeper counted under it, so a push made between the unlock and the sleep makes the futex wait return
+ * at once. Returns MS_OK with the lock held (woken, timed out or interrupted: the caller checks its condition
+ * again), or MS_EBROKEN with the lock released. */
+static int wait_jobs(const ms_view *view, uint64_t deadline_ns) {
+    ms_channel *ch = header(view);
     uint32_t seq = atomic_load_explicit(&ch->jobs_seq, memory_order_relaxed);
     struct timespec ts = {(time_t)(deadline_ns / 1000000000ull), (long)(deadline_ns % 1000000000ull)};
     ch->jobs_sleepers++;
-    ms_channel_unlock(ch);
+    ms_channel_unlock(view);
     /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline; NULL waits without end */
     syscall(SYS_futex, (uint32_t *)&ch->jobs_seq, FUTEX_WAIT_BITSET, seq, deadline_ns ? &ts : NULL, NULL,
             FUTEX_BITSET_MATCH_ANY);
-    int status = ms_channel_lock(ch);
+    int status = ms_channel_lock(view);
     if (status == MS_OK) ch->jobs_sleepers--;
     return status;
 }
 
+/* Lock held: sleeps until at least one job is queued. Returns MS_OK (a job is queued), MS_ECLOSED (closed
+ * and empty) or MS_ECORRUPT, each with the lock held; or MS_EBROKEN with the lock released. */
+static int wait_first_job(const ms_view *view) {
+    ms_channel *ch = header(view);
+    uint64_t head, len;
+    for (;;) {
+        int status = queue_read(&ch->jobs, &view->jobs, &head, &len);
+        if (status != MS_OK || len > 0) return status;
+        if (ch->closed) return MS_ECLOSED;
+        if ((status = wait_jobs(view, 0)) != MS_OK) return status;
+    }
+}
+
+/* Lock held, a job queued: sleeps until the queued jobs weigh `max_items` (0: no limit) or number
+ * `out_capacity`, the channel is closed, the master has a backlog, or `max_delay_ns` have passed since the
+ * oldest queued job was pushed; at once for max_delay_ns <= 0. Returns as wait_first_job, but MS_ECLOSED. */
+static int wait_more_jobs(const ms_view *view, uint64_t max_items, int64_t max_delay_ns, size_t out_capacity) {
+    ms_channel *ch = header(view);
+    uint64_t head, len;
+    int status = queue_read(&ch->jobs, &view->jobs, &head, &len);
+    if (status != MS_OK || max_delay_ns <= 0 || len == 0) return status;
+    uint64_t deadline = entry_at(view, &view->jobs, head)->enqueued_ns + (uint64_t)max_delay_ns;
+    while (!ch->closed && !ch->backlog && (max_items == 0 || load_u64(&ch->jobs.weight) < max_items) &&
+           len < out_capacity && now_ns() < deadline) {
+        if ((status = wait_jobs(view, deadline)) != MS_OK) return status;
+        if ((status = queue_read(&ch->jobs, &view->jobs, &head, &len)) != MS_OK) return status;
+    }
+    return MS_OK;
+}
+
 /* Worker side: blocks until at least one job is queued, then, when max_delay_ns > 0, keeps waiting until
  * the queued jobs add up to `max_items` instances or until max_delay_ns after the oldest job was queued,
- * whichever comes first. Then moves jobs to `out` (at most `out_capacity`), oldest first, up to `max_items`
- * instances in all (0: no limit); a job larger than that is taken alone. *count is the number taken.
- * Returns MS_OK; MS_ECLOSED once the channel is closed and no job is left; MS_EBROKEN. Call it without the
- * GIL: it may block for as long as no job comes. */
-int ms_pop_batch(void *base, uint64_t max_items, int64_t max_delay_ns, ms_entry *out, size_t out_capacity,
-                 size_t *count) {
-    ms_channel *ch = base;
+ * whichever comes first; a close, or a backlog in the master, ends the wait at once. Then moves jobs to
+ * `out` (at most `out_capacity`), oldest first, up to `max_items` instances in all (0: no limit); a job
+ * larger than that is taken alone. *count is the number taken.
+ * Returns MS_OK; MS_ECLOSED once the channel is closed and no job is left; MS_EBROKEN; MS_ECORRUPT;
+ * MS_EINVAL for out_capacity 0. Call it without the GIL: it may block for as long as no job comes. */
+int ms_pop_batch(const ms_view *view, uint64_t max_items, int64_t max_delay_ns, ms_entry *out,
+                 size_t out_capacity, size_t *count) {
+    ms_channel *ch = header(view);
     *count = 0;
     if (out_capacity == 0) return MS_EINVAL;
-    int status = ms_channel_lock(base);
+    int status = ms_channel_lock(view);
     if (status != MS_OK) return status;
-    while (ch->jobs.head == ch->jobs.tail) {
-        if (ch->closed) {
-            ms_channel_unlock(base);
-            return MS_ECLOSED;
-        }
-        if ((status = wait_jobs(ch, 0)) != MS_OK) return status;
-    }
-    if (max_delay_ns > 0) {
-        uint64_t oldest = entries(ch, &ch->jobs)[ch->jobs.head % ch->jobs.capacity].enqueued_ns;
-        uint64_t deadline = oldest + (uint64_t)max_delay_ns;
-        while (!ch->closed && (max_items == 0 || ch->jobs.weight < max_items) &&
-               ch->jobs.tail - ch->jobs.head < out_capacity && now_ns() < deadline) {
-            if ((status = wait_jobs(ch, deadline)) != MS_OK) return status;
-        }
-    }
-    *count = queue_take(ch, &ch->jobs, max_items, out, out_capacity);
-    ms_channel_unlock(base);
-    return MS_OK;
+    status = wait_first_job(view);
+    if (status == MS_OK) status = wait_more_jobs(view, max_items, max_delay_ns, out_capacity);
+    if (status == MS_EBROKEN) return status; /* the lock is released already */
+    if (status == MS_OK) status = queue_take(view, &ch->jobs, &view->jobs, max_items, out, out_capacity, count);
+    ms_channel_unlock(view);
+    return status;
 }
 
 /* Master side, after the worker died: moves the jobs it never took to `out` (at most `out_capacity`), so that
- * they can run elsewhere. Returns MS_OK or MS_EBROKEN (then nothing can be trusted: fail them all). */
-int ms_take_jobs(void *base, ms_entry *out, size_t out_capacity, size_t *count) {
-    ms_channel *ch = base;
+ * they can run elsewhere. Returns MS_OK, or MS_EBROKEN / MS_ECORRUPT (then nothing can be trusted: fail them
+ * all). */
+int ms_take_jobs(const ms_view *view, ms_entry *out, size_t out_capacity, size_t *count) {
+    ms_channel *ch = header(view);
     *count = 0;
-    int status = ms_channel_lock(base);
+    int status = ms_channel_lock(view);
     if (status != MS_OK) return status;
-    *count = queue_take(ch, &ch->jobs, 0, out, out_capacity);
-    ms_channel_unlock(base);
-    return MS_OK;
+    status = queue_take(view, &ch->jobs, &view->jobs, 0, out, out_capacity, count);
+    ms_channel_unlock(view);
+    return status;
 }
 
 /* Worker side: queues a completion and then adds 1 to the master's eventfd `event_fd` (-1: none), so that
- * the master's event loop wakes. Returns MS_OK, MS_EFULL, MS_EBROKEN, or MS_ESYS when the eventfd write
- * fails (the completion is queued all the same). */
-int ms_push_done(void *base, const ms_entry *done, int event_fd) {
-    ms_channel *ch = base;
-    int status = ms_channel_lock(base);
+ * the master's event loop wakes. Returns MS_OK, MS_EFULL, MS_EBROKEN, MS_ECORRUPT, or MS_ESYS when the
+ * eventfd write fails (the completion is queued all the same). */
+int ms_push_done(const ms_view *view, const ms_entry *done, int event_fd) {
+    ms_channel *ch = header(view);
+    int status = ms_channel_lock(view);
     if (status != MS_OK) return status;
-    status = queue_push(ch, &ch->done, done);
-    ms_channel_unlock(base);
+    status = queue_push(view, &ch->done, &view->done, done);
+    ms_channel_unlock(view);
     if (status != MS_OK || event_fd < 0) return status;
     uint64_t one = 1;
     ssize_t n;
@@ -265,45 +364,47 @@ int ms_push_done(void *base, const ms_entry *done, int event_fd) {
     return n == (ssize_t)sizeof(one) || errno == EAGAIN ? MS_OK : MS_ESYS; /* EAGAIN: a wake-up is pending */
 }
 
-/* Master side: moves every queued completion (at most `out_capacity`) to `out`; never blocks.
- * Returns MS_OK or MS_EBROKEN. */
-int ms_pop_done(void *base, ms_entry *out, size_t out_capacity, size_t *count) {
-    ms_channel *ch = base;
+/* Master side: moves every queued completion (at most `out_capacity`) to `out`; never blocks. The entries
+ * are the worker's word: check each offset and size with ms_contains. Returns MS_OK, MS_EBROKEN or
+ * MS_ECORRUPT. */
+int ms_pop_done(const ms_view *view, ms_entry *out, size_t out_capacity, size_t *count) {
+    ms_channel *ch = header(view);
     *count = 0;
-    int status = ms_channel_lock(base);
+    int status = ms_channel_lock(view);
     if (status != MS_OK) return status;
-    *count = queue_take(ch, &ch->done, 0, out, out_capacity);
-    ms_channel_unlock(base);
-    return MS_OK;
+    status = queue_take(view, &ch->done, &view->done, 0, out, out_capacity, count);
+    ms_channel_unlock(view);
+    return status;
 }
 
-static ms_arena *arena_of(const void *base, int which) {
-    ms_channel *ch = (ms_channel *)base;
-    return which == MS_REQUESTS ? &ch->requests : which == MS_REPLIES ? &ch->replies : NULL;
+/* The view's own state of arena `which`, or NULL for an unknown arena. */
+static const ms_arena *arena_in(const ms_view *view, int which) {
+    return which == MS_REQUESTS ? &view->requests : which == MS_REPLIES ? &view->replies : NULL;
 }
 
 /* Reserves a block of `size` bytes in arena `which` (MS_REQUESTS by the master, MS_REPLIES by the worker:
- * each arena has one producer). Returns what ms_arena_alloc returns, or MS_EINVAL for an unknown arena. */
-int ms_alloc(void *base, int which, uint64_t size, uint64_t *data_offset) {
-    ms_arena *arena = arena_of(base, which);
-    return arena ? ms_arena_alloc(arena, base, size, data_offset) : MS_EINVAL;
+ * each arena has one producer, whose view holds its head and tail). Returns what ms_arena_alloc returns, or
+ * MS_EINVAL for an unknown arena. */
+int ms_alloc(ms_view *view, int which, uint64_t size, uint64_t *data_offset) {
+    ms_arena *arena = (ms_arena *)arena_in(view, which); /* `view` is not const: neither is its arena */
+    return arena ? ms_arena_alloc(arena, view->base, size, data_offset) : MS_EINVAL;
 }
 
 /* Releases the block whose data is at `data_offset` in arena `which`; any process may. */
-int ms_release(void *base, int which, uint64_t data_offset) {
-    ms_arena *arena = arena_of(base, which);
-    return arena ? ms_arena_release(arena, base, data_offset) : MS_EINVAL;
+int ms_release(const ms_view *view, int which, uint64_t data_offset) {
+    const ms_arena *arena = arena_in(view, which);
+    return arena ? ms_arena_release(arena, view->base, data_offset) : MS_EINVAL;
 }
 
 /* 1 when [data_offset, data_offset + size) lies inside arena `which`, else 0: check every offset and size
- * read from an entry before touching the bytes. */
-int ms_contains(const void *base, int which, uint64_t data_offset, uint64_t size) {
-    ms_arena *arena = arena_of(base, which);
+ * read from an entry before touching the bytes. Reads only the view. */
+int ms_contains(const ms_view *view, int which, uint64_t data_offset, uint64_t size) {
+    const ms_arena *arena = arena_in(view, which);
     return arena ? ms_arena_contains(arena, data_offset, size) : 0;
 }
 
 /* The largest message arena `which` can hold. */
-uint64_t ms_max_alloc(const void *base, int which) {
-    ms_arena *arena = arena_of(base, which);
+uint64_t ms_max_alloc(const ms_view *view, int which) {
+    const ms_arena *arena = arena_in(view, which);
     return arena ? ms_arena_max_alloc(arena) : 0;
 }

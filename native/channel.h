@@ -9,6 +9,17 @@
  * the reply arena and an entry in the done queue (ms_push_done, which also writes the master's eventfd). The
  * master takes done entries with ms_pop_done, copies the reply out, and releases both blocks.
  *
+ * Trust: the worker runs user code, so the master treats everything in the segment as hostile input that may
+ * change at any moment. It takes the layout (where each queue and arena lies) once, from its own arithmetic
+ * in ms_channel_init, into a process-local ms_view; the worker copies it once, after checking it, in
+ * ms_channel_attach. Queue heads and tails are shared by nature: each call reads them once, checks them
+ * against the trusted capacity and indexes entries modulo it, so garbage there is MS_ECORRUPT, never an
+ * access outside the entry array. Arena heads and tails are process-local (arena.h).
+ * Still taken on trust: the lock itself. glibc links a robust mutex into its owner's robust list through
+ * pointers kept inside the mutex and follows them on unlock, so a worker rewriting them while the master
+ * holds the lock could steer that write; a worker can also keep the lock for ever. Closing both needs a
+ * lock of the channel's own (a futex word naming the owner, with the owner's death seen through a pidfd).
+ *
  * Both queues share one robust, process-shared mutex. A process that dies holding it leaves the channel
  * "broken": every later call returns MS_EBROKEN instead of blocking, and the master drops the channel.
  * ms_pop_batch sleeps on a futex (jobs_seq), not on a process-shared condition variable: glibc keeps waiter
@@ -23,7 +34,8 @@
 
 #include "arena.h"
 
-/* One queued job (master -> worker) or completion (worker -> master). */
+/* One queued job (master -> worker) or completion (worker -> master). Its fields are data, never trusted:
+ * check offset and size with ms_contains before touching the bytes they name. */
 typedef struct {
     uint64_t id;          /* the master's job id, echoed in the completion */
     uint64_t offset;      /* segment offset of the message block's data */
@@ -32,48 +44,71 @@ typedef struct {
     uint64_t enqueued_ns; /* CLOCK_MONOTONIC time of the push (jobs only): the batch deadline starts here */
 } ms_entry;
 
-/* A ring of entries, guarded by the channel lock. */
+/* Where a part of the segment lies: what the header tells at attach, what an ms_view keeps. */
 typedef struct {
-    uint64_t offset;   /* segment offset of the entry array */
-    uint64_t capacity; /* entries */
+    uint64_t offset;   /* segment offset */
+    uint64_t capacity; /* entries (a queue) or bytes (an arena) */
+} ms_region;
+
+/* A ring of entries in the header. `entries` is layout (read only at attach); head, tail and weight are moved
+ * by both processes under the channel lock, and each call reads them once and checks them against the
+ * trusted capacity. */
+typedef struct {
+    ms_region entries; /* the entry array */
     uint64_t head;     /* entries ever taken */
     uint64_t tail;     /* entries ever added */
     uint64_t weight;   /* sum of the weights of the queued entries */
 } ms_queue;
 
+/* The shared header at the start of the segment. */
 typedef struct {
     uint64_t magic;
     uint64_t size; /* bytes in the segment */
     uint32_t closed;
     uint32_t broken;
+    uint32_t backlog; /* set by the master while jobs wait for room: a batch then stops waiting for more */
+    uint32_t jobs_sleepers; /* processes in wait_jobs (under the lock): a push with none makes no syscall */
+    _Atomic uint32_t jobs_seq; /* futex word: bumped and woken by every push, close, backlog and breakage */
     pthread_mutex_t lock;
-    _Atomic uint32_t jobs_seq; /* futex word: bumped and woken by every push, close and breakage */
-    uint32_t jobs_sleepers;    /* processes in wait_jobs (under the lock): a push with none makes no syscall */
     ms_queue jobs;
     ms_queue done;
-    ms_arena requests; /* master allocates, master releases */
-    ms_arena replies;  /* worker allocates, master releases */
+    ms_region requests; /* master allocates, master releases */
+    ms_region replies;  /* worker allocates, master releases */
 } ms_channel;
+
+/* One process's handle on a mapped channel, in its own memory (the caller allocates it; ms_channel_init or
+ * ms_channel_attach fills it). Every address the calls below compute comes from here, never from the
+ * header, so nothing the other process writes into the segment can move them. The arenas' head and tail are
+ * this process's producer state (see arena.h). */
+typedef struct {
+    unsigned char *base; /* where this process mapped the segment */
+    uint64_t size;       /* bytes mapped */
+    ms_region jobs;      /* entry arrays of the two queues */
+    ms_region done;
+    ms_arena requests;
+    ms_arena replies;
+} ms_view;
 
 enum { MS_REQUESTS = 0, MS_REPLIES = 1 };
 
 size_t ms_channel_min_size(uint64_t queue_capacity);
-int ms_channel_init(void *base, uint64_t size, uint64_t queue_capacity);
-int ms_channel_check(const void *base, uint64_t size);
-int ms_channel_close(void *base);
-int ms_channel_lock(void *base);
-void ms_channel_unlock(void *base);
+int ms_channel_init(ms_view *view, void *base, uint64_t size, uint64_t queue_capacity);
+int ms_channel_attach(ms_view *view, void *base, uint64_t size);
+int ms_channel_close(const ms_view *view);
+int ms_channel_set_backlog(const ms_view *view, int backlog);
+int ms_channel_lock(const ms_view *view);
+void ms_channel_unlock(const ms_view *view);
 
-int ms_push_job(void *base, const ms_entry *job);
-int ms_pop_batch(void *base, uint64_t max_items, int64_t max_delay_ns, ms_entry *out, size_t out_capacity,
-                 size_t *count);
-int ms_take_jobs(void *base, ms_entry *out, size_t out_capacity, size_t *count);
-int ms_push_done(void *base, const ms_entry *done, int event_fd);
-int ms_pop_done(void *base, ms_entry *out, size_t out_capacity, size_t *count);
+int ms_push_job(const ms_view *view, const ms_entry *job);
+int ms_pop_batch(const ms_view *view, uint64_t max_items, int64_t max_delay_ns, ms_entry *out,
+                 size_t out_capacity, size_t *count);
+int ms_take_jobs(const ms_view *view, ms_entry *out, size_t out_capacity, size_t *count);
+int ms_push_done(const ms_view *view, const ms_entry *done, int event_fd);
+int ms_pop_done(const ms_view *view, ms_entry *out, size_t out_capacity, size_t *count);
 
-int ms_alloc(void *base, int which, uint64_t size, uint64_t *data_offset);
-int ms_release(void *base, int which, uint64_t data_offset);
-int ms_contains(const void *base, int which, uint64_t data_offset, uint64_t size);
-uint64_t ms_max_alloc(const void *base, int which);
+int ms_alloc(ms_view *view, int which, uint64_t size, uint64_t *data_offset);
+int ms_release(const ms_view *view, int which, uint64_t data_offset);
+int ms_contains(const ms_view *view, int which, uint64_t data_offset, uint64_t size);
+uint64_t ms_max_alloc(const ms_view *view, int which);
 
 #endif

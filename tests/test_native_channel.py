@@ -7,6 +7,7 @@ Every call that could block is made from a thread joined with a generous timeout
 instead of stalling the run; no test asserts how long anything took."""
 from __future__ import annotations
 
+import ast
 import errno
 import fcntl
 import glob
@@ -285,29 +286,55 @@ def test_create_reports_other_system_errors_naming_the_owner(monkeypatch):
 
 # --------------------------------------------------------------------------------------- channel set-up and check
 
+def check(base, size: int) -> int:
+    """ms_channel_attach's verdict on the segment at ``base``, into a scratch view."""
+    return lib.ms_channel_attach(ffi.new("ms_view *"), base, size)
+
+
+def layout_of(view) -> tuple:
+    return (view.size, view.jobs.offset, view.jobs.capacity, view.done.offset, view.done.capacity,
+            view.requests.offset, view.requests.capacity, view.requests.head, view.requests.tail,
+            view.replies.offset, view.replies.capacity, view.replies.head, view.replies.tail)
+
+
 def test_channel_init_refuses_a_small_segment_and_bad_queue_capacities():
     min_size = lib.ms_channel_min_size(QUEUE_CAPACITY)
     buf = ffi.new("char[]", min_size + 4096)
-    assert lib.ms_channel_init(buf, min_size - 1, QUEUE_CAPACITY) == lib.MS_EINVAL
-    assert lib.ms_channel_init(buf, min_size + 4096, 0) == lib.MS_EINVAL
-    assert lib.ms_channel_init(buf, min_size + 4096, (1 << 20) + 1) == lib.MS_EINVAL
-    assert lib.ms_channel_init(buf, min_size + 4096, U64_MAX) == lib.MS_EINVAL
+    view = ffi.new("ms_view *")
+    assert lib.ms_channel_init(view, buf, min_size - 1, QUEUE_CAPACITY) == lib.MS_EINVAL
+    assert lib.ms_channel_init(view, buf, min_size + 4096, 0) == lib.MS_EINVAL
+    assert lib.ms_channel_init(view, buf, min_size + 4096, (1 << 20) + 1) == lib.MS_EINVAL
+    assert lib.ms_channel_init(view, buf, min_size + 4096, U64_MAX) == lib.MS_EINVAL
     assert bytes(ffi.buffer(buf)) == bytes(min_size + 4096)  # a refused init writes nothing
-    assert lib.ms_channel_check(buf, min_size + 4096) == lib.MS_ECORRUPT
+    assert bytes(ffi.buffer(view)) == bytes(ffi.sizeof("ms_view"))  # the view included
+    assert check(buf, min_size + 4096) == lib.MS_ECORRUPT
 
-    assert lib.ms_channel_init(buf, min_size, QUEUE_CAPACITY) == lib.MS_OK
-    assert lib.ms_channel_check(buf, min_size) == lib.MS_OK
-    assert lib.ms_channel_check(buf, min_size + 64) == lib.MS_ECORRUPT  # not the size it was made for
-    assert lib.ms_channel_check(buf, min_size - 64) == lib.MS_ECORRUPT
+    assert lib.ms_channel_init(view, buf, min_size, QUEUE_CAPACITY) == lib.MS_OK
+    assert check(buf, min_size) == lib.MS_OK
+    assert check(buf, min_size + 64) == lib.MS_ECORRUPT  # not the size it was made for
+    assert check(buf, min_size - 64) == lib.MS_ECORRUPT
     for which in (REQUESTS, REPLIES):
-        assert lib.ms_max_alloc(buf, which) >= 4096 - ALIGN
+        assert lib.ms_max_alloc(view, which) >= 4096 - ALIGN
+
+    # the worker's attach copies exactly the layout the master computed; a refused attach leaves its view alone
+    worker = ffi.new("ms_view *")
+    assert lib.ms_channel_attach(worker, buf, min_size) == lib.MS_OK
+    assert worker.base == view.base == buf
+    assert layout_of(worker) == layout_of(view)
+    assert view.jobs.capacity == view.done.capacity == QUEUE_CAPACITY
+    assert view.requests.offset + view.requests.capacity == view.replies.offset
+    assert view.replies.offset + view.replies.capacity <= min_size
+    before = bytes(ffi.buffer(worker))
+    assert lib.ms_channel_attach(worker, buf, min_size + 64) == lib.MS_ECORRUPT
+    assert bytes(ffi.buffer(worker)) == before
 
 
 def test_channel_with_a_queue_of_one_entry():
     size = lib.ms_channel_min_size(1)
     buf = ffi.new("char[]", size)
-    assert lib.ms_channel_init(buf, size, 1) == lib.MS_OK
-    ch = ShmChannel(-1, buf, size)  # over heap memory: never unmapped
+    view = ffi.new("ms_view *")
+    assert lib.ms_channel_init(view, buf, size, 1) == lib.MS_OK
+    ch = ShmChannel(-1, buf, size, view)  # over heap memory: never unmapped
     ch.push_job(1, 0, 0, 1)
     with pytest.raises(ArenaFull):
         ch.push_job(2, 0, 0, 1)
@@ -318,8 +345,8 @@ def test_channel_with_a_queue_of_one_entry():
 
 def test_check_refuses_a_too_small_size_without_reading():
     buf = ffi.new("char[]", 8)
-    assert lib.ms_channel_check(buf, 8) == lib.MS_ECORRUPT
-    assert lib.ms_channel_check(buf, 0) == lib.MS_ECORRUPT
+    assert check(buf, 8) == lib.MS_ECORRUPT
+    assert check(buf, 0) == lib.MS_ECORRUPT
 
 
 def header_fields(ch: ShmChannel) -> dict:
@@ -368,16 +395,16 @@ def test_check_refuses_headers_that_point_outside_the_segment(channel):
         saved = words[index]
         words[index] = value
         try:
-            assert lib.ms_channel_check(channel._base, size) == lib.MS_ECORRUPT, (index, value)
+            assert check(channel._base, size) == lib.MS_ECORRUPT, (index, value)
         finally:
             words[index] = saved
-        assert lib.ms_channel_check(channel._base, size) == lib.MS_OK
+        assert check(channel._base, size) == lib.MS_OK
 
     # the edge that still fits is accepted: the requests arena grown up to the end of the segment
     at = fields["requests"]
     saved = words[at + 1]
     words[at + 1] = (size - words[at]) // ALIGN * ALIGN
-    assert lib.ms_channel_check(channel._base, size) == lib.MS_OK
+    assert check(channel._base, size) == lib.MS_OK
     words[at + 1] = saved
 
 
@@ -461,7 +488,7 @@ def test_arena_fills_to_capacity_then_is_full_until_the_oldest_is_released(chann
         assert channel.contains(which, last, rest - ALIGN) and not channel.contains(which, last, rest - ALIGN + 1)
     with pytest.raises(ArenaFull):
         channel.alloc(which, 0)
-    assert lib.ms_alloc(channel._base, which, 0, ffi.new("uint64_t *")) == lib.MS_EFULL
+    assert lib.ms_alloc(channel.layout, which, 0, ffi.new("uint64_t *")) == lib.MS_EFULL
 
     channel.release(which, offsets[0])
     assert channel.alloc(which, 100) == offsets[0]  # back at the front of the ring
@@ -537,7 +564,7 @@ def test_wrap_around_keeps_every_block_intact(channel, which):
     assert wraps > 10 and fulls > 100  # the loop did go round the ring, and through full arenas
     assert model.skipped  # and skipped ends of the ring
     for data in model.skipped:
-        assert lib.ms_release(channel._base, which, data) == lib.MS_EINVAL  # a skip block is no live block
+        assert lib.ms_release(channel.layout, which, data) == lib.MS_EINVAL  # a skip block is no live block
     # everything released: the whole arena is one block again
     assert channel.alloc(which, channel.max_message(which)) == model.offset + ALIGN
 
@@ -549,7 +576,7 @@ def test_a_message_larger_than_the_arena_is_too_big(channel, which):
     assert biggest == model.capacity - ALIGN
     out = ffi.new("uint64_t *", 12345)
     for size in (biggest + 1, model.capacity, U64_MAX, U64_MAX - 63, 2 ** 63):
-        assert lib.ms_alloc(channel._base, which, size, out) == lib.MS_ETOOBIG
+        assert lib.ms_alloc(channel.layout, which, size, out) == lib.MS_ETOOBIG
         assert out[0] == 12345
     with pytest.raises(MessageTooBig):
         channel.alloc(which, biggest + 1)
@@ -582,17 +609,17 @@ def test_releasing_anything_but_a_live_block_is_refused_and_writes_nothing(chann
            requests.offset + requests.capacity + ALIGN, U64_MAX, U64_MAX - 63, 2 ** 63, 2 ** 32 * ALIGN,
            reply]  # a live block, of the other arena
     for offset in bad:
-        assert lib.ms_release(channel._base, REQUESTS, offset) == lib.MS_EINVAL, offset
+        assert lib.ms_release(channel.layout, REQUESTS, offset) == lib.MS_EINVAL, offset
     for offset in (a, keep, 0, U64_MAX, replies.offset + replies.capacity):
-        assert lib.ms_release(channel._base, REPLIES, offset) == lib.MS_EINVAL, offset
+        assert lib.ms_release(channel.layout, REPLIES, offset) == lib.MS_EINVAL, offset
     with pytest.raises(ValueError, match=r"^arena release failed \(status -1\)$"):
         channel.release(REQUESTS, b)
     assert (arena_bytes(channel, requests), arena_bytes(channel, replies), bytes(channel.view[:4096])) == snapshot
 
     # the live blocks are still live, and each can be released exactly once
     for which, offset in ((REQUESTS, a), (REQUESTS, keep), (REPLIES, reply)):
-        assert lib.ms_release(channel._base, which, offset) == lib.MS_OK
-        assert lib.ms_release(channel._base, which, offset) == lib.MS_EINVAL
+        assert lib.ms_release(channel.layout, which, offset) == lib.MS_OK
+        assert lib.ms_release(channel.layout, which, offset) == lib.MS_EINVAL
 
 
 def test_a_block_released_again_after_it_was_reclaimed_is_refused(channel):
@@ -601,7 +628,7 @@ def test_a_block_released_again_after_it_was_reclaimed_is_refused(channel):
     channel.release(REQUESTS, first)
     third = channel.alloc(REQUESTS, 100)  # reclaims `first`; `second` is live, so the ring does not restart
     assert third not in (first, second)
-    assert lib.ms_release(channel._base, REQUESTS, first) == lib.MS_EINVAL
+    assert lib.ms_release(channel.layout, REQUESTS, first) == lib.MS_EINVAL
     channel.release(REQUESTS, second)
     channel.release(REQUESTS, third)
 
@@ -614,20 +641,20 @@ def test_contains_never_overflows(channel):
                (U64_MAX, 0), (U64_MAX, 1), (U64_MAX, U64_MAX), (start, U64_MAX), (start, U64_MAX - start + 1),
                (U64_MAX - 63, 64), (2 ** 63, 2 ** 63), (end - 1, U64_MAX), (0, 0), (0, end)]
     for offset, size in inside:
-        assert lib.ms_contains(channel._base, REQUESTS, offset, size) == 1, (offset, size)
+        assert lib.ms_contains(channel.layout, REQUESTS, offset, size) == 1, (offset, size)
     for offset, size in outside:
-        assert lib.ms_contains(channel._base, REQUESTS, offset, size) == 0, (offset, size)
+        assert lib.ms_contains(channel.layout, REQUESTS, offset, size) == 0, (offset, size)
         assert channel.contains(REQUESTS, offset, size) is False
 
 
 def test_an_unknown_arena_is_refused(channel):
     out = ffi.new("uint64_t *", 7)
     for which in (2, -1, 1000):
-        assert lib.ms_alloc(channel._base, which, 8, out) == lib.MS_EINVAL
+        assert lib.ms_alloc(channel.layout, which, 8, out) == lib.MS_EINVAL
         assert out[0] == 7
-        assert lib.ms_release(channel._base, which, 4096) == lib.MS_EINVAL
-        assert lib.ms_contains(channel._base, which, 4096, 0) == 0
-        assert lib.ms_max_alloc(channel._base, which) == 0
+        assert lib.ms_release(channel.layout, which, 4096) == lib.MS_EINVAL
+        assert lib.ms_contains(channel.layout, which, 4096, 0) == 0
+        assert lib.ms_max_alloc(channel.layout, which) == 0
 
 
 # -------------------------------------------------------------------------------------------------------- queues
@@ -654,7 +681,7 @@ def test_max_items_limits_the_weight_taken(channel):
 
 
 def test_out_capacity_limits_the_entries_taken(channel):
-    base = channel._base
+    base = channel.layout
     for job_id in range(5):
         channel.push_job(job_id, 0, 0, 1)
     out = ffi.new("ms_entry[]", 2)
@@ -932,7 +959,7 @@ LOCK_AND_DIE = """
     from mindserve._native import lib
     from mindserve._transport.shm_channel import ShmChannel
     channel = ShmChannel.attach(int(sys.argv[1]))
-    assert lib.ms_channel_lock(channel._base) == 0
+    assert lib.ms_channel_lock(channel.layout) == 0
     print("locked", flush=True)
     sys.stdin.readline()  # the test says when
     os._exit(3)  # without unlocking
@@ -967,7 +994,7 @@ def test_a_process_dying_with_the_lock_breaks_the_channel(channel, death):
                      lambda: channel.pop_batch(0, 0), lambda: channel.push_done(1, 0, 0, -1), channel.close):
             with pytest.raises(ChannelBroken):
                 Call(call).result()
-        assert lib.ms_channel_lock(channel._base) == lib.MS_EBROKEN
+        assert lib.ms_channel_lock(channel.layout) == lib.MS_EBROKEN
         # a fresh mapping finds the channel intact but broken
         again = attached(channel)
         with pytest.raises(ChannelBroken):
@@ -1063,3 +1090,424 @@ def test_a_worker_killed_while_waiting_does_not_break_the_channel(channel):
     finally:
         worker.unmap()
         os.close(efd)
+
+
+# ----------------------------------------------------------------------------------------------- hostile worker
+#
+# The worker runs user code and can write anything into the segment at any time. The master takes the layout
+# from its own view (ms_view), keeps its arena ring to itself, and checks every queue position and block header
+# it reads: garbage is ChannelBroken (MS_ECORRUPT), never an access outside the segment. Only the lock is left
+# alone here: glibc follows pointers kept in a robust mutex (see native/channel.h).
+
+def header(ch: ShmChannel):
+    """The shared header of a channel, as cffi sees it (the fields a hostile worker would write)."""
+    return ffi.cast("ms_channel *", ch._base)
+
+
+def header_bytes(ch: ShmChannel) -> bytes:
+    return bytes(ffi.buffer(header(ch)))
+
+
+def test_the_layout_in_the_header_is_read_once_at_attach(channel):
+    worker = attached(channel)
+    saved = header_bytes(channel)
+    h = header(channel)
+    try:
+        requests, replies = arena_model(channel, REQUESTS), arena_model(worker, REPLIES)
+        biggest = channel.max_message(REQUESTS), worker.max_message(REPLIES)
+        # every layout field of the header turned to garbage: what a worker would write to steer the master
+        h.magic, h.size = 0, U64_MAX
+        for queue in (h.jobs, h.done):
+            queue.entries.offset, queue.entries.capacity = U64_MAX - 63, 2 ** 62
+        for arena in (h.requests, h.replies):
+            arena.offset, arena.capacity = SEG * 16, U64_MAX - 63
+        # both sides carry on with the layout they took at init and attach
+        for n in range(3):
+            offset = channel.alloc(REQUESTS, 100)
+            assert offset == requests.alloc(100)
+            channel.view[offset:offset + 5] = b"hello"
+            channel.push_job(n, offset, 5, 1)
+            [(job_id, at, size, _)] = Call(worker.pop_batch, 0, 0).result()
+            assert (job_id, at, size) == (n, offset, 5) and worker.contains(REQUESTS, at, size)
+            reply = worker.alloc(REPLIES, 64)
+            assert reply == replies.alloc(64)
+            worker.push_done(n, reply, 64, -1)
+            assert channel.pop_done() == [(n, reply, 64, 0)]
+            assert channel.contains(REPLIES, reply, 64) and not channel.contains(REQUESTS, reply, 64)
+            channel.release(REPLIES, reply)
+            channel.release(REQUESTS, offset)
+            replies.release(reply)
+            requests.release(offset)
+        assert (channel.max_message(REQUESTS), worker.max_message(REPLIES)) == biggest
+        assert channel.take_jobs() == []
+        # a fresh attach, though, finds the garbage and refuses it
+        with pytest.raises(ChannelBroken, match=r"status -7"):
+            ShmChannel.attach(channel.fd)
+    finally:
+        ffi.memmove(h, saved, len(saved))
+        worker.unmap()
+
+
+def test_the_arenas_ring_state_is_not_in_the_segment(channel):
+    worker = attached(channel)
+    try:
+        before = header_bytes(channel)
+        live = []
+        for n in range(50):  # round the ring of both arenas, from both processes' views
+            live.append((REQUESTS, channel.alloc(REQUESTS, 1000 * (n % 7))))
+            live.append((REPLIES, worker.alloc(REPLIES, 3000 * (n % 5))))
+            if len(live) > 6:
+                channel.release(*live.pop(0))
+        for which, offset in live:
+            channel.release(which, offset)
+        assert header_bytes(channel) == before  # allocations and releases leave the header alone
+    finally:
+        worker.unmap()
+
+
+def corrupt(call):
+    """Runs ``call`` and checks that it raised ChannelBroken for corrupt shared memory (status -7)."""
+    with pytest.raises(ChannelBroken, match=r"status -7"):
+        Call(call).result()
+
+
+@pytest.mark.parametrize("queue", ["jobs", "done"])
+def test_garbage_queue_positions_are_corrupt_never_out_of_bounds(channel, queue):
+    h = header(channel)
+    q = getattr(h, queue)
+    push = (lambda: channel.push_job(7, 0, 0, 1)) if queue == "jobs" else (lambda: channel.push_done(7, 0, 0, -1))
+    takes = [channel.take_jobs, lambda: channel.pop_batch(0, 0), lambda: channel.pop_batch(4, 60.0)] \
+        if queue == "jobs" else [channel.pop_done]
+    for head, tail in [(0, QUEUE_CAPACITY + 1), (5, 0), (0, U64_MAX), (2 ** 63, 0), (U64_MAX, QUEUE_CAPACITY)]:
+        q.head, q.tail = head, tail  # more queued than the entry array holds
+        corrupt(push)
+        for take in takes:
+            corrupt(take)
+        assert (q.head, q.tail) == (head, tail)  # refused: nothing moved
+    # positions anywhere in the 64-bit range are fine while they are consistent: the index wraps in the array
+    for head in (U64_MAX, 2 ** 63 + 5, U64_MAX - QUEUE_CAPACITY + 3):
+        q.head = q.tail = head
+        push()
+        assert q.tail == (head + 1) % 2 ** 64
+        got = Call(takes[0]).result()
+        assert [e[0] for e in got] == [7]
+        assert (q.head, q.tail) == ((head + 1) % 2 ** 64,) * 2
+    # a full queue of stale entries: all of them come back, read from inside the array only
+    q.head, q.tail = 2 ** 63, 2 ** 63 + QUEUE_CAPACITY
+    with pytest.raises(ArenaFull):
+        push()
+    assert len(Call(takes[0]).result()) == QUEUE_CAPACITY
+    q.weight = 0
+    assert Call(takes[0]).result() == []
+
+
+def test_a_corrupt_job_queue_ends_a_batch_wait(channel):
+    worker = attached(channel)
+    try:
+        channel.push_job(1, 0, 0, 1)
+        waiting = Call(worker.pop_batch, 10, 60.0)
+        time.sleep(0.05)
+        header(channel).jobs.tail = 2 ** 40  # garbage while the worker waits for a fuller batch
+        channel.set_backlog(True)  # anything that wakes it: it then finds the garbage
+        with pytest.raises(ChannelBroken, match=r"status -7"):
+            waiting.result()
+    finally:
+        worker.unmap()
+
+
+@pytest.mark.parametrize("which", [REQUESTS, REPLIES])
+def test_garbage_block_headers_never_move_the_ring_outside_the_arena(channel, which):
+    model = arena_model(channel, which)
+    need = align_up(100 + ALIGN)
+    first, second, third = (channel.alloc(which, 100) for _ in range(3))
+    channel.release(which, first)  # the producer reads this header at its next allocation
+    size_word = ffi.cast("uint64_t *", ffi.from_buffer(channel.view))
+    magic_word = ffi.cast("uint32_t *", ffi.from_buffer(channel.view))
+    at = (first - ALIGN) // 8
+    bad_sizes = [0, 1, 63, need + 1, need - 64 + 8, 3 * need + ALIGN, model.capacity, U64_MAX - 63, 2 ** 63,
+                 U64_MAX]
+    for size in bad_sizes:
+        size_word[at] = size
+        with pytest.raises(ChannelBroken, match=r"^arena allocation failed \(status -7\)$"):
+            channel.alloc(which, 100)
+        size_word[at] = need
+    magic_word[at * 2 + 2] ^= 1
+    with pytest.raises(ChannelBroken):
+        channel.alloc(which, 100)
+    magic_word[at * 2 + 2] ^= 1
+    # set right again, the ring goes on where it was
+    fourth = channel.alloc(which, 100)
+    assert fourth == third + need
+    with pytest.raises(ValueError):
+        channel.release(which, first)  # reclaimed
+
+    # a live block whose header was rewritten cannot be released
+    magic_word[(second - ALIGN) // 4 + 2] ^= 0xFF
+    assert lib.ms_release(channel.layout, which, second) == lib.MS_EINVAL
+    magic_word[(second - ALIGN) // 4 + 2] ^= 0xFF
+    for offset in (second, third, fourth):
+        channel.release(which, offset)
+
+
+@pytest.mark.parametrize("which", [REQUESTS, REPLIES])
+def test_a_freed_header_claiming_to_cross_the_end_of_the_ring_is_corrupt(channel, which):
+    model = arena_model(channel, which)
+    capacity = model.capacity
+    big = channel.alloc(which, capacity - 4 * ALIGN)  # its block ends 192 bytes before the end of the ring
+    small = channel.alloc(which, ALIGN)  # 128 bytes, then 64 left
+    channel.release(which, big)
+    wrapped = channel.alloc(which, ALIGN)  # the last 64 bytes are skipped: this one starts at the front
+    assert wrapped == model.offset + ALIGN
+    channel.release(which, small)
+    size_word = ffi.cast("uint64_t *", ffi.from_buffer(channel.view))
+    at = (small - ALIGN) // 8
+    assert size_word[at] == 2 * ALIGN
+    size_word[at] = 4 * ALIGN  # inside the live part, but across the end of the ring
+    with pytest.raises(ChannelBroken):
+        channel.alloc(which, 0)
+    size_word[at] = 2 * ALIGN
+    channel.release(which, wrapped)
+    assert channel.alloc(which, channel.max_message(which)) == model.offset + ALIGN
+
+
+def test_a_backlog_in_the_master_ends_the_batch_delay(channel):
+    worker = attached(channel)
+    try:
+        channel.push_job(1, 0, 0, 1)
+        delayed = Call(worker.pop_batch, 10, 60.0)
+        time.sleep(0.05)
+        assert delayed.thread.is_alive()  # one instance of ten: it waits for more
+        channel.set_backlog(True)
+        assert header(channel).backlog == 1
+        assert delayed.result() == [(1, 0, 0, 1)]
+        # while the master has a backlog, a batch takes what is queued without waiting
+        channel.push_job(2, 0, 0, 1)
+        assert Call(worker.pop_batch, 10, 60.0).result() == [(2, 0, 0, 1)]
+        channel.set_backlog(True)  # no change: nothing reaches the segment
+        # a pop still waits for the first job
+        first = Call(worker.pop_batch, 10, 60.0)
+        time.sleep(0.05)
+        assert first.thread.is_alive()
+        channel.push_job(3, 0, 0, 1)
+        assert first.result() == [(3, 0, 0, 1)]
+
+        channel.set_backlog(False)  # the backlog is gone: batches wait for more again
+        assert header(channel).backlog == 0
+        channel.push_job(4, 0, 0, 1)
+        delayed = Call(worker.pop_batch, 10, 60.0)
+        time.sleep(0.05)
+        assert delayed.thread.is_alive()
+        channel.close()
+        assert delayed.result() == [(4, 0, 0, 1)]
+        channel.set_backlog(True)  # after close (or on a broken channel) it never raises
+    finally:
+        worker.unmap()
+
+
+GUARDED_MASTER = """
+    import ctypes, mmap, os, random, sys
+    from mindserve._native import ffi, lib
+    from mindserve._transport.shm_channel import (ShmChannel, REQUESTS, REPLIES, ArenaFull, ChannelBroken,
+                                                  ChannelClosed, MessageTooBig, QUEUE_CAPACITY)
+    size = int(sys.argv[2])
+    # the segment mapped between two inaccessible pages: a read or write just outside it kills the process
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    page, prot_none, map_fixed = mmap.PAGESIZE, 0, 0x10
+    region = libc.mmap(None, size + 2 * page, prot_none, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+    base = libc.mmap(region + page, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED | map_fixed,
+                     int(sys.argv[1]), 0)
+    assert base == region + page
+    layout = ffi.new("ms_view *")
+    assert lib.ms_channel_init(layout, ffi.cast("void *", base), size, QUEUE_CAPACITY) == 0
+    channel = ShmChannel(-1, ffi.cast("void *", base), size, layout)
+    trusted = bytes(ffi.buffer(layout))
+    print("ready", flush=True)
+    sys.stdin.readline()  # the hostile worker is at work
+    rng = random.Random(int(sys.argv[3]))
+    outcomes = {}
+    live = []
+    for step in range(int(sys.argv[4])):
+        op = rng.randrange(6)
+        try:
+            if op == 0:
+                size_ = rng.choice([0, 1, 100, 5000, rng.randrange(channel.max_message(REQUESTS) + 1)])
+                offset = channel.alloc(REQUESTS, size_)
+                assert offset % 64 == 0 and channel.contains(REQUESTS, offset, size_), (offset, size_)
+                channel.view[offset:offset + size_] = b"x" * size_
+                live.append(offset)
+            elif op == 1 and live:
+                channel.release(REQUESTS, live.pop(rng.randrange(len(live))))
+            elif op == 2:
+                channel.push_job(step, rng.getrandbits(64), rng.getrandbits(64), rng.randrange(1, 5))
+            elif op == 3:
+                jobs = channel.take_jobs()
+                assert len(jobs) <= QUEUE_CAPACITY
+            elif op == 4:
+                for job_id, offset, size_, _ in channel.pop_done():
+                    if channel.contains(REPLIES, offset, size_):
+                        bytes(channel.view[offset:offset + size_])
+                        channel.release(REPLIES, offset)
+            else:
+                offset, size_ = rng.getrandbits(64), rng.getrandbits(rng.choice([6, 20, 64]))
+                if channel.contains(REPLIES, offset, size_):
+                    assert offset >= 64 and offset + size_ <= size
+                    bytes(channel.view[offset:offset + size_])
+            outcome = "ok"
+        except (ChannelBroken, ArenaFull, ChannelClosed, MessageTooBig, ValueError) as exc:
+            outcome = type(exc).__name__
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    layout.requests.head = layout.requests.tail = 0  # the master's own ring state: the rest never changes
+    assert bytes(ffi.buffer(layout)) == trusted
+    print(sorted(outcomes.items()), flush=True)
+"""
+
+HOSTILE_WORKER = """
+    import random, sys
+    from mindserve._native import ffi
+    from mindserve._transport.shm_channel import ShmChannel
+    channel = ShmChannel.attach(int(sys.argv[1]))
+    rng = random.Random(int(sys.argv[2]))
+    h = ffi.cast("ms_channel *", channel._base)
+    u64 = ffi.cast("uint64_t *", channel._base)
+    layout = channel.layout
+    arenas = [(layout.requests.offset, layout.requests.capacity), (layout.replies.offset, layout.replies.capacity)]
+    garbage = lambda: rng.choice([0, 1, 63, 64, 2 ** 63, 2 ** 64 - 1, 2 ** 64 - 64, rng.getrandbits(64),
+                                  rng.getrandbits(12) * 64, rng.getrandbits(20)])
+    print("scribbling", flush=True)
+    while True:
+        target = rng.randrange(8)
+        if target == 0:  # layout fields
+            q = rng.choice([h.jobs, h.done])
+            setattr(q.entries, rng.choice(["offset", "capacity"]), garbage())
+            r = rng.choice([h.requests, h.replies])
+            setattr(r, rng.choice(["offset", "capacity"]), garbage())
+            h.size = garbage()
+        elif target in (1, 2):  # queue positions and weights
+            q = rng.choice([h.jobs, h.done])
+            near = (q.head + rng.randrange(layout.jobs.capacity + 64)) % 2 ** 64  # just past full, or not
+            setattr(q, rng.choice(["head", "tail", "weight"]), garbage() if rng.random() < 0.5 else near)
+        elif target == 3:  # flags
+            h.closed, h.backlog = int(rng.random() < 0.05), int(rng.random() < 0.5)
+        elif target in (4, 5, 6):  # block headers (size, magic, state) anywhere on the 64-byte grid of an arena
+            offset, capacity = rng.choice(arenas)
+            word = (offset + rng.randrange(capacity // 64) * 64) // 8
+            if rng.random() < 0.5:
+                u64[word] = garbage()
+            else:
+                u64[word + 1] = rng.choice([0x4d53424b | (1 << 32), 0x4d53424b | (2 << 32), garbage()])
+        else:  # done entries that point anywhere
+            e = ffi.cast("ms_entry *", channel._base + layout.done.offset)[rng.randrange(layout.done.capacity)]
+            e.id, e.offset, e.size = garbage(), garbage(), garbage()
+"""
+
+
+def test_a_hostile_worker_scribbling_everywhere_never_takes_the_master_outside_the_segment(channel):
+    """A master process (its segment between guard pages) keeps allocating, pushing and popping while another
+    process writes garbage all over the header (all but the lock), the queues and the arenas' block headers.
+    Every call returns or raises ChannelBroken / ArenaFull / ValueError ...; the master survives."""
+    master = subprocess.Popen([sys.executable, "-c", textwrap.dedent(GUARDED_MASTER), str(channel.fd),
+                               str(SEG), "7", "20000"], pass_fds=(channel.fd,), stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    hostile = None
+    try:
+        assert read_line(master) == b"ready"
+        hostile = subprocess.Popen([sys.executable, "-c", textwrap.dedent(HOSTILE_WORKER), str(channel.fd), "11"],
+                                   pass_fds=(channel.fd,), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert read_line(hostile) == b"scribbling"
+        master.stdin.write(b"go\n")
+        master.stdin.flush()
+        code, out, err = finish(master)
+        assert (code, err) == (0, b""), (code, err.decode())
+        assert hostile.poll() is None, finish(hostile)  # it was scribbling the whole time
+        outcomes = dict(ast.literal_eval(out.decode()))
+        assert outcomes.get("ok", 0) > 100 and outcomes.get("ChannelBroken", 0) > 100, outcomes
+    finally:
+        kill(master)
+        if hostile is not None:
+            kill(hostile)
+
+
+# ------------------------------------------------------------------------------------- the master's supervision
+
+class SleepingWorker:
+    """A WorkerProcess whose channel is real and whose process is a sleeper (no servable): what the master
+    does when the channel turns out corrupt, and how it flags its backlog."""
+
+    def __init__(self):
+        import asyncio
+        from mindserve._supervision.worker_process import WorkerProcess, WorkerSpec
+        self.loop = asyncio.new_event_loop()
+        self.worker = WorkerProcess(WorkerSpec("/nowhere", "servable", 1, 0, None), lambda *args: None)
+        self.worker._channel = ShmChannel.create(SEG, "the test")
+        self.worker._event_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.worker._process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        self.worker.alive = True
+        self.channel = self.worker._channel
+
+    def job(self, size: int = 100):
+        from mindserve._supervision.worker_process import Job
+        from mindserve._tensor import RawTensor
+        return Job("m", [{"x": RawTensor(9, (size,), bytes(size))}], self.loop.create_future())
+
+    def killed(self) -> bool:
+        try:
+            return self.worker._process.wait(HANG_S) == -signal.SIGKILL
+        except subprocess.TimeoutExpired:
+            return False
+
+    def close(self) -> None:
+        if self.worker._process.poll() is None:
+            self.worker._process.kill()
+        self.worker._process.wait()
+        os.close(self.worker._event_fd)
+        self.channel.close_fd()
+        self.channel.unmap()
+        self.loop.close()
+
+
+@pytest.fixture
+def sleeping_worker():
+    worker = SleepingWorker()
+    yield worker
+    worker.close()
+
+
+def test_a_corrupt_done_queue_gets_the_worker_killed(sleeping_worker):
+    w = sleeping_worker
+    w.worker.submit(w.job())
+    header(w.channel).done.tail = header(w.channel).done.head + QUEUE_CAPACITY + 1
+    os.eventfd_write(w.worker._event_fd, 1)
+    w.worker._on_replies()  # the eventfd fired: the pop finds garbage and stops the worker, as for a dead one
+    assert w.killed()
+
+
+def test_a_corrupt_request_arena_gets_the_worker_killed_and_keeps_the_job(sleeping_worker):
+    w = sleeping_worker
+    first = w.job()
+    w.worker.submit(first)
+    [(_, offset, _, _)] = w.channel.take_jobs()  # as if the worker had taken it ...
+    w.channel.release(REQUESTS, offset)  # ... and freed its block early
+    ffi.cast("uint64_t *", ffi.from_buffer(w.channel.view))[(offset - ALIGN) // 8] = 3  # then broke its header
+    second = w.job()
+    w.worker.submit(second)  # the allocation finds the garbage
+    assert w.killed()
+    assert list(w.worker._backlog) == [second]  # not failed: it goes to another worker once this one is gone
+    assert not second.future.done()
+    assert header(w.channel).backlog == 1
+
+
+def test_the_master_flags_its_backlog_while_it_has_one(sleeping_worker):
+    w = sleeping_worker
+    h = header(w.channel)
+    big = w.channel.max_message(REQUESTS) // 2 - 4096
+    jobs = [w.job(big) for _ in range(3)]  # two fit the request arena, the third waits
+    for job in jobs:
+        w.worker.submit(job)
+    assert list(w.worker._backlog) == [jobs[2]] and h.backlog == 1
+    taken = w.channel.take_jobs()  # the worker ran the first two; their blocks come free
+    for _, offset, _, _ in taken:
+        w.channel.release(REQUESTS, offset)
+    w.worker._flush_backlog()
+    assert not w.worker._backlog and h.backlog == 0

@@ -204,6 +204,8 @@ class WorkerProcess:
         self.in_flight += job.count
         if self._backlog or not self._push(job):
             self._backlog.append(job)
+            if self._channel is not None:
+                self._channel.set_backlog(True)  # the worker stops waiting for fuller batches
 
     def _push(self, job: Job) -> bool:
         """Write the job's block and queue it; False when the arena or the queue is full (or the worker is
@@ -215,14 +217,20 @@ class WorkerProcess:
             offset = channel.alloc(REQUESTS, job.size)
         except ArenaFull:
             return False
-        except (MessageTooBig, ChannelBroken) as exc:  # cannot happen after _split; a defect if it does
+        except ChannelBroken:  # dead, or wrote garbage into the channel: stopped; the job goes elsewhere
+            self._kill()
+            return False
+        except MessageTooBig as exc:  # cannot happen after _split; a defect if it does
             self._finish(job, ServingError(SYSTEM_ERROR, f"job not queued: {exc}"))
             return True
         job.writer.write(channel.view, offset, job.head)
         job_id = next(self._ids)
         try:
             channel.push_job(job_id, offset, job.size, job.count)
-        except (ArenaFull, ChannelClosed, ChannelBroken):
+        except ChannelBroken:
+            self._kill()
+            return False
+        except (ArenaFull, ChannelClosed):
             channel.release(REQUESTS, offset)
             return False
         job.request_offset = offset
@@ -232,6 +240,8 @@ class WorkerProcess:
     def _flush_backlog(self) -> None:
         while self._backlog and self.alive and self._push(self._backlog[0]):
             self._backlog.popleft()
+        if not self._backlog and self._channel is not None:
+            self._channel.set_backlog(False)
 
     def _finish(self, job: Job, outcome) -> None:
         self.in_flight -= job.count
@@ -261,10 +271,10 @@ class WorkerProcess:
                 self._kill()
                 return
             data = bytes(channel.view[offset:offset + size])  # after this copy the worker can change nothing
-            channel.release(REQUESTS, job.request_offset)
             try:
+                channel.release(REQUESTS, job.request_offset)
                 channel.release(REPLIES, offset)
-            except ValueError:  # not a block the worker allocated: it cannot be trusted any more
+            except ValueError:  # not a block the worker allocated, or it rewrote ours: no trust any more
                 self._jobs[job_id] = job  # fails with the others once the process is gone
                 log.error("worker of %s answered outside its reply blocks; stopping it", self.spec.describe())
                 self._kill()

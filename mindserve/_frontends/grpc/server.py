@@ -33,7 +33,7 @@ def check_address(address: str) -> None:
             raise RuntimeError(f"the unix socket address '{address}' has no path")
     else:
         host, _, port = address.rpartition(":")
-        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        if not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
             raise RuntimeError(f"the address '{address}' should be 'host:port' or 'unix:/path'")
 
 
