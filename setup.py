@@ -96,5 +96,6 @@ setup(
     setup_requires=[],
     cffi_modules=["native/build_native.py:ffibuilder"],
     cmdclass={"build_py": BuildPyWithProtos, "build_protos": BuildProtos},
+    entry_points={"console_scripts": ["mindserve = mindserve.cli:main"]},
     zip_safe=False,
 )

@@ -37,6 +37,7 @@ class Master:
     def __init__(self) -> None:
         self.dispatcher = Dispatcher()
         self.grpc_servers: list[GrpcServer] = []
+        self.rest_servers: list = []  # RestServer each (its module imports aiohttp, an optional dependency)
         self._grpc_handlers: list = []  # made on the loop by the first start_grpc_server, shared by all servers
         self._health: Optional[health_reflection.HealthMonitor] = None
         self.stopped = threading.Event()
@@ -91,10 +92,19 @@ class Master:
         self.grpc_servers.append(server)
         log.info("gRPC server listening on %s%s", address, " (TLS)" if ssl_config else "")
 
+    async def start_restful_server(self, address: str, max_msg_mb_size: int,
+                                   ssl_config: Optional[SSLConfig]) -> None:
+        from mindserve._frontends.rest.server import RestServer  # imports aiohttp: only once a REST server starts
+
+        server = await RestServer.start(address, self.dispatcher, max_msg_mb_size, ssl_config, DRAIN_GRACE_S)
+        self.rest_servers.append(server)
+        log.info("REST server listening on %s%s", address, " (TLS)" if ssl_config else "")
+
     async def _shutdown(self) -> None:
         if self._health is not None:  # NOT_SERVING while draining; health Watch streams end now
             await self._health.stop()
-        await asyncio.gather(*(s.stop(DRAIN_GRACE_S) for s in self.grpc_servers), return_exceptions=True)
+        await asyncio.gather(*(s.stop(DRAIN_GRACE_S) for s in self.grpc_servers),
+                             *(s.stop() for s in self.rest_servers), return_exceptions=True)
         await asyncio.gather(*(g.stop() for g in self.dispatcher.groups()), return_exceptions=True)
 
     def stop(self) -> None:
@@ -140,7 +150,7 @@ def _wait_at_exit() -> None:
     master = _master
     if master is None or master.stopped.is_set():
         return
-    if not master.grpc_servers and not master.dispatcher.groups():
+    if not master.grpc_servers and not master.rest_servers and not master.dispatcher.groups():
         master.stop()  # nothing is being served (start_servables failed, say): let the process end
         return
     _waiting_at_exit = True

@@ -1,4 +1,4 @@
-"""Serving servables: start device workers for servable directories, serve them over gRPC, stop.
+"""Serving servables: start device workers for servable directories, serve them over gRPC and REST, stop.
 
 Example::
 
@@ -6,6 +6,7 @@ Example::
     server.start_servables(server.ServableStartConfig(servable_directory="servables", servable_name="add",
                                                       device_ids=(0, 1)))
     server.start_grpc_server(address="127.0.0.1:5500")   # or "unix:/tmp/add.sock", ssl_config=SSLConfig(...)
+    server.start_restful_server(address="127.0.0.1:1500")  # needs mindserve[rest]
 
 The process keeps serving after the script ends, until ``stop()``, SIGINT or SIGTERM.
 """
@@ -17,10 +18,12 @@ from typing import Optional, Sequence, Union
 from mindserve._checks import check_int
 from mindserve._config import ServableStartConfig, SSLConfig
 from mindserve._frontends.grpc.server import check_address
+from mindserve._frontends.rest import require_aiohttp
 from mindserve._master import get_master, stop as _stop
 from mindserve.server import context, register
 
-__all__ = ["ServableStartConfig", "SSLConfig", "context", "register", "start_servables", "start_grpc_server", "stop"]
+__all__ = ["ServableStartConfig", "SSLConfig", "context", "register", "start_servables", "start_grpc_server",
+           "start_restful_server", "stop"]
 
 
 def _configure_logging() -> None:
@@ -59,6 +62,27 @@ def start_grpc_server(address: str, max_msg_mb_size: int = 100, ssl_config: Opti
     _configure_logging()
     master = get_master()
     master.call(master.start_grpc_server(address, max_msg_mb_size, ssl_config))
+
+
+def start_restful_server(address: str, max_msg_mb_size: int = 100, ssl_config: Optional[SSLConfig] = None) -> None:
+    """Serve HTTP/1.1 REST on ``address``: ``"host:port"`` or ``"unix:/path"`` (a socket file only the owner may
+    use, removed at stop), with TLS (mutual TLS with ``verify_client``) when ``ssl_config`` is given.
+
+    Endpoints: the Open Inference Protocol's REST form (KServe v2: ``/v2/health/live``, ``/v2/health/ready``,
+    ``/v2``, ``/v2/models/{model}[/versions/{version}]`` with ``/ready`` and ``/infer``, JSON and binary tensor
+    data, as ``tritonclient.http`` speaks it) and MindSpore Serving's form,
+    ``POST /model/{servable}[/version/{version}]:{method}`` with ``{"instances": [...]}``.
+    A request body larger than ``max_msg_mb_size`` (1 to 512) MB is answered 413. Several REST servers may be
+    started; ``stop()`` drains and stops them all. Needs aiohttp: ``pip install 'mindserve[rest]'``.
+    """
+    check_address(address)
+    check_int("max_msg_mb_size", max_msg_mb_size, 1, 512)
+    if ssl_config is not None and not isinstance(ssl_config, SSLConfig):
+        raise RuntimeError("The type of ssl_config should be type of SSLConfig")
+    require_aiohttp()
+    _configure_logging()
+    master = get_master()
+    master.call(master.start_restful_server(address, max_msg_mb_size, ssl_config))
 
 
 def stop() -> None:

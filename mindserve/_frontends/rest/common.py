@@ -1,0 +1,129 @@
+"""What every REST route needs: the request body within the size limit, JSON answers, errors and their status
+codes.
+
+Status codes: 404 no such model, version or endpoint; 400 a malformed request or bad inputs; 413 a body over
+``max_msg_mb_size``; 415 a body that is not JSON (or binary tensor data); 503 no live worker; 429 the bounded
+request queue is full; 500 a failing stage or model, or a defect of the server.
+
+A full queue is 429 (Too Many Requests), not 503: the server and its workers are healthy and the client should
+retry later, while 503 is kept for "no live worker", which readiness reports too; load balancers take a 503 as
+an unhealthy backend, a 429 only as back-pressure.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any, Optional
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
+
+from mindserve._errors import ServingError
+from mindserve._frontends.oip import errors
+from mindserve._frontends.oip.errors import kind_of
+
+STATUS_OF_KIND = {
+    errors.NOT_FOUND: 404,
+    errors.BAD_REQUEST: 400,
+    errors.UNAVAILABLE: 503,
+    errors.EXHAUSTED: 429,
+    errors.INTERNAL: 500,
+}
+
+BODY_IDLE_TIMEOUT_S = 30.0  # a body that stops arriving for this long is answered 408, so nothing waits forever
+
+# Content types a JSON body may come with: JSON, text, and the form type that `curl -d` sends by default (as
+# MindSpore Serving's own examples do); no content type at all is taken as JSON too.
+JSON_CONTENT_TYPES = frozenset({"application/json", "text/plain", "application/x-www-form-urlencoded"})
+BINARY_CONTENT_TYPE = "application/octet-stream"
+
+
+class HttpError(Exception):
+    """A request answered with ``status`` and the error text ``message``."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def status_of(error: ServingError) -> int:
+    """The HTTP status that answers a ServingError (see the module's table)."""
+    return STATUS_OF_KIND[kind_of(error)]
+
+
+def dumps(document: Any) -> bytes:
+    """Compact JSON. Non-finite floats are written as NaN / Infinity (as Python's json and most JSON libraries
+    read them), since tensors may hold them."""
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def json_response(document: Any, status: int = 200) -> web.Response:
+    return web.Response(body=dumps(document), status=status, content_type="application/json")
+
+
+def error_response(status: int, message: str, key: str = "error") -> web.Response:
+    """``{"error": text}`` (KServe v2), or ``{"error_msg": text}`` for MindSpore Serving's form."""
+    return json_response({key: message}, status)
+
+
+def check_content_type(request: web.Request, binary: bool = False) -> None:
+    """415 unless the body is JSON (or, with ``binary``, the binary tensor data extension)."""
+    if "Content-Type" not in request.headers:  # aiohttp reports a missing type as application/octet-stream
+        return
+    kind = request.content_type
+    if kind in JSON_CONTENT_TYPES or (binary and kind == BINARY_CONTENT_TYPE):
+        return
+    expected = "application/json" + (f" or {BINARY_CONTENT_TYPE}" if binary else "")
+    raise HttpError(415, f"Content-Type {kind} is not supported: send the request as {expected}")
+
+
+async def _next_chunk(request: web.Request) -> bytes:
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(BODY_IDLE_TIMEOUT_S):
+            return await request.content.readany()
+    return await asyncio.wait_for(request.content.readany(), BODY_IDLE_TIMEOUT_S)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body (decompressed when the client sent Content-Encoding gzip or deflate); 413 once it passes
+    ``limit`` bytes, told by Content-Length before anything is read when the client declares it."""
+    too_large = HttpError(413, f"Request body is larger than the limit of {limit} bytes (max_msg_mb_size "
+                               f"{limit >> 20})")
+    length: Optional[int] = request.content_length
+    if length is not None and length > limit:
+        raise too_large
+    chunks: list = []
+    size = 0
+    while True:
+        try:
+            chunk = await _next_chunk(request)
+        except asyncio.TimeoutError:
+            raise HttpError(408, f"Request body stopped arriving: nothing came for {BODY_IDLE_TIMEOUT_S:g} s") \
+                from None
+        except (HttpProcessingError, RequestPayloadError) as exc:  # a broken chunked or compressed body, say
+            detail = " ".join(str(exc).split())
+            raise HttpError(400, f"Request body could not be read: {detail}") from None
+        except ConnectionError:  # the client went away: nobody reads the answer, and nothing is logged
+            raise HttpError(400, "Request body could not be read: the connection was lost") from None
+        if not chunk:
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)  # most bodies come in one chunk: no copy
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+
+
+def parse_json(data: bytes) -> Any:
+    """The JSON document in ``data``; 400 naming the problem otherwise."""
+    try:
+        return json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise HttpError(400, f"The request body is not valid JSON: {exc.msg} at line {exc.lineno} column "
+                             f"{exc.colno}") from None
+    except UnicodeDecodeError:
+        raise HttpError(400, "The request body is not valid JSON: it is not UTF-8 text") from None
+    except RecursionError:
+        raise HttpError(400, "The request body is not valid JSON: it is nested too deeply") from None

@@ -1,0 +1,182 @@
+"""A REST server of the master: one aiohttp application per address (``host:port`` or ``unix:/path``), with
+optional TLS / mutual TLS and a request size limit, on the master's asyncio loop."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import ssl
+import stat
+from typing import Optional
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
+
+from mindserve._config import SSLConfig
+from mindserve._dispatch.dispatcher import Dispatcher
+from mindserve._frontends.grpc.server import _read as read_pem, unix_socket_path
+from mindserve._frontends.rest.common import error_response
+from mindserve._frontends.rest.ms_routes import MindSporeRoutes
+from mindserve._frontends.rest.v2_routes import V2Routes
+
+ENDPOINTS = ("GET /v2/health/live, GET /v2/health/ready, GET /v2, GET /v2/models/{model}[/versions/{version}], "
+             "GET /v2/models/{model}[/versions/{version}]/ready, POST /v2/models/{model}[/versions/{version}]/infer, "
+             "POST /model/{servable}[/version/{version}]:{method}")
+
+
+def ssl_context(config: SSLConfig) -> ssl.SSLContext:
+    """The server side of TLS; with ``verify_client`` a client must present a certificate from ``custom_ca``."""
+    for path, what in ((config.certificate, "certificate"), (config.private_key, "private key"),
+                       (config.custom_ca, "CA certificate")):
+        if path:
+            read_pem(path, what)  # a missing or unreadable file fails with the same text as for gRPC
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(config.certificate, config.private_key)
+    except ssl.SSLError as exc:
+        raise RuntimeError(f"cannot load the certificate '{config.certificate}' with the private key "
+                           f"'{config.private_key}': {exc.reason or exc}") from None
+    if config.custom_ca:
+        try:
+            context.load_verify_locations(cafile=config.custom_ca)
+        except ssl.SSLError as exc:
+            raise RuntimeError(f"cannot load the CA certificate '{config.custom_ca}': {exc.reason or exc}") from None
+    context.verify_mode = ssl.CERT_REQUIRED if config.verify_client else ssl.CERT_NONE
+    return context
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]  # [::1]:1500
+    if not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise RuntimeError(f"the address '{address}' should be 'host:port' or 'unix:/path'")
+    return host, int(port)
+
+
+def _unix_socket(path: str) -> socket.socket:
+    """A listening-ready unix socket at ``path``, owner-only: the umask applies while bind creates the file (the
+    umask is process-wide, so the window is kept to the bind call) and chmod makes it certain. A stale socket file
+    is replaced, as gRPC does; any other file at the path is an error."""
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise RuntimeError(f"REST server failed to listen on unix:{path}: {exc.strerror or exc}") from None
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    return sock
+
+
+class _ClientFaultFilter(logging.Filter):
+    """Drops aiohttp's tracebacks for what a client did wrong (a malformed request line, chunk or compressed body,
+    a connection it dropped): each is answered 400 or needs no answer, and a client must not be able to fill the
+    server's log with tracebacks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, (HttpProcessingError, RequestPayloadError, ConnectionError))
+
+
+def _quiet_client_faults() -> None:
+    logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _ClientFaultFilter) for f in logger.filters):
+        logger.addFilter(_ClientFaultFilter())
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler):
+    """Errors aiohttp's router raises (no such endpoint, a method the endpoint does not take) answered as JSON,
+    like every other error; the routes answer their own errors and raise none."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        key = "error_msg" if request.path.startswith("/model/") else "error"
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            allowed = ", ".join(sorted(exc.allowed_methods))
+            return error_response(405, f"Method {request.method} is not allowed on {request.path}: use {allowed}",
+                                  key)
+        if exc.status == 404:
+            return error_response(404, f"No endpoint {request.method} {request.path}; the endpoints are "
+                                       f"{ENDPOINTS}", key)
+        return error_response(exc.status, exc.reason, key)
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """Name the server without aiohttp's default, which tells every client the aiohttp and Python versions."""
+    response.headers["Server"] = "mindserve"
+
+
+def make_app(dispatcher: Dispatcher, limit: int) -> web.Application:
+    app = web.Application(client_max_size=limit, middlewares=[_json_errors])
+    app.on_response_prepare.append(_server_header)
+    V2Routes(dispatcher, limit).add_to(app)
+    MindSporeRoutes(dispatcher, limit).add_to(app)
+    return app
+
+
+class RestServer:
+    """A started REST server listening on one address."""
+
+    def __init__(self, runner: web.AppRunner, address: str, socket_path: Optional[str]):
+        self.runner = runner
+        self.address = address
+        self.socket_path = socket_path
+
+    @classmethod
+    async def start(cls, address: str, dispatcher: Dispatcher, max_msg_mb_size: int,
+                    ssl_config: Optional[SSLConfig], drain_grace_s: float) -> "RestServer":
+        context = ssl_context(ssl_config) if ssl_config else None
+        _quiet_client_faults()
+        socket_path = unix_socket_path(address)
+        host_port = None if socket_path else _host_port(address)
+        # access_log=None: no per-request log line (aiohttp's would be the hot path's most expensive step);
+        # shutdown_timeout: how long stop() lets requests in flight finish
+        runner = web.AppRunner(make_app(dispatcher, max_msg_mb_size << 20), handle_signals=False, access_log=None,
+                               shutdown_timeout=drain_grace_s)
+        sock = _unix_socket(socket_path) if socket_path else None
+        await runner.setup()
+        try:
+            if sock is not None:
+                site: web.BaseSite = web.SockSite(runner, sock, ssl_context=context)
+            else:
+                site = web.TCPSite(runner, host_port[0], host_port[1], ssl_context=context)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise RuntimeError(f"REST server failed to listen on {address}: {exc.strerror or exc}") from None
+        except BaseException:
+            await runner.cleanup()
+            if sock is not None:
+                sock.close()
+                _remove(socket_path)  # the file this server's bind made
+            raise
+        return cls(runner, address, socket_path)
+
+    async def stop(self) -> None:
+        """Stop taking connections, let requests in flight finish (within the drain grace given at start), close
+        idle keep-alive connections, remove the socket file."""
+        try:
+            await self.runner.cleanup()
+        finally:
+            if self.socket_path:
+                _remove(self.socket_path)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

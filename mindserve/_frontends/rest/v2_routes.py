@@ -1,0 +1,117 @@
+"""The Open Inference Protocol's REST endpoints (KServe v2), so that standard clients such as
+``tritonclient.http`` work unchanged. Models, versions, instances and error texts are those of the gRPC service
+(``mindserve._frontends.oip``).
+
+- ``GET /v2/health/live``: 200 while the server runs.
+- ``GET /v2/health/ready``: 200 while every started servable version has a live worker, else 503.
+- ``GET /v2``: server metadata (name, version, extensions: ``binary_tensor_data``).
+- ``GET /v2/models/{model}[/versions/{version}]``: model metadata.
+- ``GET /v2/models/{model}[/versions/{version}]/ready``: 200 when it has a live worker, 503 when it has none, 404
+  when the model or version is not served.
+- ``POST /v2/models/{model}[/versions/{version}]/infer``: inference (see ``v2_codec``).
+
+Health answers have empty bodies; every error is ``{"error": text}`` with the status of its kind (``common``).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+import mindserve
+from mindserve._dispatch.dispatcher import Dispatcher
+from mindserve._errors import ServingError
+from mindserve._frontends.oip import models, tensors
+from mindserve._frontends.oip.errors import OipError
+from mindserve._frontends.rest import v2_codec
+from mindserve._frontends.rest.common import (STATUS_OF_KIND, HttpError, check_content_type, error_response,
+                                              json_response, read_body, status_of)
+
+log = logging.getLogger("mindserve")
+
+EXTENSIONS = ["binary_tensor_data"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _answers_errors(route: str) -> Callable[[Handler], Handler]:
+    """Every failure of a route answered as ``{"error": text}`` with its status, never a traceback."""
+    def wrap(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def handle(self, request: web.Request) -> web.StreamResponse:
+            try:
+                return await handler(self, request)
+            except OipError as err:
+                return error_response(STATUS_OF_KIND[err.kind], err.message)
+            except ServingError as err:
+                return error_response(status_of(err), err.message)
+            except HttpError as err:
+                return error_response(err.status, err.message)
+            except Exception as exc:  # a defect of ours: answer it plainly
+                log.exception("%s failed", route)
+                return error_response(500, f"{route} failed: {exc}")
+        return handle
+    return wrap
+
+
+class V2Routes:
+    def __init__(self, dispatcher: Dispatcher, limit: int):
+        self._dispatcher = dispatcher
+        self._limit = limit
+
+    def add_to(self, app: web.Application) -> None:
+        app.router.add_get("/v2/health/live", self.live)
+        app.router.add_get("/v2/health/ready", self.ready)
+        app.router.add_get("/v2", self.server_metadata)
+        for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+            app.router.add_get(prefix, self.model_metadata)
+            app.router.add_get(prefix + "/ready", self.model_ready)
+            app.router.add_post(prefix + "/infer", self.infer)
+
+    async def live(self, request: web.Request) -> web.Response:
+        return web.Response()
+
+    @_answers_errors("ServerReady")
+    async def ready(self, request: web.Request) -> web.Response:
+        down = models.not_ready_groups(self._dispatcher)
+        if not down:
+            return web.Response()
+        names = ", ".join(f"{g.name} version {g.version}" for g in down)
+        return error_response(503, f"Server is not ready: no live worker for servable {names}")
+
+    @_answers_errors("ServerMetadata")
+    async def server_metadata(self, request: web.Request) -> web.Response:
+        return json_response({"name": models.SERVER_NAME, "version": mindserve.__version__,
+                              "extensions": EXTENSIONS})
+
+    @_answers_errors("ModelMetadata")
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        info = request.match_info
+        metadata = models.model_metadata(self._dispatcher, info["model"], info.get("version", ""))
+        return json_response({
+            "name": metadata.name, "versions": metadata.versions, "platform": metadata.platform,
+            "inputs": [t._asdict() for t in metadata.inputs], "outputs": [t._asdict() for t in metadata.outputs]})
+
+    @_answers_errors("ModelReady")
+    async def model_ready(self, request: web.Request) -> web.Response:
+        info = request.match_info
+        model, group = models.model_group(self._dispatcher, info["model"], info.get("version", ""))
+        if group.ready:
+            return web.Response()
+        return error_response(503, f"Model '{model.name}' version {group.version} is not ready: it has no live "
+                                   f"worker")
+
+    @_answers_errors("ModelInfer")
+    async def infer(self, request: web.Request) -> web.Response:
+        header_length = request.headers.get(v2_codec.HEADER_LENGTH)
+        check_content_type(request, binary=header_length is not None)
+        body = await read_body(request, self._limit)
+        parsed = v2_codec.parse_request(body, header_length)
+        name = request.match_info["model"]
+        model, group, signature = models.resolve_infer(self._dispatcher, name, request.match_info.get("version", ""))
+        selected = models.selected_outputs(parsed.outputs, signature, model)
+        items = tensors.instances(model, signature, parsed.inputs)
+        results = await tensors.run(self._dispatcher, group, model, items)
+        return v2_codec.response(name, group.version, parsed, [tensors.stack_output(n, results) for n in selected])

@@ -1,0 +1,128 @@
+"""``mindserve serve``: start the servables and the servers of a :class:`ServeConfig`, say where it listens and
+what is ready, and serve until SIGINT or SIGTERM, then stop cleanly (exit code 0)."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Optional, TextIO
+
+from mindserve.cli.config import ServeConfig
+
+if TYPE_CHECKING:  # the server side is imported only once serving starts
+    from mindserve._master import Master
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# errors that starting may raise with a text meant for the user (a bad servable_config.py, a busy port, a
+# missing extra); anything else is a bug and keeps its traceback
+START_ERRORS = (RuntimeError, OSError, ImportError, ValueError)
+
+
+class _StopSignals:
+    """SIGINT / SIGTERM handlers for the serving process.
+
+    A signal only records itself: the main thread stops the server in its own time, never inside a handler.
+    While starting, the first signal waits for the start to finish (workers half started would be left
+    behind otherwise); a second one aborts the start with KeyboardInterrupt.
+    """
+
+    def __init__(self) -> None:
+        self.received: Optional[int] = None
+        self.starting = True
+
+    def install(self) -> None:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.received is not None and self.starting:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def wait(self, stopped: threading.Event) -> None:
+        """Return once a stop signal came (or the server stopped by itself)."""
+        while self.received is None and not stopped.is_set():
+            time.sleep(0.2)  # signals interrupt the sleep; their handlers run in this thread
+
+
+def _say(out: TextIO, line: str) -> None:
+    print(line, file=out, flush=True)
+
+
+def _ready_lines(config: ServeConfig, servables: list) -> list[str]:
+    lines = []
+    for name, version, directory, device_ids, methods in servables:
+        devices = ", ".join(str(i) for i in device_ids)
+        plural = "s" if len(device_ids) > 1 else ""
+        lines.append(f"servable {name} version {version} from {os.path.join(directory, name)} on device{plural} "
+                     f"{devices}: methods {', '.join(methods)}")
+    tls = " (TLS)" if config.tls else ""
+    if config.grpc_address:
+        lines.append(f"gRPC listening on {config.grpc_address}{tls}")
+    if config.rest_address:
+        rest = config.rest_address
+        if not rest.startswith("unix:"):
+            rest = f"{'https' if config.tls else 'http'}://{rest}"
+        lines.append(f"REST listening on {rest}")
+    lines.append("ready; Ctrl-C or SIGTERM stops it")
+    return lines
+
+
+def serve(config: ServeConfig, out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> int:
+    """Serve ``config`` until SIGINT or SIGTERM; the exit code: 0 after a signal, 1 when starting failed (the
+    reason printed on ``err``, everything started so far stopped again)."""
+    from mindserve import server
+    from mindserve._master import get_master
+
+    out = out or sys.stdout
+    err = err or sys.stderr
+
+    # The master installs signal handlers that stop it and then re-raise the signal's default action (a
+    # KeyboardInterrupt, or death by SIGTERM); this command replaces them once the master exists, so that a
+    # signal means "stop cleanly and exit 0".
+    master = get_master()
+    signals = _StopSignals()
+    signals.install()
+    try:
+        server.context.set_max_enqueued_requests(config.max_enqueued_requests)
+        server.start_servables([
+            server.ServableStartConfig(servable_directory=s.directory, servable_name=s.name, device_ids=s.device_ids,
+                                       version_number=s.version, device_type=s.device_type,
+                                       max_batch_size=s.max_batch_size, max_batch_delay_ms=s.max_batch_delay_ms,
+                                       shm_size_mb=s.shm_size_mb)
+            for s in config.servables])
+        ssl_config = None
+        if config.tls:
+            ssl_config = server.SSLConfig(certificate=config.tls.certificate, private_key=config.tls.private_key,
+                                          custom_ca=config.tls.ca, verify_client=config.tls.verify_client)
+        if config.grpc_address:
+            server.start_grpc_server(config.grpc_address, config.max_msg_mb_size, ssl_config)
+        if config.rest_address:
+            server.start_restful_server(config.rest_address, config.max_msg_mb_size, ssl_config)
+        started = master.call(_started_servables(master))
+    except START_ERRORS as exc:
+        _say(err, f"mindserve serve: error: {exc}")
+        server.stop()
+        return 1
+    except BaseException:  # KeyboardInterrupt (a second signal while starting) or a bug: leave nothing behind
+        server.stop()
+        raise
+    signals.starting = False
+    if signals.received is None:
+        for line in _ready_lines(config, started):
+            _say(out, line)
+        signals.wait(master.stopped)
+    if signals.received is not None:
+        _say(out, f"stopping ({signal.Signals(signals.received).name})")
+    server.stop()
+    _say(out, "stopped")
+    return 0
+
+
+async def _started_servables(master: Master) -> list:
+    """(name, version, directory, device ids, method names) of each running servable version, read on the
+    master's loop (which owns the dispatcher), in the order they were started."""
+    return [(g.name, g.version, g.specs[0].servable_directory, [s.device_id for s in g.specs], list(g.methods))
+            for g in master.dispatcher.groups()]
