@@ -106,7 +106,8 @@ def test_x_of_other_numeric_types_and_shapes_is_cast_to_float32(iris_address, re
     ({"x": "5.1, 3.5, 1.4, 0.2", "puid": "a"}, "x must be a numeric array of the 4 measurements, got str"),
     ({"x": np.ones(4, bool), "puid": "a"}, "x must be a numeric array of the 4 measurements, got a numpy array of bool"),
     ({"x": np.array([5.1, np.nan, 1.4, 0.2]), "puid": "a"}, "x must hold finite numbers"),
-    ({"x": np.ones(4, np.float32), "puid": b"a"}, "puid must be a non-empty str, got bytes"),
+    ({"x": np.ones(4, np.float32), "puid": b"\xff"}, "puid must be UTF-8 text"),
+    ({"x": np.ones(4, np.float32), "puid": 3}, "puid must be a non-empty str, got ndarray"),
     ({"x": np.ones(4, np.float32), "puid": ""}, "puid must be a non-empty str, got ''"),
 ])
 def test_bad_instance_fails_alone_with_its_reason(iris_address, reference, bad, message):
@@ -136,3 +137,21 @@ def test_example_client(iris_address, reference):
         puid, printed_label = lines[1 + i].split()[:2]
         assert _is_uuid4_hex(puid) and printed_label == label
         assert lines[5 + i].split()[:2] == [f"flower-{i}", label]
+
+
+def test_open_inference_protocol_with_numeric_and_string_inputs(iris_address, reference):
+    """Over OIP a request mixing a numeric input (x, one row per instance) with a BYTES one (puid): each
+    instance gets its own row and its own id back."""
+    import tritonclient.grpc as triton
+
+    rows = load_iris().data.astype(np.float32)[5:12]
+    labels, probabilities = reference(rows)
+    puids = np.array([f"id-{i}".encode() for i in range(len(rows))], dtype=object)
+    x = triton.InferInput("x", list(rows.shape), "FP32")
+    x.set_data_from_numpy(rows)
+    puid = triton.InferInput("puid", [len(rows)], "BYTES")
+    puid.set_data_from_numpy(puids)
+    result = triton.InferenceServerClient(iris_address).infer("iris.predict_with_puid", [x, puid])
+    assert result.as_numpy("puid").tolist() == puids.tolist()
+    assert [v.decode() for v in result.as_numpy("label").tolist()] == labels
+    np.testing.assert_array_equal(result.as_numpy("probabilities"), probabilities)

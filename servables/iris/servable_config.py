@@ -40,7 +40,13 @@ def measurements(x: Any) -> np.ndarray:
 
 
 def measurements_and_puid(x: Any, puid: Any) -> tuple:
-    """Checks the client's puid before the model runs, so that a bad one costs no model time."""
+    """Checks the client's puid before the model runs, so that a bad one costs no model time. A puid sent as
+    bytes (the only text an Open Inference Protocol client can send) is taken as UTF-8."""
+    if isinstance(puid, bytes):
+        try:
+            puid = puid.decode()
+        except UnicodeDecodeError:
+            raise ValueError("puid must be UTF-8 text") from None
     if not isinstance(puid, str) or not puid:
         got = repr(puid) if isinstance(puid, str) else type(puid).__name__
         raise ValueError(f"puid must be a non-empty str, got {got}")

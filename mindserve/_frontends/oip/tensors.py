@@ -16,6 +16,8 @@ import struct
 from collections.abc import Sequence
 from typing import NamedTuple, Optional, Union
 
+import numpy as np
+
 from mindserve import _dtypes
 from mindserve._dispatch.dispatcher import Dispatcher
 from mindserve._errors import INVALID_INPUTS, ServingError
@@ -23,7 +25,7 @@ from mindserve._frontends.grpc.ms_tensors import check_data_size, check_dims, ch
 from mindserve._frontends.oip.errors import INTERNAL, OipError, bad_request
 from mindserve._frontends.oip.models import Model
 from mindserve._supervision.servable_workers import ServableWorkers
-from mindserve._tensor import RawTensor, StackedResults
+from mindserve._tensor import RawTensor, StackedInput, StackedInputs, StackedResults
 
 # the most instances one request may carry (dim 0 of its inputs)
 MAX_INSTANCES = 1 << 16
@@ -103,8 +105,10 @@ def join_bytes(items: Sequence) -> bytes:
     return b"".join(parts)
 
 
-def instances(model: Model, signature: dict, tensors: Sequence[InputTensor]) -> list[dict[str, RawTensor]]:
-    """The request's inputs cut into instances along dim 0, every size checked before the data is used."""
+def instances(model: Model, signature: dict, tensors: Sequence[InputTensor]) -> Sequence[dict[str, RawTensor]]:
+    """The request's inputs cut into instances along dim 0, every size checked before the data is used: a
+    StackedInputs over the request's own bytes when every input is numeric (the transport copies each input
+    into shared memory whole), else a list of one dict per instance."""
     position: dict[str, int] = {}
     for k, tensor in enumerate(tensors):
         if tensor.name in position:
@@ -126,7 +130,10 @@ def instances(model: Model, signature: dict, tensors: Sequence[InputTensor]) -> 
     specs = signature.get("input_specs") or [None] * len(names)
     # every input's data is checked against its shape (in _column) before any per-instance object is made
     columns = [_column(tensor, count, spec) for tensor, spec in zip(ordered, specs)]
-    return [dict(zip(names, items)) for items in zip(*columns)]
+    if all(isinstance(column, StackedInput) for column in columns):
+        return StackedInputs(count, dict(zip(names, columns)))
+    rows = [column if isinstance(column, list) else _rows(column, count) for column in columns]
+    return [dict(zip(names, items)) for items in zip(*rows)]
 
 
 def _instance_count(tensors: list[InputTensor], model: Model) -> int:
@@ -153,8 +160,8 @@ def _instance_count(tensors: list[InputTensor], model: Model) -> int:
     return count
 
 
-def _column(tensor: InputTensor, count: int, spec: Optional[dict]) -> list[RawTensor]:
-    """One input's tensor as ``count`` instance tensors."""
+def _column(tensor: InputTensor, count: int, spec: Optional[dict]) -> Union[StackedInput, list[RawTensor]]:
+    """One input's tensor as ``count`` instance tensors: numeric rows in place, or a list of str/bytes items."""
     name, dims, datatype = tensor.name, tensor.shape, tensor.datatype
     code = _dtypes.CODE_OF_OIP_NAME.get(datatype)
     if code is None:
@@ -171,8 +178,13 @@ def _column(tensor: InputTensor, count: int, spec: Optional[dict]) -> list[RawTe
         return [RawTensor(_dtypes.MS_BYTES, (), item) for item in items]
     data = memoryview(tensor.numeric_data(code))
     row = len(data) // count
-    shape = tuple(dims[1:])
-    return [RawTensor(code, shape, data[i * row:(i + 1) * row]) for i in range(count)]
+    return StackedInput(code, tuple(dims[1:]), row, data, np.arange(count, dtype=np.uint64) * np.uint64(row))
+
+
+def _rows(column: StackedInput, count: int) -> list[RawTensor]:
+    """A numeric column as one tensor per instance (views of the request's bytes)."""
+    row = column.row_size
+    return [RawTensor(column.dtype, column.row_shape, column.source[i * row:(i + 1) * row]) for i in range(count)]
 
 
 async def run(dispatcher: Dispatcher, group: ServableWorkers, model: Model, items: list) -> Sequence[dict]:
