@@ -157,8 +157,12 @@ class WorkerProcess:
         parts: list[tuple[list[int], asyncio.Future]] = []
         loop = asyncio.get_running_loop()
         for indices in self._split(instances, results):
-            part = instances.part(indices[0], indices[-1] + 1) if isinstance(instances, StackedInputs) \
-                else [instances[i] for i in indices]
+            if len(indices) == len(instances):
+                part = instances
+            elif isinstance(instances, StackedInputs):
+                part = instances.part(indices[0], indices[-1] + 1)
+            else:
+                part = [instances[i] for i in indices]
             job = Job(method, part, loop.create_future(), self.spec.version if version is None else version)
             parts.append((indices, job.future))
             self.submit(job)

@@ -26,6 +26,8 @@ from mindserve._native import ffi, lib
 from mindserve._tensor import RawTensor, StackedInputs
 
 PREFIX = struct.Struct("<II")
+# one encoder for every header: json.dumps with separators builds a new encoder per call, a cost on every job
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 ALIGN = 64
 TEXT_CODES = (_dtypes.MS_STRING, _dtypes.MS_BYTES)
 
@@ -85,7 +87,7 @@ class BlockWriter:
 
     def encode(self, header: dict) -> tuple[bytes, int]:
         """The header bytes and the total block size."""
-        head = json.dumps(header, separators=(",", ":")).encode()
+        head = _COMPACT_JSON.encode(header).encode()
         return head, _align(PREFIX.size + len(head)) + self.data_size
 
     def write(self, view: memoryview, offset: int, head: bytes) -> None:
