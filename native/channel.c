@@ -3,6 +3,8 @@
 #include <errno.h>
 #include <limits.h>
 #include <linux/futex.h>
+#include <poll.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -11,8 +13,13 @@
 #include "channel.h"
 #include "ms_status.h"
 
-#define MS_CHANNEL_MAGIC 0x6d696e6473727633ull /* "mindsrv3": the layout version is part of it */
+#define MS_CHANNEL_MAGIC 0x6d696e6473727634ull /* "mindsrv4": the layout version is part of it */
 #define MS_MAX_QUEUE (1u << 20)                /* entries per queue */
+
+#define LOCK_WAITERS (1u << 31)          /* lock word: someone may sleep on it (unlock must wake) */
+#define LOCK_PID_MASK ((1u << 30) - 1)   /* lock word: the owner's pid; bit 30 is always 0 */
+#define LOCK_SLICE_NS 10000000ll         /* a waiter checks the owner's life this often */
+#define LOCK_FOREVER (-1ll)              /* the worker's calls: no bound on the wait */
 
 static uint64_t align_up(uint64_t n) { return (n + MS_ALIGN - 1) & ~(uint64_t)(MS_ALIGN - 1); }
 
@@ -29,6 +36,8 @@ static ms_channel *header(const ms_view *view) { return (ms_channel *)view->base
  * orders these accesses. */
 static uint64_t load_u64(const uint64_t *word) { return __atomic_load_n(word, __ATOMIC_RELAXED); }
 static void store_u64(uint64_t *word, uint64_t value) { __atomic_store_n(word, value, __ATOMIC_RELAXED); }
+static uint32_t load_u32(const uint32_t *word) { return __atomic_load_n(word, __ATOMIC_RELAXED); }
+static void store_u32(uint32_t *word, uint32_t value) { __atomic_store_n(word, value, __ATOMIC_RELAXED); }
 
 /* The entry at ring index `index` of the queue whose trusted entry array is `r`. The index is taken modulo
  * the trusted capacity, so the entry lies inside the array whatever the index. */
@@ -54,6 +63,7 @@ static void lay_out(ms_view *view, void *base, uint64_t size, uint64_t queue_cap
     uint64_t pos = align_up(sizeof(ms_channel));
     view->base = base;
     view->size = size;
+    view->pid = (uint32_t)getpid();
     view->jobs = (ms_region){pos, queue_capacity};
     view->done = (ms_region){pos + queue_bytes, queue_capacity};
     pos += 2 * queue_bytes;
@@ -62,24 +72,11 @@ static void lay_out(ms_view *view, void *base, uint64_t size, uint64_t queue_cap
     ms_arena_init(&view->replies, pos + arena_size, arena_size);
 }
 
-/* Makes the header's lock a robust, process-shared mutex. Returns MS_OK or MS_ESYS (errno set). */
-static int init_lock(ms_channel *ch) {
-    pthread_mutexattr_t mattr;
-    int err = pthread_mutexattr_init(&mattr);
-    if (!err) err = pthread_mutexattr_setpshared(&mattr, PTHREAD_PROCESS_SHARED);
-    if (!err) err = pthread_mutexattr_setrobust(&mattr, PTHREAD_MUTEX_ROBUST);
-    if (!err) err = pthread_mutex_init(&ch->lock, &mattr);
-    pthread_mutexattr_destroy(&mattr);
-    if (!err) return MS_OK;
-    errno = err;
-    return MS_ESYS;
-}
-
 /* Master side: lays out a fresh channel over the `size` bytes at `base` (zero-filled, as a new segment is),
  * with `queue_capacity` entries per queue and the rest split evenly between the two arenas, and fills the
  * caller's `view` with that layout: the master's copy, taken from its own arithmetic, never from the header.
- * Returns MS_OK; MS_EINVAL when the segment is too small or the capacity is 0 or absurd (nothing is written,
- * `view` included); MS_ESYS when the process-shared mutex cannot be made (errno is set). */
+ * The lock starts free (0, as the zero-filled header has it). Returns MS_OK, or MS_EINVAL when the segment is
+ * too small or the capacity is 0 or absurd (nothing is written, `view` included). */
 int ms_channel_init(ms_view *view, void *base, uint64_t size, uint64_t queue_capacity) {
     if (queue_capacity == 0 || queue_capacity > MS_MAX_QUEUE || size < ms_channel_min_size(queue_capacity))
         return MS_EINVAL;
@@ -92,8 +89,6 @@ int ms_channel_init(ms_view *view, void *base, uint64_t size, uint64_t queue_cap
     ch->done.entries = local.done;
     ch->requests = (ms_region){local.requests.offset, local.requests.capacity};
     ch->replies = (ms_region){local.replies.offset, local.replies.capacity};
-    int status = init_lock(ch);
-    if (status != MS_OK) return status;
     ch->magic = MS_CHANNEL_MAGIC; /* last: a half-made channel never passes ms_channel_attach */
     *view = local;
     return MS_OK;
@@ -121,7 +116,7 @@ static int arena_fits(const ms_arena *a, uint64_t size) {
 int ms_channel_attach(ms_view *view, void *base, uint64_t size) {
     if (size < sizeof(ms_channel)) return MS_ECORRUPT;
     ms_channel *ch = base;
-    ms_view local = {.base = base, .size = size};
+    ms_view local = {.base = base, .size = size, .pid = (uint32_t)getpid()};
     uint64_t magic = load_u64(&ch->magic), claimed_size = load_u64(&ch->size);
     local.jobs = (ms_region){load_u64(&ch->jobs.entries.offset), load_u64(&ch->jobs.entries.capacity)};
     local.done = (ms_region){load_u64(&ch->done.entries.offset), load_u64(&ch->done.entries.capacity)};
@@ -147,29 +142,132 @@ static void wake_sleepers(ms_channel *ch, int n) {
     syscall(SYS_futex, (uint32_t *)&ch->jobs_seq, FUTEX_WAKE, n, NULL, NULL, 0);
 }
 
-/* Takes the channel lock. Returns MS_OK with the lock held, or MS_EBROKEN without it when the channel is
- * broken (now or before: a process died holding the lock, so the queues may be half-updated). */
-int ms_channel_lock(const ms_view *view) {
-    ms_channel *ch = header(view);
-    int err = pthread_mutex_lock(&ch->lock);
-    if (err == EOWNERDEAD) {
-        ch->broken = 1;
-        pthread_mutex_consistent(&ch->lock);
-        bump_jobs(ch);
-        pthread_mutex_unlock(&ch->lock);
-        wake_sleepers(ch, INT_MAX); /* the dead process may have been counted as a sleeper: wake regardless */
-        return MS_EBROKEN;
+/* ---- the channel lock: a futex word naming its owner by pid (channel.h, "The lock") ---- */
+
+/* Marks the channel broken for good and wakes every process sleeping in wait_jobs or waiting for the lock,
+ * so that each finds out. Every access is atomic: callable with the lock or without it (after a timed-out
+ * wait). */
+static void break_channel(ms_channel *ch) {
+    store_u32(&ch->broken, 1);
+    atomic_fetch_add_explicit(&ch->jobs_seq, 1, memory_order_release);
+    wake_sleepers(ch, INT_MAX); /* the dead owner may have been counted as a sleeper: wake regardless */
+    syscall(SYS_futex, &ch->lock, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+/* One compare-and-swap of the lock word from `from` to `to`; acquire on success. Returns 1 on success. */
+static int lock_cas(ms_channel *ch, uint32_t from, uint32_t to) {
+    return __atomic_compare_exchange_n(&ch->lock, &from, to, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
+}
+
+/* Whether lock word `v` (not 0) is one an honest process writes: a pid and maybe LOCK_WAITERS, nothing else. */
+static int lock_word_sound(uint32_t v) {
+    return (v & LOCK_PID_MASK) != 0 && (v & ~(LOCK_PID_MASK | LOCK_WAITERS)) == 0;
+}
+
+/* Whether process `pid` (> 0) has not exited. A pidfd sees the exit itself, before the parent reaps the
+ * zombie (kill(pid, 0) would call a zombie alive); kill is the fallback where pidfd_open is missing or out
+ * of descriptors. EINVAL from pidfd_open (a thread id, not a process) counts as no process. When in doubt
+ * (poll failing), running: the next check decides. The pidfd is opened and closed here. */
+static int process_running(uint32_t pid) {
+    int fd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+    if (fd >= 0) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int ready = poll(&p, 1, 0); /* readable once the process has exited */
+        close(fd);
+        return ready != 1;
     }
-    if (err) return MS_EBROKEN; /* ENOTRECOVERABLE, or a lock that is not one */
-    if (ch->broken) {
-        pthread_mutex_unlock(&ch->lock);
+    if (errno == ESRCH || errno == EINVAL) return 0;
+    return !(kill((pid_t)pid, 0) == -1 && errno == ESRCH);
+}
+
+/* The lock word held `v`, whose owner is gone (exited) or which names no process. Takes the lock from it,
+ * if it still holds `v`, by one CAS, marks the channel broken (the owner may have left the queues
+ * half-updated) and releases the lock. Returns 1 when it did, 0 when the word had changed (the owner let go
+ * in the meantime, or another waiter was first): the caller looks again. */
+static int take_from_dead(const ms_view *view, uint32_t v) {
+    ms_channel *ch = header(view);
+    if (!lock_cas(ch, v, view->pid | LOCK_WAITERS)) return 0;
+    break_channel(ch);
+    ms_channel_unlock(view);
+    return 1;
+}
+
+/* Sleeps on lock word `v` (owned, sound) for at most `timeout_ns`, after setting LOCK_WAITERS in it so that
+ * the owner's unlock wakes the sleepers. Returns at once when the word no longer holds `v`; the caller looks
+ * again whatever woke it (unlock, timeout, signal, a spurious wake-up). */
+static void wait_on_lock(ms_channel *ch, uint32_t v, int64_t timeout_ns) {
+    if (!(v & LOCK_WAITERS)) {
+        if (!lock_cas(ch, v, v | LOCK_WAITERS)) return;
+        v |= LOCK_WAITERS;
+    }
+    struct timespec ts = {(time_t)(timeout_ns / 1000000000), (long)(timeout_ns % 1000000000)};
+    syscall(SYS_futex, &ch->lock, FUTEX_WAIT, v, &ts, NULL, 0); /* shared: no FUTEX_PRIVATE_FLAG */
+}
+
+/* The slow path of lock_within: the word was not free. Loops: takes the word when free (with LOCK_WAITERS,
+ * as other waiters may sleep); gives up when the channel was broken meanwhile; breaks the channel when the
+ * word is garbage or, checked once a slice, its owner has exited; gives up after `bound_ns` (LOCK_FOREVER:
+ * never); else sleeps a slice at most. A hostile
+ * worker flipping the word makes the futex wait return at once: the loop then spins, until its bound.
+ * Returns MS_OK with the lock held, MS_EBROKEN or MS_ETIMEDOUT (the channel broken) without it. */
+static int lock_slow(const ms_view *view, int64_t bound_ns) {
+    ms_channel *ch = header(view);
+    uint64_t start = now_ns(), checked = start;
+    for (;;) {
+        if (load_u32(&ch->broken)) return MS_EBROKEN;
+        uint32_t v = __atomic_load_n(&ch->lock, __ATOMIC_RELAXED);
+        if (v == 0) {
+            if (lock_cas(ch, 0, view->pid | LOCK_WAITERS)) return MS_OK;
+            continue;
+        }
+        uint64_t now = now_ns();
+        int check = now - checked >= (uint64_t)LOCK_SLICE_NS;
+        if (check) checked = now;
+        if (!lock_word_sound(v) || (check && !process_running(v & LOCK_PID_MASK))) {
+            if (take_from_dead(view, v)) return MS_EBROKEN;
+            continue;
+        }
+        int64_t left = bound_ns == LOCK_FOREVER ? LOCK_SLICE_NS : bound_ns - (int64_t)(now - start);
+        if (left <= 0) {
+            break_channel(ch);
+            return MS_ETIMEDOUT;
+        }
+        wait_on_lock(ch, v, left < LOCK_SLICE_NS ? left : LOCK_SLICE_NS);
+    }
+}
+
+/* Takes the channel lock, waiting at most `bound_ns` for it (LOCK_FOREVER: without bound). Fast path: one
+ * CAS of the free word to this process's pid. Returns MS_OK with the lock held; without it, MS_EBROKEN when
+ * the channel is broken (now or before: a lock owner died, or overstayed a bound), or MS_ETIMEDOUT when a
+ * live process kept the lock past the bound (the channel is broken from then on). */
+static int lock_within(const ms_view *view, int64_t bound_ns) {
+    ms_channel *ch = header(view);
+    if (load_u32(&ch->broken)) return MS_EBROKEN; /* no wait for a lock that may never come free */
+    if (!lock_cas(ch, 0, view->pid)) {
+        int status = lock_slow(view, bound_ns);
+        if (status != MS_OK) return status;
+    }
+    if (load_u32(&ch->broken)) {
+        ms_channel_unlock(view);
         return MS_EBROKEN;
     }
     return MS_OK;
 }
 
+/* Takes the channel lock for a caller outside this file (tests, tools): as lock_within, with `timeout_ns` < 0
+ * waiting without bound. Release it with ms_channel_unlock. */
+int ms_channel_lock(const ms_view *view, int64_t timeout_ns) {
+    return lock_within(view, timeout_ns < 0 ? LOCK_FOREVER : timeout_ns);
+}
+
+/* Releases the channel lock (held by the caller): one exchange of the word to 0, and a FUTEX_WAKE of one
+ * sleeper when LOCK_WAITERS was set. A word that no longer names this process means another process wrote
+ * into it while we held the lock (only a hostile one does): the channel is marked broken. */
 void ms_channel_unlock(const ms_view *view) {
-    pthread_mutex_unlock(&header(view)->lock);
+    ms_channel *ch = header(view);
+    uint32_t old = __atomic_exchange_n(&ch->lock, 0, __ATOMIC_RELEASE);
+    if ((old & ~LOCK_WAITERS) != view->pid) break_channel(ch);
+    if (old & LOCK_WAITERS) syscall(SYS_futex, &ch->lock, FUTEX_WAKE, 1, NULL, NULL, 0);
 }
 
 /* Reads the head and tail of queue `q` once each (lock held): *head, and *len = entries queued. Returns
@@ -221,10 +319,10 @@ static int queue_take(const ms_view *view, ms_queue *q, const ms_region *r, uint
 }
 
 /* Master side: marks the channel closed and wakes the worker; ms_pop_batch then returns MS_ECLOSED once the
- * jobs already queued are taken. Returns MS_OK or MS_EBROKEN. */
+ * jobs already queued are taken. Returns MS_OK, MS_EBROKEN or MS_ETIMEDOUT. */
 int ms_channel_close(const ms_view *view) {
     ms_channel *ch = header(view);
-    int status = ms_channel_lock(view);
+    int status = lock_within(view, MS_MASTER_LOCK_WAIT_NS);
     if (status != MS_OK) return status;
     ch->closed = 1;
     bump_jobs(ch);
@@ -235,10 +333,10 @@ int ms_channel_close(const ms_view *view) {
 
 /* Master side: tells the worker whether jobs wait in the master for room in the channel (`backlog` != 0).
  * While they do, ms_pop_batch stops waiting for a fuller batch, which could not come before the worker frees
- * room. Wakes a worker waiting for one. Returns MS_OK or MS_EBROKEN. */
+ * room. Wakes a worker waiting for one. Returns MS_OK, MS_EBROKEN or MS_ETIMEDOUT. */
 int ms_channel_set_backlog(const ms_view *view, int backlog) {
     ms_channel *ch = header(view);
-    int status = ms_channel_lock(view);
+    int status = lock_within(view, MS_MASTER_LOCK_WAIT_NS);
     if (status != MS_OK) return status;
     ch->backlog = backlog != 0;
     int sleepers = bump_jobs(ch);
@@ -248,10 +346,11 @@ int ms_channel_set_backlog(const ms_view *view, int backlog) {
 }
 
 /* Master side: queues a job (its enqueued_ns is stamped here) and wakes the worker.
- * Returns MS_OK, MS_EFULL when the queue holds `capacity` jobs, MS_ECLOSED, MS_EBROKEN, or MS_ECORRUPT. */
+ * Returns MS_OK, MS_EFULL when the queue holds `capacity` jobs, MS_ECLOSED, MS_EBROKEN, MS_ETIMEDOUT, or
+ * MS_ECORRUPT. */
 int ms_push_job(const ms_view *view, const ms_entry *job) {
     ms_channel *ch = header(view);
-    int status = ms_channel_lock(view);
+    int status = lock_within(view, MS_MASTER_LOCK_WAIT_NS);
     if (status != MS_OK) return status;
     ms_entry e = *job;
     e.enqueued_ns = now_ns();
@@ -276,7 +375,7 @@ static int wait_jobs(const ms_view *view, uint64_t deadline_ns) {
     /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline; NULL waits without end */
     syscall(SYS_futex, (uint32_t *)&ch->jobs_seq, FUTEX_WAIT_BITSET, seq, deadline_ns ? &ts : NULL, NULL,
             FUTEX_BITSET_MATCH_ANY);
-    int status = ms_channel_lock(view);
+    int status = lock_within(view, LOCK_FOREVER);
     if (status == MS_OK) ch->jobs_sleepers--;
     return status;
 }
@@ -323,7 +422,7 @@ int ms_pop_batch(const ms_view *view, uint64_t max_items, int64_t max_delay_ns, 
     ms_channel *ch = header(view);
     *count = 0;
     if (out_capacity == 0) return MS_EINVAL;
-    int status = ms_channel_lock(view);
+    int status = lock_within(view, LOCK_FOREVER);
     if (status != MS_OK) return status;
     status = wait_first_job(view);
     if (status == MS_OK) status = wait_more_jobs(view, max_items, max_delay_ns, out_capacity);
@@ -334,12 +433,12 @@ int ms_pop_batch(const ms_view *view, uint64_t max_items, int64_t max_delay_ns, 
 }
 
 /* Master side, after the worker died: moves the jobs it never took to `out` (at most `out_capacity`), so that
- * they can run elsewhere. Returns MS_OK, or MS_EBROKEN / MS_ECORRUPT (then nothing can be trusted: fail them
- * all). */
+ * they can run elsewhere. Returns MS_OK, or MS_EBROKEN / MS_ETIMEDOUT / MS_ECORRUPT (then nothing can be
+ * trusted: fail them all). */
 int ms_take_jobs(const ms_view *view, ms_entry *out, size_t out_capacity, size_t *count) {
     ms_channel *ch = header(view);
     *count = 0;
-    int status = ms_channel_lock(view);
+    int status = lock_within(view, MS_MASTER_LOCK_WAIT_NS);
     if (status != MS_OK) return status;
     status = queue_take(view, &ch->jobs, &view->jobs, 0, out, out_capacity, count);
     ms_channel_unlock(view);
@@ -351,7 +450,7 @@ int ms_take_jobs(const ms_view *view, ms_entry *out, size_t out_capacity, size_t
  * eventfd write fails (the completion is queued all the same). */
 int ms_push_done(const ms_view *view, const ms_entry *done, int event_fd) {
     ms_channel *ch = header(view);
-    int status = ms_channel_lock(view);
+    int status = lock_within(view, LOCK_FOREVER);
     if (status != MS_OK) return status;
     status = queue_push(view, &ch->done, &view->done, done);
     ms_channel_unlock(view);
@@ -365,12 +464,12 @@ int ms_push_done(const ms_view *view, const ms_entry *done, int event_fd) {
 }
 
 /* Master side: moves every queued completion (at most `out_capacity`) to `out`; never blocks. The entries
- * are the worker's word: check each offset and size with ms_contains. Returns MS_OK, MS_EBROKEN or
- * MS_ECORRUPT. */
+ * are the worker's word: check each offset and size with ms_contains. Returns MS_OK, MS_EBROKEN,
+ * MS_ETIMEDOUT or MS_ECORRUPT. */
 int ms_pop_done(const ms_view *view, ms_entry *out, size_t out_capacity, size_t *count) {
     ms_channel *ch = header(view);
     *count = 0;
-    int status = ms_channel_lock(view);
+    int status = lock_within(view, MS_MASTER_LOCK_WAIT_NS);
     if (status != MS_OK) return status;
     status = queue_take(view, &ch->done, &view->done, 0, out, out_capacity, count);
     ms_channel_unlock(view);

@@ -25,8 +25,9 @@ SHM_DIR = "/dev/shm"
 
 
 class ChannelBroken(Exception):
-    """The other process died holding the channel lock, or the segment does not hold a sound channel (never
-    was one, or the other process wrote garbage into it): drop the channel and end the worker."""
+    """The other process died holding the channel lock, kept it past the master's bound (status MS_ETIMEDOUT,
+    about a second: see native/channel.h), or the segment does not hold a sound channel (never was one, or the
+    other process wrote garbage into it): drop the channel and end the worker."""
 
 
 class ChannelClosed(Exception):
@@ -41,8 +42,8 @@ class MessageTooBig(Exception):
     """A message larger than its arena can ever hold."""
 
 
-_ERRORS = {lib.MS_EBROKEN: ChannelBroken, lib.MS_ECORRUPT: ChannelBroken, lib.MS_ECLOSED: ChannelClosed,
-           lib.MS_EFULL: ArenaFull, lib.MS_ETOOBIG: MessageTooBig}
+_ERRORS = {lib.MS_EBROKEN: ChannelBroken, lib.MS_ECORRUPT: ChannelBroken, lib.MS_ETIMEDOUT: ChannelBroken,
+           lib.MS_ECLOSED: ChannelClosed, lib.MS_EFULL: ArenaFull, lib.MS_ETOOBIG: MessageTooBig}
 
 
 def _check(status: int, what: str) -> None:
