@@ -57,7 +57,7 @@ class StackedInput(NamedTuple):
     dtype: int
     row_shape: tuple
     row_size: int
-    source: bytes
+    source: Union[bytes, memoryview]
     offsets: np.ndarray  # uint64, one per instance
 
 

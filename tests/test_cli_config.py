@@ -110,7 +110,7 @@ servables:
     directory: ../other
     device_ids: 3
 grpc_address: unix:/tmp/mindserve.sock
-rest_address: 0.0.0.0:8080
+rest_address: 127.0.0.1:8080
 tls:
   certificate: ../server.pem
   private_key: ~/server.key
@@ -131,7 +131,7 @@ def test_every_setting_of_the_file(tree, monkeypatch):
                    servable(tree, "alpha", 1, device_ids=(0, 1), device_type="GPU", max_batch_size=32,
                             max_batch_delay_ms=2.5, shm_size_mb=16),
                    servable(tree, "gamma", 3, "other", device_ids=(3,))),
-        grpc_address="unix:/tmp/mindserve.sock", rest_address="0.0.0.0:8080",
+        grpc_address="unix:/tmp/mindserve.sock", rest_address="127.0.0.1:8080",
         tls=TLSSettings(certificate=str(tree / "server.pem"), private_key=str(tree / "server.key"),
                         ca=str(tree / "ca.pem"), verify_client=True),
         max_msg_mb_size=512, max_enqueued_requests=7)
