@@ -1,4 +1,5 @@
 /* batch_copy.c - see batch_copy.h for the layout of a batch buffer. */
+#include <stdint.h>
 #include <string.h>
 
 #include "batch_copy.h"
@@ -63,4 +64,33 @@ int ms_gather_at(void *dst, size_t dst_size, const void *src, size_t src_size, c
     const unsigned char *in = src;
     for (size_t i = 0; i < count; i++, out += row_size) memcpy(out, in + offsets[i], row_size);
     return 0;
+}
+
+/* Writes `count` records back to back into `dst`: record i is `head` (head_size bytes), then for each part
+ * k in 0..parts, prefixes[k] (prefix_sizes[k] bytes) and row i of columns[k] (rows of row_sizes[k] bytes,
+ * back to back). Returns the bytes written, count * record size; -1, with dst untouched, when they exceed
+ * dst_size or the sizes overflow. The caller owns every buffer and makes each column hold `count` rows. */
+int64_t ms_interleave_rows(void *dst, size_t dst_size, const void *head, size_t head_size, size_t count,
+                           size_t parts, const void *const *prefixes, const size_t *prefix_sizes,
+                           const void *const *columns, const size_t *row_sizes) {
+    size_t record = head_size;
+    for (size_t k = 0; k < parts; k++) {
+        if (prefix_sizes[k] > SIZE_MAX - record || row_sizes[k] > SIZE_MAX - record - prefix_sizes[k])
+            return -1;
+        record += prefix_sizes[k] + row_sizes[k];
+    }
+    if (record && count > dst_size / record) return -1;
+    if (count * record > INT64_MAX) return -1;
+    unsigned char *out = dst;
+    for (size_t i = 0; i < count; i++) {
+        if (head_size) memcpy(out, head, head_size);
+        out += head_size;
+        for (size_t k = 0; k < parts; k++) {
+            if (prefix_sizes[k]) memcpy(out, prefixes[k], prefix_sizes[k]);
+            out += prefix_sizes[k];
+            if (row_sizes[k]) memcpy(out, (const unsigned char *)columns[k] + i * row_sizes[k], row_sizes[k]);
+            out += row_sizes[k];
+        }
+    }
+    return (int64_t)(count * record);
 }

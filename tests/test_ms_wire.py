@@ -12,7 +12,7 @@ from mindserve._frontends.grpc.ms_reply import varint
 from mindserve._native import ffi, lib
 from mindserve._proto import ms_service_pb2 as pb
 from mindserve._tensor import StackedInputs
-from mindserve._transport.blocks import BlockWriter, PREFIX, _align
+from mindserve._transport.blocks import BlockWriter, PREFIX, align
 
 
 def _request(instances: list[dict], name="add", method="add_common", version=0) -> bytes:
@@ -240,5 +240,5 @@ def test_block_writer_places_gathered_rows_as_a_stacked_column():
     head, size = writer.encode({})
     buffer = bytearray(size)
     writer.write(memoryview(buffer), 0, head)
-    start = _align(PREFIX.size + len(head)) + at
+    start = align(PREFIX.size + len(head)) + at
     assert np.frombuffer(bytes(buffer[start:start + 24]), np.float32).tolist() == [0, 0, 1, 1, 2, 2]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import math
+import json
 import logging
 import os
 import socket
@@ -19,7 +19,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
-from mindserve import _dtypes
 from mindserve._errors import INVALID_INPUTS, SYSTEM_ERROR, WORKER_UNAVAILABLE, ServingError
 from mindserve._tensor import RawTensor, StackedInputs, StackedOutput, StackedResults
 from mindserve._transport import blocks
@@ -67,15 +66,33 @@ class Job:
     def __post_init__(self) -> None:
         self.writer = blocks.BlockWriter()
         if isinstance(self.instances, StackedInputs):
-            columns = blocks.stacked_inputs_columns(self.writer, self.instances)
-        else:
-            names = list(self.instances[0])
-            columns = {n: blocks.raw_column(self.writer, [inst[n] for inst in self.instances]) for n in names}
+            self.head, self.size = _stacked_job_head(self.writer, self.method, self.instances)
+            return
+        names = list(self.instances[0])
+        columns = {n: blocks.raw_column(self.writer, [inst[n] for inst in self.instances]) for n in names}
         self.head, self.size = self.writer.encode({"m": self.method, "n": len(self.instances), "in": columns})
 
     @property
     def count(self) -> int:
         return len(self.instances)
+
+
+# (method, count, input kinds) -> (job head, block size): the jobs of one kind repeat the same header
+_job_heads: dict[tuple, tuple[bytes, int]] = {}
+_JOB_HEADS_LIMIT = 1024
+
+
+def _stacked_job_head(writer: blocks.BlockWriter, method: str, instances: StackedInputs) -> tuple[bytes, int]:
+    """Place a stacked request's rows in ``writer``; the job's encoded header and block size. The data offsets
+    in the header follow from the sizes alone, so the header is encoded once per kind."""
+    columns = blocks.stacked_inputs_columns(writer, instances)
+    key = (method, instances.count, tuple((name, d[1], tuple(d[2]), d[3]) for name, d in columns.items()))
+    head = _job_heads.get(key)
+    if head is None:
+        if len(_job_heads) >= _JOB_HEADS_LIMIT:
+            _job_heads.clear()
+        head = _job_heads[key] = writer.encode({"m": method, "n": instances.count, "in": columns})
+    return head
 
 
 class WorkerProcess:
@@ -391,14 +408,13 @@ class WorkerProcess:
 
 def _decode_reply(data: memoryview, count: int, output_names: list) -> list:
     """One dict of RawTensors (views of ``data``) or one ServingError per instance, from a reply block."""
+    stacked = _stacked_reply(data, count, output_names)
+    if stacked is not None:
+        return stacked
     reader = blocks.BlockReader(data, 0, len(data))
     header = reader.header
     if header.get("n") != count or not isinstance(header.get("err"), list) or not isinstance(header.get("out"), dict):
         raise blocks.BlockError("reply header does not match its job")
-    if not header["err"]:
-        stacked = _stacked_results(reader, header["out"], count, output_names)
-        if stacked is not None:
-            return stacked
     results: list = [None] * count
     for item in header["err"]:
         if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], int) and 0 <= item[0] < count):
@@ -417,16 +433,42 @@ def _decode_reply(data: memoryview, count: int, output_names: list) -> list:
     return results
 
 
-def _stacked_results(reader: blocks.BlockReader, columns: dict, count: int, output_names: list) \
-        -> Optional[StackedResults]:
-    """All instances succeeded: when every output is a stacked column, the outputs whole (no per-instance
-    objects); None otherwise."""
+# reply header bytes -> (count, stacked output columns, block size needed), or None for another kind of reply:
+# replies of one kind repeat the same header, so each is parsed and checked once
+_reply_kinds: dict[bytes, Optional[tuple[int, dict, int]]] = {}
+_REPLY_KINDS_LIMIT = 1024
+
+
+def _reply_kind(header: bytes, data_start: int) -> Optional[tuple[int, dict, int]]:
+    try:
+        parsed = json.loads(header)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(parsed, dict) or parsed.get("err") != []:
+        return None
+    count = parsed.get("n")
+    columns = blocks.stacked_columns(parsed.get("out"), count, data_start)
+    return None if columns is None else (count, *columns)
+
+
+def _stacked_reply(data: memoryview, count: int, output_names: list) -> Optional[StackedResults]:
+    """A reply in which every instance succeeded and every output is a stacked column: the outputs whole, as
+    views of ``data`` (no per-instance objects); None for any other reply, which the general reader takes."""
+    header = blocks.block_header(data, 0, len(data))
+    if header is None:
+        return None
+    kind = _reply_kinds.get(header[0], False)
+    if kind is False:
+        if len(_reply_kinds) >= _REPLY_KINDS_LIMIT:
+            _reply_kinds.clear()
+        kind = _reply_kinds[header[0]] = _reply_kind(*header)
+    if kind is None or kind[0] != count or kind[2] > len(data):
+        return None
+    columns = kind[1]
     outputs = {}
     for name in output_names:
-        desc = columns.get(name)
-        if not (isinstance(desc, list) and desc and desc[0] == "s"):
+        column = columns.get(name)
+        if column is None:
             return None
-        code, shape, position = reader.column(desc, count)
-        size = count * math.prod(shape) * _dtypes.NUMPY_OF[code].itemsize
-        outputs[name] = StackedOutput(code, shape, reader.buffer[position:position + size])
+        outputs[name] = StackedOutput(column.code, column.row_shape, data[column.start:column.start + column.nbytes])
     return StackedResults(count, outputs)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Iterable, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
@@ -36,7 +36,7 @@ class BlockError(Exception):
     """A block whose header does not describe its bytes."""
 
 
-def _align(n: int) -> int:
+def align(n: int) -> int:
     return (n + ALIGN - 1) & ~(ALIGN - 1)
 
 
@@ -57,7 +57,7 @@ class BlockWriter:
         self._gathers: list[tuple[int, bytes, np.ndarray, int]] = []
 
     def _place(self, nbytes: int) -> int:
-        offset = _align(self.data_size)
+        offset = align(self.data_size)
         self.data_size = offset + nbytes
         return offset
 
@@ -88,13 +88,13 @@ class BlockWriter:
     def encode(self, header: dict) -> tuple[bytes, int]:
         """The header bytes and the total block size."""
         head = _COMPACT_JSON.encode(header).encode()
-        return head, _align(PREFIX.size + len(head)) + self.data_size
+        return head, align(PREFIX.size + len(head)) + self.data_size
 
     def write(self, view: memoryview, offset: int, head: bytes) -> None:
         """Write the block at ``offset`` of ``view`` (a block of the size ``encode`` returned)."""
         end = offset + PREFIX.size + len(head)
         view[offset:end] = PREFIX.pack(len(head), 0) + head
-        data = offset + _align(PREFIX.size + len(head))
+        data = offset + align(PREFIX.size + len(head))
         for at, piece in self._copies:
             if len(piece):
                 view[data + at:data + at + len(piece)] = piece
@@ -120,7 +120,7 @@ class BlockReader:
             raise BlockError(f"message header is not JSON: {exc}") from None
         if not isinstance(self.header, dict):
             raise BlockError("message header is not an object")
-        start = _align(PREFIX.size + head_len)
+        start = align(PREFIX.size + head_len)
         if start > size:
             raise BlockError("message data starts past its block")
         self.buffer = buffer
@@ -138,7 +138,7 @@ class BlockReader:
         list of ``(dtype, shape, position, nbytes)``, one per instance."""
         if isinstance(desc, list) and len(desc) == 4 and desc[0] == "s":
             code, shape = desc[1], _shape(desc[2])
-            dtype = _numeric_dtype(code)
+            dtype = numeric_dtype(code)
             if dtype is None:
                 raise BlockError(f"bad stacked column {desc!r}")
             return code, shape, self._span(desc[3], count * math.prod(shape) * dtype.itemsize)
@@ -153,8 +153,8 @@ class BlockReader:
         code, shape, offset, nbytes = desc[0], _shape(desc[1]), desc[2], desc[3]
         if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes < 0:
             raise BlockError(f"bad tensor descriptor {desc!r}")
-        dtype = _numeric_dtype(code)
-        if dtype is None and not (_is_int(code) and code in TEXT_CODES):
+        dtype = numeric_dtype(code)
+        if dtype is None and not (is_int(code) and code in TEXT_CODES):
             raise BlockError(f"bad tensor descriptor {desc!r}")
         if dtype is not None and math.prod(shape) * dtype.itemsize != nbytes:
             raise BlockError(f"tensor descriptor {desc!r} does not match its byte size")
@@ -179,21 +179,65 @@ class BlockReader:
         return RawTensor(code, shape, self.buffer[position:position + nbytes])
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
     """Whether a header value is a JSON integer (not a boolean, which Python counts as an int)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _numeric_dtype(code: Any) -> Optional[np.dtype]:
+def numeric_dtype(code: Any) -> Optional[np.dtype]:
     """The numpy dtype of a numeric dtype code read from a header; None for a text code or anything else
     (a list, a boolean or a float such as 11.0 must not pass for a code)."""
-    return _dtypes.NUMPY_OF.get(code) if _is_int(code) else None
+    return _dtypes.NUMPY_OF.get(code) if is_int(code) else None
 
 
 def _shape(shape: Any) -> tuple:
-    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(is_int(d) and d >= 0 for d in shape):
         raise BlockError(f"bad tensor shape {str(shape)[:200]}")
     return tuple(shape)
+
+
+class StackedColumn(NamedTuple):
+    """A stacked column checked against its block: numpy dtype and dtype code, row shape, and its bytes as a
+    span from the start of the block (not of the data)."""
+
+    dtype: np.dtype
+    code: int
+    row_shape: tuple
+    start: int
+    nbytes: int
+
+
+def block_header(buffer: Any, offset: int, size: int) -> Optional[tuple[bytes, int]]:
+    """The header bytes of the block at ``offset`` (``size`` bytes) and where its data starts, relative to the
+    block; None when the header does not fit the block."""
+    if size < PREFIX.size:
+        return None
+    head_len, _ = PREFIX.unpack_from(buffer, offset)
+    start = align(PREFIX.size + head_len)
+    if start > size:
+        return None
+    return bytes(buffer[offset + PREFIX.size:offset + PREFIX.size + head_len]), start
+
+
+def stacked_columns(columns: Any, count: int, data_start: int) -> Optional[tuple[dict[str, StackedColumn], int]]:
+    """Column descriptors (a header's ``{name: desc}``) that are all stacked, with ``count`` rows each, checked
+    as :meth:`BlockReader.column` checks them, and the block size they need; None for anything else."""
+    if not isinstance(columns, dict) or not is_int(count) or count < 0:
+        return None
+    spans = {}
+    needed = data_start
+    for name, desc in columns.items():
+        if not (isinstance(desc, list) and len(desc) == 4 and desc[0] == "s"):
+            return None
+        code, shape, offset = desc[1], desc[2], desc[3]
+        dtype = numeric_dtype(code)
+        if dtype is None or not isinstance(shape, list) or not all(is_int(d) and d >= 0 for d in shape) \
+                or not is_int(offset) or offset < 0:
+            return None
+        nbytes = count * math.prod(shape) * dtype.itemsize
+        spans[name] = StackedColumn(dtype, code, tuple(shape), data_start + offset, nbytes)
+        needed = max(needed, data_start + offset + nbytes)
+    return spans, needed
 
 
 def raw_column(writer: BlockWriter, tensors: Sequence[RawTensor]) -> list:

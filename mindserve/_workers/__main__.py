@@ -24,6 +24,7 @@ from mindserve._transport.shm_channel import ChannelClosed, ShmChannel
 from mindserve._transport.worker_side import WorkerChannel
 from mindserve._workers.columns import Column
 from mindserve._workers.executor import MethodExecutor
+from mindserve._workers.fast_lane import FastLane
 from mindserve._workers.job_io import Job, notify, read_job, reply_block, send_error, send_reply
 from mindserve._workers.loader import batch_limit, load_servable, method_signatures
 
@@ -74,12 +75,17 @@ def _answer_jobs(executor: MethodExecutor, method: str, jobs: list[Job], channel
 
 
 def serve(executor: MethodExecutor, channel: ShmChannel, event_fd: int, max_items: int, max_delay_s: float) -> None:
-    """Take batches of jobs until the channel is closed; jobs of one method in a batch run together."""
+    """Take batches of jobs until the channel is closed; jobs of one method in a batch run together, through
+    the fast lane when they qualify for it."""
+    lane = FastLane(executor, channel, event_fd)
     while True:
         try:
             entries = channel.pop_batch(max_items, max_delay_s)
         except ChannelClosed:
             return
+        if lane.run(entries):
+            notify(event_fd)
+            continue
         jobs = []
         for job_id, offset, size, weight in entries:
             try:

@@ -104,9 +104,16 @@ def notify(event_fd: int) -> None:
 def send_reply(channel: ShmChannel, event_fd: int, job_id: int, writer: blocks.BlockWriter, header: dict,
                wake: bool = True) -> None:
     """Write a reply block and queue its completion, waking the master unless ``wake`` is False (the caller
-    then calls ``notify`` once for several replies). While the reply arena is full it wakes the master, which
-    frees reply blocks as it takes them, and waits."""
+    then calls ``notify`` once for several replies)."""
     head, size = writer.encode(header)
+    send_encoded(channel, event_fd, job_id, header["n"], writer, head, size, wake)
+
+
+def send_encoded(channel: ShmChannel, event_fd: int, job_id: int, count: int, writer: blocks.BlockWriter,
+                 head: bytes, size: int, wake: bool = False) -> None:
+    """``send_reply`` for a header already encoded (``head`` and ``size`` as ``writer.encode`` gives them) for a
+    job of ``count`` instances. While the reply arena is full it wakes the master, which frees reply blocks as
+    it takes them, and waits."""
     while True:
         try:
             offset = channel.alloc(REPLIES, size)
@@ -118,7 +125,7 @@ def send_reply(channel: ShmChannel, event_fd: int, job_id: int, writer: blocks.B
             limit = channel.max_message(REPLIES)
             error = ServingError(SYSTEM_ERROR, f"the outputs of the request ({size} bytes) exceed the worker's "
                                                f"shared memory for replies ({limit} bytes); raise shm_size_mb")
-            send_error(channel, event_fd, job_id, header["n"], error, wake)
+            send_error(channel, event_fd, job_id, count, error, wake)
             return
     writer.write(channel.view, offset, head)
     channel.push_done(job_id, offset, size, event_fd if wake else -1)

@@ -76,7 +76,7 @@ class ModelRunner:
         shape = session.inputs[0].shape if session.inputs else ()
         return shape[0] if shape and shape[0] > 0 else None
 
-    def _check_column(self, index: int, spec: TensorSpec, kind: tuple[np.dtype, tuple]) -> tuple[int, ...]:
+    def check_column(self, index: int, spec: TensorSpec, kind: tuple[np.dtype, tuple]) -> tuple[int, ...]:
         """The instance shape a stacked column of (dtype, row shape) ``kind`` feeds model input ``index`` as;
         raises ServingError(INVALID_INPUTS) with the same texts as ``_check_input`` gives each instance."""
         dtype, row_shape = kind
@@ -106,7 +106,7 @@ class ModelRunner:
         if not self.model.with_batch_dim or len(columns) != len(session.inputs) or None in kinds or not columns:
             return None
         count = columns[0].count
-        shapes = [self._check_column(k, spec, kind) for k, (spec, kind) in enumerate(zip(session.inputs, kinds))]
+        shapes = [self.check_column(k, spec, kind) for k, (spec, kind) in enumerate(zip(session.inputs, kinds))]
         fixed = self.fixed_batch_size(session)
         step = fixed or self.max_batch_size or count
         outputs: list[list] = [[] for _ in session.outputs]
@@ -115,7 +115,7 @@ class ModelRunner:
             stop = min(count, start + step)
             feeds = [stack_rows(c.pieces(start, stop), fixed or stop - start, shape, kind[0])
                      for c, shape, kind in zip(columns, shapes, kinds)]
-            ran = self._run_rows(session, feeds, stop - start)
+            ran = self.run_rows(session, feeds, stop - start)
             if isinstance(ran, ServingError):
                 errors.update((i, ran) for i in range(start, stop))
                 ran = [[None] * (stop - start)] * len(outputs)
@@ -123,7 +123,7 @@ class ModelRunner:
                 chunks.append(rows)
         return [Column(chunks) for chunks in outputs], errors
 
-    def _run_rows(self, session: BackendSession, feeds: list, rows: int) -> Union[list, ServingError]:
+    def run_rows(self, session: BackendSession, feeds: list, rows: int) -> Union[list, ServingError]:
         """The model's outputs for one batch, cut to its ``rows`` real rows (padding dropped); the error for
         all of them when the run fails or an output has no batch dim."""
         try:
@@ -176,6 +176,6 @@ class ModelRunner:
             for k in range(len(session.inputs)):
                 first = checked[chunk[0]][k]
                 feeds.append(stack_rows([checked[i][k] for i in chunk], fixed or len(chunk), first.shape, first.dtype))
-            outputs = self._run_rows(session, feeds, len(chunk))
+            outputs = self.run_rows(session, feeds, len(chunk))
             for row, i in enumerate(chunk):
                 results[i] = outputs if isinstance(outputs, ServingError) else tuple(out[row] for out in outputs)

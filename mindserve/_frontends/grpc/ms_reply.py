@@ -7,14 +7,26 @@ ms_service.proto (field numbers noted inline); tests check it against protobuf's
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 from mindserve import _dtypes
 from mindserve._errors import ServingError
+from mindserve._native import ffi, lib
 from mindserve._tensor import RawTensor, StackedResults
 
 _TEXT_TYPES = (_dtypes.MS_STRING, _dtypes.MS_BYTES)
 _PREFIX_CACHE_LIMIT = 4096
+
+
+class _StackedLayout(NamedTuple):
+    """How each instance of a stacked reply is framed (C arrays for ms_interleave_rows)."""
+
+    head: bytes
+    record: int  # bytes per instance, head included
+    kept: list  # the prefixes' C buffers, alive as long as the layout
+    prefixes: Any
+    prefix_sizes: Any
+    row_sizes: Any
 
 
 def varint(value: int) -> bytes:
@@ -37,6 +49,7 @@ class ReplyEncoder:
 
     def __init__(self) -> None:
         self._prefixes: dict[tuple, bytes] = {}
+        self._layouts: dict[tuple, _StackedLayout] = {}
 
     def _item_prefix(self, name: str, raw: RawTensor, nbytes: int) -> bytes:
         """Everything of one ``items`` map entry of an Instance before the tensor's bytes."""
@@ -101,22 +114,37 @@ class ReplyEncoder:
         return b"".join(parts)
 
     def _encode_stacked(self, spec: bytes, results: StackedResults) -> bytes:
-        """Every instance succeeded with stacked outputs: each instance is the same prefixes around its rows."""
-        layout = []
-        size = 0
-        for name, out in results.outputs.items():
-            row = results.row_bytes[name]
-            prefix = self._item_prefix(name, RawTensor(out.dtype, out.row_shape, b""), row)
-            layout.append((prefix, out.data, row))
-            size += len(prefix) + row
+        """Every instance succeeded with stacked outputs: each instance is the same prefixes around its rows,
+        interleaved by the C core in one pass."""
+        outputs = results.outputs
+        key = tuple((name, out.dtype, out.row_shape, results.row_bytes[name]) for name, out in outputs.items())
+        layout = self._layouts.get(key)
+        if layout is None:
+            if len(self._layouts) >= _PREFIX_CACHE_LIMIT:
+                self._layouts.clear()
+            layout = self._layouts[key] = self._stacked_layout(key)
+        if any(len(out.data) != results.count * row for out, (_, _, _, row) in zip(outputs.values(), key)):
+            raise ValueError("stacked outputs do not hold a row per instance")  # a defect: the reader sized them
+        head_field = _field(0x0A, spec) if spec else b""
+        out = bytearray(len(head_field) + results.count * layout.record)
+        out[:len(head_field)] = head_field
+        columns = ffi.new("void *[]", [ffi.from_buffer(o.data) for o in outputs.values()])
+        written = lib.ms_interleave_rows(ffi.from_buffer(out, require_writable=True) + len(head_field),
+                                         len(out) - len(head_field), layout.head, len(layout.head), results.count,
+                                         len(key), layout.prefixes, layout.prefix_sizes, columns, layout.row_sizes)
+        if written != len(out) - len(head_field):
+            raise ValueError("reply layout does not fit its buffer")  # a defect: the buffer was sized from it
+        return bytes(out)
+
+    def _stacked_layout(self, key: tuple) -> "_StackedLayout":
+        """The framing of one instance of a stacked reply: its head, then a prefix and a row per output."""
+        prefixes = [self._item_prefix(name, RawTensor(dtype, row_shape, b""), row) for name, dtype, row_shape, row in key]
+        rows = [row for _, _, _, row in key]
+        size = sum(len(p) for p in prefixes) + sum(rows)
         head = b"\x1a" + varint(size)  # PredictReply.instances = 3, all of one size
-        parts: list = [_field(0x0A, spec)] if spec else []
-        for i in range(results.count):
-            parts.append(head)
-            for prefix, data, row in layout:
-                parts.append(prefix)
-                parts.append(data[i * row:(i + 1) * row])
-        return b"".join(parts)
+        kept = [ffi.new("char[]", p) for p in prefixes]  # the C arrays must outlive the layout's pointers
+        return _StackedLayout(head, len(head) + size, kept, ffi.new("void *[]", kept),
+                              ffi.new("size_t[]", [len(p) for p in prefixes]), ffi.new("size_t[]", rows))
 
     def whole_request_error(self, spec: bytes, error: ServingError) -> bytes:
         return (_field(0x0A, spec) if spec else b"") + self._error(error)
