@@ -79,7 +79,8 @@ int64_t ms_interleave_rows(void *dst, size_t dst_size, const void *head, size_t 
             return -1;
         record += prefix_sizes[k] + row_sizes[k];
     }
-    if (record && count > dst_size / record) return -1;
+    if (record == 0) return 0; /* nothing to write, however many records */
+    if (count > dst_size / record) return -1;
     if (count * record > INT64_MAX) return -1;
     unsigned char *out = dst;
     for (size_t i = 0; i < count; i++) {

@@ -5,6 +5,7 @@ are tempting (valid data, the rest of a JSON header), so that a reader that stra
 instead of raising."""
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -398,3 +399,209 @@ def test_corrupted_blocks_give_block_error_or_a_confined_read():
         if isinstance(inputs, dict):
             for desc in inputs.values():
                 check_confined(reader, OFFSET + align(PREFIX.size + head_len), OFFSET + size, desc, 3)
+
+
+# ------------------------------------------------------------------------------------- header caches (fast reads)
+
+def test_block_header_gives_the_header_bytes_and_the_data_start():
+    view, size = hand_made({"n": 1}, floats(4), tail=floats(16))
+    head = json.dumps({"n": 1}).encode()
+    assert blocks.block_header(view, OFFSET, size) == (head, align(PREFIX.size + len(head)))
+    assert blocks.block_header(bytes(view), OFFSET, size) == (head, align(PREFIX.size + len(head)))
+
+
+@pytest.mark.parametrize("size", [0, 1, PREFIX.size - 1])
+def test_block_header_of_a_block_shorter_than_its_prefix(size):
+    view, _ = hand_made({"n": 1}, floats(4))
+    assert blocks.block_header(view, OFFSET, size) is None
+
+
+def test_block_header_whose_padding_reaches_past_the_block():
+    # the general reader refuses a block whose data would start past it: so does block_header
+    view, size = hand_made(b"{}", size=PREFIX.size + 2, tail=b"{}" * 40)
+    assert blocks.block_header(view, OFFSET, size) is None
+    assert block_error(BlockReader, view, OFFSET, size) == "message data starts past its block"
+    view, size = hand_made(b"{}", head_len=1000, tail=b" " * 2000)
+    assert blocks.block_header(view, OFFSET, size) is None
+    assert block_error(BlockReader, view, OFFSET, size) == "message header reaches past its block"
+    view, size = hand_made(b"{}")  # exactly the prefix, the header and its padding: no data
+    assert size == 64 and blocks.block_header(view, OFFSET, size) == (b"{}", 64)
+
+
+def test_stacked_columns_spans_and_the_size_they_need():
+    columns = {"y": ["s", F32, [2, 3], 0], "n": ["s", _dtypes.MS_INT64, [], 128], "e": ["s", F32, [0], 64]}
+    spans, needed = blocks.stacked_columns(columns, 4, 64)
+    assert spans == {"y": blocks.StackedColumn(np.dtype("<f4"), F32, (2, 3), 64, 96),
+                     "n": blocks.StackedColumn(np.dtype("<i8"), _dtypes.MS_INT64, (), 192, 32),
+                     "e": blocks.StackedColumn(np.dtype("<f4"), F32, (0,), 128, 0)}
+    assert needed == 64 + 128 + 32
+    assert blocks.stacked_columns({}, 3, 128) == ({}, 128)
+    assert blocks.stacked_columns({"y": ["s", F32, [2], 0]}, 0, 64) == \
+        ({"y": blocks.StackedColumn(np.dtype("<f4"), F32, (2,), 64, 0)}, 64)
+
+
+@pytest.mark.parametrize("columns, count", [
+    ({"y": ["e", [[F32, [2], 0, 8]]]}, 1),  # one value per instance
+    ({"y": ["s", F32, [2], 0], "z": ["e", []]}, 0),
+    ({"y": ["s", F32, [2]]}, 1),
+    ({"y": ["s", F32, [2], 0, 0]}, 1),
+    ({"y": ["s", _dtypes.MS_STRING, [], 0]}, 1),
+    ({"y": ["s", True, [2], 0]}, 1),
+    ({"y": ["s", 11.0, [2], 0]}, 1),
+    ({"y": ["s", F32, [-1], 0]}, 1),
+    ({"y": ["s", F32, [2.0], 0]}, 1),
+    ({"y": ["s", F32, "2", 0]}, 1),
+    ({"y": ["s", F32, [2], -64]}, 1),
+    ({"y": ["s", F32, [2], True]}, 1),
+    ({"y": ["s", F32, [2], 0.0]}, 1),
+    ({"y": ["s", F32, [2], 0]}, -1),
+    ({"y": ["s", F32, [2], 0]}, True),
+    ({"y": ["s", F32, [2], 0]}, 1.0),
+    ({"y": ["s", F32, [2], 0]}, None),
+    ([["s", F32, [2], 0]], 1),
+    (None, 1),
+], ids=repr)
+def test_stacked_columns_refuses_anything_else(columns, count):
+    assert blocks.stacked_columns(columns, count, 64) is None
+
+
+def reply_bytes(writer: BlockWriter, header: dict) -> bytes:
+    head, size = writer.encode(header)
+    buf = bytearray(size)
+    writer.write(memoryview(buf), 0, head)
+    return bytes(buf)
+
+
+def stacked_reply(ys: np.ndarray, ns: np.ndarray) -> bytes:
+    """A reply in which every instance succeeded, its outputs stacked (as the worker writes one)."""
+    from mindserve._workers.columns import Column
+    from mindserve._workers.job_io import reply_block
+    writer, header = reply_block("m", len(ys), {"y": Column([ys]), "n": Column([ns])}, [None] * len(ys))
+    assert header["err"] == [] and header["out"]["y"][0] == "s" and header["out"]["n"][0] == "s"
+    return reply_bytes(writer, header)
+
+
+def decoded(results) -> list:
+    from mindserve._errors import ServingError
+    return [(r.code, r.message) if isinstance(r, ServingError) else
+            {n: (t.dtype, tuple(t.shape), bytes(t.data)) for n, t in r.items()} for r in results]
+
+
+def expected_rows(ys: np.ndarray, ns: np.ndarray) -> list:
+    return [{"y": (F32, ys.shape[1:], y.tobytes()), "n": (_dtypes.MS_INT64, (), n.tobytes())} for y, n in zip(ys, ns)]
+
+
+YS = np.arange(12, dtype="<f4").reshape(3, 2, 2) / 4
+NS = np.array([7, -8, 9], "<i8")
+
+
+def test_a_stacked_reply_is_read_whole():
+    from mindserve._supervision.worker_process import _decode_reply, _stacked_reply
+    from mindserve._tensor import StackedResults
+    data = stacked_reply(YS, NS)
+    results = _stacked_reply(memoryview(data), 3, ["y", "n"])
+    assert isinstance(results, StackedResults) and results.count == 3
+    assert bytes(results.outputs["y"].data) == YS.tobytes() and bytes(results.outputs["n"].data) == NS.tobytes()
+    assert (results.outputs["y"].dtype, results.outputs["y"].row_shape) == (F32, (2, 2))
+    assert decoded(_decode_reply(memoryview(data), 3, ["y", "n"])) == expected_rows(YS, NS)
+    assert decoded(_decode_reply(memoryview(data), 3, ["n"])) == [{"n": r["n"]} for r in expected_rows(YS, NS)]
+
+
+FRESH_ROWS = itertools.count(101)
+
+
+@pytest.mark.parametrize("cut", [1, 8, 24, "data", "header"])
+@pytest.mark.parametrize("big_first", [True, False])
+def test_a_truncated_reply_is_not_read_through_the_cached_header(cut, big_first):
+    from mindserve._supervision.worker_process import _decode_reply, _stacked_reply
+    # rows of a length no other test uses: a header never seen before, so that which block comes first decides
+    # what is parsed (and cached) from it
+    ys, ns = np.arange(3 * next(FRESH_ROWS), dtype="<f4").reshape(3, -1) - 7.5, NS
+    data = stacked_reply(ys, ns)
+    head_len, _ = PREFIX.unpack_from(data, 0)
+    start = align(PREFIX.size + head_len)
+    size = {"data": start, "header": start - 1}.get(cut, len(data) - cut if isinstance(cut, int) else 0)
+    short = memoryview(data[:size])
+    if big_first:  # the header is known (parsed and cached) from the whole block first
+        assert decoded(_stacked_reply(memoryview(data), 3, ["y", "n"])) == expected_rows(ys, ns)
+    assert _stacked_reply(short, 3, ["y", "n"]) is None
+    expected = "message data starts past its block" if cut == "header" else "tensor reaches past its message block"
+    assert block_error(_decode_reply, short, 3, ["y", "n"]) == expected
+    # a short block of a known header changes nothing for the whole one
+    assert decoded(_decode_reply(memoryview(data), 3, ["y", "n"])) == expected_rows(ys, ns)
+    assert _stacked_reply(short, 3, ["y", "n"]) is None
+
+
+def test_a_truncated_reply_inside_a_larger_buffer():
+    # the master copies each reply out on its own, but the size check must not lean on that: what follows the
+    # block in the same buffer is not part of it
+    from mindserve._supervision.worker_process import _stacked_reply
+    data = stacked_reply(YS + 300, NS)
+    view = memoryview(data + bytes(64))[:len(data) - 1]
+    assert _stacked_reply(view, 3, ["y", "n"]) is None
+
+
+def test_replies_of_one_header_each_read_their_own_bytes():
+    from mindserve._supervision.worker_process import _decode_reply
+    first, second = stacked_reply(YS, NS), stacked_reply(YS * -3, NS * 5)
+    assert first[:64] == second[:64]  # the same header
+    a = _decode_reply(memoryview(first), 3, ["y", "n"])
+    b = _decode_reply(memoryview(second), 3, ["y", "n"])
+    assert decoded(a) == expected_rows(YS, NS) and decoded(b) == expected_rows(YS * -3, NS * 5)
+    longer = _decode_reply(memoryview(second + b"\x01" * 100), 3, ["y", "n"])  # room to spare: still stacked
+    assert decoded(longer) == expected_rows(YS * -3, NS * 5)
+
+
+def test_a_reply_with_errors_is_not_stacked():
+    from mindserve._errors import FAILED, ServingError
+    from mindserve._supervision.worker_process import _decode_reply, _stacked_reply
+    from mindserve._workers.columns import Column
+    from mindserve._workers.job_io import reply_block
+    error = ServingError(FAILED, "instance 1 failed")
+    writer, header = reply_block("m", 3, {"y": Column([YS]), "n": Column([NS])}, [None, error, None])
+    data = reply_bytes(writer, header)
+    assert header["err"] == [[1, FAILED, "instance 1 failed"]]
+    assert _stacked_reply(memoryview(data), 3, ["y", "n"]) is None
+    rows = expected_rows(YS, NS)
+    assert decoded(_decode_reply(memoryview(data), 3, ["y", "n"])) == [rows[0], (FAILED, "instance 1 failed"), rows[2]]
+
+
+def test_a_reply_failing_every_instance_is_not_stacked():
+    from mindserve._errors import SYSTEM_ERROR
+    from mindserve._supervision.worker_process import _decode_reply, _stacked_reply
+    header = {"n": 2, "err": [[0, SYSTEM_ERROR, "bad"], [1, SYSTEM_ERROR, "bad"]], "out": {}}
+    data = reply_bytes(BlockWriter(), header)
+    assert _stacked_reply(memoryview(data), 2, ["y"]) is None
+    assert decoded(_decode_reply(memoryview(data), 2, ["y"])) == [(SYSTEM_ERROR, "bad")] * 2
+
+
+def test_stacked_columns_with_errors_listed_are_not_read_as_stacked():
+    # a header that lists errors yet describes stacked outputs of a row per instance (enough bytes for a stacked
+    # read of all of them) is the general reader's to judge: it reads a row per successful instance
+    from mindserve._supervision.worker_process import _decode_reply, _stacked_reply
+    writer = BlockWriter()
+    header = {"n": 2, "err": [[0, 1, "x"]], "out": {"y": blocks.stacked_descriptor(writer, [YS[:2]], (2, 2), F32)}}
+    data = reply_bytes(writer, header)
+    assert _stacked_reply(memoryview(data), 2, ["y"]) is None
+    assert decoded(_decode_reply(memoryview(data), 2, ["y"])) == [(1, "x"), {"y": (F32, (2, 2), YS[0].tobytes())}]
+
+
+def test_a_reply_of_values_per_instance_is_not_stacked():
+    from mindserve._supervision.worker_process import _decode_reply, _stacked_reply
+    writer = BlockWriter()
+    header = {"n": 2, "err": [], "out": {"y": ["e", [blocks.value_descriptor(writer, "ab"),
+                                                     blocks.value_descriptor(writer, YS[0])]]}}
+    data = reply_bytes(writer, header)
+    assert _stacked_reply(memoryview(data), 2, ["y"]) is None
+    assert decoded(_decode_reply(memoryview(data), 2, ["y"])) == [{"y": (_dtypes.MS_STRING, (), b"ab")},
+                                                                  {"y": (F32, (2, 2), YS[0].tobytes())}]
+
+
+def test_a_stacked_reply_that_does_not_match_its_job():
+    from mindserve._supervision.worker_process import _decode_reply, _stacked_reply
+    data = stacked_reply(YS, NS)
+    for count in (2, 4):
+        assert _stacked_reply(memoryview(data), count, ["y", "n"]) is None
+        assert block_error(_decode_reply, memoryview(data), count, ["y", "n"]) == "reply header does not match its job"
+    assert _stacked_reply(memoryview(data), 3, ["y", "z"]) is None
+    assert block_error(_decode_reply, memoryview(data), 3, ["y", "z"]) == "reply without output z"

@@ -230,3 +230,153 @@ def test_stack_rows_empty_row_shape():
     rows = [np.zeros((0, 3), np.float32) for _ in range(2)]
     batch = stack_rows(rows, 3, (0, 3), np.dtype(np.float32))
     assert batch.shape == (3, 0, 3)
+
+
+# ---------------------------------------------------------------------------------------------------- interleave
+
+def _interleave_reference(head: bytes, count: int, prefixes: list, columns: list, row_sizes: list) -> bytes:
+    """Record i is head, then for each part k its prefix and row i of column k (pure Python)."""
+    return b"".join(head + b"".join(p + bytes(c[i * r:(i + 1) * r]) for p, c, r in zip(prefixes, columns, row_sizes))
+                    for i in range(count))
+
+
+def _interleave(dst: np.ndarray, head: bytes, count: int, prefixes: list, columns: list, row_sizes: list,
+                dst_size=None) -> int:
+    """Call ms_interleave_rows on ``dst``; an empty head or prefix goes as NULL (its size is 0: never read)."""
+    head_ptr = ffi.new("char[]", head) if head else ffi.NULL
+    keep = [ffi.new("char[]", p) if p else ffi.NULL for p in prefixes]
+    cols = [ffi.from_buffer(c) if len(c) else ffi.NULL for c in columns]
+    parts = len(prefixes)
+    return lib.ms_interleave_rows(ffi.from_buffer(dst, require_writable=True),
+                                  dst.nbytes if dst_size is None else dst_size, head_ptr, len(head), count, parts,
+                                  ffi.new("void *[]", keep) if parts else ffi.NULL,
+                                  ffi.new("size_t[]", [len(p) for p in prefixes]) if parts else ffi.NULL,
+                                  ffi.new("void *[]", cols) if parts else ffi.NULL,
+                                  ffi.new("size_t[]", row_sizes) if parts else ffi.NULL)
+
+
+def _record(head: bytes, prefixes: list, row_sizes: list) -> int:
+    return len(head) + sum(len(p) for p in prefixes) + sum(row_sizes)
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 3, 7])
+def test_interleave_one_part(count):
+    rng = np.random.default_rng(count)
+    head, prefix, row = b"\x1a\x0c", b"\x0a\x01y\x12\x07", 5
+    column = rng.integers(0, 256, count * row, dtype=np.uint8).tobytes()
+    expected = _interleave_reference(head, count, [prefix], [column], [row])
+    assert len(expected) == count * _record(head, [prefix], [row])
+    dst = _filled(len(expected) + 9)  # room to spare: what is past the records stays as it was
+    assert _interleave(dst, head, count, [prefix], [column], [row]) == len(expected)
+    assert dst[:len(expected)].tobytes() == expected
+    assert (dst[len(expected):] == FILL).all()
+
+
+@pytest.mark.parametrize("count", [1, 2, 4, 9])
+def test_interleave_two_parts_of_different_row_sizes(count):
+    rng = np.random.default_rng(100 + count)
+    head = b"\x1a\x99\x01"
+    prefixes = [b"\x0a\x0b\x0a\x01y\x12\x06\x08\x0b\x12\x02\x08\x02", b"\x0a\x01n\x12"]
+    rows = [8, 3]
+    columns = [rng.integers(0, 256, count * r, dtype=np.uint8).tobytes() for r in rows]
+    expected = _interleave_reference(head, count, prefixes, columns, rows)
+    # every record is framed alike: the head and prefixes at the same place in each, row i of each column in it
+    record = _record(head, prefixes, rows)
+    for i in range(count):
+        one = expected[i * record:(i + 1) * record]
+        assert one == head + prefixes[0] + columns[0][i * 8:(i + 1) * 8] + prefixes[1] + columns[1][i * 3:(i + 1) * 3]
+    dst = _filled(len(expected))  # exactly the size needed
+    assert _interleave(dst, head, count, prefixes, columns, rows) == count * record
+    assert dst.tobytes() == expected
+
+
+def test_interleave_rows_from_numpy_columns():
+    ys = np.arange(12, dtype="<f4").reshape(6, 2) * 1.5
+    ns = np.arange(6, dtype="<i8") - 3
+    prefixes = [b"P" * 7, b"Q" * 2]
+    columns = [ys.tobytes(), ns.tobytes()]
+    expected = _interleave_reference(b"H", 6, prefixes, columns, [8, 8])
+    dst = _filled(len(expected))
+    keep = [ffi.new("char[]", p) for p in prefixes]
+    written = lib.ms_interleave_rows(ffi.from_buffer(dst, require_writable=True), dst.nbytes, b"H", 1, 6, 2,
+                                     ffi.new("void *[]", keep), ffi.new("size_t[]", [7, 2]),
+                                     ffi.new("void *[]", [ffi.from_buffer(ys), ffi.from_buffer(ns)]),
+                                     ffi.new("size_t[]", [8, 8]))
+    assert written == 6 * (1 + 7 + 8 + 2 + 8)
+    assert dst.tobytes() == expected
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_interleave_without_head(count):
+    prefixes = [b"ab", b"c"]
+    columns = [bytes(range(count * 4)), bytes(range(100, 100 + count * 2))]
+    expected = _interleave_reference(b"", count, prefixes, columns, [4, 2])
+    assert expected[:6] == b"ab" + bytes(range(4))
+    dst = _filled(len(expected))
+    assert _interleave(dst, b"", count, prefixes, columns, [4, 2]) == count * 9
+    assert dst.tobytes() == expected
+
+
+def test_interleave_zero_byte_rows_and_prefixes():
+    # a 0-byte row (an output of shape [0]) or prefix is never read: its column and prefix may be NULL
+    columns = [b"", bytes(range(6))]
+    expected = _interleave_reference(b"h", 3, [b"p", b""], columns, [0, 2])
+    assert expected == b"hp\x00\x01" + b"hp\x02\x03" + b"hp\x04\x05"
+    dst = _filled(len(expected))
+    assert _interleave(dst, b"h", 3, [b"p", b""], columns, [0, 2]) == 12
+    assert dst.tobytes() == expected
+
+
+def test_interleave_only_heads_and_empty_records():
+    dst = _filled(10)
+    assert _interleave(dst, b"xy", 5, [], [], []) == 10  # no parts: the head alone, count times
+    assert dst.tobytes() == b"xy" * 5
+    dst = _filled(4)
+    assert _interleave(dst, b"", 1000, [b""], [b""], [0]) == 0  # 0-byte records: nothing to write, any count
+    assert (dst == FILL).all()
+
+
+@pytest.mark.parametrize("count", [1, 2, 5])
+def test_interleave_one_byte_short_fails_and_leaves_destination_untouched(count):
+    head, prefixes, rows = b"\x1a\x05", [b"\x0a\x01", b"\x12"], [3, 1]
+    columns = [bytes(range(count * 3)), bytes(range(50, 50 + count))]
+    record = _record(head, prefixes, rows)
+    dst = _filled(count * record)
+    assert _interleave(dst, head, count, prefixes, columns, rows, dst_size=count * record - 1) == -1
+    assert (dst == FILL).all()
+    short = _filled(count * record - 1)  # the same, with the buffer itself one byte short
+    assert _interleave(short, head, count, prefixes, columns, rows) == -1
+    assert (short == FILL).all()
+    assert _interleave(dst, head, count, prefixes, columns, rows) == count * record  # the exact size fits
+    assert dst.tobytes() == _interleave_reference(head, count, prefixes, columns, rows)
+
+
+def test_interleave_into_empty_buffer():
+    dst = np.empty(0, np.uint8)
+    assert _interleave(dst, b"h", 0, [b"p"], [b""], [1]) == 0  # no records
+    assert _interleave(dst, b"h", 1, [b"p"], [b"r"], [1]) == -1
+
+
+@pytest.mark.parametrize("prefix_sizes, row_sizes", [
+    ([SIZE_MAX, 1], [1, 1]),           # a prefix of SIZE_MAX bytes: the record size wraps
+    ([1, 1], [SIZE_MAX - 2, 1]),       # head + prefix + row wraps to 0
+    ([2 ** 63, 2 ** 63], [0, 0]),      # two halves of 2^64
+    ([0, 0], [2 ** 63, 2 ** 63 + 1]),  # wraps to 1
+])
+def test_interleave_record_size_overflow_fails(prefix_sizes, row_sizes):
+    # the pointers are NULL: the check must refuse before it reads any prefix or column
+    dst = _filled(64)
+    nulls = ffi.new("void *[]", [ffi.NULL, ffi.NULL])
+    assert lib.ms_interleave_rows(ffi.from_buffer(dst, require_writable=True), dst.nbytes, b"h", 1, 1, 2, nulls,
+                                  ffi.new("size_t[]", prefix_sizes), nulls, ffi.new("size_t[]", row_sizes)) == -1
+    assert (dst == FILL).all()
+
+
+@pytest.mark.parametrize("count", [(SIZE_MAX // 8) + 2, 2 ** 61 + 1, SIZE_MAX])
+def test_interleave_count_times_record_overflow_fails(count):
+    # record 8: count * 8 wraps to a small number that a 64-byte buffer would "fit"
+    dst = _filled(64)
+    nulls = ffi.new("void *[]", [ffi.NULL])
+    assert lib.ms_interleave_rows(ffi.from_buffer(dst, require_writable=True), dst.nbytes, b"hh", 2, count, 1, nulls,
+                                  ffi.new("size_t[]", [0]), nulls, ffi.new("size_t[]", [6])) == -1
+    assert (dst == FILL).all()

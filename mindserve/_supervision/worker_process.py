@@ -170,9 +170,14 @@ class WorkerProcess:
         too large for the channel's arena at once goes as several jobs."""
         if not self.alive:
             raise ServingError(WORKER_UNAVAILABLE, f"worker of {self.spec.describe()} is not running")
+        loop = asyncio.get_running_loop()
+        version = self.spec.version if version is None else version
+        if isinstance(instances, StackedInputs) and self._stacked_per_job(instances) >= instances.count:
+            job = Job(method, instances, loop.create_future(), version)  # the usual case: one job, nothing to split
+            self.submit(job)
+            return await job.future
         results: list = [None] * len(instances)
         parts: list[tuple[list[int], asyncio.Future]] = []
-        loop = asyncio.get_running_loop()
         for indices in self._split(instances, results):
             if len(indices) == len(instances):
                 part = instances
@@ -180,7 +185,7 @@ class WorkerProcess:
                 part = instances.part(indices[0], indices[-1] + 1)
             else:
                 part = [instances[i] for i in indices]
-            job = Job(method, part, loop.create_future(), self.spec.version if version is None else version)
+            job = Job(method, part, loop.create_future(), version)
             parts.append((indices, job.future))
             self.submit(job)
         if len(parts) == 1 and len(parts[0][0]) == len(instances):  # the usual case: one job, every instance
@@ -202,9 +207,8 @@ class WorkerProcess:
         groups: list[list[int]] = []
         size = 0
         if isinstance(instances, StackedInputs):  # instances alike: one size for all
-            nbytes = sum(col.row_size + blocks.ALIGN for col in instances.inputs.values()) + 256
-            if nbytes <= limit:
-                per_job = limit // nbytes
+            per_job = self._stacked_per_job(instances)
+            if per_job:
                 return [list(range(i, min(i + per_job, len(instances)))) for i in range(0, len(instances), per_job)]
         for i, inst in enumerate(instances):
             nbytes = sum(len(t.data) + blocks.ALIGN for t in inst.values()) + 256  # data, padding, header
@@ -219,6 +223,12 @@ class WorkerProcess:
             groups[-1].append(i)
             size += nbytes
         return groups
+
+    def _stacked_per_job(self, instances: StackedInputs) -> int:
+        """How many instances of a stacked request one job carries (0: not even one fits)."""
+        limit = self._channel.max_message(REQUESTS) // 2
+        nbytes = sum(col.row_size + blocks.ALIGN for col in instances.inputs.values()) + 256  # + header
+        return limit // nbytes
 
     def submit(self, job: Job) -> None:
         """Queue a job on this worker: straight into the channel when there is room, else in the backlog."""
@@ -459,9 +469,11 @@ def _stacked_reply(data: memoryview, count: int, output_names: list) -> Optional
         return None
     kind = _reply_kinds.get(header[0], False)
     if kind is False:
-        if len(_reply_kinds) >= _REPLY_KINDS_LIMIT:
-            _reply_kinds.clear()
-        kind = _reply_kinds[header[0]] = _reply_kind(*header)
+        kind = _reply_kind(*header)
+        if len(header[0]) <= blocks.CACHED_HEADER_LIMIT:  # larger ones (per-instance values) rarely repeat
+            if len(_reply_kinds) >= _REPLY_KINDS_LIMIT:
+                _reply_kinds.clear()
+            _reply_kinds[header[0]] = kind
     if kind is None or kind[0] != count or kind[2] > len(data):
         return None
     columns = kind[1]

@@ -29,6 +29,9 @@ PREFIX = struct.Struct("<II")
 # one encoder for every header: json.dumps with separators builds a new encoder per call, a cost on every job
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 ALIGN = 64
+# Headers of stacked messages (one descriptor per column) are short and repeat message after message, so their
+# readers cache what they parse from them; longer headers (a descriptor or an error per instance) are not kept.
+CACHED_HEADER_LIMIT = 4096
 TEXT_CODES = (_dtypes.MS_STRING, _dtypes.MS_BYTES)
 
 

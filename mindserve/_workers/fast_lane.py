@@ -50,6 +50,7 @@ class _Plan(NamedTuple):
     output each method output is."""
 
     runner: ModelRunner
+    method_inputs: tuple  # every input of the method: a job without one is the general path's to refuse
     input_names: tuple
     output_index: tuple
     output_names: tuple
@@ -67,7 +68,7 @@ def _plan(executor: MethodExecutor, method: MethodDefinition) -> Optional[_Plan]
     if len(stage.args) != len(session.inputs) or any(p.stage != 0 for p in stage.args) \
             or any(p.stage != 1 for p in method.outputs):
         return None
-    return _Plan(runner, tuple(method.input_names[p.index] for p in stage.args),
+    return _Plan(runner, tuple(method.input_names), tuple(method.input_names[p.index] for p in stage.args),
                  tuple(p.index for p in method.outputs), tuple(method.output_names))
 
 
@@ -107,9 +108,11 @@ class FastLane:
             return None
         kind = self._kinds.get(header[0], False)
         if kind is False:
-            if len(self._kinds) >= _CACHE_LIMIT:
-                self._kinds.clear()
-            kind = self._kinds[header[0]] = _job_kind(*header)
+            kind = _job_kind(*header)
+            if len(header[0]) <= blocks.CACHED_HEADER_LIMIT:  # larger ones (per-instance values) rarely repeat
+                if len(self._kinds) >= _CACHE_LIMIT:
+                    self._kinds.clear()
+                self._kinds[header[0]] = kind
         return kind if kind is not None and kind.needed <= size else None
 
     def _method_plan(self, method: str) -> Optional[_Plan]:
@@ -177,7 +180,8 @@ class FastLane:
             return None
         method = kinds[0].method
         plan = self._method_plan(method)
-        if plan is None or any(k.method != method for k in kinds):
+        if plan is None or any(k.method != method or any(n not in k.inputs for n in plan.method_inputs)
+                               for k in kinds):
             return None
         runner = plan.runner
         total = sum(k.count for k in kinds)

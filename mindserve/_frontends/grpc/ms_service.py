@@ -65,7 +65,7 @@ class MSServiceHandler:
     def _common_request(self, data: bytes) -> Optional[tuple[ms_wire.RequestHead, ServableWorkers, StackedInputs]]:
         """A common request (see ms_wire) read in place, with the servable version that runs it; None sends the
         request the protobuf way, which also answers every error."""
-        head = ms_wire.read_head(data)
+        head = self._reader.read_head(data)
         if head is None:
             return None
         try:

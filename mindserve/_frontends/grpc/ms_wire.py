@@ -36,9 +36,11 @@ class RequestHead(NamedTuple):
     count: int
 
 
-def read_head(data: bytes) -> Optional[RequestHead]:
-    """The head of a serialized PredictRequest, or None when the request's top level is not common."""
-    head = ffi.new("ms_predict_head *")
+def read_head(data: bytes, head=None) -> Optional[RequestHead]:
+    """The head of a serialized PredictRequest, or None when the request's top level is not common. ``head``
+    is an ``ms_predict_head *`` to parse into (a new one when None)."""
+    if head is None:
+        head = ffi.new("ms_predict_head *")
     if lib.ms_predict_head_parse(ffi.from_buffer(data), len(data), head) != lib.MS_OK:
         return None
     try:
@@ -63,6 +65,13 @@ class CommonReader:
 
     def __init__(self) -> None:
         self._names: dict[tuple, _Names] = {}
+        # what the C reader fills in, made once: a reader serves one thread (its event loop) at a time
+        self._head = ffi.new("ms_predict_head *")
+        self._specs = ffi.new("ms_wire_input[]", lib.MS_WIRE_MAX_INPUTS)
+
+    def read_head(self, data: bytes) -> Optional[RequestHead]:
+        """:func:`read_head` into this reader's own struct."""
+        return read_head(data, self._head)
 
     def _encoded(self, names: tuple) -> _Names:
         cached = self._names.get(names)
@@ -83,7 +92,7 @@ class CommonReader:
         if not count or not 0 < n <= lib.MS_WIRE_MAX_INPUTS:
             return None
         names = self._encoded(input_names)
-        specs = ffi.new("ms_wire_input[]", n)
+        specs = self._specs
         offsets = np.empty((n, count), np.uint64)
         status = lib.ms_predict_common_parse(ffi.from_buffer(data), len(data), names.pointers, names.sizes, n,
                                              _ITEM_SIZES, specs, ffi.from_buffer("uint64_t[]", offsets), count)
