@@ -7,6 +7,7 @@
 #define MS_BLOCK_MAGIC 0x4d53424bu /* "MSBK" */
 #define MS_BLOCK_USED 1u
 #define MS_BLOCK_FREE 2u
+#define MS_ARENA_WINDOW (4u << 20) /* see ms_arena_alloc: about what one core's caches hold */
 
 _Static_assert(sizeof(ms_block) == MS_ALIGN, "a block header is one alignment unit");
 
@@ -72,7 +73,8 @@ static void put_block(ms_arena *arena, unsigned char *base, uint64_t size, uint3
 
 /* Producer side: reserves a block for `size` data bytes and stores the segment offset of its data in
  * *data_offset. A block never wraps around the end of the ring: when the space left before the end is too
- * short, it is skipped (as an already-free block) and the block starts at the front.
+ * short, or the block would reach past the first MS_ARENA_WINDOW bytes while the front has room, that space
+ * is skipped (as an already-free block) and the block starts at the front.
  * Returns MS_OK; MS_EFULL when there is no room until older blocks are released; MS_ETOOBIG when `size`
  * exceeds ms_arena_max_alloc; MS_ECORRUPT when the ring's headers were overwritten. */
 int ms_arena_alloc(ms_arena *arena, unsigned char *base, uint64_t size, uint64_t *data_offset) {
@@ -81,8 +83,13 @@ int ms_arena_alloc(ms_arena *arena, unsigned char *base, uint64_t size, uint64_t
     if (size > ms_arena_max_alloc(arena)) return MS_ETOOBIG;
     uint64_t need = round_up(size + MS_ALIGN);
     uint64_t used = arena->head - arena->tail;
-    uint64_t to_end = arena->capacity - arena->head % arena->capacity;
+    uint64_t pos = arena->head % arena->capacity;
+    uint64_t to_end = arena->capacity - pos;
     uint64_t skip = need > to_end ? to_end : 0;
+    /* Past the window, start again at the front when the live blocks leave room there: the bytes in use then
+     * stay few and recent, in the CPU caches, instead of every message going to memory the ring last touched
+     * megabytes ago. When the live blocks need more than the window, the ring runs on to its end. */
+    if (!skip && pos + need > MS_ARENA_WINDOW && used + to_end + need <= arena->capacity) skip = to_end;
     if (used + skip + need > arena->capacity) return MS_EFULL;
     if (skip) put_block(arena, base, skip, MS_BLOCK_FREE);
     uint64_t start = arena->head % arena->capacity;

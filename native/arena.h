@@ -3,7 +3,8 @@
  * An arena is a region of `capacity` bytes at `offset` from the segment start. Blocks are carved from it in
  * ring order by one process (the producer); any process may mark a block free (the consumer, once it is done
  * with it). The producer reclaims freed space lazily, oldest block first, so a block freed out of order is
- * reused once the blocks before it are freed too. Each block starts with a 64-byte header; the data after it
+ * reused once the blocks before it are freed too. While the live blocks fit in the first few megabytes the
+ * ring wraps there, early, so that messages reuse memory still in the CPU caches. Each block starts with a 64-byte header; the data after it
  * is 64-byte aligned. Offsets handed out and taken back are segment offsets of the data, never pointers, so
  * both processes may map the segment at different addresses.
  *
