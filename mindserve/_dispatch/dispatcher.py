@@ -35,12 +35,16 @@ class Dispatcher:
         signature; ServingError when there is none or it has no live worker."""
         versions = self._servables.get(name, {})
         group: Optional[ServableWorkers] = None
-        if version == 0:
-            live = [v for v, g in versions.items() if g.ready]
-            group = versions[max(live)] if live else None
+        if version == 0:  # the newest version with a live worker
+            for candidate in sorted(versions, reverse=True) if len(versions) > 1 else versions:
+                if versions[candidate].ready:
+                    group = versions[candidate]
+                    break
         else:
             group = versions.get(version)
-        if group is None or not group.ready:
+            if group is not None and not group.ready:
+                group = None
+        if group is None:
             raise servable_unavailable(name, method, version)
         signature = group.methods.get(method)
         if signature is None:

@@ -108,6 +108,7 @@ class WorkerProcess:
         self._process: Optional[subprocess.Popen] = None
         self._control: Optional[MasterChannel] = None
         self._channel: Optional[ShmChannel] = None
+        self._job_limit = 0  # the largest job, in bytes (set with the channel)
         self._event_fd = -1
         self._jobs: dict[int, Job] = {}  # pushed to the channel, by id
         self._backlog: deque[Job] = deque()  # waiting for room in the channel
@@ -123,6 +124,7 @@ class WorkerProcess:
         """Spawn the process and wait for it to load the servable; raises RuntimeError with its reason."""
         spec = self.spec
         self._channel = ShmChannel.create(spec.shm_size_mb << 20, f"worker of {spec.describe()}")
+        self._job_limit = self._channel.max_message(REQUESTS) // 2  # half the arena, so that two jobs fit
         self._event_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         master_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fds = (worker_end.fileno(), self._channel.fd, self._event_fd)
@@ -203,7 +205,7 @@ class WorkerProcess:
     def _split(self, instances: Sequence[dict[str, RawTensor]], results: list) -> list[list[int]]:
         """Instance indices in groups whose bytes fit half the request arena, so two can be in flight; an
         instance that alone is larger gets its error in ``results``."""
-        limit = self._channel.max_message(REQUESTS) // 2
+        limit = self._job_limit
         groups: list[list[int]] = []
         size = 0
         if isinstance(instances, StackedInputs):  # instances alike: one size for all
@@ -226,9 +228,10 @@ class WorkerProcess:
 
     def _stacked_per_job(self, instances: StackedInputs) -> int:
         """How many instances of a stacked request one job carries (0: not even one fits)."""
-        limit = self._channel.max_message(REQUESTS) // 2
-        nbytes = sum(col.row_size + blocks.ALIGN for col in instances.inputs.values()) + 256  # + header
-        return limit // nbytes
+        nbytes = 256  # the header
+        for col in instances.inputs.values():
+            nbytes += col.row_size + blocks.ALIGN
+        return self._job_limit // nbytes
 
     def submit(self, job: Job) -> None:
         """Queue a job on this worker: straight into the channel when there is room, else in the backlog."""
@@ -269,6 +272,8 @@ class WorkerProcess:
         return True
 
     def _flush_backlog(self) -> None:
+        if not self._backlog:  # (the channel's backlog flag was cleared when it last emptied)
+            return
         while self._backlog and self.alive and self._push(self._backlog[0]):
             self._backlog.popleft()
         if not self._backlog and self._channel is not None:
