@@ -1763,3 +1763,47 @@ def test_the_master_flags_its_backlog_while_it_has_one(sleeping_worker):
         w.channel.release(REQUESTS, offset)
     w.worker._flush_backlog()
     assert not w.worker._backlog and h.backlog == 0
+
+
+WINDOW = 4 << 20  # MS_ARENA_WINDOW in native/arena.c
+
+
+def test_the_ring_wraps_early_while_the_live_blocks_fit_in_its_window():
+    """Messages of 1 MiB, three alive at a time, through a 64 MiB segment: the ring keeps to its first few
+    MiB (memory still in the caches) instead of running through the whole arena, and live blocks never overlap."""
+    ch = ShmChannel.create(64 << 20, "the test")
+    try:
+        start = ch.alloc(REQUESTS, 64)
+        ch.release(REQUESTS, start)  # the arena is empty again: its ring starts at the front
+        live: deque = deque()
+        highest = 0
+        for i in range(200):
+            if len(live) == 3:
+                ch.release(REQUESTS, live.popleft()[0])
+            offset = ch.alloc(REQUESTS, 1 << 20)
+            for other, _ in live:
+                assert offset + (1 << 20) <= other or other + (1 << 20) <= offset
+            ch.view[offset:offset + 8] = i.to_bytes(8, "little")
+            live.append((offset, i))
+            highest = max(highest, offset + (1 << 20) - start)
+        assert highest <= WINDOW + (1 << 20) + 4096
+        for offset, i in live:  # no block was handed out twice while alive
+            assert int.from_bytes(ch.view[offset:offset + 8], "little") == i
+    finally:
+        ch.unmap()
+        ch.close_fd()
+
+
+def test_live_blocks_larger_than_the_window_run_on_through_the_ring():
+    ch = ShmChannel.create(64 << 20, "the test")
+    try:
+        size = 3 << 20
+        live = [ch.alloc(REQUESTS, size) for _ in range(5)]  # 15 MiB alive: past the window
+        assert max(live) - min(live) >= WINDOW
+        for offset in live[:2]:
+            ch.release(REQUESTS, offset)
+        again = ch.alloc(REQUESTS, size)  # the front is free again: the ring wraps there, clear of the live ones
+        assert all(again + size <= o or o + size <= again for o in live[2:])
+    finally:
+        ch.unmap()
+        ch.close_fd()
