@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import os
 import socket
@@ -448,22 +447,18 @@ def _decode_reply(data: memoryview, count: int, output_names: list) -> list:
     return results
 
 
-# reply header bytes -> (count, stacked output columns, block size needed), or None for another kind of reply:
-# replies of one kind repeat the same header, so each is parsed and checked once
-_reply_kinds: dict[bytes, Optional[tuple[int, dict, int]]] = {}
-_REPLY_KINDS_LIMIT = 1024
-
-
 def _reply_kind(header: bytes, data_start: int) -> Optional[tuple[int, dict, int]]:
-    try:
-        parsed = json.loads(header)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(parsed, dict) or parsed.get("err") != []:
+    """(count, stacked output columns, block size needed) of a reply in which every instance succeeded with
+    stacked outputs; None for any other reply."""
+    parsed = blocks.header_object(header)
+    if parsed is None or parsed.get("err") != []:
         return None
     count = parsed.get("n")
     columns = blocks.stacked_columns(parsed.get("out"), count, data_start)
     return None if columns is None else (count, *columns)
+
+
+_reply_kinds = blocks.HeaderKinds(_reply_kind)
 
 
 def _stacked_reply(data: memoryview, count: int, output_names: list) -> Optional[StackedResults]:
@@ -472,13 +467,7 @@ def _stacked_reply(data: memoryview, count: int, output_names: list) -> Optional
     header = blocks.block_header(data, 0, len(data))
     if header is None:
         return None
-    kind = _reply_kinds.get(header[0], False)
-    if kind is False:
-        kind = _reply_kind(*header)
-        if len(header[0]) <= blocks.CACHED_HEADER_LIMIT:  # larger ones (per-instance values) rarely repeat
-            if len(_reply_kinds) >= _REPLY_KINDS_LIMIT:
-                _reply_kinds.clear()
-            _reply_kinds[header[0]] = kind
+    kind = _reply_kinds.get(*header)
     if kind is None or kind[0] != count or kind[2] > len(data):
         return None
     columns = kind[1]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from typing import Any, Iterable, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
@@ -220,6 +220,39 @@ def block_header(buffer: Any, offset: int, size: int) -> Optional[tuple[bytes, i
     if start > size:
         return None
     return bytes(buffer[offset + PREFIX.size:offset + PREFIX.size + head_len]), start
+
+
+def header_object(header: bytes) -> Optional[dict]:
+    """A header's JSON object, or None when the bytes are not one."""
+    try:
+        parsed = json.loads(header)
+    except (ValueError, RecursionError):  # RecursionError: arrays or objects nested too deep
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+_MISSING = object()
+
+
+class HeaderKinds:
+    """What ``parse(header, data_start)`` makes of each header, kept for the headers short enough to repeat
+    (bounded: cleared when full). Messages of one kind carry the same header bytes, so a reader parses and
+    checks each kind once; what ``parse`` returns must not depend on the block beyond its data start."""
+
+    def __init__(self, parse: Callable[[bytes, int], Any], limit: int = 1024):
+        self._parse = parse
+        self._limit = limit
+        self._kinds: dict[bytes, Any] = {}
+
+    def get(self, header: bytes, data_start: int) -> Any:
+        kind = self._kinds.get(header, _MISSING)
+        if kind is _MISSING:
+            kind = self._parse(header, data_start)
+            if len(header) <= CACHED_HEADER_LIMIT:  # longer ones (a value or an error per instance) rarely repeat
+                if len(self._kinds) >= self._limit:
+                    self._kinds.clear()
+                self._kinds[header] = kind
+        return kind
 
 
 def stacked_columns(columns: Any, count: int, data_start: int) -> Optional[tuple[dict[str, StackedColumn], int]]:

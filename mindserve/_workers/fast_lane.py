@@ -15,7 +15,6 @@ answer every job the same way.
 """
 from __future__ import annotations
 
-import json
 import math
 from typing import NamedTuple, Optional
 
@@ -74,11 +73,8 @@ def _plan(executor: MethodExecutor, method: MethodDefinition) -> Optional[_Plan]
 
 def _job_kind(header: bytes, data_start: int) -> Optional[_JobKind]:
     """A job header of stacked columns only, checked as the general reader checks it; None for anything else."""
-    try:
-        parsed = json.loads(header)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(parsed, dict):
+    parsed = blocks.header_object(header)
+    if parsed is None:
         return None
     method, count = parsed.get("m"), parsed.get("n")
     if not isinstance(method, str) or not blocks.is_int(count) or count < 1:
@@ -96,7 +92,7 @@ class FastLane:
         self._event_fd = event_fd
         self._view = channel.view
         self._plans: dict[str, Optional[_Plan]] = {}
-        self._kinds: dict[bytes, Optional[_JobKind]] = {}
+        self._kinds = blocks.HeaderKinds(_job_kind)
         self._shapes: dict[tuple, Optional[tuple]] = {}  # (model input, dtype, row shape) -> instance shape
         self._replies: dict[tuple, tuple] = {}  # (output descriptors, count) -> (reply head, block size)
 
@@ -106,13 +102,7 @@ class FastLane:
         header = blocks.block_header(self._view, offset, size)
         if header is None:
             return None
-        kind = self._kinds.get(header[0], False)
-        if kind is False:
-            kind = _job_kind(*header)
-            if len(header[0]) <= blocks.CACHED_HEADER_LIMIT:  # larger ones (per-instance values) rarely repeat
-                if len(self._kinds) >= _CACHE_LIMIT:
-                    self._kinds.clear()
-                self._kinds[header[0]] = kind
+        kind = self._kinds.get(*header)
         return kind if kind is not None and kind.needed <= size else None
 
     def _method_plan(self, method: str) -> Optional[_Plan]:
