@@ -22,9 +22,24 @@ class ServingError(Exception):
         self.message = message
 
 
+# How much of a client's string an error text repeats: a name of a megabyte must not become a reply of one
+# (gRPC refuses status details past its metadata limit, and logs and terminals choke on them).
+CLIENT_TEXT_LIMIT = 128
+
+
+def clip(text: object, limit: int = CLIENT_TEXT_LIMIT) -> str:
+    """A client's string as an error text repeats it: whole when short, else its first ``limit`` characters and
+    an ellipsis that says how long it was."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
 def request_repr(name: str, method: str, version: int) -> str:
-    """How error texts name a request, as MindSpore Serving writes it: ``servable(add) method(add_common) ``."""
-    text = f"servable({name}) method({method}) "
+    """How error texts name a request, as MindSpore Serving writes it: ``servable(add) method(add_common) ``
+    (client strings clipped)."""
+    text = f"servable({clip(name)}) method({clip(method)}) "
     return text + f"version({version}) " if version > 0 else text
 
 

@@ -20,6 +20,7 @@ from mindserve._frontends.grpc import health_reflection, ms_service, oip_service
 from mindserve._frontends.grpc.ms_service import MSServiceHandler
 from mindserve._frontends.grpc.oip_service import OipServiceHandler
 from mindserve._frontends.grpc.server import GrpcServer
+from mindserve._frontends.off_loop import OffLoop
 from mindserve._servable import directory
 from mindserve._supervision.servable_workers import ServableWorkers
 from mindserve._supervision.worker_process import WorkerSpec
@@ -40,6 +41,7 @@ class Master:
         self.rest_servers: list = []  # RestServer each (its module imports aiohttp, an optional dependency)
         self._grpc_handlers: list = []  # made on the loop by the first start_grpc_server, shared by all servers
         self._health: Optional[health_reflection.HealthMonitor] = None
+        self._off_loop = OffLoop()  # started now, while the main thread runs (see off_loop)
         self.stopped = threading.Event()
         self._stopping = threading.Lock()  # held for good by the first stop()
         self._loop = asyncio.new_event_loop()
@@ -80,11 +82,14 @@ class Master:
     async def set_max_enqueued_requests(self, limit: int) -> None:
         self.dispatcher.max_enqueued_requests = limit
 
+    async def set_max_request_instances(self, limit: int) -> None:
+        self.dispatcher.max_request_instances = limit
+
     async def start_grpc_server(self, address: str, max_msg_mb_size: int, ssl_config: Optional[SSLConfig]) -> None:
         if not self._grpc_handlers:
             self._health = health_reflection.HealthMonitor(self.dispatcher, GRPC_SERVICE_NAMES)
             await self._health.start()
-            self._grpc_handlers = [MSServiceHandler(self.dispatcher).rpc_handlers(),
+            self._grpc_handlers = [MSServiceHandler(self.dispatcher, self._off_loop).rpc_handlers(),
                                    OipServiceHandler(self.dispatcher).rpc_handlers(),
                                    self._health.rpc_handlers(),
                                    health_reflection.reflection_handler(GRPC_SERVICE_NAMES)]

@@ -112,6 +112,49 @@ int ms_predict_head_parse(const uint8_t *buf, size_t size, ms_predict_head *head
     return MS_OK;
 }
 
+/* Skips the value of a field of wire type `wt` (the tag already read). Returns -1 for a group (wire types 3
+ * and 4, which a PredictRequest never holds) or a value that runs past the message. */
+static int skip_value(cursor *c, uint32_t wt) {
+    uint64_t ignored;
+    cursor inner;
+    switch (wt) {
+    case WT_VARINT: return read_varint(c, &ignored);
+    case WT_LEN: return read_len(c, &inner);
+    case 1: /* fixed64 */
+    case 5: /* fixed32 */
+        if ((wt == 1 ? 8u : 4u) > c->end - c->pos) return -1;
+        c->pos += wt == 1 ? 8u : 4u;
+        return 0;
+    default: return -1;
+    }
+}
+
+/* Counts the instances (field 2) of a serialized PredictRequest of `size` bytes, whatever else its top level
+ * holds, without reading inside any field, so that the cost of a request is bounded before anything is made of
+ * it; head->spec_offset and spec_size tell where its (last) servable spec lies, for the error reply. Fills only
+ * those and head->instances. Returns MS_OK, or MS_EINVAL when the top level is not wire data this reader can
+ * step over. */
+int ms_predict_count_instances(const uint8_t *buf, size_t size, ms_predict_head *head) {
+    cursor c = {buf, 0, size};
+    uint32_t field, wt;
+    memset(head, 0, sizeof *head);
+    while (c.pos < c.end) {
+        if (read_tag(&c, &field, &wt) != 0) return MS_EINVAL;
+        size_t start = c.pos;
+        if (skip_value(&c, wt) != 0) return MS_EINVAL;
+        if (wt != WT_LEN) continue;
+        if (field == 2) {
+            head->instances++;
+        } else if (field == 1) {
+            cursor spec = {buf, start, c.end}, inner = {buf, 0, 0};
+            read_len(&spec, &inner); /* cannot fail: skip_value read the same length */
+            head->spec_offset = inner.pos;
+            head->spec_size = inner.end - inner.pos;
+        }
+    }
+    return MS_OK;
+}
+
 /* Reads one dim (a varint) into in->dims. Returns -1 when it is negative as an int64 or there is no room. */
 static int read_dim(cursor *c, ms_wire_input *in) {
     uint64_t dim;

@@ -38,6 +38,7 @@ typedef struct {
 } ms_wire_input;
 
 int ms_predict_head_parse(const uint8_t *buf, size_t size, ms_predict_head *head);
+int ms_predict_count_instances(const uint8_t *buf, size_t size, ms_predict_head *head);
 
 int ms_predict_common_parse(const uint8_t *buf, size_t size, const char *const *names, const size_t *name_sizes,
                             size_t n_inputs, const uint8_t *item_sizes, ms_wire_input *inputs, uint64_t *offsets,

@@ -50,3 +50,14 @@ def batch_probe_model(path: str, batch_dim=None) -> None:
     one_end = numpy_helper.from_array(np.array([1], np.int64), "one_end")
     graph = helper.make_graph(nodes, "batch_probe", [x], [y, n], initializer=[two, zero, one_end])
     _save(graph, path)
+
+
+def lookup_model(path: str, rows: int = 5) -> None:
+    """y = table[i]: a row of a [rows, 2] float32 table for each int64 index of i ([N]); an index outside the
+    table makes ONNX Runtime fail the whole run (the embedding lookup of a token id out of the vocabulary)."""
+    i = helper.make_tensor_value_info("i", TensorProto.INT64, ["N"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])
+    table = numpy_helper.from_array(np.arange(rows * 2, dtype=np.float32).reshape(rows, 2), "table")
+    graph = helper.make_graph([helper.make_node("Gather", ["table", "i"], ["y"], axis=0)], "lookup", [i], [y],
+                              initializer=[table])
+    _save(graph, path)

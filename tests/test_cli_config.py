@@ -53,7 +53,8 @@ def servable(tree, name, version, folder="servables", **settings) -> ServableSet
 def test_defaults_serve_every_servable_found_on_device_0_with_grpc_5500_and_rest_1500(tree):
     assert load(tree) == ServeConfig(
         servables=(servable(tree, "alpha", 2), servable(tree, "beta", 0)), grpc_address="127.0.0.1:5500",
-        rest_address="127.0.0.1:1500", tls=None, max_msg_mb_size=100, max_enqueued_requests=10000)
+        rest_address="127.0.0.1:1500", tls=None, max_msg_mb_size=100, max_enqueued_requests=10000,
+        max_request_instances=10000)
 
 
 def test_the_default_directory_is_the_bundled_servables_of_the_checkout(tmp_path):
@@ -118,6 +119,7 @@ tls:
   verify_client: true
 max_msg_mb_size: 512
 max_enqueued_requests: 7
+max_request_instances: 11
 """
 
 
@@ -134,7 +136,7 @@ def test_every_setting_of_the_file(tree, monkeypatch):
         grpc_address="unix:/tmp/mindserve.sock", rest_address="127.0.0.1:8080",
         tls=TLSSettings(certificate=str(tree / "server.pem"), private_key=str(tree / "server.key"),
                         ca=str(tree / "ca.pem"), verify_client=True),
-        max_msg_mb_size=512, max_enqueued_requests=7)
+        max_msg_mb_size=512, max_enqueued_requests=7, max_request_instances=11)
 
 
 def test_either_server_may_be_off(tree):
@@ -156,6 +158,7 @@ def test_environment_variables_override_the_file(tree):
         "MINDSERVE_REST_ADDRESS": "off",
         "MINDSERVE_MAX_MSG_MB_SIZE": "8",
         "MINDSERVE_MAX_ENQUEUED_REQUESTS": "9",
+        "MINDSERVE_MAX_REQUEST_INSTANCES": "12",
         "MINDSERVE_TLS_CERTIFICATE": "../server.pem",
         "MINDSERVE_TLS_PRIVATE_KEY": "../server.key",
         "MINDSERVE_TLS_CA": "../ca.pem",
@@ -172,7 +175,7 @@ def test_environment_variables_override_the_file(tree):
         grpc_address="127.0.0.1:7000", rest_address=None,
         tls=TLSSettings(certificate=str(tree / "server.pem"), private_key=str(tree / "server.key"),
                         ca=str(tree / "ca.pem"), verify_client=True),
-        max_msg_mb_size=8, max_enqueued_requests=9)
+        max_msg_mb_size=8, max_enqueued_requests=9, max_request_instances=12)
 
 
 def test_device_variables_apply_to_listed_and_found_servables_and_empty_variables_are_unset(tree):
@@ -214,7 +217,7 @@ FILE_ERRORS = [
      "max_batch_size, max_batch_delay_ms, shm_size_mb)"),
     ("grpc_adress: 127.0.0.1:1",
      "grpc_adress: unknown key (known keys: servable_directory, servables, grpc_address, rest_address, tls, "
-     "max_msg_mb_size, max_enqueued_requests)"),
+     "max_msg_mb_size, max_enqueued_requests, max_request_instances)"),
     ("tls: {certificate: server.pem, private_key: server.key, verify: true}",
      "tls.verify: unknown key (known keys: certificate, private_key, ca, verify_client)"),
     ("tls: server.pem", "tls: expected a mapping with certificate, private_key, ca, verify_client, got 'server.pem'"),
@@ -257,6 +260,7 @@ FILE_ERRORS = [
     ("max_msg_mb_size: 513", "max_msg_mb_size: expected an int in [1, 512], got 513"),
     ("max_msg_mb_size: 1.5", "max_msg_mb_size: expected an int in [1, 512], got 1.5"),
     ("max_enqueued_requests: 0", "max_enqueued_requests: expected an int >= 1, got 0"),
+    ("max_request_instances: -3", "max_request_instances: expected an int >= 1, got -3"),
 ]
 
 

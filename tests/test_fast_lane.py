@@ -6,9 +6,9 @@ untouched for the general path."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import sys
-from itertools import groupby
 
 import numpy as np
 import pytest
@@ -23,7 +23,7 @@ from mindserve._tensor import RawTensor, StackedInput, StackedInputs, StackedRes
 from mindserve._transport import blocks
 from mindserve._transport.shm_channel import REPLIES, REQUESTS, ShmChannel
 from mindserve._supervision.worker_process import Job, _decode_reply
-from mindserve._workers.__main__ import _run_method
+from mindserve._workers.__main__ import answer_batch
 from mindserve._workers.fast_lane import FastLane
 from mindserve._workers.job_io import read_job
 from mindserve._workers.loader import load_servable
@@ -211,9 +211,7 @@ class Worker:
 
     def general(self, entries: list) -> None:
         """The general path, as serve() takes a batch the fast lane left: the jobs by method."""
-        jobs = [read_job(self.channel, *e[:3]) for e in entries]
-        for method, group in groupby(sorted(jobs, key=lambda j: j.method), key=lambda j: j.method):
-            _run_method(self.executor, method, list(group), self.channel, self.event_fd)
+        answer_batch(self.executor, entries, self.channel, self.event_fd)
 
     def replies(self) -> dict[int, object]:
         """Every reply queued, decoded as the master decodes it, by job id; both blocks of each job freed."""
@@ -539,6 +537,23 @@ def test_an_input_that_fits_after_one_that_does_not_is_still_refused(worker):
         assert both_paths(worker, [("probe_dynamic", stacked(x=good))]) == [probe_results(good, 2)]
 
 
+@pytest.mark.parametrize("ndims", [17, 33, 200])
+def test_a_job_of_too_many_dims_fails_alone(worker, ndims):
+    """The frontends refuse such tensors; a worker that gets one anyway fails that job, not itself."""
+    head = json.dumps({"m": "probe_dynamic", "n": 1, "in": {"x": ["s", F32, [1] * (ndims - 1) + [2], 0]}}).encode()
+    block = blocks.PREFIX.pack(len(head), 0) + head
+    block += bytes(blocks.align(len(block)) - len(block)) + np.ones(2, np.float32).tobytes()
+    bad = worker.push_block(block, len(block), 1, "probe_dynamic")
+    x = xs(2, seed=290)
+    good = worker.push("probe_dynamic", stacked(x=x))
+    entries = worker.pop()
+    assert worker.lane.run(entries) is False
+    worker.general(entries)
+    replies = worker.replies()
+    assert plain(replies[bad]) == [(SYSTEM_ERROR, f"bad job: bad tensor shape {str([1] * (ndims - 1) + [2])[:200]}")]
+    assert plain(replies[good]) == probe_results(x, 2)
+
+
 def test_a_job_without_an_input_of_the_model(worker):
     result, = general_only(worker, [("add_xy", stacked(x1=xs(2)))])
     assert result == [(SYSTEM_ERROR, "job without input x2")] * 2
@@ -547,7 +562,10 @@ def test_a_job_without_an_input_of_the_model(worker):
 # ---------------------------------------------------------------------------------------------------- run-time failures
 
 def _run_failure(worker: Worker, jobs: list) -> list:
-    results = both_paths(worker, jobs)
+    """A batch whose model run fails: the fast lane answers a single row itself, and leaves several rows to the
+    general path, which runs them again in parts so that only the rows that fail carry the error."""
+    rows = sum(len(instances) for _, instances in jobs)
+    results = both_paths(worker, jobs) if rows == 1 else general_only(worker, jobs)
     (first, *_), *_ = results
     assert isinstance(first, tuple) and first[0] == FAILED
     assert first[1].startswith("Model(add_any.onnx) run failed: "), first[1]
@@ -559,6 +577,11 @@ def test_a_model_run_that_fails(worker):
     x1, x2 = xs(2, seed=230), xs(2, seed=231, row=(3,))  # rows of 2 and 3: ONNX Runtime cannot add them
     results = _run_failure(worker, [("add_rows", stacked(x1=x1, x2=x2))])
     assert [len(r) for r in results] == [2]
+
+
+def test_a_model_run_of_one_row_that_fails(worker):
+    results = _run_failure(worker, [("add_rows", stacked(x1=xs(1, seed=232), x2=xs(1, seed=233, row=(3,))))])
+    assert [len(r) for r in results] == [1]
 
 
 def test_a_model_run_that_fails_fails_every_job_of_the_batch(worker):

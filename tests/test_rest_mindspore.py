@@ -244,8 +244,8 @@ def test_model_checks_and_failing_stages_fail_their_instances(ms_server):
                                                            "of input names and values), or one such object"),
     ("/model/add:add_common", {"instances": []}, None, 400, "Instances count of request cannot be 0, servable: add, "
                                                             "method: add_common"),
-    ("/model/echo:echo", {"instances": [{}] * 65537}, None, 400, "Instances count 65537 of request exceeds the limit "
-                                                                 "65536, servable: echo, method: echo"),
+    ("/model/echo:echo", {"instances": [{}] * 10001}, None, 400, "Instances count 10001 of request exceeds the limit "
+                                                                 "10000, servable: echo, method: echo"),
     ("/model/nope:predict", {"instances": [{"x": 1}]}, None, 404,
      "Request servable(nope) method(predict) , servable is not available"),
     ("/model/add:nope", {"instances": [{"x": 1}]}, None, 404,

@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 
 from mindserve._errors import (FAILED, INVALID_INPUTS, QUEUE_FULL_MESSAGE_PREFIX, ServingError, request_repr,
                                servable_unavailable)
+from mindserve._dispatch.limits import DEFAULT_MAX_REQUEST_INSTANCES, too_many_instances
 from mindserve._supervision.servable_workers import ServableWorkers
 from mindserve._tensor import RawTensor
 
@@ -20,6 +21,13 @@ class Dispatcher:
         self._servables: dict[str, dict[int, ServableWorkers]] = {}
         self.max_enqueued_requests = DEFAULT_MAX_ENQUEUED_REQUESTS
         self.enqueued_requests = 0  # requests handed to workers and not yet answered, over all servables
+        self.max_request_instances = DEFAULT_MAX_REQUEST_INSTANCES
+
+    def check_instance_count(self, count: int, servable: str, method: str) -> None:
+        """Refuse a request of more than ``max_request_instances`` instances (every frontend asks before it makes
+        anything per instance)."""
+        if count > self.max_request_instances:
+            raise too_many_instances(count, self.max_request_instances, servable, method)
 
     def add(self, group: ServableWorkers) -> None:
         self._servables.setdefault(group.name, {})[group.version] = group

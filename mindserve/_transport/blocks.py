@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence, Unio
 import numpy as np
 
 from mindserve import _dtypes
+from mindserve._dispatch.limits import MAX_TENSOR_DIMS
 from mindserve._native import ffi, lib
 from mindserve._tensor import RawTensor, StackedInputs
 
@@ -194,7 +195,9 @@ def numeric_dtype(code: Any) -> Optional[np.dtype]:
 
 
 def _shape(shape: Any) -> tuple:
-    if not isinstance(shape, list) or not all(is_int(d) and d >= 0 for d in shape):
+    # the frontends refuse more dims than MAX_TENSOR_DIMS; a reader checks again, since numpy refuses arrays of
+    # too many dims with an error of its own
+    if not isinstance(shape, list) or len(shape) > MAX_TENSOR_DIMS or not all(is_int(d) and d >= 0 for d in shape):
         raise BlockError(f"bad tensor shape {str(shape)[:200]}")
     return tuple(shape)
 
@@ -267,7 +270,8 @@ def stacked_columns(columns: Any, count: int, data_start: int) -> Optional[tuple
             return None
         code, shape, offset = desc[1], desc[2], desc[3]
         dtype = numeric_dtype(code)
-        if dtype is None or not isinstance(shape, list) or not all(is_int(d) and d >= 0 for d in shape) \
+        if dtype is None or not isinstance(shape, list) or len(shape) > MAX_TENSOR_DIMS \
+                or not all(is_int(d) and d >= 0 for d in shape) \
                 or not is_int(offset) or offset < 0:
             return None
         nbytes = count * math.prod(shape) * dtype.itemsize

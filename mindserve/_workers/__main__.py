@@ -19,7 +19,6 @@ import threading
 from itertools import groupby
 
 from mindserve._errors import SYSTEM_ERROR, ServingError
-from mindserve._transport import blocks
 from mindserve._transport.shm_channel import ChannelClosed, ShmChannel
 from mindserve._transport.worker_side import WorkerChannel
 from mindserve._workers.columns import Column
@@ -86,14 +85,20 @@ def serve(executor: MethodExecutor, channel: ShmChannel, event_fd: int, max_item
         if lane.run(entries):
             notify(event_fd)
             continue
-        jobs = []
-        for job_id, offset, size, weight in entries:
-            try:
-                jobs.append(read_job(channel, job_id, offset, size))
-            except blocks.BlockError as exc:  # one error per instance (the weight): the master checks the count
-                send_error(channel, event_fd, job_id, max(weight, 1), ServingError(SYSTEM_ERROR, f"bad job: {exc}"))
-        for method, group in groupby(sorted(jobs, key=lambda j: j.method), key=lambda j: j.method):
-            _run_method(executor, method, list(group), channel, event_fd)
+        answer_batch(executor, entries, channel, event_fd)
+
+
+def answer_batch(executor: MethodExecutor, entries: list, channel: ShmChannel, event_fd: int) -> None:
+    """The general path over a popped batch: every job read (one that cannot be read, whatever it holds, fails
+    alone and the worker goes on), then the jobs of each method run together."""
+    jobs = []
+    for job_id, offset, size, weight in entries:
+        try:
+            jobs.append(read_job(channel, job_id, offset, size))
+        except Exception as exc:  # one error per instance (the weight): the master checks the count
+            send_error(channel, event_fd, job_id, max(weight, 1), ServingError(SYSTEM_ERROR, f"bad job: {exc}"))
+    for method, group in groupby(sorted(jobs, key=lambda j: j.method), key=lambda j: j.method):
+        _run_method(executor, method, list(group), channel, event_fd)
 
 
 def main() -> None:

@@ -131,27 +131,37 @@ class MethodExecutor:
 
     def _call_batched(self, method: MethodDefinition, index: int, stage: StageDefinition, args: list[tuple]) -> list:
         """Call a batch function on chunks of ``batch_size`` instances (all of them for 0). It may return (or
-        yield) an exception in place of one instance's outputs to fail that instance alone; if it raises part
-        way, the instances it answered keep their results and the rest fail; if it answers a different number of
-        instances than it was given, the whole chunk fails."""
+        yield) an exception in place of one instance's outputs to fail that instance alone. If it raises, the
+        instances it answered before keep their results and the rest are given to it again in halves, down to
+        single instances, so that only the instance that makes it raise fails with that error: a chunk may
+        hold instances of several requests, and one client's bad instance must not fail another's. If it
+        answers a different number of instances than it was given, the whole chunk fails."""
         step = stage.batch_size or len(args)
         outcomes: list = []
         for start in range(0, len(args), step):
-            chunk = args[start:start + step]
-            got: list = []
-            try:
-                for out in stage.target(list(chunk)):
-                    if isinstance(out, Exception):  # the function failed this instance alone
-                        got.append(self._failure(method, index, stage, _message(out)))
-                    else:
-                        got.append(self._as_outputs(method, index, stage, out))
-                    if len(got) > len(chunk):
-                        break
-            except Exception as exc:
-                got.extend([self._failure(method, index, stage, _message(exc))] * (len(chunk) - len(got)))
-            if len(got) != len(chunk):
-                count = "more than" if len(got) > len(chunk) else f"{len(got)}, not"
-                got = [self._failure(method, index, stage, f"{stage.tag} returned {count} the {len(chunk)} instances "
-                                                           f"provided to it")] * len(chunk)
-            outcomes.extend(got)
+            outcomes.extend(self._call_chunk(method, index, stage, args[start:start + step]))
         return outcomes
+
+    def _call_chunk(self, method: MethodDefinition, index: int, stage: StageDefinition, chunk: list[tuple]) -> list:
+        """One call of a batch function on ``chunk`` (see ``_call_batched``): one outcome per instance."""
+        got: list = []
+        try:
+            for out in stage.target(list(chunk)):
+                if isinstance(out, Exception):  # the function failed this instance alone
+                    got.append(self._failure(method, index, stage, _message(out)))
+                else:
+                    got.append(self._as_outputs(method, index, stage, out))
+                if len(got) > len(chunk):
+                    break
+        except Exception as exc:
+            rest = chunk[len(got):]
+            if len(rest) <= 1:
+                return got + [self._failure(method, index, stage, _message(exc))] * len(rest)
+            half = len(rest) // 2  # isolate the instance that raised: each half on its own
+            return got + self._call_chunk(method, index, stage, rest[:half]) \
+                + self._call_chunk(method, index, stage, rest[half:])
+        if len(got) != len(chunk):
+            count = "more than" if len(got) > len(chunk) else f"{len(got)}, not"
+            got = [self._failure(method, index, stage, f"{stage.tag} returned {count} the {len(chunk)} instances "
+                                                       f"provided to it")] * len(chunk)
+        return got

@@ -139,6 +139,8 @@ class FastLane:
         runner = plan.runner
         ran = runner.run_rows(runner.sessions[0], feeds, total)
         if isinstance(ran, ServingError):
+            if total > 1:  # the general path runs the rows again in parts, so that only those that fail carry it
+                return False
             for (job_id, _, _, _), kind in zip(entries, kinds):
                 send_error(self._channel, self._event_fd, job_id, kind.count, ran, wake=False)
             return True

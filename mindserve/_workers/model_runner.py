@@ -3,7 +3,7 @@ into batches of the model's batch size (padding a fixed batch), runs, and splits
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -15,6 +15,19 @@ from mindserve._workers.batching import stack_rows
 from mindserve._workers.columns import Column
 
 InstanceResult = Union[tuple, ServingError]
+
+
+def isolated(run: Callable[[int, int], Union[list, ServingError]], start: int, stop: int) \
+        -> list[tuple[int, int, Union[list, ServingError]]]:
+    """``run(start, stop)`` over rows [start, stop), as ``(start, stop, outcome)`` spans. When a run of several
+    rows fails, each half runs again on its own (and so on down to single rows), so that only the rows that make
+    the runtime fail carry its error: a batch may hold instances of several requests, and one client's bad
+    instance (an index out of an embedding's range, say) must not fail another's."""
+    outcome = run(start, stop)
+    if not isinstance(outcome, ServingError) or stop - start <= 1:
+        return [(start, stop, outcome)]
+    middle = (start + stop) // 2
+    return isolated(run, start, middle) + isolated(run, middle, stop)
 
 
 def _type_name(value) -> str:
@@ -111,16 +124,19 @@ class ModelRunner:
         step = fixed or self.max_batch_size or count
         outputs: list[list] = [[] for _ in session.outputs]
         errors: dict[int, ServingError] = {}
-        for start in range(0, count, step):
-            stop = min(count, start + step)
+
+        def run(start: int, stop: int) -> Union[list, ServingError]:
             feeds = [stack_rows(c.pieces(start, stop), fixed or stop - start, shape, kind[0])
                      for c, shape, kind in zip(columns, shapes, kinds)]
-            ran = self.run_rows(session, feeds, stop - start)
-            if isinstance(ran, ServingError):
-                errors.update((i, ran) for i in range(start, stop))
-                ran = [[None] * (stop - start)] * len(outputs)
-            for chunks, rows in zip(outputs, ran):
-                chunks.append(rows)
+            return self.run_rows(session, feeds, stop - start)
+
+        for start in range(0, count, step):
+            for first, stop, ran in isolated(run, start, min(count, start + step)):
+                if isinstance(ran, ServingError):
+                    errors.update((i, ran) for i in range(first, stop))
+                    ran = [[None] * (stop - first)] * len(outputs)
+                for chunks, rows in zip(outputs, ran):
+                    chunks.append(rows)
         return [Column(chunks) for chunks in outputs], errors
 
     def run_rows(self, session: BackendSession, feeds: list, rows: int) -> Union[list, ServingError]:
@@ -170,12 +186,16 @@ class ModelRunner:
         batch dim of at most ``max_batch_size`` instances (all of them when unbounded)."""
         fixed = self.fixed_batch_size(session)
         step = fixed or self.max_batch_size or len(members)
-        for start in range(0, len(members), step):
-            chunk = members[start:start + step]
+
+        def run(start: int, stop: int) -> Union[list, ServingError]:
+            chunk = members[start:stop]
             feeds = []
             for k in range(len(session.inputs)):
                 first = checked[chunk[0]][k]
                 feeds.append(stack_rows([checked[i][k] for i in chunk], fixed or len(chunk), first.shape, first.dtype))
-            outputs = self.run_rows(session, feeds, len(chunk))
-            for row, i in enumerate(chunk):
-                results[i] = outputs if isinstance(outputs, ServingError) else tuple(out[row] for out in outputs)
+            return self.run_rows(session, feeds, len(chunk))
+
+        for start in range(0, len(members), step):
+            for first, stop, outputs in isolated(run, start, min(len(members), start + step)):
+                for row, i in enumerate(members[first:stop]):
+                    results[i] = outputs if isinstance(outputs, ServingError) else tuple(out[row] for out in outputs)

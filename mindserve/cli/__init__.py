@@ -51,6 +51,7 @@ The --config file (YAML; unknown keys are errors; relative paths are relative to
     verify_client: false                 # true: refuse clients without one
   max_msg_mb_size: 100                   # largest request or reply, MB (1 to 512)
   max_enqueued_requests: 10000           # requests that may wait, over all servables
+  max_request_instances: 10000           # instances one request may carry
 
 Environment variables (an empty one counts as unset):
 {variables}

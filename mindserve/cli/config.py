@@ -20,6 +20,7 @@ DEFAULT_GRPC_ADDRESS = "127.0.0.1:5500"
 DEFAULT_REST_ADDRESS = "127.0.0.1:1500"
 DEFAULT_MAX_MSG_MB_SIZE = 100
 DEFAULT_MAX_ENQUEUED_REQUESTS = 10000
+DEFAULT_MAX_REQUEST_INSTANCES = 10000
 DEFAULT_DEVICE_IDS = (0,)
 # The servables that come with a checkout (``servables/`` beside the ``mindserve`` package); an installation
 # that is not editable has none there.
@@ -27,7 +28,7 @@ BUNDLED_SERVABLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname
                                  "servables")
 
 TOP_KEYS = ("servable_directory", "servables", "grpc_address", "rest_address", "tls", "max_msg_mb_size",
-            "max_enqueued_requests")
+            "max_enqueued_requests", "max_request_instances")
 SERVABLE_KEYS = ("name", "directory", "version", "device_ids", "device_type", "max_batch_size",
                  "max_batch_delay_ms", "shm_size_mb")
 TLS_KEYS = ("certificate", "private_key", "ca", "verify_client")
@@ -43,6 +44,7 @@ ENV_VARS = (
     ("MINDSERVE_REST_ADDRESS", "rest_address", "host:port or unix:/path; off disables REST"),
     ("MINDSERVE_MAX_MSG_MB_SIZE", "max_msg_mb_size", "largest request or reply, MB (1 to 512)"),
     ("MINDSERVE_MAX_ENQUEUED_REQUESTS", "max_enqueued_requests", "requests that may wait, over all servables"),
+    ("MINDSERVE_MAX_REQUEST_INSTANCES", "max_request_instances", "instances one request may carry"),
     ("MINDSERVE_TLS_CERTIFICATE", "tls.certificate", "server certificate (PEM); turns TLS on"),
     ("MINDSERVE_TLS_PRIVATE_KEY", "tls.private_key", "its private key (PEM)"),
     ("MINDSERVE_TLS_CA", "tls.ca", "CA certificate (PEM) that client certificates must come from"),
@@ -89,6 +91,7 @@ class ServeConfig:
     tls: Optional[TLSSettings] = None
     max_msg_mb_size: int = DEFAULT_MAX_MSG_MB_SIZE
     max_enqueued_requests: int = DEFAULT_MAX_ENQUEUED_REQUESTS
+    max_request_instances: int = DEFAULT_MAX_REQUEST_INSTANCES
 
 
 @dataclass
@@ -255,6 +258,7 @@ def _address_text(text: str) -> Any:
 # how the text of an environment variable or option becomes the value a YAML file would give
 _TEXT_READERS: dict[str, Callable[[str], Any]] = {
     "device_ids": _list_of_ints, "max_msg_mb_size": _int_text, "max_enqueued_requests": _int_text,
+    "max_request_instances": _int_text,
     "tls.verify_client": _bool_text, "grpc_address": _address_text, "rest_address": _address_text,
 }
 
@@ -487,5 +491,7 @@ def load_config(config_file: Optional[str] = None, environ: Optional[Mapping[str
         else DEFAULT_MAX_MSG_MB_SIZE,
         max_enqueued_requests=_int(top["max_enqueued_requests"], 1) if "max_enqueued_requests" in top
         else DEFAULT_MAX_ENQUEUED_REQUESTS,
+        max_request_instances=_int(top["max_request_instances"], 1) if "max_request_instances" in top
+        else DEFAULT_MAX_REQUEST_INSTANCES,
         tls=resolver.tls(),
         servables=resolver.servables())

@@ -87,6 +87,7 @@ def serve(config: ServeConfig, out: Optional[TextIO] = None, err: Optional[TextI
     signals.install()
     try:
         server.context.set_max_enqueued_requests(config.max_enqueued_requests)
+        server.context.set_max_request_instances(config.max_request_instances)
         server.start_servables([
             server.ServableStartConfig(servable_directory=s.directory, servable_name=s.name, device_ids=s.device_ids,
                                        version_number=s.version, device_type=s.device_type,

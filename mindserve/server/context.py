@@ -4,7 +4,7 @@ from __future__ import annotations
 from mindserve._checks import check_int
 from mindserve._master import get_master
 
-__all__ = ["set_max_enqueued_requests"]
+__all__ = ["set_max_enqueued_requests", "set_max_request_instances"]
 
 
 def set_max_enqueued_requests(max_enqueued_requests: int) -> None:
@@ -13,3 +13,12 @@ def set_max_enqueued_requests(max_enqueued_requests: int) -> None:
     check_int("max_enqueued_requests", max_enqueued_requests, 1)
     master = get_master()
     master.call(master.set_max_enqueued_requests(max_enqueued_requests))
+
+
+def set_max_request_instances(max_request_instances: int) -> None:
+    """Bound the instances of one request, on every protocol (default 10000; an Open Inference Protocol request's
+    instances are dim 0 of its inputs). A request with more is refused before anything is made of its instances,
+    with ``Instances count N of request exceeds the limit M, servable: S, method: F`` (INVALID_ARGUMENT, HTTP 400)."""
+    check_int("max_request_instances", max_request_instances, 1)
+    master = get_master()
+    master.call(master.set_max_request_instances(max_request_instances))

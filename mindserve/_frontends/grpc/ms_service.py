@@ -10,14 +10,17 @@ import logging
 from typing import Awaitable, Optional
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from mindserve._dispatch.dispatcher import Dispatcher
+from mindserve._dispatch.limits import too_many_instances
 from mindserve._supervision.servable_workers import ServableWorkers
-from mindserve._errors import INVALID_INPUTS, SYSTEM_ERROR, ServingError
+from mindserve._errors import INVALID_INPUTS, SYSTEM_ERROR, ServingError, clip
 from mindserve._frontends.grpc import ms_wire
 from mindserve._frontends.grpc.ms_reply import ReplyEncoder
 from mindserve._frontends.grpc.ms_tensors import tensor_from_proto
 from mindserve._frontends.grpc.strict_parse import InvalidMessage, parse_strict
+from mindserve._frontends.off_loop import OffLoop
 from mindserve._proto import ms_service_pb2 as pb
 from mindserve._tensor import RawTensor, StackedInputs
 from mindserve._transport.blocks import TEXT_CODES
@@ -25,14 +28,18 @@ from mindserve._transport.blocks import TEXT_CODES
 log = logging.getLogger("mindserve")
 
 SERVICE_NAME = "mindspore.serving.proto.MSService"
+# requests at least this large (bytes, or instances) are parsed and checked on a thread, off the event loop
+OFF_LOOP_BYTES = 1 << 20
+OFF_LOOP_INSTANCES = 256
 _KNOWN_SIZES_LIMIT = 1024
 
 
 class MSServiceHandler:
     """The Predict handler; takes and returns serialized messages so that parsing errors are its own."""
 
-    def __init__(self, dispatcher: Dispatcher):
+    def __init__(self, dispatcher: Dispatcher, off_loop: OffLoop):
         self._dispatcher = dispatcher
+        self._off_loop = off_loop
         self._encoder = ReplyEncoder()
         self._sizes: dict[tuple, int] = {}  # (dtype, dims) of numeric tensors seen valid -> their byte size
         self._reader = ms_wire.CommonReader()
@@ -42,15 +49,30 @@ class MSServiceHandler:
             SERVICE_NAME, {"Predict": grpc.unary_unary_rpc_method_handler(self.predict)})
 
     async def predict(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        counted = ms_wire.count_instances(data)
+        if counted is not None and counted[0] > self._dispatcher.max_request_instances:
+            return self._too_many(*counted)
         common = self._common_request(data)
         if common is not None:
             head, group, instances = common
             return await self._answer(head.spec, self._dispatcher.run(group, head.method, instances, head.version))
+        # a large request is parsed and checked on a thread: the event loop keeps answering everyone else
+        large = len(data) >= OFF_LOOP_BYTES or (counted is not None and counted[0] >= OFF_LOOP_INSTANCES)
         try:
-            request = parse_strict(pb.PredictRequest, data)
+            request = await self._off_loop.run(parse_strict, pb.PredictRequest, data) if large \
+                else parse_strict(pb.PredictRequest, data)
         except InvalidMessage as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        return await self._answer(request.servable_spec.SerializeToString(), self._predict(request))
+        return await self._answer(request.servable_spec.SerializeToString(), self._predict(request, large))
+
+    def _too_many(self, count: int, spec_bytes: bytes) -> bytes:
+        """The reply to a request of more instances than the limit, made before anything of them is read."""
+        try:
+            spec = pb.ServableSpec.FromString(spec_bytes)
+        except DecodeError:
+            spec = pb.ServableSpec()
+        error = too_many_instances(count, self._dispatcher.max_request_instances, spec.name, spec.method_name)
+        return self._encoder.whole_request_error(spec.SerializeToString(), error)
 
     async def _answer(self, spec: bytes, outcomes: Awaitable[list]) -> bytes:
         """The reply with the outcome of each instance, or with the error that failed the whole request."""
@@ -75,21 +97,19 @@ class MSServiceHandler:
         instances = self._reader.read(data, head, tuple(signature["inputs"]))
         return None if instances is None else (head, group, instances)
 
-    async def _predict(self, request: pb.PredictRequest) -> list:
+    async def _predict(self, request: pb.PredictRequest, large: bool) -> list:
         """One dict of outputs or one ServingError per instance."""
         spec = request.servable_spec
         group, signature = self._dispatcher.resolve(spec.name, spec.method_name, spec.version_number)
         if not request.instances:
-            raise ServingError(INVALID_INPUTS, f"Instances count of request cannot be 0, servable: {spec.name}, "
-                                               f"method: {spec.method_name}")
-        outcomes: list = [None] * len(request.instances)
-        valid_index, valid = [], []
-        for i, instance in enumerate(request.instances):
-            try:
-                valid.append(self._instance_inputs(instance, signature["inputs"], spec))
-                valid_index.append(i)
-            except ServingError as err:
-                outcomes[i] = err
+            raise ServingError(INVALID_INPUTS, f"Instances count of request cannot be 0, servable: {clip(spec.name)}, "
+                                               f"method: {clip(spec.method_name)}")
+        self._dispatcher.check_instance_count(len(request.instances), spec.name, spec.method_name)
+        names = tuple(signature["inputs"])
+        if large:
+            outcomes, valid_index, valid = await self._off_loop.run(self._checked_instances, request, names)
+        else:
+            outcomes, valid_index, valid = self._checked_instances(request, names)
         if len(valid) == len(outcomes):  # every instance valid: the results as they come (possibly stacked)
             return await self._dispatcher.run(group, spec.method_name, valid, spec.version_number)
         if valid:
@@ -98,7 +118,21 @@ class MSServiceHandler:
                 outcomes[i] = result
         return outcomes
 
-    def _instance_inputs(self, instance: pb.Instance, input_names: list, spec: pb.ServableSpec) -> dict:
+    def _checked_instances(self, request: pb.PredictRequest, names: tuple) -> tuple[list, list[int], list[dict]]:
+        """Each instance's inputs checked: the outcomes so far (a ServingError for each bad instance, None for the
+        others), and the index and inputs of each valid instance."""
+        spec = request.servable_spec
+        outcomes: list = [None] * len(request.instances)
+        valid_index, valid = [], []
+        for i, instance in enumerate(request.instances):
+            try:
+                valid.append(self._instance_inputs(instance, names, spec))
+                valid_index.append(i)
+            except ServingError as err:
+                outcomes[i] = err
+        return outcomes, valid_index, valid
+
+    def _instance_inputs(self, instance: pb.Instance, input_names: tuple, spec: pb.ServableSpec) -> dict:
         items = instance.items
         inputs = {}
         for name in input_names:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 
 from mindserve import _dtypes
-from mindserve._errors import INVALID_INPUTS, ServingError
+from mindserve._dispatch.limits import check_tensor_dims
+from mindserve._errors import INVALID_INPUTS, ServingError, clip
 from mindserve._proto import ms_service_pb2 as pb
 from mindserve._tensor import RawTensor
 
@@ -17,12 +18,13 @@ _TEXT_TYPES = (_dtypes.MS_STRING, _dtypes.MS_BYTES)
 
 def invalid_input(name: str, detail: str) -> ServingError:
     """The error for a bad tensor of input ``name`` (shared by the gRPC frontends, so the texts are one)."""
-    return ServingError(INVALID_INPUTS, f"Instances input {name} check failed, detail: {detail}")
+    return ServingError(INVALID_INPUTS, f"Instances input {clip(name)} check failed, detail: {detail}")
 
 
 
 def check_dims(name: str, dims: tuple) -> None:
-    """Refuse a shape with a negative dim."""
+    """Refuse a shape with more than MAX_TENSOR_DIMS dims, or with a negative dim."""
+    check_tensor_dims(name, len(dims))
     if any(d < 0 for d in dims):
         raise invalid_input(name, f"Tensor check failed: input shape {list(dims)} invalid")
 

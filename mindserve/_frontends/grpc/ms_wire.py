@@ -36,6 +36,15 @@ class RequestHead(NamedTuple):
     count: int
 
 
+def count_instances(data: bytes) -> Optional[tuple[int, bytes]]:
+    """The number of instances of a serialized PredictRequest and its servable spec's bytes (empty when it has
+    none), read without parsing anything inside; None when its top level is not wire data."""
+    head = ffi.new("ms_predict_head *")
+    if lib.ms_predict_count_instances(ffi.from_buffer(data), len(data), head) != lib.MS_OK:
+        return None
+    return head.instances, data[head.spec_offset:head.spec_offset + head.spec_size]
+
+
 def read_head(data: bytes, head=None) -> Optional[RequestHead]:
     """The head of a serialized PredictRequest, or None when the request's top level is not common. ``head``
     is an ``ms_predict_head *`` to parse into (a new one when None)."""

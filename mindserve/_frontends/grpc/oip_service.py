@@ -25,7 +25,7 @@ import numpy as np
 import mindserve
 from mindserve import _dtypes
 from mindserve._dispatch.dispatcher import Dispatcher
-from mindserve._errors import ServingError
+from mindserve._errors import ServingError, clip
 from mindserve._frontends.grpc.ms_tensors import invalid_input
 from mindserve._frontends.grpc.strict_parse import InvalidMessage, parse_strict
 from mindserve._frontends.oip import errors, models, tensors
@@ -192,7 +192,7 @@ class OipServiceHandler:
     async def _model_infer(self, request: Any) -> Any:
         model, group, signature = models.resolve_infer(self._dispatcher, request.model_name, request.model_version)
         selected = models.selected_outputs([(o.name, o.parameters) for o in request.outputs], signature, model)
-        items = tensors.instances(model, signature, self._inputs(request))
+        items = tensors.instances(model, signature, self._inputs(request), self._dispatcher.max_request_instances)
         results = await tensors.run(self._dispatcher, group, model, items)
         reply = oip.ModelInferResponse(model_name=request.model_name, model_version=str(group.version),
                                        id=request.id)
@@ -211,7 +211,7 @@ class OipServiceHandler:
             if models.SHM_PARAMETER in tensor.parameters:
                 raise invalid_input(tensor.name, tensors.SHM_DETAIL)
             if raw and tensor.HasField("contents"):
-                raise bad_request(f"Input {tensor.name} has contents while the request uses raw_input_contents: "
+                raise bad_request(f"Input {clip(tensor.name)} has contents while the request uses raw_input_contents: "
                                   f"give all inputs one way")
         if raw and len(raw) != len(tensors_):
             raise bad_request(f"raw_input_contents holds {len(raw)} entries for {len(tensors_)} inputs: it needs "

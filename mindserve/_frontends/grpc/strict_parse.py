@@ -11,6 +11,8 @@ from typing import Optional, Type, TypeVar
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
+from mindserve._errors import clip
+
 M = TypeVar("M", bound=Message)
 
 
@@ -31,7 +33,7 @@ def _first_unknown(message: Message, path: str) -> Optional[str]:
         if desc.message_type.GetOptions().map_entry:
             if desc.message_type.fields_by_name["value"].message_type is None:
                 continue
-            items = ((f"{name}[{k!r}]", v) for k, v in value.items())
+            items = ((f"{name}[{clip(repr(k))}]", v) for k, v in value.items())
         elif desc.label == desc.LABEL_REPEATED:
             items = ((f"{name}[{i}]", v) for i, v in enumerate(value))
         else:

@@ -20,15 +20,13 @@ import numpy as np
 
 from mindserve import _dtypes
 from mindserve._dispatch.dispatcher import Dispatcher
-from mindserve._errors import INVALID_INPUTS, ServingError
+from mindserve._dispatch.limits import too_many_instances
+from mindserve._errors import INVALID_INPUTS, ServingError, clip
 from mindserve._frontends.grpc.ms_tensors import check_data_size, check_dims, check_utf8, invalid_input
 from mindserve._frontends.oip.errors import INTERNAL, OipError, bad_request
 from mindserve._frontends.oip.models import Model
 from mindserve._supervision.servable_workers import ServableWorkers
 from mindserve._tensor import RawTensor, StackedInput, StackedInputs, StackedResults
-
-# the most instances one request may carry (dim 0 of its inputs)
-MAX_INSTANCES = 1 << 16
 
 SHM_DETAIL = "Tensor check failed: shared memory tensor data is not supported by this server"
 
@@ -105,28 +103,30 @@ def join_bytes(items: Sequence) -> bytes:
     return b"".join(parts)
 
 
-def instances(model: Model, signature: dict, tensors: Sequence[InputTensor]) -> Sequence[dict[str, RawTensor]]:
-    """The request's inputs cut into instances along dim 0, every size checked before the data is used: a
+def instances(model: Model, signature: dict, tensors: Sequence[InputTensor], max_instances: int) \
+        -> Sequence[dict[str, RawTensor]]:
+    """The request's inputs cut into instances along dim 0 (at most ``max_instances`` of them), every size checked
+    before the data is used: a
     StackedInputs over the request's own bytes when every input is numeric (the transport copies each input
     into shared memory whole), else a list of one dict per instance."""
     position: dict[str, int] = {}
     for k, tensor in enumerate(tensors):
         if tensor.name in position:
-            raise bad_request(f"Input {tensor.name} is given more than once")
+            raise bad_request(f"Input {clip(tensor.name)} is given more than once")
         position[tensor.name] = k
     names = signature["inputs"]
     for name in names:
         if name not in position:
             raise ServingError(INVALID_INPUTS, f"Cannot find input {name} in request inputs , servable "
-                                               f"{model.servable}, method {model.method}")
+                                               f"{clip(model.servable)}, method {clip(model.method)}")
     for name in position:
         if name not in names:
-            raise bad_request(f"Unexpected input {name} in request inputs , servable {model.servable}, method "
-                              f"{model.method} takes {', '.join(names)}")
+            raise bad_request(f"Unexpected input {clip(name)} in request inputs , servable {clip(model.servable)}, method "
+                              f"{clip(model.method)} takes {', '.join(names)}")
     if not names:
         return [{}]
     ordered = [tensors[position[name]] for name in names]
-    count = _instance_count(ordered, model)
+    count = _instance_count(ordered, model, max_instances)
     specs = signature.get("input_specs") or [None] * len(names)
     # every input's data is checked against its shape (in _column) before any per-instance object is made
     columns = [_column(tensor, count, spec) for tensor, spec in zip(ordered, specs)]
@@ -136,8 +136,8 @@ def instances(model: Model, signature: dict, tensors: Sequence[InputTensor]) -> 
     return [dict(zip(names, items)) for items in zip(*rows)]
 
 
-def _instance_count(tensors: list[InputTensor], model: Model) -> int:
-    """Dim 0 of the inputs: the same for all of them, at least 1 and at most MAX_INSTANCES."""
+def _instance_count(tensors: list[InputTensor], model: Model, max_instances: int) -> int:
+    """Dim 0 of the inputs: the same for all of them, at least 1 and at most ``max_instances``."""
     count = None
     first = ""
     for tensor in tensors:
@@ -151,12 +151,11 @@ def _instance_count(tensors: list[InputTensor], model: Model) -> int:
             raise invalid_input(tensor.name, f"Tensor check failed: input dim 0 (instances) is {dims[0]}, but input "
                                              f"{first} has {count}")
     if count == 0:
-        raise ServingError(INVALID_INPUTS, f"Instances count of request cannot be 0, servable: {model.servable}, "
-                                           f"method: {model.method}")
-    if count > MAX_INSTANCES:
+        raise ServingError(INVALID_INPUTS, f"Instances count of request cannot be 0, servable: {clip(model.servable)}, "
+                                           f"method: {clip(model.method)}")
+    if count > max_instances:
         # instances whose tensors hold no elements cost no request bytes: bound their number here
-        raise ServingError(INVALID_INPUTS, f"Instances count {count} of request exceeds the limit {MAX_INSTANCES}, "
-                                           f"servable: {model.servable}, method: {model.method}")
+        raise too_many_instances(count, max_instances, model.servable, model.method)
     return count
 
 

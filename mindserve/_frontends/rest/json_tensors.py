@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 
 from mindserve import _dtypes
+from mindserve._dispatch.limits import check_tensor_dims
+from mindserve._errors import clip
 from mindserve._frontends.grpc.ms_tensors import invalid_input
 
 INT_CODES = frozenset({_dtypes.MS_INT8, _dtypes.MS_INT16, _dtypes.MS_INT32, _dtypes.MS_INT64, _dtypes.MS_UINT8,
@@ -26,6 +28,11 @@ def nested(name: str, value: Any) -> tuple[tuple, list]:
     array is a 0-d tensor of one element. Rows of different lengths are refused."""
     if type(value) is not list:
         return (), [value]
+    depth, first = 0, value
+    while type(first) is list:  # the dims, counted along the first elements before any row is walked
+        depth += 1
+        first = first[0] if first else None
+    check_tensor_dims(name, depth)
     shape = []
     level = [value]
     while level and type(level[0]) is list:
@@ -97,8 +104,9 @@ def encode_text(name: str, value: str) -> bytes:
 def check_dims(name: str, dims: Any) -> tuple:
     """A shape given in JSON: a list of integers in [0, 2**63 - 1]."""
     if type(dims) is not list or any(type(d) is not int for d in dims):
-        raise invalid_input(name, f"Tensor check failed: input shape {dims!r} invalid, it should be a list of "
-                                  f"integers")
+        raise invalid_input(name, f"Tensor check failed: input shape {clip(repr(dims))} invalid, it should be a list "
+                                  f"of integers")
+    check_tensor_dims(name, len(dims))
     if any(d < 0 or d > MAX_DIM for d in dims):
         raise invalid_input(name, f"Tensor check failed: input shape {dims} invalid")
     return tuple(dims)

@@ -14,8 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from mindserve._dispatch.dispatcher import Dispatcher
-from mindserve._errors import INVALID_INPUTS, ServingError, request_repr, servable_unavailable
-from mindserve._frontends.oip.tensors import MAX_INSTANCES
+from mindserve._errors import INVALID_INPUTS, ServingError, clip, request_repr, servable_unavailable
 from mindserve._frontends.rest import ms_values
 from mindserve._frontends.rest.common import (HttpError, check_content_type, error_response, json_response,
                                               parse_json, read_body, status_of)
@@ -58,11 +57,9 @@ class MindSporeRoutes:
         self._check_served(servable, method, version)
         group, signature = self._dispatcher.resolve(servable, method, version)
         if not instances:
-            raise ServingError(INVALID_INPUTS, f"Instances count of request cannot be 0, servable: {servable}, "
-                                               f"method: {method}")
-        if len(instances) > MAX_INSTANCES:
-            raise ServingError(INVALID_INPUTS, f"Instances count {len(instances)} of request exceeds the limit "
-                                               f"{MAX_INSTANCES}, servable: {servable}, method: {method}")
+            raise ServingError(INVALID_INPUTS, f"Instances count of request cannot be 0, servable: {clip(servable)}, "
+                                               f"method: {clip(method)}")
+        self._dispatcher.check_instance_count(len(instances), servable, method)
         outcomes: list = [None] * len(instances)
         valid_index, valid = [], []
         for i, instance in enumerate(instances):
@@ -93,7 +90,7 @@ def _version(text: Any) -> int:
     if text is None:
         return 0
     if not (text.isascii() and text.isdigit()) or len(text) > 20:
-        raise HttpError(400, f"Version '{text}' in the URL is not a version number")
+        raise HttpError(400, f"Version '{clip(text)}' in the URL is not a version number")
     return int(text)
 
 
@@ -102,7 +99,7 @@ def _instances(document: Any) -> list:
         raise HttpError(400, "The request should be a JSON object with the key 'instances'")
     for key in document:
         if key != "instances":
-            raise HttpError(400, f"The request has the unknown key '{key}': it takes only 'instances'")
+            raise HttpError(400, f"The request has the unknown key '{clip(key)}': it takes only 'instances'")
     instances = document["instances"]
     if type(instances) is dict:
         return [instances]  # one instance, as MindSpore Serving takes it

@@ -23,6 +23,7 @@ import binascii
 from typing import Any
 
 from mindserve import _dtypes
+from mindserve._errors import clip
 from mindserve._frontends.grpc.ms_tensors import check_data_size, check_utf8, invalid_input
 from mindserve._frontends.rest import json_tensors
 from mindserve._tensor import RawTensor
@@ -71,7 +72,7 @@ def to_tensor(name: str, value: Any) -> RawTensor:
 def _b64_object(name: str, value: dict) -> RawTensor:
     for key in value:
         if key not in _B64_KEYS:
-            raise invalid_input(name, f"Tensor check failed: unknown key '{key}' in a b64 object, it takes b64, "
+            raise invalid_input(name, f"Tensor check failed: unknown key '{clip(key)}' in a b64 object, it takes b64, "
                                       f"type and shape")
     text = value.get("b64")
     if type(text) is not str:
@@ -79,7 +80,7 @@ def _b64_object(name: str, value: dict) -> RawTensor:
     type_name = value.get("type", "bytes")
     code = B64_TYPES.get(type_name) if type(type_name) is str else None
     if code is None:
-        raise invalid_input(name, f"Tensor check failed: type {type_name!r} of a b64 object invalid, it should be "
+        raise invalid_input(name, f"Tensor check failed: type {clip(repr(type_name))} of a b64 object invalid, it should be "
                                   f"one of {', '.join(B64_TYPES)}")
     shape = json_tensors.check_dims(name, value["shape"]) if "shape" in value else (1,)
     text_type = code in (_dtypes.MS_STRING, _dtypes.MS_BYTES)

@@ -20,6 +20,7 @@ from aiohttp import web
 from mindserve import _dtypes
 from mindserve._frontends.grpc.ms_tensors import invalid_input
 from mindserve._frontends.oip import models
+from mindserve._errors import clip
 from mindserve._frontends.oip.errors import bad_request
 from mindserve._frontends.oip.tensors import SHM_DETAIL, InputTensor, OutputTensor, RawInput, join_bytes
 from mindserve._frontends.rest import json_tensors
@@ -76,7 +77,7 @@ def _object(value: Any, what: str, keys: tuple) -> dict:
         raise bad_request(f"{what} should be a JSON object")
     for key in value:
         if key not in keys:
-            raise bad_request(f"{what} has the unknown key '{key}': it takes {', '.join(keys)}")
+            raise bad_request(f"{what} has the unknown key '{clip(key)}': it takes {', '.join(keys)}")
     return value
 
 
@@ -90,7 +91,7 @@ def _parameters(value: dict, what: str) -> dict:
 def _flag(parameters: dict, key: str, what: str) -> Optional[bool]:
     flag = parameters.get(key)
     if flag is not None and type(flag) is not bool:
-        raise bad_request(f"Parameter {key} of {what} should be true or false")
+        raise bad_request(f"Parameter {clip(key)} of {what} should be true or false")
     return flag
 
 
@@ -131,8 +132,8 @@ def parse_request(body: bytes, header_length: Optional[str]) -> InferRequest:
         name = entry.get("name")
         if type(name) is not str:
             raise bad_request(f"Output {k} of the inference request should have a name, a JSON string")
-        parameters = _parameters(entry, f"output {name}")
-        flag = _flag(parameters, "binary_data", f"output {name}")
+        parameters = _parameters(entry, f"output {clip(name)}")
+        flag = _flag(parameters, "binary_data", f"output {clip(name)}")
         flags[name] = binary_default if flag is None else flag
         outputs.append((name, parameters))
     return InferRequest(request_id, inputs, outputs, flags, binary_default)
@@ -146,25 +147,25 @@ def _input(entry: Any, k: int, binary: memoryview, offset: int) -> tuple[InputTe
         raise bad_request(f"Input {k} of the inference request should have a name, a JSON string")
     datatype = entry.get("datatype")
     if type(datatype) is not str:
-        raise bad_request(f"Input {name} should have a datatype, a JSON string")
+        raise bad_request(f"Input {clip(name)} should have a datatype, a JSON string")
     if "shape" not in entry:
-        raise bad_request(f"Input {name} should have a shape, a JSON array of integers")
+        raise bad_request(f"Input {clip(name)} should have a shape, a JSON array of integers")
     shape = json_tensors.check_dims(name, entry["shape"])
-    parameters = _parameters(entry, f"input {name}")
+    parameters = _parameters(entry, f"input {clip(name)}")
     if models.SHM_PARAMETER in parameters:
         raise invalid_input(name, SHM_DETAIL)
     as_str = parameters.get("content_type") == "str"
     size = parameters.get("binary_data_size")
     if size is None:
         if "data" not in entry:
-            raise bad_request(f"Input {name} has neither data nor parameters.binary_data_size")
+            raise bad_request(f"Input {clip(name)} has neither data nor parameters.binary_data_size")
         return JsonInput(name, datatype, shape, entry["data"], as_str), 0
     if type(size) is not int or size < 0:
-        raise bad_request(f"Parameter binary_data_size of input {name} should be an integer >= 0")
+        raise bad_request(f"Parameter binary_data_size of input {clip(name)} should be an integer >= 0")
     if "data" in entry:
-        raise bad_request(f"Input {name} has both data and parameters.binary_data_size: give one")
+        raise bad_request(f"Input {clip(name)} has both data and parameters.binary_data_size: give one")
     if size > len(binary) - offset:
-        raise bad_request(f"Input {name} declares binary_data_size {size}, but {len(binary) - offset} bytes of "
+        raise bad_request(f"Input {clip(name)} declares binary_data_size {size}, but {len(binary) - offset} bytes of "
                           f"binary data are left")
     return RawInput(name, datatype, shape, binary[offset:offset + size], as_str), size
 

@@ -22,7 +22,7 @@ from aiohttp import web
 
 import mindserve
 from mindserve._dispatch.dispatcher import Dispatcher
-from mindserve._errors import ServingError
+from mindserve._errors import ServingError, clip
 from mindserve._frontends.oip import models, tensors
 from mindserve._frontends.oip.errors import OipError
 from mindserve._frontends.rest import v2_codec
@@ -100,7 +100,7 @@ class V2Routes:
         model, group = models.model_group(self._dispatcher, info["model"], info.get("version", ""))
         if group.ready:
             return web.Response()
-        return error_response(503, f"Model '{model.name}' version {group.version} is not ready: it has no live "
+        return error_response(503, f"Model '{clip(model.name)}' version {group.version} is not ready: it has no live "
                                    f"worker")
 
     @_answers_errors("ModelInfer")
@@ -112,6 +112,6 @@ class V2Routes:
         name = request.match_info["model"]
         model, group, signature = models.resolve_infer(self._dispatcher, name, request.match_info.get("version", ""))
         selected = models.selected_outputs(parsed.outputs, signature, model)
-        items = tensors.instances(model, signature, parsed.inputs)
+        items = tensors.instances(model, signature, parsed.inputs, self._dispatcher.max_request_instances)
         results = await tensors.run(self._dispatcher, group, model, items)
         return v2_codec.response(name, group.version, parsed, [tensors.stack_output(n, results) for n in selected])
