@@ -85,6 +85,9 @@ class Master:
     async def set_max_request_instances(self, limit: int) -> None:
         self.dispatcher.max_request_instances = limit
 
+    async def set_worker_restart_wait(self, seconds: float) -> None:
+        self.dispatcher.set_restart_wait(seconds)
+
     async def start_grpc_server(self, address: str, max_msg_mb_size: int, ssl_config: Optional[SSLConfig]) -> None:
         if not self._grpc_handlers:
             self._health = health_reflection.HealthMonitor(self.dispatcher, GRPC_SERVICE_NAMES)

@@ -137,12 +137,9 @@ def _lingering_shm(timeout: float = 10) -> set:
 # A request names the version it asked for in "not available" texts, as MindSpore Serving writes them: none for
 # version_number 0. (A versioned servable asked with version_number 0 is left out for now: a request queued on the
 # worker when it died is answered naming the servable's version, "version(1) ", one that comes later naming none.)
-@pytest.mark.parametrize("version, request_version, unavailable", [
-    (0, 0, "Request servable(blocker) method(hold) , servable is not available"),
-    (1, 1, "Request servable(blocker) method(hold) version(1) , servable is not available"),
-], ids=["unversioned", "version-1"])
-def test_killed_worker_fails_its_batch_and_the_requests_queued_behind_it(tmp_path, version, request_version,
-                                                                         unavailable):
+@pytest.mark.parametrize("version, request_version", [(0, 0), (1, 1)], ids=["unversioned", "version-1"])
+def test_killed_worker_fails_its_batch_and_the_requests_behind_it_wait_for_its_replacement(tmp_path, version,
+                                                                                          request_version):
     blocker = Blocker(tmp_path, device_ids=0, version=version, request_version=request_version)
     try:
         a = blocker.send(1)
@@ -155,20 +152,48 @@ def test_killed_worker_fails_its_batch_and_the_requests_queued_behind_it(tmp_pat
         blocker.through_master()
         os.kill(old, signal.SIGKILL)
         assert a.result(RESULT_TIMEOUT_S) == _exited(0, version)
-        # B was never taken; with no other live worker it fails at once instead of waiting for the restart
-        assert b.result(RESULT_TIMEOUT_S) == {"error": unavailable}
+        # B was never taken: it waits for the restarted worker, and so does a request sent meanwhile
+        c = blocker.send(0)
+        with pytest.raises(grpc.FutureTimeoutError):
+            b.result(0.5)
+        with pytest.raises(grpc.FutureTimeoutError):
+            c.result(0.1)
         assert not os.path.exists(os.path.join(blocker.folder, "started-2"))
-        # while the restart is held, requests are refused the same way
-        assert blocker.send(0).result(RESULT_TIMEOUT_S) == {"error": unavailable}
         blocker.allow_restarts()
-        new = blocker.wait_for_pid({old})
-        assert new in child_pids(blocker.server.proc.pid)
+        new = blocker.started(2)
+        assert new != old and new in child_pids(blocker.server.proc.pid)
+        blocker.release(2)
+        _check_hold(b.result(RESULT_TIMEOUT_S), [2], new)
+        _check_hold(c.result(RESULT_TIMEOUT_S), [0], new)
         assert not pid_alive(old)
         # the dead worker's shared memory is unmapped by the master; the new worker has its own
         segments = _mapped_segments(blocker.server.proc.pid)
         assert len(segments) == 1 and segments == _mapped_segments(new), segments
         assert segments.isdisjoint(old_segments)
         _check_hold(blocker.send(0, 0).result(RESULT_TIMEOUT_S), [0, 0], new)
+    finally:
+        code = blocker.close()
+    assert code == 0, blocker.server.output
+
+
+@pytest.mark.parametrize("wait", [0, 0.5])
+def test_requests_are_refused_past_the_restart_wait(tmp_path, wait):
+    blocker = Blocker(tmp_path, device_ids=0, script_tail=f"server.context.set_worker_restart_wait({wait})")
+    unavailable = {"error": "Request servable(blocker) method(hold) , servable is not available"}
+    try:
+        a = blocker.send(1)
+        old = blocker.started(1)
+        blocker.hold_restarts()
+        b = blocker.send(2)  # queued behind A, never taken
+        blocker.through_master()
+        os.kill(old, signal.SIGKILL)
+        assert a.result(RESULT_TIMEOUT_S) == _exited(0)
+        assert b.result(RESULT_TIMEOUT_S) == unavailable
+        assert blocker.send(0).result(RESULT_TIMEOUT_S) == unavailable
+        assert not os.path.exists(os.path.join(blocker.folder, "started-2"))
+        blocker.allow_restarts()
+        new = blocker.wait_for_pid({old})
+        _check_hold(blocker.send(0).result(RESULT_TIMEOUT_S), [0], new)
     finally:
         code = blocker.close()
     assert code == 0, blocker.server.output
@@ -317,3 +342,54 @@ def test_stop_drains_requests_queued_in_the_worker(tmp_path, how):
     if how == "stop()":
         assert "STOPPED" in blocker.server.output
     _wait_gone(pid)
+
+
+def test_a_worker_killed_while_eight_clients_send_fails_only_its_requests_in_flight(tmp_path):
+    """Eight clients loop over add requests; the only worker is killed once. The requests it was running fail
+    with its exit; every other request, those sent while it restarts included, is answered correctly."""
+    import threading
+
+    from conftest import BUNDLED_SERVABLES
+
+    address = f"127.0.0.1:{free_port()}"
+    server = start_server(tmp_path, f"""
+        server.start_servables(server.ServableStartConfig({BUNDLED_SERVABLES!r}, "add", device_ids=0))
+        server.start_grpc_server({address!r})
+    """, address)
+    exited = ("worker of servable add version 1 on device 0 exited unexpectedly (exit code -9), the request was not "
+              "completed")
+    x = np.ones((2, 2), np.float32)
+    outcomes: list = []
+    killed = threading.Event()
+    after_restart = threading.Event()
+
+    def loop() -> None:
+        client = Client(address, "add", "add_common")
+        while not after_restart.is_set():
+            result = client.infer([{"x1": x, "x2": x}])
+            outcomes.append((killed.is_set(), result))
+
+    try:
+        [old] = child_pids(server.proc.pid)
+        threads = [threading.Thread(target=loop) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        os.kill(old, signal.SIGKILL)
+        killed.set()
+        deadline = time.monotonic() + 30
+        while set(child_pids(server.proc.pid)) in (set(), {old}) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # requests flow through the new worker for a while
+        after_restart.set()
+        for thread in threads:
+            thread.join(RESULT_TIMEOUT_S)
+        failures = [result for _, result in outcomes if isinstance(result, dict)]
+        assert all(f == {"error": exited} for f in failures), failures[:3]
+        assert len(failures) <= 8, len(failures)  # at most one request in flight per client
+        after = [result for was_killed, result in outcomes if was_killed and isinstance(result, list)]
+        assert after and all(r == [{"y": pytest.approx(x * 2)}] for r in after)
+        assert len(child_pids(server.proc.pid)) == 1 and old not in child_pids(server.proc.pid)
+    finally:
+        after_restart.set()
+        server.stop()

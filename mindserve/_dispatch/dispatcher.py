@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 from mindserve._errors import (FAILED, INVALID_INPUTS, QUEUE_FULL_MESSAGE_PREFIX, ServingError, request_repr,
                                servable_unavailable)
 from mindserve._dispatch.limits import DEFAULT_MAX_REQUEST_INSTANCES, too_many_instances
-from mindserve._supervision.servable_workers import ServableWorkers
+from mindserve._supervision.servable_workers import DEFAULT_RESTART_WAIT_S, ServableWorkers
 from mindserve._tensor import RawTensor
 
 __all__ = ["Dispatcher", "request_repr", "DEFAULT_MAX_ENQUEUED_REQUESTS"]
@@ -22,6 +22,8 @@ class Dispatcher:
         self.max_enqueued_requests = DEFAULT_MAX_ENQUEUED_REQUESTS
         self.enqueued_requests = 0  # requests handed to workers and not yet answered, over all servables
         self.max_request_instances = DEFAULT_MAX_REQUEST_INSTANCES
+        # how long a request for a version without a live worker waits for one being restarted
+        self.restart_wait_s = DEFAULT_RESTART_WAIT_S
 
     def check_instance_count(self, count: int, servable: str, method: str) -> None:
         """Refuse a request of more than ``max_request_instances`` instances (every frontend asks before it makes
@@ -30,7 +32,14 @@ class Dispatcher:
             raise too_many_instances(count, self.max_request_instances, servable, method)
 
     def add(self, group: ServableWorkers) -> None:
+        group.restart_wait_s = self.restart_wait_s
         self._servables.setdefault(group.name, {})[group.version] = group
+
+    def set_restart_wait(self, seconds: float) -> None:
+        """How long requests (and the jobs a dead worker never took) wait for a restarted worker."""
+        self.restart_wait_s = seconds
+        for group in self.groups():
+            group.restart_wait_s = seconds
 
     def has(self, name: str, version: int) -> bool:
         return version in self._servables.get(name, {})
@@ -43,14 +52,17 @@ class Dispatcher:
         signature; ServingError when there is none or it has no live worker."""
         versions = self._servables.get(name, {})
         group: Optional[ServableWorkers] = None
-        if version == 0:  # the newest version with a live worker
-            for candidate in sorted(versions, reverse=True) if len(versions) > 1 else versions:
+        if version == 0:  # the newest version with a live worker, else the newest whose worker is restarting
+            ordered = sorted(versions, reverse=True) if len(versions) > 1 else list(versions)
+            for candidate in ordered:
                 if versions[candidate].ready:
                     group = versions[candidate]
                     break
+            else:
+                group = next((versions[v] for v in ordered if versions[v].recovering), None)
         else:
             group = versions.get(version)
-            if group is not None and not group.ready:
+            if group is not None and not group.ready and not group.recovering:
                 group = None
         if group is None:
             raise servable_unavailable(name, method, version)
@@ -68,11 +80,11 @@ class Dispatcher:
         version = group.version if version is None else version
         if self.enqueued_requests >= self.max_enqueued_requests:
             raise ServingError(FAILED, f"{QUEUE_FULL_MESSAGE_PREFIX} {self.max_enqueued_requests}")
-        worker = group.pick()
-        if worker is None:
-            raise servable_unavailable(group.name, method, version)
-        self.enqueued_requests += 1
+        self.enqueued_requests += 1  # a request waiting for a restarted worker counts as enqueued
         try:
+            worker = group.pick() or await group.wait_live(self.restart_wait_s)
+            if worker is None:
+                raise servable_unavailable(group.name, method, version)
             return await worker.run(method, instances, version)
         finally:
             self.enqueued_requests -= 1

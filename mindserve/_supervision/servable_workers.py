@@ -12,6 +12,9 @@ from mindserve._supervision.worker_process import Job, WorkerProcess, WorkerSpec
 log = logging.getLogger("mindserve")
 
 RESTART_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # back-off between restarts of a worker that keeps failing
+# how long a request waits for a restarted worker when the servable version has no live one (a worker restart
+# takes about a second: it is better answered late than refused)
+DEFAULT_RESTART_WAIT_S = 5.0
 
 
 class ServableWorkers:
@@ -27,6 +30,9 @@ class ServableWorkers:
         self._next = 0
         self._stopping = asyncio.Event()
         self._restarts: set[asyncio.Task] = set()
+        self._waiters: set[asyncio.Future] = set()  # resolved when a restarted worker is up, or at stop
+        self._parked: set[asyncio.Task] = set()  # jobs of a dead worker waiting for its replacement
+        self.restart_wait_s = DEFAULT_RESTART_WAIT_S
 
     async def start(self) -> None:
         """Start one worker per device concurrently; if any fails, stop the others and raise its error."""
@@ -44,6 +50,33 @@ class ServableWorkers:
     def ready(self) -> bool:
         return any(w.alive for w in self.workers)
 
+    @property
+    def recovering(self) -> bool:
+        """Whether a dead worker is being replaced (and the version is not stopping): a request that finds no live
+        worker may wait for it."""
+        return bool(self._restarts) and not self._stopping.is_set()
+
+    async def wait_live(self, timeout: float) -> Optional[WorkerProcess]:
+        """A live worker, waiting up to ``timeout`` seconds for a restarted one while the version is recovering;
+        None when there is none by then."""
+        worker = self.pick()
+        if worker is not None or not self.recovering or timeout <= 0:
+            return worker
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.add(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self._waiters.discard(waiter)
+        return self.pick()
+
+    def _wake_waiters(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
     def pick(self) -> Optional[WorkerProcess]:
         """The live worker with the most free slots (fewest instances in flight); ties go round-robin so that
         every device is used."""
@@ -60,17 +93,30 @@ class ServableWorkers:
     def _on_exit(self, worker: WorkerProcess, untaken: list[Job]) -> None:
         """A worker died: the jobs it never took run on the others (or fail at once when none is alive), and
         a fresh process replaces it."""
+        if not self._stopping.is_set():
+            task = asyncio.get_running_loop().create_task(self._restart(worker))
+            self._restarts.add(task)
+            task.add_done_callback(self._restarts.discard)
         for job in untaken:
             other = self.pick()
             if other is not None:
                 other.submit(job)
+            elif self.recovering:  # never taken by the dead worker: it runs on the restarted one
+                parked = asyncio.get_running_loop().create_task(self._resubmit(job))
+                self._parked.add(parked)
+                parked.add_done_callback(self._parked.discard)
             elif not job.future.done():
                 job.future.set_exception(servable_unavailable(self.name, job.method, job.version))
-        if self._stopping.is_set():
+
+    async def _resubmit(self, job: Job) -> None:
+        """Submit a job of a dead worker to the worker that replaces it, or fail it after ``restart_wait_s``."""
+        worker = await self.wait_live(self.restart_wait_s)
+        if job.future.done():  # the request was cancelled meanwhile
             return
-        task = asyncio.get_running_loop().create_task(self._restart(worker))
-        self._restarts.add(task)
-        task.add_done_callback(self._restarts.discard)
+        if worker is None:
+            job.future.set_exception(servable_unavailable(self.name, job.method, job.version))
+        else:
+            worker.submit(job)
 
     async def _restart(self, dead: WorkerProcess) -> None:
         """Replace a dead worker with a new process on the same device, backing off while starts fail."""
@@ -92,6 +138,7 @@ class ServableWorkers:
                 return
             self.workers[self.workers.index(dead)] = fresh
             log.warning("worker for %s restarted (pid %s)", dead.spec.describe(), fresh.pid)
+            self._wake_waiters()
             return
 
     async def stop(self) -> None:
@@ -101,4 +148,6 @@ class ServableWorkers:
         for task in self._restarts:
             task.cancel()
         await asyncio.gather(*self._restarts, return_exceptions=True)
+        self._wake_waiters()  # requests waiting for a restart are refused now
+        await asyncio.gather(*self._parked, return_exceptions=True)
         await asyncio.gather(*(w.stop() for w in self.workers), return_exceptions=True)

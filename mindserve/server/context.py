@@ -4,7 +4,7 @@ from __future__ import annotations
 from mindserve._checks import check_int
 from mindserve._master import get_master
 
-__all__ = ["set_max_enqueued_requests", "set_max_request_instances"]
+__all__ = ["set_max_enqueued_requests", "set_max_request_instances", "set_worker_restart_wait"]
 
 
 def set_max_enqueued_requests(max_enqueued_requests: int) -> None:
@@ -22,3 +22,14 @@ def set_max_request_instances(max_request_instances: int) -> None:
     check_int("max_request_instances", max_request_instances, 1)
     master = get_master()
     master.call(master.set_max_request_instances(max_request_instances))
+
+
+def set_worker_restart_wait(seconds: float) -> None:
+    """How long a request waits for a restarted worker when its servable version has no live one (default 5.0;
+    0 refuses it at once with ``servable is not available``). Requests in flight on a worker that dies fail at
+    once; those that arrive while it is being restarted (and those it had queued but not taken) run on the new
+    worker once it is up, if that is within this time and the request's deadline."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 3600:
+        raise RuntimeError(f"Parameter 'seconds' should be a number in [0, 3600], but actually {seconds!r}")
+    master = get_master()
+    master.call(master.set_worker_restart_wait(float(seconds)))
