@@ -517,6 +517,7 @@ def hold_server(tmp_path_factory) -> conftest.ServerProcess:
         from mindserve.server import context
         os.environ["MINDSERVE_TEST_HOLD_FILE"] = {hold_file!r}
         context.set_max_enqueued_requests(1)
+        context.set_worker_restart_wait(0.2)  # requests during the held restart are refused soon
         server.start_servables([server.ServableStartConfig({root!r}, "hold", device_ids=0),
                                 server.ServableStartConfig({root!r}, "probe", device_ids=0)])
         server.start_restful_server({address!r})

@@ -258,7 +258,7 @@ def test_parts_of_a_split_request_not_taken_by_a_killed_worker_run_on_the_other(
 def test_stop_ends_a_worker_that_is_still_restarting(tmp_path):
     """A SIGTERM while the replacement of a killed worker is still starting (held in its import) ends that start
     and the process: the stop does not wait for the start to finish."""
-    blocker = Blocker(tmp_path, device_ids=0)
+    blocker = Blocker(tmp_path, device_ids=0, script_tail="server.context.set_worker_restart_wait(0.2)")
     try:
         old = blocker.wait_for_pid(set())
         blocker.hold_restarts()
