@@ -16,6 +16,7 @@ from typing import Any, Coroutine, Optional
 
 from mindserve._config import ServableStartConfig, SSLConfig
 from mindserve._dispatch.dispatcher import Dispatcher
+from mindserve._frontends.admission import Admission
 from mindserve._frontends.grpc import health_reflection, ms_service, oip_service
 from mindserve._frontends.grpc.ms_service import MSServiceHandler
 from mindserve._frontends.grpc.oip_service import OipServiceHandler
@@ -28,6 +29,9 @@ from mindserve._supervision.worker_process import WorkerSpec
 log = logging.getLogger("mindserve")
 
 DRAIN_GRACE_S = 10.0  # how long stop() lets requests in progress finish
+LISTENER_GRACE_S = 1.0  # then, what a gRPC server gives the calls it is still refusing
+DRAIN_LINGER_MIN_S = 0.25  # after a drain, the listeners refuse requests this long before they close
+DRAIN_LINGER_MAX_S = 1.0  # and up to this long while REST connections are still open
 
 # the gRPC services every server answers (and reflection lists)
 GRPC_SERVICE_NAMES = (ms_service.SERVICE_NAME, oip_service.SERVICE_NAME, health_reflection.HEALTH_SERVICE_NAME,
@@ -42,6 +46,7 @@ class Master:
         self._grpc_handlers: list = []  # made on the loop by the first start_grpc_server, shared by all servers
         self._health: Optional[health_reflection.HealthMonitor] = None
         self._off_loop = OffLoop()  # started now, while the main thread runs (see off_loop)
+        self._admission = Admission()  # every door's requests, refused once a stop begins
         self.stopped = threading.Event()
         self._stopping = threading.Lock()  # held for good by the first stop()
         self._loop = asyncio.new_event_loop()
@@ -92,26 +97,43 @@ class Master:
         if not self._grpc_handlers:
             self._health = health_reflection.HealthMonitor(self.dispatcher, GRPC_SERVICE_NAMES)
             await self._health.start()
-            self._grpc_handlers = [MSServiceHandler(self.dispatcher, self._off_loop).rpc_handlers(),
-                                   OipServiceHandler(self.dispatcher).rpc_handlers(),
+            self._grpc_handlers = [MSServiceHandler(self.dispatcher, self._off_loop, self._admission).rpc_handlers(),
+                                   OipServiceHandler(self.dispatcher, self._admission).rpc_handlers(),
                                    self._health.rpc_handlers(),
                                    health_reflection.reflection_handler(GRPC_SERVICE_NAMES)]
         server = await GrpcServer.start(address, self._grpc_handlers, max_msg_mb_size, ssl_config)
         self.grpc_servers.append(server)
         log.info("gRPC server listening on %s%s", address, " (TLS)" if ssl_config else "")
 
-    async def start_restful_server(self, address: str, max_msg_mb_size: int,
-                                   ssl_config: Optional[SSLConfig]) -> None:
-        from mindserve._frontends.rest.server import RestServer  # imports aiohttp: only once a REST server starts
+    async def start_restful_server(self, address: str, max_msg_mb_size: int, ssl_config: Optional[SSLConfig],
+                                   idle_timeout: float, max_connections: int) -> None:
+        # aiohttp is imported only once a REST server starts
+        from mindserve._frontends.rest.connections import ConnectionLimits
+        from mindserve._frontends.rest.server import RestServer
 
-        server = await RestServer.start(address, self.dispatcher, max_msg_mb_size, ssl_config, DRAIN_GRACE_S)
+        server = await RestServer.start(address, self.dispatcher, max_msg_mb_size, ssl_config, DRAIN_GRACE_S,
+                                        self._admission, ConnectionLimits(idle_timeout, max_connections))
         self.rest_servers.append(server)
         log.info("REST server listening on %s%s", address, " (TLS)" if ssl_config else "")
 
     async def _shutdown(self) -> None:
         if self._health is not None:  # NOT_SERVING while draining; health Watch streams end now
             await self._health.stop()
-        await asyncio.gather(*(s.stop(DRAIN_GRACE_S) for s in self.grpc_servers),
+        # every door now answers new requests UNAVAILABLE (503), which clients retry, while those accepted finish;
+        # the listeners close only then, so that no accepted request is cut off
+        if not await self._admission.close(DRAIN_GRACE_S):
+            log.warning("%d request(s) still in progress after %.0f s of draining", self._admission.in_flight,
+                        DRAIN_GRACE_S)
+        # The listeners stay open a moment longer, refusing: a gRPC call that reached the server but not yet its
+        # handler would be CANCELLED by the server's stop, and an HTTP/1.1 keep-alive connection closed while its
+        # client sends on it reads as a dropped connection; meanwhile each gets its UNAVAILABLE (503 with
+        # "Connection: close"), which clients retry.
+        await asyncio.sleep(DRAIN_LINGER_MIN_S)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_LINGER_MAX_S
+        while any(s.open_connections for s in self.rest_servers) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        await asyncio.gather(*(s.stop(LISTENER_GRACE_S) for s in self.grpc_servers),
                              *(s.stop() for s in self.rest_servers), return_exceptions=True)
         await asyncio.gather(*(g.stop() for g in self.dispatcher.groups()), return_exceptions=True)
 

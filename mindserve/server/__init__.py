@@ -64,7 +64,8 @@ def start_grpc_server(address: str, max_msg_mb_size: int = 100, ssl_config: Opti
     master.call(master.start_grpc_server(address, max_msg_mb_size, ssl_config))
 
 
-def start_restful_server(address: str, max_msg_mb_size: int = 100, ssl_config: Optional[SSLConfig] = None) -> None:
+def start_restful_server(address: str, max_msg_mb_size: int = 100, ssl_config: Optional[SSLConfig] = None,
+                         idle_timeout: float = 15.0, max_connections: int = 1000) -> None:
     """Serve HTTP/1.1 REST on ``address``: ``"host:port"`` or ``"unix:/path"`` (a socket file only the owner may
     use, removed at stop), with TLS (mutual TLS with ``verify_client``) when ``ssl_config`` is given.
 
@@ -72,17 +73,24 @@ def start_restful_server(address: str, max_msg_mb_size: int = 100, ssl_config: O
     ``/v2``, ``/v2/models/{model}[/versions/{version}]`` with ``/ready`` and ``/infer``, JSON and binary tensor
     data, as ``tritonclient.http`` speaks it) and MindSpore Serving's form,
     ``POST /model/{servable}[/version/{version}]:{method}`` with ``{"instances": [...]}``.
-    A request body larger than ``max_msg_mb_size`` (1 to 512) MB is answered 413. Several REST servers may be
-    started; ``stop()`` drains and stops them all. Needs aiohttp: ``pip install 'mindserve[rest]'``.
+    A request body larger than ``max_msg_mb_size`` (1 to 512) MB is answered 413. A connection that has not sent
+    a whole request head ``idle_timeout`` seconds after it opened or after its last response is closed (slow or
+    silent clients, idle keep-alive); past ``max_connections`` open connections a new one is answered 503 and
+    closed. Several REST servers may be started; ``stop()`` drains and stops them all. Needs aiohttp:
+    ``pip install 'mindserve[rest]'``.
     """
     check_address(address)
     check_int("max_msg_mb_size", max_msg_mb_size, 1, 512)
     if ssl_config is not None and not isinstance(ssl_config, SSLConfig):
         raise RuntimeError("The type of ssl_config should be type of SSLConfig")
+    if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)) or not 0 < idle_timeout <= 3600:
+        raise RuntimeError(f"Parameter 'idle_timeout' should be a number in (0, 3600], but actually {idle_timeout!r}")
+    check_int("max_connections", max_connections, 1)
     require_aiohttp()
     _configure_logging()
     master = get_master()
-    master.call(master.start_restful_server(address, max_msg_mb_size, ssl_config))
+    master.call(master.start_restful_server(address, max_msg_mb_size, ssl_config, float(idle_timeout),
+                                            max_connections))
 
 
 def stop() -> None:

@@ -20,6 +20,8 @@ from mindserve._frontends.grpc import ms_wire
 from mindserve._frontends.grpc.ms_reply import ReplyEncoder
 from mindserve._frontends.grpc.ms_tensors import tensor_from_proto
 from mindserve._frontends.grpc.strict_parse import InvalidMessage, parse_strict
+from mindserve._frontends.admission import Admission
+from mindserve._frontends.grpc.gate import gated
 from mindserve._frontends.off_loop import OffLoop
 from mindserve._proto import ms_service_pb2 as pb
 from mindserve._tensor import RawTensor, StackedInputs
@@ -37,16 +39,17 @@ _KNOWN_SIZES_LIMIT = 1024
 class MSServiceHandler:
     """The Predict handler; takes and returns serialized messages so that parsing errors are its own."""
 
-    def __init__(self, dispatcher: Dispatcher, off_loop: OffLoop):
+    def __init__(self, dispatcher: Dispatcher, off_loop: OffLoop, admission: Admission):
         self._dispatcher = dispatcher
         self._off_loop = off_loop
+        self._admission = admission
         self._encoder = ReplyEncoder()
         self._sizes: dict[tuple, int] = {}  # (dtype, dims) of numeric tensors seen valid -> their byte size
         self._reader = ms_wire.CommonReader()
 
     def rpc_handlers(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
-            SERVICE_NAME, {"Predict": grpc.unary_unary_rpc_method_handler(self.predict)})
+            SERVICE_NAME, {"Predict": grpc.unary_unary_rpc_method_handler(gated(self._admission, self.predict))})
 
     async def predict(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         counted = ms_wire.count_instances(data)

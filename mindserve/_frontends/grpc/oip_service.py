@@ -29,6 +29,8 @@ from mindserve._errors import ServingError, clip
 from mindserve._frontends.grpc.ms_tensors import invalid_input
 from mindserve._frontends.grpc.strict_parse import InvalidMessage, parse_strict
 from mindserve._frontends.oip import errors, models, tensors
+from mindserve._frontends.admission import Admission
+from mindserve._frontends.grpc.gate import gated
 from mindserve._frontends.oip.errors import OipError, bad_request, kind_of
 from mindserve._frontends.oip.models import SERVER_NAME
 from mindserve._frontends.oip.tensors import InputTensor, RawInput, join_bytes
@@ -127,8 +129,9 @@ class OipServiceHandler:
     """The GRPCInferenceService handlers; they take and return serialized messages so that parsing errors are
     this frontend's own (INVALID_ARGUMENT with a text, never UNKNOWN)."""
 
-    def __init__(self, dispatcher: Dispatcher):
+    def __init__(self, dispatcher: Dispatcher, admission: Admission):
         self._dispatcher = dispatcher
+        self._admission = admission
 
     def rpc_handlers(self) -> grpc.GenericRpcHandler:
         """The generic handler of every RPC this server answers (the others are UNIMPLEMENTED)."""
@@ -141,7 +144,7 @@ class OipServiceHandler:
             "ModelInfer": (oip.ModelInferRequest, self._model_infer),
         }
         return grpc.method_handlers_generic_handler(SERVICE_NAME, {
-            name: grpc.unary_unary_rpc_method_handler(self._unary(name, message_class, impl))
+            name: grpc.unary_unary_rpc_method_handler(gated(self._admission, self._unary(name, message_class, impl)))
             for name, (message_class, impl) in rpcs.items()})
 
     @staticmethod

@@ -16,7 +16,9 @@ from aiohttp.web_protocol import RequestPayloadError
 from mindserve._config import SSLConfig
 from mindserve._dispatch.dispatcher import Dispatcher
 from mindserve._frontends.grpc.server import _read as read_pem, unix_socket_path
+from mindserve._frontends.admission import SHUTTING_DOWN, Admission
 from mindserve._frontends.rest.common import error_response
+from mindserve._frontends.rest.connections import ConnectionLimits, capped_connections
 from mindserve._frontends.rest.ms_routes import MindSporeRoutes
 from mindserve._frontends.rest.v2_routes import V2Routes
 
@@ -94,6 +96,28 @@ def _quiet_client_faults() -> None:
         logger.addFilter(_ClientFaultFilter())
 
 
+def _admitting(admission: Admission):
+    """Middleware: requests refused with 503 once the server drains; those admitted counted until answered. While
+    the server drains, every response closes its connection, so that keep-alive clients reconnect elsewhere."""
+
+    @web.middleware
+    async def admit(request: web.Request, handler):
+        if not admission.enter():
+            response = error_response(503, SHUTTING_DOWN, "error_msg" if request.path.startswith("/model/")
+                                      else "error")
+            response.force_close()
+            return response
+        try:
+            response = await handler(request)
+        finally:
+            admission.leave()
+        if admission.closed:
+            response.force_close()
+        return response
+
+    return admit
+
+
 @web.middleware
 async def _json_errors(request: web.Request, handler):
     """Errors aiohttp's router raises (no such endpoint, a method the endpoint does not take) answered as JSON,
@@ -119,8 +143,8 @@ async def _server_header(request: web.Request, response: web.StreamResponse) -> 
     response.headers["Server"] = "mindserve"
 
 
-def make_app(dispatcher: Dispatcher, limit: int) -> web.Application:
-    app = web.Application(client_max_size=limit, middlewares=[_json_errors])
+def make_app(dispatcher: Dispatcher, limit: int, admission: Admission) -> web.Application:
+    app = web.Application(client_max_size=limit, middlewares=[_admitting(admission), _json_errors])
     app.on_response_prepare.append(_server_header)
     V2Routes(dispatcher, limit).add_to(app)
     MindSporeRoutes(dispatcher, limit).add_to(app)
@@ -137,17 +161,22 @@ class RestServer:
 
     @classmethod
     async def start(cls, address: str, dispatcher: Dispatcher, max_msg_mb_size: int,
-                    ssl_config: Optional[SSLConfig], drain_grace_s: float) -> "RestServer":
+                    ssl_config: Optional[SSLConfig], drain_grace_s: float, admission: Admission,
+                    limits: ConnectionLimits) -> "RestServer":
         context = ssl_context(ssl_config) if ssl_config else None
         _quiet_client_faults()
         socket_path = unix_socket_path(address)
         host_port = None if socket_path else _host_port(address)
         # access_log=None: no per-request log line (aiohttp's would be the hot path's most expensive step);
-        # shutdown_timeout: how long stop() lets requests in flight finish
-        runner = web.AppRunner(make_app(dispatcher, max_msg_mb_size << 20), handle_signals=False, access_log=None,
-                               shutdown_timeout=drain_grace_s)
+        # shutdown_timeout: how long stop() lets requests in flight finish; keepalive_timeout: aiohttp arms it
+        # when a connection opens and after each response, and closes a connection that has not sent a whole
+        # request head by then (a slowloris client, one that connects and says nothing, an idle keep-alive)
+        runner = web.AppRunner(make_app(dispatcher, max_msg_mb_size << 20, admission), handle_signals=False,
+                               access_log=None, shutdown_timeout=drain_grace_s,
+                               keepalive_timeout=limits.idle_timeout_s)
         sock = _unix_socket(socket_path) if socket_path else None
         await runner.setup()
+        capped_connections(runner, limits.max_connections)
         try:
             if sock is not None:
                 site: web.BaseSite = web.SockSite(runner, sock, ssl_context=context)
@@ -164,6 +193,11 @@ class RestServer:
                 _remove(socket_path)  # the file this server's bind made
             raise
         return cls(runner, address, socket_path)
+
+    @property
+    def open_connections(self) -> int:
+        server = self.runner.server
+        return len(server.connections) if server is not None else 0
 
     async def stop(self) -> None:
         """Stop taking connections, let requests in flight finish (within the drain grace given at start), close

@@ -1,0 +1,45 @@
+"""Admission of requests through every door, so that a drain keeps its promise: once the master starts to stop,
+each door refuses new requests with its "unavailable" answer (gRPC UNAVAILABLE, HTTP 503), which clients retry
+elsewhere, while the requests it had accepted run to the end and are answered. Only then are the listeners
+closed: a request is never cut off (CANCELLED, a dropped connection) because the server was stopping.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Optional
+
+SHUTTING_DOWN = "the server is shutting down: send the request again, to another replica"
+
+
+class Admission:
+    """Counts the requests in progress over all doors; ``close`` refuses new ones from then on."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.in_flight = 0
+        self._idle: Optional[asyncio.Event] = None
+
+    def enter(self) -> bool:
+        """Admit a request (the door then calls ``leave`` when it is answered); False once closed."""
+        if self.closed:
+            return False
+        self.in_flight += 1
+        return True
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.closed and not self.in_flight and self._idle is not None:
+            self._idle.set()
+
+    async def close(self, timeout: float) -> bool:
+        """Refuse new requests and wait, up to ``timeout`` seconds, until those in progress are answered; whether
+        they all were."""
+        self.closed = True
+        if not self.in_flight:
+            return True
+        self._idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
