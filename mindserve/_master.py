@@ -21,6 +21,7 @@ from mindserve._frontends.grpc import health_reflection, ms_service, oip_service
 from mindserve._frontends.grpc.ms_service import MSServiceHandler
 from mindserve._frontends.grpc.oip_service import OipServiceHandler
 from mindserve._frontends.grpc.server import GrpcServer
+from mindserve._frontends.heap_trim import HeapTrimmer
 from mindserve._frontends.off_loop import OffLoop
 from mindserve._servable import directory
 from mindserve._supervision.servable_workers import ServableWorkers
@@ -46,7 +47,8 @@ class Master:
         self._grpc_handlers: list = []  # made on the loop by the first start_grpc_server, shared by all servers
         self._health: Optional[health_reflection.HealthMonitor] = None
         self._off_loop = OffLoop()  # started now, while the main thread runs (see off_loop)
-        self._admission = Admission()  # every door's requests, refused once a stop begins
+        # every door's requests, refused once a stop begins; memory given back after large ones
+        self._admission = Admission(HeapTrimmer(self._off_loop))
         self.stopped = threading.Event()
         self._stopping = threading.Lock()  # held for good by the first stop()
         self._loop = asyncio.new_event_loop()

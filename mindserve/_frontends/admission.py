@@ -8,15 +8,19 @@ from __future__ import annotations
 import asyncio
 from typing import Optional
 
+from mindserve._frontends.heap_trim import HeapTrimmer
+
 SHUTTING_DOWN = "the server is shutting down: send the request again, to another replica"
 
 
 class Admission:
-    """Counts the requests in progress over all doors; ``close`` refuses new ones from then on."""
+    """Counts the requests in progress over all doors; ``close`` refuses new ones from then on. ``trimmer`` hears
+    of the size of each request answered (large ones give memory back afterwards)."""
 
-    def __init__(self) -> None:
+    def __init__(self, trimmer: Optional[HeapTrimmer] = None) -> None:
         self.closed = False
         self.in_flight = 0
+        self.trimmer = trimmer
         self._idle: Optional[asyncio.Event] = None
 
     def enter(self) -> bool:
@@ -26,7 +30,10 @@ class Admission:
         self.in_flight += 1
         return True
 
-    def leave(self) -> None:
+    def leave(self, nbytes: int = 0) -> None:
+        """A request admitted is answered; ``nbytes``: its request and reply bytes, where the door knows them."""
+        if self.trimmer is not None:
+            self.trimmer.note(nbytes)
         self.in_flight -= 1
         if self.closed and not self.in_flight and self._idle is not None:
             self._idle.set()

@@ -430,10 +430,15 @@ def _decode_reply(data: memoryview, count: int, output_names: list) -> list:
     if header.get("n") != count or not isinstance(header.get("err"), list) or not isinstance(header.get("out"), dict):
         raise blocks.BlockError("reply header does not match its job")
     results: list = [None] * count
-    for item in header["err"]:
-        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], int) and 0 <= item[0] < count):
+    for item in header["err"]:  # [index, code, message], or [first, code, message, last] for a run
+        if not (isinstance(item, list) and len(item) in (3, 4) and blocks.is_int(item[0]) and 0 <= item[0] < count
+                and blocks.is_int(item[1]) and isinstance(item[2], str)):
             raise blocks.BlockError("bad error entry in reply")
-        results[item[0]] = ServingError(int(item[1]), str(item[2]))
+        last = item[3] if len(item) == 4 else item[0]
+        if not (blocks.is_int(last) and item[0] <= last < count):
+            raise blocks.BlockError("bad error entry in reply")
+        error = ServingError(item[1], item[2])  # one object for the run: the frontends see one error
+        results[item[0]:last + 1] = [error] * (last + 1 - item[0])
     ok = [i for i, r in enumerate(results) if r is None]
     columns = {}
     for name in output_names:

@@ -89,8 +89,27 @@ def reply_block(method: str, count: int, outputs: dict[str, Column], errors: lis
     for name, column_values in values.items():
         out[name] = ["e", [blocks.value_descriptor(writer, v)
                            for v, err in zip(column_values, errors) if err is None]]
-    failed = [[i, e.code, e.message] for i, e in enumerate(errors) if e is not None]
-    return writer, {"n": count, "err": failed, "out": out}
+    return writer, {"n": count, "err": error_entries(errors), "out": out}
+
+
+def error_entries(errors: list[Optional[ServingError]]) -> list[list]:
+    """A reply header's errors: ``[index, code, message]`` for a failed instance, ``[first, code, message, last]``
+    for a run of consecutive instances that failed alike (a whole job failing, say), so that the header of a job
+    of thousands of failed instances stays short and the master parses it at once."""
+    entries: list[list] = []
+    for i, error in enumerate(errors):
+        if error is None:
+            continue
+        last = entries[-1] if entries else None
+        if last is not None and last[-1 if len(last) == 4 else 0] == i - 1 and last[1] == error.code \
+                and last[2] == error.message:
+            if len(last) == 4:
+                last[3] = i
+            else:
+                last.append(i)
+        else:
+            entries.append([i, error.code, error.message])
+    return entries
 
 
 def notify(event_fd: int) -> None:
@@ -136,4 +155,4 @@ def send_error(channel: ShmChannel, event_fd: int, job_id: int, count: int, erro
     """Fail every instance of a job with ``error``."""
     writer = blocks.BlockWriter()
     send_reply(channel, event_fd, job_id, writer,
-               {"n": count, "err": [[i, error.code, error.message] for i in range(count)], "out": {}}, wake)
+               {"n": count, "err": error_entries([error] * count), "out": {}}, wake)

@@ -1,5 +1,6 @@
 """What every gRPC request of the serving services passes before its handler: admission (refused with
-UNAVAILABLE once the server drains, counted while it runs, so that the drain waits for it)."""
+UNAVAILABLE once the server drains, counted while it runs, so that the drain waits for it, and its size noted,
+so that memory is given back after large ones). The behaviors take and return serialized messages."""
 from __future__ import annotations
 
 from typing import Any, Awaitable, Callable
@@ -17,9 +18,11 @@ def gated(admission: Admission, behavior: Behavior) -> Behavior:
     async def admitted(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if not admission.enter():
             await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+        reply = None
         try:
-            return await behavior(request, context)
+            reply = await behavior(request, context)
+            return reply
         finally:
-            admission.leave()
+            admission.leave(len(request) + (len(reply) if isinstance(reply, bytes) else 0))
 
     return admitted

@@ -110,7 +110,16 @@ class ReplyEncoder:
             else:
                 self._instance(outcome, parts)
         if errors:
-            parts.extend(self._error(o if isinstance(o, ServingError) else None) for o in outcomes)
+            encoded: dict[int, bytes] = {}  # instances of a run share one error object: encoded once
+            success = self._error(None)
+            for outcome in outcomes:
+                if isinstance(outcome, ServingError):
+                    entry = encoded.get(id(outcome))
+                    if entry is None:
+                        entry = encoded[id(outcome)] = self._error(outcome)
+                    parts.append(entry)
+                else:
+                    parts.append(success)
         return b"".join(parts)
 
     def _encode_stacked(self, spec: bytes, results: StackedResults) -> bytes:

@@ -107,10 +107,12 @@ def _admitting(admission: Admission):
                                       else "error")
             response.force_close()
             return response
+        response = None
         try:
             response = await handler(request)
         finally:
-            admission.leave()
+            body = getattr(response, "body", None)
+            admission.leave((request.content_length or 0) + (len(body) if isinstance(body, bytes) else 0))
         if admission.closed:
             response.force_close()
         return response
