@@ -605,3 +605,36 @@ def test_a_stacked_reply_that_does_not_match_its_job():
         assert block_error(_decode_reply, memoryview(data), count, ["y", "n"]) == "reply header does not match its job"
     assert _stacked_reply(memoryview(data), 3, ["y", "z"]) is None
     assert block_error(_decode_reply, memoryview(data), 3, ["y", "z"]) == "reply without output z"
+
+
+def test_runs_of_one_error_travel_as_one_entry_and_come_back_per_instance():
+    from mindserve._errors import FAILED, INVALID_INPUTS, ServingError
+    from mindserve._supervision.worker_process import _decode_reply
+    from mindserve._workers.columns import Column
+    from mindserve._workers.job_io import error_entries, reply_block
+    a, b = ServingError(FAILED, "a"), ServingError(INVALID_INPUTS, "b")
+    errors = [None, a, ServingError(FAILED, "a"), a, None, b, a, a]
+    assert error_entries(errors) == [[1, FAILED, "a", 3], [5, INVALID_INPUTS, "b"], [6, FAILED, "a", 7]]
+    assert error_entries([a] * 10000) == [[0, FAILED, "a", 9999]]
+    assert error_entries([None, None]) == []
+    ys = np.arange(16, dtype=np.float32).reshape(8, 2)
+    writer, header = reply_block("m", 8, {"y": Column([ys])}, errors)
+    results = _decode_reply(memoryview(reply_bytes(writer, header)), 8, ["y"])
+    assert [(r.code, r.message) if isinstance(r, ServingError) else bytes(r["y"].data) for r in results] == [
+        ys[0].tobytes(), (FAILED, "a"), (FAILED, "a"), (FAILED, "a"), ys[4].tobytes(), (INVALID_INPUTS, "b"),
+        (FAILED, "a"), (FAILED, "a")]
+
+
+@pytest.mark.parametrize("entry", [
+    [0, 1, "x", 2],        # a run past the job's instances
+    [1, 1, "x", 0],        # a run that ends before it starts
+    [0, 1, "x", True],     # not an index
+    [0, "1", "x"],         # a code that is not an int
+    [0, 1, 7],             # a message that is not text
+    [0, 1, "x", 1, 1],     # too long
+])
+def test_bad_error_entries_are_refused(entry):
+    from mindserve._supervision.worker_process import _decode_reply
+    data = reply_bytes(BlockWriter(), {"n": 2, "err": [entry], "out": {}})
+    with pytest.raises(BlockError, match="bad error entry in reply"):
+        _decode_reply(memoryview(data), 2, ["y"])
