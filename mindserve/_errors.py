@@ -31,9 +31,10 @@ def clip(text: object, limit: int = CLIENT_TEXT_LIMIT) -> str:
     """A client's string as an error text repeats it: whole when short, else its first ``limit`` characters and
     an ellipsis that says how long it was."""
     text = str(text)
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}... ({len(text)} characters)"
+    clipped = text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+    # bytes that were not UTF-8 (a header decoded with surrogate escapes, say) shown as escapes: every text of
+    # an error must encode
+    return clipped.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def request_repr(name: str, method: str, version: int) -> str:

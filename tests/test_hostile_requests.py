@@ -346,3 +346,22 @@ def test_the_instance_limit_is_a_setting(tmp_path):
             {"error": "Instances count 4 of request exceeds the limit 3, servable: guard, method: lookup"}
     finally:
         process.stop()
+
+
+def test_a_header_that_is_not_utf8_is_answered_400(server):
+    """aiohttp gives header bytes that are not UTF-8 as surrogate escapes; echoed, they must still encode."""
+    import socket
+    host, port = server.rest.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /v2/models/add.add_common/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+                     b"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: \xa1\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.endswith(b"}"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer
+    assert json.loads(body) == {"error": "Inference-Header-Content-Length '\\udca1' invalid: it should be the byte "
+                                         "size of the JSON at the start of the 0-byte body"}

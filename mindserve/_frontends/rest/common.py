@@ -57,7 +57,10 @@ def status_of(error: ServingError) -> int:
 def dumps(document: Any) -> bytes:
     """Compact JSON. Non-finite floats are written as NaN / Infinity (as Python's json and most JSON libraries
     read them), since tensors may hold them."""
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # a lone surrogate (from bytes that were not UTF-8): JSON's \u escapes carry it
+        return json.dumps(document, separators=(",", ":")).encode()
 
 
 def json_response(document: Any, status: int = 200) -> web.Response:

@@ -101,7 +101,7 @@ def parse_request(body: bytes, header_length: Optional[str]) -> InferRequest:
     text = body
     if header_length is not None:
         if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
-            raise HttpError(400, f"{HEADER_LENGTH} '{header_length}' invalid: it should be the byte size of the "
+            raise HttpError(400, f"{HEADER_LENGTH} '{clip(header_length)}' invalid: it should be the byte size of the "
                                  f"JSON at the start of the {len(body)}-byte body")
         size = int(header_length)
         text, binary = body[:size], memoryview(body)[size:]
