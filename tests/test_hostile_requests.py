@@ -8,14 +8,11 @@ the next normal request is answered correctly.
 from __future__ import annotations
 
 import json
-import os
-import textwrap
 
 import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as tg
-from tritonclient.utils import InferenceServerException
 
 import model_files
 import rest_helpers

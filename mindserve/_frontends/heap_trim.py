@@ -58,8 +58,10 @@ class HeapTrimmer:
         asyncio.ensure_future(self._run_trim())
 
     async def _run_trim(self) -> None:
+        trim = self._trim
         try:
-            await self._off_loop.run(self._trim, 0)
+            if trim is not None:
+                await self._off_loop.run(trim, 0)
         except Exception:  # never a reason to disturb serving
             log.debug("malloc_trim failed", exc_info=True)
         finally:

@@ -23,7 +23,8 @@ def _predict(instances: list[dict], name: str = "add", method: str = "add_common
                 tensor.dtype = pb.MS_BYTES
                 tensor.bytes_val.append(value)
             else:
-                tensor.dtype = {np.float32: pb.MS_FLOAT32, np.int64: pb.MS_INT64, np.uint8: pb.MS_UINT8}[value.dtype.type]
+                codes = {np.float32: pb.MS_FLOAT32, np.int64: pb.MS_INT64, np.uint8: pb.MS_UINT8}
+                tensor.dtype = codes[value.dtype.type]
                 tensor.shape.dims.extend(value.shape)
                 tensor.data = value.tobytes()
     return request.SerializeToString()
