@@ -1,4 +1,21 @@
-"""Error codes of the wire contract (``ErrorMsg.error_code``) and the error type that carries one."""
+"""The errors a request can end with: one typed family, raised below the frontends, that each transport maps to
+its answer from one table (gRPC status, HTTP status; MSService replies carry ``code``).
+
+| type | what happened | MSService code | gRPC | HTTP |
+|---|---|---|---|---|
+| InvalidInput | a malformed request, or inputs the method cannot take | 2 | INVALID_ARGUMENT | 400 |
+| NotServed | no such servable, version, method or model | 5 (2 for a method) | NOT_FOUND | 404 |
+| NoLiveWorker | served, but no worker is alive to run it now | 5 | UNAVAILABLE | 503 |
+| QueueFull | the bound on waiting requests is reached: retry later | 1 | RESOURCE_EXHAUSTED | 429 |
+| StageFailed | a stage or model of the servable failed | 1 or 3 | INTERNAL | 500 |
+| WorkerLost | the worker running the request died | 4 | UNAVAILABLE | 503 |
+| Internal | a defect of the server | 3 | INTERNAL | 500 |
+
+A plain ``ServingError(code, message)`` (what a worker's reply carries) is answered by its code: see ``kind_of``.
+"""
+from __future__ import annotations
+
+from typing import Optional
 
 SUCCESS = 0
 FAILED = 1
@@ -6,11 +23,6 @@ INVALID_INPUTS = 2
 SYSTEM_ERROR = 3
 WORKER_UNAVAILABLE = 4
 SERVABLE_UNAVAILABLE = 5
-
-# How a full request queue is answered (a ServingError whose message starts with this): frontends tell it from
-# other errors by this text, since the wire contract has no error code of its own for it (the Open Inference
-# Protocol frontend answers it with RESOURCE_EXHAUSTED).
-QUEUE_FULL_MESSAGE_PREFIX = "Serving Error: enqueued requests count exceeds the limit"
 
 
 class ServingError(Exception):
@@ -20,6 +32,79 @@ class ServingError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class _Typed(ServingError):
+    """A ServingError of a kind: its MSService code is the kind's unless given."""
+
+    CODE = FAILED
+
+    def __init__(self, message: str, code: Optional[int] = None):
+        super().__init__(self.CODE if code is None else code, message)
+
+
+class InvalidInput(_Typed):
+    """A malformed request, or inputs the method cannot take."""
+
+    CODE = INVALID_INPUTS
+
+
+class NotServed(_Typed):
+    """No such servable, version, method or model is served."""
+
+    CODE = SERVABLE_UNAVAILABLE
+
+
+class NoLiveWorker(_Typed):
+    """The servable version is served but has no live worker now."""
+
+    CODE = SERVABLE_UNAVAILABLE
+
+
+class QueueFull(_Typed):
+    """The bound on requests waiting to be processed is reached; the server is healthy, retry later."""
+
+    CODE = FAILED
+
+
+class StageFailed(_Typed):
+    """A stage or model of the servable failed on the request."""
+
+    CODE = SYSTEM_ERROR
+
+
+class WorkerLost(_Typed):
+    """The worker running the request died before it answered."""
+
+    CODE = WORKER_UNAVAILABLE
+
+
+class Internal(_Typed):
+    """A defect of the server itself."""
+
+    CODE = SYSTEM_ERROR
+
+
+_KIND_OF_CODE: dict[int, type[ServingError]] = {
+    INVALID_INPUTS: InvalidInput,
+    WORKER_UNAVAILABLE: WorkerLost,
+    SERVABLE_UNAVAILABLE: NoLiveWorker,
+}
+
+
+def kind_of(error: ServingError) -> type[ServingError]:
+    """The kind a transport answers ``error`` as: its type when typed, else the kind of its code (a failure of a
+    stage for the others)."""
+    kind = type(error)
+    if kind is ServingError:
+        return _KIND_OF_CODE.get(error.code, StageFailed)
+    return kind
+
+
+def from_worker(code: int, message: str) -> ServingError:
+    """An error a worker's reply carries, typed by its code (the wire carries only code and text)."""
+    kind = _KIND_OF_CODE.get(code, StageFailed)
+    return kind(message, code)  # type: ignore[call-arg]
 
 
 # How much of a client's string an error text repeats: a name of a megabyte must not become a reply of one
@@ -44,5 +129,13 @@ def request_repr(name: str, method: str, version: int) -> str:
     return text + f"version({version}) " if version > 0 else text
 
 
-def servable_unavailable(name: str, method: str, version: int) -> ServingError:
-    return ServingError(SERVABLE_UNAVAILABLE, f"Request {request_repr(name, method, version)}, servable is not available")
+def servable_unavailable(name: str, method: str, version: int, served: bool = True) -> ServingError:
+    """MindSpore Serving's "servable is not available": NoLiveWorker for a version that is served but has no live
+    worker, NotServed (``served`` False) for one that is not served at all."""
+    kind = NoLiveWorker if served else NotServed
+    return kind(f"Request {request_repr(name, method, version)}, servable is not available")
+
+
+def method_unavailable(name: str, method: str, version: int) -> ServingError:
+    """MindSpore Serving's "method is not available" (its code is INVALID_INPUTS, as MSService replies have it)."""
+    return NotServed(f"Request {request_repr(name, method, version)}, method is not available", INVALID_INPUTS)

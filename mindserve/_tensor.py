@@ -4,7 +4,7 @@ these; the dispatcher and the transport move them without looking inside."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple, Union
+from typing import TYPE_CHECKING, NamedTuple, Optional, Union
 
 if TYPE_CHECKING:
     import numpy as np
@@ -24,15 +24,39 @@ class StackedOutput(NamedTuple):
     data: Union[bytes, memoryview]
 
 
+class InstanceResults(list):
+    """The results of a request, one per instance: a ``dict[str, RawTensor]`` of outputs, or the error (a
+    ``mindserve._errors.ServingError``) that failed the instance. What the dispatcher answers; see also
+    StackedResults, the same for a request whose instances all succeeded with stacked outputs."""
+
+    stacked: Optional[dict[str, StackedOutput]] = None  # never here: see StackedResults
+
+    def first_error(self) -> Optional[Exception]:
+        """The error of the first failed instance, or None when every instance succeeded."""
+        for result in self:
+            if isinstance(result, Exception):
+                return result
+        return None
+
+
 class StackedResults(Sequence):
     """The results of a request whose instances all succeeded with stacked outputs: a sequence of one
-    ``dict[str, RawTensor]`` per instance, made on demand, whose ``outputs`` frontends can also take whole (a
-    reply written in one pass, an OIP tensor as it is)."""
+    ``dict[str, RawTensor]`` per instance, made on demand, whose outputs (``stacked``) frontends can also take
+    whole (a reply written in one pass, an OIP tensor as it is)."""
 
     def __init__(self, count: int, outputs: dict[str, StackedOutput]):
         self.count = count
         self.outputs = outputs
         self.row_bytes = {name: len(out.data) // count if count else 0 for name, out in outputs.items()}
+
+    @property
+    def stacked(self) -> dict[str, StackedOutput]:
+        """Each output of every instance, back to back."""
+        return self.outputs
+
+    def first_error(self) -> None:
+        """None: every instance succeeded."""
+        return None
 
     def __len__(self) -> int:
         return self.count
@@ -89,3 +113,6 @@ class StackedInputs(Sequence):
         """Instances ``start`` to ``stop`` (exclusive) as a StackedInputs of their own."""
         return StackedInputs(stop - start,
                              {name: col._replace(offsets=col.offsets[start:stop]) for name, col in self.inputs.items()})
+
+
+Results = Union[InstanceResults, StackedResults]

@@ -21,9 +21,10 @@ from tritonclient.utils import InferenceServerException
 
 import conftest
 import servable_factory
-from mindserve._errors import (FAILED, INVALID_INPUTS, QUEUE_FULL_MESSAGE_PREFIX, SERVABLE_UNAVAILABLE,
-                               SYSTEM_ERROR, WORKER_UNAVAILABLE, ServingError)
-from mindserve._frontends.grpc.oip_service import status_of
+from mindserve._errors import (FAILED, INVALID_INPUTS, SERVABLE_UNAVAILABLE, SYSTEM_ERROR, WORKER_UNAVAILABLE,
+                               Internal, InvalidInput, NoLiveWorker, NotServed, QueueFull, ServingError, StageFailed,
+                               WorkerLost)
+from mindserve._frontends.grpc.status import status_of
 from mindserve._proto import grpc_inference as oip
 from mindserve.client import Client
 
@@ -707,16 +708,23 @@ def test_malformed_state_requests_are_invalid_argument(raw_channel, rpc):
 
 
 @pytest.mark.parametrize("error, status", [
+    (InvalidInput("bad"), grpc.StatusCode.INVALID_ARGUMENT),
+    (NotServed("no such model"), grpc.StatusCode.NOT_FOUND),
+    (NotServed("no such method", INVALID_INPUTS), grpc.StatusCode.NOT_FOUND),
+    (NoLiveWorker("down"), grpc.StatusCode.UNAVAILABLE),
+    (QueueFull("full"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (StageFailed("stage failed"), grpc.StatusCode.INTERNAL),
+    (WorkerLost("gone"), grpc.StatusCode.UNAVAILABLE),
+    (Internal("defect"), grpc.StatusCode.INTERNAL),
+    # untyped errors (what a worker's reply carries) by their code
     (ServingError(INVALID_INPUTS, "bad"), grpc.StatusCode.INVALID_ARGUMENT),
     (ServingError(WORKER_UNAVAILABLE, "gone"), grpc.StatusCode.UNAVAILABLE),
     (ServingError(SERVABLE_UNAVAILABLE, "gone"), grpc.StatusCode.UNAVAILABLE),
     (ServingError(SYSTEM_ERROR, "stage failed"), grpc.StatusCode.INTERNAL),
     (ServingError(FAILED, "model failed"), grpc.StatusCode.INTERNAL),
-    (ServingError(SYSTEM_ERROR, f"{QUEUE_FULL_MESSAGE_PREFIX} 100"), grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (ServingError(WORKER_UNAVAILABLE, f"{QUEUE_FULL_MESSAGE_PREFIX} 100"), grpc.StatusCode.RESOURCE_EXHAUSTED),
 ])
 def test_status_of_serving_errors(error, status):
-    """A full queue (known by its text, whatever its code) is RESOURCE_EXHAUSTED; the rest follow the code."""
+    """Typed errors by their type, whatever their MSService code; untyped ones by their code."""
     assert status_of(error) == status
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from mindserve._errors import (FAILED, INVALID_INPUTS, QUEUE_FULL_MESSAGE_PREFIX, ServingError, request_repr,
-                               servable_unavailable)
+from mindserve._errors import QueueFull, method_unavailable, request_repr, servable_unavailable
 from mindserve._dispatch.limits import DEFAULT_MAX_REQUEST_INSTANCES, too_many_instances
 from mindserve._supervision.servable_workers import DEFAULT_RESTART_WAIT_S, ServableWorkers
-from mindserve._tensor import RawTensor
+from mindserve._tensor import InstanceResults, RawTensor, Results, StackedResults
 
 __all__ = ["Dispatcher", "request_repr", "DEFAULT_MAX_ENQUEUED_REQUESTS"]
 
@@ -49,7 +48,8 @@ class Dispatcher:
 
     def resolve(self, name: str, method: str, version: int) -> tuple[ServableWorkers, dict]:
         """The servable version that serves a request (the newest running one for version 0) and the method's
-        signature; ServingError when there is none or it has no live worker."""
+        signature. NotServed when the servable, version or method is not served; NoLiveWorker when it is but
+        has no live worker (nor one being restarted)."""
         versions = self._servables.get(name, {})
         group: Optional[ServableWorkers] = None
         if version == 0:  # the newest version with a live worker, else the newest whose worker is restarting
@@ -65,26 +65,29 @@ class Dispatcher:
             if group is not None and not group.ready and not group.recovering:
                 group = None
         if group is None:
-            raise servable_unavailable(name, method, version)
+            served = bool(versions) if version == 0 else version in versions
+            raise servable_unavailable(name, method, version, served)
         signature = group.methods.get(method)
         if signature is None:
-            raise ServingError(INVALID_INPUTS, f"Request {request_repr(name, method, version)}, method is not available")
+            raise method_unavailable(name, method, version)
         return group, signature
 
     async def run(self, group: ServableWorkers, method: str, instances: Sequence[dict[str, RawTensor]],
-                  version: Optional[int] = None) -> list:
+                  version: Optional[int] = None) -> Results:
         """One ``dict[str, RawTensor]`` of outputs or one ServingError per instance, in order (``instances`` is a
-        list, or a StackedInputs read in place from the request). Refused at once
+        list, or a StackedInputs read in place from the request); ``results.stacked`` holds the outputs whole
+        when every instance succeeded with stacked outputs. Refused at once
         when ``max_enqueued_requests`` requests are already waiting. ``version`` is the one the request asked
         for (0: the newest), as error texts name it; None names the group's."""
         version = group.version if version is None else version
         if self.enqueued_requests >= self.max_enqueued_requests:
-            raise ServingError(FAILED, f"{QUEUE_FULL_MESSAGE_PREFIX} {self.max_enqueued_requests}")
+            raise QueueFull(f"Serving Error: enqueued requests count exceeds the limit {self.max_enqueued_requests}")
         self.enqueued_requests += 1  # a request waiting for a restarted worker counts as enqueued
         try:
             worker = group.pick() or await group.wait_live(self.restart_wait_s)
             if worker is None:
                 raise servable_unavailable(group.name, method, version)
-            return await worker.run(method, instances, version)
+            results = await worker.run(method, instances, version)
+            return results if isinstance(results, StackedResults) else InstanceResults(results)
         finally:
             self.enqueued_requests -= 1

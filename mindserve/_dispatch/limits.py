@@ -12,7 +12,7 @@ client sent and no single request can stall the master or kill a worker.
 """
 from __future__ import annotations
 
-from mindserve._errors import INVALID_INPUTS, ServingError, clip
+from mindserve._errors import InvalidInput, ServingError, clip
 
 MAX_TENSOR_DIMS = 16
 DEFAULT_MAX_REQUEST_INSTANCES = 10000
@@ -20,7 +20,7 @@ DEFAULT_MAX_REQUEST_INSTANCES = 10000
 
 def too_many_dims(name: str, ndims: int) -> ServingError:
     """The error for a tensor of input ``name`` with ``ndims`` dimensions, more than MAX_TENSOR_DIMS."""
-    return ServingError(INVALID_INPUTS, f"Instances input {clip(name)} check failed, detail: Tensor check failed: "
+    return InvalidInput(f"Instances input {clip(name)} check failed, detail: Tensor check failed: "
                                         f"input shape has {ndims} dimensions, more than the limit {MAX_TENSOR_DIMS}")
 
 
@@ -32,5 +32,5 @@ def check_tensor_dims(name: str, ndims: int) -> None:
 
 def too_many_instances(count: int, limit: int, servable: str, method: str) -> ServingError:
     """The error for a request of ``count`` instances, more than ``limit``."""
-    return ServingError(INVALID_INPUTS, f"Instances count {count} of request exceeds the limit {limit}, servable: "
+    return InvalidInput(f"Instances count {count} of request exceeds the limit {limit}, servable: "
                                         f"{clip(servable)}, method: {clip(method)}")

@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
-from mindserve._errors import INVALID_INPUTS, SYSTEM_ERROR, WORKER_UNAVAILABLE, ServingError
+from mindserve._errors import Internal, InvalidInput, ServingError, WorkerLost, from_worker
 from mindserve._tensor import RawTensor, StackedInputs, StackedOutput, StackedResults
 from mindserve._transport import blocks
 from mindserve._transport.master_side import MasterChannel
@@ -170,7 +170,7 @@ class WorkerProcess:
         """Run ``method`` on ``instances``; one ``dict[str, RawTensor]`` or ServingError per instance. A request
         too large for the channel's arena at once goes as several jobs."""
         if not self.alive:
-            raise ServingError(WORKER_UNAVAILABLE, f"worker of {self.spec.describe()} is not running")
+            raise WorkerLost(f"worker of {self.spec.describe()} is not running")
         loop = asyncio.get_running_loop()
         version = self.spec.version if version is None else version
         if isinstance(instances, StackedInputs) and self._stacked_per_job(instances) >= instances.count:
@@ -214,7 +214,7 @@ class WorkerProcess:
         for i, inst in enumerate(instances):
             nbytes = sum(len(t.data) + blocks.ALIGN for t in inst.values()) + 256  # data, padding, header
             if nbytes > limit:
-                results[i] = ServingError(INVALID_INPUTS, f"instance {i} of {nbytes} bytes exceeds the worker's shared "
+                results[i] = InvalidInput(f"instance {i} of {nbytes} bytes exceeds the worker's shared "
                                                           f"memory for requests ({limit} bytes per job); raise "
                                                           f"shm_size_mb in ServableStartConfig")
                 continue
@@ -254,7 +254,7 @@ class WorkerProcess:
             self._kill()
             return False
         except MessageTooBig as exc:  # cannot happen after _split; a defect if it does
-            self._finish(job, ServingError(SYSTEM_ERROR, f"job not queued: {exc}"))
+            self._finish(job, Internal(f"job not queued: {exc}"))
             return True
         job.writer.write(channel.view, offset, job.head)
         job_id = next(self._ids)
@@ -317,7 +317,7 @@ class WorkerProcess:
             try:
                 outcome = _decode_reply(memoryview(data), job.count, self.methods[job.method]["outputs"])
             except blocks.BlockError as exc:
-                outcome = ServingError(SYSTEM_ERROR, f"bad reply from worker of {self.spec.describe()}: {exc}")
+                outcome = Internal(f"bad reply from worker of {self.spec.describe()}: {exc}")
             self._finish(job, outcome)
         self._flush_backlog()
 
@@ -351,7 +351,7 @@ class WorkerProcess:
         shared memory is freed."""
         code = self._process.poll() if self._process else None
         reason = "was stopped" if self._stopping else f"exited unexpectedly (exit code {code})"
-        error = ServingError(WORKER_UNAVAILABLE, f"worker of {self.spec.describe()} {reason}, the request was not "
+        error = WorkerLost(f"worker of {self.spec.describe()} {reason}, the request was not "
                                                  f"completed")
         untaken: list[Job] = []
         if self._channel is not None:
@@ -437,7 +437,7 @@ def _decode_reply(data: memoryview, count: int, output_names: list) -> list:
         last = item[3] if len(item) == 4 else item[0]
         if not (blocks.is_int(last) and item[0] <= last < count):
             raise blocks.BlockError("bad error entry in reply")
-        error = ServingError(item[1], item[2])  # one object for the run: the frontends see one error
+        error = from_worker(item[1], item[2])  # one object for the run: the frontends see one error
         results[item[0]:last + 1] = [error] * (last + 1 - item[0])
     ok = [i for i, r in enumerate(results) if r is None]
     columns = {}

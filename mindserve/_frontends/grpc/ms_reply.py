@@ -12,7 +12,7 @@ from typing import Any, NamedTuple, Optional, Union
 from mindserve import _dtypes
 from mindserve._errors import ServingError
 from mindserve._native import ffi, lib
-from mindserve._tensor import RawTensor, StackedResults
+from mindserve._tensor import RawTensor, StackedOutput
 
 _TEXT_TYPES = (_dtypes.MS_STRING, _dtypes.MS_BYTES)
 _PREFIX_CACHE_LIMIT = 4096
@@ -98,8 +98,9 @@ class ReplyEncoder:
         """The reply to a request whose instances ended as ``outcomes`` (a dict of RawTensor outputs or a
         ServingError each), by MSService's rules: no error entry when all succeeded; one when every instance
         failed with the same error; else one per instance, and an empty instance for each failure."""
-        if isinstance(outcomes, StackedResults):
-            return self._encode_stacked(spec, outcomes)
+        stacked = getattr(outcomes, "stacked", None)  # (a plain list of outcomes has none)
+        if stacked is not None:
+            return self._encode_stacked(spec, len(outcomes), stacked)
         errors = [o for o in outcomes if isinstance(o, ServingError)]
         if errors and len(errors) == len(outcomes) and len({(e.code, e.message) for e in errors}) == 1:
             return self.whole_request_error(spec, errors[0])
@@ -122,24 +123,24 @@ class ReplyEncoder:
                     parts.append(success)
         return b"".join(parts)
 
-    def _encode_stacked(self, spec: bytes, results: StackedResults) -> bytes:
+    def _encode_stacked(self, spec: bytes, count: int, outputs: dict[str, StackedOutput]) -> bytes:
         """Every instance succeeded with stacked outputs: each instance is the same prefixes around its rows,
         interleaved by the C core in one pass."""
-        outputs = results.outputs
-        key = tuple((name, out.dtype, out.row_shape, results.row_bytes[name]) for name, out in outputs.items())
+        key = tuple((name, out.dtype, out.row_shape, len(out.data) // count if count else 0)
+                    for name, out in outputs.items())
         layout = self._layouts.get(key)
         if layout is None:
             if len(self._layouts) >= _PREFIX_CACHE_LIMIT:
                 self._layouts.clear()
             layout = self._layouts[key] = self._stacked_layout(key)
-        if any(len(out.data) != results.count * row for out, (_, _, _, row) in zip(outputs.values(), key)):
+        if any(len(out.data) != count * row for out, (_, _, _, row) in zip(outputs.values(), key)):
             raise ValueError("stacked outputs do not hold a row per instance")  # a defect: the reader sized them
         head_field = _field(0x0A, spec) if spec else b""
-        out = bytearray(len(head_field) + results.count * layout.record)
+        out = bytearray(len(head_field) + count * layout.record)
         out[:len(head_field)] = head_field
         columns = ffi.new("void *[]", [ffi.from_buffer(o.data) for o in outputs.values()])
         written = lib.ms_interleave_rows(ffi.from_buffer(out, require_writable=True) + len(head_field),
-                                         len(out) - len(head_field), layout.head, len(layout.head), results.count,
+                                         len(out) - len(head_field), layout.head, len(layout.head), count,
                                          len(key), layout.prefixes, layout.prefix_sizes, columns, layout.row_sizes)
         if written != len(out) - len(head_field):
             raise ValueError("reply layout does not fit its buffer")  # a defect: the buffer was sized from it

@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError
 from mindserve._dispatch.dispatcher import Dispatcher
 from mindserve._dispatch.limits import too_many_instances
 from mindserve._supervision.servable_workers import ServableWorkers
-from mindserve._errors import INVALID_INPUTS, SYSTEM_ERROR, ServingError, clip
+from mindserve._errors import Internal, InvalidInput, ServingError, clip
 from mindserve._frontends.grpc import ms_wire
 from mindserve._frontends.grpc.ms_reply import ReplyEncoder
 from mindserve._frontends.grpc.ms_tensors import tensor_from_proto
@@ -85,7 +85,7 @@ class MSServiceHandler:
             return self._encoder.whole_request_error(spec, err)
         except Exception as exc:  # a defect of ours: answer it plainly, never with a traceback
             log.exception("Predict failed")
-            return self._encoder.whole_request_error(spec, ServingError(SYSTEM_ERROR, f"Predict failed: {exc}"))
+            return self._encoder.whole_request_error(spec, Internal(f"Predict failed: {exc}"))
 
     def _common_request(self, data: bytes) -> Optional[tuple[ms_wire.RequestHead, ServableWorkers, StackedInputs]]:
         """A common request (see ms_wire) read in place, with the servable version that runs it; None sends the
@@ -105,8 +105,8 @@ class MSServiceHandler:
         spec = request.servable_spec
         group, signature = self._dispatcher.resolve(spec.name, spec.method_name, spec.version_number)
         if not request.instances:
-            raise ServingError(INVALID_INPUTS, f"Instances count of request cannot be 0, servable: {clip(spec.name)}, "
-                                               f"method: {clip(spec.method_name)}")
+            raise InvalidInput(f"Instances count of request cannot be 0, servable: {clip(spec.name)}, "
+                               f"method: {clip(spec.method_name)}")
         self._dispatcher.check_instance_count(len(request.instances), spec.name, spec.method_name)
         names = tuple(signature["inputs"])
         if large:
@@ -141,8 +141,8 @@ class MSServiceHandler:
         for name in input_names:
             tensor = items.get(name)
             if tensor is None:
-                raise ServingError(INVALID_INPUTS, f"Cannot find input {name} in instance input , servable "
-                                                   f"{spec.name}, method {spec.method_name}")
+                raise InvalidInput(f"Cannot find input {name} in instance input , servable "
+                                   f"{spec.name}, method {spec.method_name}")
             inputs[name] = self._known_tensor(tensor) or self._checked_tensor(name, tensor)
         return inputs
 

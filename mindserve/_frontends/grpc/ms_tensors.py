@@ -9,7 +9,7 @@ import math
 
 from mindserve import _dtypes
 from mindserve._dispatch.limits import check_tensor_dims
-from mindserve._errors import INVALID_INPUTS, ServingError, clip
+from mindserve._errors import InvalidInput, ServingError, clip
 from mindserve._proto import ms_service_pb2 as pb
 from mindserve._tensor import RawTensor
 
@@ -18,7 +18,7 @@ _TEXT_TYPES = (_dtypes.MS_STRING, _dtypes.MS_BYTES)
 
 def invalid_input(name: str, detail: str) -> ServingError:
     """The error for a bad tensor of input ``name`` (shared by the gRPC frontends, so the texts are one)."""
-    return ServingError(INVALID_INPUTS, f"Instances input {clip(name)} check failed, detail: {detail}")
+    return InvalidInput(f"Instances input {clip(name)} check failed, detail: {detail}")
 
 
 
@@ -46,7 +46,7 @@ def check_utf8(name: str, data: bytes) -> None:
 
 
 def tensor_from_proto(name: str, tensor: pb.Tensor) -> RawTensor:
-    """The validated tensor of input ``name``; ServingError(INVALID_INPUTS) naming the problem otherwise."""
+    """The validated tensor of input ``name``; InvalidInput naming the problem otherwise."""
     code = tensor.dtype
     dims = tuple(tensor.shape.dims)
     check_dims(name, dims)

@@ -25,13 +25,13 @@ import numpy as np
 import mindserve
 from mindserve import _dtypes
 from mindserve._dispatch.dispatcher import Dispatcher
-from mindserve._errors import ServingError, clip
+from mindserve._errors import InvalidInput, ServingError, clip
 from mindserve._frontends.grpc.ms_tensors import invalid_input
 from mindserve._frontends.grpc.strict_parse import InvalidMessage, parse_strict
-from mindserve._frontends.oip import errors, models, tensors
+from mindserve._frontends.grpc.status import status_of
+from mindserve._frontends.oip import models, tensors
 from mindserve._frontends.admission import Admission
 from mindserve._frontends.grpc.gate import gated
-from mindserve._frontends.oip.errors import OipError, bad_request, kind_of
 from mindserve._frontends.oip.models import SERVER_NAME
 from mindserve._frontends.oip.tensors import InputTensor, RawInput, join_bytes
 from mindserve._proto import grpc_inference as oip
@@ -62,20 +62,6 @@ _FIELD_DTYPE = {"bool_contents": np.dtype(np.bool_), "int_contents": np.dtype("<
                 "uint64_contents": np.dtype("<u8"), "fp32_contents": np.dtype("<f4"),
                 "fp64_contents": np.dtype("<f8")}
 
-_STATUS_OF_KIND = {
-    errors.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
-    errors.BAD_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-    errors.EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.INTERNAL: grpc.StatusCode.INTERNAL,
-}
-
-
-def status_of(error: ServingError) -> grpc.StatusCode:
-    """The gRPC status that answers a ServingError: RESOURCE_EXHAUSTED for a full queue (told by its text),
-    INVALID_ARGUMENT for bad inputs, UNAVAILABLE when no worker is alive, INTERNAL for everything else (failures
-    in the servable's stages or models, system errors)."""
-    return _STATUS_OF_KIND[kind_of(error)]
 
 
 def _as_str(tensor: Any) -> bool:
@@ -157,8 +143,6 @@ class OipServiceHandler:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             try:
                 return (await impl(request)).SerializeToString()
-            except OipError as err:
-                status, message = _STATUS_OF_KIND[err.kind], err.message
             except ServingError as err:
                 status, message = status_of(err), err.message
             except Exception as exc:  # a defect of ours: answer it plainly, never with a traceback
@@ -214,11 +198,11 @@ class OipServiceHandler:
             if models.SHM_PARAMETER in tensor.parameters:
                 raise invalid_input(tensor.name, tensors.SHM_DETAIL)
             if raw and tensor.HasField("contents"):
-                raise bad_request(f"Input {clip(tensor.name)} has contents while the request uses raw_input_contents: "
-                                  f"give all inputs one way")
+                raise InvalidInput(f"Input {clip(tensor.name)} has contents while the request uses raw_input_contents: "
+                                   f"give all inputs one way")
         if raw and len(raw) != len(tensors_):
-            raise bad_request(f"raw_input_contents holds {len(raw)} entries for {len(tensors_)} inputs: it needs "
-                              f"one per input, in the order of inputs")
+            raise InvalidInput(f"raw_input_contents holds {len(raw)} entries for {len(tensors_)} inputs: it needs "
+                               f"one per input, in the order of inputs")
         if raw:
             return [RawInput(t.name, t.datatype, tuple(t.shape), data, _as_str(t)) for t, data in zip(tensors_, raw)]
         return [_ContentsInput(t) for t in tensors_]

@@ -8,8 +8,7 @@ from typing import Iterable, NamedTuple, Optional
 
 from mindserve import _dtypes
 from mindserve._dispatch.dispatcher import Dispatcher
-from mindserve._errors import clip
-from mindserve._frontends.oip.errors import NOT_FOUND, OipError, bad_request, not_found
+from mindserve._errors import InvalidInput, NotServed, clip
 from mindserve._supervision.servable_workers import ServableWorkers
 
 SERVER_NAME = "mindserve"
@@ -42,7 +41,7 @@ class Model:
         group = self.groups.get(version)
         if group is None or self.method not in group.methods:
             running = ", ".join(str(v) for v in self.versions())
-            raise not_found(f"Model '{self.name}' version {version} is not found, running versions: {running}")
+            raise NotServed(f"Model '{self.name}' version {version} is not found, running versions: {running}")
         return group
 
 
@@ -68,7 +67,7 @@ def version_number(model_name: str, text: str) -> int:
     if not text:
         return 0
     if not (text.isascii() and text.isdigit()) or len(text) > 20:
-        raise bad_request(f"Model '{clip(model_name)}' version '{clip(text)}' is not a version number")
+        raise InvalidInput(f"Model '{clip(model_name)}' version '{clip(text)}' is not a version number")
     return int(text)
 
 
@@ -83,13 +82,14 @@ def find_model(dispatcher: Dispatcher, model_name: str) -> Model:
         methods = sorted({m for g in groups.values() for m in g.methods})
         if len(methods) == 1:
             return Model(model_name, model_name, methods[0], groups)
-        raise not_found(f"Model '{clip(model_name)}' is not found: servable {clip(model_name)} has {len(methods)} methods, "
-                        f"name one as '{clip(model_name)}.<method>' ({', '.join(methods)})")
+        name = clip(model_name)
+        raise NotServed(f"Model '{name}' is not found: servable {name} has {len(methods)} methods, name one as "
+                        f"'{name}.<method>' ({', '.join(methods)})")
     servable, dot, method = model_name.rpartition(".")
     groups = _servable_groups(dispatcher, servable) if dot else {}
     if any(method in g.methods for g in groups.values()):
         return Model(model_name, servable, method, groups)
-    raise not_found(f"Model '{clip(model_name)}' is not found, models are named 'servable.method', or 'servable' for a "
+    raise NotServed(f"Model '{clip(model_name)}' is not found, models are named 'servable.method', or 'servable' for a "
                     f"servable with a single method")
 
 
@@ -128,10 +128,8 @@ def model_ready(dispatcher: Dispatcher, model_name: str, version_text: str) -> O
     try:
         model = find_model(dispatcher, model_name)
         group = model.group(version)
-    except OipError as err:
-        if err.kind == NOT_FOUND:
-            return None
-        raise
+    except NotServed:
+        return None
     return group.ready
 
 
@@ -163,13 +161,13 @@ def selected_outputs(requested: list[tuple[str, Mapping]], signature: dict, mode
     selected = []
     for name, parameters in requested:
         if name not in names:
-            raise bad_request(f"Cannot find output {clip(name)} in the outputs of servable {model.servable}, method "
-                              f"{model.method}: {', '.join(names)}")
+            raise InvalidInput(f"Cannot find output {clip(name)} in the outputs of servable {model.servable}, method "
+                               f"{model.method}: {', '.join(names)}")
         if name in selected:
-            raise bad_request(f"Output {clip(name)} is requested more than once")
+            raise InvalidInput(f"Output {clip(name)} is requested more than once")
         if SHM_PARAMETER in parameters:
-            raise bad_request(f"Output {clip(name)}: shared memory tensor data is not supported by this server")
+            raise InvalidInput(f"Output {clip(name)}: shared memory tensor data is not supported by this server")
         if "classification" in parameters:
-            raise bad_request(f"Output {clip(name)}: the classification extension is not supported")
+            raise InvalidInput(f"Output {clip(name)}: the classification extension is not supported")
         selected.append(name)
     return selected

@@ -21,12 +21,11 @@ import numpy as np
 from mindserve import _dtypes
 from mindserve._dispatch.dispatcher import Dispatcher
 from mindserve._dispatch.limits import too_many_instances
-from mindserve._errors import INVALID_INPUTS, ServingError, clip
+from mindserve._errors import InvalidInput, StageFailed, clip
 from mindserve._frontends.grpc.ms_tensors import check_data_size, check_dims, check_utf8, invalid_input
-from mindserve._frontends.oip.errors import INTERNAL, OipError, bad_request
 from mindserve._frontends.oip.models import Model
 from mindserve._supervision.servable_workers import ServableWorkers
-from mindserve._tensor import RawTensor, StackedInput, StackedInputs, StackedResults
+from mindserve._tensor import RawTensor, Results, StackedInput, StackedInputs
 
 SHM_DETAIL = "Tensor check failed: shared memory tensor data is not supported by this server"
 
@@ -112,17 +111,17 @@ def instances(model: Model, signature: dict, tensors: Sequence[InputTensor], max
     position: dict[str, int] = {}
     for k, tensor in enumerate(tensors):
         if tensor.name in position:
-            raise bad_request(f"Input {clip(tensor.name)} is given more than once")
+            raise InvalidInput(f"Input {clip(tensor.name)} is given more than once")
         position[tensor.name] = k
     names = signature["inputs"]
     for name in names:
         if name not in position:
-            raise ServingError(INVALID_INPUTS, f"Cannot find input {name} in request inputs , servable "
-                                               f"{clip(model.servable)}, method {clip(model.method)}")
+            raise InvalidInput(f"Cannot find input {name} in request inputs , servable "
+                               f"{clip(model.servable)}, method {clip(model.method)}")
     for name in position:
         if name not in names:
-            raise bad_request(f"Unexpected input {clip(name)} in request inputs , servable {clip(model.servable)}, method "
-                              f"{clip(model.method)} takes {', '.join(names)}")
+            raise InvalidInput(f"Unexpected input {clip(name)} in request inputs , servable {clip(model.servable)}, "
+                               f"method {clip(model.method)} takes {', '.join(names)}")
     if not names:
         return [{}]
     ordered = [tensors[position[name]] for name in names]
@@ -130,9 +129,10 @@ def instances(model: Model, signature: dict, tensors: Sequence[InputTensor], max
     specs = signature.get("input_specs") or [None] * len(names)
     # every input's data is checked against its shape (in _column) before any per-instance object is made
     columns = [_column(tensor, count, spec) for tensor, spec in zip(ordered, specs)]
-    if all(isinstance(column, StackedInput) for column in columns):
+    texts = [isinstance(column, list) for column in columns]  # str / bytes items rather than numeric rows
+    if not any(texts):
         return StackedInputs(count, dict(zip(names, columns)))
-    rows = [column if isinstance(column, list) else _rows(column, count) for column in columns]
+    rows = [column if text else _rows(column, count) for column, text in zip(columns, texts)]
     return [dict(zip(names, items)) for items in zip(*rows)]
 
 
@@ -151,8 +151,8 @@ def _instance_count(tensors: list[InputTensor], model: Model, max_instances: int
             raise invalid_input(tensor.name, f"Tensor check failed: input dim 0 (instances) is {dims[0]}, but input "
                                              f"{first} has {count}")
     if count == 0:
-        raise ServingError(INVALID_INPUTS, f"Instances count of request cannot be 0, servable: {clip(model.servable)}, "
-                                           f"method: {clip(model.method)}")
+        raise InvalidInput(f"Instances count of request cannot be 0, servable: {clip(model.servable)}, "
+                           f"method: {clip(model.method)}")
     if count > max_instances:
         # instances whose tensors hold no elements cost no request bytes: bound their number here
         raise too_many_instances(count, max_instances, model.servable, model.method)
@@ -186,14 +186,13 @@ def _rows(column: StackedInput, count: int) -> list[RawTensor]:
     return [RawTensor(column.dtype, column.row_shape, column.source[i * row:(i + 1) * row]) for i in range(count)]
 
 
-async def run(dispatcher: Dispatcher, group: ServableWorkers, model: Model, items: list) -> Sequence[dict]:
+async def run(dispatcher: Dispatcher, group: ServableWorkers, model: Model, items: list) -> Results:
     """The instances' outputs; the protocol has no per-instance error, so the first failed instance fails the
     whole call with its error."""
     results = await dispatcher.run(group, model.method, items)
-    if not isinstance(results, StackedResults):
-        for result in results:
-            if isinstance(result, ServingError):
-                raise result
+    error = results.first_error()
+    if error is not None:
+        raise error
     return results
 
 
@@ -208,20 +207,21 @@ class OutputTensor(NamedTuple):
     items: Optional[list]
 
 
-def stack_output(name: str, results: Sequence[dict]) -> OutputTensor:
+def stack_output(name: str, results: Results) -> OutputTensor:
     """Stack the instances' values of output ``name`` along dim 0 (a request answered stacked is taken whole)."""
-    if isinstance(results, StackedResults) and name in results.outputs:
-        out = results.outputs[name]
-        return OutputTensor(name, _dtypes.OIP_NAME_OF[out.dtype], [results.count, *out.row_shape], out.data, None)
+    stacked = results.stacked
+    if stacked is not None and name in stacked:
+        out = stacked[name]
+        return OutputTensor(name, _dtypes.OIP_NAME_OF[out.dtype], [len(results), *out.row_shape], out.data, None)
     items = [r[name] for r in results]
     first = items[0]
     text = first.dtype in TEXT_TYPES
     for i, item in enumerate(items):
         if (item.dtype in TEXT_TYPES) != text or (not text and (item.dtype != first.dtype
                                                                  or tuple(item.shape) != tuple(first.shape))):
-            raise OipError(INTERNAL, f"Output {name} of instance {i} is {_describe(item)} but that of instance 0 is "
-                                     f"{_describe(first)}: the instances' outputs are stacked along dim 0 and must "
-                                     f"agree in data type and shape")
+            raise StageFailed(f"Output {name} of instance {i} is {_describe(item)} but that of instance 0 is "
+                              f"{_describe(first)}: the instances' outputs are stacked along dim 0 and must "
+                              f"agree in data type and shape")
     if text:
         return OutputTensor(name, "BYTES", [len(items)], None, [bytes(item.data) for item in items])
     return OutputTensor(name, _dtypes.OIP_NAME_OF[first.dtype], [len(items), *first.shape],

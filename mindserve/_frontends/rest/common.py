@@ -12,25 +12,30 @@ an unhealthy backend, a 429 only as back-pressure.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import logging
 import sys
-from typing import Any, Optional
+from typing import Any, Awaitable, Callable, Optional
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from mindserve._errors import ServingError
-from mindserve._frontends.oip import errors
-from mindserve._frontends.oip.errors import kind_of
+from mindserve._errors import (Internal, InvalidInput, NoLiveWorker, NotServed, QueueFull, ServingError, StageFailed,
+                               WorkerLost, kind_of)
 
-STATUS_OF_KIND = {
-    errors.NOT_FOUND: 404,
-    errors.BAD_REQUEST: 400,
-    errors.UNAVAILABLE: 503,
-    errors.EXHAUSTED: 429,
-    errors.INTERNAL: 500,
+HTTP_STATUS: dict[type, int] = {
+    InvalidInput: 400,
+    NotServed: 404,
+    NoLiveWorker: 503,
+    QueueFull: 429,
+    StageFailed: 500,
+    WorkerLost: 503,
+    Internal: 500,
 }
+
+log = logging.getLogger("mindserve")
 
 BODY_IDLE_TIMEOUT_S = 30.0  # a body that stops arriving for this long is answered 408, so nothing waits forever
 
@@ -51,7 +56,29 @@ class HttpError(Exception):
 
 def status_of(error: ServingError) -> int:
     """The HTTP status that answers a ServingError (see the module's table)."""
-    return STATUS_OF_KIND[kind_of(error)]
+    return HTTP_STATUS[kind_of(error)]
+
+
+Handler = Callable[..., Awaitable[web.StreamResponse]]
+
+
+def answers_errors(route: str, key: str = "error") -> Callable[[Handler], Handler]:
+    """Every failure of a route answered as ``{key: text}`` with its status, never a traceback: the one place
+    where REST turns errors into answers (``error_msg`` is MindSpore Serving's key, ``error`` KServe's)."""
+    def wrap(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def handle(*args: Any) -> web.StreamResponse:
+            try:
+                return await handler(*args)
+            except HttpError as err:
+                return error_response(err.status, err.message, key)
+            except ServingError as err:
+                return error_response(status_of(err), err.message, key)
+            except Exception as exc:  # a defect of ours: answer it plainly
+                log.exception("%s failed", route)
+                return error_response(500, f"{route} failed: {exc}", key)
+        return handle
+    return wrap
 
 
 def dumps(document: Any) -> bytes:

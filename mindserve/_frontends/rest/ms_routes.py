@@ -14,11 +14,11 @@ from typing import Any
 from aiohttp import web
 
 from mindserve._dispatch.dispatcher import Dispatcher
-from mindserve._errors import INVALID_INPUTS, ServingError, clip, request_repr, servable_unavailable
+from mindserve._errors import InvalidInput, ServingError, clip
 from mindserve._frontends.rest import ms_values
-from mindserve._frontends.rest.common import (HttpError, check_content_type, error_response, json_response,
-                                              parse_json, read_body, status_of)
-from mindserve._tensor import StackedResults
+from mindserve._frontends.rest.common import (HttpError, answers_errors, check_content_type, json_response, parse_json,
+                                              read_body)
+from mindserve._tensor import StackedOutput
 
 log = logging.getLogger("mindserve")
 
@@ -36,16 +36,9 @@ class MindSporeRoutes:
         app.router.add_post(f"/model/{{servable:{_SEGMENT}}}/version/{{version:{_SEGMENT}}}:{{method:{_SEGMENT}}}",
                             self.predict)
 
+    @answers_errors("Predict", _KEY)
     async def predict(self, request: web.Request) -> web.Response:
-        try:
-            return json_response(await self._predict(request))
-        except HttpError as err:
-            return error_response(err.status, err.message, _KEY)
-        except ServingError as err:
-            return error_response(status_of(err), err.message, _KEY)
-        except Exception as exc:  # a defect of ours: answer it plainly, never with a traceback
-            log.exception("RESTful predict failed")
-            return error_response(500, f"Predict failed: {exc}", _KEY)
+        return json_response(await self._predict(request))
 
     async def _predict(self, request: web.Request) -> dict:
         info = request.match_info
@@ -54,11 +47,10 @@ class MindSporeRoutes:
         check_content_type(request)
         document = parse_json(await read_body(request, self._limit))
         instances = _instances(document)
-        self._check_served(servable, method, version)
         group, signature = self._dispatcher.resolve(servable, method, version)
         if not instances:
-            raise ServingError(INVALID_INPUTS, f"Instances count of request cannot be 0, servable: {clip(servable)}, "
-                                               f"method: {clip(method)}")
+            raise InvalidInput(f"Instances count of request cannot be 0, servable: {clip(servable)}, "
+                               f"method: {clip(method)}")
         self._dispatcher.check_instance_count(len(instances), servable, method)
         outcomes: list = [None] * len(instances)
         valid_index, valid = [], []
@@ -70,20 +62,11 @@ class MindSporeRoutes:
                 outcomes[i] = err
         if valid:
             results = await self._dispatcher.run(group, method, valid, version)
-            if isinstance(results, StackedResults) and len(valid) == len(outcomes):
-                return {"instances": _stacked(results)}
+            if results.stacked is not None and len(valid) == len(outcomes):
+                return {"instances": _stacked(len(results), results.stacked)}
             for i, result in zip(valid_index, results):
                 outcomes[i] = result
         return {"instances": [_outcome(o) for o in outcomes]}
-
-    def _check_served(self, servable: str, method: str, version: int) -> None:
-        """404, with MSService's texts, for a servable, version or method that is not served at all (one that is
-        served but has no live worker is the dispatcher's 503)."""
-        groups = [g for g in self._dispatcher.groups() if g.name == servable and version in (0, g.version)]
-        if not groups:
-            raise HttpError(404, servable_unavailable(servable, method, version).message)
-        if not any(method in g.methods for g in groups):
-            raise HttpError(404, f"Request {request_repr(servable, method, version)}, method is not available")
 
 
 def _version(text: Any) -> int:
@@ -111,12 +94,12 @@ def _instances(document: Any) -> list:
 
 def _inputs(index: int, instance: Any, names: list, servable: str, method: str) -> dict:
     if type(instance) is not dict:
-        raise ServingError(INVALID_INPUTS, f"Instance {index} should be a JSON object of input names and values")
+        raise InvalidInput(f"Instance {index} should be a JSON object of input names and values")
     inputs = {}
     for name in names:
         if name not in instance:
-            raise ServingError(INVALID_INPUTS, f"Cannot find input {name} in instance input , servable {servable}, "
-                                               f"method {method}")
+            raise InvalidInput(f"Cannot find input {name} in instance input , servable {servable}, "
+                               f"method {method}")
         inputs[name] = ms_values.to_tensor(name, instance[name])
     return inputs
 
@@ -127,8 +110,8 @@ def _outcome(outcome: Any) -> dict:
     return {name: ms_values.to_json(tensor) for name, tensor in outcome.items()}
 
 
-def _stacked(results: StackedResults) -> list:
+def _stacked(count: int, outputs: dict[str, StackedOutput]) -> list:
     """Every instance succeeded with stacked outputs: each output made JSON in one pass."""
-    columns = {name: ms_values.stacked_to_json(out.dtype, tuple(out.row_shape), results.count, out.data)
-               for name, out in results.outputs.items()}
-    return [{name: column[i] for name, column in columns.items()} for i in range(results.count)]
+    columns = {name: ms_values.stacked_to_json(out.dtype, tuple(out.row_shape), count, out.data)
+               for name, out in outputs.items()}
+    return [{name: column[i] for name, column in columns.items()} for i in range(count)]

@@ -40,7 +40,7 @@ _ONE_TEXT = "Instance tensor check failed: bytes or string type shape batch size
 
 
 def to_tensor(name: str, value: Any) -> RawTensor:
-    """The tensor of input ``name`` given as ``value``; ServingError(INVALID_INPUTS) naming the problem."""
+    """The tensor of input ``name`` given as ``value``; InvalidInput naming the problem."""
     kind = type(value)
     if kind is dict:
         return _b64_object(name, value)
@@ -80,8 +80,8 @@ def _b64_object(name: str, value: dict) -> RawTensor:
     type_name = value.get("type", "bytes")
     code = B64_TYPES.get(type_name) if type(type_name) is str else None
     if code is None:
-        raise invalid_input(name, f"Tensor check failed: type {clip(repr(type_name))} of a b64 object invalid, it should be "
-                                  f"one of {', '.join(B64_TYPES)}")
+        raise invalid_input(name, f"Tensor check failed: type {clip(repr(type_name))} of a b64 object invalid, it "
+                                  f"should be one of {', '.join(B64_TYPES)}")
     shape = json_tensors.check_dims(name, value["shape"]) if "shape" in value else (1,)
     text_type = code in (_dtypes.MS_STRING, _dtypes.MS_BYTES)
     if text_type and shape not in ((), (1,)):

@@ -20,8 +20,7 @@ from aiohttp import web
 from mindserve import _dtypes
 from mindserve._frontends.grpc.ms_tensors import invalid_input
 from mindserve._frontends.oip import models
-from mindserve._errors import clip
-from mindserve._frontends.oip.errors import bad_request
+from mindserve._errors import InvalidInput, clip
 from mindserve._frontends.oip.tensors import SHM_DETAIL, InputTensor, OutputTensor, RawInput, join_bytes
 from mindserve._frontends.rest import json_tensors
 from mindserve._frontends.rest.common import HttpError, dumps, parse_json
@@ -74,24 +73,24 @@ class JsonInput(InputTensor):
 
 def _object(value: Any, what: str, keys: tuple) -> dict:
     if type(value) is not dict:
-        raise bad_request(f"{what} should be a JSON object")
+        raise InvalidInput(f"{what} should be a JSON object")
     for key in value:
         if key not in keys:
-            raise bad_request(f"{what} has the unknown key '{clip(key)}': it takes {', '.join(keys)}")
+            raise InvalidInput(f"{what} has the unknown key '{clip(key)}': it takes {', '.join(keys)}")
     return value
 
 
 def _parameters(value: dict, what: str) -> dict:
     parameters = value.get("parameters", {})
     if type(parameters) is not dict:
-        raise bad_request(f"The parameters of {what} should be a JSON object")
+        raise InvalidInput(f"The parameters of {what} should be a JSON object")
     return parameters
 
 
 def _flag(parameters: dict, key: str, what: str) -> Optional[bool]:
     flag = parameters.get(key)
     if flag is not None and type(flag) is not bool:
-        raise bad_request(f"Parameter {clip(key)} of {what} should be true or false")
+        raise InvalidInput(f"Parameter {clip(key)} of {what} should be true or false")
     return flag
 
 
@@ -108,12 +107,12 @@ def parse_request(body: bytes, header_length: Optional[str]) -> InferRequest:
     document = _object(parse_json(text), "The inference request", _REQUEST_KEYS)
     request_id = document.get("id")
     if request_id is not None and type(request_id) is not str:
-        raise bad_request("The id of the inference request should be a JSON string")
+        raise InvalidInput("The id of the inference request should be a JSON string")
     binary_default = bool(_flag(_parameters(document, "the inference request"), "binary_data_output",
                                 "the inference request"))
     inputs_doc = document.get("inputs")
     if type(inputs_doc) is not list:
-        raise bad_request("The inference request should have inputs, a JSON array of tensors")
+        raise InvalidInput("The inference request should have inputs, a JSON array of tensors")
     inputs: list = []
     offset = 0
     for k, entry in enumerate(inputs_doc):
@@ -121,17 +120,17 @@ def parse_request(body: bytes, header_length: Optional[str]) -> InferRequest:
         inputs.append(tensor)
         offset += taken
     if offset != len(binary):
-        raise bad_request(f"The request holds {len(binary) - offset} bytes of binary data after its JSON that no "
-                          f"input's binary_data_size claims")
+        raise InvalidInput(f"The request holds {len(binary) - offset} bytes of binary data after its JSON that no "
+                           f"input's binary_data_size claims")
     outputs, flags = [], {}
     outputs_doc = document.get("outputs", [])
     if type(outputs_doc) is not list:
-        raise bad_request("The outputs of the inference request should be a JSON array")
+        raise InvalidInput("The outputs of the inference request should be a JSON array")
     for k, entry in enumerate(outputs_doc):
         entry = _object(entry, f"Output {k} of the inference request", _OUTPUT_KEYS)
         name = entry.get("name")
         if type(name) is not str:
-            raise bad_request(f"Output {k} of the inference request should have a name, a JSON string")
+            raise InvalidInput(f"Output {k} of the inference request should have a name, a JSON string")
         parameters = _parameters(entry, f"output {clip(name)}")
         flag = _flag(parameters, "binary_data", f"output {clip(name)}")
         flags[name] = binary_default if flag is None else flag
@@ -144,12 +143,12 @@ def _input(entry: Any, k: int, binary: memoryview, offset: int) -> tuple[InputTe
     entry = _object(entry, f"Input {k} of the inference request", _INPUT_KEYS)
     name = entry.get("name")
     if type(name) is not str:
-        raise bad_request(f"Input {k} of the inference request should have a name, a JSON string")
+        raise InvalidInput(f"Input {k} of the inference request should have a name, a JSON string")
     datatype = entry.get("datatype")
     if type(datatype) is not str:
-        raise bad_request(f"Input {clip(name)} should have a datatype, a JSON string")
+        raise InvalidInput(f"Input {clip(name)} should have a datatype, a JSON string")
     if "shape" not in entry:
-        raise bad_request(f"Input {clip(name)} should have a shape, a JSON array of integers")
+        raise InvalidInput(f"Input {clip(name)} should have a shape, a JSON array of integers")
     shape = json_tensors.check_dims(name, entry["shape"])
     parameters = _parameters(entry, f"input {clip(name)}")
     if models.SHM_PARAMETER in parameters:
@@ -158,15 +157,15 @@ def _input(entry: Any, k: int, binary: memoryview, offset: int) -> tuple[InputTe
     size = parameters.get("binary_data_size")
     if size is None:
         if "data" not in entry:
-            raise bad_request(f"Input {clip(name)} has neither data nor parameters.binary_data_size")
+            raise InvalidInput(f"Input {clip(name)} has neither data nor parameters.binary_data_size")
         return JsonInput(name, datatype, shape, entry["data"], as_str), 0
     if type(size) is not int or size < 0:
-        raise bad_request(f"Parameter binary_data_size of input {clip(name)} should be an integer >= 0")
+        raise InvalidInput(f"Parameter binary_data_size of input {clip(name)} should be an integer >= 0")
     if "data" in entry:
-        raise bad_request(f"Input {clip(name)} has both data and parameters.binary_data_size: give one")
+        raise InvalidInput(f"Input {clip(name)} has both data and parameters.binary_data_size: give one")
     if size > len(binary) - offset:
-        raise bad_request(f"Input {clip(name)} declares binary_data_size {size}, but {len(binary) - offset} bytes of "
-                          f"binary data are left")
+        raise InvalidInput(f"Input {clip(name)} declares binary_data_size {size}, but {len(binary) - offset} bytes of "
+                           f"binary data are left")
     return RawInput(name, datatype, shape, binary[offset:offset + size], as_str), size
 
 
@@ -200,5 +199,5 @@ def _texts(out: OutputTensor) -> list:
     try:
         return [item.decode() for item in out.items]
     except UnicodeDecodeError:
-        raise bad_request(f"Output {out.name} holds bytes that are not UTF-8 text, which JSON cannot carry: ask for "
-                          f"it with the parameter binary_data: true") from None
+        raise InvalidInput(f"Output {out.name} holds bytes that are not UTF-8 text, which JSON cannot carry: ask for "
+                           f"it with the parameter binary_data: true") from None

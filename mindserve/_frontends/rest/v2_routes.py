@@ -14,47 +14,21 @@ Health answers have empty bodies; every error is ``{"error": text}`` with the st
 """
 from __future__ import annotations
 
-import functools
 import logging
-from typing import Awaitable, Callable
 
 from aiohttp import web
 
 import mindserve
 from mindserve._dispatch.dispatcher import Dispatcher
-from mindserve._errors import ServingError, clip
+from mindserve._errors import clip
 from mindserve._frontends.oip import models, tensors
-from mindserve._frontends.oip.errors import OipError
 from mindserve._frontends.rest import v2_codec
-from mindserve._frontends.rest.common import (STATUS_OF_KIND, HttpError, check_content_type, error_response,
-                                              json_response, read_body, status_of)
+from mindserve._frontends.rest.common import (answers_errors, check_content_type, error_response, json_response,
+                                              read_body)
 
 log = logging.getLogger("mindserve")
 
 EXTENSIONS = ["binary_tensor_data"]
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _answers_errors(route: str) -> Callable[[Handler], Handler]:
-    """Every failure of a route answered as ``{"error": text}`` with its status, never a traceback."""
-    def wrap(handler: Handler) -> Handler:
-        @functools.wraps(handler)
-        async def handle(self, request: web.Request) -> web.StreamResponse:
-            try:
-                return await handler(self, request)
-            except OipError as err:
-                return error_response(STATUS_OF_KIND[err.kind], err.message)
-            except ServingError as err:
-                return error_response(status_of(err), err.message)
-            except HttpError as err:
-                return error_response(err.status, err.message)
-            except Exception as exc:  # a defect of ours: answer it plainly
-                log.exception("%s failed", route)
-                return error_response(500, f"{route} failed: {exc}")
-        return handle
-    return wrap
-
 
 class V2Routes:
     def __init__(self, dispatcher: Dispatcher, limit: int):
@@ -73,7 +47,7 @@ class V2Routes:
     async def live(self, request: web.Request) -> web.Response:
         return web.Response()
 
-    @_answers_errors("ServerReady")
+    @answers_errors("ServerReady")
     async def ready(self, request: web.Request) -> web.Response:
         down = models.not_ready_groups(self._dispatcher)
         if not down:
@@ -81,12 +55,12 @@ class V2Routes:
         names = ", ".join(f"{g.name} version {g.version}" for g in down)
         return error_response(503, f"Server is not ready: no live worker for servable {names}")
 
-    @_answers_errors("ServerMetadata")
+    @answers_errors("ServerMetadata")
     async def server_metadata(self, request: web.Request) -> web.Response:
         return json_response({"name": models.SERVER_NAME, "version": mindserve.__version__,
                               "extensions": EXTENSIONS})
 
-    @_answers_errors("ModelMetadata")
+    @answers_errors("ModelMetadata")
     async def model_metadata(self, request: web.Request) -> web.Response:
         info = request.match_info
         metadata = models.model_metadata(self._dispatcher, info["model"], info.get("version", ""))
@@ -94,7 +68,7 @@ class V2Routes:
             "name": metadata.name, "versions": metadata.versions, "platform": metadata.platform,
             "inputs": [t._asdict() for t in metadata.inputs], "outputs": [t._asdict() for t in metadata.outputs]})
 
-    @_answers_errors("ModelReady")
+    @answers_errors("ModelReady")
     async def model_ready(self, request: web.Request) -> web.Response:
         info = request.match_info
         model, group = models.model_group(self._dispatcher, info["model"], info.get("version", ""))
@@ -103,7 +77,7 @@ class V2Routes:
         return error_response(503, f"Model '{clip(model.name)}' version {group.version} is not ready: it has no live "
                                    f"worker")
 
-    @_answers_errors("ModelInfer")
+    @answers_errors("ModelInfer")
     async def infer(self, request: web.Request) -> web.Response:
         header_length = request.headers.get(v2_codec.HEADER_LENGTH)
         check_content_type(request, binary=header_length is not None)
