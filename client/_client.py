@@ -70,8 +70,8 @@ class ClientAsyncResult:
 
     def result(self, timeout: Optional[float] = None) -> Result:
         """Wait for the reply and return what ``Client.infer`` would have returned."""
-        if self._error is not None:
-            return self._error
+        if self._error is not None or self._future is None:
+            return self._error or {"error": "no request was sent"}
         try:
             return _parse_reply(self._future.result(timeout), self._count)
         except grpc.RpcError as error:
@@ -101,7 +101,7 @@ class Client:
         self.servable_name = servable_name
         self.method_name = method_name
         self.version_number = version_number
-        options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        options: list[tuple[str, Any]] = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
         if ssl_config is not None and address.startswith("unix:"):
             # gRPC's default authority for a unix: target is the socket path, while a server certificate names a
@@ -119,7 +119,7 @@ class Client:
 
     def _request(self, instances: Instances) -> pb.PredictRequest:
         if not isinstance(instances, (list, tuple)):
-            instances = (instances,)
+            instances = [instances]
         request = pb.PredictRequest()
         request.servable_spec.name = self.servable_name
         request.servable_spec.method_name = self.method_name

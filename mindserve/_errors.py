@@ -85,7 +85,7 @@ class Internal(_Typed):
     CODE = SYSTEM_ERROR
 
 
-_KIND_OF_CODE: dict[int, type[ServingError]] = {
+_KIND_OF_CODE: dict[int, type[_Typed]] = {
     INVALID_INPUTS: InvalidInput,
     WORKER_UNAVAILABLE: WorkerLost,
     SERVABLE_UNAVAILABLE: NoLiveWorker,
@@ -104,7 +104,7 @@ def kind_of(error: ServingError) -> type[ServingError]:
 def from_worker(code: int, message: str) -> ServingError:
     """An error a worker's reply carries, typed by its code (the wire carries only code and text)."""
     kind = _KIND_OF_CODE.get(code, StageFailed)
-    return kind(message, code)  # type: ignore[call-arg]
+    return kind(message, code)
 
 
 # How much of a client's string an error text repeats: a name of a megabyte must not become a reply of one

@@ -45,7 +45,7 @@ class StackedResults(Sequence):
     whole (a reply written in one pass, an OIP tensor as it is)."""
 
     def __init__(self, count: int, outputs: dict[str, StackedOutput]):
-        self.count = count
+        self._count = count
         self.outputs = outputs
         self.row_bytes = {name: len(out.data) // count if count else 0 for name, out in outputs.items()}
 
@@ -59,14 +59,14 @@ class StackedResults(Sequence):
         return None
 
     def __len__(self) -> int:
-        return self.count
+        return self._count
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self.count))]
-        if not -self.count <= index < self.count:
+            return [self[i] for i in range(*index.indices(self._count))]
+        if not -self._count <= index < self._count:
             raise IndexError("instance index out of range")
-        index %= self.count
+        index %= self._count
         result = {}
         for name, out in self.outputs.items():
             size = self.row_bytes[name]
@@ -91,18 +91,18 @@ class StackedInputs(Sequence):
     transport instead copies each input's rows straight into a stacked column."""
 
     def __init__(self, count: int, inputs: dict[str, StackedInput]):
-        self.count = count
+        self._count = count
         self.inputs = inputs
 
     def __len__(self) -> int:
-        return self.count
+        return self._count
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self.count))]
-        if not -self.count <= index < self.count:
+            return [self[i] for i in range(*index.indices(self._count))]
+        if not -self._count <= index < self._count:
             raise IndexError("instance index out of range")
-        index %= self.count
+        index %= self._count
         result = {}
         for name, col in self.inputs.items():
             start = int(col.offsets[index])

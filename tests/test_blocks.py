@@ -500,7 +500,7 @@ def test_a_stacked_reply_is_read_whole():
     from mindserve._tensor import StackedResults
     data = stacked_reply(YS, NS)
     results = _stacked_reply(memoryview(data), 3, ["y", "n"])
-    assert isinstance(results, StackedResults) and results.count == 3
+    assert isinstance(results, StackedResults) and len(results) == 3
     assert bytes(results.outputs["y"].data) == YS.tobytes() and bytes(results.outputs["n"].data) == NS.tobytes()
     assert (results.outputs["y"].dtype, results.outputs["y"].row_shape) == (F32, (2, 2))
     assert decoded(_decode_reply(memoryview(data), 3, ["y", "n"])) == expected_rows(YS, NS)

@@ -345,7 +345,7 @@ def test_fast_replies_are_stacked(worker):
     x = xs(2, seed=1)
     ran, (decoded,) = answer_fast(worker, [("probe_dynamic", stacked(x=x))])
     assert ran is True
-    assert isinstance(decoded, StackedResults) and decoded.count == 2
+    assert isinstance(decoded, StackedResults) and len(decoded) == 2
     assert decoded.outputs["y"].data.tobytes() == (x * np.float32(2)).tobytes()
     assert decoded.outputs["n"].data.tobytes() == np.array([2, 2], np.int64).tobytes()
     assert (decoded.outputs["y"].dtype, decoded.outputs["y"].row_shape) == (F32, (2,))

@@ -77,7 +77,7 @@ def _as_read(instances: StackedInputs) -> list[dict]:
 def test_head_names_the_servable_and_counts_instances():
     data = _request([{"x1": np.ones(2, np.float32), "x2": np.ones(2, np.float32)}] * 3, version=7)
     head = ms_wire.read_head(data)
-    assert (head.name, head.method, head.version, head.count) == ("add", "add_common", 7, 3)
+    assert (head.name, head.method, head.version, head.instances) == ("add", "add_common", 7, 3)
     assert pb.ServableSpec.FromString(head.spec) == pb.PredictRequest.FromString(data).servable_spec
 
 

@@ -36,7 +36,7 @@ def _glibc_trim() -> Optional[Callable[[int], Any]]:
     except (OSError, AttributeError):
         return None
     mallopt(M_ARENA_MAX, MASTER_ARENAS)
-    return trim  # type: ignore[no-any-return]
+    return trim
 
 
 class HeapTrimmer:

@@ -85,12 +85,12 @@ def _stacked_job_head(writer: blocks.BlockWriter, method: str, instances: Stacke
     """Place a stacked request's rows in ``writer``; the job's encoded header and block size. The data offsets
     in the header follow from the sizes alone, so the header is encoded once per kind."""
     columns = blocks.stacked_inputs_columns(writer, instances)
-    key = (method, instances.count, tuple((name, d[1], tuple(d[2]), d[3]) for name, d in columns.items()))
+    key = (method, len(instances), tuple((name, d[1], tuple(d[2]), d[3]) for name, d in columns.items()))
     head = _job_heads.get(key)
     if head is None:
         if len(_job_heads) >= _JOB_HEADS_LIMIT:
             _job_heads.clear()
-        head = _job_heads[key] = writer.encode({"m": method, "n": instances.count, "in": columns})
+        head = _job_heads[key] = writer.encode({"m": method, "n": len(instances), "in": columns})
     return head
 
 
@@ -173,7 +173,7 @@ class WorkerProcess:
             raise WorkerLost(f"worker of {self.spec.describe()} is not running")
         loop = asyncio.get_running_loop()
         version = self.spec.version if version is None else version
-        if isinstance(instances, StackedInputs) and self._stacked_per_job(instances) >= instances.count:
+        if isinstance(instances, StackedInputs) and self._stacked_per_job(instances) >= len(instances):
             job = Job(method, instances, loop.create_future(), version)  # the usual case: one job, nothing to split
             self.submit(job)
             return await job.future

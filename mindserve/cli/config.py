@@ -390,7 +390,8 @@ class _Resolver:
                                   f"servable_config.py)")
             entries = [{"name": _Setting(n, origin, layers.cwd), "": _Setting(n, origin, layers.cwd)}
                        for n in names]
-        result, seen = [], {}
+        result: list[ServableSettings] = []
+        seen: dict[tuple, str] = {}
         for entry in entries:
             entry = {**entry, **layers.every_servable}
             settings = self._servable(entry)
@@ -419,15 +420,14 @@ class _Resolver:
                                   f"'{os.path.join(directory, name, str(version))}'")
         elif _version_folders(os.path.join(directory, name)):
             version = _version_folders(os.path.join(directory, name))[-1]
-        get = entry.get
         return ServableSettings(
             directory=directory, name=name, version=version,
-            device_ids=_device_ids(get("device_ids")) if "device_ids" in entry else DEFAULT_DEVICE_IDS,
-            device_type=_device_type(get("device_type")) if "device_type" in entry else None,
-            max_batch_size=_int(get("max_batch_size"), 0, 1 << 20) if "max_batch_size" in entry else 0,
-            max_batch_delay_ms=_number(get("max_batch_delay_ms"), 0, 60000) if "max_batch_delay_ms" in entry
+            device_ids=_device_ids(entry["device_ids"]) if "device_ids" in entry else DEFAULT_DEVICE_IDS,
+            device_type=_device_type(entry["device_type"]) if "device_type" in entry else None,
+            max_batch_size=_int(entry["max_batch_size"], 0, 1 << 20) if "max_batch_size" in entry else 0,
+            max_batch_delay_ms=_number(entry["max_batch_delay_ms"], 0, 60000) if "max_batch_delay_ms" in entry
             else 0.0,
-            shm_size_mb=_int(get("shm_size_mb"), 4, 1 << 20) if "shm_size_mb" in entry else 64)
+            shm_size_mb=_int(entry["shm_size_mb"], 4, 1 << 20) if "shm_size_mb" in entry else 64)
 
     def tls(self) -> Optional[TLSSettings]:
         tls = self.layers.tls

@@ -33,7 +33,7 @@ class RequestHead(NamedTuple):
     name: str
     method: str
     version: int
-    count: int
+    instances: int
 
 
 def count_instances(data: bytes) -> Optional[tuple[int, bytes]]:
@@ -96,7 +96,7 @@ class CommonReader:
     def read(self, data: bytes, head: RequestHead, input_names: tuple) -> Optional[StackedInputs]:
         """The instances of a common request for a method with inputs ``input_names``; None when the request
         is not common."""
-        count = head.count
+        count = head.instances
         n = len(input_names)
         if not count or not 0 < n <= lib.MS_WIRE_MAX_INPUTS:
             return None

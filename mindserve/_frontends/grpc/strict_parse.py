@@ -6,7 +6,7 @@ request is refused with a text that names the field.
 """
 from __future__ import annotations
 
-from typing import Optional, Type, TypeVar
+from typing import Any, Iterator, Optional, Type, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.unknown_fields import UnknownFieldSet
@@ -30,6 +30,7 @@ def _first_unknown(message: Message, path: str) -> Optional[str]:
         if desc.message_type is None:
             continue
         name = f"{path}.{desc.name}" if path else desc.name
+        items: Iterator[tuple[str, Any]]
         if desc.message_type.GetOptions().map_entry:
             if desc.message_type.fields_by_name["value"].message_type is None:
                 continue
