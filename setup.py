@@ -67,7 +67,8 @@ setup(
     python_requires=">=3.9",
     packages=packages + ["mindserve.client"],
     package_dir={"mindserve.client": "client"},
-    package_data={"mindserve._proto": ["*.proto", "*.desc"]},
+    package_data={"mindserve._proto": ["*.proto", "*.desc"], "mindserve": ["py.typed"],
+                  "mindserve.client": ["py.typed"]},
     install_requires=[
         "grpcio>=1.76",
         # 1.82 and later need protobuf 7, which tritonclient (protobuf < 7) and this package's pin exclude
@@ -91,7 +92,9 @@ setup(
         # what `mindserve serve` needs for the bundled servables: ONNX Runtime, Pillow for digits, REST
         "serve": ["onnxruntime>=1.17", "Pillow>=9.1", "aiohttp>=3.9"],
         "test": ["pytest>=8", "trustme>=1.1", "onnx>=1.15", "onnxruntime>=1.17", "tritonclient[grpc,http]",
-                 "Pillow>=9.1", "scikit-learn>=1.3", "aiohttp>=3.9", "mindspore>=2.7", "hypothesis>=6.100"],
+                 "Pillow>=9.1", "scikit-learn>=1.3", "aiohttp>=3.9", "mindspore>=2.7", "hypothesis>=6.100",
+                 # the README's test command checks types and lint first; pinned, so that a release cannot fail CI
+                 "mypy==2.4.1", "ruff==0.17.6"],
     },
     setup_requires=[],
     cffi_modules=["native/build_native.py:ffibuilder"],

@@ -4,10 +4,10 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence, Union
 
 import grpc
+from mindserve.client._convert import fill_tensor, value_of
 
 from mindserve._checks import check_int, check_str
 from mindserve._proto import ms_service_pb2 as pb
-from mindserve.client._convert import fill_tensor, value_of
 
 PREDICT = "/mindspore.serving.proto.MSService/Predict"
 MAX_MESSAGE_BYTES = 512 << 20
@@ -119,7 +119,7 @@ class Client:
 
     def _request(self, instances: Instances) -> pb.PredictRequest:
         if not isinstance(instances, (list, tuple)):
-            instances = [instances]
+            instances = [instances]  # type: ignore[list-item]  # one instance (checked below like the others)
         request = pb.PredictRequest()
         request.servable_spec.name = self.servable_name
         request.servable_spec.method_name = self.method_name

@@ -47,7 +47,8 @@ class ServableStartConfig:
         elif isinstance(device_ids, int) and not isinstance(device_ids, bool):
             device_ids = (device_ids,)
         if not isinstance(device_ids, (list, tuple)) or not device_ids:
-            raise RuntimeError(f"Parameter 'device_ids' should be int or tuple/list of int, but actually {device_ids!r}")
+            raise RuntimeError(f"Parameter 'device_ids' should be int or tuple/list of int, but actually "
+                               f"{device_ids!r}")
         for item in device_ids:
             if isinstance(item, bool) or not isinstance(item, int):
                 raise RuntimeError(f"Parameter 'device_ids' should be int or tuple/list of int, but actually "

@@ -65,7 +65,7 @@ class Master:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     async def start_servables(self, configs: list[ServableStartConfig]) -> None:
-        groups = []
+        groups: list[ServableWorkers] = []
         for config in configs:
             directory.servable_path(config.servable_directory, config.servable_name)
             version = directory.resolve_version(config.servable_directory, config.servable_name,

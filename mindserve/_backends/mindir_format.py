@@ -10,7 +10,7 @@ not described are skipped when parsing.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from mindserve import _dtypes
 from mindserve._backends.base import TensorSpec
@@ -21,7 +21,7 @@ _INT32, _INT64, _BOOL, _STRING, _MESSAGE = 5, 3, 8, 9, 11
 _OPTIONAL, _REPEATED = 1, 3
 
 # message -> [(field name, number, type, label, message type)], a subset of mind_ir.proto (proto2)
-_MESSAGES = {
+_MESSAGES: dict[str, Any] = {
     "TensorProto": [("dims", 1, _INT64, _REPEATED, None),
                     ("data_type", 2, _INT32, _OPTIONAL, None)],
     "SeqInfoProto": [("is_dyn_len", 1, _BOOL, _OPTIONAL, None)],

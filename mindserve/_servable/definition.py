@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union, cast
 
 from mindserve._backends.options import FORMAT_NAMES, check_options
 
@@ -100,6 +100,16 @@ class StageDefinition:
     @property
     def is_model(self) -> bool:
         return isinstance(self.target, Model)
+
+    @property
+    def model(self) -> Model:
+        """The declared model of a model stage (``is_model``)."""
+        return cast(Model, self.target)
+
+    @property
+    def function(self) -> Callable:
+        """The Python function of a function stage (not ``is_model``)."""
+        return cast(Callable, self.target)
 
 
 @dataclass
@@ -269,7 +279,8 @@ def add_stage(stage: Union[Callable, Model], *args: Placeholder, outputs_count: 
                 f"Check failed in method '{method.name}', the parameter 'stage' of add_stage must be function or Model "
                 f"returned by declare_model, and ensure that interface 'declare_model' can take effect when importing "
                 f"servable_config.py by the serving server")
-        for what, old, new in (("inputs", stage.inputs_count, len(args)), ("outputs", stage.outputs_count, outputs_count)):
+        for what, old, new in (("inputs", stage.inputs_count, len(args)),
+                               ("outputs", stage.outputs_count, outputs_count)):
             if old is not None and old != new:
                 raise RuntimeError(f"Method '{method.name}': {what} count {new} of model {stage.key} not match the "
                                    f"count {old} used by an earlier add_stage")

@@ -16,14 +16,22 @@ import subprocess
 import sys
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 from mindserve._errors import Internal, InvalidInput, ServingError, WorkerLost, from_worker
 from mindserve._tensor import RawTensor, StackedInputs, StackedOutput, StackedResults
 from mindserve._transport import blocks
 from mindserve._transport.master_side import MasterChannel
-from mindserve._transport.shm_channel import (QUEUE_CAPACITY, REPLIES, REQUESTS, ArenaFull, ChannelBroken,
-                                              ChannelClosed, MessageTooBig, ShmChannel)
+from mindserve._transport.shm_channel import (
+    QUEUE_CAPACITY,
+    REPLIES,
+    REQUESTS,
+    ArenaFull,
+    ChannelBroken,
+    ChannelClosed,
+    MessageTooBig,
+    ShmChannel,
+)
 
 log = logging.getLogger("mindserve")
 
@@ -54,7 +62,7 @@ class Job:
     once; if the worker dies before taking it, the same job goes to another worker."""
 
     method: str
-    instances: list
+    instances: Sequence[dict[str, RawTensor]]  # a list, or a StackedInputs read in place from the request
     future: asyncio.Future
     version: int = 0  # as the request named it (0: the newest), for error texts
     writer: blocks.BlockWriter = field(init=False)
@@ -244,7 +252,7 @@ class WorkerProcess:
         """Write the job's block and queue it; False when the arena or the queue is full (or the worker is
         going away: the job then goes elsewhere with the backlog)."""
         channel = self._channel
-        if len(self._jobs) >= QUEUE_CAPACITY:
+        if channel is None or len(self._jobs) >= QUEUE_CAPACITY:
             return False
         try:
             offset = channel.alloc(REQUESTS, job.size)
@@ -294,6 +302,8 @@ class WorkerProcess:
         except BlockingIOError:
             pass
         channel = self._channel
+        if channel is None:  # released meanwhile: nothing more comes from this worker
+            return
         try:
             done = channel.pop_done()
         except ChannelBroken:
@@ -314,6 +324,7 @@ class WorkerProcess:
                 log.error("worker of %s answered outside its reply blocks; stopping it", self.spec.describe())
                 self._kill()
                 return
+            outcome: Union[Sequence, ServingError]
             try:
                 outcome = _decode_reply(memoryview(data), job.count, self.methods[job.method]["outputs"])
             except blocks.BlockError as exc:
@@ -323,6 +334,7 @@ class WorkerProcess:
 
     async def _watch_control(self) -> None:
         """Wait for the end of the control stream: the worker has exited (or was stopped)."""
+        assert self._control is not None  # set by start, before this task
         try:
             while True:
                 await self._control.recv()
@@ -340,11 +352,14 @@ class WorkerProcess:
         Polls rather than waiting in an executor thread: a master that keeps serving after its script ended
         runs inside the interpreter's exit, where executors no longer take work. Only exits are waited on
         here, never requests."""
+        process = self._process
+        if process is None:
+            return None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self._process.poll() is None and loop.time() < deadline:
+        while process.poll() is None and loop.time() < deadline:
             await asyncio.sleep(0.01)
-        return self._process.returncode
+        return process.returncode
 
     def _lost(self, was_alive: bool) -> None:
         """The worker is gone: jobs it never took go back to the owner, jobs it was running fail; then the
@@ -420,7 +435,7 @@ class WorkerProcess:
         await self._reap()
 
 
-def _decode_reply(data: memoryview, count: int, output_names: list) -> list:
+def _decode_reply(data: memoryview, count: int, output_names: list) -> Union[list, StackedResults]:
     """One dict of RawTensors (views of ``data``) or one ServingError per instance, from a reply block."""
     stacked = _stacked_reply(data, count, output_names)
     if stacked is not None:
@@ -459,6 +474,8 @@ def _reply_kind(header: bytes, data_start: int) -> Optional[tuple[int, dict, int
     if parsed is None or parsed.get("err") != []:
         return None
     count = parsed.get("n")
+    if not isinstance(count, int) or isinstance(count, bool):
+        return None
     columns = blocks.stacked_columns(parsed.get("out"), count, data_start)
     return None if columns is None else (count, *columns)
 

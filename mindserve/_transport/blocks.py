@@ -58,7 +58,7 @@ class BlockWriter:
     def __init__(self) -> None:
         self.data_size = 0
         self._copies: list[tuple[int, Any]] = []
-        self._gathers: list[tuple[int, bytes, np.ndarray, int]] = []
+        self._gathers: list[tuple[int, Union[bytes, memoryview], np.ndarray, int]] = []
 
     def _place(self, nbytes: int) -> int:
         offset = align(self.data_size)
@@ -82,7 +82,7 @@ class BlockWriter:
             at += len(piece)
         return offset
 
-    def add_gathered(self, source: bytes, offsets: np.ndarray, row_size: int) -> int:
+    def add_gathered(self, source: Union[bytes, memoryview], offsets: np.ndarray, row_size: int) -> int:
         """Place rows of ``row_size`` bytes read at ``offsets`` (uint64) of ``source`` back to back, as one
         stacked column (copied by the C core at write time); the column's offset."""
         offset = self._place(len(offsets) * row_size)

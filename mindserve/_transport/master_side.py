@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from typing import Any
+from typing import Any, Sequence
 
 from mindserve._transport import messages
 
@@ -21,7 +21,7 @@ class MasterChannel:
         reader, writer = await asyncio.open_unix_connection(sock=sock, limit=1 << 20)
         return cls(reader, writer)
 
-    def send(self, header: dict, buffers: list = ()) -> None:
+    def send(self, header: dict, buffers: Sequence = ()) -> None:
         """Queue one frame for sending (never blocks; the transport buffers)."""
         self._writer.writelines(messages.encode_frame(header, buffers))
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import socket
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from mindserve._transport import messages
 
@@ -39,7 +39,7 @@ class WorkerChannel:
             return None
         return json.loads(head), payload
 
-    def send(self, header: dict, buffers: list = ()) -> None:
+    def send(self, header: dict, buffers: Sequence = ()) -> None:
         for piece in messages.encode_frame(header, buffers):
             self._sock.sendall(piece)
 

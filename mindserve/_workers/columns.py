@@ -53,7 +53,7 @@ class Column:
 
     def pieces(self, start: int, stop: int) -> list[np.ndarray]:
         """The row blocks covering instances [start, stop) (views; the column must be stacked)."""
-        return self.slice(start, stop).chunks
+        return [chunk for chunk in self.slice(start, stop).chunks if isinstance(chunk, np.ndarray)]
 
     def slice(self, start: int, stop: int) -> "Column":
         """The instances [start, stop) as a column of their own (views of the same chunks)."""

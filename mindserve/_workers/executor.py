@@ -71,15 +71,15 @@ class MethodExecutor:
     def _model_columns(self, stage: StageDefinition, args: list[Column], errors: list) -> Optional[list[Column]]:
         """A model stage over whole stacked columns, or None when they are not stacked."""
         try:
-            outcome = self.runners[stage.target].run_columns(args)
+            outcome = self.runners[stage.model].run_columns(args)
         except ServingError as err:
             errors[:] = [err] * len(errors)
             return [Column.of_values([None] * len(errors))] * stage.outputs_count
         if outcome is None:
             return None
         columns, failed = outcome
-        for i, err in failed.items():
-            errors[i] = err
+        for i, failure in failed.items():
+            errors[i] = failure
         return columns
 
     def _run_rows(self, method: MethodDefinition, index: int, stage: StageDefinition, args: list[Column],
@@ -89,7 +89,7 @@ class MethodExecutor:
         rows = [column.rows() for column in args]
         live_args = [tuple(r[i] for r in rows) for i in live]
         if stage.is_model:
-            outcomes = self.runners[stage.target].run(0, live_args)
+            outcomes = self.runners[stage.model].run(0, live_args)
         elif stage.batch_size is None:
             outcomes = [self._call_one(method, index, stage, a) for a in live_args]
         else:
@@ -124,7 +124,7 @@ class MethodExecutor:
 
     def _call_one(self, method: MethodDefinition, index: int, stage: StageDefinition, args: tuple):
         try:
-            out = stage.target(*args)
+            out = stage.function(*args)
         except Exception as exc:
             return self._failure(method, index, stage, _message(exc))
         return self._as_outputs(method, index, stage, out)
@@ -146,7 +146,7 @@ class MethodExecutor:
         """One call of a batch function on ``chunk`` (see ``_call_batched``): one outcome per instance."""
         got: list = []
         try:
-            for out in stage.target(list(chunk)):
+            for out in stage.function(list(chunk)):
                 if isinstance(out, Exception):  # the function failed this instance alone
                     got.append(self._failure(method, index, stage, _message(out)))
                 else:

@@ -26,8 +26,8 @@ from mindserve._servable.definition import MethodDefinition
 from mindserve._transport import blocks
 from mindserve._transport.shm_channel import REQUESTS, ShmChannel
 from mindserve._workers.batching import stack_rows
-from mindserve._workers.executor import MethodExecutor
 from mindserve._workers.columns import Column
+from mindserve._workers.executor import MethodExecutor
 from mindserve._workers.job_io import reply_block, send_encoded, send_error, send_reply
 from mindserve._workers.model_runner import ModelRunner
 
@@ -39,7 +39,7 @@ class _JobKind(NamedTuple):
     size it needs (a block shorter than that is not read through this kind)."""
 
     method: str
-    count: int
+    instances: int
     inputs: dict
     needed: int
 
@@ -60,7 +60,7 @@ def _plan(executor: MethodExecutor, method: MethodDefinition) -> Optional[_Plan]
     if len(method.stages) != 1 or not method.stages[0].is_model:
         return None
     stage = method.stages[0]
-    runner = executor.runners.get(stage.target)
+    runner = executor.runners.get(stage.model)
     if runner is None or not runner.model.with_batch_dim:
         return None
     session = runner.sessions[0]
@@ -77,7 +77,7 @@ def _job_kind(header: bytes, data_start: int) -> Optional[_JobKind]:
     if parsed is None:
         return None
     method, count = parsed.get("m"), parsed.get("n")
-    if not isinstance(method, str) or not blocks.is_int(count) or count < 1:
+    if not isinstance(method, str) or not isinstance(count, int) or isinstance(count, bool) or count < 1:
         return None
     columns = blocks.stacked_columns(parsed.get("in"), count, data_start)
     return None if columns is None else _JobKind(method, count, *columns)
@@ -106,11 +106,10 @@ class FastLane:
         return kind if kind is not None and kind.needed <= size else None
 
     def _method_plan(self, method: str) -> Optional[_Plan]:
-        plan = self._plans.get(method, False)
-        if plan is False:
+        if method not in self._plans:
             definition = self._executor.servable.methods.get(method)
-            plan = self._plans[method] = _plan(self._executor, definition) if definition else None
-        return plan
+            self._plans[method] = _plan(self._executor, definition) if definition else None
+        return self._plans[method]
 
     def _instance_shape(self, runner: ModelRunner, index: int, column: blocks.StackedColumn) -> Optional[tuple]:
         """The model's instance shape for a column of this kind, or None when it does not fit (the general
@@ -142,20 +141,21 @@ class FastLane:
             if total > 1:  # the general path runs the rows again in parts, so that only those that fail carry it
                 return False
             for (job_id, _, _, _), kind in zip(entries, kinds):
-                send_error(self._channel, self._event_fd, job_id, kind.count, ran, wake=False)
+                send_error(self._channel, self._event_fd, job_id, kind.instances, ran, wake=False)
             return True
         outputs = [ran[i] for i in plan.output_index]
-        codes = [_dtypes.CODE_OF.get(out.dtype) for out in outputs]
+        found = [_dtypes.CODE_OF.get(out.dtype) for out in outputs]
+        codes = [code for code in found if code is not None]
         start = 0
         for (job_id, _, _, _), kind in zip(entries, kinds):
-            stop = start + kind.count
+            stop = start + kind.instances
             rows = [out[start:stop] for out in outputs]
-            if None in codes:  # outputs converted value by value: the general reply, as the general path makes it
-                writer, header = reply_block(method, kind.count, {n: Column([r]) for n, r in zip(plan.output_names, rows)},
-                                             [None] * kind.count)
+            if len(codes) < len(found):  # outputs converted value by value: the general path's reply
+                columns = {n: Column([r]) for n, r in zip(plan.output_names, rows)}
+                writer, header = reply_block(method, kind.instances, columns, [None] * kind.instances)
                 send_reply(self._channel, self._event_fd, job_id, writer, header, wake=False)
             else:
-                self._reply(job_id, kind.count, plan.output_names, rows, codes)
+                self._reply(job_id, kind.instances, plan.output_names, rows, codes)
             start = stop
         return True
 
@@ -176,16 +176,17 @@ class FastLane:
                                for k in kinds):
             return None
         runner = plan.runner
-        total = sum(k.count for k in kinds)
+        total = sum(k.instances for k in kinds)
         fixed = runner.fixed_batch_size(runner.sessions[0])
         if total > (fixed or runner.max_batch_size or total):
             return None
         feeds = []
         for index, name in enumerate(plan.input_names):
-            columns = [k.inputs.get(name) for k in kinds]
-            first = columns[0]
-            if first is None or any(c is None or c.dtype != first.dtype or c.row_shape != first.row_shape
-                                    for c in columns):
+            found = [k.inputs.get(name) for k in kinds]
+            columns = [c for c in found if c is not None]
+            first = columns[0] if columns else None
+            if first is None or len(columns) < len(found) or any(c.dtype != first.dtype or
+                                                                  c.row_shape != first.row_shape for c in columns):
                 return None
             shape = self._instance_shape(runner, index, first)
             if shape is None:
@@ -193,9 +194,10 @@ class FastLane:
             feeds.append(self._feed(entries, columns, kinds, shape, fixed or total))
         return kinds, plan, feeds, total
 
-    def _feed(self, entries: list, columns: list[blocks.StackedColumn], kinds: list[_JobKind], shape: tuple, rows: int) -> np.ndarray:
+    def _feed(self, entries: list, columns: list[blocks.StackedColumn], kinds: list[_JobKind], shape: tuple,
+              rows: int) -> np.ndarray:
         """One model input over the batch: the job's own rows when one job fills the run, else gathered."""
-        pieces = [np.frombuffer(self._view, c.dtype, k.count * math.prod(c.row_shape), offset + c.start)
+        pieces = [np.frombuffer(self._view, c.dtype, k.instances * math.prod(c.row_shape), offset + c.start)
                   for (_, offset, _, _), c, k in zip(entries, columns, kinds)]
         return stack_rows(pieces, rows, shape, columns[0].dtype)
 

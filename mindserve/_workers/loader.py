@@ -72,7 +72,7 @@ def load_servable(servable_directory: str, name: str, version: int, device_type:
                                    f"'{name}', model file: '{file}', version number {version}, load error details: "
                                    f"{exc}") from exc
         runner = ModelRunner(model, sessions, max_batch_size)
-        if model.inputs_count is not None:
+        if model.inputs_count is not None and model.outputs_count is not None:
             runner.check_counts(model.inputs_count, model.outputs_count)
         model._runner = _bind(runner)
         runners[model] = runner
@@ -107,7 +107,7 @@ def _method_specs(executor: MethodExecutor, method: definition.MethodDefinition)
     stage that takes it says) and of each output that is a model output (or a method input) directly."""
     inputs: list = [None] * len(method.input_names)
     for stage in method.stages:
-        runner = executor.runners.get(stage.target) if stage.is_model else None
+        runner = executor.runners.get(stage.model) if stage.is_model else None
         if runner is None or not runner.sessions:
             continue
         session = runner.sessions[0]  # add_stage runs subgraph 0
@@ -121,7 +121,7 @@ def _method_specs(executor: MethodExecutor, method: definition.MethodDefinition)
             spec = inputs[placeholder.index]
         else:
             stage = method.stages[placeholder.stage - 1]
-            runner = executor.runners.get(stage.target) if stage.is_model else None
+            runner = executor.runners.get(stage.model) if stage.is_model else None
             if runner is not None and runner.sessions and placeholder.index < len(runner.sessions[0].outputs):
                 spec = _tensor_spec(runner, runner.sessions[0].outputs[placeholder.index])
         outputs.append(spec)

@@ -35,7 +35,8 @@ def _type_name(value) -> str:
         return _dtypes.NAME_OF[_dtypes.MS_STRING]
     if isinstance(value, bytes):
         return _dtypes.NAME_OF[_dtypes.MS_BYTES]
-    return _dtypes.NAME_OF.get(_dtypes.code_of_array(value), str(getattr(value, "dtype", type(value).__name__)))
+    code = _dtypes.code_of_array(value)
+    return _dtypes.NAME_OF[code] if code is not None else str(getattr(value, "dtype", type(value).__name__))
 
 
 class ModelRunner:
@@ -115,8 +116,10 @@ class ModelRunner:
         or None when the columns are not all stacked (or the model has no batch dim): then ``run`` takes
         the instances one by one. Raises ServingError when a column does not fit the model at all."""
         session = self.sessions[0]
-        kinds = [c.stacked_type() for c in columns]
-        if not self.model.with_batch_dim or len(columns) != len(session.inputs) or None in kinds or not columns:
+        found = [c.stacked_type() for c in columns]
+        kinds = [kind for kind in found if kind is not None]
+        if not self.model.with_batch_dim or len(columns) != len(session.inputs) or len(kinds) < len(found) \
+                or not columns:
             return None
         count = columns[0].count
         shapes = [self.check_column(k, spec, kind) for k, (spec, kind) in enumerate(zip(session.inputs, kinds))]

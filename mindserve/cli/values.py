@@ -48,6 +48,7 @@ def _array(name: str, value: Union[list, int, float, bool]) -> np.ndarray:
         if not isinstance(leaf, (int, float)):  # bool is an int
             raise InputError(f"{name}: a JSON array may hold numbers or bools, got {json.dumps(leaf)}")
     bools = [isinstance(leaf, bool) for leaf in leaves]
+    dtype: type[np.generic]
     if any(bools):
         if not all(bools):
             raise InputError(f"{name}: a JSON array may not mix bools and numbers")

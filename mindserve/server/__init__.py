@@ -12,27 +12,31 @@ The process keeps serving after the script ends, until ``stop()``, SIGINT or SIG
 """
 from __future__ import annotations
 
-import logging
-from typing import Optional, Sequence, Union
+import logging as _logging
+import typing as _typing
 
-from mindserve._checks import check_int
+from mindserve._checks import check_int as _check_int
 from mindserve._config import ServableStartConfig, SSLConfig
-from mindserve._frontends.grpc.server import check_address
-from mindserve._frontends.rest import require_aiohttp
-from mindserve._master import get_master, stop as _stop
+from mindserve._frontends.grpc.server import check_address as _check_address
+from mindserve._frontends.rest import require_aiohttp as _require_aiohttp
+from mindserve._master import get_master as _get_master
+from mindserve._master import stop as _stop
 from mindserve.server import context, register
+
+if _typing.TYPE_CHECKING:  # (only the documented names are this module's: see tests/test_public_api.py)
+    from typing import Optional, Sequence, Union
 
 __all__ = ["ServableStartConfig", "SSLConfig", "context", "register", "start_servables", "start_grpc_server",
            "start_restful_server", "stop"]
 
 
 def _configure_logging() -> None:
-    logger = logging.getLogger("mindserve")
-    if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("[mindserve] %(levelname)s %(message)s"))
+    logger = _logging.getLogger("mindserve")
+    if not logger.handlers and not _logging.getLogger().handlers:
+        handler = _logging.StreamHandler()
+        handler.setFormatter(_logging.Formatter("[mindserve] %(levelname)s %(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+        logger.setLevel(_logging.INFO)
 
 
 def start_servables(servable_configs: Union[ServableStartConfig, Sequence[ServableStartConfig]]) -> None:
@@ -47,7 +51,7 @@ def start_servables(servable_configs: Union[ServableStartConfig, Sequence[Servab
             raise RuntimeError(f"The item of parameter 'servable_configs' should be ServableStartConfig, but "
                                f"actually {type(config)}")
     _configure_logging()
-    master = get_master()
+    master = _get_master()
     master.call(master.start_servables(configs))
 
 
@@ -55,12 +59,12 @@ def start_grpc_server(address: str, max_msg_mb_size: int = 100, ssl_config: Opti
     """Serve MSService, the Open Inference Protocol (``inference.GRPCInferenceService``), gRPC health and server
     reflection on ``address``: ``"host:port"`` or ``"unix:/path"`` (a socket file only the owner may use).
     ``max_msg_mb_size`` in [1, 512] bounds request and reply sizes; ``ssl_config`` turns on TLS."""
-    check_address(address)
-    check_int("max_msg_mb_size", max_msg_mb_size, 1, 512)
+    _check_address(address)
+    _check_int("max_msg_mb_size", max_msg_mb_size, 1, 512)
     if ssl_config is not None and not isinstance(ssl_config, SSLConfig):
         raise RuntimeError("The type of ssl_config should be type of SSLConfig")
     _configure_logging()
-    master = get_master()
+    master = _get_master()
     master.call(master.start_grpc_server(address, max_msg_mb_size, ssl_config))
 
 
@@ -79,16 +83,16 @@ def start_restful_server(address: str, max_msg_mb_size: int = 100, ssl_config: O
     closed. Several REST servers may be started; ``stop()`` drains and stops them all. Needs aiohttp:
     ``pip install 'mindserve[rest]'``.
     """
-    check_address(address)
-    check_int("max_msg_mb_size", max_msg_mb_size, 1, 512)
+    _check_address(address)
+    _check_int("max_msg_mb_size", max_msg_mb_size, 1, 512)
     if ssl_config is not None and not isinstance(ssl_config, SSLConfig):
         raise RuntimeError("The type of ssl_config should be type of SSLConfig")
     if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)) or not 0 < idle_timeout <= 3600:
         raise RuntimeError(f"Parameter 'idle_timeout' should be a number in (0, 3600], but actually {idle_timeout!r}")
-    check_int("max_connections", max_connections, 1)
-    require_aiohttp()
+    _check_int("max_connections", max_connections, 1)
+    _require_aiohttp()
     _configure_logging()
-    master = get_master()
+    master = _get_master()
     master.call(master.start_restful_server(address, max_msg_mb_size, ssl_config, float(idle_timeout),
                                             max_connections))
 

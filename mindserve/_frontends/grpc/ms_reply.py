@@ -7,7 +7,7 @@ ms_service.proto (field numbers noted inline); tests check it against protobuf's
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Optional, Sequence, Union
 
 from mindserve import _dtypes
 from mindserve._errors import ServingError
@@ -74,7 +74,7 @@ class ReplyEncoder:
 
     def _instance(self, outputs: dict[str, RawTensor], parts: list) -> None:
         """Append one Instance (PredictReply.instances = 3) to ``parts``."""
-        pieces = []
+        pieces: list[Any] = []
         size = 0
         for name, raw in outputs.items():
             data = raw.data
@@ -94,7 +94,7 @@ class ReplyEncoder:
             (_field(0x12, error.message.encode()) if error.message else b"")
         return _field(0x22, body)
 
-    def encode(self, spec: bytes, outcomes: list[Union[dict, ServingError]]) -> bytes:
+    def encode(self, spec: bytes, outcomes: Sequence[Union[dict, ServingError]]) -> bytes:
         """The reply to a request whose instances ended as ``outcomes`` (a dict of RawTensor outputs or a
         ServingError each), by MSService's rules: no error entry when all succeeded; one when every instance
         failed with the same error; else one per instance, and an empty instance for each failure."""
@@ -148,7 +148,8 @@ class ReplyEncoder:
 
     def _stacked_layout(self, key: tuple) -> "_StackedLayout":
         """The framing of one instance of a stacked reply: its head, then a prefix and a row per output."""
-        prefixes = [self._item_prefix(name, RawTensor(dtype, row_shape, b""), row) for name, dtype, row_shape, row in key]
+        prefixes = [self._item_prefix(name, RawTensor(dtype, row_shape, b""), row)
+                    for name, dtype, row_shape, row in key]
         rows = [row for _, _, _, row in key]
         size = sum(len(p) for p in prefixes) + sum(rows)
         head = b"\x1a" + varint(size)  # PredictReply.instances = 3, all of one size

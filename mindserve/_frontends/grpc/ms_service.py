@@ -7,23 +7,23 @@ those that succeeded, and the instances list holds an (empty, for failures) inst
 from __future__ import annotations
 
 import logging
-from typing import Awaitable, Optional
+from typing import Awaitable, Optional, Sequence
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from mindserve._dispatch.dispatcher import Dispatcher
 from mindserve._dispatch.limits import too_many_instances
-from mindserve._supervision.servable_workers import ServableWorkers
 from mindserve._errors import Internal, InvalidInput, ServingError, clip
+from mindserve._frontends.admission import Admission
 from mindserve._frontends.grpc import ms_wire
+from mindserve._frontends.grpc.gate import gated
 from mindserve._frontends.grpc.ms_reply import ReplyEncoder
 from mindserve._frontends.grpc.ms_tensors import tensor_from_proto
 from mindserve._frontends.grpc.strict_parse import InvalidMessage, parse_strict
-from mindserve._frontends.admission import Admission
-from mindserve._frontends.grpc.gate import gated
 from mindserve._frontends.off_loop import OffLoop
 from mindserve._proto import ms_service_pb2 as pb
+from mindserve._supervision.servable_workers import ServableWorkers
 from mindserve._tensor import RawTensor, StackedInputs
 from mindserve._transport.blocks import TEXT_CODES
 
@@ -77,7 +77,7 @@ class MSServiceHandler:
         error = too_many_instances(count, self._dispatcher.max_request_instances, spec.name, spec.method_name)
         return self._encoder.whole_request_error(spec.SerializeToString(), error)
 
-    async def _answer(self, spec: bytes, outcomes: Awaitable[list]) -> bytes:
+    async def _answer(self, spec: bytes, outcomes: Awaitable[Sequence]) -> bytes:
         """The reply with the outcome of each instance, or with the error that failed the whole request."""
         try:
             return self._encoder.encode(spec, await outcomes)
@@ -100,7 +100,7 @@ class MSServiceHandler:
         instances = self._reader.read(data, head, tuple(signature["inputs"]))
         return None if instances is None else (head, group, instances)
 
-    async def _predict(self, request: pb.PredictRequest, large: bool) -> list:
+    async def _predict(self, request: pb.PredictRequest, large: bool) -> Sequence:
         """One dict of outputs or one ServingError per instance."""
         spec = request.servable_spec
         group, signature = self._dispatcher.resolve(spec.name, spec.method_name, spec.version_number)

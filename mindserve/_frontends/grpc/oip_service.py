@@ -26,12 +26,12 @@ import mindserve
 from mindserve import _dtypes
 from mindserve._dispatch.dispatcher import Dispatcher
 from mindserve._errors import InvalidInput, ServingError, clip
-from mindserve._frontends.grpc.ms_tensors import invalid_input
-from mindserve._frontends.grpc.strict_parse import InvalidMessage, parse_strict
-from mindserve._frontends.grpc.status import status_of
-from mindserve._frontends.oip import models, tensors
 from mindserve._frontends.admission import Admission
 from mindserve._frontends.grpc.gate import gated
+from mindserve._frontends.grpc.ms_tensors import invalid_input
+from mindserve._frontends.grpc.status import status_of
+from mindserve._frontends.grpc.strict_parse import InvalidMessage, parse_strict
+from mindserve._frontends.oip import models, tensors
 from mindserve._frontends.oip.models import SERVER_NAME
 from mindserve._frontends.oip.tensors import InputTensor, RawInput, join_bytes
 from mindserve._proto import grpc_inference as oip
@@ -137,6 +137,7 @@ class OipServiceHandler:
     def _unary(rpc: str, message_class: type, impl: Callable[[Any], Awaitable[Any]]):
         async def handle(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
             # context.abort raises; it is called outside the try blocks so that nothing here catches it
+            request: Any = None
             try:
                 request = parse_strict(message_class, data)
             except InvalidMessage as exc:
@@ -149,6 +150,7 @@ class OipServiceHandler:
                 log.exception("%s failed", rpc)
                 status, message = grpc.StatusCode.INTERNAL, f"{rpc} failed: {exc}"
             await context.abort(status, message)
+            raise AssertionError("context.abort returned")  # it raises: the call ends with that status
         return handle
 
     # ---- server and model state ------------------------------------------------------------------------------
@@ -186,7 +188,7 @@ class OipServiceHandler:
         for name in selected:
             out = tensors.stack_output(name, results)
             reply.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
-            reply.raw_output_contents.append(bytes(out.data) if out.items is None else join_bytes(out.items))
+            reply.raw_output_contents.append(join_bytes(out.items) if out.items is not None else bytes(out.data or b""))
         return reply
 
     @staticmethod

@@ -3,8 +3,17 @@ from __future__ import annotations
 
 import grpc
 
-from mindserve._errors import (Internal, InvalidInput, NoLiveWorker, NotServed, QueueFull, ServingError, StageFailed,
-                               WorkerLost, kind_of)
+from mindserve._errors import (
+    Internal,
+    InvalidInput,
+    NoLiveWorker,
+    NotServed,
+    QueueFull,
+    ServingError,
+    StageFailed,
+    WorkerLost,
+    kind_of,
+)
 
 GRPC_STATUS: dict[type, grpc.StatusCode] = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,

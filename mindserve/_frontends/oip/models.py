@@ -138,7 +138,8 @@ def _tensors(names: Iterable[str], specs: Optional[list]) -> list[TensorMetadata
     for k, name in enumerate(names):
         spec = (specs[k] if specs and k < len(specs) else None) or {}
         shape = spec.get("shape")
-        found.append(TensorMetadata(name, _dtypes.OIP_NAME_OF.get(spec.get("dtype"), ""),
+        dtype = spec.get("dtype")
+        found.append(TensorMetadata(name, _dtypes.OIP_NAME_OF.get(dtype, "") if isinstance(dtype, int) else "",
                                     [-1] + (list(shape) if shape is not None else [])))
     return found
 

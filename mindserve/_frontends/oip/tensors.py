@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from typing import NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 import numpy as np
 
@@ -72,7 +72,7 @@ class RawInput(InputTensor):
 def split_bytes(name: str, data: Data, dims: tuple, count: int) -> list:
     """The elements of a raw BYTES tensor (each a 4-byte little-endian length and that many bytes); every length
     is checked against the bytes left, and parsing stops past ``count`` elements."""
-    items = []
+    items: list[bytes] = []
     offset, size = 0, len(data)
     view = memoryview(data)
     while offset < size and len(items) <= count:
@@ -128,7 +128,7 @@ def instances(model: Model, signature: dict, tensors: Sequence[InputTensor], max
     count = _instance_count(ordered, model, max_instances)
     specs = signature.get("input_specs") or [None] * len(names)
     # every input's data is checked against its shape (in _column) before any per-instance object is made
-    columns = [_column(tensor, count, spec) for tensor, spec in zip(ordered, specs)]
+    columns: list[Any] = [_column(tensor, count, spec) for tensor, spec in zip(ordered, specs)]
     texts = [isinstance(column, list) for column in columns]  # str / bytes items rather than numeric rows
     if not any(texts):
         return StackedInputs(count, dict(zip(names, columns)))
@@ -150,7 +150,7 @@ def _instance_count(tensors: list[InputTensor], model: Model, max_instances: int
         elif dims[0] != count:
             raise invalid_input(tensor.name, f"Tensor check failed: input dim 0 (instances) is {dims[0]}, but input "
                                              f"{first} has {count}")
-    if count == 0:
+    if not count:  # (None: no inputs, which instances() answers before)
         raise InvalidInput(f"Instances count of request cannot be 0, servable: {clip(model.servable)}, "
                            f"method: {clip(model.method)}")
     if count > max_instances:
@@ -186,7 +186,8 @@ def _rows(column: StackedInput, count: int) -> list[RawTensor]:
     return [RawTensor(column.dtype, column.row_shape, column.source[i * row:(i + 1) * row]) for i in range(count)]
 
 
-async def run(dispatcher: Dispatcher, group: ServableWorkers, model: Model, items: list) -> Results:
+async def run(dispatcher: Dispatcher, group: ServableWorkers, model: Model, items: Sequence[dict[str, RawTensor]]) \
+        -> Results:
     """The instances' outputs; the protocol has no per-instance error, so the first failed instance fails the
     whole call with its error."""
     results = await dispatcher.run(group, model.method, items)

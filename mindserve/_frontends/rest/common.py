@@ -22,8 +22,17 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from mindserve._errors import (Internal, InvalidInput, NoLiveWorker, NotServed, QueueFull, ServingError, StageFailed,
-                               WorkerLost, kind_of)
+from mindserve._errors import (
+    Internal,
+    InvalidInput,
+    NoLiveWorker,
+    NotServed,
+    QueueFull,
+    ServingError,
+    StageFailed,
+    WorkerLost,
+    kind_of,
+)
 
 HTTP_STATUS: dict[type, int] = {
     InvalidInput: 400,

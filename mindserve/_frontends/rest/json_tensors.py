@@ -28,12 +28,12 @@ def nested(name: str, value: Any) -> tuple[tuple, list]:
     array is a 0-d tensor of one element. Rows of different lengths are refused."""
     if type(value) is not list:
         return (), [value]
-    depth, first = 0, value
+    depth, first = 0, value  # type: tuple[int, Any]
     while type(first) is list:  # the dims, counted along the first elements before any row is walked
         depth += 1
         first = first[0] if first else None
     check_tensor_dims(name, depth)
-    shape = []
+    shape: list[int] = []
     level = [value]
     while level and type(level[0]) is list:
         size = len(level[0])
@@ -62,6 +62,7 @@ def pack_numbers(name: str, values: list, code: int, label: str) -> bytes:
     BOOL, integers only for the integer types (in their range), integers or numbers for the float types (within
     the type's finite range). ``label`` names the type in error texts."""
     types = kinds(values)
+    allowed: set[type]
     if code == _dtypes.MS_BOOL:
         allowed = {bool}
         wanted = "booleans"

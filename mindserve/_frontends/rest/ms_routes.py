@@ -16,8 +16,14 @@ from aiohttp import web
 from mindserve._dispatch.dispatcher import Dispatcher
 from mindserve._errors import InvalidInput, ServingError, clip
 from mindserve._frontends.rest import ms_values
-from mindserve._frontends.rest.common import (HttpError, answers_errors, check_content_type, json_response, parse_json,
-                                              read_body)
+from mindserve._frontends.rest.common import (
+    HttpError,
+    answers_errors,
+    check_content_type,
+    json_response,
+    parse_json,
+    read_body,
+)
 from mindserve._tensor import StackedOutput
 
 log = logging.getLogger("mindserve")

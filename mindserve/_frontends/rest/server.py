@@ -15,8 +15,9 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from mindserve._config import SSLConfig
 from mindserve._dispatch.dispatcher import Dispatcher
-from mindserve._frontends.grpc.server import _read as read_pem, unix_socket_path
 from mindserve._frontends.admission import SHUTTING_DOWN, Admission
+from mindserve._frontends.grpc.server import _read as read_pem
+from mindserve._frontends.grpc.server import unix_socket_path
 from mindserve._frontends.rest.common import error_response
 from mindserve._frontends.rest.connections import ConnectionLimits, capped_connections
 from mindserve._frontends.rest.ms_routes import MindSporeRoutes
@@ -103,11 +104,11 @@ def _admitting(admission: Admission):
     @web.middleware
     async def admit(request: web.Request, handler):
         if not admission.enter():
-            response = error_response(503, SHUTTING_DOWN, "error_msg" if request.path.startswith("/model/")
-                                      else "error")
-            response.force_close()
-            return response
-        response = None
+            refusal = error_response(503, SHUTTING_DOWN, "error_msg" if request.path.startswith("/model/")
+                                     else "error")
+            refusal.force_close()
+            return refusal
+        response: Optional[web.StreamResponse] = None
         try:
             response = await handler(request)
         finally:
@@ -183,6 +184,7 @@ class RestServer:
             if sock is not None:
                 site: web.BaseSite = web.SockSite(runner, sock, ssl_context=context)
             else:
+                assert host_port is not None
                 site = web.TCPSite(runner, host_port[0], host_port[1], ssl_context=context)
             try:
                 await site.start()
@@ -190,7 +192,7 @@ class RestServer:
                 raise RuntimeError(f"REST server failed to listen on {address}: {exc.strerror or exc}") from None
         except BaseException:
             await runner.cleanup()
-            if sock is not None:
+            if sock is not None and socket_path is not None:
                 sock.close()
                 _remove(socket_path)  # the file this server's bind made
             raise

@@ -18,9 +18,9 @@ from typing import Any, NamedTuple, Optional
 from aiohttp import web
 
 from mindserve import _dtypes
+from mindserve._errors import InvalidInput, clip
 from mindserve._frontends.grpc.ms_tensors import invalid_input
 from mindserve._frontends.oip import models
-from mindserve._errors import InvalidInput, clip
 from mindserve._frontends.oip.tensors import SHM_DETAIL, InputTensor, OutputTensor, RawInput, join_bytes
 from mindserve._frontends.rest import json_tensors
 from mindserve._frontends.rest.common import HttpError, dumps, parse_json
@@ -178,7 +178,7 @@ def response(model_name: str, version: int, request: InferRequest, outputs: list
     for out in outputs:
         entry: dict = {"name": out.name, "datatype": out.datatype, "shape": out.shape}
         if request.binary.get(out.name, request.binary_default):
-            data = bytes(out.data) if out.items is None else join_bytes(out.items)
+            data = join_bytes(out.items) if out.items is not None else bytes(out.data or b"")
             entry["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
         elif out.items is None:
@@ -197,7 +197,7 @@ def response(model_name: str, version: int, request: InferRequest, outputs: list
 
 def _texts(out: OutputTensor) -> list:
     try:
-        return [item.decode() for item in out.items]
+        return [item.decode() for item in out.items or ()]
     except UnicodeDecodeError:
         raise InvalidInput(f"Output {out.name} holds bytes that are not UTF-8 text, which JSON cannot carry: ask for "
                            f"it with the parameter binary_data: true") from None

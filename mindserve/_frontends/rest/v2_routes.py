@@ -23,8 +23,13 @@ from mindserve._dispatch.dispatcher import Dispatcher
 from mindserve._errors import clip
 from mindserve._frontends.oip import models, tensors
 from mindserve._frontends.rest import v2_codec
-from mindserve._frontends.rest.common import (answers_errors, check_content_type, error_response, json_response,
-                                              read_body)
+from mindserve._frontends.rest.common import (
+    answers_errors,
+    check_content_type,
+    error_response,
+    json_response,
+    read_body,
+)
 
 log = logging.getLogger("mindserve")
 
