@@ -3,9 +3,10 @@ wait, and hands their instances to the live worker with the most free slots. Fro
 already-validated instances and get one result or error per instance."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from mindserve._dispatch.limits import DEFAULT_MAX_REQUEST_INSTANCES, too_many_instances
+from mindserve._dispatch.route import Route
 from mindserve._errors import QueueFull, method_unavailable, request_repr, servable_unavailable
 from mindserve._supervision.servable_workers import DEFAULT_RESTART_WAIT_S, ServableWorkers
 from mindserve._tensor import InstanceResults, RawTensor, Results, StackedResults
@@ -18,6 +19,7 @@ DEFAULT_MAX_ENQUEUED_REQUESTS = 10000
 class Dispatcher:
     def __init__(self) -> None:
         self._servables: dict[str, dict[int, ServableWorkers]] = {}
+        self._subscribers: list[Callable[[], None]] = []
         self.max_enqueued_requests = DEFAULT_MAX_ENQUEUED_REQUESTS
         self.enqueued_requests = 0  # requests handed to workers and not yet answered, over all servables
         self.max_request_instances = DEFAULT_MAX_REQUEST_INSTANCES
@@ -32,7 +34,18 @@ class Dispatcher:
 
     def add(self, group: ServableWorkers) -> None:
         group.restart_wait_s = self.restart_wait_s
+        group.on_change = self._changed
         self._servables.setdefault(group.name, {})[group.version] = group
+        self._changed()
+
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        """Have ``callback`` called (on the master loop) whenever what is served or which workers live changes:
+        a servable version added, a worker dead, a replacement up. Health follows the workers this way."""
+        self._subscribers.append(callback)
+
+    def _changed(self) -> None:
+        for callback in self._subscribers:
+            callback()
 
     def set_restart_wait(self, seconds: float) -> None:
         """How long requests (and the jobs a dead worker never took) wait for a restarted worker."""
@@ -46,7 +59,7 @@ class Dispatcher:
     def groups(self) -> list[ServableWorkers]:
         return [g for versions in self._servables.values() for g in versions.values()]
 
-    def resolve(self, name: str, method: str, version: int) -> tuple[ServableWorkers, dict]:
+    def resolve(self, name: str, method: str, version: int) -> Route:
         """The servable version that serves a request (the newest running one for version 0) and the method's
         signature. NotServed when the servable, version or method is not served; NoLiveWorker when it is but
         has no live worker (nor one being restarted)."""
@@ -70,16 +83,14 @@ class Dispatcher:
         signature = group.methods.get(method)
         if signature is None:
             raise method_unavailable(name, method, version)
-        return group, signature
+        return Route(name, method, version, signature, group)
 
-    async def run(self, group: ServableWorkers, method: str, instances: Sequence[dict[str, RawTensor]],
-                  version: Optional[int] = None) -> Results:
+    async def run(self, route: Route, instances: Sequence[dict[str, RawTensor]]) -> Results:
         """One ``dict[str, RawTensor]`` of outputs or one ServingError per instance, in order (``instances`` is a
         list, or a StackedInputs read in place from the request); ``results.stacked`` holds the outputs whole
         when every instance succeeded with stacked outputs. Refused at once
-        when ``max_enqueued_requests`` requests are already waiting. ``version`` is the one the request asked
-        for (0: the newest), as error texts name it; None names the group's."""
-        version = group.version if version is None else version
+        when ``max_enqueued_requests`` requests are already waiting."""
+        group, method, version = route.group, route.method, route.version
         if self.enqueued_requests >= self.max_enqueued_requests:
             raise QueueFull(f"Serving Error: enqueued requests count exceeds the limit {self.max_enqueued_requests}")
         self.enqueued_requests += 1  # a request waiting for a restarted worker counts as enqueued

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Optional
+from typing import Callable, Optional
 
+from mindserve._dispatch.route import MethodSignature
 from mindserve._errors import servable_unavailable
 from mindserve._supervision.worker_process import Job, WorkerProcess, WorkerSpec
 
@@ -25,7 +26,7 @@ class ServableWorkers:
         self.specs = specs
         self.name = specs[0].name
         self.version = specs[0].version
-        self.methods: dict = {}
+        self.methods: dict[str, MethodSignature] = {}
         self.workers: list[WorkerProcess] = []
         self._next = 0
         self._stopping = asyncio.Event()
@@ -33,6 +34,8 @@ class ServableWorkers:
         self._waiters: set[asyncio.Future] = set()  # resolved when a restarted worker is up, or at stop
         self._parked: set[asyncio.Task] = set()  # jobs of a dead worker waiting for its replacement
         self.restart_wait_s = DEFAULT_RESTART_WAIT_S
+        # called whenever a worker dies or a replacement is up (the dispatcher tells health, which stops polling)
+        self.on_change: Optional[Callable[[], None]] = None
 
     async def start(self) -> None:
         """Start one worker per device concurrently; if any fails, stop the others and raise its error."""
@@ -44,7 +47,7 @@ class ServableWorkers:
                                  return_exceptions=True)
             raise errors[0]
         self.workers = workers
-        self.methods = workers[0].methods
+        self.methods = {name: MethodSignature.from_report(reported) for name, reported in workers[0].methods.items()}
 
     @property
     def ready(self) -> bool:
@@ -72,6 +75,10 @@ class ServableWorkers:
             self._waiters.discard(waiter)
         return self.pick()
 
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
     def _wake_waiters(self) -> None:
         for waiter in self._waiters:
             if not waiter.done():
@@ -93,6 +100,7 @@ class ServableWorkers:
     def _on_exit(self, worker: WorkerProcess, untaken: list[Job]) -> None:
         """A worker died: the jobs it never took run on the others (or fail at once when none is alive), and
         a fresh process replaces it."""
+        self._changed()
         if not self._stopping.is_set():
             task = asyncio.get_running_loop().create_task(self._restart(worker))
             self._restarts.add(task)
@@ -139,6 +147,7 @@ class ServableWorkers:
             self.workers[self.workers.index(dead)] = fresh
             log.warning("worker for %s restarted (pid %s)", dead.spec.describe(), fresh.pid)
             self._wake_waiters()
+            self._changed()
             return
 
     async def stop(self) -> None:

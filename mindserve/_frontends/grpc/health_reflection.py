@@ -6,8 +6,9 @@ Health follows the workers (a server that says SERVING while its workers are dea
   worker, like OIP ServerReady;
 - a servable's name and each ``servable.method``: SERVING while at least one of its versions has a live worker
   (requests that leave the version to the server are answered then).
-The statuses are recomputed on the master loop every POLL_INTERVAL_S (worker supervision has no hook to call),
-and Watch streams get each change. At stop every status turns NOT_SERVING and Watch streams end.
+The statuses are recomputed on the master loop whenever the dispatcher tells of a change (a servable version
+added, a worker dead, a replacement up), and Watch streams get each change. At stop every status turns
+NOT_SERVING and Watch streams end.
 
 Both services use the registry's servicers (grpcio-health-checking, grpcio-reflection) behind handlers that take
 raw bytes, so a malformed request is refused with INVALID_ARGUMENT and a text, as on the other services.
@@ -33,7 +34,6 @@ log = logging.getLogger("mindserve")
 
 HEALTH_SERVICE_NAME = "grpc.health.v1.Health"
 REFLECTION_SERVICE_NAME = "grpc.reflection.v1alpha.ServerReflection"
-POLL_INTERVAL_S = 0.2
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -53,20 +53,41 @@ def health_statuses(dispatcher: Dispatcher, service_names: Sequence[str]) -> dic
 
 
 class HealthMonitor:
-    """The health service of one master: the registry's asyncio HealthServicer, kept up to date by a poll."""
+    """The health service of one master: the registry's asyncio HealthServicer, kept up to date by the
+    dispatcher's change notifications."""
 
     def __init__(self, dispatcher: Dispatcher, service_names: Sequence[str]):
         self._dispatcher = dispatcher
         self._service_names = tuple(service_names)
         self._servicer = health_aio.HealthServicer()
         self._current: dict[str, bool] = {}
-        self._task: Optional[asyncio.Task] = None
+        self._task: Optional[asyncio.Task] = None  # a refresh under way
+        self._again = False  # a change came during it
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
         """Set the statuses now, then keep them current (call on the master loop)."""
         await self.refresh()
-        self._task = asyncio.get_running_loop().create_task(self._poll(), name="mindserve-health")
+        self._dispatcher.subscribe(self._on_change)
+
+    def _on_change(self) -> None:
+        """A change of the dispatcher's: one refresh at a time, and one more if changes came meanwhile."""
+        if self._stopped.is_set():
+            return
+        if self._task is not None and not self._task.done():
+            self._again = True
+            return
+        self._task = asyncio.get_running_loop().create_task(self._refresh_until_current(), name="mindserve-health")
+
+    async def _refresh_until_current(self) -> None:
+        while True:
+            self._again = False
+            try:
+                await self.refresh()
+            except Exception:  # a stale health answer is better than none; the next change tries again
+                log.exception("health status update failed")
+            if not self._again:
+                return
 
     async def refresh(self) -> None:
         """Bring every status up to date; watchers hear of the ones that changed."""
@@ -77,16 +98,8 @@ class HealthMonitor:
                 self._current[name] = serving
                 await self._servicer.set(name, _SERVING if serving else _NOT_SERVING)
 
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(POLL_INTERVAL_S)
-            try:
-                await self.refresh()
-            except Exception:  # keep polling: a stale health answer is better than none
-                log.exception("health status update failed")
-
     async def stop(self) -> None:
-        """Turn every status NOT_SERVING, end the poll and the Watch streams."""
+        """Turn every status NOT_SERVING, end a refresh under way and the Watch streams."""
         if self._stopped.is_set():
             return
         await self._servicer.enter_graceful_shutdown()

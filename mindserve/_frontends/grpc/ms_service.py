@@ -14,6 +14,7 @@ from google.protobuf.message import DecodeError
 
 from mindserve._dispatch.dispatcher import Dispatcher
 from mindserve._dispatch.limits import too_many_instances
+from mindserve._dispatch.route import Route
 from mindserve._errors import Internal, InvalidInput, ServingError, clip
 from mindserve._frontends.admission import Admission
 from mindserve._frontends.grpc import ms_wire
@@ -23,7 +24,6 @@ from mindserve._frontends.grpc.ms_tensors import tensor_from_proto
 from mindserve._frontends.grpc.strict_parse import InvalidMessage, parse_strict
 from mindserve._frontends.off_loop import OffLoop
 from mindserve._proto import ms_service_pb2 as pb
-from mindserve._supervision.servable_workers import ServableWorkers
 from mindserve._tensor import RawTensor, StackedInputs
 from mindserve._transport.blocks import TEXT_CODES
 
@@ -57,8 +57,8 @@ class MSServiceHandler:
             return self._too_many(*counted)
         common = self._common_request(data)
         if common is not None:
-            head, group, instances = common
-            return await self._answer(head.spec, self._dispatcher.run(group, head.method, instances, head.version))
+            head, route, instances = common
+            return await self._answer(head.spec, self._dispatcher.run(route, instances))
         # a large request is parsed and checked on a thread: the event loop keeps answering everyone else
         large = len(data) >= OFF_LOOP_BYTES or (counted is not None and counted[0] >= OFF_LOOP_INSTANCES)
         try:
@@ -87,37 +87,36 @@ class MSServiceHandler:
             log.exception("Predict failed")
             return self._encoder.whole_request_error(spec, Internal(f"Predict failed: {exc}"))
 
-    def _common_request(self, data: bytes) -> Optional[tuple[ms_wire.RequestHead, ServableWorkers, StackedInputs]]:
+    def _common_request(self, data: bytes) -> Optional[tuple[ms_wire.RequestHead, Route, StackedInputs]]:
         """A common request (see ms_wire) read in place, with the servable version that runs it; None sends the
         request the protobuf way, which also answers every error."""
         head = self._reader.read_head(data)
         if head is None:
             return None
         try:
-            group, signature = self._dispatcher.resolve(head.name, head.method, head.version)
+            route = self._dispatcher.resolve(head.name, head.method, head.version)
         except ServingError:
             return None
-        instances = self._reader.read(data, head, tuple(signature["inputs"]))
-        return None if instances is None else (head, group, instances)
+        instances = self._reader.read(data, head, route.signature.inputs)
+        return None if instances is None else (head, route, instances)
 
     async def _predict(self, request: pb.PredictRequest, large: bool) -> Sequence:
         """One dict of outputs or one ServingError per instance."""
         spec = request.servable_spec
-        group, signature = self._dispatcher.resolve(spec.name, spec.method_name, spec.version_number)
+        route = self._dispatcher.resolve(spec.name, spec.method_name, spec.version_number)
         if not request.instances:
             raise InvalidInput(f"Instances count of request cannot be 0, servable: {clip(spec.name)}, "
                                f"method: {clip(spec.method_name)}")
         self._dispatcher.check_instance_count(len(request.instances), spec.name, spec.method_name)
-        names = tuple(signature["inputs"])
+        names = route.signature.inputs
         if large:
             outcomes, valid_index, valid = await self._off_loop.run(self._checked_instances, request, names)
         else:
             outcomes, valid_index, valid = self._checked_instances(request, names)
         if len(valid) == len(outcomes):  # every instance valid: the results as they come (possibly stacked)
-            return await self._dispatcher.run(group, spec.method_name, valid, spec.version_number)
+            return await self._dispatcher.run(route, valid)
         if valid:
-            for i, result in zip(valid_index, await self._dispatcher.run(group, spec.method_name, valid,
-                                                                              spec.version_number)):
+            for i, result in zip(valid_index, await self._dispatcher.run(route, valid)):
                 outcomes[i] = result
         return outcomes
 

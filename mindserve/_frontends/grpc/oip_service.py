@@ -31,9 +31,10 @@ from mindserve._frontends.grpc.gate import gated
 from mindserve._frontends.grpc.ms_tensors import invalid_input
 from mindserve._frontends.grpc.status import status_of
 from mindserve._frontends.grpc.strict_parse import InvalidMessage, parse_strict
-from mindserve._frontends.oip import models, tensors
+from mindserve._frontends.oip import models
+from mindserve._frontends.oip.infer import infer
 from mindserve._frontends.oip.models import SERVER_NAME
-from mindserve._frontends.oip.tensors import InputTensor, RawInput, join_bytes
+from mindserve._frontends.oip.tensors import SHM_DETAIL, InputTensor, RawInput, join_bytes
 from mindserve._proto import grpc_inference as oip
 
 log = logging.getLogger("mindserve")
@@ -179,14 +180,11 @@ class OipServiceHandler:
     # ---- inference -------------------------------------------------------------------------------------------
 
     async def _model_infer(self, request: Any) -> Any:
-        model, group, signature = models.resolve_infer(self._dispatcher, request.model_name, request.model_version)
-        selected = models.selected_outputs([(o.name, o.parameters) for o in request.outputs], signature, model)
-        items = tensors.instances(model, signature, self._inputs(request), self._dispatcher.max_request_instances)
-        results = await tensors.run(self._dispatcher, group, model, items)
-        reply = oip.ModelInferResponse(model_name=request.model_name, model_version=str(group.version),
+        done = await infer(self._dispatcher, request.model_name, request.model_version,
+                           lambda: self._inputs(request), [(o.name, o.parameters) for o in request.outputs])
+        reply = oip.ModelInferResponse(model_name=request.model_name, model_version=str(done.served_version),
                                        id=request.id)
-        for name in selected:
-            out = tensors.stack_output(name, results)
+        for out in done.outputs:
             reply.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
             reply.raw_output_contents.append(join_bytes(out.items) if out.items is not None else bytes(out.data or b""))
         return reply
@@ -198,10 +196,10 @@ class OipServiceHandler:
         raw = request.raw_input_contents
         for tensor in tensors_:
             if models.SHM_PARAMETER in tensor.parameters:
-                raise invalid_input(tensor.name, tensors.SHM_DETAIL)
+                raise invalid_input(tensor.name, SHM_DETAIL)
             if raw and tensor.HasField("contents"):
-                raise InvalidInput(f"Input {clip(tensor.name)} has contents while the request uses raw_input_contents: "
-                                   f"give all inputs one way")
+                raise InvalidInput(f"Input {clip(tensor.name)} has contents while the request uses "
+                                   f"raw_input_contents: give all inputs one way")
         if raw and len(raw) != len(tensors_):
             raise InvalidInput(f"raw_input_contents holds {len(raw)} entries for {len(tensors_)} inputs: it needs "
                                f"one per input, in the order of inputs")

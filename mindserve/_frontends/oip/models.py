@@ -3,13 +3,16 @@ with a single method also answers to its bare name. A version is a number ("" or
 live worker). Readiness follows the workers; metadata does not need a live worker."""
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Iterable, NamedTuple, Optional
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 from mindserve import _dtypes
 from mindserve._dispatch.dispatcher import Dispatcher
+from mindserve._dispatch.route import MethodSignature, Route, TensorSpec
 from mindserve._errors import InvalidInput, NotServed, clip
-from mindserve._supervision.servable_workers import ServableWorkers
+
+if TYPE_CHECKING:  # (the type of a servable version's handle; frontends never reach into supervision)
+    from mindserve._supervision.servable_workers import ServableWorkers
 
 SERVER_NAME = "mindserve"
 PLATFORM = "mindserve"
@@ -109,16 +112,14 @@ def model_group(dispatcher: Dispatcher, model_name: str, version_text: str) -> t
     return model, model.group(version_number(model_name, version_text))
 
 
-def resolve_infer(dispatcher: Dispatcher, model_name: str, version_text: str) \
-        -> tuple[Model, ServableWorkers, dict]:
+def resolve_infer(dispatcher: Dispatcher, model_name: str, version_text: str) -> tuple[Model, Route]:
     """The model, the servable version that runs an inference request and the method's signature: NOT_FOUND for a
     model or version that is not served, ServingError (servable is not available) when it has no live worker."""
     model = find_model(dispatcher, model_name)
     version = version_number(model_name, version_text)
     if version:
         model.group(version)  # NOT_FOUND for a version that is not served, before "not available"
-    group, signature = dispatcher.resolve(model.servable, model.method, version)
-    return model, group, signature
+    return model, dispatcher.resolve(model.servable, model.method, version)
 
 
 def model_ready(dispatcher: Dispatcher, model_name: str, version_text: str) -> Optional[bool]:
@@ -133,15 +134,10 @@ def model_ready(dispatcher: Dispatcher, model_name: str, version_text: str) -> O
     return group.ready
 
 
-def _tensors(names: Iterable[str], specs: Optional[list]) -> list[TensorMetadata]:
-    found = []
-    for k, name in enumerate(names):
-        spec = (specs[k] if specs and k < len(specs) else None) or {}
-        shape = spec.get("shape")
-        dtype = spec.get("dtype")
-        found.append(TensorMetadata(name, _dtypes.OIP_NAME_OF.get(dtype, "") if isinstance(dtype, int) else "",
-                                    [-1] + (list(shape) if shape is not None else [])))
-    return found
+def _tensors(names: Sequence[str], specs: Sequence[TensorSpec]) -> list[TensorMetadata]:
+    return [TensorMetadata(name, _dtypes.OIP_NAME_OF.get(spec.dtype, ""),
+                           [-1] + (list(spec.shape) if spec.shape is not None else []))
+            for name, spec in zip(names, specs)]
 
 
 def model_metadata(dispatcher: Dispatcher, model_name: str, version_text: str) -> ModelMetadata:
@@ -149,14 +145,14 @@ def model_metadata(dispatcher: Dispatcher, model_name: str, version_text: str) -
     model, group = model_group(dispatcher, model_name, version_text)
     signature = group.methods[model.method]
     return ModelMetadata(model_name, PLATFORM, [str(v) for v in model.versions()],
-                         _tensors(signature["inputs"], signature.get("input_specs")),
-                         _tensors(signature["outputs"], signature.get("output_specs")))
+                         _tensors(signature.inputs, signature.input_specs),
+                         _tensors(signature.outputs, signature.output_specs))
 
 
-def selected_outputs(requested: list[tuple[str, Mapping]], signature: dict, model: Model) -> list[str]:
+def selected_outputs(requested: list[tuple[str, Mapping]], signature: MethodSignature, model: Model) -> list[str]:
     """The outputs a request asks for, each ``(name, parameters)``; every output, in the method's order, when it
     names none."""
-    names = signature["outputs"]
+    names = signature.outputs
     if not requested:
         return list(names)
     selected = []

@@ -21,10 +21,10 @@ import numpy as np
 from mindserve import _dtypes
 from mindserve._dispatch.dispatcher import Dispatcher
 from mindserve._dispatch.limits import too_many_instances
+from mindserve._dispatch.route import MethodSignature, Route, TensorSpec
 from mindserve._errors import InvalidInput, StageFailed, clip
 from mindserve._frontends.grpc.ms_tensors import check_data_size, check_dims, check_utf8, invalid_input
 from mindserve._frontends.oip.models import Model
-from mindserve._supervision.servable_workers import ServableWorkers
 from mindserve._tensor import RawTensor, Results, StackedInput, StackedInputs
 
 SHM_DETAIL = "Tensor check failed: shared memory tensor data is not supported by this server"
@@ -102,7 +102,7 @@ def join_bytes(items: Sequence) -> bytes:
     return b"".join(parts)
 
 
-def instances(model: Model, signature: dict, tensors: Sequence[InputTensor], max_instances: int) \
+def instances(model: Model, signature: MethodSignature, tensors: Sequence[InputTensor], max_instances: int) \
         -> Sequence[dict[str, RawTensor]]:
     """The request's inputs cut into instances along dim 0 (at most ``max_instances`` of them), every size checked
     before the data is used: a
@@ -113,7 +113,7 @@ def instances(model: Model, signature: dict, tensors: Sequence[InputTensor], max
         if tensor.name in position:
             raise InvalidInput(f"Input {clip(tensor.name)} is given more than once")
         position[tensor.name] = k
-    names = signature["inputs"]
+    names = signature.inputs
     for name in names:
         if name not in position:
             raise InvalidInput(f"Cannot find input {name} in request inputs , servable "
@@ -126,7 +126,7 @@ def instances(model: Model, signature: dict, tensors: Sequence[InputTensor], max
         return [{}]
     ordered = [tensors[position[name]] for name in names]
     count = _instance_count(ordered, model, max_instances)
-    specs = signature.get("input_specs") or [None] * len(names)
+    specs = signature.input_specs
     # every input's data is checked against its shape (in _column) before any per-instance object is made
     columns: list[Any] = [_column(tensor, count, spec) for tensor, spec in zip(ordered, specs)]
     texts = [isinstance(column, list) for column in columns]  # str / bytes items rather than numeric rows
@@ -159,7 +159,7 @@ def _instance_count(tensors: list[InputTensor], model: Model, max_instances: int
     return count
 
 
-def _column(tensor: InputTensor, count: int, spec: Optional[dict]) -> Union[StackedInput, list[RawTensor]]:
+def _column(tensor: InputTensor, count: int, spec: TensorSpec) -> Union[StackedInput, list[RawTensor]]:
     """One input's tensor as ``count`` instance tensors: numeric rows in place, or a list of str/bytes items."""
     name, dims, datatype = tensor.name, tensor.shape, tensor.datatype
     code = _dtypes.CODE_OF_OIP_NAME.get(datatype)
@@ -170,7 +170,7 @@ def _column(tensor: InputTensor, count: int, spec: Optional[dict]) -> Union[Stac
             raise invalid_input(name, f"Tensor check failed: BYTES input shape can only be [N] or [N, 1], one "
                                       f"element per instance, but given shape is {list(dims)}")
         items = tensor.bytes_items(count)
-        if (spec or {}).get("dtype") == _dtypes.MS_STRING or tensor.as_str:
+        if spec.dtype == _dtypes.MS_STRING or tensor.as_str:
             for item in items:
                 check_utf8(name, item)
             return [RawTensor(_dtypes.MS_STRING, (), item) for item in items]
@@ -186,11 +186,10 @@ def _rows(column: StackedInput, count: int) -> list[RawTensor]:
     return [RawTensor(column.dtype, column.row_shape, column.source[i * row:(i + 1) * row]) for i in range(count)]
 
 
-async def run(dispatcher: Dispatcher, group: ServableWorkers, model: Model, items: Sequence[dict[str, RawTensor]]) \
-        -> Results:
+async def run(dispatcher: Dispatcher, route: Route, items: Sequence[dict[str, RawTensor]]) -> Results:
     """The instances' outputs; the protocol has no per-instance error, so the first failed instance fails the
     whole call with its error."""
-    results = await dispatcher.run(group, model.method, items)
+    results = await dispatcher.run(route, items)
     error = results.first_error()
     if error is not None:
         raise error

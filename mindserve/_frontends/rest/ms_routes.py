@@ -9,7 +9,7 @@ over the limit). Values and their types: see ``ms_values``. Texts are MSService'
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Sequence
 
 from aiohttp import web
 
@@ -53,7 +53,7 @@ class MindSporeRoutes:
         check_content_type(request)
         document = parse_json(await read_body(request, self._limit))
         instances = _instances(document)
-        group, signature = self._dispatcher.resolve(servable, method, version)
+        route = self._dispatcher.resolve(servable, method, version)
         if not instances:
             raise InvalidInput(f"Instances count of request cannot be 0, servable: {clip(servable)}, "
                                f"method: {clip(method)}")
@@ -62,12 +62,12 @@ class MindSporeRoutes:
         valid_index, valid = [], []
         for i, instance in enumerate(instances):
             try:
-                valid.append(_inputs(i, instance, signature["inputs"], servable, method))
+                valid.append(_inputs(i, instance, route.signature.inputs, servable, method))
                 valid_index.append(i)
             except ServingError as err:
                 outcomes[i] = err
         if valid:
-            results = await self._dispatcher.run(group, method, valid, version)
+            results = await self._dispatcher.run(route, valid)
             if results.stacked is not None and len(valid) == len(outcomes):
                 return {"instances": _stacked(len(results), results.stacked)}
             for i, result in zip(valid_index, results):
@@ -98,7 +98,7 @@ def _instances(document: Any) -> list:
     return instances
 
 
-def _inputs(index: int, instance: Any, names: list, servable: str, method: str) -> dict:
+def _inputs(index: int, instance: Any, names: Sequence[str], servable: str, method: str) -> dict:
     if type(instance) is not dict:
         raise InvalidInput(f"Instance {index} should be a JSON object of input names and values")
     inputs = {}

@@ -21,7 +21,8 @@ from aiohttp import web
 import mindserve
 from mindserve._dispatch.dispatcher import Dispatcher
 from mindserve._errors import clip
-from mindserve._frontends.oip import models, tensors
+from mindserve._frontends.oip import models
+from mindserve._frontends.oip.infer import infer
 from mindserve._frontends.rest import v2_codec
 from mindserve._frontends.rest.common import (
     answers_errors,
@@ -89,8 +90,6 @@ class V2Routes:
         body = await read_body(request, self._limit)
         parsed = v2_codec.parse_request(body, header_length)
         name = request.match_info["model"]
-        model, group, signature = models.resolve_infer(self._dispatcher, name, request.match_info.get("version", ""))
-        selected = models.selected_outputs(parsed.outputs, signature, model)
-        items = tensors.instances(model, signature, parsed.inputs, self._dispatcher.max_request_instances)
-        results = await tensors.run(self._dispatcher, group, model, items)
-        return v2_codec.response(name, group.version, parsed, [tensors.stack_output(n, results) for n in selected])
+        done = await infer(self._dispatcher, name, request.match_info.get("version", ""), lambda: parsed.inputs,
+                           parsed.outputs)
+        return v2_codec.response(name, done.served_version, parsed, done.outputs)
