@@ -16,6 +16,22 @@ import pytest
 import servable_factory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# what a test module does when it starts real server processes (its tests get the "server" marker, so that
+# `pytest -m "not server"` runs the in-process tests alone, in seconds)
+_SERVER_SIGNS = ("start_server(", "start_example_server(", "echo_server", "add_server", "subprocess.", "Popen(")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    sources: dict = {}
+    for item in items:
+        path = str(item.fspath)
+        if path not in sources:
+            with open(path) as f:
+                text = f.read()
+            sources[path] = any(sign in text for sign in _SERVER_SIGNS)
+        if sources[path]:
+            item.add_marker(pytest.mark.server)
 BUNDLED_SERVABLES = os.path.join(REPO, "servables")
 
 
