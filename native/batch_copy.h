@@ -24,6 +24,6 @@ int ms_gather_at(void *dst, size_t dst_size, const void *src, size_t src_size, c
 
 int64_t ms_interleave_rows(void *dst, size_t dst_size, const void *head, size_t head_size, size_t count,
                            size_t parts, const void *const *prefixes, const size_t *prefix_sizes,
-                           const void *const *columns, const size_t *row_sizes);
+                           const void *const *columns, const size_t *row_sizes, const size_t *column_sizes);
 
 #endif

@@ -9,6 +9,9 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = ["arena.c", "batch_copy.c", "channel.c", "predict_wire.c", "segment.c"]
+# what the generated module includes: the headers of the API that native.cdef declares
+PREAMBLE = ('#include "batch_copy.h"\n#include "channel.h"\n#include "ms_status.h"\n#include "predict_wire.h"\n'
+            '#include "segment.h"\n')
 
 ffibuilder = FFI()
 with open(os.path.join(HERE, "native.cdef")) as f:
@@ -16,8 +19,7 @@ with open(os.path.join(HERE, "native.cdef")) as f:
 
 ffibuilder.set_source(
     "mindserve._native",
-    '#include "batch_copy.h"\n#include "channel.h"\n#include "ms_status.h"\n#include "predict_wire.h"\n'
-    '#include "segment.h"\n',
+    PREAMBLE,
     sources=[os.path.relpath(os.path.join(HERE, s)) for s in SOURCES],
     include_dirs=[os.path.relpath(HERE)],
     extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra"],

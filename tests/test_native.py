@@ -87,13 +87,15 @@ def test_gather_more_rows_than_fit_fails():
 
 @pytest.mark.parametrize("row_size, count", [
     (2 ** 63, 2),                      # count * row_size wraps to 0
-    (8, (SIZE_MAX // 8) + 2),          # wraps to 8: would "fit" a 16-byte buffer
+    (8, (SIZE_MAX // 8) + 2),          # wraps to 8: would "fit" an 8-byte buffer
     (SIZE_MAX, SIZE_MAX),              # wraps to 1
     (1 << 32, 1 << 32),                # wraps to 0 on 64 bits
 ])
 def test_gather_count_times_row_size_overflow_fails(row_size, count):
-    # only two sizes exist: the check must refuse before it reads sizes[count - 1] or any source
-    dst = _filled(16)
+    # only two sizes exist: the check must refuse before it reads sizes[count - 1] or any source (an 8-byte
+    # buffer: the second size already overflows it, so the third, which does not exist, is never read;
+    # AddressSanitizer caught a 16-byte one reading past the array)
+    dst = _filled(8)
     sizes = ffi.new("size_t[]", [row_size, row_size])
     srcs = ffi.new("void *[]", [ffi.NULL, ffi.NULL])
     assert lib.ms_gather_rows(ffi.from_buffer(dst, require_writable=True), dst.nbytes, row_size, srcs, sizes,
@@ -141,7 +143,8 @@ def test_scatter_reading_past_the_source_fails():
 
 
 def test_scatter_count_times_row_size_overflow_fails():
-    src = np.arange(16, dtype=np.uint8)
+    # an 8-byte source: the second size already reaches past it, so the third (which does not exist) is never read
+    src = np.arange(8, dtype=np.uint8)
     sizes = ffi.new("size_t[]", [8, 8])
     dsts = ffi.new("void *[]", [ffi.NULL, ffi.NULL])
     assert lib.ms_scatter_rows(ffi.from_buffer(src), src.nbytes, 8, dsts, sizes, (SIZE_MAX // 8) + 2) == -1
@@ -252,7 +255,8 @@ def _interleave(dst: np.ndarray, head: bytes, count: int, prefixes: list, column
                                   ffi.new("void *[]", keep) if parts else ffi.NULL,
                                   ffi.new("size_t[]", [len(p) for p in prefixes]) if parts else ffi.NULL,
                                   ffi.new("void *[]", cols) if parts else ffi.NULL,
-                                  ffi.new("size_t[]", row_sizes) if parts else ffi.NULL)
+                                  ffi.new("size_t[]", row_sizes) if parts else ffi.NULL,
+                                  ffi.new("size_t[]", [len(c) for c in columns]) if parts else ffi.NULL)
 
 
 def _record(head: bytes, prefixes: list, row_sizes: list) -> int:
@@ -301,7 +305,7 @@ def test_interleave_rows_from_numpy_columns():
     written = lib.ms_interleave_rows(ffi.from_buffer(dst, require_writable=True), dst.nbytes, b"H", 1, 6, 2,
                                      ffi.new("void *[]", keep), ffi.new("size_t[]", [7, 2]),
                                      ffi.new("void *[]", [ffi.from_buffer(ys), ffi.from_buffer(ns)]),
-                                     ffi.new("size_t[]", [8, 8]))
+                                     ffi.new("size_t[]", [8, 8]), ffi.new("size_t[]", [ys.nbytes, ns.nbytes]))
     assert written == 6 * (1 + 7 + 8 + 2 + 8)
     assert dst.tobytes() == expected
 
@@ -368,7 +372,8 @@ def test_interleave_record_size_overflow_fails(prefix_sizes, row_sizes):
     dst = _filled(64)
     nulls = ffi.new("void *[]", [ffi.NULL, ffi.NULL])
     assert lib.ms_interleave_rows(ffi.from_buffer(dst, require_writable=True), dst.nbytes, b"h", 1, 1, 2, nulls,
-                                  ffi.new("size_t[]", prefix_sizes), nulls, ffi.new("size_t[]", row_sizes)) == -1
+                                  ffi.new("size_t[]", prefix_sizes), nulls, ffi.new("size_t[]", row_sizes),
+                                  ffi.new("size_t[]", [SIZE_MAX, SIZE_MAX])) == lib.MS_EINVAL
     assert (dst == FILL).all()
 
 
@@ -378,5 +383,16 @@ def test_interleave_count_times_record_overflow_fails(count):
     dst = _filled(64)
     nulls = ffi.new("void *[]", [ffi.NULL])
     assert lib.ms_interleave_rows(ffi.from_buffer(dst, require_writable=True), dst.nbytes, b"hh", 2, count, 1, nulls,
-                                  ffi.new("size_t[]", [0]), nulls, ffi.new("size_t[]", [6])) == -1
+                                  ffi.new("size_t[]", [0]), nulls, ffi.new("size_t[]", [6]),
+                                  ffi.new("size_t[]", [SIZE_MAX])) == lib.MS_EINVAL
     assert (dst == FILL).all()
+
+
+@pytest.mark.parametrize("short", [0, 1])
+def test_interleave_refuses_a_column_short_of_rows(short):
+    """A column that holds fewer than ``count`` rows is refused before anything is read or written."""
+    ys = np.arange(6, dtype="<f8")
+    dst = _filled(6 * (1 + 8))
+    assert _interleave(dst, b"", 6, [b"P"], [ys.tobytes()[:ys.nbytes - 8 * (short + 1)]], [8]) == lib.MS_EINVAL
+    assert (dst == FILL).all()
+    assert _interleave(dst, b"", 6, [b"P"], [ys.tobytes()], [8]) == 6 * 9

@@ -139,9 +139,11 @@ class ReplyEncoder:
         out = bytearray(len(head_field) + count * layout.record)
         out[:len(head_field)] = head_field
         columns = ffi.new("void *[]", [ffi.from_buffer(o.data) for o in outputs.values()])
+        column_sizes = ffi.new("size_t[]", [len(o.data) for o in outputs.values()])
         written = lib.ms_interleave_rows(ffi.from_buffer(out, require_writable=True) + len(head_field),
                                          len(out) - len(head_field), layout.head, len(layout.head), count,
-                                         len(key), layout.prefixes, layout.prefix_sizes, columns, layout.row_sizes)
+                                         len(key), layout.prefixes, layout.prefix_sizes, columns, layout.row_sizes,
+                                         column_sizes)
         if written != len(out) - len(head_field):
             raise ValueError("reply layout does not fit its buffer")  # a defect: the buffer was sized from it
         return bytes(out)
