@@ -31,7 +31,7 @@ log = logging.getLogger("mindserve")
 
 DRAIN_GRACE_S = 10.0  # how long stop() lets requests in progress finish
 LISTENER_GRACE_S = 1.0  # then, what a gRPC server gives the calls it is still refusing
-DRAIN_LINGER_MIN_S = 0.25  # after a drain, the listeners refuse requests this long before they close
+DRAIN_LINGER_MIN_S = 0.1  # after a drain, the listeners refuse requests this long before they close
 DRAIN_LINGER_MAX_S = 1.0  # and up to this long while REST connections are still open
 
 # the gRPC services every server answers (and reflection lists)
