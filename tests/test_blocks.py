@@ -496,8 +496,9 @@ NS = np.array([7, -8, 9], "<i8")
 
 
 def test_a_stacked_reply_is_read_whole():
-    from mindserve._supervision.worker_process import _decode_reply, _stacked_reply
     from mindserve._tensor import StackedResults
+    from mindserve._transport.jobs import decode_reply as _decode_reply
+    from mindserve._transport.jobs import stacked_reply as _stacked_reply
     data = stacked_reply(YS, NS)
     results = _stacked_reply(memoryview(data), 3, ["y", "n"])
     assert isinstance(results, StackedResults) and len(results) == 3
@@ -513,7 +514,8 @@ FRESH_ROWS = itertools.count(101)
 @pytest.mark.parametrize("cut", [1, 8, 24, "data", "header"])
 @pytest.mark.parametrize("big_first", [True, False])
 def test_a_truncated_reply_is_not_read_through_the_cached_header(cut, big_first):
-    from mindserve._supervision.worker_process import _decode_reply, _stacked_reply
+    from mindserve._transport.jobs import decode_reply as _decode_reply
+    from mindserve._transport.jobs import stacked_reply as _stacked_reply
     # rows of a length no other test uses: a header never seen before, so that which block comes first decides
     # what is parsed (and cached) from it
     ys, ns = np.arange(3 * next(FRESH_ROWS), dtype="<f4").reshape(3, -1) - 7.5, NS
@@ -535,14 +537,14 @@ def test_a_truncated_reply_is_not_read_through_the_cached_header(cut, big_first)
 def test_a_truncated_reply_inside_a_larger_buffer():
     # the master copies each reply out on its own, but the size check must not lean on that: what follows the
     # block in the same buffer is not part of it
-    from mindserve._supervision.worker_process import _stacked_reply
+    from mindserve._transport.jobs import stacked_reply as _stacked_reply
     data = stacked_reply(YS + 300, NS)
     view = memoryview(data + bytes(64))[:len(data) - 1]
     assert _stacked_reply(view, 3, ["y", "n"]) is None
 
 
 def test_replies_of_one_header_each_read_their_own_bytes():
-    from mindserve._supervision.worker_process import _decode_reply
+    from mindserve._transport.jobs import decode_reply as _decode_reply
     first, second = stacked_reply(YS, NS), stacked_reply(YS * -3, NS * 5)
     assert first[:64] == second[:64]  # the same header
     a = _decode_reply(memoryview(first), 3, ["y", "n"])
@@ -554,7 +556,8 @@ def test_replies_of_one_header_each_read_their_own_bytes():
 
 def test_a_reply_with_errors_is_not_stacked():
     from mindserve._errors import FAILED, ServingError
-    from mindserve._supervision.worker_process import _decode_reply, _stacked_reply
+    from mindserve._transport.jobs import decode_reply as _decode_reply
+    from mindserve._transport.jobs import stacked_reply as _stacked_reply
     from mindserve._workers.columns import Column
     from mindserve._workers.job_io import reply_block
     error = ServingError(FAILED, "instance 1 failed")
@@ -568,7 +571,8 @@ def test_a_reply_with_errors_is_not_stacked():
 
 def test_a_reply_failing_every_instance_is_not_stacked():
     from mindserve._errors import SYSTEM_ERROR
-    from mindserve._supervision.worker_process import _decode_reply, _stacked_reply
+    from mindserve._transport.jobs import decode_reply as _decode_reply
+    from mindserve._transport.jobs import stacked_reply as _stacked_reply
     header = {"n": 2, "err": [[0, SYSTEM_ERROR, "bad"], [1, SYSTEM_ERROR, "bad"]], "out": {}}
     data = reply_bytes(BlockWriter(), header)
     assert _stacked_reply(memoryview(data), 2, ["y"]) is None
@@ -578,7 +582,8 @@ def test_a_reply_failing_every_instance_is_not_stacked():
 def test_stacked_columns_with_errors_listed_are_not_read_as_stacked():
     # a header that lists errors yet describes stacked outputs of a row per instance (enough bytes for a stacked
     # read of all of them) is the general reader's to judge: it reads a row per successful instance
-    from mindserve._supervision.worker_process import _decode_reply, _stacked_reply
+    from mindserve._transport.jobs import decode_reply as _decode_reply
+    from mindserve._transport.jobs import stacked_reply as _stacked_reply
     writer = BlockWriter()
     header = {"n": 2, "err": [[0, 1, "x"]], "out": {"y": blocks.stacked_descriptor(writer, [YS[:2]], (2, 2), F32)}}
     data = reply_bytes(writer, header)
@@ -587,7 +592,8 @@ def test_stacked_columns_with_errors_listed_are_not_read_as_stacked():
 
 
 def test_a_reply_of_values_per_instance_is_not_stacked():
-    from mindserve._supervision.worker_process import _decode_reply, _stacked_reply
+    from mindserve._transport.jobs import decode_reply as _decode_reply
+    from mindserve._transport.jobs import stacked_reply as _stacked_reply
     writer = BlockWriter()
     header = {"n": 2, "err": [], "out": {"y": ["e", [blocks.value_descriptor(writer, "ab"),
                                                      blocks.value_descriptor(writer, YS[0])]]}}
@@ -598,7 +604,8 @@ def test_a_reply_of_values_per_instance_is_not_stacked():
 
 
 def test_a_stacked_reply_that_does_not_match_its_job():
-    from mindserve._supervision.worker_process import _decode_reply, _stacked_reply
+    from mindserve._transport.jobs import decode_reply as _decode_reply
+    from mindserve._transport.jobs import stacked_reply as _stacked_reply
     data = stacked_reply(YS, NS)
     for count in (2, 4):
         assert _stacked_reply(memoryview(data), count, ["y", "n"]) is None
@@ -609,9 +616,10 @@ def test_a_stacked_reply_that_does_not_match_its_job():
 
 def test_runs_of_one_error_travel_as_one_entry_and_come_back_per_instance():
     from mindserve._errors import FAILED, INVALID_INPUTS, ServingError
-    from mindserve._supervision.worker_process import _decode_reply
+    from mindserve._transport.jobs import decode_reply as _decode_reply
+    from mindserve._transport.jobs import error_entries
     from mindserve._workers.columns import Column
-    from mindserve._workers.job_io import error_entries, reply_block
+    from mindserve._workers.job_io import reply_block
     a, b = ServingError(FAILED, "a"), ServingError(INVALID_INPUTS, "b")
     errors = [None, a, ServingError(FAILED, "a"), a, None, b, a, a]
     assert error_entries(errors) == [[1, FAILED, "a", 3], [5, INVALID_INPUTS, "b"], [6, FAILED, "a", 7]]
@@ -634,7 +642,7 @@ def test_runs_of_one_error_travel_as_one_entry_and_come_back_per_instance():
     [0, 1, "x", 1, 1],     # too long
 ])
 def test_bad_error_entries_are_refused(entry):
-    from mindserve._supervision.worker_process import _decode_reply
+    from mindserve._transport.jobs import decode_reply as _decode_reply
     data = reply_bytes(BlockWriter(), {"n": 2, "err": [entry], "out": {}})
     with pytest.raises(BlockError, match="bad error entry in reply"):
         _decode_reply(memoryview(data), 2, ["y"])

@@ -10,19 +10,20 @@ import json
 import os
 import sys
 
+import model_files
 import numpy as np
 import pytest
+import servable_factory
 from onnx import TensorProto, helper, numpy_helper
 
-import model_files
-import servable_factory
 from mindserve import _dtypes
 from mindserve._errors import FAILED, INVALID_INPUTS, SYSTEM_ERROR, ServingError
 from mindserve._servable import definition
+from mindserve._supervision.worker_process import Job
 from mindserve._tensor import RawTensor, StackedInput, StackedInputs, StackedResults
 from mindserve._transport import blocks
+from mindserve._transport.jobs import decode_reply as _decode_reply
 from mindserve._transport.shm_channel import REPLIES, REQUESTS, ShmChannel
-from mindserve._supervision.worker_process import Job, _decode_reply
 from mindserve._workers.__main__ import answer_batch
 from mindserve._workers.fast_lane import FastLane
 from mindserve._workers.job_io import read_job

@@ -18,9 +18,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
-from mindserve._errors import Internal, InvalidInput, ServingError, WorkerLost, from_worker
-from mindserve._tensor import RawTensor, StackedInputs, StackedOutput, StackedResults
-from mindserve._transport import blocks
+from mindserve._errors import Internal, InvalidInput, ServingError, WorkerLost
+from mindserve._tensor import RawTensor, StackedInputs
+from mindserve._transport import blocks, jobs
 from mindserve._transport.master_side import MasterChannel
 from mindserve._transport.shm_channel import (
     QUEUE_CAPACITY,
@@ -72,34 +72,11 @@ class Job:
 
     def __post_init__(self) -> None:
         self.writer = blocks.BlockWriter()
-        if isinstance(self.instances, StackedInputs):
-            self.head, self.size = _stacked_job_head(self.writer, self.method, self.instances)
-            return
-        names = list(self.instances[0])
-        columns = {n: blocks.raw_column(self.writer, [inst[n] for inst in self.instances]) for n in names}
-        self.head, self.size = self.writer.encode({"m": self.method, "n": len(self.instances), "in": columns})
+        self.head, self.size = jobs.encode_job(self.writer, self.method, self.instances)
 
     @property
     def count(self) -> int:
         return len(self.instances)
-
-
-# (method, count, input kinds) -> (job head, block size): the jobs of one kind repeat the same header
-_job_heads: dict[tuple, tuple[bytes, int]] = {}
-_JOB_HEADS_LIMIT = 1024
-
-
-def _stacked_job_head(writer: blocks.BlockWriter, method: str, instances: StackedInputs) -> tuple[bytes, int]:
-    """Place a stacked request's rows in ``writer``; the job's encoded header and block size. The data offsets
-    in the header follow from the sizes alone, so the header is encoded once per kind."""
-    columns = blocks.stacked_inputs_columns(writer, instances)
-    key = (method, len(instances), tuple((name, d[1], tuple(d[2]), d[3]) for name, d in columns.items()))
-    head = _job_heads.get(key)
-    if head is None:
-        if len(_job_heads) >= _JOB_HEADS_LIMIT:
-            _job_heads.clear()
-        head = _job_heads[key] = writer.encode({"m": method, "n": len(instances), "in": columns})
-    return head
 
 
 class WorkerProcess:
@@ -326,7 +303,7 @@ class WorkerProcess:
                 return
             outcome: Union[Sequence, ServingError]
             try:
-                outcome = _decode_reply(memoryview(data), job.count, self.methods[job.method]["outputs"])
+                outcome = jobs.decode_reply(memoryview(data), job.count, self.methods[job.method]["outputs"])
             except blocks.BlockError as exc:
                 outcome = Internal(f"bad reply from worker of {self.spec.describe()}: {exc}")
             self._finish(job, outcome)
@@ -435,68 +412,3 @@ class WorkerProcess:
         await self._reap()
 
 
-def _decode_reply(data: memoryview, count: int, output_names: list) -> Union[list, StackedResults]:
-    """One dict of RawTensors (views of ``data``) or one ServingError per instance, from a reply block."""
-    stacked = _stacked_reply(data, count, output_names)
-    if stacked is not None:
-        return stacked
-    reader = blocks.BlockReader(data, 0, len(data))
-    header = reader.header
-    if header.get("n") != count or not isinstance(header.get("err"), list) or not isinstance(header.get("out"), dict):
-        raise blocks.BlockError("reply header does not match its job")
-    results: list = [None] * count
-    for item in header["err"]:  # [index, code, message], or [first, code, message, last] for a run
-        if not (isinstance(item, list) and len(item) in (3, 4) and blocks.is_int(item[0]) and 0 <= item[0] < count
-                and blocks.is_int(item[1]) and isinstance(item[2], str)):
-            raise blocks.BlockError("bad error entry in reply")
-        last = item[3] if len(item) == 4 else item[0]
-        if not (blocks.is_int(last) and item[0] <= last < count):
-            raise blocks.BlockError("bad error entry in reply")
-        error = from_worker(item[1], item[2])  # one object for the run: the frontends see one error
-        results[item[0]:last + 1] = [error] * (last + 1 - item[0])
-    ok = [i for i, r in enumerate(results) if r is None]
-    columns = {}
-    for name in output_names:
-        if name not in header["out"]:
-            if ok:
-                raise blocks.BlockError(f"reply without output {name}")
-            continue
-        columns[name] = blocks.raw_rows(reader, header["out"][name], len(ok))
-    for k, i in enumerate(ok):
-        results[i] = {name: column[k] for name, column in columns.items()}
-    return results
-
-
-def _reply_kind(header: bytes, data_start: int) -> Optional[tuple[int, dict, int]]:
-    """(count, stacked output columns, block size needed) of a reply in which every instance succeeded with
-    stacked outputs; None for any other reply."""
-    parsed = blocks.header_object(header)
-    if parsed is None or parsed.get("err") != []:
-        return None
-    count = parsed.get("n")
-    if not isinstance(count, int) or isinstance(count, bool):
-        return None
-    columns = blocks.stacked_columns(parsed.get("out"), count, data_start)
-    return None if columns is None else (count, *columns)
-
-
-_reply_kinds = blocks.HeaderKinds(_reply_kind)
-
-
-def _stacked_reply(data: memoryview, count: int, output_names: list) -> Optional[StackedResults]:
-    """A reply in which every instance succeeded and every output is a stacked column: the outputs whole, as
-    views of ``data`` (no per-instance objects); None for any other reply, which the general reader takes."""
-    header = blocks.block_header(data, 0, len(data))
-    if header is None:
-        return None
-    kind = _reply_kinds.get(*header)
-    if kind is None or kind[0] != count or kind[2] > len(data):
-        return None
-    columns = kind[1]
-    outputs = {}
-    for name in output_names:
-        column = columns.get(name)
-        if column is None:
-            return None
-        outputs[name] = StackedOutput(column.code, column.row_shape, data[column.start:column.start + column.nbytes])
-    return StackedResults(count, outputs)

@@ -23,7 +23,7 @@ import numpy as np
 from mindserve import _dtypes
 from mindserve._errors import ServingError
 from mindserve._servable.definition import MethodDefinition
-from mindserve._transport import blocks
+from mindserve._transport import blocks, jobs
 from mindserve._transport.shm_channel import REQUESTS, ShmChannel
 from mindserve._workers.batching import stack_rows
 from mindserve._workers.columns import Column
@@ -32,16 +32,6 @@ from mindserve._workers.job_io import reply_block, send_encoded, send_error, sen
 from mindserve._workers.model_runner import ModelRunner
 
 _CACHE_LIMIT = 1024
-
-
-class _JobKind(NamedTuple):
-    """What a job header says, checked: its method, instance count and stacked inputs by name, and the block
-    size it needs (a block shorter than that is not read through this kind)."""
-
-    method: str
-    instances: int
-    inputs: dict
-    needed: int
 
 
 class _Plan(NamedTuple):
@@ -71,18 +61,6 @@ def _plan(executor: MethodExecutor, method: MethodDefinition) -> Optional[_Plan]
                  tuple(p.index for p in method.outputs), tuple(method.output_names))
 
 
-def _job_kind(header: bytes, data_start: int) -> Optional[_JobKind]:
-    """A job header of stacked columns only, checked as the general reader checks it; None for anything else."""
-    parsed = blocks.header_object(header)
-    if parsed is None:
-        return None
-    method, count = parsed.get("m"), parsed.get("n")
-    if not isinstance(method, str) or not isinstance(count, int) or isinstance(count, bool) or count < 1:
-        return None
-    columns = blocks.stacked_columns(parsed.get("in"), count, data_start)
-    return None if columns is None else _JobKind(method, count, *columns)
-
-
 class FastLane:
     """Runs batches through the fast lane when they qualify (see the module docstring)."""
 
@@ -92,11 +70,11 @@ class FastLane:
         self._event_fd = event_fd
         self._view = channel.view
         self._plans: dict[str, Optional[_Plan]] = {}
-        self._kinds = blocks.HeaderKinds(_job_kind)
+        self._kinds = blocks.HeaderKinds(jobs.job_kind)
         self._shapes: dict[tuple, Optional[tuple]] = {}  # (model input, dtype, row shape) -> instance shape
         self._replies: dict[tuple, tuple] = {}  # (output descriptors, count) -> (reply head, block size)
 
-    def _kind(self, offset: int, size: int) -> Optional[_JobKind]:
+    def _kind(self, offset: int, size: int) -> Optional[jobs.JobKind]:
         if not self._channel.contains(REQUESTS, offset, size):
             return None
         header = blocks.block_header(self._view, offset, size)
@@ -159,7 +137,7 @@ class FastLane:
             start = stop
         return True
 
-    def _prepare(self, entries: list) -> Optional[tuple[list[_JobKind], _Plan, list[np.ndarray], int]]:
+    def _prepare(self, entries: list) -> Optional[tuple[list[jobs.JobKind], _Plan, list[np.ndarray], int]]:
         """The batch's job kinds, its method's plan, the model's inputs and the instance count; None when the
         batch does not qualify."""
         kinds = []
@@ -194,7 +172,7 @@ class FastLane:
             feeds.append(self._feed(entries, columns, kinds, shape, fixed or total))
         return kinds, plan, feeds, total
 
-    def _feed(self, entries: list, columns: list[blocks.StackedColumn], kinds: list[_JobKind], shape: tuple,
+    def _feed(self, entries: list, columns: list[blocks.StackedColumn], kinds: list[jobs.JobKind], shape: tuple,
               rows: int) -> np.ndarray:
         """One model input over the batch: the job's own rows when one job fills the run, else gathered."""
         pieces = [np.frombuffer(self._view, c.dtype, k.instances * math.prod(c.row_shape), offset + c.start)

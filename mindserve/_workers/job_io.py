@@ -11,7 +11,7 @@ import numpy as np
 
 from mindserve import _dtypes
 from mindserve._errors import SYSTEM_ERROR, ServingError
-from mindserve._transport import blocks
+from mindserve._transport import blocks, jobs
 from mindserve._transport.shm_channel import REPLIES, REQUESTS, ArenaFull, MessageTooBig, ShmChannel
 from mindserve._workers.columns import Column
 from mindserve._workers.executor import to_output_value
@@ -33,11 +33,10 @@ def read_job(channel: ShmChannel, job_id: int, offset: int, size: int) -> Job:
     if not channel.contains(REQUESTS, offset, size):
         raise blocks.BlockError("job entry reaches outside the request arena")
     reader = blocks.BlockReader(channel.view, offset, size)
-    header = reader.header
-    method, count, inputs = header.get("m"), header.get("n"), header.get("in")
-    if not isinstance(method, str) or not isinstance(count, int) or isinstance(count, bool) or count < 1 \
-            or not isinstance(inputs, dict):
+    checked = jobs.job_header(reader.header)
+    if checked is None:
         raise blocks.BlockError("bad job header")
+    method, count, inputs = checked
     columns = {}
     for name, desc in inputs.items():
         column = reader.column(desc, count)
@@ -89,27 +88,7 @@ def reply_block(method: str, count: int, outputs: dict[str, Column], errors: lis
     for name, column_values in values.items():
         out[name] = ["e", [blocks.value_descriptor(writer, v)
                            for v, err in zip(column_values, errors) if err is None]]
-    return writer, {"n": count, "err": error_entries(errors), "out": out}
-
-
-def error_entries(errors: list[Optional[ServingError]]) -> list[list]:
-    """A reply header's errors: ``[index, code, message]`` for a failed instance, ``[first, code, message, last]``
-    for a run of consecutive instances that failed alike (a whole job failing, say), so that the header of a job
-    of thousands of failed instances stays short and the master parses it at once."""
-    entries: list[list] = []
-    for i, error in enumerate(errors):
-        if error is None:
-            continue
-        last = entries[-1] if entries else None
-        if last is not None and last[-1 if len(last) == 4 else 0] == i - 1 and last[1] == error.code \
-                and last[2] == error.message:
-            if len(last) == 4:
-                last[3] = i
-            else:
-                last.append(i)
-        else:
-            entries.append([i, error.code, error.message])
-    return entries
+    return writer, {"n": count, "err": jobs.error_entries(errors), "out": out}
 
 
 def notify(event_fd: int) -> None:
@@ -155,4 +134,4 @@ def send_error(channel: ShmChannel, event_fd: int, job_id: int, count: int, erro
     """Fail every instance of a job with ``error``."""
     writer = blocks.BlockWriter()
     send_reply(channel, event_fd, job_id, writer,
-               {"n": count, "err": error_entries([error] * count), "out": {}}, wake)
+               {"n": count, "err": jobs.error_entries([error] * count), "out": {}}, wake)
