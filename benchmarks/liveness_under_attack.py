@@ -26,6 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
+from mindserve._frontends.grpc.ms_reply import varint  # noqa: E402
 from mindserve._proto import grpc_inference as oip  # noqa: E402
 from mindserve._proto import ms_service_pb2 as pb  # noqa: E402
 
@@ -43,19 +44,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    return bytes(out + bytes([value]))
-
-
 def _predict_of(count: int) -> bytes:
     spec = pb.ServableSpec(name="add", method_name="add_common").SerializeToString()
     tensor = pb.Tensor(shape=pb.TensorShape(dims=[0]), dtype=pb.MS_FLOAT32)
     one = pb.Instance(items={"x1": tensor, "x2": tensor}).SerializeToString()
-    return b"\x0a" + _varint(len(spec)) + spec + (b"\x12" + _varint(len(one)) + one) * count
+    return b"\x0a" + varint(len(spec)) + spec + (b"\x12" + varint(len(one)) + one) * count
 
 
 def _model_infer_of(count: int) -> bytes:

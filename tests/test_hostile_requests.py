@@ -17,6 +17,7 @@ import tritonclient.grpc as tg
 import model_files
 import rest_helpers
 from conftest import BUNDLED_SERVABLES, child_pids, free_port, start_server
+from mindserve._frontends.grpc.ms_reply import varint
 from mindserve._proto import grpc_inference as oip
 from mindserve._proto import ms_service_pb2 as pb
 from mindserve.client import Client
@@ -164,17 +165,9 @@ def _instance(tensor: pb.Tensor) -> bytes:
 def _many_instances(count: int, spec: pb.ServableSpec, tensor: pb.Tensor) -> bytes:
     """A PredictRequest of ``count`` identical instances, built as bytes (protobuf objects would take minutes)."""
     one = _instance(tensor)
-    field = b"\x12" + _varint(len(one)) + one
+    field = b"\x12" + varint(len(one)) + one
     spec_bytes = spec.SerializeToString()
-    return b"\x0a" + _varint(len(spec_bytes)) + spec_bytes + field * count
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    return bytes(out + bytes([value]))
+    return b"\x0a" + varint(len(spec_bytes)) + spec_bytes + field * count
 
 
 @pytest.mark.parametrize("extra_field", [False, True])
@@ -231,8 +224,8 @@ def test_empty_instances_under_the_limit_are_answered(server, channel):
                                             data=np.ones(3, np.float32).tobytes())}).SerializeToString()
     bad = pb.Instance(items={"x": pb.Tensor(shape=pb.TensorShape(dims=[0]), dtype=pb.MS_FLOAT32)}).SerializeToString()
     spec_bytes = spec.SerializeToString()
-    data = b"\x0a" + _varint(len(spec_bytes)) + spec_bytes + (b"\x12" + _varint(len(one)) + one) * 2000 \
-        + b"\x12" + _varint(len(bad)) + bad
+    data = b"\x0a" + varint(len(spec_bytes)) + spec_bytes + (b"\x12" + varint(len(one)) + one) * 2000 \
+        + b"\x12" + varint(len(bad)) + bad
     reply = pb.PredictReply.FromString(channel.unary_unary(PREDICT)(data, timeout=60))
     assert len(reply.instances) == 2001 and len(reply.error_msg) == 2001
     assert [e.error_code for e in reply.error_msg[:2000]] == [0] * 2000
