@@ -138,6 +138,8 @@ class Master:
         await asyncio.gather(*(s.stop(LISTENER_GRACE_S) for s in self.grpc_servers),
                              *(s.stop() for s in self.rest_servers), return_exceptions=True)
         await asyncio.gather(*(g.stop() for g in self.dispatcher.groups()), return_exceptions=True)
+        if self._admission.trimmer is not None:
+            await self._admission.trimmer.close()
 
     def stop(self) -> None:
         """Drain and stop the servers, end the workers, end the loop thread. A second call while a stop is under

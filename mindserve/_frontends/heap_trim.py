@@ -46,16 +46,25 @@ class HeapTrimmer:
         self._off_loop = off_loop
         self._trim = _glibc_trim()
         self._scheduled = False
+        self._timer: Optional[asyncio.TimerHandle] = None
+        self._task: Optional[asyncio.Task] = None
 
     def note(self, nbytes: int) -> None:
         """A request of ``nbytes`` (request and reply) was answered; called on the event loop."""
         if nbytes < LARGE_BYTES or self._scheduled or self._trim is None:
             return
         self._scheduled = True
-        asyncio.get_running_loop().call_later(TRIM_DELAY_S, self._start_trim)
+        self._timer = asyncio.get_running_loop().call_later(TRIM_DELAY_S, self._start_trim)
 
     def _start_trim(self) -> None:
-        asyncio.ensure_future(self._run_trim())
+        self._task = asyncio.get_running_loop().create_task(self._run_trim(), name="mindserve-heap-trim")
+
+    async def close(self) -> None:
+        """Cancel a trim to come, and wait for one under way (at stop: no task is left behind)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run_trim(self) -> None:
         trim = self._trim
