@@ -144,6 +144,9 @@ def test_either_server_may_be_off(tree):
     assert (config.grpc_address, config.rest_address) == (None, "127.0.0.1:9000")
     config = load(tree, "rest_address: off\n")  # YAML reads off as false
     assert (config.grpc_address, config.rest_address) == ("127.0.0.1:5500", None)
+    for quoted in ('"off"', "'OFF'", '"Off"'):  # the text off, as the environment and the options take it
+        config = load(tree, f"rest_address: {quoted}\n")
+        assert (config.grpc_address, config.rest_address) == ("127.0.0.1:5500", None)
 
 
 # ---- environment variables and options ----

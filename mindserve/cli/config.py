@@ -149,9 +149,10 @@ def _file(setting: _Setting) -> str:
 
 
 def _address(setting: _Setting) -> Optional[str]:
-    """None (off) for null/false; else a ``host:port`` with a port in 1..65535 or a ``unix:/path``."""
+    """None (off) for null, false or the text "off" (any case: a quoted "off" in YAML, as the environment and the
+    options take it); else a ``host:port`` with a port in 1..65535 or a ``unix:/path``."""
     value = setting.value
-    if value is None or value is False:
+    if value is None or value is False or (isinstance(value, str) and value.lower() == OFF):
         return None
     if isinstance(value, str):
         if value.startswith("unix:"):
