@@ -7,7 +7,7 @@ from typing import Callable, Optional, Sequence
 
 from mindserve._dispatch.limits import DEFAULT_MAX_REQUEST_INSTANCES, too_many_instances
 from mindserve._dispatch.route import Route
-from mindserve._errors import QueueFull, method_unavailable, request_repr, servable_unavailable
+from mindserve._errors import NotServed, QueueFull, clip, method_unavailable, request_repr, servable_unavailable
 from mindserve._supervision.servable_workers import DEFAULT_RESTART_WAIT_S, ServableWorkers
 from mindserve._tensor import InstanceResults, RawTensor, Results, StackedResults
 
@@ -58,6 +58,51 @@ class Dispatcher:
 
     def groups(self) -> list[ServableWorkers]:
         return [g for versions in self._servables.values() for g in versions.values()]
+
+    # ---- what is served: model names, versions, readiness (every door asks here, none decides for itself) ----
+
+    def ready(self) -> bool:
+        """Whether every started servable version has a live worker (vacuously true with none)."""
+        return all(g.ready for g in self.groups())
+
+    def not_ready(self) -> list[ServableWorkers]:
+        """The servable versions without a live worker, which keep the server from being ready."""
+        return [g for g in self.groups() if not g.ready]
+
+    def find_method(self, model_name: str) -> tuple[str, str]:
+        """The (servable, method) an Open Inference Protocol model name names: ``servable.method``, or
+        ``servable`` for a servable with a single method; NotServed otherwise."""
+        versions = self._servables.get(model_name, {})
+        if versions:
+            methods = sorted({m for g in versions.values() for m in g.methods})
+            if len(methods) == 1:
+                return model_name, methods[0]
+            name = clip(model_name)
+            raise NotServed(f"Model '{name}' is not found: servable {name} has {len(methods)} methods, name one as "
+                            f"'{name}.<method>' ({', '.join(methods)})")
+        servable, dot, method = model_name.rpartition(".")
+        if dot and any(method in g.methods for g in self._servables.get(servable, {}).values()):
+            return servable, method
+        raise NotServed(f"Model '{clip(model_name)}' is not found, models are named 'servable.method', or 'servable' "
+                        f"for a servable with a single method")
+
+    def versions(self, servable: str, method: str) -> list[int]:
+        """The started versions of a servable that have the method, oldest first."""
+        return sorted(v for v, g in self._servables.get(servable, {}).items() if method in g.methods)
+
+    def version(self, servable: str, method: str, version: int, model_name: str) -> ServableWorkers:
+        """The servable version that describes a model (metadata, readiness): the one asked for, or for 0 the
+        newest with a live worker, else the newest. NotServed when there is no such version (``model_name`` is how
+        the text names the model)."""
+        versions = self.versions(servable, method)
+        groups = self._servables.get(servable, {})
+        if version == 0 and versions:
+            live = [v for v in versions if groups[v].ready]
+            return groups[max(live or versions)]
+        if version not in versions:
+            running = ", ".join(str(v) for v in versions)
+            raise NotServed(f"Model '{model_name}' version {version} is not found, running versions: {running}")
+        return groups[version]
 
     def resolve(self, name: str, method: str, version: int) -> Route:
         """The servable version that serves a request (the newest running one for version 0) and the method's

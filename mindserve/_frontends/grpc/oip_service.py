@@ -160,7 +160,7 @@ class OipServiceHandler:
         return oip.ServerLiveResponse(live=True)
 
     async def _server_ready(self, request: Any) -> Any:
-        return oip.ServerReadyResponse(ready=models.server_ready(self._dispatcher))
+        return oip.ServerReadyResponse(ready=self._dispatcher.ready())
 
     async def _server_metadata(self, request: Any) -> Any:
         return oip.ServerMetadataResponse(name=SERVER_NAME, version=mindserve.__version__, extensions=EXTENSIONS)

@@ -23,29 +23,21 @@ SHM_PARAMETER = "shared_memory_region"
 
 
 class Model:
-    """A model name resolved to a servable method, with every started version of the servable."""
+    """A model name resolved to a servable method (the dispatcher knows its versions)."""
 
-    def __init__(self, name: str, servable: str, method: str, groups: dict[int, ServableWorkers]):
+    def __init__(self, dispatcher: Dispatcher, name: str, servable: str, method: str):
+        self._dispatcher = dispatcher
         self.name = name
         self.servable = servable
         self.method = method
-        self.groups = groups
 
     def versions(self) -> list[int]:
-        return sorted(v for v, g in self.groups.items() if self.method in g.methods)
+        return self._dispatcher.versions(self.servable, self.method)
 
     def group(self, version: int) -> ServableWorkers:
         """The version asked for; for 0 the newest with a live worker, else the newest. NOT_FOUND when the
         servable has no such version."""
-        if version == 0:
-            versions = self.versions()
-            live = [v for v in versions if self.groups[v].ready]
-            return self.groups[max(live or versions)]
-        group = self.groups.get(version)
-        if group is None or self.method not in group.methods:
-            running = ", ".join(str(v) for v in self.versions())
-            raise NotServed(f"Model '{self.name}' version {version} is not found, running versions: {running}")
-        return group
+        return self._dispatcher.version(self.servable, self.method, version, self.name)
 
 
 class TensorMetadata(NamedTuple):
@@ -74,36 +66,10 @@ def version_number(model_name: str, text: str) -> int:
     return int(text)
 
 
-def _servable_groups(dispatcher: Dispatcher, servable: str) -> dict[int, ServableWorkers]:
-    return {g.version: g for g in dispatcher.groups() if g.name == servable}
-
-
 def find_model(dispatcher: Dispatcher, model_name: str) -> Model:
     """``servable`` (a servable with one method) or ``servable.method``; NOT_FOUND otherwise."""
-    groups = _servable_groups(dispatcher, model_name)
-    if groups:
-        methods = sorted({m for g in groups.values() for m in g.methods})
-        if len(methods) == 1:
-            return Model(model_name, model_name, methods[0], groups)
-        name = clip(model_name)
-        raise NotServed(f"Model '{name}' is not found: servable {name} has {len(methods)} methods, name one as "
-                        f"'{name}.<method>' ({', '.join(methods)})")
-    servable, dot, method = model_name.rpartition(".")
-    groups = _servable_groups(dispatcher, servable) if dot else {}
-    if any(method in g.methods for g in groups.values()):
-        return Model(model_name, servable, method, groups)
-    raise NotServed(f"Model '{clip(model_name)}' is not found, models are named 'servable.method', or 'servable' for a "
-                    f"servable with a single method")
-
-
-def server_ready(dispatcher: Dispatcher) -> bool:
-    """Ready while every started servable version has a live worker (vacuously true with none)."""
-    return all(g.ready for g in dispatcher.groups())
-
-
-def not_ready_groups(dispatcher: Dispatcher) -> list[ServableWorkers]:
-    """The servable versions without a live worker, which keep the server from being ready."""
-    return [g for g in dispatcher.groups() if not g.ready]
+    servable, method = dispatcher.find_method(model_name)
+    return Model(dispatcher, model_name, servable, method)
 
 
 def model_group(dispatcher: Dispatcher, model_name: str, version_text: str) -> tuple[Model, ServableWorkers]:

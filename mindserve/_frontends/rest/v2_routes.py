@@ -55,7 +55,7 @@ class V2Routes:
 
     @answers_errors("ServerReady")
     async def ready(self, request: web.Request) -> web.Response:
-        down = models.not_ready_groups(self._dispatcher)
+        down = self._dispatcher.not_ready()
         if not down:
             return web.Response()
         names = ", ".join(f"{g.name} version {g.version}" for g in down)
