@@ -16,10 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
+
+from processes import children, free_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCH = os.environ.get("BENCH_DIR", os.path.join(HERE, "..", "..", "shared", "bench"))
@@ -54,20 +55,6 @@ def _cpu(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            kids += [int(p) for p in f.read().split()]
-    return kids
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(kind: str, batch: int) -> tuple[subprocess.Popen, str, str]:
     """The server process, its address, and the protocol loadgen speaks to it."""
     if kind == "mindserve":
@@ -75,7 +62,7 @@ def _start(kind: str, batch: int) -> tuple[subprocess.Popen, str, str]:
         argv = [sys.executable, os.path.join(HERE, "serve_bench_models.py"), WORK, address]
         proto = "ms"
     elif kind == "floor":
-        address = f"127.0.0.1:{_free_port()}"
+        address = f"127.0.0.1:{free_port()}"
         argv = [BENCH_PYTHON, os.path.join(BENCH, "floor_server.py"), address, WORK]
         proto = "v2"
     else:
@@ -106,7 +93,7 @@ def main() -> None:
         subprocess.run(load + ["--seconds", "2"], capture_output=True, check=True)  # warm up
         pids = {"server": [server.pid]}
         if args.kind == "mindserve":
-            pids = {"master": [server.pid], "workers": _children(server.pid)}
+            pids = {"master": [server.pid], "workers": children(server.pid)}
         before = {k: [_cpu(p) for p in v] for k, v in pids.items()}
         started = time.monotonic()
         out = subprocess.run(load + ["--seconds", str(args.seconds)], capture_output=True, text=True, check=True)

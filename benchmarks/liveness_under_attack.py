@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
+from processes import free_port  # noqa: E402
+
 from mindserve._frontends.grpc.ms_reply import varint  # noqa: E402
 from mindserve._proto import grpc_inference as oip  # noqa: E402
 from mindserve._proto import ms_service_pb2 as pb  # noqa: E402
@@ -36,12 +37,6 @@ server.start_servables(server.ServableStartConfig({servables!r}, "add", device_i
 server.start_grpc_server({address!r}, max_msg_mb_size=512)
 print("READY", flush=True)
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _predict_of(count: int) -> bytes:
@@ -98,7 +93,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--attackers", type=int, default=2)
     args = parser.parse_args()
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     script = SERVER.format(servables=os.path.join(REPO, "servables"), address=address)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:

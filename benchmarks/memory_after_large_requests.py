@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from mindserve.client import Client  # noqa: E402
+from processes import children, free_port, rss  # noqa: E402
 
 ECHO = '''
 from mindserve.server import register
@@ -43,31 +43,6 @@ print("READY", flush=True)
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rss(pid: int) -> str:
-    with open(f"/proc/{pid}/status") as f:
-        fields = dict(line.split(":", 1) for line in f)
-    return f"{int(fields['VmRSS'].split()[0]) // 1024} MB (anon {int(fields['RssAnon'].split()[0]) // 1024} MB)"
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        found.append(int(entry))
-            except OSError:
-                pass
-    return found
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=8)
@@ -77,16 +52,16 @@ def main() -> None:
         os.makedirs(os.path.join(root, "echo", "1"))
         with open(os.path.join(root, "echo", "servable_config.py"), "w") as f:
             f.write(ECHO)
-        address = f"127.0.0.1:{_free_port()}"
+        address = f"127.0.0.1:{free_port()}"
         proc = subprocess.Popen([sys.executable, "-c", SERVER.format(root=root, address=address)],
                                 stdout=subprocess.PIPE, text=True)
         try:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "READY"
-            (worker,) = _children(proc.pid)
+            (worker,) = children(proc.pid)
             client = Client(address, "echo", "echo")
 
             def report(what: str) -> None:
-                print(f"{what:<28} master {_rss(proc.pid):<24} worker {_rss(worker)}")
+                print(f"{what:<28} master {rss(proc.pid):<24} worker {rss(worker)}")
 
             report("at start")
             x = np.ones(4 << 20, np.float32)

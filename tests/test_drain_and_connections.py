@@ -118,6 +118,15 @@ def _silent_connections(address: str, count: int, partial: bytes) -> list[socket
     return socks
 
 
+def _answer(sock: socket.socket) -> bytes:
+    """Everything the server sends on ``sock`` until it closes the connection."""
+    sock.settimeout(10)
+    answer = b""
+    while chunk := sock.recv(4096):
+        answer += chunk
+    return answer
+
+
 def _closed_by_server(sock: socket.socket, timeout: float) -> bool:
     sock.settimeout(timeout)
     try:
@@ -161,11 +170,7 @@ def test_connections_past_the_cap_are_refused_with_503(tmp_path):
         held = _silent_connections(server.rest, 5, b"")
         time.sleep(0.2)
         (extra,) = _silent_connections(server.rest, 1, b"")
-        extra.settimeout(10)
-        answer = b""
-        while chunk := extra.recv(4096):
-            answer += chunk
-        head, _, body = answer.partition(b"\r\n\r\n")
+        head, _, body = _answer(extra).partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n") and b"Connection: close" in head
         assert json.loads(body) == {"error": "The server has 5 connections open, its limit: retry later"}
         for sock in held:
@@ -190,10 +195,7 @@ def test_what_is_not_http_gets_a_json_400_that_echoes_nothing(tmp_path, data):
     server = _start(tmp_path)
     try:
         (sock,) = _silent_connections(server.rest, 1, data)
-        sock.settimeout(10)
-        answer = b""
-        while chunk := sock.recv(4096):
-            answer += chunk
+        answer = _answer(sock)
         head, _, body = answer.partition(b"\r\n\r\n")
         # (HTTP/1.0 in the status line where the request line itself could not be read)
         assert head.startswith((b"HTTP/1.1 400 Bad Request\r\n", b"HTTP/1.0 400 Bad Request\r\n")), answer
