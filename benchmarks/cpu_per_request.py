@@ -1,8 +1,10 @@
 """CPU time each server process spends per request, under the load of ../shared/bench/loadgen.py.
 
     python benchmarks/cpu_per_request.py {mindserve,floor,null} [MODEL] [--batch B] [--concurrency C] [--seconds S]
+                                         [--proto ms|v2]
 
-- ``mindserve``: serve_bench_models.py on a unix socket; the master and its workers are counted apart.
+- ``mindserve``: serve_bench_models.py on a unix socket; the master and its workers are counted apart; ``--proto``
+  picks MSService Predict (default) or the Open Inference Protocol's ModelInfer.
 - ``floor``: ../shared/bench/floor_server.py (one process: gRPC, protobuf and the model).
 - ``null``: a grpc.aio server whose Predict answers a fixed, valid reply without looking at the request: the
   cost of gRPC alone, the least any Python master on grpc.aio can spend per request.
@@ -55,12 +57,12 @@ def _cpu(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
-def _start(kind: str, batch: int) -> tuple[subprocess.Popen, str, str]:
+def _start(kind: str, batch: int, mindserve_proto: str) -> tuple[subprocess.Popen, str, str]:
     """The server process, its address, and the protocol loadgen speaks to it."""
     if kind == "mindserve":
         address = f"unix:{WORK}/cpu_per_request.sock"
         argv = [sys.executable, os.path.join(HERE, "serve_bench_models.py"), WORK, address]
-        proto = "ms"
+        proto = mindserve_proto
     elif kind == "floor":
         address = f"127.0.0.1:{free_port()}"
         argv = [BENCH_PYTHON, os.path.join(BENCH, "floor_server.py"), address, WORK]
@@ -83,8 +85,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--proto", choices=["ms", "v2"], default="ms", help="mindserve's protocol")
     args = parser.parse_args()
-    server, address, proto = _start(args.kind, args.batch)
+    server, address, proto = _start(args.kind, args.batch, args.proto)
     try:
         load = [BENCH_PYTHON, os.path.join(BENCH, "loadgen.py"), address, args.model, "--batch", str(args.batch),
                 "--concurrency", str(args.concurrency), "--proto", proto]

@@ -27,7 +27,7 @@ sys.path.insert(0, REPO)
 
 from processes import free_port  # noqa: E402
 
-from mindserve._frontends.grpc.ms_reply import varint  # noqa: E402
+from mindserve._frontends.grpc.wire_write import varint  # noqa: E402
 from mindserve._proto import grpc_inference as oip  # noqa: E402
 from mindserve._proto import ms_service_pb2 as pb  # noqa: E402
 

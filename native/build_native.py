@@ -8,10 +8,10 @@ import os
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = ["arena.c", "batch_copy.c", "channel.c", "predict_wire.c", "segment.c"]
+SOURCES = ["arena.c", "batch_copy.c", "channel.c", "infer_wire.c", "predict_wire.c", "segment.c"]
 # what the generated module includes: the headers of the API that native.cdef declares
-PREAMBLE = ('#include "batch_copy.h"\n#include "channel.h"\n#include "ms_status.h"\n#include "predict_wire.h"\n'
-            '#include "segment.h"\n')
+PREAMBLE = ('#include "batch_copy.h"\n#include "channel.h"\n#include "infer_wire.h"\n#include "ms_status.h"\n'
+            '#include "predict_wire.h"\n#include "segment.h"\n')
 
 ffibuilder = FFI()
 with open(os.path.join(HERE, "native.cdef")) as f:

@@ -12,61 +12,7 @@
 
 #include "ms_status.h"
 #include "predict_wire.h"
-
-enum { WT_VARINT = 0, WT_LEN = 2 }; /* the wire types a common request uses */
-
-/* A read position inside one message: bytes [pos, end) of buf are still to be read. */
-typedef struct {
-    const uint8_t *buf;
-    size_t pos;
-    size_t end;
-} cursor;
-
-/* Reads one varint. Returns 0 and advances, or -1 when it runs past the message or is not a valid
- * 64-bit varint (more than 10 bytes, or bits beyond 64). */
-static int read_varint(cursor *c, uint64_t *out) {
-    uint64_t value = 0;
-    for (unsigned shift = 0; shift < 70; shift += 7) {
-        if (c->pos >= c->end) return -1;
-        uint8_t byte = c->buf[c->pos++];
-        if (shift == 63 && byte > 1) return -1;
-        value |= (uint64_t)(byte & 0x7f) << shift;
-        if (!(byte & 0x80)) {
-            *out = value;
-            return 0;
-        }
-    }
-    return -1;
-}
-
-/* Reads a field's tag. Returns 0 with its number and wire type, -1 on a bad tag (number 0 or too large). */
-static int read_tag(cursor *c, uint32_t *field, uint32_t *wire_type) {
-    uint64_t tag;
-    if (read_varint(c, &tag) != 0 || tag > UINT32_MAX || (tag >> 3) == 0) return -1;
-    *field = (uint32_t)(tag >> 3);
-    *wire_type = (uint32_t)(tag & 7);
-    return 0;
-}
-
-/* Reads the length of a length-delimited field and returns its contents as a cursor of their own,
- * advancing past them. Returns -1 when the length reaches past the enclosing message. */
-static int read_len(cursor *c, cursor *inner) {
-    uint64_t len;
-    if (read_varint(c, &len) != 0 || len > c->end - c->pos) return -1;
-    inner->buf = c->buf;
-    inner->pos = c->pos;
-    inner->end = c->pos + (size_t)len;
-    c->pos = inner->end;
-    return 0;
-}
-
-/* Marks singular field `field` (below 32) as seen in *seen. Returns -1 when it was seen before. */
-static int once(uint32_t *seen, uint32_t field) {
-    uint32_t bit = 1u << field;
-    if (*seen & bit) return -1;
-    *seen |= bit;
-    return 0;
-}
+#include "wire_read.h"
 
 /* Reads a ServableSpec into head's name, method and version. Returns 0, or -1 when it is not common. */
 static int read_spec(cursor spec, ms_predict_head *head) {
@@ -112,23 +58,6 @@ int ms_predict_head_parse(const uint8_t *buf, size_t size, ms_predict_head *head
     return MS_OK;
 }
 
-/* Skips the value of a field of wire type `wt` (the tag already read). Returns -1 for a group (wire types 3
- * and 4, which a PredictRequest never holds) or a value that runs past the message. */
-static int skip_value(cursor *c, uint32_t wt) {
-    uint64_t ignored;
-    cursor inner;
-    switch (wt) {
-    case WT_VARINT: return read_varint(c, &ignored);
-    case WT_LEN: return read_len(c, &inner);
-    case 1: /* fixed64 */
-    case 5: /* fixed32 */
-        if ((wt == 1 ? 8u : 4u) > c->end - c->pos) return -1;
-        c->pos += wt == 1 ? 8u : 4u;
-        return 0;
-    default: return -1;
-    }
-}
-
 /* Counts the instances (field 2) of a serialized PredictRequest of `size` bytes, whatever else its top level
  * holds, without reading inside any field, so that the cost of a request is bounded before anything is made of
  * it; head->spec_offset and spec_size tell where its (last) servable spec lies, for the error reply. Fills only
@@ -155,29 +84,14 @@ int ms_predict_count_instances(const uint8_t *buf, size_t size, ms_predict_head 
     return MS_OK;
 }
 
-/* Reads one dim (a varint) into in->dims. Returns -1 when it is negative as an int64 or there is no room. */
-static int read_dim(cursor *c, ms_wire_input *in) {
-    uint64_t dim;
-    if (read_varint(c, &dim) != 0 || dim > INT64_MAX || in->ndims == MS_WIRE_MAX_DIMS) return -1;
-    in->dims[in->ndims++] = dim;
-    return 0;
-}
-
-/* Reads a TensorShape's dims into in->dims, packed or not (protobuf accepts both). Returns -1 when there
- * are more than MS_WIRE_MAX_DIMS, one is negative, or another field is present. */
+/* Reads a TensorShape's dims into in->dims. Returns -1 when there are more than MS_WIRE_MAX_DIMS, one is
+ * negative, or another field is present. */
 static int read_shape(cursor shape, ms_wire_input *in) {
     uint32_t field, wt;
-    cursor packed;
     while (shape.pos < shape.end) {
-        if (read_tag(&shape, &field, &wt) != 0 || field != 1) return -1;
-        if (wt == WT_VARINT) {
-            if (read_dim(&shape, in) != 0) return -1;
-        } else if (wt == WT_LEN && read_len(&shape, &packed) == 0) {
-            while (packed.pos < packed.end)
-                if (read_dim(&packed, in) != 0) return -1;
-        } else {
+        if (read_tag(&shape, &field, &wt) != 0 || field != 1 ||
+            read_dims(&shape, wt, in->dims, &in->ndims, MS_WIRE_MAX_DIMS) != 0)
             return -1;
-        }
     }
     return 0;
 }

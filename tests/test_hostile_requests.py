@@ -17,7 +17,7 @@ import tritonclient.grpc as tg
 import model_files
 import rest_helpers
 from conftest import BUNDLED_SERVABLES, child_pids, free_port, start_server
-from mindserve._frontends.grpc.ms_reply import varint
+from mindserve._frontends.grpc.wire_write import varint
 from mindserve._proto import grpc_inference as oip
 from mindserve._proto import ms_service_pb2 as pb
 from mindserve.client import Client

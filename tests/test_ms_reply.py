@@ -5,7 +5,8 @@ import pytest
 
 from mindserve import _dtypes
 from mindserve._errors import ServingError
-from mindserve._frontends.grpc.ms_reply import ReplyEncoder, varint
+from mindserve._frontends.grpc.ms_reply import ReplyEncoder
+from mindserve._frontends.grpc.wire_write import varint
 from mindserve._proto import ms_service_pb2 as pb
 from mindserve._tensor import RawTensor
 

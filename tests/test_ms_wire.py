@@ -8,7 +8,7 @@ import pytest
 
 from mindserve import _dtypes
 from mindserve._frontends.grpc import ms_wire
-from mindserve._frontends.grpc.ms_reply import varint
+from mindserve._frontends.grpc.wire_write import varint
 from mindserve._native import ffi, lib
 from mindserve._proto import ms_service_pb2 as pb
 from mindserve._tensor import StackedInputs

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 from mindserve._dispatch.limits import DEFAULT_MAX_REQUEST_INSTANCES, too_many_instances
-from mindserve._dispatch.route import Route
+from mindserve._dispatch.route import Route, ServedVersion
 from mindserve._errors import NotServed, QueueFull, clip, method_unavailable, request_repr, servable_unavailable
 from mindserve._supervision.servable_workers import DEFAULT_RESTART_WAIT_S, ServableWorkers
 from mindserve._tensor import InstanceResults, RawTensor, Results, StackedResults
@@ -61,13 +61,17 @@ class Dispatcher:
 
     # ---- what is served: model names, versions, readiness (every door asks here, none decides for itself) ----
 
+    def served(self) -> list[ServedVersion]:
+        """Every started servable version, as frontends may see it (health names, metadata)."""
+        return [_view(g) for g in self.groups()]
+
     def ready(self) -> bool:
         """Whether every started servable version has a live worker (vacuously true with none)."""
         return all(g.ready for g in self.groups())
 
-    def not_ready(self) -> list[ServableWorkers]:
+    def not_ready(self) -> list[ServedVersion]:
         """The servable versions without a live worker, which keep the server from being ready."""
-        return [g for g in self.groups() if not g.ready]
+        return [_view(g) for g in self.groups() if not g.ready]
 
     def find_method(self, model_name: str) -> tuple[str, str]:
         """The (servable, method) an Open Inference Protocol model name names: ``servable.method``, or
@@ -90,7 +94,7 @@ class Dispatcher:
         """The started versions of a servable that have the method, oldest first."""
         return sorted(v for v, g in self._servables.get(servable, {}).items() if method in g.methods)
 
-    def version(self, servable: str, method: str, version: int, model_name: str) -> ServableWorkers:
+    def version(self, servable: str, method: str, version: int, model_name: str) -> ServedVersion:
         """The servable version that describes a model (metadata, readiness): the one asked for, or for 0 the
         newest with a live worker, else the newest. NotServed when there is no such version (``model_name`` is how
         the text names the model)."""
@@ -98,11 +102,11 @@ class Dispatcher:
         groups = self._servables.get(servable, {})
         if version == 0 and versions:
             live = [v for v in versions if groups[v].ready]
-            return groups[max(live or versions)]
+            return _view(groups[max(live or versions)])
         if version not in versions:
             running = ", ".join(str(v) for v in versions)
             raise NotServed(f"Model '{model_name}' version {version} is not found, running versions: {running}")
-        return groups[version]
+        return _view(groups[version])
 
     def resolve(self, name: str, method: str, version: int) -> Route:
         """The servable version that serves a request (the newest running one for version 0) and the method's
@@ -147,3 +151,7 @@ class Dispatcher:
             return results if isinstance(results, StackedResults) else InstanceResults(results)
         finally:
             self.enqueued_requests -= 1
+
+
+def _view(group: ServableWorkers) -> ServedVersion:
+    return ServedVersion(group.name, group.version, group.methods, group.ready)

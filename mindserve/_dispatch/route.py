@@ -1,5 +1,6 @@
 """Where a request goes, as the dispatcher resolves it: ``Dispatcher.resolve`` gives a Route, ``Dispatcher.run``
-takes it. Frontends read the method's signature from it and never handle the servable version's workers."""
+takes it. Frontends read the method's signature from it and never handle the servable version's workers;
+what they may know of a servable version (metadata, readiness) is a ServedVersion."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,6 +39,17 @@ class MethodSignature:
         inputs, outputs = list(reported["inputs"]), list(reported["outputs"])
         return cls(tuple(inputs), tuple(outputs), specs(inputs, reported.get("input_specs")),
                    specs(outputs, reported.get("output_specs")))
+
+
+@dataclass(frozen=True)
+class ServedVersion:
+    """A servable version as frontends see it, at the moment they asked: its methods' signatures and whether it
+    has a live worker now."""
+
+    name: str
+    version: int
+    methods: dict[str, MethodSignature]
+    ready: bool
 
 
 @dataclass(frozen=True)

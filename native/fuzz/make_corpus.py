@@ -8,6 +8,7 @@ import struct
 
 import numpy as np
 
+from mindserve._proto import grpc_inference as oip
 from mindserve._proto import ms_service_pb2 as pb
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -43,6 +44,28 @@ def predict_wire() -> dict[str, bytes]:
     }
 
 
+def infer_wire() -> dict[str, bytes]:
+    def infer(inputs: list, outputs: tuple = (), **top: str) -> bytes:
+        request = oip.ModelInferRequest(model_name="add", **top)
+        for name, datatype, shape, data in inputs:
+            request.inputs.add(name=name, datatype=datatype, shape=shape)
+            request.raw_input_contents.append(data)
+        for name in outputs:
+            request.outputs.add(name=name)
+        return request.SerializeToString()
+
+    x = np.arange(4, dtype=np.float32).tobytes()
+    with_parameters = oip.ModelInferRequest.FromString(infer([("x", "FP32", [1, 4], x)]))
+    with_parameters.inputs[0].parameters["content_type"].string_param = "str"
+    return {
+        "two_inputs": infer([("x1", "FP32", [1, 2, 2], x), ("x2", "FP32", [1, 2, 2], x)], ("y",), id="r1",
+                            model_version="1"),
+        "bytes_input": infer([("s", "BYTES", [1], b"\x02\x00\x00\x00hi")]),
+        "many_dims": infer([("x", "FP32", [1] * 8, x[:4])]),
+        "parameters": with_parameters.SerializeToString(),
+    }
+
+
 def channel() -> dict[str, bytes]:
     def steps(*ops: bytes) -> bytes:
         return b"".join(ops)
@@ -59,7 +82,7 @@ def channel() -> dict[str, bytes]:
 
 
 def main() -> None:
-    for target, inputs in (("predict_wire", predict_wire()), ("channel", channel())):
+    for target, inputs in (("predict_wire", predict_wire()), ("infer_wire", infer_wire()), ("channel", channel())):
         folder = os.path.join(HERE, "corpus", target)
         os.makedirs(folder, exist_ok=True)
         for name, data in inputs.items():

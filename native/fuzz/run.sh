@@ -26,10 +26,11 @@ FLAGS=(-g -O1 -std=c11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover
        -Inative)
 declare -A SOURCES=(
     [predict_wire]="native/predict_wire.c"
+    [infer_wire]="native/infer_wire.c"
     [channel]="native/channel.c native/arena.c"
 )
 mkdir -p build/fuzz
-for target in predict_wire channel; do
+for target in predict_wire infer_wire channel; do
     # shellcheck disable=SC2086
     "$CLANG" "${FLAGS[@]}" "native/fuzz/fuzz_$target.c" ${SOURCES[$target]} -o "build/fuzz/fuzz_$target"
     mkdir -p "build/fuzz/corpus/$target"

@@ -41,14 +41,14 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 def health_statuses(dispatcher: Dispatcher, service_names: Sequence[str]) -> dict[str, bool]:
     """Whether each health name is serving now (see the module's text)."""
-    groups = dispatcher.groups()
-    server_ready = all(g.ready for g in groups)
+    served = dispatcher.served()
+    server_ready = all(s.ready for s in served)
     statuses = {"": server_ready}
     statuses.update((name, server_ready) for name in service_names)
-    for group in groups:
-        names = [group.name] + [f"{group.name}.{method}" for method in group.methods]
+    for version in served:
+        names = [version.name] + [f"{version.name}.{method}" for method in version.methods]
         for name in names:
-            statuses[name] = statuses.get(name, False) or group.ready
+            statuses[name] = statuses.get(name, False) or version.ready
     return statuses
 
 

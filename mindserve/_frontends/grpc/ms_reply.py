@@ -11,6 +11,8 @@ from typing import Any, NamedTuple, Optional, Sequence, Union
 
 from mindserve import _dtypes
 from mindserve._errors import ServingError
+from mindserve._frontends.grpc.wire_write import field as _field
+from mindserve._frontends.grpc.wire_write import varint
 from mindserve._native import ffi, lib
 from mindserve._tensor import RawTensor, StackedOutput
 
@@ -27,21 +29,6 @@ class _StackedLayout(NamedTuple):
     prefixes: Any
     prefix_sizes: Any
     row_sizes: Any
-
-
-def varint(value: int) -> bytes:
-    """Protobuf base-128 varint of a non-negative int."""
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _field(tag: int, payload: bytes) -> bytes:
-    """A length-delimited field: tag byte, length, payload."""
-    return bytes((tag,)) + varint(len(payload)) + payload
 
 
 class ReplyEncoder:

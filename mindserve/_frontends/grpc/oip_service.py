@@ -29,12 +29,13 @@ from mindserve._errors import InvalidInput, ServingError, clip
 from mindserve._frontends.admission import Admission
 from mindserve._frontends.grpc.gate import gated
 from mindserve._frontends.grpc.ms_tensors import invalid_input
+from mindserve._frontends.grpc.oip_wire import InferCall, InferReader, encode_response
 from mindserve._frontends.grpc.status import status_of
 from mindserve._frontends.grpc.strict_parse import InvalidMessage, parse_strict
 from mindserve._frontends.oip import models
 from mindserve._frontends.oip.infer import infer
 from mindserve._frontends.oip.models import SERVER_NAME
-from mindserve._frontends.oip.tensors import SHM_DETAIL, InputTensor, RawInput, join_bytes
+from mindserve._frontends.oip.tensors import SHM_DETAIL, InputTensor, RawInput
 from mindserve._proto import grpc_inference as oip
 
 log = logging.getLogger("mindserve")
@@ -112,6 +113,31 @@ class _ContentsInput(InputTensor):
         return wide.tobytes()
 
 
+def _parsed(message_class: type, impl: Callable[[Any], Awaitable[Any]]) -> Callable[[bytes], Awaitable[bytes]]:
+    """An RPC that takes and answers protobuf messages, as one that takes and answers their bytes."""
+    async def call(data: bytes) -> bytes:
+        return (await impl(parse_strict(message_class, data))).SerializeToString()
+    return call
+
+
+def _unary(rpc: str, call: Callable[[bytes], Awaitable[bytes]]):
+    """The gRPC behavior of an RPC: its answer, or its error as a status and a text (never UNKNOWN)."""
+    async def handle(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        # context.abort raises; it is called outside the try block so that nothing here catches it
+        try:
+            return await call(data)
+        except InvalidMessage as exc:
+            status, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        except ServingError as err:
+            status, message = status_of(err), err.message
+        except Exception as exc:  # a defect of ours: answer it plainly, never with a traceback
+            log.exception("%s failed", rpc)
+            status, message = grpc.StatusCode.INTERNAL, f"{rpc} failed: {exc}"
+        await context.abort(status, message)
+        raise AssertionError("context.abort returned")  # it raises: the call ends with that status
+    return handle
+
+
 class OipServiceHandler:
     """The GRPCInferenceService handlers; they take and return serialized messages so that parsing errors are
     this frontend's own (INVALID_ARGUMENT with a text, never UNKNOWN)."""
@@ -119,40 +145,21 @@ class OipServiceHandler:
     def __init__(self, dispatcher: Dispatcher, admission: Admission):
         self._dispatcher = dispatcher
         self._admission = admission
+        self._reader = InferReader()
 
     def rpc_handlers(self) -> grpc.GenericRpcHandler:
         """The generic handler of every RPC this server answers (the others are UNIMPLEMENTED)."""
-        rpcs = {
-            "ServerLive": (oip.ServerLiveRequest, self._server_live),
-            "ServerReady": (oip.ServerReadyRequest, self._server_ready),
-            "ServerMetadata": (oip.ServerMetadataRequest, self._server_metadata),
-            "ModelReady": (oip.ModelReadyRequest, self._model_ready),
-            "ModelMetadata": (oip.ModelMetadataRequest, self._model_metadata),
-            "ModelInfer": (oip.ModelInferRequest, self._model_infer),
+        rpcs: dict[str, Callable[[bytes], Awaitable[bytes]]] = {
+            "ServerLive": _parsed(oip.ServerLiveRequest, self._server_live),
+            "ServerReady": _parsed(oip.ServerReadyRequest, self._server_ready),
+            "ServerMetadata": _parsed(oip.ServerMetadataRequest, self._server_metadata),
+            "ModelReady": _parsed(oip.ModelReadyRequest, self._model_ready),
+            "ModelMetadata": _parsed(oip.ModelMetadataRequest, self._model_metadata),
+            "ModelInfer": self._model_infer,
         }
         return grpc.method_handlers_generic_handler(SERVICE_NAME, {
-            name: grpc.unary_unary_rpc_method_handler(gated(self._admission, self._unary(name, message_class, impl)))
-            for name, (message_class, impl) in rpcs.items()})
-
-    @staticmethod
-    def _unary(rpc: str, message_class: type, impl: Callable[[Any], Awaitable[Any]]):
-        async def handle(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            # context.abort raises; it is called outside the try blocks so that nothing here catches it
-            request: Any = None
-            try:
-                request = parse_strict(message_class, data)
-            except InvalidMessage as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            try:
-                return (await impl(request)).SerializeToString()
-            except ServingError as err:
-                status, message = status_of(err), err.message
-            except Exception as exc:  # a defect of ours: answer it plainly, never with a traceback
-                log.exception("%s failed", rpc)
-                status, message = grpc.StatusCode.INTERNAL, f"{rpc} failed: {exc}"
-            await context.abort(status, message)
-            raise AssertionError("context.abort returned")  # it raises: the call ends with that status
-        return handle
+            name: grpc.unary_unary_rpc_method_handler(gated(self._admission, _unary(name, impl)))
+            for name, impl in rpcs.items()})
 
     # ---- server and model state ------------------------------------------------------------------------------
 
@@ -179,15 +186,16 @@ class OipServiceHandler:
 
     # ---- inference -------------------------------------------------------------------------------------------
 
-    async def _model_infer(self, request: Any) -> Any:
-        done = await infer(self._dispatcher, request.model_name, request.model_version,
-                           lambda: self._inputs(request), [(o.name, o.parameters) for o in request.outputs])
-        reply = oip.ModelInferResponse(model_name=request.model_name, model_version=str(done.served_version),
-                                       id=request.id)
-        for out in done.outputs:
-            reply.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
-            reply.raw_output_contents.append(join_bytes(out.items) if out.items is not None else bytes(out.data or b""))
-        return reply
+    async def _model_infer(self, data: bytes) -> bytes:
+        """A common request is read in place (``oip_wire``), any other through protobuf; both run the one OIP
+        ``infer`` and answer through the one reply writer."""
+        call = self._reader.read(data)
+        if call is None:
+            request: Any = parse_strict(oip.ModelInferRequest, data)
+            call = InferCall(request.model_name, request.model_version, request.id, lambda: self._inputs(request),
+                             [(o.name, o.parameters) for o in request.outputs])
+        done = await infer(self._dispatcher, call.model_name, call.model_version, call.inputs, call.outputs)
+        return encode_response(call.model_name, str(done.served_version), call.id, done.outputs)
 
     @staticmethod
     def _inputs(request: Any) -> list[InputTensor]:

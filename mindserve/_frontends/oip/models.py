@@ -4,15 +4,12 @@ live worker). Readiness follows the workers; metadata does not need a live worke
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 from mindserve import _dtypes
 from mindserve._dispatch.dispatcher import Dispatcher
-from mindserve._dispatch.route import MethodSignature, Route, TensorSpec
+from mindserve._dispatch.route import MethodSignature, Route, ServedVersion, TensorSpec
 from mindserve._errors import InvalidInput, NotServed, clip
-
-if TYPE_CHECKING:  # (the type of a servable version's handle; frontends never reach into supervision)
-    from mindserve._supervision.servable_workers import ServableWorkers
 
 SERVER_NAME = "mindserve"
 PLATFORM = "mindserve"
@@ -34,7 +31,7 @@ class Model:
     def versions(self) -> list[int]:
         return self._dispatcher.versions(self.servable, self.method)
 
-    def group(self, version: int) -> ServableWorkers:
+    def served(self, version: int) -> ServedVersion:
         """The version asked for; for 0 the newest with a live worker, else the newest. NOT_FOUND when the
         servable has no such version."""
         return self._dispatcher.version(self.servable, self.method, version, self.name)
@@ -72,10 +69,10 @@ def find_model(dispatcher: Dispatcher, model_name: str) -> Model:
     return Model(dispatcher, model_name, servable, method)
 
 
-def model_group(dispatcher: Dispatcher, model_name: str, version_text: str) -> tuple[Model, ServableWorkers]:
-    """The model and the version of it that ``version_text`` names (see ``Model.group``)."""
+def served_model(dispatcher: Dispatcher, model_name: str, version_text: str) -> tuple[Model, ServedVersion]:
+    """The model and the version of it that ``version_text`` names (see ``Model.served``)."""
     model = find_model(dispatcher, model_name)
-    return model, model.group(version_number(model_name, version_text))
+    return model, model.served(version_number(model_name, version_text))
 
 
 def resolve_infer(dispatcher: Dispatcher, model_name: str, version_text: str) -> tuple[Model, Route]:
@@ -84,7 +81,7 @@ def resolve_infer(dispatcher: Dispatcher, model_name: str, version_text: str) ->
     model = find_model(dispatcher, model_name)
     version = version_number(model_name, version_text)
     if version:
-        model.group(version)  # NOT_FOUND for a version that is not served, before "not available"
+        model.served(version)  # NOT_FOUND for a version that is not served, before "not available"
     return model, dispatcher.resolve(model.servable, model.method, version)
 
 
@@ -94,10 +91,10 @@ def model_ready(dispatcher: Dispatcher, model_name: str, version_text: str) -> O
     version = version_number(model_name, version_text)
     try:
         model = find_model(dispatcher, model_name)
-        group = model.group(version)
+        served = model.served(version)
     except NotServed:
         return None
-    return group.ready
+    return served.ready
 
 
 def _tensors(names: Sequence[str], specs: Sequence[TensorSpec]) -> list[TensorMetadata]:
@@ -108,8 +105,8 @@ def _tensors(names: Sequence[str], specs: Sequence[TensorSpec]) -> list[TensorMe
 
 def model_metadata(dispatcher: Dispatcher, model_name: str, version_text: str) -> ModelMetadata:
     """What the server knows of the model: its versions, and its inputs and outputs (in the version asked for)."""
-    model, group = model_group(dispatcher, model_name, version_text)
-    signature = group.methods[model.method]
+    model, served = served_model(dispatcher, model_name, version_text)
+    signature = served.methods[model.method]
     return ModelMetadata(model_name, PLATFORM, [str(v) for v in model.versions()],
                          _tensors(signature.inputs, signature.input_specs),
                          _tensors(signature.outputs, signature.output_specs))

@@ -77,10 +77,10 @@ class V2Routes:
     @answers_errors("ModelReady")
     async def model_ready(self, request: web.Request) -> web.Response:
         info = request.match_info
-        model, group = models.model_group(self._dispatcher, info["model"], info.get("version", ""))
-        if group.ready:
+        model, served = models.served_model(self._dispatcher, info["model"], info.get("version", ""))
+        if served.ready:
             return web.Response()
-        return error_response(503, f"Model '{clip(model.name)}' version {group.version} is not ready: it has no live "
+        return error_response(503, f"Model '{clip(model.name)}' version {served.version} is not ready: it has no live "
                                    f"worker")
 
     @answers_errors("ModelInfer")
