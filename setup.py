@@ -87,12 +87,15 @@ setup(
         "export": ["onnx>=1.15", "scikit-learn>=1.3", "skl2onnx>=1.16", "Pillow>=9.1"],
         # the REST frontend (start_restful_server)
         "rest": ["aiohttp>=3.9"],
+        # bearer tokens (AccessConfig(jwt=...) and consumers' tokens): PyJWT, with cryptography for RS/ES/PS keys
+        "auth": ["pyjwt[crypto]>=2.8"],
         # the MindIR backend (model_format="MindIR"); pip picks the newest MindSpore that fits protobuf < 7
         "mindir": ["mindspore>=2.7"],
         # what `mindserve serve` needs for the bundled servables: ONNX Runtime, Pillow for digits, REST
-        "serve": ["onnxruntime>=1.17", "Pillow>=9.1", "aiohttp>=3.9"],
+        "serve": ["onnxruntime>=1.17", "Pillow>=9.1", "aiohttp>=3.9", "pyjwt[crypto]>=2.8"],
         "test": ["pytest>=8", "trustme>=1.1", "onnx>=1.15", "onnxruntime>=1.17", "tritonclient[grpc,http]",
-                 "Pillow>=9.1", "scikit-learn>=1.3", "aiohttp>=3.9", "mindspore>=2.7", "hypothesis>=6.100", "pytest-timeout>=2.3",
+                 "Pillow>=9.1", "scikit-learn>=1.3", "aiohttp>=3.9", "mindspore>=2.7", "hypothesis>=6.100",
+                 "pytest-timeout>=2.3", "pyjwt[crypto]>=2.8",
                  # the README's test command checks types and lint first; pinned, so that a release cannot fail CI
                  "mypy==2.4.1", "ruff==0.17.6"],
     },

@@ -1,7 +1,7 @@
 """The synchronous and asynchronous MSService client."""
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import grpc
 from mindserve.client._convert import fill_tensor, value_of
@@ -78,6 +78,19 @@ class ClientAsyncResult:
             return _grpc_error(error)
 
 
+def _metadata(headers: Optional[Mapping[str, str]]) -> Optional[tuple[tuple[str, str], ...]]:
+    """Headers as gRPC metadata: string keys and values, keys lowercased."""
+    if headers is None:
+        return None
+    if not isinstance(headers, Mapping):
+        raise RuntimeError(f"Parameter 'headers' should be a dict of str to str, but actually {type(headers)}")
+    for key, value in headers.items():
+        if not isinstance(key, str) or not key or not isinstance(value, str):
+            raise RuntimeError(f"Parameter 'headers' should be a dict of str to str, but has {key!r}: "
+                               f"{type(value).__name__}")
+    return tuple((key.lower(), value) for key, value in headers.items())
+
+
 class Client:
     """A client of one method of one servable.
 
@@ -87,16 +100,19 @@ class Client:
         method_name: its method.
         version_number: a version, or 0 for the newest one the server runs.
         ssl_config: ``SSLConfig`` to connect with TLS.
+        headers: metadata sent with every call, e.g. ``{"authorization": "Bearer <token>"}`` or a restricted
+            group's key (keys are lowercased, as gRPC requires).
     """
 
     def __init__(self, address: str, servable_name: str, method_name: str, version_number: int = 0,
-                 ssl_config: Optional[SSLConfig] = None):
+                 ssl_config: Optional[SSLConfig] = None, headers: Optional[Mapping[str, str]] = None):
         check_str("address", address)
         check_str("servable_name", servable_name)
         check_str("method_name", method_name)
         check_int("version_number", version_number, 0)
         if ssl_config is not None and not isinstance(ssl_config, SSLConfig):
             raise RuntimeError("The type of ssl_config should be type of SSLConfig")
+        self._metadata = _metadata(headers)
         self.address = address
         self.servable_name = servable_name
         self.method_name = method_name
@@ -142,7 +158,7 @@ class Client:
         """
         request = self._request(instances)
         try:
-            reply = self._predict(request)
+            reply = self._predict(request, metadata=self._metadata)
         except grpc.RpcError as error:
             return _grpc_error(error)
         return _parse_reply(reply, len(request.instances))
@@ -151,7 +167,7 @@ class Client:
         """Like ``infer`` without waiting: ``.result()`` on the returned object gives what ``infer`` returns."""
         request = self._request(instances)
         try:
-            future = self._predict.future(request)
+            future = self._predict.future(request, metadata=self._metadata)
         except grpc.RpcError as error:
             return ClientAsyncResult(None, 0, _grpc_error(error))
         return ClientAsyncResult(future, len(request.instances))

@@ -10,6 +10,11 @@ its answer from one table (gRPC status, HTTP status; MSService replies carry ``c
 | StageFailed | a stage or model of the servable failed | 1 or 3 | INTERNAL | 500 |
 | WorkerLost | the worker running the request died | 4 | UNAVAILABLE | 503 |
 | Internal | a defect of the server | 3 | INTERNAL | 500 |
+| Unauthenticated | no valid credentials for a guarded group | - | UNAUTHENTICATED | 401 |
+| PermissionDenied | valid credentials that do not open the group | - | PERMISSION_DENIED | 403 |
+| KeyRequired | a restricted group's key missing or wrong (Triton's answer) | - | UNAUTHENTICATED | 403 |
+
+The access errors end a call before any message is read, so no MSService reply carries them.
 
 A plain ``ServingError(code, message)`` (what a worker's reply carries) is answered by its code: see ``kind_of``.
 """
@@ -71,6 +76,19 @@ class StageFailed(_Typed):
     """A stage or model of the servable failed on the request."""
 
     CODE = SYSTEM_ERROR
+
+
+class Unauthenticated(_Typed):
+    """A request of a guarded group without valid credentials (none, malformed, expired, wrong signature)."""
+
+
+class PermissionDenied(_Typed):
+    """Valid credentials that do not open the request's group."""
+
+
+class KeyRequired(_Typed):
+    """A restricted group's header (metadata key) missing or wrong: HTTP 403 and gRPC UNAUTHENTICATED, as
+    Triton answers its restricted APIs."""
 
 
 class WorkerLost(_Typed):

@@ -14,10 +14,13 @@ import signal
 import threading
 from typing import Any, Coroutine, Optional
 
+from mindserve._access.config import AccessConfig
+from mindserve._access.policy import AccessPolicy
 from mindserve._config import ServableStartConfig, SSLConfig
 from mindserve._dispatch.dispatcher import Dispatcher
 from mindserve._frontends.admission import Admission
 from mindserve._frontends.grpc import health_reflection, ms_service, oip_service
+from mindserve._frontends.grpc.access import AccessInterceptor
 from mindserve._frontends.grpc.ms_service import MSServiceHandler
 from mindserve._frontends.grpc.oip_service import OipServiceHandler
 from mindserve._frontends.grpc.server import GrpcServer
@@ -45,6 +48,7 @@ class Master:
         self.grpc_servers: list[GrpcServer] = []
         self.rest_servers: list = []  # RestServer each (its module imports aiohttp, an optional dependency)
         self._grpc_handlers: list = []  # made on the loop by the first start_grpc_server, shared by all servers
+        self._policies: dict[int, tuple[AccessConfig, AccessPolicy]] = {}
         self._health: Optional[health_reflection.HealthMonitor] = None
         self._off_loop = OffLoop()  # started now, while the main thread runs (see off_loop)
         # every door's requests, refused once a stop begins; memory given back after large ones
@@ -95,7 +99,19 @@ class Master:
     async def set_worker_restart_wait(self, seconds: float) -> None:
         self.dispatcher.set_restart_wait(seconds)
 
-    async def start_grpc_server(self, address: str, max_msg_mb_size: int, ssl_config: Optional[SSLConfig]) -> None:
+    def access_policy(self, access: Optional[AccessConfig]) -> Optional[AccessPolicy]:
+        """The policy of an AccessConfig: one per config object, so that the tokens one door issues are taken by
+        every door given the same config."""
+        if access is None:
+            return None
+        known = self._policies.get(id(access))
+        if known is None or known[0] is not access:
+            known = self._policies[id(access)] = (access, AccessPolicy(access))
+        return known[1]
+
+    async def start_grpc_server(self, address: str, max_msg_mb_size: int, ssl_config: Optional[SSLConfig],
+                                access: Optional[AccessConfig] = None) -> None:
+        policy = self.access_policy(access)
         if not self._grpc_handlers:
             self._health = health_reflection.HealthMonitor(self.dispatcher, GRPC_SERVICE_NAMES)
             await self._health.start()
@@ -103,18 +119,21 @@ class Master:
                                    OipServiceHandler(self.dispatcher, self._admission).rpc_handlers(),
                                    self._health.rpc_handlers(),
                                    health_reflection.reflection_handler(GRPC_SERVICE_NAMES)]
-        server = await GrpcServer.start(address, self._grpc_handlers, max_msg_mb_size, ssl_config)
+        interceptors = [AccessInterceptor(policy)] if policy is not None else []
+        server = await GrpcServer.start(address, self._grpc_handlers, max_msg_mb_size, ssl_config, interceptors)
         self.grpc_servers.append(server)
         log.info("gRPC server listening on %s%s", address, " (TLS)" if ssl_config else "")
 
     async def start_restful_server(self, address: str, max_msg_mb_size: int, ssl_config: Optional[SSLConfig],
-                                   idle_timeout: float, max_connections: int) -> None:
+                                   idle_timeout: float, max_connections: int,
+                                   access: Optional[AccessConfig] = None) -> None:
         # aiohttp is imported only once a REST server starts
         from mindserve._frontends.rest.connections import ConnectionLimits
         from mindserve._frontends.rest.server import RestServer
 
         server = await RestServer.start(address, self.dispatcher, max_msg_mb_size, ssl_config, DRAIN_GRACE_S,
-                                        self._admission, ConnectionLimits(idle_timeout, max_connections))
+                                        self._admission, ConnectionLimits(idle_timeout, max_connections),
+                                        self.access_policy(access))
         self.rest_servers.append(server)
         log.info("REST server listening on %s%s", address, " (TLS)" if ssl_config else "")
 

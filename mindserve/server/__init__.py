@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging as _logging
 import typing as _typing
 
+from mindserve._access.config import AccessConfig, JWTConfig
 from mindserve._checks import check_int as _check_int
 from mindserve._config import ServableStartConfig, SSLConfig
 from mindserve._frontends.grpc.server import check_address as _check_address
@@ -26,8 +27,8 @@ from mindserve.server import context, register
 if _typing.TYPE_CHECKING:  # (only the documented names are this module's: see tests/test_public_api.py)
     from typing import Optional, Sequence, Union
 
-__all__ = ["ServableStartConfig", "SSLConfig", "context", "register", "start_servables", "start_grpc_server",
-           "start_restful_server", "stop"]
+__all__ = ["AccessConfig", "JWTConfig", "ServableStartConfig", "SSLConfig", "context", "register",
+           "start_servables", "start_grpc_server", "start_restful_server", "stop"]
 
 
 def _configure_logging() -> None:
@@ -55,21 +56,24 @@ def start_servables(servable_configs: Union[ServableStartConfig, Sequence[Servab
     master.call(master.start_servables(configs))
 
 
-def start_grpc_server(address: str, max_msg_mb_size: int = 100, ssl_config: Optional[SSLConfig] = None) -> None:
+def start_grpc_server(address: str, max_msg_mb_size: int = 100, ssl_config: Optional[SSLConfig] = None,
+                      access: Optional[AccessConfig] = None) -> None:
     """Serve MSService, the Open Inference Protocol (``inference.GRPCInferenceService``), gRPC health and server
     reflection on ``address``: ``"host:port"`` or ``"unix:/path"`` (a socket file only the owner may use).
-    ``max_msg_mb_size`` in [1, 512] bounds request and reply sizes; ``ssl_config`` turns on TLS."""
+    ``max_msg_mb_size`` in [1, 512] bounds request and reply sizes; ``ssl_config`` turns on TLS; ``access``
+    (an AccessConfig) decides who may call which group of methods."""
     _check_address(address)
     _check_int("max_msg_mb_size", max_msg_mb_size, 1, 512)
     if ssl_config is not None and not isinstance(ssl_config, SSLConfig):
         raise RuntimeError("The type of ssl_config should be type of SSLConfig")
     _configure_logging()
     master = _get_master()
-    master.call(master.start_grpc_server(address, max_msg_mb_size, ssl_config))
+    master.call(master.start_grpc_server(address, max_msg_mb_size, ssl_config, access))
 
 
 def start_restful_server(address: str, max_msg_mb_size: int = 100, ssl_config: Optional[SSLConfig] = None,
-                         idle_timeout: float = 15.0, max_connections: int = 1000) -> None:
+                         idle_timeout: float = 15.0, max_connections: int = 1000,
+                         access: Optional[AccessConfig] = None) -> None:
     """Serve HTTP/1.1 REST on ``address``: ``"host:port"`` or ``"unix:/path"`` (a socket file only the owner may
     use, removed at stop), with TLS (mutual TLS with ``verify_client``) when ``ssl_config`` is given.
 
@@ -80,7 +84,9 @@ def start_restful_server(address: str, max_msg_mb_size: int = 100, ssl_config: O
     A request body larger than ``max_msg_mb_size`` (1 to 512) MB is answered 413. A connection that has not sent
     a whole request head ``idle_timeout`` seconds after it opened or after its last response is closed (slow or
     silent clients, idle keep-alive); past ``max_connections`` open connections a new one is answered 503 and
-    closed. Several REST servers may be started; ``stop()`` drains and stops them all. Needs aiohttp:
+    closed. ``access`` (an AccessConfig) decides who may call which group of endpoints; with ``consumers`` it
+    also serves their token endpoints (``/token``, ``/oauth/token``). Several REST servers may be started;
+    ``stop()`` drains and stops them all. Needs aiohttp:
     ``pip install 'mindserve[rest]'``.
     """
     _check_address(address)
@@ -94,7 +100,7 @@ def start_restful_server(address: str, max_msg_mb_size: int = 100, ssl_config: O
     _configure_logging()
     master = _get_master()
     master.call(master.start_restful_server(address, max_msg_mb_size, ssl_config, float(idle_timeout),
-                                            max_connections))
+                                            max_connections, access))
 
 
 def stop() -> None:

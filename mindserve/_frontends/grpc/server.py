@@ -10,6 +10,7 @@ import grpc
 from mindserve._config import SSLConfig
 
 UNIX_PREFIX = "unix:"
+METADATA_LIMIT = 16 << 10
 
 
 def unix_socket_path(address: str) -> Optional[str]:
@@ -63,12 +64,18 @@ class GrpcServer:
 
     @classmethod
     async def start(cls, address: str, handlers: Sequence[grpc.GenericRpcHandler], max_msg_mb_size: int,
-                    ssl_config: Optional[SSLConfig]) -> "GrpcServer":
+                    ssl_config: Optional[SSLConfig],
+                    interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> "GrpcServer":
         limit = max_msg_mb_size << 20
-        server = grpc.aio.server(options=[
+        server = grpc.aio.server(interceptors=tuple(interceptors), options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 0),  # a second server on a busy port must fail, not share it
+            # one metadata limit, not gRPC's default pair (8 KiB soft, 16 KiB hard, refusing at random between):
+            # credentials up to 16 KiB reach the access check, which answers them alike; larger ones are refused
+            # by gRPC itself with RESOURCE_EXHAUSTED
+            ("grpc.max_metadata_size", METADATA_LIMIT),
+            ("grpc.absolute_max_metadata_size", METADATA_LIMIT),
         ])
         server.add_generic_rpc_handlers(tuple(handlers))
         credentials = server_credentials(ssl_config) if ssl_config else None

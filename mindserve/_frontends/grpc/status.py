@@ -6,11 +6,14 @@ import grpc
 from mindserve._errors import (
     Internal,
     InvalidInput,
+    KeyRequired,
     NoLiveWorker,
     NotServed,
+    PermissionDenied,
     QueueFull,
     ServingError,
     StageFailed,
+    Unauthenticated,
     WorkerLost,
     kind_of,
 )
@@ -23,6 +26,9 @@ GRPC_STATUS: dict[type, grpc.StatusCode] = {
     StageFailed: grpc.StatusCode.INTERNAL,
     WorkerLost: grpc.StatusCode.UNAVAILABLE,
     Internal: grpc.StatusCode.INTERNAL,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    KeyRequired: grpc.StatusCode.UNAUTHENTICATED,
 }
 
 

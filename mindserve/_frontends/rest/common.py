@@ -25,11 +25,14 @@ from aiohttp.web_protocol import RequestPayloadError
 from mindserve._errors import (
     Internal,
     InvalidInput,
+    KeyRequired,
     NoLiveWorker,
     NotServed,
+    PermissionDenied,
     QueueFull,
     ServingError,
     StageFailed,
+    Unauthenticated,
     WorkerLost,
     kind_of,
 )
@@ -42,6 +45,9 @@ HTTP_STATUS: dict[type, int] = {
     StageFailed: 500,
     WorkerLost: 503,
     Internal: 500,
+    Unauthenticated: 401,
+    PermissionDenied: 403,
+    KeyRequired: 403,
 }
 
 log = logging.getLogger("mindserve")

@@ -13,11 +13,13 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from mindserve._access.policy import AccessPolicy
 from mindserve._config import SSLConfig
 from mindserve._dispatch.dispatcher import Dispatcher
 from mindserve._frontends.admission import SHUTTING_DOWN, Admission
 from mindserve._frontends.grpc.server import _read as read_pem
 from mindserve._frontends.grpc.server import unix_socket_path
+from mindserve._frontends.rest.access import TokenRoutes, access_middleware
 from mindserve._frontends.rest.common import error_response
 from mindserve._frontends.rest.connections import ConnectionLimits, capped_connections
 from mindserve._frontends.rest.ms_routes import MindSporeRoutes
@@ -146,11 +148,17 @@ async def _server_header(request: web.Request, response: web.StreamResponse) -> 
     response.headers["Server"] = "mindserve"
 
 
-def make_app(dispatcher: Dispatcher, limit: int, admission: Admission) -> web.Application:
-    app = web.Application(client_max_size=limit, middlewares=[_admitting(admission), _json_errors])
+def make_app(dispatcher: Dispatcher, limit: int, admission: Admission,
+             policy: Optional[AccessPolicy] = None) -> web.Application:
+    middlewares = [_admitting(admission), _json_errors]
+    if policy is not None:
+        middlewares.append(access_middleware(policy))
+    app = web.Application(client_max_size=limit, middlewares=middlewares)
     app.on_response_prepare.append(_server_header)
     V2Routes(dispatcher, limit).add_to(app)
     MindSporeRoutes(dispatcher, limit).add_to(app)
+    if policy is not None and policy.issuer is not None:
+        TokenRoutes(policy.issuer).add_to(app)
     return app
 
 
@@ -165,7 +173,7 @@ class RestServer:
     @classmethod
     async def start(cls, address: str, dispatcher: Dispatcher, max_msg_mb_size: int,
                     ssl_config: Optional[SSLConfig], drain_grace_s: float, admission: Admission,
-                    limits: ConnectionLimits) -> "RestServer":
+                    limits: ConnectionLimits, policy: Optional[AccessPolicy] = None) -> "RestServer":
         context = ssl_context(ssl_config) if ssl_config else None
         _quiet_client_faults()
         socket_path = unix_socket_path(address)
@@ -174,7 +182,7 @@ class RestServer:
         # shutdown_timeout: how long stop() lets requests in flight finish; keepalive_timeout: aiohttp arms it
         # when a connection opens and after each response, and closes a connection that has not sent a whole
         # request head by then (a slowloris client, one that connects and says nothing, an idle keep-alive)
-        runner = web.AppRunner(make_app(dispatcher, max_msg_mb_size << 20, admission), handle_signals=False,
+        runner = web.AppRunner(make_app(dispatcher, max_msg_mb_size << 20, admission, policy), handle_signals=False,
                                access_log=None, shutdown_timeout=drain_grace_s,
                                keepalive_timeout=limits.idle_timeout_s)
         sock = _unix_socket(socket_path) if socket_path else None

@@ -1,0 +1,236 @@
+"""The access decision for one request, whatever transport carried it.
+
+A transport hands over the request's group (``groups``), a way to read its headers or metadata, and (for mutual
+TLS) the identities its verified client certificate names. Keys are compared in constant time
+(``hmac.compare_digest``); tokens are verified with PyJWT against the configured algorithms only, ``exp``
+required, and a verified token is remembered until it expires, so that a client sending the same token is not
+verified again on every call. No denial text repeats a credential or what was expected of its value.
+"""
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from typing import Any, Callable, Iterable, Optional, Union
+
+from mindserve._access.config import AccessConfig, JWTConfig
+from mindserve._access.groups import GROUPS, HEALTH
+from mindserve._errors import KeyRequired, PermissionDenied, ServingError, Unauthenticated
+
+Header = Callable[[str], Optional[str]]
+
+# a credential longer than this is refused unread (a token of a megabyte must not be parsed and verified)
+MAX_CREDENTIAL_BYTES = 8192
+_HMAC_ALGORITHMS = {"HS256", "HS384", "HS512"}
+_KEY_ALGORITHMS = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES256K", "ES384", "ES512",
+                   "EdDSA"}
+_MIN_SECRET_BYTES = 32
+_TOKEN_CACHE_LIMIT = 4096
+_ALL_GROUPS = frozenset(GROUPS)
+INVALID_TOKEN = "a valid bearer token is required (Authorization: Bearer <token>)"
+
+
+def _groups(names: Iterable[str], where: str) -> list[str]:
+    """Group names as configured, each known and named once."""
+    seen: list[str] = []
+    for name in names:
+        name = name.strip()
+        if name not in GROUPS:
+            raise RuntimeError(f"access: unknown group '{name}' in {where}; the groups are {', '.join(GROUPS)}")
+        if name in seen:
+            raise RuntimeError(f"access: group '{name}' is named twice in {where}")
+        seen.append(name)
+    return seen
+
+
+class TokenVerifier:
+    """Verifies bearer tokens of one key and algorithm family; remembers the groups of those it verified."""
+
+    def __init__(self, config: JWTConfig, what: str = "jwt"):
+        try:
+            import jwt
+        except ImportError:
+            raise RuntimeError("access: JWT verification needs PyJWT: pip install 'mindserve[auth]'") from None
+        self._jwt = jwt
+        algorithms = tuple(config.algorithms)
+        if not algorithms or isinstance(config.algorithms, str):
+            raise RuntimeError(f"access: {what}.algorithms must list at least one algorithm, e.g. ('HS256',)")
+        unknown = [a for a in algorithms if a not in _HMAC_ALGORITHMS | _KEY_ALGORITHMS]
+        if unknown:
+            raise RuntimeError(f"access: {what}.algorithms: unknown or unsafe algorithm '{unknown[0]}'; use "
+                               f"{', '.join(sorted(_HMAC_ALGORITHMS))} with a secret or "
+                               f"{', '.join(sorted(_KEY_ALGORITHMS))} with a public key")
+        hmac_family = [a for a in algorithms if a in _HMAC_ALGORITHMS]
+        if hmac_family and len(hmac_family) != len(algorithms):
+            raise RuntimeError(f"access: {what}.algorithms mixes HMAC ({', '.join(hmac_family)}) and public-key "
+                               f"algorithms: a public key could then be taken as an HMAC secret")
+        if (config.secret is None) == (config.public_key is None):
+            raise RuntimeError(f"access: {what} needs exactly one of secret (HS algorithms) and public_key")
+        key: Union[str, bytes, Any]
+        if hmac_family:
+            if config.secret is None:
+                raise RuntimeError(f"access: {what}.algorithms {', '.join(algorithms)} need a secret, not a "
+                                   f"public key")
+            secret = config.secret.encode() if isinstance(config.secret, str) else bytes(config.secret)
+            if len(secret) < _MIN_SECRET_BYTES:
+                raise RuntimeError(f"access: {what}.secret has {len(secret)} bytes; an HMAC secret needs at least "
+                                   f"{_MIN_SECRET_BYTES} (e.g. python -c 'import secrets; "
+                                   f"print(secrets.token_urlsafe(48))')")
+            key = secret
+        else:
+            if config.public_key is None:
+                raise RuntimeError(f"access: {what}.algorithms {', '.join(algorithms)} need a public_key, not a "
+                                   f"secret")
+            implementation = jwt.get_algorithm_by_name(algorithms[0])
+            try:
+                key = implementation.prepare_key(config.public_key)
+            except Exception as exc:  # PyJWT's and cryptography's errors alike
+                raise RuntimeError(f"access: {what}.public_key is not a public key that {algorithms[0]} can use "
+                                   f"(PEM expected)") from exc
+        self._key = key
+        self._algorithms = list(algorithms)
+        self._audience = config.audience
+        self._issuer = config.issuer
+        self._groups_claim = config.groups_claim
+        self._leeway = float(config.leeway_s)
+        self._known: dict[str, tuple[float, frozenset]] = {}  # token -> (valid until, groups)
+
+    def groups(self, token: str) -> Optional[frozenset]:
+        """The groups a token opens, or None when it is not valid now."""
+        known = self._known.get(token)
+        now = time.time()
+        if known is not None:
+            if now < known[0]:
+                return known[1]
+            del self._known[token]
+        try:
+            claims = self._jwt.decode(token, self._key, algorithms=self._algorithms, audience=self._audience,
+                                      issuer=self._issuer, leeway=self._leeway,
+                                      options={"require": ["exp"], "verify_aud": self._audience is not None})
+        except Exception:  # PyJWT's errors, and anything a forged token provokes in it: invalid, nothing more
+            return None
+        groups = self._claimed_groups(claims)
+        if len(self._known) >= _TOKEN_CACHE_LIMIT:
+            self._known.clear()
+        self._known[token] = (float(claims["exp"]) + self._leeway, groups)
+        return groups
+
+    def _claimed_groups(self, claims: dict) -> frozenset:
+        if self._groups_claim is None:
+            return _ALL_GROUPS
+        value = claims.get(self._groups_claim, ())
+        names = value.split() if isinstance(value, str) else value if isinstance(value, list) else ()
+        return frozenset(n for n in names if isinstance(n, str))
+
+
+class TokenIssuer:
+    """Issues the short-lived tokens of configured consumers (Seldon's token flow), signed with a secret made at
+    start and known to this process only; they open every group."""
+
+    def __init__(self, consumers: dict[str, str], ttl_s: float):
+        if ttl_s <= 0:
+            raise RuntimeError(f"access: token_ttl_s must be positive, got {ttl_s!r}")
+        for key, secret in consumers.items():
+            if not isinstance(key, str) or not key or not isinstance(secret, str) or not secret:
+                raise RuntimeError("access: consumers maps each non-empty key to a non-empty secret")
+        self._consumers = {k.encode(): v.encode() for k, v in consumers.items()}
+        self.ttl_s = ttl_s
+        self._secret = secrets.token_bytes(32)
+        self.verifier = TokenVerifier(JWTConfig(secret=self._secret, algorithms=("HS256",), groups_claim=None,
+                                                audience="mindserve-consumer", leeway_s=0), "consumers")
+
+    def issue(self, key: str, secret: str) -> Optional[str]:
+        """A token for a consumer whose key and secret match, or None."""
+        expected = self._consumers.get(key.encode(errors="surrogateescape"))
+        given = secret.encode(errors="surrogateescape")
+        # compared in constant time, and compared even for an unknown key, so that timing tells nothing
+        matches = hmac.compare_digest(expected if expected is not None else b"\0" * 32, given)
+        if expected is None or not matches:
+            return None
+        import jwt
+        now = int(time.time())
+        return jwt.encode({"sub": key, "aud": "mindserve-consumer", "iat": now, "exp": now + int(self.ttl_s)},
+                          self._secret, algorithm="HS256")
+
+
+class AccessPolicy:
+    """The checks an AccessConfig asks for, ready to decide requests."""
+
+    def __init__(self, config: AccessConfig):
+        if not isinstance(config, AccessConfig):
+            raise RuntimeError(f"Parameter 'access' should be a server.AccessConfig, but actually "
+                               f"{type(config).__name__}")
+        self._keys: dict[str, tuple[str, bytes]] = {}
+        for names, pair in config.restricted.items():
+            if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(p, str) and p for p in pair)):
+                raise RuntimeError(f"access: restricted['{names}'] should be a (header, value) pair of non-empty "
+                                   f"strings")
+            for group in _groups(names.split(","), f"restricted['{names}']"):
+                if group in self._keys:
+                    raise RuntimeError(f"access: group '{group}' is restricted twice")
+                self._keys[group] = (pair[0].lower(), pair[1].encode())
+        self._certificates: dict[str, frozenset] = {}
+        for identity, opened in config.client_certificates.items():
+            listed = (opened,) if isinstance(opened, str) else tuple(opened)
+            self._certificates[identity] = frozenset(_groups(listed, f"client_certificates['{identity}']"))
+        self.verifier = TokenVerifier(config.jwt) if config.jwt is not None else None
+        self.issuer = TokenIssuer(dict(config.consumers), config.token_ttl_s) if config.consumers else None
+        guarded = set(self._keys)
+        if self.verifier or self.issuer or self._certificates:
+            guarded |= set(GROUPS) - {HEALTH}
+        self._guarded = frozenset(guarded)
+        self.uses_certificates = bool(self._certificates)
+
+    def guards(self, group: str) -> bool:
+        return group in self._guarded
+
+    def decide(self, group: str, header: Header) -> Optional[ServingError]:
+        """None when the request's headers admit it for ``group``; else the error that denies it unless its
+        client certificate admits it (``admits_identities``)."""
+        if group not in self._guarded:
+            return None
+        key = self._keys.get(group)
+        if key is not None:
+            given = header(key[0])
+            if given is not None and hmac.compare_digest(given.encode(errors="surrogateescape"), key[1]):
+                return None
+        token_groups: Optional[frozenset] = None
+        token_given = False
+        if self.verifier is not None or self.issuer is not None:
+            token = _bearer(header("authorization")) or header("oauth_token")
+            if token:
+                token_given = True
+                token_groups = self._token_groups(token)
+                if token_groups is not None and group in token_groups:
+                    return None
+        if token_groups is not None:
+            return PermissionDenied(f"the token does not open the group '{group}'")
+        if key is not None:
+            alternatives = " or a valid bearer token" if self.verifier or self.issuer else ""
+            return KeyRequired(f"This API is restricted, expecting header '{key[0]}'{alternatives}")
+        if self.verifier is not None or self.issuer is not None:
+            return Unauthenticated(INVALID_TOKEN if token_given or not self._certificates else
+                                   f"{INVALID_TOKEN}, or a client certificate that opens '{group}'")
+        return Unauthenticated(f"a client certificate that opens the group '{group}' is required")
+
+    def _token_groups(self, token: str) -> Optional[frozenset]:
+        if len(token) > MAX_CREDENTIAL_BYTES:
+            return None
+        for verifier in (self.verifier, self.issuer.verifier if self.issuer else None):
+            if verifier is not None:
+                groups = verifier.groups(token)
+                if groups is not None:
+                    return groups
+        return None
+
+    def admits_identities(self, group: str, identities: Iterable[str]) -> bool:
+        """Whether a verified client certificate naming ``identities`` opens ``group``."""
+        return any(group in self._certificates.get(identity, ()) for identity in identities)
+
+
+def _bearer(value: Optional[str]) -> Optional[str]:
+    """The token of an ``Authorization: Bearer <token>`` value."""
+    if value is None or len(value) > MAX_CREDENTIAL_BYTES + 7:
+        return None
+    scheme, _, token = value.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
