@@ -13,6 +13,7 @@ import sys
 from typing import Optional, Sequence
 
 from mindserve import __version__
+from mindserve.cli import access_settings
 from mindserve.cli import config as _config
 
 __all__ = ["main"]
@@ -21,7 +22,8 @@ EXIT_USAGE = 2
 
 
 def _serve_epilog() -> str:
-    variables = "\n".join(f"  {name:33} {text}" for name, _, text in _config.ENV_VARS)
+    variables = "\n".join([f"  {name:35} {text}" for name, _, text in _config.ENV_VARS] +
+                          [f"  {name:35} {text}" for name, text in access_settings.ENV_VARS])
     return f"""\
 Settings, later ones win: defaults, then the --config file, then environment variables, then options.
 
@@ -52,6 +54,12 @@ The --config file (YAML; unknown keys are errors; relative paths are relative to
   max_msg_mb_size: 100                   # largest request or reply, MB (1 to 512)
   max_enqueued_requests: 10000           # requests that may wait, over all servables
   max_request_instances: 10000           # instances one request may carry
+  access:                                # who may call what (both servers); secrets in env or files
+    restricted:                          # groups: health, metadata, inference, shared-memory, ...
+      inference: {{header: infer-key, value_env: INFER_KEY}}
+    jwt: {{secret_file: jwt.secret, algorithms: [HS256], groups_claim: scope}}
+    client_certificates: {{client.example.com: [inference]}}   # with tls.verify_client
+    consumers: {{app: {{secret_env: APP_SECRET}}}}               # tokens at /token and /oauth/token
 
 Environment variables (an empty one counts as unset):
 {variables}
@@ -113,6 +121,9 @@ def _infer_parser() -> argparse.ArgumentParser:
     infer.add_argument("--ca", metavar="FILE", help="CA certificate (PEM) to trust the server's; turns TLS on")
     infer.add_argument("--cert", metavar="FILE", help="client certificate (PEM), for mutual TLS")
     infer.add_argument("--key", metavar="FILE", help="its private key (PEM)")
+    infer.add_argument("--header", action="append", default=[], metavar="KEY=VALUE",
+                       help="metadata sent with the call, e.g. a restricted group's key (repeatable)")
+    infer.add_argument("--token", metavar="TOKEN", help="a bearer token, sent as 'authorization: Bearer TOKEN'")
     return infer
 
 
@@ -127,7 +138,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return EXIT_USAGE
         from mindserve.cli.infer import infer
         return infer(args.address, args.servable, args.method, args.inputs, version=args.version, ca=args.ca,
-                     cert=args.cert, key=args.key)
+                     cert=args.cert, key=args.key, headers=args.header, token=args.token)
     args = _parser().parse_args(argv)
     try:
         serve_config = _config.load_config(args.config, options={
@@ -136,5 +147,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except _config.ConfigError as exc:
         print(f"mindserve serve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    for warning in serve_config.warnings:
+        print(f"mindserve serve: warning: {warning}", file=sys.stderr)
     from mindserve.cli.serve import serve
     return serve(serve_config)

@@ -16,6 +16,9 @@ from typing import Any, Callable, Mapping, Optional
 
 import yaml
 
+from mindserve._access.config import AccessConfig
+from mindserve.cli.access_settings import AccessSettingError, read_access
+
 DEFAULT_GRPC_ADDRESS = "127.0.0.1:5500"
 DEFAULT_REST_ADDRESS = "127.0.0.1:1500"
 DEFAULT_MAX_MSG_MB_SIZE = 100
@@ -28,7 +31,7 @@ BUNDLED_SERVABLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname
                                  "servables")
 
 TOP_KEYS = ("servable_directory", "servables", "grpc_address", "rest_address", "tls", "max_msg_mb_size",
-            "max_enqueued_requests", "max_request_instances")
+            "max_enqueued_requests", "max_request_instances", "access")
 SERVABLE_KEYS = ("name", "directory", "version", "device_ids", "device_type", "max_batch_size",
                  "max_batch_delay_ms", "shm_size_mb")
 TLS_KEYS = ("certificate", "private_key", "ca", "verify_client")
@@ -92,6 +95,8 @@ class ServeConfig:
     max_msg_mb_size: int = DEFAULT_MAX_MSG_MB_SIZE
     max_enqueued_requests: int = DEFAULT_MAX_ENQUEUED_REQUESTS
     max_request_instances: int = DEFAULT_MAX_REQUEST_INSTANCES
+    access: Optional[AccessConfig] = None
+    warnings: tuple = ()  # what the settings do that works but should not be done (a secret in the file)
 
 
 @dataclass
@@ -275,6 +280,8 @@ class _Layers:
         self.servables: Optional[list[dict[str, _Setting]]] = None  # None: serve every servable found
         self.servables_origin = ""
         self.every_servable: dict[str, _Setting] = {}  # device_ids / device_type for all servables
+        # the access section as the file gives it (its origin names the environment when there is none)
+        self.access = _Setting(None, "access settings", cwd)
 
     def read_file(self, path: str) -> None:
         base = os.path.dirname(os.path.abspath(path))
@@ -292,6 +299,8 @@ class _Layers:
                     self.tls_origin = origin
             elif key == "servables":
                 self._read_servables(value, origin, base)
+            elif key == "access":
+                self.access = _Setting(value, origin, base)
             elif key == "servable_directory" and value is None:
                 continue  # null: the default directory
             else:
@@ -461,7 +470,8 @@ def load_config(config_file: Optional[str] = None, environ: Optional[Mapping[str
 
     Args:
         config_file: a YAML file (its relative paths are relative to its own folder), or None.
-        environ: the environment (``os.environ`` when None); the variables are those of ``ENV_VARS``.
+        environ: the environment (``os.environ`` when None); the variables are those of ``ENV_VARS`` and
+            ``access_settings.ENV_VARS``.
         options: command-line options given as text, by setting name (``servable_directory``,
             ``grpc_address``, ``rest_address``); None values are options not given.
         cwd: the folder relative paths in the environment and options are relative to (the current one when
@@ -486,7 +496,12 @@ def load_config(config_file: Optional[str] = None, environ: Optional[Mapping[str
         raise ConfigError("grpc_address and rest_address are both off: nothing would answer requests")
     if grpc_address is not None and grpc_address == rest_address:
         raise ConfigError(f"{top['rest_address'].origin}: the same address as grpc_address ({grpc_address})")
+    try:
+        access, warnings = read_access(layers.access.value, layers.access.origin, layers.access.base, environ)
+    except AccessSettingError as exc:
+        raise ConfigError(str(exc)) from None
     return ServeConfig(
+        access=access, warnings=tuple(warnings),
         grpc_address=grpc_address, rest_address=rest_address,
         max_msg_mb_size=_int(top["max_msg_mb_size"], 1, 512) if "max_msg_mb_size" in top
         else DEFAULT_MAX_MSG_MB_SIZE,

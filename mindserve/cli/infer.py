@@ -16,9 +16,11 @@ EXIT_USAGE = 2  # the arguments cannot make a request
 
 def infer(address: str, servable: str, method: str, inputs: Sequence[str], version: int = 0,
           ca: Optional[str] = None, cert: Optional[str] = None, key: Optional[str] = None,
+          headers: Sequence[str] = (), token: Optional[str] = None,
           out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> int:
     """Send ``inputs`` (``name=value`` texts) as one instance; print one ``name=value ...`` line per instance
-    on ``out``, or the error on ``err``. Returns the exit code: 0, 1 (an error answered) or 2 (bad arguments)."""
+    on ``out``, or the error on ``err``. ``headers`` (``KEY=VALUE`` texts) and ``token`` (a bearer token) go with
+    the call as metadata. Returns the exit code: 0, 1 (an error answered) or 2 (bad arguments)."""
     from mindserve.client import Client, SSLConfig
 
     out = out or sys.stdout
@@ -37,11 +39,23 @@ def infer(address: str, servable: str, method: str, inputs: Sequence[str], versi
             return usage_error(f"{option}: file '{path}' does not exist")
     if (cert is None) != (key is None):
         return usage_error("--cert and --key go together")
+    metadata: dict[str, str] = {}
+    for header in headers:
+        name, equals, value = header.partition("=")
+        if not equals or not name.strip():
+            return usage_error(f"--header: expected KEY=VALUE, got '{name}...'" if equals else
+                               "--header: expected KEY=VALUE")
+        metadata[name.strip().lower()] = value
+    if token is not None:
+        if not token.strip():
+            return usage_error("--token: empty")
+        metadata["authorization"] = f"Bearer {token.strip()}"
     ssl_config = None
     if ca is not None or cert is not None:
         ssl_config = SSLConfig(certificate=cert, private_key=key, custom_ca=ca)
     try:
-        with Client(address, servable, method, version_number=version, ssl_config=ssl_config) as client:
+        with Client(address, servable, method, version_number=version, ssl_config=ssl_config,
+                    headers=metadata or None) as client:
             result = client.infer([instance])
     except RuntimeError as exc:  # an argument the client refuses: an empty name, a value of no wire type
         return usage_error(str(exc))

@@ -99,9 +99,10 @@ def serve(config: ServeConfig, out: Optional[TextIO] = None, err: Optional[TextI
             ssl_config = server.SSLConfig(certificate=config.tls.certificate, private_key=config.tls.private_key,
                                           custom_ca=config.tls.ca, verify_client=config.tls.verify_client)
         if config.grpc_address:
-            server.start_grpc_server(config.grpc_address, config.max_msg_mb_size, ssl_config)
+            server.start_grpc_server(config.grpc_address, config.max_msg_mb_size, ssl_config, access=config.access)
         if config.rest_address:
-            server.start_restful_server(config.rest_address, config.max_msg_mb_size, ssl_config)
+            server.start_restful_server(config.rest_address, config.max_msg_mb_size, ssl_config,
+                                        access=config.access)
         started = master.call(_started_servables(master))
     except START_ERRORS as exc:
         _say(err, f"mindserve serve: error: {exc}")
