@@ -15,9 +15,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 # Protos whose full names other packages also register in protobuf's default pool (tritonclient defines the
-# same inference.* messages): a second file defining a name fails to import, so these are compiled to a
-# descriptor set, *.desc, that mindserve loads into a pool of its own (mindserve/_proto/grpc_inference.py).
-PRIVATE_POOL_PROTOS = {"grpc_inference.proto"}
+# same inference.* messages, Seldon's clients compile seldon.proto): a second file defining a name fails to
+# import, so these are compiled to a descriptor set, *.desc, that mindserve loads into a pool of its own
+# (mindserve/_proto/private_pool.py).
+PRIVATE_POOL_PROTOS = {"grpc_inference.proto", "seldon.proto"}
 
 
 def generate_protos() -> None:
@@ -30,10 +31,10 @@ def generate_protos() -> None:
     include = os.path.join(os.path.dirname(protoc.__file__), "_proto")
     for proto in protos:
         if os.path.basename(proto) in PRIVATE_POOL_PROTOS:
-            output = f"--descriptor_set_out={os.path.splitext(proto)[0]}.desc"
+            output = f"--descriptor_set_out={os.path.splitext(proto)[0]}.desc --include_imports"
         else:
             output = f"--python_out={HERE}"
-        args = ["protoc", f"-I{HERE}", f"-I{include}", output, os.path.relpath(proto, HERE)]
+        args = ["protoc", f"-I{HERE}", f"-I{include}", *output.split(), os.path.relpath(proto, HERE)]
         if protoc.main(args) != 0:
             raise RuntimeError(f"protoc failed on {proto}")
 
@@ -92,10 +93,13 @@ setup(
         # the MindIR backend (model_format="MindIR"); pip picks the newest MindSpore that fits protobuf < 7
         "mindir": ["mindspore>=2.7"],
         # what `mindserve serve` needs for the bundled servables: ONNX Runtime, Pillow for digits, REST
-        "serve": ["onnxruntime>=1.17", "Pillow>=9.1", "aiohttp>=3.9", "pyjwt[crypto]>=2.8"],
+        # Seldon's Classifier with a servable's own request messages: protoc compiles its .proto at start
+        "seldon": ["grpcio-tools>=1.76,<1.81"],
+        "serve": ["onnxruntime>=1.17", "Pillow>=9.1", "aiohttp>=3.9", "pyjwt[crypto]>=2.8",
+                  "grpcio-tools>=1.76,<1.81"],
         "test": ["pytest>=8", "trustme>=1.1", "onnx>=1.15", "onnxruntime>=1.17", "tritonclient[grpc,http]",
                  "Pillow>=9.1", "scikit-learn>=1.3", "aiohttp>=3.9", "mindspore>=2.7", "hypothesis>=6.100",
-                 "pytest-timeout>=2.3", "pyjwt[crypto]>=2.8",
+                 "pytest-timeout>=2.3", "pyjwt[crypto]>=2.8", "grpcio-tools>=1.76,<1.81",
                  # the README's test command checks types and lint first; pinned, so that a release cannot fail CI
                  "mypy==2.4.1", "ruff==0.17.6"],
     },

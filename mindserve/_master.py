@@ -19,13 +19,15 @@ from mindserve._access.policy import AccessPolicy
 from mindserve._config import ServableStartConfig, SSLConfig
 from mindserve._dispatch.dispatcher import Dispatcher
 from mindserve._frontends.admission import Admission
-from mindserve._frontends.grpc import health_reflection, ms_service, oip_service
+from mindserve._frontends.grpc import health_reflection, ms_service, oip_service, seldon_service
 from mindserve._frontends.grpc.access import AccessInterceptor
 from mindserve._frontends.grpc.ms_service import MSServiceHandler
 from mindserve._frontends.grpc.oip_service import OipServiceHandler
+from mindserve._frontends.grpc.seldon_service import SeldonServiceHandler
 from mindserve._frontends.grpc.server import GrpcServer
 from mindserve._frontends.heap_trim import HeapTrimmer
 from mindserve._frontends.off_loop import OffLoop
+from mindserve._frontends.seldon import request_data
 from mindserve._servable import directory
 from mindserve._supervision.servable_workers import ServableWorkers
 from mindserve._supervision.worker_process import WorkerSpec
@@ -38,8 +40,8 @@ DRAIN_LINGER_MIN_S = 0.1  # after a drain, the listeners refuse requests this lo
 DRAIN_LINGER_MAX_S = 1.0  # and up to this long while REST connections are still open
 
 # the gRPC services every server answers (and reflection lists)
-GRPC_SERVICE_NAMES = (ms_service.SERVICE_NAME, oip_service.SERVICE_NAME, health_reflection.HEALTH_SERVICE_NAME,
-                      health_reflection.REFLECTION_SERVICE_NAME)
+GRPC_SERVICE_NAMES = (ms_service.SERVICE_NAME, oip_service.SERVICE_NAME, seldon_service.SERVICE_NAME,
+                      health_reflection.HEALTH_SERVICE_NAME, health_reflection.REFLECTION_SERVICE_NAME)
 
 
 class Master:
@@ -82,6 +84,14 @@ class Master:
                            config.max_batch_size, config.max_batch_delay_ms, config.shm_size_mb)
                 for device_id in config.device_ids]))
         outcomes = await asyncio.gather(*(g.start() for g in groups), return_exceptions=True)
+        for i, group in enumerate(groups):  # a Seldon request .proto is compiled now: one that fails fails the start
+            proto = (group.seldon or {}).get("request_proto") if outcomes[i] is None else None
+            if proto:
+                try:
+                    await asyncio.to_thread(request_data.request_types, proto)
+                except RuntimeError as exc:
+                    outcomes[i] = exc
+                    await group.stop()
         failed = [o for o in outcomes if isinstance(o, BaseException)]
         if failed:
             await asyncio.gather(*(g.stop() for g, o in zip(groups, outcomes) if o is None), return_exceptions=True)
@@ -117,6 +127,7 @@ class Master:
             await self._health.start()
             self._grpc_handlers = [MSServiceHandler(self.dispatcher, self._off_loop, self._admission).rpc_handlers(),
                                    OipServiceHandler(self.dispatcher, self._admission).rpc_handlers(),
+                                   SeldonServiceHandler(self.dispatcher, self._admission).rpc_handlers(),
                                    self._health.rpc_handlers(),
                                    health_reflection.reflection_handler(GRPC_SERVICE_NAMES)]
         interceptors = [AccessInterceptor(policy)] if policy is not None else []

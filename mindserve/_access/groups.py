@@ -22,6 +22,7 @@ GRPC_METHODS: dict[str, str] = {
     _OIP + "ServerMetadata": METADATA,
     _OIP + "ModelMetadata": METADATA,
     _OIP + "ModelInfer": INFERENCE,
+    "/io.seldon.api.rpc.Classifier/Predict": INFERENCE,
     "/grpc.health.v1.Health/Check": HEALTH,
     "/grpc.health.v1.Health/Watch": HEALTH,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": METADATA,

@@ -154,4 +154,4 @@ class Dispatcher:
 
 
 def _view(group: ServableWorkers) -> ServedVersion:
-    return ServedVersion(group.name, group.version, group.methods, group.ready)
+    return ServedVersion(group.name, group.version, group.methods, group.ready, group.seldon)

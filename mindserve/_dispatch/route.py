@@ -50,6 +50,7 @@ class ServedVersion:
     version: int
     methods: dict[str, MethodSignature]
     ready: bool
+    seldon: Optional[dict[str, Any]] = None  # how it answers Seldon's Classifier (mindserve._servable.seldon)
 
 
 @dataclass(frozen=True)

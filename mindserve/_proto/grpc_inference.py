@@ -1,42 +1,18 @@
-"""The Open Inference Protocol's gRPC messages (``grpc_inference.proto``), built in a descriptor pool of their own.
-
-Standard clients such as tritonclient register the same full names (``inference.ModelInferRequest``, ...) in
-protobuf's default pool from their own .proto file, and protobuf refuses a second file that defines a name
-already there: whichever of the two was imported second would fail. So the build compiles
-grpc_inference.proto to a descriptor set (``grpc_inference.desc``, beside this file, generated like the
-``*_pb2.py`` modules and never committed) and the message classes below are made from it in a private pool.
-mindserve and tritonclient can then live in one process, and the wire format is the protocol's either way.
-"""
+"""The Open Inference Protocol's gRPC messages (``grpc_inference.proto``), built in a descriptor pool of their own
+(see ``private_pool``: tritonclient registers the same names in protobuf's default pool)."""
 from __future__ import annotations
 
-import os
-
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from mindserve._proto import private_pool
 
 PROTO_FILE = "mindserve/_proto/grpc_inference.proto"  # the file's name in the pool (protoc ran from the root)
 SERVICE_NAME = "inference.GRPCInferenceService"
 
-
-def _load_pool() -> descriptor_pool.DescriptorPool:
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grpc_inference.desc")
-    try:
-        with open(path, "rb") as f:
-            files = descriptor_pb2.FileDescriptorSet.FromString(f.read())
-    except FileNotFoundError:
-        raise ImportError(f"{path} is missing: it is generated at build time (pip install -e . or "
-                          f"python setup.py build_protos)") from None
-    pool = descriptor_pool.DescriptorPool()
-    for file_proto in files.file:
-        pool.AddSerializedFile(file_proto.SerializeToString())
-    return pool
-
-
-POOL = _load_pool()
+POOL = private_pool.load("grpc_inference.desc")
 DESCRIPTOR = POOL.FindFileByName(PROTO_FILE)
 
 
 def _message(name: str) -> type:
-    return message_factory.GetMessageClass(POOL.FindMessageTypeByName(f"inference.{name}"))
+    return private_pool.message_class(POOL, f"inference.{name}")
 
 
 ServerLiveRequest = _message("ServerLiveRequest")

@@ -130,6 +130,7 @@ class ServableDefinition:
         self.methods: dict[str, MethodDefinition] = {}
         self._used_files: set[str] = set()
         self._tracing: Optional[MethodDefinition] = None
+        self.seldon: Any = None  # a seldon.SeldonClassifier, when servable_config.py declares one
 
 
 _current = ServableDefinition()

@@ -27,6 +27,7 @@ class ServableWorkers:
         self.name = specs[0].name
         self.version = specs[0].version
         self.methods: dict[str, MethodSignature] = {}
+        self.seldon: Optional[dict] = None
         self.workers: list[WorkerProcess] = []
         self._next = 0
         self._stopping = asyncio.Event()
@@ -48,6 +49,7 @@ class ServableWorkers:
             raise errors[0]
         self.workers = workers
         self.methods = {name: MethodSignature.from_report(reported) for name, reported in workers[0].methods.items()}
+        self.seldon = workers[0].seldon
 
     @property
     def ready(self) -> bool:

@@ -86,6 +86,7 @@ class WorkerProcess:
     def __init__(self, spec: WorkerSpec, on_exit: Callable[["WorkerProcess", list[Job]], None]):
         self.spec = spec
         self.methods: dict = {}
+        self.seldon: Optional[dict] = None
         self.in_flight = 0  # instances submitted and not yet answered
         self.alive = False
         self._on_exit = on_exit
@@ -147,6 +148,7 @@ class WorkerProcess:
             await self._reap()
             raise RuntimeError(str(header.get("error", f"worker of {spec.describe()} failed to start")))
         self.methods = header["methods"]
+        self.seldon = header.get("seldon")  # how the servable answers Seldon's Classifier, if it does
         self.alive = True
         asyncio.get_running_loop().add_reader(self._event_fd, self._on_replies)
         self._watcher = asyncio.create_task(self._watch_control(), name=f"worker-{self.pid}")

@@ -128,7 +128,10 @@ def main() -> None:
         control.send({"op": "failed", "error": str(exc)})
         control.close()
         raise SystemExit(1)
-    control.send({"op": "ready", "pid": os.getpid(), "methods": method_signatures(executor)})
+    seldon = executor.servable.seldon
+    control.send({"op": "ready", "pid": os.getpid(), "methods": method_signatures(executor),
+                  "seldon": seldon.report(os.path.join(os.path.abspath(args.servable_directory), args.name))
+                  if seldon is not None else None})
     threading.Thread(target=_watch_master, args=(control,), daemon=True, name="master-watch").start()
     serve(executor, channel, args.event_fd, batch_limit(executor, args.max_batch_size),
           args.max_batch_delay_ms / 1000.0)

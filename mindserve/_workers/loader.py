@@ -14,6 +14,7 @@ from mindserve._dtypes import MS_UNKNOWN
 from mindserve._errors import ServingError
 from mindserve._servable import definition
 from mindserve._servable.directory import version_path
+from mindserve._servable.seldon import check_seldon
 from mindserve._workers.executor import MethodExecutor
 from mindserve._workers.model_runner import ModelRunner
 
@@ -54,6 +55,7 @@ def load_servable(servable_directory: str, name: str, version: int, device_type:
                   device_id: int, max_batch_size: Optional[int] = None) -> MethodExecutor:
     """Everything a worker needs to run the servable's methods; raises RuntimeError with a text for the user."""
     servable = import_servable_config(servable_directory, name)
+    check_seldon(servable, os.path.join(os.path.abspath(servable_directory), name))
     if servable.models and version == 0:
         raise RuntimeError(f"There is no valid version directory of models while there are models declared in "
                            f"servable_config.py, servable directory: {servable_directory}, servable name: {name}")

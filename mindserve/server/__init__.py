@@ -24,7 +24,7 @@ from mindserve._master import get_master as _get_master
 from mindserve._master import stop as _stop
 from mindserve.server import context, register
 
-if _typing.TYPE_CHECKING:  # (only the documented names are this module's: see tests/test_public_api.py)
+if _typing.TYPE_CHECKING:  # (only the documented names are this module's: see tests/e2e/test_public_api.py)
     from typing import Optional, Sequence, Union
 
 __all__ = ["AccessConfig", "JWTConfig", "ServableStartConfig", "SSLConfig", "context", "register",

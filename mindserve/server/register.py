@@ -11,8 +11,10 @@ Example::
 
 ``model_format`` is "ONNX" (ONNX Runtime) or "MindIR" (MindSpore); ``declare_model(..., options={...})`` sets
 per-model runtime options (``thread_num``, ...); a list of files makes a model of several subgraphs, run by
-``Model.call(..., subgraph=i)``.
+``Model.call(..., subgraph=i)``. ``seldon_classifier(method, classes, probabilities)`` answers Seldon's
+Classifier/Predict with a method.
 """
 from mindserve._servable.definition import Model, add_stage, declare_model, register_method
+from mindserve._servable.seldon import seldon_classifier
 
-__all__ = ["Model", "add_stage", "declare_model", "register_method"]
+__all__ = ["Model", "add_stage", "declare_model", "register_method", "seldon_classifier"]

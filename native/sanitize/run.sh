@@ -12,9 +12,9 @@ rm -rf "$out" && mkdir -p "$out/pkg"
 preload="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
 MINDSERVE_ASAN_DIR="$out/pkg" PYTHONPATH=native/sanitize LD_PRELOAD="$preload" \
 ASAN_OPTIONS="detect_leaks=0:log_path=$out/report" UBSAN_OPTIONS="print_stacktrace=1:log_path=$out/report" \
-    .venv/bin/python -m pytest -p pytest_asan_native -q -p no:cacheprovider tests/test_native.py \
-    tests/test_ms_wire.py tests/test_oip_wire.py tests/test_blocks.py tests/test_fast_lane.py tests/test_ms_reply.py \
-    tests/test_native_channel.py || status=$?
+    .venv/bin/python -m pytest -p pytest_asan_native -q -p no:cacheprovider tests/native \
+    tests/frontends/test_ms_wire.py tests/frontends/test_oip_wire.py tests/transport/test_blocks.py \
+    tests/workers/test_fast_lane.py tests/frontends/test_ms_reply.py || status=$?
 if ls "$out"/report* > /dev/null 2>&1; then
     cat "$out"/report*
     exit 1

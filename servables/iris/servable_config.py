@@ -6,6 +6,11 @@ batch dim fixed at 8 rows (the worker stacks instances and pads the last batch).
 Methods:
     predict(x)                  -> label, probabilities, puid    puid: a new uuid4 hex per instance
     predict_with_puid(x, puid)  -> label, probabilities, puid    puid: the client's, echoed
+    classify(f1, f2, f3, f4)    -> label, probabilities          the measurements one by one
+
+Seldon's Classifier (io.seldon.api.rpc.Classifier/Predict on the gRPC port) is answered by ``classify``: its data
+is a google.protobuf.Struct {f1, f2, f3, f4} or Seldon's example IrisPredictRequest (iris.proto), and the reply
+names the classes as Seldon's example does (Iris-setosa, Iris-versicolor, Iris-virginica).
 
     x              4 measurements in cm: sepal length, sepal width, petal length, petal width; any real numeric
                    dtype and any shape holding 4 values ([4], [1, 4], ...); cast to float32
@@ -82,3 +87,28 @@ def predict_with_puid(x, puid):
     x, puid = register.add_stage(measurements_and_puid, x, puid, outputs_count=2)
     label, probabilities = register.add_stage(model, x, outputs_count=2)
     return register.add_stage(named, label, probabilities, puid, outputs_count=3)
+
+
+def features(f1: Any, f2: Any, f3: Any, f4: Any) -> np.ndarray:
+    """The four measurements given one by one, as the model's row."""
+    for name, value in (("f1", f1), ("f2", f2), ("f3", f3), ("f4", f4)):
+        if not isinstance(value, np.ndarray) or value.size != 1:
+            raise ValueError(f"{name} must be one number (a measurement in cm)")
+    return measurements(np.concatenate([np.reshape(f, 1) for f in (f1, f2, f3, f4)]))
+
+
+def named_class(label: np.ndarray, probabilities: np.ndarray) -> tuple:
+    """Class name and probabilities for one instance."""
+    return class_name(label), probabilities
+
+
+@register.register_method(output_names=["label", "probabilities"])
+def classify(f1, f2, f3, f4):
+    """Classify one flower from its four measurements, each a number (Seldon's IrisPredictRequest fields)."""
+    x = register.add_stage(features, f1, f2, f3, f4, outputs_count=1)
+    label, probabilities = register.add_stage(model, x, outputs_count=2)
+    return register.add_stage(named_class, label, probabilities, outputs_count=2)
+
+
+register.seldon_classifier("classify", classes=("Iris-setosa", "Iris-versicolor", "Iris-virginica"),
+                           probabilities="probabilities", request_proto="iris.proto")

@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from tritonclient.utils import InferenceServerException
 
-from conftest import BUNDLED_SERVABLES, free_port, start_server
+from support.paths import BUNDLED_SERVABLES
+from support.processes import free_port, start_server
 from mindserve._access.groups import GRPC_METHODS, rest_group
 from mindserve._access.policy import AccessPolicy
 from mindserve.client import Client, SSLConfig
@@ -296,11 +297,13 @@ def test_every_grpc_method_and_rest_route_has_a_group():
     from mindserve._frontends.grpc import health_reflection
     from mindserve._frontends.grpc.ms_service import MSServiceHandler
     from mindserve._frontends.grpc.oip_service import OipServiceHandler
+    from mindserve._frontends.grpc.seldon_service import SeldonServiceHandler
     from mindserve._frontends.rest.server import make_app
 
     dispatcher, admission = Dispatcher(), Admission()
     handlers = [MSServiceHandler(dispatcher, None, admission).rpc_handlers(),
-                OipServiceHandler(dispatcher, admission).rpc_handlers()]
+                OipServiceHandler(dispatcher, admission).rpc_handlers(),
+                SeldonServiceHandler(dispatcher, admission).rpc_handlers()]
     methods = {m for h in handlers for m in h._method_handlers}  # (grpc's generic handler keeps them there)
     methods |= {"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch",
                 "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"}

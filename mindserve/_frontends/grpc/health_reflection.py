@@ -20,7 +20,7 @@ import logging
 from typing import AsyncIterator, Optional, Sequence
 
 import grpc
-from google.protobuf import descriptor_pool
+from google.protobuf import any_pb2, descriptor_pool
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection_pb2
@@ -28,7 +28,7 @@ from grpc_reflection.v1alpha.reflection import aio as reflection_aio
 
 from mindserve._dispatch.dispatcher import Dispatcher
 from mindserve._frontends.grpc.strict_parse import InvalidMessage, parse_strict
-from mindserve._proto import grpc_inference, ms_service_pb2
+from mindserve._proto import grpc_inference, ms_service_pb2, seldon
 
 log = logging.getLogger("mindserve")
 
@@ -166,8 +166,8 @@ def reflection_pool() -> descriptor_pool.DescriptorPool:
     """A descriptor pool with the files of every service served. It is a pool of its own because the OIP
     messages live outside protobuf's default pool (see mindserve/_proto/grpc_inference.py)."""
     pool = descriptor_pool.DescriptorPool()
-    for file in (ms_service_pb2.DESCRIPTOR, grpc_inference.DESCRIPTOR, health_pb2.DESCRIPTOR,
-                 reflection_pb2.DESCRIPTOR):
+    for file in (ms_service_pb2.DESCRIPTOR, grpc_inference.DESCRIPTOR, any_pb2.DESCRIPTOR, seldon.DESCRIPTOR,
+                 health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
         pool.AddSerializedFile(file.serialized_pb)
     return pool
 

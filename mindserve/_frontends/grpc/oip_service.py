@@ -25,13 +25,14 @@ import numpy as np
 import mindserve
 from mindserve import _dtypes
 from mindserve._dispatch.dispatcher import Dispatcher
-from mindserve._errors import InvalidInput, ServingError, clip
+from mindserve._errors import InvalidInput, clip
 from mindserve._frontends.admission import Admission
 from mindserve._frontends.grpc.gate import gated
 from mindserve._frontends.grpc.ms_tensors import invalid_input
 from mindserve._frontends.grpc.oip_wire import InferCall, InferReader, encode_response
-from mindserve._frontends.grpc.status import status_of
-from mindserve._frontends.grpc.strict_parse import InvalidMessage, parse_strict
+from mindserve._frontends.grpc.strict_parse import parse_strict
+from mindserve._frontends.grpc.unary import parsed as _parsed
+from mindserve._frontends.grpc.unary import unary as _unary
 from mindserve._frontends.oip import models
 from mindserve._frontends.oip.infer import infer
 from mindserve._frontends.oip.models import SERVER_NAME
@@ -111,31 +112,6 @@ class _ContentsInput(InputTensor):
                                           f"{datatype}")
             wide = wide.astype(target)
         return wide.tobytes()
-
-
-def _parsed(message_class: type, impl: Callable[[Any], Awaitable[Any]]) -> Callable[[bytes], Awaitable[bytes]]:
-    """An RPC that takes and answers protobuf messages, as one that takes and answers their bytes."""
-    async def call(data: bytes) -> bytes:
-        return (await impl(parse_strict(message_class, data))).SerializeToString()
-    return call
-
-
-def _unary(rpc: str, call: Callable[[bytes], Awaitable[bytes]]):
-    """The gRPC behavior of an RPC: its answer, or its error as a status and a text (never UNKNOWN)."""
-    async def handle(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        # context.abort raises; it is called outside the try block so that nothing here catches it
-        try:
-            return await call(data)
-        except InvalidMessage as exc:
-            status, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-        except ServingError as err:
-            status, message = status_of(err), err.message
-        except Exception as exc:  # a defect of ours: answer it plainly, never with a traceback
-            log.exception("%s failed", rpc)
-            status, message = grpc.StatusCode.INTERNAL, f"{rpc} failed: {exc}"
-        await context.abort(status, message)
-        raise AssertionError("context.abort returned")  # it raises: the call ends with that status
-    return handle
 
 
 class OipServiceHandler:

@@ -1,0 +1,183 @@
+"""A serving process's life: stop() from the script, SIGTERM and SIGINT, draining requests in flight, and a master
+that is killed outright."""
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from mindserve.client import Client
+from support import servables
+from support.processes import child_pids, free_port, pid_alive, start_server
+
+SLOW_CONFIG = '''
+import os
+import time
+from mindserve.server import register
+
+
+def sleep_then_double(x):
+    open(os.path.join(os.path.dirname(__file__), "started"), "w").close()  # tells the test the stage runs
+    time.sleep(1)
+    return x * 2
+
+
+@register.register_method(output_names=["y"])
+def slow(x):
+    return register.add_stage(sleep_then_double, x, outputs_count=1)
+'''
+
+
+@pytest.fixture
+def slow_dir(tmp_path) -> str:
+    root = str(tmp_path / "servables")
+    servables.write(root, "slow", SLOW_CONFIG)
+    return root
+
+
+def _wait_for_file(path: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, f"{path} did not appear within {timeout} s"
+        time.sleep(0.02)
+
+
+def _worker_pids(address: str, count: int) -> set:
+    """The pids of the echo workers, from ``worker_pid`` requests until ``count`` different ones answered."""
+    pids = set()
+    for _ in range(4 * count):
+        result = Client(address, "echo", "worker_pid").infer_async({"x": np.zeros(1, np.float32)}).result(20)
+        assert isinstance(result, list), result
+        pids.add(int(result[0]["pid"][0]))
+        if len(pids) == count:
+            break
+    assert len(pids) == count, pids
+    return pids
+
+
+def _wait_gone(pids, timeout: float) -> list:
+    """The pids still alive after waiting up to ``timeout`` seconds for them to end."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if pid_alive(p)]
+        if not alive:
+            return []
+        time.sleep(0.1)
+    return [p for p in pids if pid_alive(p)]
+
+
+def test_stop_called_by_the_script_ends_the_process(servable_dir, tmp_path):
+    sock = tmp_path / "self_stop.sock"
+    flag = tmp_path / "stop-now"
+    address = f"unix:{sock}"
+    server = start_server(tmp_path, f"""
+        import os, time
+        server.start_servables(server.ServableStartConfig({servable_dir!r}, "echo", device_ids=(0, 1)))
+        server.start_grpc_server({address!r})
+        print("READY", flush=True)
+        while not os.path.exists({str(flag)!r}):
+            time.sleep(0.05)
+        server.stop()
+        print("STOPPED", flush=True)
+    """, address)
+    try:
+        assert sock.exists()
+        assert (sock.stat().st_mode & 0o777) == 0o600
+        pids = _worker_pids(address, 2)
+        assert pids <= set(child_pids(server.proc.pid))
+        x = np.array([1.5, 2.5], np.float32)
+        np.testing.assert_array_equal(Client(address, "echo", "echo").infer({"x": x})[0]["y"], x)
+        flag.write_text("")
+        code = server.proc.wait(30)
+    finally:
+        server.stop(signal.SIGKILL)
+    assert code == 0, server.output
+    assert "STOPPED" in server.output
+    assert [p for p in pids if pid_alive(p)] == []
+    assert not sock.exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_the_server(servable_dir, tmp_path, sig):
+    sock = tmp_path / "signal.sock"
+    unix_address = f"unix:{sock}"
+    address = f"127.0.0.1:{free_port()}"
+    server = start_server(tmp_path, f"""
+        server.start_servables(server.ServableStartConfig({servable_dir!r}, "echo", device_ids=(0, 1)))
+        server.start_grpc_server({address!r})
+        server.start_grpc_server({unix_address!r})
+    """, address)
+    try:
+        pids = _worker_pids(address, 2)
+        assert pids == set(child_pids(server.proc.pid))
+        assert _worker_pids(unix_address, 2) == pids
+        assert sock.exists()
+    finally:
+        code = server.stop(sig)
+    assert code == 0, server.output
+    assert [p for p in pids if pid_alive(p)] == []
+    assert not sock.exists()
+    assert "Traceback" not in server.output
+
+
+def test_sigterm_drains_requests_in_flight(slow_dir, tmp_path):
+    address = f"127.0.0.1:{free_port()}"
+    server = start_server(tmp_path, f"""
+        server.start_servables(server.ServableStartConfig({slow_dir!r}, "slow", device_ids=0))
+        server.start_grpc_server({address!r})
+    """, address)
+    try:
+        x = np.array([[1, -2], [3, 4]], np.int32)
+        pending = Client(address, "slow", "slow").infer_async({"x": x})
+        _wait_for_file(os.path.join(slow_dir, "slow", "started"))  # the request is in the sleeping stage
+        server.proc.send_signal(signal.SIGTERM)
+        result = pending.result(timeout=20)
+        # wait for the exit without signalling again (ServerProcess.stop would send a second SIGTERM to a
+        # process still finishing; one that lands after Python restored the default handlers ends it with -15)
+        code = server.proc.wait(30)
+    finally:
+        server.stop(signal.SIGKILL)
+    assert isinstance(result, list), result
+    assert result[0]["y"].dtype == np.int32
+    np.testing.assert_array_equal(result[0]["y"], x * 2)
+    assert code == 0, server.output
+
+
+def test_second_sigterm_while_draining_is_harmless(slow_dir, tmp_path):
+    """A second SIGTERM (or Ctrl-C pressed twice) while the first one drains: the request in flight still gets
+    its result, and the process ends as after one signal, without a traceback."""
+    address = f"127.0.0.1:{free_port()}"
+    server = start_server(tmp_path, f"""
+        server.start_servables(server.ServableStartConfig({slow_dir!r}, "slow", device_ids=0))
+        server.start_grpc_server({address!r})
+    """, address)
+    try:
+        x = np.array([0.5, 8.0], np.float32)
+        pending = Client(address, "slow", "slow").infer_async({"x": x})
+        _wait_for_file(os.path.join(slow_dir, "slow", "started"))
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)  # the first signal's shutdown is draining the request (its stage sleeps 1 s)
+        server.proc.send_signal(signal.SIGTERM)
+        result = pending.result(timeout=20)
+        code = server.proc.wait(30)
+    finally:
+        server.stop(signal.SIGKILL)
+    assert isinstance(result, list), result
+    np.testing.assert_array_equal(result[0]["y"], x * 2)
+    assert code == 0, server.output
+    assert "Traceback" not in server.output, server.output
+
+
+def test_workers_exit_when_the_master_is_killed(servable_dir, tmp_path):
+    address = f"unix:{tmp_path}/killed.sock"
+    server = start_server(tmp_path, f"""
+        server.start_servables(server.ServableStartConfig({servable_dir!r}, "echo", device_ids=(0, 1)))
+        server.start_grpc_server({address!r})
+    """, address)
+    try:
+        pids = _worker_pids(address, 2)
+    finally:
+        code = server.stop(signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    assert _wait_gone(pids, 10) == []
