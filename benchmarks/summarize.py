@@ -2,8 +2,8 @@
 
     python benchmarks/summarize.py RUN_OUTPUT [RUN_OUTPUT ...]
 
-Prints each run's markdown table (requests/s for add, instances/s otherwise, and mindserve / floor), then, for
-several runs, the median of each ratio. On a noisy machine the floor itself moves by a quarter between runs,
+Prints each run's markdown table (requests/s for add, instances/s otherwise, mindserve / floor and mindserve /
+KServe), then, for several runs, the median of each ratio. On a noisy machine the floor itself moves by a quarter between runs,
 so a ratio is only meaningful within its run; the median over runs says where it usually lands.
 """
 from __future__ import annotations
@@ -31,19 +31,20 @@ def read_run(path: str) -> dict[tuple[str, str, str], float]:
     return rows
 
 
-def ratios(rows: dict) -> dict[tuple[str, str], float]:
-    return {(m, c): rows["project", m, c] / rows["floor", m, c] for m, c, _ in SCENARIOS
-            if rows.get(("project", m, c)) and rows.get(("floor", m, c))}
+def ratios(rows: dict, peer: str = "floor") -> dict[tuple[str, str], float]:
+    return {(m, c): rows["project", m, c] / rows[peer, m, c] for m, c, _ in SCENARIOS
+            if rows.get(("project", m, c)) and rows.get((peer, m, c))}
 
 
 def table(rows: dict) -> str:
-    out = ["| scenario | floor | MLServer | MLServer + adaptive batching | mindserve | mindserve / floor |",
-           "|---|---|---|---|---|---|"]
+    out = ["| scenario | floor | MLServer | MLServer + adaptive batching | KServe | mindserve | mindserve / floor "
+           "| mindserve / KServe |", "|---|---|---|---|---|---|---|---|"]
     for model, conc, title in SCENARIOS:
-        cells = [rows.get((server, model, conc)) for server in ("floor", "mlserver", "mlserver-batched", "project")]
-        ratio = ratios(rows).get((model, conc))
-        out.append(f"| {title} | " + " | ".join(f"{v:,.0f}" if v else "" for v in cells)
-                   + f" | {ratio:.2f} |" if ratio else " | |")
+        cells = [rows.get((server, model, conc))
+                 for server in ("floor", "mlserver", "mlserver-batched", "kserve", "project")]
+        shares = [ratios(rows, peer).get((model, conc)) for peer in ("floor", "kserve")]
+        out.append(f"| {title} | " + " | ".join(f"{v:,.0f}" if v else "" for v in cells) + " | "
+                   + " | ".join(f"{r:.2f}" if r else "" for r in shares) + " |")
     return "\n".join(out)
 
 
@@ -52,11 +53,13 @@ def main(paths: list[str]) -> None:
     for path, rows in zip(paths, runs):
         print(f"{path}\n{table(rows)}\n")
     if len(runs) > 1:
-        print("| scenario | mindserve / floor, each run | median |\n|---|---|---|")
-        for model, conc, title in SCENARIOS:
-            values = [r[model, conc] for r in map(ratios, runs) if (model, conc) in r]
-            if values:
-                print(f"| {title} | {', '.join(f'{v:.2f}' for v in values)} | {statistics.median(values):.2f} |")
+        for peer, name in (("floor", "floor"), ("kserve", "KServe")):
+            print(f"| scenario | mindserve / {name}, each run | median |\n|---|---|---|")
+            for model, conc, title in SCENARIOS:
+                values = [r[model, conc] for r in (ratios(rows, peer) for rows in runs) if (model, conc) in r]
+                if values:
+                    print(f"| {title} | {', '.join(f'{v:.2f}' for v in values)} | {statistics.median(values):.2f} |")
+            print()
 
 
 if __name__ == "__main__":

@@ -4,12 +4,15 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import grpc
+import numpy as np
 from mindserve.client._convert import fill_tensor, value_of
 
+from mindserve import _dtypes
 from mindserve._checks import check_int, check_str
 from mindserve._proto import ms_service_pb2 as pb
 
 PREDICT = "/mindspore.serving.proto.MSService/Predict"
+MODEL_METADATA = "/inference.GRPCInferenceService/ModelMetadata"
 MAX_MESSAGE_BYTES = 512 << 20
 
 Instances = Union[dict, Sequence[dict]]
@@ -60,22 +63,43 @@ def _parse_reply(reply: pb.PredictReply, count: int) -> Result:
     return results
 
 
+def _with_unsent(result: Result, unsent: dict[int, dict], total: int) -> Result:
+    """The results of the instances sent, with the error of each instance that could not be sent in its place
+    (a whole-request error stays one dict)."""
+    if not unsent or isinstance(result, dict):
+        return result
+    sent = iter(result)
+    return [unsent[i] if i in unsent else next(sent) for i in range(total)]
+
+
 class ClientAsyncResult:
     """The pending result of ``Client.infer_async``."""
 
-    def __init__(self, future: Optional[grpc.Future], count: int, error: Optional[dict] = None):
+    def __init__(self, future: Optional[grpc.Future], count: int, error: Optional[Result] = None,
+                 unsent: Optional[dict[int, dict]] = None):
         self._future = future
         self._count = count
         self._error = error
+        self._unsent = unsent or {}
 
     def result(self, timeout: Optional[float] = None) -> Result:
         """Wait for the reply and return what ``Client.infer`` would have returned."""
         if self._error is not None or self._future is None:
             return self._error or {"error": "no request was sent"}
         try:
-            return _parse_reply(self._future.result(timeout), self._count)
+            result = _parse_reply(self._future.result(timeout), self._count)
         except grpc.RpcError as error:
             return _grpc_error(error)
+        return _with_unsent(result, self._unsent, self._count + len(self._unsent))
+
+
+def _check_timeout(timeout: Optional[float]) -> Optional[float]:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise RuntimeError(f"Parameter 'timeout' should be a positive number of seconds or None, but actually "
+                           f"{timeout!r}")
+    return float(timeout)
 
 
 def _metadata(headers: Optional[Mapping[str, str]]) -> Optional[tuple[tuple[str, str], ...]]:
@@ -102,10 +126,13 @@ class Client:
         ssl_config: ``SSLConfig`` to connect with TLS.
         headers: metadata sent with every call, e.g. ``{"authorization": "Bearer <token>"}`` or a restricted
             group's key (keys are lowercased, as gRPC requires).
+        timeout: seconds a call may take (None: no limit); ``infer(..., timeout=)`` sets one call's. A call past
+            it answers ``{"error": "Grpc Error, (4, 'deadline exceeded'), ..."}``.
     """
 
     def __init__(self, address: str, servable_name: str, method_name: str, version_number: int = 0,
-                 ssl_config: Optional[SSLConfig] = None, headers: Optional[Mapping[str, str]] = None):
+                 ssl_config: Optional[SSLConfig] = None, headers: Optional[Mapping[str, str]] = None,
+                 timeout: Optional[float] = None):
         check_str("address", address)
         check_str("servable_name", servable_name)
         check_str("method_name", method_name)
@@ -113,6 +140,7 @@ class Client:
         if ssl_config is not None and not isinstance(ssl_config, SSLConfig):
             raise RuntimeError("The type of ssl_config should be type of SSLConfig")
         self._metadata = _metadata(headers)
+        self.timeout = _check_timeout(timeout)
         self.address = address
         self.servable_name = servable_name
         self.method_name = method_name
@@ -133,44 +161,85 @@ class Client:
         self._predict = self._channel.unary_unary(PREDICT, request_serializer=pb.PredictRequest.SerializeToString,
                                                   response_deserializer=pb.PredictReply.FromString)
 
-    def _request(self, instances: Instances) -> pb.PredictRequest:
+    def _request(self, instances: Instances) -> tuple[pb.PredictRequest, dict[int, dict]]:
+        """The request of the instances that can be sent, and the error of each that cannot (by position): one
+        instance's bad value does not keep the others from the server."""
         if not isinstance(instances, (list, tuple)):
             instances = [instances]  # type: ignore[list-item]  # one instance (checked below like the others)
         request = pb.PredictRequest()
         request.servable_spec.name = self.servable_name
         request.servable_spec.method_name = self.method_name
         request.servable_spec.version_number = self.version_number
-        for instance in instances:
+        unsent: dict[int, dict] = {}
+        for index, instance in enumerate(instances):
             if not isinstance(instance, dict):
                 raise RuntimeError("instance should be a map")
-            items = request.instances.add().items
-            for name, value in instance.items():
-                if not isinstance(name, str):
-                    raise RuntimeError(f"instance key should be str, but actually {type(name)}")
-                fill_tensor(items[name], name, value)
-        return request
+            encoded = pb.Instance()
+            try:
+                for name, value in instance.items():
+                    if not isinstance(name, str):
+                        raise RuntimeError(f"instance key should be str, but actually {type(name)}")
+                    fill_tensor(encoded.items[name], name, value)
+            except RuntimeError as exc:
+                if len(instances) == 1:
+                    raise  # one instance: the caller's mistake, as always
+                unsent[index] = {"error": str(exc)}
+                continue
+            request.instances.append(encoded)
+        return request, unsent
 
-    def infer(self, instances: Instances) -> Result:
+    def infer(self, instances: Instances, timeout: Optional[float] = None) -> Result:
         """Call the method on one instance (a dict of input name to value) or a list of them.
 
-        Returns a list with one dict per instance (output name to numpy array, str or bytes; ``{"error": msg}``
-        for a failed instance), or one ``{"error": msg}`` dict when the whole request failed.
+        Values: numpy arrays and scalars, lists (made numpy arrays), bool / int / float, str, bytes. Returns a
+        list with one dict per instance (output name to numpy array, str or bytes; ``{"error": msg}`` for a
+        failed instance, or one whose value could not be sent), or one ``{"error": msg}`` dict when the whole
+        request failed. ``timeout``: seconds for this call (default: the Client's).
         """
-        request = self._request(instances)
+        request, unsent = self._request(instances)
+        if unsent and not request.instances:  # (no instance at all is sent: the server says what is wrong)
+            return [unsent[i] for i in sorted(unsent)]
         try:
-            reply = self._predict(request, metadata=self._metadata)
+            reply = self._predict(request, metadata=self._metadata, timeout=self._timeout(timeout))
         except grpc.RpcError as error:
             return _grpc_error(error)
-        return _parse_reply(reply, len(request.instances))
+        return _with_unsent(_parse_reply(reply, len(request.instances)), unsent, len(request.instances) + len(unsent))
 
-    def infer_async(self, instances: Instances) -> ClientAsyncResult:
+    def infer_async(self, instances: Instances, timeout: Optional[float] = None) -> ClientAsyncResult:
         """Like ``infer`` without waiting: ``.result()`` on the returned object gives what ``infer`` returns."""
-        request = self._request(instances)
+        request, unsent = self._request(instances)
+        if unsent and not request.instances:
+            return ClientAsyncResult(None, 0, [unsent[i] for i in sorted(unsent)])
         try:
-            future = self._predict.future(request, metadata=self._metadata)
+            future = self._predict.future(request, metadata=self._metadata, timeout=self._timeout(timeout))
         except grpc.RpcError as error:
             return ClientAsyncResult(None, 0, _grpc_error(error))
-        return ClientAsyncResult(future, len(request.instances))
+        return ClientAsyncResult(future, len(request.instances), unsent=unsent)
+
+    def input_types(self, timeout: Optional[float] = None) -> dict[str, Optional[np.dtype]]:
+        """The numpy data type each input of the method takes, None where no model fixes it (a Python stage takes
+        the input), as the server's metadata says (the Open Inference Protocol's ModelMetadata of the model
+        ``servable.method``, on the same port). Raises RuntimeError when the server does not answer it."""
+        from mindserve._proto import grpc_inference as oip
+
+        request_class: Any = oip.ModelMetadataRequest
+        reply_class: Any = oip.ModelMetadataResponse
+        call = self._channel.unary_unary(MODEL_METADATA, request_serializer=request_class.SerializeToString,
+                                         response_deserializer=reply_class.FromString)
+        request = request_class(name=f"{self.servable_name}.{self.method_name}",
+                                           version=str(self.version_number) if self.version_number else "")
+        try:
+            reply = call(request, metadata=self._metadata, timeout=self._timeout(timeout))
+        except grpc.RpcError as error:
+            raise RuntimeError(_grpc_error(error)["error"]) from None
+        types: dict[str, Optional[np.dtype]] = {}
+        for tensor in reply.inputs:
+            code = _dtypes.CODE_OF_OIP_NAME.get(tensor.datatype)
+            types[tensor.name] = _dtypes.NUMPY_OF.get(code) if code is not None else None
+        return types
+
+    def _timeout(self, timeout: Optional[float]) -> Optional[float]:
+        return self.timeout if timeout is None else _check_timeout(timeout)
 
     def close(self) -> None:
         self._channel.close()

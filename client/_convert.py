@@ -12,24 +12,36 @@ from mindserve._proto import ms_service_pb2 as pb
 _SCALAR_DTYPES = ((bool, np.bool_), (int, np.int64), (float, np.float64))
 
 
-def _fill_array(tensor: pb.Tensor, array: np.ndarray) -> None:
+def _fill_array(tensor: pb.Tensor, array: np.ndarray, name: str) -> None:
     code = _dtypes.code_of_array(array)
     if code is None:
         if array.dtype.byteorder == ">" and array.dtype.newbyteorder("<") in _dtypes.CODE_OF:
             array = array.astype(array.dtype.newbyteorder("<"))
             code = _dtypes.code_of_array(array)
         else:
-            raise RuntimeError(f"Unknown data type {array.dtype}")
+            raise RuntimeError(f"Unknown data type {array.dtype} of input '{name}': send numbers, bools, str or "
+                               f"bytes")
     tensor.dtype = code
     tensor.shape.dims.extend(array.shape)
     tensor.data = array.tobytes()
 
 
 def fill_tensor(tensor: pb.Tensor, name: str, value: Any) -> None:
-    """Encode one input value: numpy arrays and scalars keep dtype and shape; bool/int/float become 1-element
+    """Encode one input value: numpy arrays and scalars keep dtype and shape; lists and tuples become the numpy
+    array numpy makes of them (ints int64, floats float64, bools bool); bool/int/float become 1-element
     bool/int64/float64 arrays; str and bytes become single-item string/bytes tensors."""
     if isinstance(value, (np.ndarray, np.generic)) and not isinstance(value, (np.str_, np.bytes_)):
-        _fill_array(tensor, np.asarray(value))
+        _fill_array(tensor, np.asarray(value), name)
+        return
+    if isinstance(value, (list, tuple)):
+        try:
+            array = np.asarray(value)
+        except (ValueError, OverflowError) as exc:  # ragged rows, ints past int64
+            raise RuntimeError(f"The list of input '{name}' is not a tensor: {exc}") from None
+        if array.dtype.kind not in "biuf":
+            raise RuntimeError(f"The list of input '{name}' is not a tensor of numbers or bools (numpy makes it "
+                               f"{array.dtype}); send str and bytes values one per input")
+        _fill_array(tensor, array, name)
         return
     if isinstance(value, str):
         tensor.dtype = _dtypes.MS_STRING
@@ -47,9 +59,9 @@ def fill_tensor(tensor: pb.Tensor, name: str, value: Any) -> None:
                 array = np.array((value,), dtype=dtype)
             except OverflowError:
                 raise RuntimeError(f"The value {value} of input '{name}' is out of the int64 range") from None
-            _fill_array(tensor, array)
+            _fill_array(tensor, array, name)
             return
-    raise RuntimeError(f"Not support value type {type(value)}")
+    raise RuntimeError(f"Not support value type {type(value)} of input '{name}'")
 
 
 def value_of(tensor: pb.Tensor) -> Union[np.ndarray, str, bytes, list]:

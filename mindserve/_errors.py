@@ -20,7 +20,7 @@ A plain ``ServingError(code, message)`` (what a worker's reply carries) is answe
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 SUCCESS = 0
 FAILED = 1
@@ -147,13 +147,25 @@ def request_repr(name: str, method: str, version: int) -> str:
     return text + f"version({version}) " if version > 0 else text
 
 
-def servable_unavailable(name: str, method: str, version: int, served: bool = True) -> ServingError:
+def servable_unavailable(name: str, method: str, version: int, served: bool = True, detail: str = "") \
+        -> ServingError:
     """MindSpore Serving's "servable is not available": NoLiveWorker for a version that is served but has no live
-    worker, NotServed (``served`` False) for one that is not served at all."""
+    worker, NotServed (``served`` False) for one that is not served at all; ``detail`` (what is served instead)
+    follows MindSpore's text, which clients may match, after a colon."""
     kind = NoLiveWorker if served else NotServed
-    return kind(f"Request {request_repr(name, method, version)}, servable is not available")
+    return kind(f"Request {request_repr(name, method, version)}, servable is not available"
+                + (f": {detail}" if detail else ""))
 
 
-def method_unavailable(name: str, method: str, version: int) -> ServingError:
-    """MindSpore Serving's "method is not available" (its code is INVALID_INPUTS, as MSService replies have it)."""
-    return NotServed(f"Request {request_repr(name, method, version)}, method is not available", INVALID_INPUTS)
+def unexpected_input(name: str, servable: str, method: str, inputs: Sequence[str]) -> ServingError:
+    """An instance input the method does not take (a misspelt name would otherwise be ignored silently)."""
+    return InvalidInput(f"Unexpected input {clip(name)} in instance input , servable {clip(servable)}, method "
+                        f"{clip(method)} takes {', '.join(inputs)}")
+
+
+def method_unavailable(name: str, method: str, version: int, methods: Sequence[str] = ()) -> ServingError:
+    """MindSpore Serving's "method is not available" (its code is INVALID_INPUTS, as MSService replies have it),
+    followed by the servable's methods."""
+    listed = f": servable {clip(name)} has methods {', '.join(methods)}" if methods else ""
+    return NotServed(f"Request {request_repr(name, method, version)}, method is not available{listed}",
+                     INVALID_INPUTS)

@@ -128,11 +128,20 @@ class Dispatcher:
                 group = None
         if group is None:
             served = bool(versions) if version == 0 else version in versions
-            raise servable_unavailable(name, method, version, served)
+            raise servable_unavailable(name, method, version, served, "" if served else self._served_instead(name))
         signature = group.methods.get(method)
         if signature is None:
-            raise method_unavailable(name, method, version)
+            raise method_unavailable(name, method, version, sorted(group.methods))
         return Route(name, method, version, signature, group)
+
+    def _served_instead(self, name: str) -> str:
+        """What is served when servable ``name`` (or the version asked of it) is not: for the error's text."""
+        versions = self._servables.get(name)
+        if versions:
+            return f"the served versions of {clip(name)} are {', '.join(str(v) for v in sorted(versions))}"
+        if not self._servables:
+            return f"servable '{clip(name)}' is not served; no servable is served"
+        return f"servable '{clip(name)}' is not served; served: {', '.join(sorted(self._servables))}"
 
     async def run(self, route: Route, instances: Sequence[dict[str, RawTensor]]) -> Results:
         """One ``dict[str, RawTensor]`` of outputs or one ServingError per instance, in order (``instances`` is a

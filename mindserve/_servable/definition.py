@@ -121,6 +121,12 @@ class MethodDefinition:
     outputs: list[Placeholder] = field(default_factory=list)
 
 
+class InputError(ValueError):
+    """Raised by a stage for a bad client input (a value out of range, a malformed image): the request is answered
+    as the client's error (gRPC INVALID_ARGUMENT, HTTP 400, an MSService per-instance error with code 2) with
+    the stage's text. Any other exception a stage raises is a failure of the servable (INTERNAL, HTTP 500)."""
+
+
 class ServableDefinition:
     """Everything one servable_config.py declared: its models and methods."""
 
@@ -131,6 +137,7 @@ class ServableDefinition:
         self._used_files: set[str] = set()
         self._tracing: Optional[MethodDefinition] = None
         self.seldon: Any = None  # a seldon.SeldonClassifier, when servable_config.py declares one
+        self.version_folder: Optional[str] = None  # the version this process serves (set before the import)
 
 
 _current = ServableDefinition()
@@ -145,6 +152,17 @@ def begin_servable(name: str) -> ServableDefinition:
 
 def current_servable() -> ServableDefinition:
     return _current
+
+
+def version_path() -> str:
+    """The folder of the servable version this worker serves (``<servable_directory>/<name>/<version>``), for
+    files a stage reads that belong to one version (a scaler's parameters, a vocabulary, class names). Callable
+    in servable_config.py itself and in stages."""
+    folder = _current.version_folder
+    if folder is None:
+        raise RuntimeError("version_path(): no servable version is being served here (it is known in a worker, "
+                           "for a servable with version folders)")
+    return folder
 
 
 def _check_str_list(arg_name: str, value: Any) -> list[str]:

@@ -12,8 +12,8 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from mindserve import _dtypes
-from mindserve._errors import SYSTEM_ERROR, ServingError
-from mindserve._servable.definition import MethodDefinition, Model, ServableDefinition, StageDefinition
+from mindserve._errors import INVALID_INPUTS, SYSTEM_ERROR, ServingError
+from mindserve._servable.definition import InputError, MethodDefinition, Model, ServableDefinition, StageDefinition
 from mindserve._workers.columns import Column
 from mindserve._workers.model_runner import ModelRunner
 
@@ -104,9 +104,13 @@ class MethodExecutor:
         return [Column.of_values(v) for v in values]
 
     @staticmethod
-    def _failure(method: MethodDefinition, index: int, stage: StageDefinition, message: str) -> ServingError:
-        return ServingError(SYSTEM_ERROR, f"Call {stage.tag} Failed, method: '{method.name}', stage index(begin with "
-                                          f"1): {index}, error msg: {message}")
+    def _failure(method: MethodDefinition, index: int, stage: StageDefinition, message: str,
+                 exc: Optional[BaseException] = None) -> ServingError:
+        """A stage's failure on an instance: the client's error when the stage raised InputError (a bad input),
+        a failure of the servable otherwise."""
+        code = INVALID_INPUTS if isinstance(exc, InputError) else SYSTEM_ERROR
+        return ServingError(code, f"Call {stage.tag} Failed, method: '{method.name}', stage index(begin with "
+                                  f"1): {index}, error msg: {message}")
 
     def _as_outputs(self, method: MethodDefinition, index: int, stage: StageDefinition, out: Any):
         """One instance's stage result as a tuple of ``outputs_count`` values, or the error for a wrong count."""
@@ -126,7 +130,7 @@ class MethodExecutor:
         try:
             out = stage.function(*args)
         except Exception as exc:
-            return self._failure(method, index, stage, _message(exc))
+            return self._failure(method, index, stage, _message(exc), exc)
         return self._as_outputs(method, index, stage, out)
 
     def _call_batched(self, method: MethodDefinition, index: int, stage: StageDefinition, args: list[tuple]) -> list:
@@ -148,7 +152,7 @@ class MethodExecutor:
         try:
             for out in stage.function(list(chunk)):
                 if isinstance(out, Exception):  # the function failed this instance alone
-                    got.append(self._failure(method, index, stage, _message(out)))
+                    got.append(self._failure(method, index, stage, _message(out), out))
                 else:
                     got.append(self._as_outputs(method, index, stage, out))
                 if len(got) > len(chunk):
@@ -156,7 +160,7 @@ class MethodExecutor:
         except Exception as exc:
             rest = chunk[len(got):]
             if len(rest) <= 1:
-                return got + [self._failure(method, index, stage, _message(exc))] * len(rest)
+                return got + [self._failure(method, index, stage, _message(exc), exc)] * len(rest)
             half = len(rest) // 2  # isolate the instance that raised: each half on its own
             return got + self._call_chunk(method, index, stage, rest[:half]) \
                 + self._call_chunk(method, index, stage, rest[half:])

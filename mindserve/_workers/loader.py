@@ -19,11 +19,13 @@ from mindserve._workers.executor import MethodExecutor
 from mindserve._workers.model_runner import ModelRunner
 
 
-def import_servable_config(servable_directory: str, name: str) -> definition.ServableDefinition:
+def import_servable_config(servable_directory: str, name: str, version: int = 0) -> definition.ServableDefinition:
     """Import ``<servable_directory>/<name>/servable_config.py`` as module ``<name>.servable_config`` and return
-    what it declared."""
+    what it declared (``version``, when not 0, is the version folder ``register.version_path()`` names)."""
     mindir.prepare_process()  # before the config imports protobuf: MindSpore needs a say in it
     servable = definition.begin_servable(name)
+    if version:
+        servable.version_folder = os.path.abspath(version_path(servable_directory, name, version))
     directory = os.path.abspath(servable_directory)
     if directory not in sys.path:
         sys.path.insert(0, directory)
@@ -54,7 +56,7 @@ def _bind(runner: ModelRunner):
 def load_servable(servable_directory: str, name: str, version: int, device_type: Optional[str],
                   device_id: int, max_batch_size: Optional[int] = None) -> MethodExecutor:
     """Everything a worker needs to run the servable's methods; raises RuntimeError with a text for the user."""
-    servable = import_servable_config(servable_directory, name)
+    servable = import_servable_config(servable_directory, name, version)
     check_seldon(servable, os.path.join(os.path.abspath(servable_directory), name))
     if servable.models and version == 0:
         raise RuntimeError(f"There is no valid version directory of models while there are models declared in "

@@ -30,6 +30,17 @@ def isolated(run: Callable[[int, int], Union[list, ServingError]], start: int, s
     return isolated(run, start, middle) + isolated(run, middle, stop)
 
 
+def _numpy_terms(dtype: object, shape: Sequence[int]) -> str:
+    """A tensor as numpy names it: ``float32 [13]`` (-1 for a variable dim)."""
+    return f"{dtype} {list(shape)}"
+
+
+def _value_terms(value: object) -> str:
+    if isinstance(value, np.ndarray):
+        return _numpy_terms(value.dtype, value.shape)
+    return type(value).__name__
+
+
 def _type_name(value) -> str:
     if isinstance(value, str):
         return _dtypes.NAME_OF[_dtypes.MS_STRING]
@@ -66,22 +77,33 @@ class ModelRunner:
     def _instance_shape(self, spec: TensorSpec) -> tuple[int, ...]:
         return spec.shape[1:] if self.model.with_batch_dim else spec.shape
 
+    def _takes(self, spec: TensorSpec, given: str) -> str:
+        """What follows MindSpore's text of a mismatch (clients may match its start): the model input by name,
+        what it takes and what it was given, in numpy's terms."""
+        file = self.model.files[0] if len(self.model.files) == 1 else self.model.key
+        return (f": input '{spec.name}' of model {file} takes "
+                f"{_numpy_terms(_dtypes.NUMPY_OF.get(spec.dtype, 'unknown'), self._instance_shape(spec))}, given "
+                f"{given}")
+
     def _check_input(self, index: int, spec: TensorSpec, value) -> np.ndarray:
         """The instance's value for model input ``index``, reshaped to the model's instance shape; raises
         ServingError(INVALID_INPUTS) with MindSpore Serving's texts when dtype or size differ."""
         if not isinstance(value, np.ndarray) or _dtypes.code_of_array(value) != spec.dtype:
             raise ServingError(INVALID_INPUTS, f"Given model input {index} data type {_type_name(value)} not match the "
-                                               f"data type {_dtypes.NAME_OF.get(spec.dtype)} defined in model")
+                                               f"data type {_dtypes.NAME_OF.get(spec.dtype)} defined in model"
+                                               + self._takes(spec, _value_terms(value)))
         shape = self._instance_shape(spec)
         if all(d >= 0 for d in shape):
             expected = math.prod(shape) * value.itemsize
             if value.nbytes != expected:
                 raise ServingError(INVALID_INPUTS, f"Given model input {index} size {value.nbytes} not match the size "
-                                                   f"{expected} defined in model")
+                                                   f"{expected} defined in model"
+                                                   + self._takes(spec, _value_terms(value)))
             return value.reshape(shape)
         if len(value.shape) != len(shape) or any(d >= 0 and d != g for d, g in zip(shape, value.shape)):
             raise ServingError(INVALID_INPUTS, f"Given model input {index} shape {list(value.shape)} not match the "
-                                               f"shape {list(shape)} defined in model")
+                                               f"shape {list(shape)} defined in model"
+                                               + self._takes(spec, _value_terms(value)))
         return value
 
     @staticmethod
@@ -94,20 +116,21 @@ class ModelRunner:
         """The instance shape a stacked column of (dtype, row shape) ``kind`` feeds model input ``index`` as;
         raises ServingError(INVALID_INPUTS) with the same texts as ``_check_input`` gives each instance."""
         dtype, row_shape = kind
+        given_terms = _numpy_terms(dtype, row_shape)
         if _dtypes.CODE_OF.get(dtype) != spec.dtype:
             raise ServingError(INVALID_INPUTS, f"Given model input {index} data type {_type_name(np.empty(0, dtype))} "
                                                f"not match the data type {_dtypes.NAME_OF.get(spec.dtype)} defined "
-                                               f"in model")
+                                               f"in model" + self._takes(spec, given_terms))
         shape = self._instance_shape(spec)
         if all(d >= 0 for d in shape):
             given, expected = math.prod(row_shape) * dtype.itemsize, math.prod(shape) * dtype.itemsize
             if given != expected:
                 raise ServingError(INVALID_INPUTS, f"Given model input {index} size {given} not match the size "
-                                                   f"{expected} defined in model")
+                                                   f"{expected} defined in model" + self._takes(spec, given_terms))
             return shape
         if len(row_shape) != len(shape) or any(d >= 0 and d != g for d, g in zip(shape, row_shape)):
             raise ServingError(INVALID_INPUTS, f"Given model input {index} shape {list(row_shape)} not match the "
-                                               f"shape {list(shape)} defined in model")
+                                               f"shape {list(shape)} defined in model" + self._takes(spec, given_terms))
         return row_shape
 
     def run_columns(self, columns: list[Column]) -> Optional[tuple[list[Column], dict[int, ServingError]]]:

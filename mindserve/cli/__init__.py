@@ -76,6 +76,10 @@ Values:
   @digit.png, @file.bin     any other file: its bytes (image servables take encoded image bytes)
   text, '"42"'              anything else is sent as a string; a JSON string ('"42"', '"@x"') as its text
 
+Numbers written in JSON take the data type the method's metadata gives the input (integers to an FP32 input
+become float32); --dtype NAME=TYPE sets one. --instances FILE sends several instances: a JSON array of objects
+of input names and JSON values.
+
 Prints one line per instance, output=value by output name (numpy's repr), e.g.
   y=array([[2., 2.], [2., 2.]], dtype=float32)
 An error answered is printed on stderr, exit code 1; bad arguments exit with 2.
@@ -124,6 +128,10 @@ def _infer_parser() -> argparse.ArgumentParser:
     infer.add_argument("--header", action="append", default=[], metavar="KEY=VALUE",
                        help="metadata sent with the call, e.g. a restricted group's key (repeatable)")
     infer.add_argument("--token", metavar="TOKEN", help="a bearer token, sent as 'authorization: Bearer TOKEN'")
+    infer.add_argument("--dtype", action="append", default=[], metavar="NAME=TYPE",
+                       help="the numpy type of an input (float32, int64, ...), whatever the metadata says")
+    infer.add_argument("--instances", metavar="FILE",
+                       help="a JSON array of objects, one instance each (name=value inputs add to every one)")
     return infer
 
 
@@ -138,7 +146,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return EXIT_USAGE
         from mindserve.cli.infer import infer
         return infer(args.address, args.servable, args.method, args.inputs, version=args.version, ca=args.ca,
-                     cert=args.cert, key=args.key, headers=args.header, token=args.token)
+                     cert=args.cert, key=args.key, headers=args.header, token=args.token, dtypes=args.dtype,
+                     instances_file=args.instances)
     args = _parser().parse_args(argv)
     try:
         serve_config = _config.load_config(args.config, options={

@@ -8,7 +8,15 @@ import os
 import sys
 from typing import Optional, Sequence, TextIO
 
-from mindserve.cli.values import InputError, format_instance, parse_inputs
+from mindserve.cli.values import (
+    InputError,
+    format_instance,
+    json_names,
+    parse_dtypes,
+    parse_inputs,
+    read_instances,
+    typed,
+)
 
 EXIT_FAILED = 1  # the server (or the connection) answered with an error
 EXIT_USAGE = 2  # the arguments cannot make a request
@@ -16,11 +24,14 @@ EXIT_USAGE = 2  # the arguments cannot make a request
 
 def infer(address: str, servable: str, method: str, inputs: Sequence[str], version: int = 0,
           ca: Optional[str] = None, cert: Optional[str] = None, key: Optional[str] = None,
-          headers: Sequence[str] = (), token: Optional[str] = None,
-          out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> int:
+          headers: Sequence[str] = (), token: Optional[str] = None, dtypes: Sequence[str] = (),
+          instances_file: Optional[str] = None, out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> int:
     """Send ``inputs`` (``name=value`` texts) as one instance; print one ``name=value ...`` line per instance
     on ``out``, or the error on ``err``. ``headers`` (``KEY=VALUE`` texts) and ``token`` (a bearer token) go with
-    the call as metadata. Returns the exit code: 0, 1 (an error answered) or 2 (bad arguments)."""
+    the call as metadata. Numbers written in JSON take the input's data type from the method's metadata;
+    ``dtypes`` (``name=TYPE``) set types explicitly. ``instances_file`` (a JSON array of objects) sends several
+    instances, ``inputs`` then adding to each. Returns the exit code: 0, 1 (an error answered) or 2 (bad
+    arguments)."""
     from mindserve.client import Client, SSLConfig
 
     out = out or sys.stdout
@@ -32,6 +43,12 @@ def infer(address: str, servable: str, method: str, inputs: Sequence[str], versi
 
     try:
         instance = parse_inputs(inputs)
+        from_json = json_names(inputs)
+        explicit = parse_dtypes(dtypes)
+        instances = [{**item, **instance} for item in read_instances(instances_file)] if instances_file \
+            else [instance]
+        if instances_file:
+            from_json |= {name for item in instances for name in item if name not in instance}
     except InputError as exc:
         return usage_error(str(exc))
     for option, path in (("--ca", ca), ("--cert", cert), ("--key", key)):
@@ -56,7 +73,15 @@ def infer(address: str, servable: str, method: str, inputs: Sequence[str], versi
     try:
         with Client(address, servable, method, version_number=version, ssl_config=ssl_config,
                     headers=metadata or None) as client:
-            result = client.infer([instance])
+            try:
+                types = client.input_types(timeout=30) if from_json else {}
+            except RuntimeError:  # no metadata from this server (an older one, or MindSpore's): values as written
+                types = {}
+            try:
+                instances = [typed(item, from_json, types, explicit) for item in instances]
+            except InputError as exc:
+                return usage_error(str(exc))
+            result = client.infer(instances)
     except RuntimeError as exc:  # an argument the client refuses: an empty name, a value of no wire type
         return usage_error(str(exc))
     if isinstance(result, dict):  # the whole request failed (or never reached the server)

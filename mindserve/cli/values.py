@@ -7,6 +7,10 @@ A value is read, in this order, as:
   bool; an array of ints and floats is float32), a 0-d array for a single number; a JSON string ``'"5"'`` is
   the text ``5`` (the way to send text that looks like a number or starts with ``@``);
 - anything else: the text itself, as a string input.
+
+Numbers written in JSON then take the data type the method's metadata gives its input (``typed``): integers
+sent to an FP32 input become float32; ``--dtype name=TYPE`` sets one explicitly. An ``--instances`` file is a
+JSON array of objects, one instance each, with JSON values typed the same way.
 """
 from __future__ import annotations
 
@@ -103,6 +107,84 @@ def parse_inputs(items: Sequence[str]) -> dict:
             raise InputError(f"{name}: given twice")
         instance[name] = parse_value(name, text)
     return instance
+
+
+def json_names(items: Sequence[str]) -> set:
+    """The inputs of ``name=value`` arguments written as JSON numbers or arrays (those ``typed`` may convert)."""
+    names = set()
+    for item in items:
+        name, _, text = item.partition("=")
+        try:
+            if isinstance(json.loads(text), (list, int, float)):
+                names.add(name)
+        except ValueError:
+            pass
+    return names
+
+
+def read_instances(path: str) -> list:
+    """The instances of an ``--instances`` file: a JSON array of objects of input names and JSON values."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            document = json.load(f)
+    except OSError as exc:
+        raise InputError(f"--instances: cannot read '{path}': {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise InputError(f"--instances: '{path}' is not JSON: {exc}") from None
+    if not isinstance(document, list) or not document or not all(isinstance(i, dict) for i in document):
+        raise InputError(f"--instances: '{path}' must hold a JSON array of objects (one per instance)")
+    instances = []
+    for i, item in enumerate(document):
+        instance: dict = {}
+        for name, value in item.items():
+            where = f"instance {i}: {name}"
+            if isinstance(value, str):
+                instance[name] = value
+            elif isinstance(value, (list, int, float)):
+                instance[name] = _array(where, value)
+            else:
+                raise InputError(f"--instances: {where}: expected a number, bool, array or string")
+        instances.append(instance)
+    return instances
+
+
+def parse_dtypes(items: Sequence[str]) -> dict:
+    """``--dtype name=TYPE`` options as numpy dtypes by input name."""
+    dtypes = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        try:
+            dtype = np.dtype(text)
+        except TypeError:
+            dtype = None
+        if not sep or not name or dtype is None or dtype.kind not in "biuf":
+            raise InputError(f"--dtype: expected name=TYPE with a numeric numpy type (float32, int64, bool, ...), "
+                             f"got {item!r}")
+        dtypes[name] = dtype
+    return dtypes
+
+
+def typed(instance: dict, from_json: set, types: dict, explicit: dict) -> dict:
+    """The instance with each JSON-written number or array in the data type the method takes (``types``, from
+    its metadata: only where nothing is lost, ints to floats or to wider ints), and each ``explicit`` type
+    applied whatever the value's source."""
+    out = dict(instance)
+    for name, value in instance.items():
+        if not isinstance(value, np.ndarray):
+            continue
+        target = explicit.get(name)
+        if target is None and name in from_json:
+            wanted = types.get(name)
+            if wanted is not None and wanted != value.dtype and np.can_cast(value.dtype, wanted, "same_kind") \
+                    or (wanted is not None and value.dtype.kind in "iu" and wanted.kind == "f"):
+                target = wanted
+        if target is not None:
+            if target.kind in "iu" and value.size and value.dtype.kind in "iuf":
+                info = np.iinfo(target)
+                if value.min() < info.min or value.max() > info.max or (value != np.round(value)).any():
+                    raise InputError(f"{name}: its values do not fit {target}")
+            out[name] = value.astype(target)
+    return out
 
 
 def format_value(value: Any) -> str:

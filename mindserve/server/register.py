@@ -12,9 +12,12 @@ Example::
 ``model_format`` is "ONNX" (ONNX Runtime) or "MindIR" (MindSpore); ``declare_model(..., options={...})`` sets
 per-model runtime options (``thread_num``, ...); a list of files makes a model of several subgraphs, run by
 ``Model.call(..., subgraph=i)``. ``seldon_classifier(method, classes, probabilities)`` answers Seldon's
-Classifier/Predict with a method.
+Classifier/Predict with a method. A stage raises ``InputError`` for a bad client input, which is then
+answered as the client's error (INVALID_ARGUMENT, HTTP 400) rather than a failure of the servable.
+``version_path()`` is the folder of the version being served, for a stage's own files.
 """
-from mindserve._servable.definition import Model, add_stage, declare_model, register_method
+from mindserve._servable.definition import InputError, Model, add_stage, declare_model, register_method, version_path
 from mindserve._servable.seldon import seldon_classifier
 
-__all__ = ["Model", "add_stage", "declare_model", "register_method", "seldon_classifier"]
+__all__ = ["InputError", "Model", "add_stage", "declare_model", "register_method", "seldon_classifier",
+           "version_path"]

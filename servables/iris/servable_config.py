@@ -31,16 +31,16 @@ model = register.declare_model(model_file="iris_logreg.onnx", model_format="ONNX
 
 
 def measurements(x: Any) -> np.ndarray:
-    """x as the float32 [4] row the model takes; raises ValueError with a text for the client otherwise."""
+    """x as the float32 [4] row the model takes; raises InputError (the client's error) with a text otherwise."""
     if not isinstance(x, np.ndarray) or x.dtype.kind not in "iuf":
         kind = f"a numpy array of {x.dtype}" if isinstance(x, np.ndarray) else type(x).__name__
-        raise ValueError(f"x must be a numeric array of the 4 measurements, got {kind}")
+        raise register.InputError(f"x must be a numeric array of the 4 measurements, got {kind}")
     if x.size != 4:
-        raise ValueError(f"x must hold 4 measurements (sepal length, sepal width, petal length, petal width in cm), "
-                         f"got shape {list(x.shape)}")
+        raise register.InputError(f"x must hold 4 measurements (sepal length, sepal width, petal length, petal "
+                                  f"width in cm), got shape {list(x.shape)}")
     row = x.reshape(4).astype(np.float32)
     if not np.isfinite(row).all():
-        raise ValueError("x must hold finite numbers")
+        raise register.InputError("x must hold finite numbers")
     return row
 
 
@@ -51,10 +51,10 @@ def measurements_and_puid(x: Any, puid: Any) -> tuple:
         try:
             puid = puid.decode()
         except UnicodeDecodeError:
-            raise ValueError("puid must be UTF-8 text") from None
+            raise register.InputError("puid must be UTF-8 text") from None
     if not isinstance(puid, str) or not puid:
         got = repr(puid) if isinstance(puid, str) else type(puid).__name__
-        raise ValueError(f"puid must be a non-empty str, got {got}")
+        raise register.InputError(f"puid must be a non-empty str, got {got}")
     return measurements(x), puid
 
 
@@ -93,7 +93,7 @@ def features(f1: Any, f2: Any, f3: Any, f4: Any) -> np.ndarray:
     """The four measurements given one by one, as the model's row."""
     for name, value in (("f1", f1), ("f2", f2), ("f3", f3), ("f4", f4)):
         if not isinstance(value, np.ndarray) or value.size != 1:
-            raise ValueError(f"{name} must be one number (a measurement in cm)")
+            raise register.InputError(f"{name} must be one number (a measurement in cm)")
     return measurements(np.concatenate([np.reshape(f, 1) for f in (f1, f2, f3, f4)]))
 
 

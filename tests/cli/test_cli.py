@@ -123,18 +123,43 @@ def test_infer_an_image_file_with_the_console_script(served):
     assert (done.returncode, done.stdout, done.stderr) == (0, "label='4'\n", "")
 
 
-def test_infer_prints_errors_from_the_server_with_exit_code_1(served):
-    done = infer(served.address, "add", "add_common", "x1=[[1, 2], [3, 4]]", "x2=[[1, 2], [3, 4]]")
+def test_infer_types_json_numbers_as_the_metadata_says(served):
+    # add_common feeds the FP32 model directly: its metadata says FP32, so JSON integers are sent as float32
+    done = infer(served.address, "add", "add_common", "x1=[[1, 2], [3, 4]]", "x2=[[1, 1], [1, 1]]")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "y=array([[2., 3.], [4., 5.]], dtype=float32)\n", "")
+    done = infer(served.address, "add", "add_common", "x1=[[1, 2], [3, 4]]", "x2=[[1, 1], [1, 1]]", "--dtype",
+                 "x2=float64")
     assert (done.returncode, done.stdout) == (1, "")
-    assert done.stderr == "error: Given model input 0 data type kMSI_Int32 not match the data type kMSI_Float32 " \
-                          "defined in model\n"
+    assert done.stderr == "error: Given model input 1 data type kMSI_Float64 not match the data type kMSI_Float32 " \
+                          "defined in model: input 'x2' of model tensor_add.onnx takes float32 [2, 2], given float64 " \
+                          "[2, 2]\n"
+    done = infer(served.address, "add", "add_common", "x1=1", "x2=1", "--dtype", "x1=str")
+    assert (done.returncode, done.stderr) == (2, "mindserve infer: error: --dtype: expected name=TYPE with a numeric "
+                                                 "numpy type (float32, int64, bool, ...), got 'x1=str'\n")
+
+
+def test_infer_several_instances_from_a_file(served, tmp_path):
+    (tmp_path / "flowers.json").write_text('[{"x": [5.1, 3.5, 1.4, 0.2]}, {"x": [6.7, 3.0, 5.2, 2.3]}]')
+    done = infer(served.address, "iris", "predict_with_puid", "--instances", "flowers.json", "puid=p", cwd=tmp_path)
+    assert (done.returncode, done.stderr) == (0, "")
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("label='setosa'") and lines[1].startswith("label='virginica'")
+    assert all(line.endswith("puid='p'") for line in lines)
+    (tmp_path / "bad.json").write_text('{"x": 1}')
+    done = infer(served.address, "iris", "predict", "--instances", "bad.json", cwd=tmp_path)
+    assert (done.returncode, done.stderr) == (2, "mindserve infer: error: --instances: 'bad.json' must hold a JSON "
+                                                 "array of objects (one per instance)\n")
+
+
+def test_infer_prints_errors_from_the_server_with_exit_code_1(served):
     done = infer(served.address, "digits", "classify_top1", "image=not an image")
     assert (done.returncode, done.stdout) == (1, "")
     assert done.stderr == "error: Call Function 'digits.preprocess' Failed, method: 'classify_top1', stage index" \
                           "(begin with 1): 1, error msg: image must be the bytes of an encoded image, got str\n"
     done = infer(served.address, "add", "subtract", "x1=1", "x2=1")
     assert (done.returncode, done.stdout) == (1, "")
-    assert done.stderr == "error: Request servable(add) method(subtract) , method is not available\n"
+    assert done.stderr == "error: Request servable(add) method(subtract) , method is not available: servable add " \
+                          "has methods add_cast, add_common\n"
 
 
 def test_infer_errors_before_sending_and_without_a_server(tmp_path):
@@ -252,7 +277,9 @@ def test_a_failing_start_exits_1_and_stops_what_had_started(tmp_path):
     assert (done.returncode, done.stdout) == (1, "")
     assert "servable iris version 1 ready on 1 worker(s)" in done.stderr  # the servables had started
     last = done.stderr.splitlines()[-1]
-    assert last.startswith(f"mindserve serve: error: gRPC server failed to listen on {address}: "), done.stderr
+    assert last == f"mindserve serve: error: gRPC server failed to listen on {address}: the address is already in " \
+                   f"use"
+    assert "chttp2" not in done.stderr, done.stderr  # gRPC's C++ log line about the bind is not printed
     assert "Traceback" not in done.stderr
     assert processes_mentioning(linked) == []
 

@@ -20,6 +20,12 @@ MS_FLOAT32, MS_INT32, MS_STRING = 11, 6, 13
 # error codes of the wire contract
 INVALID_INPUTS, SYSTEM_ERROR, SERVABLE_UNAVAILABLE = 2, 3, 5
 
+# MindSpore's texts for add's model inputs, then the input named and what it takes, in numpy's terms
+X2_INT32 = ("Given model input 1 data type kMSI_Int32 not match the data type kMSI_Float32 defined in model: input 'x2' "
+            "of model tensor_add.onnx takes float32 [2, 2], given int32 [2, 2]")
+X1_SIZE = ("Given model input 0 size 24 not match the size 16 defined in model: input 'x1' of model tensor_add.onnx "
+           "takes float32 [2, 2], given float32 [3, 2]")
+
 
 def _ones(shape=(2, 2), dtype=np.float32):
     return np.ones(shape, dtype)
@@ -103,19 +109,22 @@ def _ld(field: int, payload: bytes) -> bytes:
 
 def test_unknown_servable(add_server):
     result = Client(add_server.address, "nope", "add_common").infer([_good_instance()])
-    assert result == {"error": "Request servable(nope) method(add_common) , servable is not available"}
+    assert result == {"error": "Request servable(nope) method(add_common) , servable is not available: servable "
+                               "'nope' is not served; served: add"}
     assert_add_still_serves("ms_grpc", add_server.address)
 
 
 def test_unknown_method(add_server):
     result = Client(add_server.address, "add", "nope").infer([_good_instance()])
-    assert result == {"error": "Request servable(add) method(nope) , method is not available"}
+    assert result == {"error": "Request servable(add) method(nope) , method is not available: servable add has "
+                               "methods add_cast, add_common"}
     assert_add_still_serves("ms_grpc", add_server.address)
 
 
 def test_unknown_version(add_server):
     result = Client(add_server.address, "add", "add_common", version_number=7).infer([_good_instance()])
-    assert result == {"error": "Request servable(add) method(add_common) version(7) , servable is not available"}
+    assert result == {"error": "Request servable(add) method(add_common) version(7) , servable is not available: the "
+                               "served versions of add are 1"}
     # the running version, asked for by number, still answers
     result = Client(add_server.address, "add", "add_common", version_number=1).infer([_good_instance()])
     np.testing.assert_array_equal(result[0]["y"], np.full((2, 2), 2.0, np.float32))
@@ -139,14 +148,13 @@ def test_missing_input(add_server):
 
 def test_wrong_dtype(add_server):
     result = Client(add_server.address, "add", "add_common").infer([{"x1": _ones(), "x2": _ones(dtype=np.int32)}])
-    assert result == {"error": "Given model input 1 data type kMSI_Int32 not match the data type kMSI_Float32 "
-                               "defined in model"}
+    assert result == {"error": X2_INT32}
     assert_add_still_serves("ms_grpc", add_server.address)
 
 
 def test_wrong_size(add_server):
     result = Client(add_server.address, "add", "add_common").infer([{"x1": _ones((3, 2)), "x2": _ones()}])
-    assert result == {"error": "Given model input 0 size 24 not match the size 16 defined in model"}
+    assert result == {"error": X1_SIZE}
     assert_add_still_serves("ms_grpc", add_server.address)
 
 
@@ -159,9 +167,8 @@ def test_one_bad_instance_fails_alone(add_server):
     np.testing.assert_array_equal(result[0]["y"], np.full((2, 2), 2.0, np.float32))
     assert result[1] == {"error": "Cannot find input x2 in instance input , servable add, method add_common"}
     np.testing.assert_array_equal(result[2]["y"], np.full((2, 2), 6.0, np.float32))
-    assert result[3] == {"error": "Given model input 1 data type kMSI_Int32 not match the data type kMSI_Float32 "
-                                  "defined in model"}
-    assert result[4] == {"error": "Given model input 0 size 24 not match the size 16 defined in model"}
+    assert result[3] == {"error": X2_INT32}
+    assert result[4] == {"error": X1_SIZE}
     np.testing.assert_array_equal(result[5]["y"], np.full((2, 2), -1.0, np.float32))
     for good in (0, 2, 5):
         assert list(result[good]) == ["y"] and result[good]["y"].dtype == np.float32
@@ -176,8 +183,7 @@ def test_one_bad_instance_in_raw_reply_has_its_own_error_entry(raw_channel, add_
     request.instances.add().CopyFrom(request.instances[0])
     reply = send_raw(raw_channel, request.SerializeToString())
     assert [e.error_code for e in reply.error_msg] == [0, INVALID_INPUTS, 0]
-    assert reply.error_msg[1].error_msg.decode() == ("Given model input 1 data type kMSI_Int32 not match the data "
-                                                      "type kMSI_Float32 defined in model")
+    assert reply.error_msg[1].error_msg.decode() == X2_INT32
     assert len(reply.instances) == 3
     assert len(reply.instances[1].items) == 0
     for i in (0, 2):
@@ -192,13 +198,11 @@ def test_all_instances_failing_alike_give_one_error(add_server):
     result = client.infer([{"x1": _ones()}, {"x1": _ones((3, 3))}, {"x1": _ones()}])
     assert result == {"error": "Cannot find input x2 in instance input , servable add, method add_common"}
     result = client.infer([{"x1": _ones(), "x2": _ones(dtype=np.int32)}] * 3)
-    assert result == {"error": "Given model input 1 data type kMSI_Int32 not match the data type kMSI_Float32 "
-                               "defined in model"}
+    assert result == {"error": X2_INT32}
     # all failing, but not alike: one error per instance
     result = client.infer([{"x1": _ones()}, {"x1": _ones(), "x2": _ones(dtype=np.int32)}])
     assert result == [{"error": "Cannot find input x2 in instance input , servable add, method add_common"},
-                      {"error": "Given model input 1 data type kMSI_Int32 not match the data type kMSI_Float32 "
-                                "defined in model"}]
+                      {"error": X2_INT32}]
     assert_add_still_serves("ms_grpc", add_server.address)
 
 
@@ -455,13 +459,15 @@ def test_error_code_unknown_servable(raw_channel, add_server):
     request.servable_spec.name = "nope"
     reply = send_raw(raw_channel, request.SerializeToString())
     assert_whole_request_error(reply, SERVABLE_UNAVAILABLE,
-                               "Request servable(nope) method(add_common) , servable is not available")
+                               "Request servable(nope) method(add_common) , servable is not available: servable "
+                               "'nope' is not served; served: add")
     assert reply.servable_spec.name == "nope"
     request = good_raw_request()
     request.servable_spec.version_number = 7
     reply = send_raw(raw_channel, request.SerializeToString())
     assert_whole_request_error(reply, SERVABLE_UNAVAILABLE,
-                               "Request servable(add) method(add_common) version(7) , servable is not available")
+                               "Request servable(add) method(add_common) version(7) , servable is not available: "
+                               "the served versions of add are 1")
     assert_add_still_serves("ms_grpc", add_server.address)
 
 
@@ -470,7 +476,8 @@ def test_error_code_unknown_method(raw_channel):
     request.servable_spec.method_name = "nope"
     reply = send_raw(raw_channel, request.SerializeToString())
     assert len(reply.error_msg) == 1 and reply.error_msg[0].error_code not in (0, SERVABLE_UNAVAILABLE)
-    assert reply.error_msg[0].error_msg == b"Request servable(add) method(nope) , method is not available"
+    assert reply.error_msg[0].error_msg == b"Request servable(add) method(nope) , method is not available: servable " \
+                                           b"add has methods add_cast, add_common"
 
 
 def test_error_code_bad_input(raw_channel):
@@ -479,8 +486,7 @@ def test_error_code_bad_input(raw_channel):
     set_numeric(items["x1"], np.ones((2, 2), np.float32))
     set_numeric(items["x2"], np.ones((2, 2), np.int32))
     reply = send_raw(raw_channel, request.SerializeToString())
-    assert_whole_request_error(reply, INVALID_INPUTS, "Given model input 1 data type kMSI_Int32 not match the data "
-                                                      "type kMSI_Float32 defined in model")
+    assert_whole_request_error(reply, INVALID_INPUTS, X2_INT32)
     request = add_request()
     request.instances.add()
     reply = send_raw(raw_channel, request.SerializeToString())

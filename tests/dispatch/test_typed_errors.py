@@ -49,6 +49,7 @@ def test_the_dispatcher_tells_not_served_from_no_live_worker():
     with pytest.raises(NotServed) as info:
         dispatcher.resolve("nope", "predict", 0)
     assert (info.value.code, info.value.message) == (
-        SERVABLE_UNAVAILABLE, "Request servable(nope) method(predict) , servable is not available")
+        SERVABLE_UNAVAILABLE, "Request servable(nope) method(predict) , servable is not available: servable 'nope' is "
+                              "not served; no servable is served")
     with pytest.raises(NotServed, match=r"version\(3\) , servable is not available"):
         dispatcher.resolve("nope", "predict", 3)

@@ -58,14 +58,18 @@ def test_pipeline_values_of_the_mindspore_example(add_sub_address):
             np.testing.assert_array_equal(item["y"], np.full((2, 2), value, np.float32))
 
 
+# x3 is the second input of the subtracting model
+SUB_X3_INT32 = ": input 'x2' of model tensor_sub.onnx takes float32 [2, 2], given int32 [2, 2]"
+
+
 @pytest.mark.parametrize("method, error", [
     ("add_sub_only_model", "Given model input 1 data type kMSI_Int32 not match the data type kMSI_Float32 defined in "
-                           "model"),
+                           "model" + SUB_X3_INT32),
     ("add_sub_complex", "Given model input 1 data type kMSI_Int32 not match the data type kMSI_Float32 defined in "
-                        "model"),
+                        "model" + SUB_X3_INT32),
     ("add_sub_call_model", "Call Function 'add_sub.add_sub_with_calls' Failed, method: 'add_sub_call_model', stage "
                            "index(begin with 1): 1, error msg: Given model input 1 data type kMSI_Int32 not match "
-                           "the data type kMSI_Float32 defined in model"),
+                           "the data type kMSI_Float32 defined in model" + SUB_X3_INT32),
 ])
 def test_int32_x3_fails_alone_in_the_second_model(add_sub_address, method, error):
     instances = _instances(3, seed=7)
@@ -81,7 +85,8 @@ def test_x3_of_wrong_size_is_refused(add_sub_address):
     instances = _instances(2, seed=3)
     instances[0]["x3"] = np.ones(3, np.float32)
     result = Client(add_sub_address, "add_sub", "add_sub_complex").infer(instances)
-    assert result[0] == {"error": "Given model input 1 size 12 not match the size 16 defined in model"}
+    assert result[0] == {"error": "Given model input 1 size 12 not match the size 16 defined in model: input 'x2' of "
+                                  "model tensor_sub.onnx takes float32 [2, 2], given float32 [3]"}
     np.testing.assert_array_equal(result[1]["y"], _complex(*(instances[1][name] for name in INPUT_NAMES)))
 
 

@@ -254,7 +254,8 @@ def test_a_megabyte_model_name_is_not_found_with_a_short_text(server, channel):
     request.instances.add()
     reply = pb.PredictReply.FromString(channel.unary_unary(PREDICT)(request.SerializeToString(), timeout=60))
     assert [e.error_msg.decode() for e in reply.error_msg] == [
-        f"Request servable({CLIPPED}) method(add_common) , servable is not available"]
+        f"Request servable({CLIPPED}) method(add_common) , servable is not available: servable '{CLIPPED}' is not "
+        f"served; served: add, guard"]
 
     body = {"inputs": [{"name": n, "shape": [1], "datatype": "FP32", "data": [1.0]} for n in ("x1", "x2", LONG)]}
     reply = http_request(server.rest, "POST", "/v2/models/add.add_common/infer", body)

@@ -531,10 +531,12 @@ def test_wrong_dtype_and_size_answer_with_msservice_texts(triton):
     assert_infer_error(triton, "add.add_common", [infer_input("x1", x, "FP32"),
                                                   infer_input("x2", x.astype(np.int32), "INT32")],
                        "INVALID_ARGUMENT", "Given model input 1 data type kMSI_Int32 not match the data type "
-                                           "kMSI_Float32 defined in model")
+                                           "kMSI_Float32 defined in model: input 'x2' of model tensor_add.onnx "
+                                           "takes float32 [2, 2], given int32 [2, 2]")
     big = np.ones((2, 3, 2), np.float32)
     assert_infer_error(triton, "add.add_common", add_inputs(big, big), "INVALID_ARGUMENT",
-                       "Given model input 0 size 24 not match the size 16 defined in model")
+                       "Given model input 0 size 24 not match the size 16 defined in model: input 'x1' of model "
+                       "tensor_add.onnx takes float32 [2, 2], given float32 [3, 2]")
     assert_add_still_serves("oip_grpc", triton)
 
 

@@ -215,7 +215,7 @@ def test_model_checks_and_failing_stages_fail_their_instances(ms_server):
                           {"x1": [[1.0, 1.0], [1.0, 1.0]], "x2": [[1.0, 1.0], [1.0, 1.0]]}]}
     assert predict(ms_server, "/model/add:add_common", body) == [
         {"error_msg": "Given model input 1 data type kMSI_Int32 not match the data type kMSI_Float32 defined in "
-                      "model"},
+                      "model: input 'x2' of model tensor_add.onnx takes float32 [2, 2], given int32 [2, 2]"},
         {"y": [[2.0, 2.0], [2.0, 2.0]]}]
     body = {"instances": [{"x": [1]}, {"x": [-2]}, {"x": [3]}]}
     assert predict(ms_server, "/model/probe:positive", body) == [
@@ -243,11 +243,13 @@ def test_model_checks_and_failing_stages_fail_their_instances(ms_server):
     ("/model/echo:echo", {"instances": [{}] * 10001}, None, 400, "Instances count 10001 of request exceeds the limit "
                                                                  "10000, servable: echo, method: echo"),
     ("/model/nope:predict", {"instances": [{"x": 1}]}, None, 404,
-     "Request servable(nope) method(predict) , servable is not available"),
+     "Request servable(nope) method(predict) , servable is not available: servable 'nope' is not served; served: "
+     "add, echo, kinds, probe, versioned"),
     ("/model/add:nope", {"instances": [{"x": 1}]}, None, 404,
-     "Request servable(add) method(nope) , method is not available"),
+     "Request servable(add) method(nope) , method is not available: servable add has methods add_cast, add_common"),
     ("/model/add/version/3:add_common", {"instances": [{"x": 1}]}, None, 404,
-     "Request servable(add) method(add_common) version(3) , servable is not available"),
+     "Request servable(add) method(add_common) version(3) , servable is not available: the served versions of add "
+     "are 1"),
     ("/model/add/version/v1:add_common", {"instances": [{"x": 1}]}, None, 400,
      "Version 'v1' in the URL is not a version number"),
     ("/model/add:add_common", b"x1=1", {"Content-Type": "multipart/form-data; boundary=b"}, 415,

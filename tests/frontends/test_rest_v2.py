@@ -319,7 +319,8 @@ MALFORMED = {
                            BAD_INPUT.format("x1", "Tensor check failed: input value 1e+39 is out of the range of "
                                                   "FP32")),
     "wrong_dtype": (_x1("INT32", [1, 2, 2], [1, 2, 3, 4]), {}, 400,
-                    "Given model input 0 data type kMSI_Int32 not match the data type kMSI_Float32 defined in model"),
+                    "Given model input 0 data type kMSI_Int32 not match the data type kMSI_Float32 defined in model: "
+                    "input 'x1' of model tensor_add.onnx takes float32 [2, 2], given int32 [2, 2]"),
     "missing_input": ({"inputs": [fp32_input("x1", [1, 2, 2], ONES)]}, {}, 400,
                       "Cannot find input x2 in request inputs , servable add, method add_common"),
     "repeated_input": ({"inputs": [fp32_input("x1", [1, 2, 2], ONES)] * 2}, {}, 400,

@@ -151,8 +151,8 @@ def test_bad_data_is_invalid_argument_naming_what_is_wrong(server, seldon_client
     data.Pack(make_data(api, iris))
     with pytest.raises(grpc.RpcError) as info:
         predict(server.open_address, api.ClassificationRequest(data=data), api.ClassificationReply)
-    if message is None:  # a stage refuses it (a failure of the servable, not of the request's form)
-        assert info.value.code() == grpc.StatusCode.INTERNAL, info.value
+    if message is None:  # a stage refuses it as the client's error (register.InputError)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value
         assert info.value.details() == ("Call Function 'iris.features' Failed, method: 'classify', stage index(begin "
                                         "with 1): 1, error msg: f1 must be one number (a measurement in cm)")
     else:

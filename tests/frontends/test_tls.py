@@ -171,7 +171,8 @@ def test_request_under_the_message_size_limit_reaches_the_servable(small_msg_ser
     c = client(small_msg_server.address)
     result = c.infer({"x1": np.ones((230_000,), np.float32), "x2": np.ones((2, 2), np.float32)})
     # the only instance failed: the whole request failed with its error
-    assert result == {"error": "Given model input 0 size 920000 not match the size 16 defined in model"}
+    assert result == {"error": "Given model input 0 size 920000 not match the size 16 defined in model: input 'x1' of "
+                               "model tensor_add.onnx takes float32 [2, 2], given float32 [230000]"}
 
 
 # --- unix socket file ---------------------------------------------------------------------------------------------

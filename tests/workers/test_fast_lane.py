@@ -451,7 +451,8 @@ def test_an_unknown_method(worker):
 def test_string_instances(worker):
     result, = general_only(worker, [("probe_dynamic", listed(x=["ab", "c"]))])
     assert result == [(INVALID_INPUTS, "Given model input 0 data type kMSI_String not match the data type "
-                                       "kMSI_Float32 defined in model")] * 2
+                                       "kMSI_Float32 defined in model: input 'x' of model probe_dynamic.onnx takes "
+                                       "float32 [2], given str")] * 2
 
 
 def test_instances_of_differing_shapes(worker):
@@ -460,7 +461,8 @@ def test_instances_of_differing_shapes(worker):
     result, = general_only(worker, [("probe_dynamic", listed(x=rows))])
     assert result == [
         {"y": tensor(rows[0] * 2), "n": tensor(np.array(2, np.int64))},
-        (INVALID_INPUTS, "Given model input 0 size 12 not match the size 8 defined in model"),
+        (INVALID_INPUTS, "Given model input 0 size 12 not match the size 8 defined in model: input 'x' of model "
+                         "probe_dynamic.onnx takes float32 [2], given float32 [3]"),
         {"y": tensor(rows[2].reshape(2) * 2), "n": tensor(np.array(2, np.int64))},
     ]
 
@@ -510,20 +512,23 @@ def test_an_input_of_another_dtype(worker):
     x = xs(3, seed=190, dtype=np.float64)
     result, = general_only(worker, [("probe_dynamic", stacked(x=x))])
     assert result == [(INVALID_INPUTS, "Given model input 0 data type kMSI_Float64 not match the data type "
-                                       "kMSI_Float32 defined in model")] * 3
+                                       "kMSI_Float32 defined in model: input 'x' of model probe_dynamic.onnx takes "
+                                       "float32 [2], given float64 [2]")] * 3
 
 
 def test_an_input_of_another_size(worker):
     x = xs(2, seed=200, row=(3,))
     result, = general_only(worker, [("probe_dynamic", stacked(x=x))])
-    assert result == [(INVALID_INPUTS, "Given model input 0 size 12 not match the size 8 defined in model")] * 2
+    assert result == [(INVALID_INPUTS, "Given model input 0 size 12 not match the size 8 defined in model: input 'x' "
+                                       "of model probe_dynamic.onnx takes float32 [2], given float32 [3]")] * 2
 
 
 def test_a_second_input_of_another_dtype(worker):
     x1, x2 = xs(2, seed=210), xs(2, seed=211, dtype=np.int64)
     result, = general_only(worker, [("add_xy", stacked(x1=x1, x2=x2))])
     assert result == [(INVALID_INPUTS, "Given model input 1 data type kMSI_Int64 not match the data type "
-                                       "kMSI_Float32 defined in model")] * 2
+                                       "kMSI_Float32 defined in model: input 'x2' of model add.onnx takes float32 "
+                                       "[2], given int64 [2]")] * 2
 
 
 def test_an_input_that_fits_after_one_that_does_not_is_still_refused(worker):
@@ -533,7 +538,8 @@ def test_an_input_that_fits_after_one_that_does_not_is_still_refused(worker):
     for _ in range(2):
         assert general_only(worker, [("probe_dynamic", stacked(x=bad))]) == \
             [[(INVALID_INPUTS, "Given model input 0 data type kMSI_Float64 not match the data type kMSI_Float32 "
-                               "defined in model")] * 2]
+                               "defined in model: input 'x' of model probe_dynamic.onnx takes float32 [2], given "
+                               "float64 [2]")] * 2]
         assert both_paths(worker, [("probe_dynamic", stacked(x=good))]) == [probe_results(good, 2)]
 
 

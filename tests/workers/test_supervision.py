@@ -68,7 +68,8 @@ class Blocker:
     def through_master(self) -> None:
         """A round trip that the master answers by itself: requests sent before it have been received."""
         result = self.ping()
-        assert result == {"error": "Request servable(blocker) method(no_such_method) , method is not available"}
+        assert result == {"error": "Request servable(blocker) method(no_such_method) , method is not available: "
+                                   "servable blocker has methods hold"}
 
     def ping(self):
         """What the master answers (without a worker) to a request for a method the servable does not have."""

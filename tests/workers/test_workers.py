@@ -99,7 +99,8 @@ def test_two_versions_in_one_server(versions_server, version, offset):
 
 def test_unknown_version_is_not_available(versions_server):
     result = _versioned(versions_server.address, 3)
-    assert result == {"error": "Request servable(versioned) method(predict) version(3) , servable is not available"}
+    assert result == {"error": "Request servable(versioned) method(predict) version(3) , servable is not available: "
+                               "the served versions of versioned are 1, 2"}
 
 
 def test_version_number_zero_at_start_serves_the_newest(pair_server):
@@ -109,7 +110,8 @@ def test_version_number_zero_at_start_serves_the_newest(pair_server):
         np.testing.assert_array_equal(result[0]["y"], np.array([3.5, -1.0], np.float32))
         np.testing.assert_array_equal(result[1]["y"], np.array([12.0, 2.25], np.float32))
     assert _versioned(pair_server.address, 1) == {
-        "error": "Request servable(versioned) method(predict) version(1) , servable is not available"}
+        "error": "Request servable(versioned) method(predict) version(1) , servable is not available: the served "
+                 "versions of versioned are 2"}
 
 
 # ---------------------------------------------------------------------------------------------------- devices

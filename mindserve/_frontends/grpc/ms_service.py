@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError
 from mindserve._dispatch.dispatcher import Dispatcher
 from mindserve._dispatch.limits import too_many_instances
 from mindserve._dispatch.route import Route
-from mindserve._errors import Internal, InvalidInput, ServingError, clip
+from mindserve._errors import Internal, InvalidInput, ServingError, clip, unexpected_input
 from mindserve._frontends.admission import Admission
 from mindserve._frontends.grpc import ms_wire
 from mindserve._frontends.grpc.gate import gated
@@ -143,6 +143,9 @@ class MSServiceHandler:
                 raise InvalidInput(f"Cannot find input {name} in instance input , servable "
                                    f"{spec.name}, method {spec.method_name}")
             inputs[name] = self._known_tensor(tensor) or self._checked_tensor(name, tensor)
+        if len(items) != len(input_names):
+            extra = next(key for key in items if key not in inputs)
+            raise unexpected_input(extra, spec.name, spec.method_name, input_names)
         return inputs
 
     def _known_tensor(self, tensor: pb.Tensor) -> Optional[RawTensor]:

@@ -2,7 +2,9 @@
 optional TLS / mutual TLS and a message size limit."""
 from __future__ import annotations
 
+import errno
 import os
+import socket
 from typing import Optional, Sequence
 
 import grpc
@@ -54,6 +56,30 @@ def server_credentials(ssl_config: SSLConfig) -> grpc.ServerCredentials:
                                        require_client_auth=ssl_config.verify_client)
 
 
+def _check_port_free(address: str) -> None:
+    """Bind a TCP address once ourselves before gRPC does: a busy port is then our one-line error, not gRPC's C++
+    log lines on stderr before it. (gRPC binds again just after; a port taken in between still fails there.)"""
+    host, _, port = address.rpartition(":")
+    if int(port) == 0:
+        return
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return  # gRPC resolves it and says why it cannot
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            # as gRPC binds: a port left in TIME_WAIT by a server just stopped is free, one that listens is not
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise RuntimeError(f"gRPC server failed to listen on {address}: the address is already in "
+                                       f"use") from None
+                return  # anything else (no such interface, ...): gRPC reports it
+
+
 class GrpcServer:
     """A started gRPC server listening on one address."""
 
@@ -80,6 +106,8 @@ class GrpcServer:
         server.add_generic_rpc_handlers(tuple(handlers))
         credentials = server_credentials(ssl_config) if ssl_config else None
         socket_path = unix_socket_path(address)
+        if socket_path is None:
+            _check_port_free(address)
         # A unix socket is created with owner-only permissions: the umask applies while gRPC binds it (the
         # umask is process-wide, so this window is kept to the bind call), and chmod makes it certain.
         old_umask = os.umask(0o177) if socket_path else None

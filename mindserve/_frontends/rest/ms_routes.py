@@ -14,7 +14,7 @@ from typing import Any, Sequence
 from aiohttp import web
 
 from mindserve._dispatch.dispatcher import Dispatcher
-from mindserve._errors import InvalidInput, ServingError, clip
+from mindserve._errors import InvalidInput, ServingError, clip, unexpected_input
 from mindserve._frontends.rest import ms_values
 from mindserve._frontends.rest.common import (
     HttpError,
@@ -107,6 +107,9 @@ def _inputs(index: int, instance: Any, names: Sequence[str], servable: str, meth
             raise InvalidInput(f"Cannot find input {name} in instance input , servable {servable}, "
                                f"method {method}")
         inputs[name] = ms_values.to_tensor(name, instance[name])
+    if len(instance) != len(names):
+        extra = next(key for key in instance if key not in inputs)
+        raise unexpected_input(extra, servable, method, names)
     return inputs
 
 
