@@ -99,7 +99,7 @@ setup(
                   "grpcio-tools>=1.76,<1.81"],
         "test": ["pytest>=8", "trustme>=1.1", "onnx>=1.15", "onnxruntime>=1.17", "tritonclient[grpc,http]",
                  "Pillow>=9.1", "scikit-learn>=1.3", "aiohttp>=3.9", "mindspore>=2.7", "hypothesis>=6.100",
-                 "pytest-timeout>=2.3", "pyjwt[crypto]>=2.8", "grpcio-tools>=1.76,<1.81",
+                 "pytest-timeout>=2.3", "pytest-xdist>=3.5", "pyjwt[crypto]>=2.8", "grpcio-tools>=1.76,<1.81",
                  # the README's test command checks types and lint first; pinned, so that a release cannot fail CI
                  "mypy==2.4.1", "ruff==0.17.6"],
     },
