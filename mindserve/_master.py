@@ -11,6 +11,7 @@ import atexit
 import logging
 import os
 import signal
+import sys
 import threading
 from typing import Any, Coroutine, Optional
 
@@ -189,6 +190,7 @@ _lock = threading.Lock()
 _master: Optional[Master] = None
 _waiting_at_exit = False
 _previous_handlers: dict = {}
+_died = False  # the main thread ended with an uncaught exception: the exit hook stops, it does not wait
 
 
 def get_master() -> Master:
@@ -198,6 +200,7 @@ def get_master() -> Master:
         if _master is None or _master.stopped.is_set():
             _master = Master()
             _install_signal_handlers()
+            _install_excepthook()
         return _master
 
 
@@ -213,6 +216,9 @@ def _wait_at_exit() -> None:
     global _waiting_at_exit
     master = _master
     if master is None or master.stopped.is_set():
+        return
+    if _died:  # the script failed (its traceback is printed): stop the workers and let it exit non-zero
+        master.stop()
         return
     if not master.grpc_servers and not master.rest_servers and not master.dispatcher.groups():
         master.stop()  # nothing is being served (start_servables failed, say): let the process end
@@ -232,6 +238,22 @@ def _on_signal(signum: int, frame) -> None:
     elif previous == signal.SIG_DFL:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
+
+
+def _install_excepthook() -> None:
+    """Note a script's death by an uncaught exception (then the exit hook must not keep its workers serving),
+    and leave the printing to the hook in place."""
+    previous = sys.excepthook
+    if getattr(previous, "_mindserve", False):
+        return
+
+    def note_death(kind, value, traceback) -> None:
+        global _died
+        _died = True
+        previous(kind, value, traceback)
+
+    note_death._mindserve = True  # type: ignore[attr-defined]
+    sys.excepthook = note_death
 
 
 def _install_signal_handlers() -> None:

@@ -98,6 +98,36 @@ def test_stop_called_by_the_script_ends_the_process(servable_dir, tmp_path):
     assert not sock.exists()
 
 
+def test_a_script_that_dies_of_an_exception_stops_its_workers_and_exits_non_zero(servable_dir, tmp_path):
+    # a new user's typo after start_servables: the traceback, then the end of the process, never a hang
+    sock = tmp_path / "dies.sock"
+    address = f"unix:{sock}"
+    server = start_server(tmp_path, f"""
+        import os, time
+        server.start_servables(server.ServableStartConfig({servable_dir!r}, "echo", device_ids=0))
+        server.start_grpc_server({address!r})
+        print("READY", flush=True)
+        while not os.path.exists({str(tmp_path / "go")!r}):
+            time.sleep(0.05)
+        undefined_name_here
+    """, address)
+    try:
+        pids = set(child_pids(server.proc.pid))
+        assert pids
+        (tmp_path / "go").write_text("")
+        code = server.proc.wait(30)
+        server.output += server.proc.stdout.read()
+    finally:
+        server.stop(signal.SIGKILL)
+    assert code == 1, server.output
+    assert "NameError: name 'undefined_name_here' is not defined" in server.output
+    deadline = time.monotonic() + 10
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [p for p in pids if pid_alive(p)] == []
+    assert not sock.exists()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_stops_the_server(servable_dir, tmp_path, sig):
     sock = tmp_path / "signal.sock"
