@@ -121,7 +121,7 @@ class Master:
         return known[1]
 
     async def start_grpc_server(self, address: str, max_msg_mb_size: int, ssl_config: Optional[SSLConfig],
-                                access: Optional[AccessConfig] = None) -> None:
+                                access: Optional[AccessConfig] = None) -> GrpcServer:
         policy = self.access_policy(access)
         if not self._grpc_handlers:
             self._health = health_reflection.HealthMonitor(self.dispatcher, GRPC_SERVICE_NAMES)
@@ -134,12 +134,13 @@ class Master:
         interceptors = [AccessInterceptor(policy)] if policy is not None else []
         server = await GrpcServer.start(address, self._grpc_handlers, max_msg_mb_size, ssl_config, interceptors)
         self.grpc_servers.append(server)
-        log.info("gRPC server listening on %s%s", address, " (TLS)" if ssl_config else "")
+        log.info("gRPC server listening on %s%s", server.address, " (TLS)" if ssl_config else "")
+        return server
 
     async def start_restful_server(self, address: str, max_msg_mb_size: int, ssl_config: Optional[SSLConfig],
                                    idle_timeout: float, max_connections: int,
-                                   access: Optional[AccessConfig] = None) -> None:
-        # aiohttp is imported only once a REST server starts
+                                   access: Optional[AccessConfig] = None) -> Any:
+        """The started RestServer (typed Any: aiohttp, which it needs, is imported only once one starts)."""
         from mindserve._frontends.rest.connections import ConnectionLimits
         from mindserve._frontends.rest.server import RestServer
 
@@ -147,7 +148,18 @@ class Master:
                                         self._admission, ConnectionLimits(idle_timeout, max_connections),
                                         self.access_policy(access))
         self.rest_servers.append(server)
-        log.info("REST server listening on %s%s", address, " (TLS)" if ssl_config else "")
+        log.info("REST server listening on %s%s", server.address, " (TLS)" if ssl_config else "")
+        return server
+
+    async def stop_server(self, server: Any) -> None:
+        """Stop one gRPC or REST server of this master (the others, and the workers, go on): calls in progress
+        on it finish within the drain grace."""
+        if server in self.grpc_servers:
+            self.grpc_servers.remove(server)
+            await server.stop(DRAIN_GRACE_S)
+        elif server in self.rest_servers:
+            self.rest_servers.remove(server)
+            await server.stop()
 
     async def _shutdown(self) -> None:
         if self._health is not None:  # NOT_SERVING while draining; health Watch streams end now

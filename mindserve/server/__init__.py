@@ -22,12 +22,13 @@ from mindserve._frontends.grpc.server import check_address as _check_address
 from mindserve._frontends.rest import require_aiohttp as _require_aiohttp
 from mindserve._master import get_master as _get_master
 from mindserve._master import stop as _stop
+from mindserve._server_handle import ServerHandle
 from mindserve.server import context, register
 
 if _typing.TYPE_CHECKING:  # (only the documented names are this module's: see tests/e2e/test_public_api.py)
     from typing import Optional, Sequence, Union
 
-__all__ = ["AccessConfig", "JWTConfig", "ServableStartConfig", "SSLConfig", "context", "register",
+__all__ = ["AccessConfig", "JWTConfig", "ServableStartConfig", "ServerHandle", "SSLConfig", "context", "register",
            "start_servables", "start_grpc_server", "start_restful_server", "stop"]
 
 
@@ -57,23 +58,25 @@ def start_servables(servable_configs: Union[ServableStartConfig, Sequence[Servab
 
 
 def start_grpc_server(address: str, max_msg_mb_size: int = 100, ssl_config: Optional[SSLConfig] = None,
-                      access: Optional[AccessConfig] = None) -> None:
+                      access: Optional[AccessConfig] = None) -> ServerHandle:
     """Serve MSService, the Open Inference Protocol (``inference.GRPCInferenceService``), gRPC health and server
     reflection on ``address``: ``"host:port"`` or ``"unix:/path"`` (a socket file only the owner may use).
     ``max_msg_mb_size`` in [1, 512] bounds request and reply sizes; ``ssl_config`` turns on TLS; ``access``
-    (an AccessConfig) decides who may call which group of methods."""
+    (an AccessConfig) decides who may call which group of methods. Returns a ServerHandle (``.address``,
+    ``.port``, the one bound for port 0; ``.stop()``; a context manager)."""
     _check_address(address)
     _check_int("max_msg_mb_size", max_msg_mb_size, 1, 512)
     if ssl_config is not None and not isinstance(ssl_config, SSLConfig):
         raise RuntimeError("The type of ssl_config should be type of SSLConfig")
     _configure_logging()
     master = _get_master()
-    master.call(master.start_grpc_server(address, max_msg_mb_size, ssl_config, access))
+    return ServerHandle("gRPC", master, master.call(master.start_grpc_server(address, max_msg_mb_size, ssl_config,
+                                                                              access)))
 
 
 def start_restful_server(address: str, max_msg_mb_size: int = 100, ssl_config: Optional[SSLConfig] = None,
                          idle_timeout: float = 15.0, max_connections: int = 1000,
-                         access: Optional[AccessConfig] = None) -> None:
+                         access: Optional[AccessConfig] = None) -> ServerHandle:
     """Serve HTTP/1.1 REST on ``address``: ``"host:port"`` or ``"unix:/path"`` (a socket file only the owner may
     use, removed at stop), with TLS (mutual TLS with ``verify_client``) when ``ssl_config`` is given.
 
@@ -86,7 +89,7 @@ def start_restful_server(address: str, max_msg_mb_size: int = 100, ssl_config: O
     silent clients, idle keep-alive); past ``max_connections`` open connections a new one is answered 503 and
     closed. ``access`` (an AccessConfig) decides who may call which group of endpoints; with ``consumers`` it
     also serves their token endpoints (``/token``, ``/oauth/token``). Several REST servers may be started;
-    ``stop()`` drains and stops them all. Needs aiohttp:
+    ``stop()`` drains and stops them all. Returns a ServerHandle, as ``start_grpc_server``. Needs aiohttp:
     ``pip install 'mindserve[rest]'``.
     """
     _check_address(address)
@@ -99,8 +102,8 @@ def start_restful_server(address: str, max_msg_mb_size: int = 100, ssl_config: O
     _require_aiohttp()
     _configure_logging()
     master = _get_master()
-    master.call(master.start_restful_server(address, max_msg_mb_size, ssl_config, float(idle_timeout),
-                                            max_connections, access))
+    return ServerHandle("REST", master, master.call(master.start_restful_server(
+        address, max_msg_mb_size, ssl_config, float(idle_timeout), max_connections, access)))
 
 
 def stop() -> None:

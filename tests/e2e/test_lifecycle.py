@@ -2,6 +2,8 @@
 that is killed outright."""
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -211,3 +213,44 @@ def test_workers_exit_when_the_master_is_killed(servable_dir, tmp_path):
         code = server.stop(signal.SIGKILL)
     assert code == -signal.SIGKILL
     assert _wait_gone(pids, 10) == []
+
+
+def test_server_handles_ports_stop_and_start_again_in_one_process(servable_dir, tmp_path):
+    # one script: servers on port 0 with their real ports, a handle stopped alone, a context manager, then
+    # server.stop() and everything started again in the same process
+    script = tmp_path / "handles.py"
+    script.write_text(f"""
+import numpy as np, urllib.request
+from mindserve import server
+from mindserve.client import Client
+
+def echo(address):
+    return Client(address, "echo", "echo", timeout=30).infer({{"x": np.float32(2.5)}})
+
+for round_ in (1, 2):
+    server.start_servables(server.ServableStartConfig({servable_dir!r}, "echo", device_ids=0))
+    grpc_a = server.start_grpc_server("127.0.0.1:0")
+    grpc_b = server.start_grpc_server("127.0.0.1:0")
+    assert grpc_a.port and grpc_a.address == f"127.0.0.1:{{grpc_a.port}}" and grpc_a.port != grpc_b.port
+    assert float(echo(grpc_a.address)[0]["y"]) == 2.5
+    grpc_a.stop()
+    grpc_a.stop()  # a second stop does nothing
+    assert echo(grpc_a.address)["error"].startswith("Grpc Error, (14, 'unavailable')"), echo(grpc_a.address)
+    assert float(echo(grpc_b.address)[0]["y"]) == 2.5  # the other server goes on
+    with server.start_restful_server("127.0.0.1:0") as rest:
+        with urllib.request.urlopen(f"http://{{rest.address}}/v2/health/live", timeout=30) as reply:
+            assert reply.status == 200
+    try:
+        urllib.request.urlopen(f"http://{{rest.address}}/v2/health/live", timeout=30)
+        raise AssertionError("the REST server still answers after its block")
+    except OSError:
+        pass
+    server.stop()
+    assert echo(grpc_b.address)["error"].startswith("Grpc Error, (14, 'unavailable')")
+    grpc_b.stop()  # after server.stop(): nothing to do
+    print("ROUND", round_, flush=True)
+print("DONE", flush=True)
+""")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          cwd=str(tmp_path))
+    assert (done.returncode, done.stdout) == (0, "ROUND 1\nROUND 2\nDONE\n"), done.stderr

@@ -81,11 +81,13 @@ def _check_port_free(address: str) -> None:
 
 
 class GrpcServer:
-    """A started gRPC server listening on one address."""
+    """A started gRPC server listening on one address (``address`` holds the port bound when 0 was asked;
+    ``port`` is None for a unix socket)."""
 
-    def __init__(self, server: grpc.aio.Server, address: str):
+    def __init__(self, server: grpc.aio.Server, address: str, port: Optional[int] = None):
         self.server = server
         self.address = address
+        self.port = port
         self.socket_path = unix_socket_path(address)
 
     @classmethod
@@ -121,9 +123,11 @@ class GrpcServer:
         if not port:
             raise RuntimeError(f"gRPC server failed to listen on {address}")
         await server.start()
-        if socket_path and os.path.exists(socket_path):
-            os.chmod(socket_path, 0o600)
-        return cls(server, address)
+        if socket_path:
+            if os.path.exists(socket_path):
+                os.chmod(socket_path, 0o600)
+            return cls(server, address)
+        return cls(server, f"{address.rpartition(':')[0]}:{port}", port)  # (the port bound, for port 0)
 
     async def stop(self, grace: float) -> None:
         """Stop taking new calls, let calls in progress finish within ``grace`` seconds, remove the socket file."""

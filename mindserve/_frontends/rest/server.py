@@ -165,9 +165,10 @@ def make_app(dispatcher: Dispatcher, limit: int, admission: Admission,
 class RestServer:
     """A started REST server listening on one address."""
 
-    def __init__(self, runner: web.AppRunner, address: str, socket_path: Optional[str]):
+    def __init__(self, runner: web.AppRunner, address: str, socket_path: Optional[str], port: Optional[int] = None):
         self.runner = runner
-        self.address = address
+        self.address = address  # with the port bound when 0 was asked
+        self.port = port  # None for a unix socket
         self.socket_path = socket_path
 
     @classmethod
@@ -204,7 +205,10 @@ class RestServer:
                 sock.close()
                 _remove(socket_path)  # the file this server's bind made
             raise
-        return cls(runner, address, socket_path)
+        if host_port is None:
+            return cls(runner, address, socket_path)
+        port = runner.addresses[0][1] if runner.addresses else host_port[1]
+        return cls(runner, f"{address.rpartition(':')[0]}:{port}", socket_path, port)
 
     @property
     def open_connections(self) -> int:
