@@ -114,6 +114,18 @@ def _restricted_text(text: str, origin: str) -> dict:
     return restricted
 
 
+def _named(section: dict, key: str, origin: str, what: str) -> list[tuple[str, Any, str]]:
+    """The entries of a mapping-valued setting (``restricted``, ``client_certificates``, ``consumers``), each as
+    (name, value, origin); none when the setting is absent or null."""
+    value = section.get(key)
+    if value is None:
+        return []
+    where = f"{origin}.{key}"
+    if not isinstance(value, dict):
+        raise AccessSettingError(f"{where}: expected {what}, got {value!r}")
+    return [(str(name), entry, f"{where}.{name}") for name, entry in value.items()]
+
+
 def read_access(document: Any, origin: str, base: str, environ: Mapping[str, str]) \
         -> tuple[Optional[AccessConfig], list[str]]:
     """The AccessConfig of an ``access:`` section (None when absent) with the environment's overrides, checked
@@ -121,37 +133,25 @@ def read_access(document: Any, origin: str, base: str, environ: Mapping[str, str
     reader = _Reader(environ, base)
     section = {} if document is None else _mapping(document, origin, "a mapping of access settings", ACCESS_KEYS)
     restricted: dict = {}
-    if section.get("restricted") is not None:
-        r_origin = f"{origin}.restricted"
-        for groups, entry in _mapping(section["restricted"], r_origin, "a mapping of groups to keys",
-                                      tuple(section["restricted"])).items():
-            e_origin = f"{r_origin}.{groups}"
-            entry = _mapping(entry, e_origin, "a mapping with header and value_env, value_file or value",
-                             ("header", "value", "value_env", "value_file"))
-            restricted[str(groups)] = (_text(entry.get("header"), f"{e_origin}.header"),
-                                       reader.secret(entry, e_origin, "value"))
+    for groups, entry, where in _named(section, "restricted", origin, "a mapping of groups to keys"):
+        entry = _mapping(entry, where, "a mapping with header and value_env, value_file or value",
+                         ("header", "value", "value_env", "value_file"))
+        restricted[groups] = (_text(entry.get("header"), f"{where}.header"), reader.secret(entry, where, "value"))
     if environ.get("MINDSERVE_AUTH_RESTRICTED"):
         restricted = _restricted_text(environ["MINDSERVE_AUTH_RESTRICTED"], "MINDSERVE_AUTH_RESTRICTED")
     jwt = _jwt(section.get("jwt"), f"{origin}.jwt", reader, environ)
-    certificates = {}
-    if section.get("client_certificates") is not None:
-        c_origin = f"{origin}.client_certificates"
-        for identity, groups in _mapping(section["client_certificates"], c_origin, "a mapping of identities to "
-                                         "groups", tuple(section["client_certificates"])).items():
-            if isinstance(groups, str):
-                groups = [groups]
-            if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
-                raise AccessSettingError(f"{c_origin}.{identity}: expected a list of groups, got {groups!r}")
-            certificates[str(identity)] = tuple(groups)
+    certificates: dict[str, tuple] = {}
+    for identity, opened, where in _named(section, "client_certificates", origin, "a mapping of identities to "
+                                          "groups"):
+        listed: Any = [opened] if isinstance(opened, str) else opened
+        if not isinstance(listed, list) or not all(isinstance(g, str) for g in listed):
+            raise AccessSettingError(f"{where}: expected a list of groups, got {opened!r}")
+        certificates[identity] = tuple(listed)
     consumers = {}
-    if section.get("consumers") is not None:
-        k_origin = f"{origin}.consumers"
-        for key, entry in _mapping(section["consumers"], k_origin, "a mapping of consumer keys",
-                                   tuple(section["consumers"])).items():
-            entry_origin = f"{k_origin}.{key}"
-            entry = _mapping(entry, entry_origin, "a mapping with secret_env, secret_file or secret",
-                             ("secret", "secret_env", "secret_file"))
-            consumers[str(key)] = reader.secret(entry, entry_origin, "secret")
+    for key, entry, where in _named(section, "consumers", origin, "a mapping of consumer keys"):
+        entry = _mapping(entry, where, "a mapping with secret_env, secret_file or secret",
+                         ("secret", "secret_env", "secret_file"))
+        consumers[key] = reader.secret(entry, where, "secret")
     if environ.get("MINDSERVE_AUTH_CONSUMERS"):
         consumers = {}
         for part in filter(None, (p.strip() for p in environ["MINDSERVE_AUTH_CONSUMERS"].split(","))):

@@ -61,16 +61,12 @@ class RequestTypes:
         return self._classes.get(full_name)
 
 
-_compile_cache: dict[str, descriptor_pb2.FileDescriptorSet] = {}
-_types_cache: dict[str, RequestTypes] = {}
+_types_cache: dict[str, RequestTypes] = {}  # by .proto path: each file is compiled once per process
 
 
 def _compile(proto_path: str) -> descriptor_pb2.FileDescriptorSet:
     """The descriptor set of a .proto file (with its imports), made by grpcio-tools' protoc in a child process
     (its errors are then text to report, not lines on the server's stderr)."""
-    known = _compile_cache.get(proto_path)
-    if known is not None:
-        return known
     try:
         from grpc_tools import protoc
     except ImportError:
@@ -86,9 +82,7 @@ def _compile(proto_path: str) -> descriptor_pb2.FileDescriptorSet:
             raise RuntimeError(f"seldon_classifier: request_proto '{proto_path}' does not compile: "
                                f"{done.stderr.strip() or done.stdout.strip()}")
         with open(out, "rb") as f:
-            compiled = descriptor_pb2.FileDescriptorSet.FromString(f.read())
-    _compile_cache[proto_path] = compiled
-    return compiled
+            return descriptor_pb2.FileDescriptorSet.FromString(f.read())
 
 
 def request_types(proto_path: str) -> RequestTypes:
