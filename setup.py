@@ -88,6 +88,8 @@ setup(
         "export": ["onnx>=1.15", "scikit-learn>=1.3", "skl2onnx>=1.16", "Pillow>=9.1"],
         # the REST frontend (start_restful_server)
         "rest": ["aiohttp>=3.9"],
+        # the metrics server (start_metrics_server)
+        "metrics": ["aiohttp>=3.9", "prometheus-client>=0.20"],
         # bearer tokens (AccessConfig(jwt=...) and consumers' tokens): PyJWT, with cryptography for RS/ES/PS keys
         "auth": ["pyjwt[crypto]>=2.8"],
         # the MindIR backend (model_format="MindIR"); pip picks the newest MindSpore that fits protobuf < 7
@@ -96,10 +98,11 @@ setup(
         # Seldon's Classifier with a servable's own request messages: protoc compiles its .proto at start
         "seldon": ["grpcio-tools>=1.76,<1.81"],
         "serve": ["onnxruntime>=1.17", "Pillow>=9.1", "aiohttp>=3.9", "pyjwt[crypto]>=2.8",
-                  "grpcio-tools>=1.76,<1.81"],
+                  "grpcio-tools>=1.76,<1.81", "prometheus-client>=0.20"],
         "test": ["pytest>=8", "trustme>=1.1", "onnx>=1.15", "onnxruntime>=1.17", "tritonclient[grpc,http]",
                  "Pillow>=9.1", "scikit-learn>=1.3", "aiohttp>=3.9", "mindspore>=2.7", "hypothesis>=6.100",
                  "pytest-timeout>=2.3", "pytest-xdist>=3.5", "pyjwt[crypto]>=2.8", "grpcio-tools>=1.76,<1.81",
+                 "prometheus-client>=0.20", "kubernetes-validate>=1.30",
                  # the README's test command checks types and lint first; pinned, so that a release cannot fail CI
                  "mypy==2.4.1", "ruff==0.17.6"],
     },

@@ -39,6 +39,7 @@ DRAIN_GRACE_S = 10.0  # how long stop() lets requests in progress finish
 LISTENER_GRACE_S = 1.0  # then, what a gRPC server gives the calls it is still refusing
 DRAIN_LINGER_MIN_S = 0.1  # after a drain, the listeners refuse requests this long before they close
 DRAIN_LINGER_MAX_S = 1.0  # and up to this long while REST connections are still open
+METRICS_IDLE_TIMEOUT_S = 60.0  # a scraper keeps its connection between scrapes (Prometheus's default interval: 60 s)
 
 # the gRPC services every server answers (and reflection lists)
 GRPC_SERVICE_NAMES = (ms_service.SERVICE_NAME, oip_service.SERVICE_NAME, seldon_service.SERVICE_NAME,
@@ -50,6 +51,8 @@ class Master:
         self.dispatcher = Dispatcher()
         self.grpc_servers: list[GrpcServer] = []
         self.rest_servers: list = []  # RestServer each (its module imports aiohttp, an optional dependency)
+        self.metrics_servers: list = []  # RestServer each, serving /metrics
+        self._metrics: Any = None  # the ServerMetrics registry, made by the first metrics server
         self._grpc_handlers: list = []  # made on the loop by the first start_grpc_server, shared by all servers
         self._policies: dict[int, tuple[AccessConfig, AccessPolicy]] = {}
         self._health: Optional[health_reflection.HealthMonitor] = None
@@ -131,7 +134,7 @@ class Master:
                                    SeldonServiceHandler(self.dispatcher, self._admission).rpc_handlers(),
                                    self._health.rpc_handlers(),
                                    health_reflection.reflection_handler(GRPC_SERVICE_NAMES)]
-        interceptors = [AccessInterceptor(policy)] if policy is not None else []
+        interceptors = [AccessInterceptor(policy, self.dispatcher.requests)] if policy is not None else []
         server = await GrpcServer.start(address, self._grpc_handlers, max_msg_mb_size, ssl_config, interceptors)
         self.grpc_servers.append(server)
         log.info("gRPC server listening on %s%s", server.address, " (TLS)" if ssl_config else "")
@@ -151,6 +154,23 @@ class Master:
         log.info("REST server listening on %s%s", server.address, " (TLS)" if ssl_config else "")
         return server
 
+    async def start_metrics_server(self, address: str, ssl_config: Optional[SSLConfig],
+                                   access: Optional[AccessConfig] = None) -> Any:
+        """The started metrics server (a RestServer serving /metrics)."""
+        from mindserve._frontends.rest.connections import ConnectionLimits
+        from mindserve._frontends.rest.metrics_app import make_metrics_app
+        from mindserve._frontends.rest.server import RestServer
+        from mindserve._metrics.exposition import ServerMetrics
+
+        if self._metrics is None:
+            self._metrics = ServerMetrics(self.dispatcher)
+        server = await RestServer.listen(address, make_metrics_app(self._metrics, self.access_policy(access)),
+                                         ssl_config, DRAIN_GRACE_S, ConnectionLimits(METRICS_IDLE_TIMEOUT_S, 100),
+                                         "metrics server")
+        self.metrics_servers.append(server)
+        log.info("metrics server listening on %s%s", server.address, " (TLS)" if ssl_config else "")
+        return server
+
     async def stop_server(self, server: Any) -> None:
         """Stop one gRPC or REST server of this master (the others, and the workers, go on): calls in progress
         on it finish within the drain grace."""
@@ -159,6 +179,9 @@ class Master:
             await server.stop(DRAIN_GRACE_S)
         elif server in self.rest_servers:
             self.rest_servers.remove(server)
+            await server.stop()
+        elif server in self.metrics_servers:
+            self.metrics_servers.remove(server)
             await server.stop()
 
     async def _shutdown(self) -> None:
@@ -180,6 +203,8 @@ class Master:
             await asyncio.sleep(0.02)
         await asyncio.gather(*(s.stop(LISTENER_GRACE_S) for s in self.grpc_servers),
                              *(s.stop() for s in self.rest_servers), return_exceptions=True)
+        # the metrics server is the last to go: a scrape during the drain still sees the requests finish
+        await asyncio.gather(*(s.stop() for s in self.metrics_servers), return_exceptions=True)
         await asyncio.gather(*(g.stop() for g in self.dispatcher.groups()), return_exceptions=True)
         if self._admission.trimmer is not None:
             await self._admission.trimmer.close()
@@ -232,7 +257,8 @@ def _wait_at_exit() -> None:
     if _died:  # the script failed (its traceback is printed): stop the workers and let it exit non-zero
         master.stop()
         return
-    if not master.grpc_servers and not master.rest_servers and not master.dispatcher.groups():
+    if not master.grpc_servers and not master.rest_servers and not master.metrics_servers \
+            and not master.dispatcher.groups():
         master.stop()  # nothing is being served (start_servables failed, say): let the process end
         return
     _waiting_at_exit = True

@@ -38,6 +38,7 @@ for _prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
     REST_ROUTES[("GET", _prefix)] = METADATA
     REST_ROUTES[("GET", _prefix + "/ready")] = HEALTH
     REST_ROUTES[("POST", _prefix + "/infer")] = INFERENCE
+REST_ROUTES[("GET", "/metrics")] = METRICS  # on the metrics server
 # MindSpore Serving's REST form, POST /model/{servable}[/version/{version}]:{method}, whatever its segment patterns
 REST_PREFIXES: dict[tuple[str, str], str] = {("POST", "/model/"): INFERENCE}
 

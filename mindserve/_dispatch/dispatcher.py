@@ -3,17 +3,30 @@ wait, and hands their instances to the live worker with the most free slots. Fro
 already-validated instances and get one result or error per instance."""
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+import asyncio
+from typing import Callable, NamedTuple, Optional, Sequence
 
 from mindserve._dispatch.limits import DEFAULT_MAX_REQUEST_INSTANCES, too_many_instances
 from mindserve._dispatch.route import Route, ServedVersion
 from mindserve._errors import NotServed, QueueFull, clip, method_unavailable, request_repr, servable_unavailable
+from mindserve._metrics import requests
+from mindserve._metrics.totals import MethodTotals
 from mindserve._supervision.servable_workers import DEFAULT_RESTART_WAIT_S, ServableWorkers
 from mindserve._tensor import InstanceResults, RawTensor, Results, StackedResults
 
 __all__ = ["Dispatcher", "request_repr", "DEFAULT_MAX_ENQUEUED_REQUESTS"]
 
 DEFAULT_MAX_ENQUEUED_REQUESTS = 10000
+
+
+class WorkerState(NamedTuple):
+    """What metrics say of one device's worker of a servable version."""
+
+    servable: str
+    version: int
+    device_id: int
+    up: bool
+    restarts: int
 
 
 class Dispatcher:
@@ -25,6 +38,8 @@ class Dispatcher:
         self.max_request_instances = DEFAULT_MAX_REQUEST_INSTANCES
         # how long a request for a version without a live worker waits for one being restarted
         self.restart_wait_s = DEFAULT_RESTART_WAIT_S
+        self.requests = requests.RequestMetrics()  # every door's inference requests, counted
+        self._pending: dict[tuple[str, int], int] = {}  # requests in run() by servable version
 
     def check_instance_count(self, count: int, servable: str, method: str) -> None:
         """Refuse a request of more than ``max_request_instances`` instances (every frontend asks before it makes
@@ -132,6 +147,7 @@ class Dispatcher:
         signature = group.methods.get(method)
         if signature is None:
             raise method_unavailable(name, method, version, sorted(group.methods))
+        requests.note_route(name, group.version, method)
         return Route(name, method, version, signature, group)
 
     def _served_instead(self, name: str) -> str:
@@ -150,16 +166,43 @@ class Dispatcher:
         when ``max_enqueued_requests`` requests are already waiting."""
         group, method, version = route.group, route.method, route.version
         if self.enqueued_requests >= self.max_enqueued_requests:
-            raise QueueFull(f"Serving Error: enqueued requests count exceeds the limit {self.max_enqueued_requests}")
+            error = QueueFull(f"Serving Error: enqueued requests count exceeds the limit {self.max_enqueued_requests}")
+            requests.note_error(error)
+            raise error
         self.enqueued_requests += 1  # a request waiting for a restarted worker counts as enqueued
+        key = (group.name, group.version)
+        self._pending[key] = self._pending.get(key, 0) + 1
         try:
             worker = group.pick() or await group.wait_live(self.restart_wait_s)
             if worker is None:
                 raise servable_unavailable(group.name, method, version)
             results = await worker.run(method, instances, version)
+            requests.note_results(results)
             return results if isinstance(results, StackedResults) else InstanceResults(results)
+        except BaseException as exc:
+            requests.note_error(exc)
+            raise
         finally:
             self.enqueued_requests -= 1
+            self._pending[key] -= 1
+
+    # ---- what metrics read of the workers (no door reaches supervision: they ask here) ----
+
+    def pending(self) -> dict[tuple[str, int], int]:
+        """Requests handed to workers and not yet answered, by (servable, version), for every started version."""
+        return {(g.name, g.version): self._pending.get((g.name, g.version), 0) for g in self.groups()}
+
+    def worker_states(self) -> list[WorkerState]:
+        """Each servable version's worker on each device: alive or not, and how often it was replaced."""
+        return [WorkerState(g.name, g.version, w.spec.device_id, w.alive, g.restarts.get(w.spec.device_id, 0))
+                for g in self.groups() for w in g.workers]
+
+    async def worker_stats(self) -> dict[tuple[str, int], dict[int, dict[str, MethodTotals]]]:
+        """What the workers measured (queue waits, stage durations, batch sizes), by (servable, version), device
+        and method, as of now."""
+        groups = self.groups()
+        found = await asyncio.gather(*(g.stats() for g in groups))
+        return {(g.name, g.version): stats for g, stats in zip(groups, found)}
 
 
 def _view(group: ServableWorkers) -> ServedVersion:

@@ -8,6 +8,7 @@ from typing import Callable, Optional
 
 from mindserve._dispatch.route import MethodSignature
 from mindserve._errors import servable_unavailable
+from mindserve._metrics.totals import MethodTotals, add_totals, read_snapshot
 from mindserve._supervision.worker_process import Job, WorkerProcess, WorkerSpec
 
 log = logging.getLogger("mindserve")
@@ -37,6 +38,8 @@ class ServableWorkers:
         self.restart_wait_s = DEFAULT_RESTART_WAIT_S
         # called whenever a worker dies or a replacement is up (the dispatcher tells health, which stops polling)
         self.on_change: Optional[Callable[[], None]] = None
+        self.restarts: dict[int, int] = {spec.device_id: 0 for spec in specs}  # workers replaced, by device
+        self._retired: dict[int, dict[str, MethodTotals]] = {}  # statistics of replaced workers, by device
 
     async def start(self) -> None:
         """Start one worker per device concurrently; if any fails, stop the others and raise its error."""
@@ -147,10 +150,23 @@ class ServableWorkers:
                 await fresh.stop()
                 return
             self.workers[self.workers.index(dead)] = fresh
+            self.restarts[dead.spec.device_id] = self.restarts.get(dead.spec.device_id, 0) + 1
+            add_totals(self._retired.setdefault(dead.spec.device_id, {}), read_snapshot(dead.last_stats, self.methods))
             log.warning("worker for %s restarted (pid %s)", dead.spec.describe(), fresh.pid)
             self._wake_waiters()
             self._changed()
             return
+
+    async def stats(self) -> dict[int, dict[str, MethodTotals]]:
+        """The workers' statistics by device id and method: those of the live workers as of now, plus what the
+        workers they replaced had reported."""
+        snapshots = await asyncio.gather(*(w.stats() for w in self.workers))
+        by_device: dict[int, dict[str, MethodTotals]] = {}
+        for worker, snapshot in zip(self.workers, snapshots):
+            totals = by_device.setdefault(worker.spec.device_id, {})
+            add_totals(totals, self._retired.get(worker.spec.device_id, {}))
+            add_totals(totals, read_snapshot(snapshot, self.methods))
+        return by_device
 
     async def stop(self) -> None:
         self._stopping.set()

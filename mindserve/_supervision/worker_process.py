@@ -37,6 +37,7 @@ log = logging.getLogger("mindserve")
 
 START_TIMEOUT_S = 600.0  # loading big models on a busy machine can be slow
 STOP_TIMEOUT_S = 10.0
+STATS_TIMEOUT_S = 2.0  # a worker answers for its statistics from its control thread, even mid-run
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,8 @@ class WorkerProcess:
         self._ids = itertools.count(1)
         self._watcher: Optional[asyncio.Task] = None
         self._stopping = False
+        self._stats_asked: dict[int, asyncio.Future] = {}  # requests for the worker's statistics, by id
+        self.last_stats: dict = {}  # its statistics as last reported (kept after it exits)
 
     @property
     def pid(self) -> Optional[int]:
@@ -311,14 +314,40 @@ class WorkerProcess:
             self._finish(job, outcome)
         self._flush_backlog()
 
+    async def stats(self) -> dict:
+        """The worker's statistics (mindserve._metrics.worker_stats) as of now, or as last reported when it does
+        not answer within STATS_TIMEOUT_S or is gone."""
+        if not self.alive or self._control is None:
+            return self.last_stats
+        asked_id = next(self._ids)
+        answer = self._stats_asked[asked_id] = asyncio.get_running_loop().create_future()
+        try:
+            self._control.send({"op": "stats", "id": asked_id})
+            await asyncio.wait_for(answer, STATS_TIMEOUT_S)
+        except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+            pass
+        finally:
+            self._stats_asked.pop(asked_id, None)
+        return self.last_stats
+
     async def _watch_control(self) -> None:
-        """Wait for the end of the control stream: the worker has exited (or was stopped)."""
+        """Take the worker's reports (its statistics, when asked) until the end of the control stream: the worker
+        has exited (or was stopped)."""
         assert self._control is not None  # set by start, before this task
         try:
             while True:
-                await self._control.recv()
+                header, _ = await self._control.recv()
+                if header.get("op") == "stats" and isinstance(header.get("stats"), dict):
+                    self.last_stats = header["stats"]
+                    asked = header.get("id")
+                    answer = self._stats_asked.get(asked) if isinstance(asked, int) else None
+                    if answer is not None and not answer.done():
+                        answer.set_result(None)
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass
+        for answer in self._stats_asked.values():
+            if not answer.done():
+                answer.set_result(None)
         was_alive, self.alive = self.alive, False  # no new jobs from here on
         if not self._stopping:  # the end of the stream comes first; give the exit code a moment to follow
             log.error("worker of %s (pid %s) is gone", self.spec.describe(), self.pid)

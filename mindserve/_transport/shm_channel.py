@@ -168,6 +168,12 @@ class ShmChannel:
                                 self._count), "batch pop")
         return self._taken()
 
+    def queued_ns(self, now_ns: int) -> list[int]:
+        """How long each job of the last ``pop_batch`` waited in the queue, in nanoseconds, as of ``now_ns``
+        (``time.monotonic_ns()``: the C side stamps each push with the same clock)."""
+        entries = self._entries
+        return [max(now_ns - entries[i].enqueued_ns, 0) for i in range(self._count[0])]
+
     def take_jobs(self) -> list[tuple[int, int, int, int]]:
         """Jobs queued and not taken by the worker (after it died); ChannelBroken when the queue is garbage."""
         _check(lib.ms_take_jobs(self.layout, self._entries, QUEUE_CAPACITY, self._count), "job take")

@@ -16,9 +16,12 @@ import os
 import signal
 import socket
 import threading
+import time
 from itertools import groupby
+from typing import Optional
 
 from mindserve._errors import SYSTEM_ERROR, ServingError
+from mindserve._metrics.worker_stats import WorkerStats
 from mindserve._transport.shm_channel import ChannelClosed, ShmChannel
 from mindserve._transport.worker_side import WorkerChannel
 from mindserve._workers.columns import Column
@@ -28,23 +31,38 @@ from mindserve._workers.job_io import Job, notify, read_job, reply_block, send_e
 from mindserve._workers.loader import batch_limit, load_servable, method_signatures
 
 
-def _watch_master(control: WorkerChannel) -> None:
-    """Watcher thread: end the process at once when the master is gone, even in the middle of a model run."""
-    while control.recv() is not None:
-        pass
-    os._exit(0)
+def _watch_master(control: WorkerChannel, stats: WorkerStats) -> None:
+    """Control thread: answer the master's requests for this worker's statistics (even in the middle of a model
+    run), and end the process at once when the master is gone."""
+    while True:
+        message = control.recv()
+        if message is None:
+            os._exit(0)
+        if message[0].get("op") == "stats":
+            control.send({"op": "stats", "id": message[0].get("id"), "stats": stats.snapshot()})
 
 
-def _run_method(executor: MethodExecutor, method: str, jobs: list[Job], channel: ShmChannel, event_fd: int) -> None:
+class _Batch:
+    """What the statistics need of a popped batch: each job's wait in the queue, and the time spent reading."""
+
+    def __init__(self, stats: WorkerStats, queued: dict[int, int]):
+        self.stats = stats
+        self.queued = queued  # job id -> nanoseconds it waited in the queue
+        self.read_ns: dict[int, int] = {}  # job id -> nanoseconds its block took to read
+
+
+def _run_method(executor: MethodExecutor, method: str, jobs: list[Job], channel: ShmChannel, event_fd: int,
+                batch: Optional[_Batch] = None) -> None:
     """Run one method over the instances of several jobs as one batch, reply to each job, then wake the master
     once for all of these replies (one wake-up per batch, not per job: the master takes them in one go)."""
     try:
-        _answer_jobs(executor, method, jobs, channel, event_fd)
+        _answer_jobs(executor, method, jobs, channel, event_fd, batch)
     finally:
         notify(event_fd)
 
 
-def _answer_jobs(executor: MethodExecutor, method: str, jobs: list[Job], channel: ShmChannel, event_fd: int) -> None:
+def _answer_jobs(executor: MethodExecutor, method: str, jobs: list[Job], channel: ShmChannel, event_fd: int,
+                 batch: Optional[_Batch] = None) -> None:
     if method not in executor.servable.methods:
         for job in jobs:
             send_error(channel, event_fd, job.id, job.count, ServingError(SYSTEM_ERROR, f"unknown method {method}"),
@@ -58,12 +76,14 @@ def _answer_jobs(executor: MethodExecutor, method: str, jobs: list[Job], channel
             if missing:
                 raise ServingError(SYSTEM_ERROR, f"job without input {missing[0]}")
         inputs = {n: Column([chunk for job in jobs for chunk in job.inputs[n].chunks]) for n in names}
-        outputs, errors = executor.run_columns(method, inputs, total)
+        timings: list[tuple[str, int]] = []
+        outputs, errors = executor.run_columns(method, inputs, total, timings)
     except Exception as exc:  # a defect of the worker itself: fail these jobs, keep serving
         error = exc if isinstance(exc, ServingError) else ServingError(SYSTEM_ERROR, f"worker error: {exc}")
         for job in jobs:
             send_error(channel, event_fd, job.id, job.count, error, wake=False)
         return
+    replying = time.perf_counter_ns()
     start = 0
     for job in jobs:
         stop = start + job.count
@@ -71,34 +91,45 @@ def _answer_jobs(executor: MethodExecutor, method: str, jobs: list[Job], channel
                                      errors[start:stop])
         send_reply(channel, event_fd, job.id, writer, header, wake=False)
         start = stop
+    if batch is not None:
+        batch.stats.record(method, [batch.queued.get(job.id, 0) for job in jobs], timings, total,
+                           sum(batch.read_ns.get(job.id, 0) for job in jobs), time.perf_counter_ns() - replying)
 
 
-def serve(executor: MethodExecutor, channel: ShmChannel, event_fd: int, max_items: int, max_delay_s: float) -> None:
+def serve(executor: MethodExecutor, channel: ShmChannel, event_fd: int, max_items: int, max_delay_s: float,
+          stats: Optional[WorkerStats] = None) -> None:
     """Take batches of jobs until the channel is closed; jobs of one method in a batch run together, through
-    the fast lane when they qualify for it."""
-    lane = FastLane(executor, channel, event_fd)
+    the fast lane when they qualify for it. Each execution is counted in ``stats``."""
+    stats = stats if stats is not None else WorkerStats()
+    lane = FastLane(executor, channel, event_fd, stats)
     while True:
         try:
             entries = channel.pop_batch(max_items, max_delay_s)
         except ChannelClosed:
             return
-        if lane.run(entries):
+        queued = channel.queued_ns(time.monotonic_ns())
+        if lane.run(entries, queued):
             notify(event_fd)
             continue
-        answer_batch(executor, entries, channel, event_fd)
+        answer_batch(executor, entries, channel, event_fd,
+                     _Batch(stats, {entry[0]: ns for entry, ns in zip(entries, queued)}))
 
 
-def answer_batch(executor: MethodExecutor, entries: list, channel: ShmChannel, event_fd: int) -> None:
+def answer_batch(executor: MethodExecutor, entries: list, channel: ShmChannel, event_fd: int,
+                 batch: Optional[_Batch] = None) -> None:
     """The general path over a popped batch: every job read (one that cannot be read, whatever it holds, fails
     alone and the worker goes on), then the jobs of each method run together."""
     jobs = []
     for job_id, offset, size, weight in entries:
+        began = time.perf_counter_ns()
         try:
             jobs.append(read_job(channel, job_id, offset, size))
         except Exception as exc:  # one error per instance (the weight): the master checks the count
             send_error(channel, event_fd, job_id, max(weight, 1), ServingError(SYSTEM_ERROR, f"bad job: {exc}"))
+        if batch is not None:
+            batch.read_ns[job_id] = time.perf_counter_ns() - began
     for method, group in groupby(sorted(jobs, key=lambda j: j.method), key=lambda j: j.method):
-        _run_method(executor, method, list(group), channel, event_fd)
+        _run_method(executor, method, list(group), channel, event_fd, batch)
 
 
 def main() -> None:
@@ -132,9 +163,10 @@ def main() -> None:
     control.send({"op": "ready", "pid": os.getpid(), "methods": method_signatures(executor),
                   "seldon": seldon.report(os.path.join(os.path.abspath(args.servable_directory), args.name))
                   if seldon is not None else None})
-    threading.Thread(target=_watch_master, args=(control,), daemon=True, name="master-watch").start()
+    stats = WorkerStats()
+    threading.Thread(target=_watch_master, args=(control, stats), daemon=True, name="master-watch").start()
     serve(executor, channel, args.event_fd, batch_limit(executor, args.max_batch_size),
-          args.max_batch_delay_ms / 1000.0)
+          args.max_batch_delay_ms / 1000.0, stats)
 
 
 if __name__ == "__main__":

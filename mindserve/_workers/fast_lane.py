@@ -16,12 +16,14 @@ answer every job the same way.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+import time
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
 from mindserve import _dtypes
 from mindserve._errors import ServingError
+from mindserve._metrics.worker_stats import WorkerStats, stage_label
 from mindserve._servable.definition import MethodDefinition
 from mindserve._transport import blocks, jobs
 from mindserve._transport.shm_channel import REQUESTS, ShmChannel
@@ -64,8 +66,11 @@ def _plan(executor: MethodExecutor, method: MethodDefinition) -> Optional[_Plan]
 class FastLane:
     """Runs batches through the fast lane when they qualify (see the module docstring)."""
 
-    def __init__(self, executor: MethodExecutor, channel: ShmChannel, event_fd: int):
+    def __init__(self, executor: MethodExecutor, channel: ShmChannel, event_fd: int,
+                 stats: Optional[WorkerStats] = None):
         self._executor = executor
+        self._stats = stats
+        self._stage = stage_label(1, True)
         self._channel = channel
         self._event_fd = event_fd
         self._view = channel.view
@@ -103,8 +108,10 @@ class FastLane:
                 self._shapes[key] = None
         return self._shapes[key]
 
-    def run(self, entries: list[tuple[int, int, int, int]]) -> bool:
-        """Answer every job of a popped batch and return True, or return False having done nothing."""
+    def run(self, entries: list[tuple[int, int, int, int]], queued: Sequence[int] = ()) -> bool:
+        """Answer every job of a popped batch and return True, or return False having done nothing. ``queued``:
+        how long each job waited in the queue (nanoseconds), for the statistics."""
+        began = time.perf_counter_ns()
         try:
             prepared = self._prepare(entries)
         except Exception:  # a defect here must not lose the batch: the general path takes it and reports it
@@ -114,13 +121,24 @@ class FastLane:
         kinds, plan, feeds, total = prepared
         method = kinds[0].method
         runner = plan.runner
+        running = time.perf_counter_ns()
         ran = runner.run_rows(runner.sessions[0], feeds, total)
+        replying = time.perf_counter_ns()
+        if isinstance(ran, ServingError) and total > 1:
+            return False  # the general path runs the rows again in parts, so that only those that fail carry it
+        self._answer(entries, kinds, plan, ran, total)
+        if self._stats is not None:
+            self._stats.record(method, queued or [0] * len(entries), [(self._stage, replying - running)], total,
+                               running - began, time.perf_counter_ns() - replying)
+        return True
+
+    def _answer(self, entries: list, kinds: list[jobs.JobKind], plan: _Plan, ran, total: int) -> None:
+        """Reply to each job of the batch with its rows of the model's outputs, or with the run's error."""
+        method = kinds[0].method
         if isinstance(ran, ServingError):
-            if total > 1:  # the general path runs the rows again in parts, so that only those that fail carry it
-                return False
             for (job_id, _, _, _), kind in zip(entries, kinds):
                 send_error(self._channel, self._event_fd, job_id, kind.instances, ran, wake=False)
-            return True
+            return
         outputs = [ran[i] for i in plan.output_index]
         found = [_dtypes.CODE_OF.get(out.dtype) for out in outputs]
         codes = [code for code in found if code is not None]
@@ -135,7 +153,6 @@ class FastLane:
             else:
                 self._reply(job_id, kind.instances, plan.output_names, rows, codes)
             start = stop
-        return True
 
     def _prepare(self, entries: list) -> Optional[tuple[list[jobs.JobKind], _Plan, list[np.ndarray], int]]:
         """The batch's job kinds, its method's plan, the model's inputs and the instance count; None when the

@@ -1,6 +1,7 @@
 """The ``mindserve`` command (also ``python -m mindserve``):
 
     mindserve serve [--config serving.yaml] [--servable-directory DIR] [--grpc-address A] [--rest-address A]
+                    [--metrics-address A]
     mindserve infer ADDRESS SERVABLE METHOD [name=value ...] [--version N] [--ca F] [--cert F --key F]
 
 Exit codes: 0 done (for ``serve``: stopped by SIGINT or SIGTERM), 1 failed (``serve`` could not start, or
@@ -27,7 +28,8 @@ def _serve_epilog() -> str:
     return f"""\
 Settings, later ones win: defaults, then the --config file, then environment variables, then options.
 
-Defaults: gRPC on {_config.DEFAULT_GRPC_ADDRESS}, REST on {_config.DEFAULT_REST_ADDRESS}; the servable
+Defaults: gRPC on {_config.DEFAULT_GRPC_ADDRESS}, REST on {_config.DEFAULT_REST_ADDRESS}, Prometheus metrics
+(GET /metrics) on {_config.DEFAULT_METRICS_ADDRESS}; the servable
 directory is ./servables when it exists, else the bundled servables of the checkout
 ({_config.BUNDLED_SERVABLES}); every servable found in it (a folder holding servable_config.py) is served,
 newest version, on device 0.
@@ -46,7 +48,8 @@ The --config file (YAML; unknown keys are errors; relative paths are relative to
       shm_size_mb: 64                    # shared memory per worker (default 64)
   grpc_address: 127.0.0.1:5500           # host:port or unix:/path; null turns it off
   rest_address: 127.0.0.1:1500           # the same; null turns it off
-  tls:                                   # for both servers
+  metrics: 127.0.0.1:8002                # GET /metrics (Prometheus); null turns it off
+  tls:                                   # for every server
     certificate: server.pem
     private_key: server.key
     ca: ca.pem                           # optional: the CA of client certificates
@@ -54,7 +57,7 @@ The --config file (YAML; unknown keys are errors; relative paths are relative to
   max_msg_mb_size: 100                   # largest request or reply, MB (1 to 512)
   max_enqueued_requests: 10000           # requests that may wait, over all servables
   max_request_instances: 10000           # instances one request may carry
-  access:                                # who may call what (both servers); secrets in env or files
+  access:                                # who may call what (every server); secrets in env or files
     restricted:                          # groups: health, metadata, inference, shared-memory, ...
       inference: {{header: infer-key, value_env: INFER_KEY}}
     jwt: {{secret_file: jwt.secret, algorithms: [HS256], groups_claim: scope}}
@@ -105,6 +108,9 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"host:port or unix:/path (default {_config.DEFAULT_GRPC_ADDRESS}); off turns gRPC off")
     serve.add_argument("--rest-address", metavar="ADDRESS",
                        help=f"host:port or unix:/path (default {_config.DEFAULT_REST_ADDRESS}); off turns REST off")
+    serve.add_argument("--metrics-address", metavar="ADDRESS",
+                       help=f"host:port or unix:/path of GET /metrics (default {_config.DEFAULT_METRICS_ADDRESS}); "
+                            f"off turns it off")
 
     # listed here for `mindserve --help`; its arguments are parsed by _infer_parser (see main)
     commands.add_parser("infer", help="call a method of a served servable and print the result", add_help=False)
@@ -152,7 +158,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         serve_config = _config.load_config(args.config, options={
             "servable_directory": args.servable_directory, "grpc_address": args.grpc_address,
-            "rest_address": args.rest_address})
+            "rest_address": args.rest_address, "metrics": args.metrics_address})
     except _config.ConfigError as exc:
         print(f"mindserve serve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

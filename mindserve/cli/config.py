@@ -21,6 +21,7 @@ from mindserve.cli.access_settings import AccessSettingError, read_access
 
 DEFAULT_GRPC_ADDRESS = "127.0.0.1:5500"
 DEFAULT_REST_ADDRESS = "127.0.0.1:1500"
+DEFAULT_METRICS_ADDRESS = "127.0.0.1:8002"  # Triton's metrics port
 DEFAULT_MAX_MSG_MB_SIZE = 100
 DEFAULT_MAX_ENQUEUED_REQUESTS = 10000
 DEFAULT_MAX_REQUEST_INSTANCES = 10000
@@ -30,7 +31,7 @@ DEFAULT_DEVICE_IDS = (0,)
 BUNDLED_SERVABLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                  "servables")
 
-TOP_KEYS = ("servable_directory", "servables", "grpc_address", "rest_address", "tls", "max_msg_mb_size",
+TOP_KEYS = ("servable_directory", "servables", "grpc_address", "rest_address", "metrics", "tls", "max_msg_mb_size",
             "max_enqueued_requests", "max_request_instances", "access")
 SERVABLE_KEYS = ("name", "directory", "version", "device_ids", "device_type", "max_batch_size",
                  "max_batch_delay_ms", "shm_size_mb")
@@ -45,6 +46,7 @@ ENV_VARS = (
     ("MINDSERVE_DEVICE_TYPE", "device_type", "CPU, GPU or Ascend, for every servable"),
     ("MINDSERVE_GRPC_ADDRESS", "grpc_address", "host:port or unix:/path; off disables gRPC"),
     ("MINDSERVE_REST_ADDRESS", "rest_address", "host:port or unix:/path; off disables REST"),
+    ("MINDSERVE_METRICS_ADDRESS", "metrics", "host:port or unix:/path of /metrics; off disables it"),
     ("MINDSERVE_MAX_MSG_MB_SIZE", "max_msg_mb_size", "largest request or reply, MB (1 to 512)"),
     ("MINDSERVE_MAX_ENQUEUED_REQUESTS", "max_enqueued_requests", "requests that may wait, over all servables"),
     ("MINDSERVE_MAX_REQUEST_INSTANCES", "max_request_instances", "instances one request may carry"),
@@ -53,6 +55,7 @@ ENV_VARS = (
     ("MINDSERVE_TLS_CA", "tls.ca", "CA certificate (PEM) that client certificates must come from"),
     ("MINDSERVE_TLS_VERIFY_CLIENT", "tls.verify_client", "true: refuse clients without a certificate from it"),
 )
+OPTION_NAMES = {"metrics": "metrics-address"}  # settings whose command-line option is not named after them
 OFF = "off"  # an address given as text (environment, options) that disables the server
 
 
@@ -91,6 +94,7 @@ class ServeConfig:
     servables: tuple
     grpc_address: Optional[str] = DEFAULT_GRPC_ADDRESS
     rest_address: Optional[str] = DEFAULT_REST_ADDRESS
+    metrics_address: Optional[str] = DEFAULT_METRICS_ADDRESS
     tls: Optional[TLSSettings] = None
     max_msg_mb_size: int = DEFAULT_MAX_MSG_MB_SIZE
     max_enqueued_requests: int = DEFAULT_MAX_ENQUEUED_REQUESTS
@@ -266,6 +270,7 @@ _TEXT_READERS: dict[str, Callable[[str], Any]] = {
     "device_ids": _list_of_ints, "max_msg_mb_size": _int_text, "max_enqueued_requests": _int_text,
     "max_request_instances": _int_text,
     "tls.verify_client": _bool_text, "grpc_address": _address_text, "rest_address": _address_text,
+    "metrics": _address_text,
 }
 
 
@@ -487,7 +492,7 @@ def load_config(config_file: Optional[str] = None, environ: Optional[Mapping[str
             layers.read_text(key, environ[name], name)
     for key, text in (options or {}).items():
         if text is not None:
-            layers.read_text(key, text, f"--{key.replace('_', '-')}")
+            layers.read_text(key, text, f"--{OPTION_NAMES.get(key, key.replace('_', '-'))}")
     top = layers.top
     resolver = _Resolver(layers, bundled_directory)
     grpc_address = _address(top["grpc_address"]) if "grpc_address" in top else DEFAULT_GRPC_ADDRESS
@@ -496,13 +501,18 @@ def load_config(config_file: Optional[str] = None, environ: Optional[Mapping[str
         raise ConfigError("grpc_address and rest_address are both off: nothing would answer requests")
     if grpc_address is not None and grpc_address == rest_address:
         raise ConfigError(f"{top['rest_address'].origin}: the same address as grpc_address ({grpc_address})")
+    metrics_address = _address(top["metrics"]) if "metrics" in top else DEFAULT_METRICS_ADDRESS
+    for other, name in ((grpc_address, "grpc_address"), (rest_address, "rest_address")):
+        if metrics_address is not None and metrics_address == other:
+            raise ConfigError(f"{top['metrics'].origin if 'metrics' in top else 'metrics'}: the same address as "
+                              f"{name} ({other})")
     try:
         access, warnings = read_access(layers.access.value, layers.access.origin, layers.access.base, environ)
     except AccessSettingError as exc:
         raise ConfigError(str(exc)) from None
     return ServeConfig(
         access=access, warnings=tuple(warnings),
-        grpc_address=grpc_address, rest_address=rest_address,
+        grpc_address=grpc_address, rest_address=rest_address, metrics_address=metrics_address,
         max_msg_mb_size=_int(top["max_msg_mb_size"], 1, 512) if "max_msg_mb_size" in top
         else DEFAULT_MAX_MSG_MB_SIZE,
         max_enqueued_requests=_int(top["max_enqueued_requests"], 1) if "max_enqueued_requests" in top

@@ -66,6 +66,11 @@ def _ready_lines(config: ServeConfig, servables: list) -> list[str]:
         if not rest.startswith("unix:"):
             rest = f"{'https' if config.tls else 'http'}://{rest}"
         lines.append(f"REST listening on {rest}")
+    if config.metrics_address:
+        metrics = config.metrics_address
+        if not metrics.startswith("unix:"):
+            metrics = f"{'https' if config.tls else 'http'}://{metrics}/metrics"
+        lines.append(f"metrics on {metrics}")
     lines.append("ready; Ctrl-C or SIGTERM stops it")
     return lines
 
@@ -103,6 +108,8 @@ def serve(config: ServeConfig, out: Optional[TextIO] = None, err: Optional[TextI
         if config.rest_address:
             server.start_restful_server(config.rest_address, config.max_msg_mb_size, ssl_config,
                                         access=config.access)
+        if config.metrics_address:
+            server.start_metrics_server(config.metrics_address, ssl_config, access=config.access)
         started = master.call(_started_servables(master))
     except START_ERRORS as exc:
         _say(err, f"mindserve serve: error: {exc}")

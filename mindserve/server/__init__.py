@@ -29,7 +29,7 @@ if _typing.TYPE_CHECKING:  # (only the documented names are this module's: see t
     from typing import Optional, Sequence, Union
 
 __all__ = ["AccessConfig", "JWTConfig", "ServableStartConfig", "ServerHandle", "SSLConfig", "context", "register",
-           "start_servables", "start_grpc_server", "start_restful_server", "stop"]
+           "start_servables", "start_grpc_server", "start_restful_server", "start_metrics_server", "stop"]
 
 
 def _configure_logging() -> None:
@@ -104,6 +104,33 @@ def start_restful_server(address: str, max_msg_mb_size: int = 100, ssl_config: O
     master = _get_master()
     return ServerHandle("REST", master, master.call(master.start_restful_server(
         address, max_msg_mb_size, ssl_config, float(idle_timeout), max_connections, access)))
+
+
+def start_metrics_server(address: str = "127.0.0.1:8002", ssl_config: Optional[SSLConfig] = None,
+                         access: Optional[AccessConfig] = None) -> ServerHandle:
+    """Serve Prometheus metrics, ``GET /metrics`` in the text format, on ``address`` (``"host:port"`` or
+    ``"unix:/path"``), with TLS when ``ssl_config`` is given and ``access`` guarding the group ``metrics``.
+
+    The metrics count every inference request by servable, version, method and protocol (success, failure by
+    reason, duration), what the workers measure (queue wait, each stage's duration, batch sizes, executions)
+    and the workers' state (up, restarts) and pending requests; see README "Metrics". Returns a ServerHandle.
+    Needs aiohttp and prometheus-client: ``pip install 'mindserve[metrics]'``.
+    """
+    _check_address(address)
+    if ssl_config is not None and not isinstance(ssl_config, SSLConfig):
+        raise RuntimeError("The type of ssl_config should be type of SSLConfig")
+    _require_aiohttp()
+    _require_prometheus()
+    _configure_logging()
+    master = _get_master()
+    return ServerHandle("metrics", master, master.call(master.start_metrics_server(address, ssl_config, access)))
+
+
+def _require_prometheus() -> None:
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise RuntimeError("the metrics server needs prometheus-client: pip install 'mindserve[metrics]'") from None
 
 
 def stop() -> None:

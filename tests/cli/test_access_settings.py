@@ -101,6 +101,7 @@ def test_infer_sends_headers_and_tokens_to_a_guarded_server(tmp_path):
     port = free_port()
     env = {**os.environ, "MINDSERVE_SERVABLE_DIRECTORY": BUNDLED_SERVABLES, "MINDSERVE_SERVABLES": "add",
            "MINDSERVE_GRPC_ADDRESS": f"127.0.0.1:{port}", "MINDSERVE_REST_ADDRESS": "off",
+           "MINDSERVE_METRICS_ADDRESS": "off",
            "MINDSERVE_AUTH_RESTRICTED": "inference:infer-key=s3cret", "MINDSERVE_AUTH_JWT_SECRET": SECRET}
     proc = subprocess.Popen([*PYTHON_M, "serve"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=str(tmp_path), env=env)

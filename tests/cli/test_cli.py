@@ -33,7 +33,7 @@ def start_serve(tmp_path, command: list, env: dict = None) -> ServerProcess:
     """Run a `serve` command in ``tmp_path`` until it prints its ready line; stderr goes to tmp_path/stderr."""
     stderr = open(tmp_path / "stderr", "w")
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=str(tmp_path),
-                            env={**os.environ, **(env or {})})
+                            env={**os.environ, "MINDSERVE_METRICS_ADDRESS": "off", **(env or {})})
     stderr.close()
     server = ServerProcess(proc, "")
     try:
@@ -273,7 +273,8 @@ def test_a_failing_start_exits_1_and_stops_what_had_started(tmp_path):
         address = "127.0.0.1:%d" % busy.getsockname()[1]
         done = subprocess.run([*PYTHON_M, "serve", "--servable-directory", linked, "--grpc-address", address,
                                "--rest-address", "off"], capture_output=True, text=True, timeout=60,
-                              cwd=str(tmp_path), env={**os.environ, "MINDSERVE_SERVABLES": "add,iris"})
+                              cwd=str(tmp_path), env={**os.environ, "MINDSERVE_SERVABLES": "add,iris",
+                                                      "MINDSERVE_METRICS_ADDRESS": "off"})
     assert (done.returncode, done.stdout) == (1, "")
     assert "servable iris version 1 ready on 1 worker(s)" in done.stderr  # the servables had started
     last = done.stderr.splitlines()[-1]

@@ -219,7 +219,7 @@ FILE_ERRORS = [
      "servables[0].devices: unknown key (known keys: name, directory, version, device_ids, device_type, "
      "max_batch_size, max_batch_delay_ms, shm_size_mb)"),
     ("grpc_adress: 127.0.0.1:1",
-     "grpc_adress: unknown key (known keys: servable_directory, servables, grpc_address, rest_address, tls, "
+     "grpc_adress: unknown key (known keys: servable_directory, servables, grpc_address, rest_address, metrics, tls, "
      "max_msg_mb_size, max_enqueued_requests, max_request_instances, access)"),
     ("tls: {certificate: server.pem, private_key: server.key, verify: true}",
      "tls.verify: unknown key (known keys: certificate, private_key, ca, verify_client)"),

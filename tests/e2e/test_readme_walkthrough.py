@@ -1,8 +1,8 @@
 """The README's "Write your own servable in a few minutes" run as written: its make_model.py, servable_config.py
 and serving.yaml blocks are taken from README.md itself, and each `$ ` command of its step 4 is run (as a shell splits it) with
 the project's venv first on PATH (as `. .venv/bin/activate` puts it) and must print exactly what the README shows.
-Two substitutions, so that the test never meets another server or depends on a home folder: a free port for
-5600, and the test's folder for /home/me."""
+Substitutions, so that the test never meets another server or depends on a home folder: free ports for 5600
+and 5602, and the test's folder for /home/me."""
 from __future__ import annotations
 
 import os
@@ -61,20 +61,21 @@ def folder(tmp_path):
     make_model = next(b for b in python if b.startswith("# make_model.py"))
     config = next(b for b in python if "register.register_method" in b)
     yaml = blocks(section, "yaml")[0]
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     (tmp_path / "my_servables" / "affine" / "1").mkdir(parents=True)  # step 1's mkdir -p
     (tmp_path / "make_model.py").write_text(make_model)
     (tmp_path / "my_servables" / "affine" / "servable_config.py").write_text(config)
-    (tmp_path / "serving.yaml").write_text(yaml.replace("5600", str(port)))
-    return tmp_path, port, console(section)
+    (tmp_path / "serving.yaml").write_text(yaml.replace("5600", str(port)).replace("5602", str(metrics_port)))
+    return tmp_path, port, metrics_port, console(section)
 
 
 def test_the_walkthrough_prints_what_the_readme_shows(folder):
-    tmp, port, steps = folder
+    tmp, port, metrics_port, steps = folder
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
 
     def expected(lines: list[str]) -> list[str]:
-        return [line.replace("5600", str(port)).replace("/home/me", str(tmp)) for line in lines]
+        return [line.replace("5600", str(port)).replace("5602", str(metrics_port)).replace("/home/me", str(tmp))
+                for line in lines]
 
     server = None
     try:

@@ -14,6 +14,8 @@ from mindserve._access.groups import grpc_group
 from mindserve._access.policy import AccessPolicy
 from mindserve._errors import PermissionDenied, ServingError
 from mindserve._frontends.grpc.status import status_of
+from mindserve._metrics import requests as request_metrics
+from mindserve._metrics.requests import RequestMetrics
 
 TRITON_PREFIX = "triton-grpc-protocol-"  # Triton's clients send header "<key>" of a restricted API with it
 
@@ -68,10 +70,18 @@ async def _abort(context: grpc.aio.ServicerContext, error: ServingError) -> None
 
 
 class AccessInterceptor(grpc.aio.ServerInterceptor):
-    """Checks every call of one gRPC server against an access policy."""
+    """Checks every call of one gRPC server against an access policy; inference calls it refuses are counted in
+    ``metrics``."""
 
-    def __init__(self, policy: AccessPolicy):
+    def __init__(self, policy: AccessPolicy, metrics: Optional[RequestMetrics] = None):
         self._policy = policy
+        self._metrics = metrics
+
+    async def _refuse(self, context: grpc.aio.ServicerContext, method: str, denial: ServingError) -> None:
+        protocol = request_metrics.GRPC_PROTOCOLS.get(method)
+        if self._metrics is not None and protocol is not None:
+            self._metrics.refused(protocol, request_metrics.reason_of(denial))
+        await _abort(context, denial)
 
     async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) \
             -> Optional[grpc.RpcMethodHandler]:
@@ -91,12 +101,13 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             denial = found
             if self._policy.uses_certificates:
                 return _with_behavior(handler, lambda behavior: _guarded(
-                    behavior, lambda context: self._check_certificate(context, group, denial)))
+                    behavior, lambda context: self._check_certificate(context, method, group, denial)))
 
         async def refuse(context: grpc.aio.ServicerContext) -> None:
-            await _abort(context, denial)
+            await self._refuse(context, method, denial)
         return _with_behavior(handler, lambda behavior: _guarded(behavior, refuse))
 
-    async def _check_certificate(self, context: grpc.aio.ServicerContext, group: str, denial: ServingError) -> None:
+    async def _check_certificate(self, context: grpc.aio.ServicerContext, method: str, group: str,
+                                 denial: ServingError) -> None:
         if not self._policy.admits_identities(group, _identities(context)):
-            await _abort(context, denial)
+            await self._refuse(context, method, denial)

@@ -23,6 +23,7 @@ from mindserve._frontends.grpc.ms_reply import ReplyEncoder
 from mindserve._frontends.grpc.ms_tensors import tensor_from_proto
 from mindserve._frontends.grpc.strict_parse import InvalidMessage, parse_strict
 from mindserve._frontends.off_loop import OffLoop
+from mindserve._metrics import requests as request_metrics
 from mindserve._proto import ms_service_pb2 as pb
 from mindserve._tensor import RawTensor, StackedInputs
 from mindserve._transport.blocks import TEXT_CODES
@@ -48,8 +49,9 @@ class MSServiceHandler:
         self._reader = ms_wire.CommonReader()
 
     def rpc_handlers(self) -> grpc.GenericRpcHandler:
+        predict = gated(self._admission, self.predict, self._dispatcher.requests, request_metrics.MS)
         return grpc.method_handlers_generic_handler(
-            SERVICE_NAME, {"Predict": grpc.unary_unary_rpc_method_handler(gated(self._admission, self.predict))})
+            SERVICE_NAME, {"Predict": grpc.unary_unary_rpc_method_handler(predict)})
 
     async def predict(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         counted = ms_wire.count_instances(data)
@@ -65,6 +67,7 @@ class MSServiceHandler:
             request = await self._off_loop.run(parse_strict, pb.PredictRequest, data) if large \
                 else parse_strict(pb.PredictRequest, data)
         except InvalidMessage as exc:
+            request_metrics.note_reason(request_metrics.INVALID_INPUT)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return await self._answer(request.servable_spec.SerializeToString(), self._predict(request, large))
 
@@ -75,6 +78,7 @@ class MSServiceHandler:
         except DecodeError:
             spec = pb.ServableSpec()
         error = too_many_instances(count, self._dispatcher.max_request_instances, spec.name, spec.method_name)
+        request_metrics.note_error(error)
         return self._encoder.whole_request_error(spec.SerializeToString(), error)
 
     async def _answer(self, spec: bytes, outcomes: Awaitable[Sequence]) -> bytes:
@@ -82,9 +86,11 @@ class MSServiceHandler:
         try:
             return self._encoder.encode(spec, await outcomes)
         except ServingError as err:
+            request_metrics.note_error(err)
             return self._encoder.whole_request_error(spec, err)
         except Exception as exc:  # a defect of ours: answer it plainly, never with a traceback
             log.exception("Predict failed")
+            request_metrics.note_error(exc)
             return self._encoder.whole_request_error(spec, Internal(f"Predict failed: {exc}"))
 
     def _common_request(self, data: bytes) -> Optional[tuple[ms_wire.RequestHead, Route, StackedInputs]]:
@@ -118,6 +124,7 @@ class MSServiceHandler:
         if valid:
             for i, result in zip(valid_index, await self._dispatcher.run(route, valid)):
                 outcomes[i] = result
+        request_metrics.note_results(outcomes)  # the bad instances' errors, when no instance ran
         return outcomes
 
     def _checked_instances(self, request: pb.PredictRequest, names: tuple) -> tuple[list, list[int], list[dict]]:

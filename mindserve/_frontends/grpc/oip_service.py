@@ -37,6 +37,7 @@ from mindserve._frontends.oip import models
 from mindserve._frontends.oip.infer import infer
 from mindserve._frontends.oip.models import SERVER_NAME
 from mindserve._frontends.oip.tensors import SHM_DETAIL, InputTensor, RawInput
+from mindserve._metrics import requests as request_metrics
 from mindserve._proto import grpc_inference as oip
 
 log = logging.getLogger("mindserve")
@@ -134,7 +135,9 @@ class OipServiceHandler:
             "ModelInfer": self._model_infer,
         }
         return grpc.method_handlers_generic_handler(SERVICE_NAME, {
-            name: grpc.unary_unary_rpc_method_handler(gated(self._admission, _unary(name, impl)))
+            name: grpc.unary_unary_rpc_method_handler(
+                gated(self._admission, _unary(name, impl),
+                      self._dispatcher.requests if name == "ModelInfer" else None, request_metrics.V2))
             for name, impl in rpcs.items()})
 
     # ---- server and model state ------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from mindserve._frontends.admission import Admission
 from mindserve._frontends.grpc.gate import gated
 from mindserve._frontends.grpc.unary import parsed, unary
 from mindserve._frontends.seldon.classify import classify
+from mindserve._metrics import requests as request_metrics
 from mindserve._proto import seldon as pb
 
 SERVICE_NAME = pb.SERVICE_NAME
@@ -26,4 +27,5 @@ class SeldonServiceHandler:
 
         return grpc.method_handlers_generic_handler(SERVICE_NAME, {
             "Predict": grpc.unary_unary_rpc_method_handler(
-                gated(self._admission, unary("Predict", parsed(pb.ClassificationRequest, predict))))})
+                gated(self._admission, unary("Predict", parsed(pb.ClassificationRequest, predict)),
+                      self._dispatcher.requests, request_metrics.SELDON))})

@@ -11,6 +11,7 @@ import grpc
 from mindserve._errors import ServingError
 from mindserve._frontends.grpc.status import status_of
 from mindserve._frontends.grpc.strict_parse import InvalidMessage, parse_strict
+from mindserve._metrics import requests as request_metrics
 
 log = logging.getLogger("mindserve")
 
@@ -29,11 +30,14 @@ def unary(rpc: str, call: Callable[[bytes], Awaitable[bytes]]):
         try:
             return await call(data)
         except InvalidMessage as exc:
+            request_metrics.note_reason(request_metrics.INVALID_INPUT)
             status, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
         except ServingError as err:
+            request_metrics.note_error(err)
             status, message = status_of(err), err.message
         except Exception as exc:  # a defect of ours: answer it plainly, never with a traceback
             log.exception("%s failed", rpc)
+            request_metrics.note_error(exc)
             status, message = grpc.StatusCode.INTERNAL, f"{rpc} failed: {exc}"
         await context.abort(status, message)
         raise AssertionError("context.abort returned")  # it raises: the call ends with that status

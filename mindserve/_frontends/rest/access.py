@@ -13,6 +13,7 @@ from mindserve._access.groups import OPEN, rest_group
 from mindserve._access.policy import AccessPolicy, TokenIssuer
 from mindserve._errors import PermissionDenied, ServingError, Unauthenticated
 from mindserve._frontends.rest.common import error_response, json_response, status_of
+from mindserve._metrics import requests as request_metrics
 
 BAD_CONSUMER = "unknown consumer, or wrong secret"
 
@@ -29,6 +30,7 @@ def _peer_identities(request: web.Request) -> list[str]:
 
 
 def _denial(request: web.Request, error: ServingError) -> web.Response:
+    request_metrics.note_error(error)  # counted when the request is an inference request
     response = error_response(status_of(error), error.message,
                               "error_msg" if request.path.startswith("/model/") else "error")
     if isinstance(error, Unauthenticated):

@@ -36,6 +36,7 @@ from mindserve._errors import (
     WorkerLost,
     kind_of,
 )
+from mindserve._metrics import requests as request_metrics
 
 HTTP_STATUS: dict[type, int] = {
     InvalidInput: 400,
@@ -86,11 +87,14 @@ def answers_errors(route: str, key: str = "error") -> Callable[[Handler], Handle
             try:
                 return await handler(*args)
             except HttpError as err:
+                request_metrics.note_reason(request_metrics.INVALID_INPUT if err.status < 500 else "internal")
                 return error_response(err.status, err.message, key)
             except ServingError as err:
+                request_metrics.note_error(err)
                 return error_response(status_of(err), err.message, key)
             except Exception as exc:  # a defect of ours: answer it plainly
                 log.exception("%s failed", route)
+                request_metrics.note_error(exc)
                 return error_response(500, f"{route} failed: {exc}", key)
         return handle
     return wrap

@@ -2,6 +2,7 @@
 optional TLS / mutual TLS and a request size limit, on the master's asyncio loop."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -13,6 +14,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from mindserve._access.groups import INFERENCE, rest_group
 from mindserve._access.policy import AccessPolicy
 from mindserve._config import SSLConfig
 from mindserve._dispatch.dispatcher import Dispatcher
@@ -24,6 +26,8 @@ from mindserve._frontends.rest.common import error_response
 from mindserve._frontends.rest.connections import ConnectionLimits, capped_connections
 from mindserve._frontends.rest.ms_routes import MindSporeRoutes
 from mindserve._frontends.rest.v2_routes import V2Routes
+from mindserve._metrics import requests as request_metrics
+from mindserve._metrics.requests import RequestMetrics
 
 ENDPOINTS = ("GET /v2/health/live, GET /v2/health/ready, GET /v2, GET /v2/models/{model}[/versions/{version}], "
              "GET /v2/models/{model}[/versions/{version}]/ready, POST /v2/models/{model}[/versions/{version}]/infer, "
@@ -99,21 +103,39 @@ def _quiet_client_faults() -> None:
         logger.addFilter(_ClientFaultFilter())
 
 
-def _admitting(admission: Admission):
-    """Middleware: requests refused with 503 once the server drains; those admitted counted until answered. While
-    the server drains, every response closes its connection, so that keep-alive clients reconnect elsewhere."""
+def _inference_protocol(request: web.Request) -> Optional[str]:
+    """The metrics' protocol label of an inference request; None for every other request."""
+    resource = request.match_info.route.resource
+    if resource is None or rest_group(request.method, resource.canonical) != INFERENCE:
+        return None
+    return request_metrics.REST_MS if request.path.startswith("/model/") else request_metrics.REST_V2
+
+
+def _admitting(admission: Admission, metrics: RequestMetrics):
+    """Middleware: requests refused with 503 once the server drains; those admitted counted until answered, and
+    inference requests counted in ``metrics``. While the server drains, every response closes its connection,
+    so that keep-alive clients reconnect elsewhere."""
 
     @web.middleware
     async def admit(request: web.Request, handler):
+        protocol = _inference_protocol(request)
         if not admission.enter():
+            if protocol is not None:
+                metrics.refused(protocol, request_metrics.SHUTTING_DOWN)
             refusal = error_response(503, SHUTTING_DOWN, "error_msg" if request.path.startswith("/model/")
                                      else "error")
             refusal.force_close()
             return refusal
         response: Optional[web.StreamResponse] = None
+        tally = metrics.begin(protocol) if protocol is not None else None
         try:
             response = await handler(request)
+        except asyncio.CancelledError as exc:  # the client went away
+            request_metrics.note_error(exc)
+            raise
         finally:
+            if tally is not None:
+                metrics.end(*tally)
             body = getattr(response, "body", None)
             admission.leave((request.content_length or 0) + (len(body) if isinstance(body, bytes) else 0))
         if admission.closed:
@@ -150,7 +172,7 @@ async def _server_header(request: web.Request, response: web.StreamResponse) -> 
 
 def make_app(dispatcher: Dispatcher, limit: int, admission: Admission,
              policy: Optional[AccessPolicy] = None) -> web.Application:
-    middlewares = [_admitting(admission), _json_errors]
+    middlewares = [_admitting(admission, dispatcher.requests), _json_errors]
     if policy is not None:
         middlewares.append(access_middleware(policy))
     app = web.Application(client_max_size=limit, middlewares=middlewares)
@@ -175,6 +197,14 @@ class RestServer:
     async def start(cls, address: str, dispatcher: Dispatcher, max_msg_mb_size: int,
                     ssl_config: Optional[SSLConfig], drain_grace_s: float, admission: Admission,
                     limits: ConnectionLimits, policy: Optional[AccessPolicy] = None) -> "RestServer":
+        return await cls.listen(address, make_app(dispatcher, max_msg_mb_size << 20, admission, policy), ssl_config,
+                                drain_grace_s, limits)
+
+    @classmethod
+    async def listen(cls, address: str, app: web.Application, ssl_config: Optional[SSLConfig],
+                     drain_grace_s: float, limits: ConnectionLimits, what: str = "REST server") -> "RestServer":
+        """Serve ``app`` on ``address`` (``host:port`` or ``unix:/path``), with TLS when ``ssl_config`` is given;
+        ``what`` names the server in errors."""
         context = ssl_context(ssl_config) if ssl_config else None
         _quiet_client_faults()
         socket_path = unix_socket_path(address)
@@ -183,8 +213,7 @@ class RestServer:
         # shutdown_timeout: how long stop() lets requests in flight finish; keepalive_timeout: aiohttp arms it
         # when a connection opens and after each response, and closes a connection that has not sent a whole
         # request head by then (a slowloris client, one that connects and says nothing, an idle keep-alive)
-        runner = web.AppRunner(make_app(dispatcher, max_msg_mb_size << 20, admission, policy), handle_signals=False,
-                               access_log=None, shutdown_timeout=drain_grace_s,
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=drain_grace_s,
                                keepalive_timeout=limits.idle_timeout_s)
         sock = _unix_socket(socket_path) if socket_path else None
         await runner.setup()
@@ -198,7 +227,7 @@ class RestServer:
             try:
                 await site.start()
             except OSError as exc:
-                raise RuntimeError(f"REST server failed to listen on {address}: {exc.strerror or exc}") from None
+                raise RuntimeError(f"{what} failed to listen on {address}: {exc.strerror or exc}") from None
         except BaseException:
             await runner.cleanup()
             if sock is not None and socket_path is not None:

@@ -1,0 +1,84 @@
+"""What a worker measures of its own work, per method: how long jobs waited in its queue, how long each stage
+of each execution took, how many instances each execution ran. The worker keeps running totals; the master
+asks for them over the control socket when it is scraped (``snapshot``), so no file and no second registry
+is involved, and nothing extra crosses per request.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Sequence
+
+from mindserve._metrics.histogram import BATCH_BOUNDS, DURATION_BOUNDS_NS, Histogram
+
+# Triton reports execution statistics per batch size; more distinct sizes than this are folded into the largest
+BATCH_SIZES_LIMIT = 256
+
+
+def stage_label(index: int, is_model: bool) -> str:
+    """How metrics name a stage: its position in the method (from 1) and its kind, ``"2:model"``."""
+    return f"{index}:{'model' if is_model else 'python'}"
+
+
+class _MethodStats:
+    __slots__ = ("queue", "stages", "batch", "executions", "inferences", "jobs", "compute", "by_batch")
+
+    def __init__(self) -> None:
+        self.queue = Histogram(DURATION_BOUNDS_NS)
+        self.stages: dict[str, Histogram] = {}
+        self.batch = Histogram(BATCH_BOUNDS)
+        self.executions = 0
+        self.inferences = 0
+        self.jobs = 0
+        self.compute = [0, 0, 0]  # nanoseconds summed over jobs: reading inputs, running stages, writing replies
+        self.by_batch: dict[int, list[int]] = {}  # instances -> [executions, input ns, infer ns, output ns]
+
+
+class WorkerStats:
+    """Running totals of one worker, written by its serving thread and read by its control thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._methods: dict[str, _MethodStats] = {}
+
+    def record(self, method: str, queued_ns: Sequence[int], stages: Sequence[tuple[str, int]], instances: int,
+               input_ns: int, output_ns: int) -> None:
+        """One execution of ``method``: the queue wait of each of its jobs, each stage's duration, the instances
+        it ran, and the time spent reading the jobs and writing the replies."""
+        jobs = len(queued_ns)
+        infer_ns = sum(ns for _, ns in stages)
+        with self._lock:
+            stats = self._methods.get(method)
+            if stats is None:
+                stats = self._methods[method] = _MethodStats()
+            for ns in queued_ns:
+                stats.queue.observe(ns)
+            for label, ns in stages:
+                histogram = stats.stages.get(label)
+                if histogram is None:
+                    histogram = stats.stages[label] = Histogram(DURATION_BOUNDS_NS)
+                histogram.observe(ns)
+            stats.batch.observe(instances)
+            stats.executions += 1
+            stats.inferences += instances
+            stats.jobs += jobs
+            compute = stats.compute
+            compute[0] += input_ns * jobs
+            compute[1] += infer_ns * jobs
+            compute[2] += output_ns * jobs
+            size = instances if instances in stats.by_batch or len(stats.by_batch) < BATCH_SIZES_LIMIT \
+                else max(stats.by_batch)
+            entry = stats.by_batch.get(size)
+            if entry is None:
+                entry = stats.by_batch[size] = [0, 0, 0, 0]
+            entry[0] += 1
+            entry[1] += input_ns
+            entry[2] += infer_ns
+            entry[3] += output_ns
+
+    def snapshot(self) -> dict[str, Any]:
+        """The totals so far, as plain JSON (see ``MethodTotals.from_snapshot`` for the reading side)."""
+        with self._lock:
+            return {method: {"q": s.queue.snapshot(), "s": {k: h.snapshot() for k, h in s.stages.items()},
+                             "b": s.batch.snapshot(), "x": s.executions, "i": s.inferences, "j": s.jobs,
+                             "c": list(s.compute), "bb": {str(k): list(v) for k, v in s.by_batch.items()}}
+                    for method, s in self._methods.items()}
