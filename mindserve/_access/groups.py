@@ -22,6 +22,7 @@ GRPC_METHODS: dict[str, str] = {
     _OIP + "ServerMetadata": METADATA,
     _OIP + "ModelMetadata": METADATA,
     _OIP + "ModelInfer": INFERENCE,
+    _OIP + "ModelStatistics": STATISTICS,
     "/io.seldon.api.rpc.Classifier/Predict": INFERENCE,
     "/grpc.health.v1.Health/Check": HEALTH,
     "/grpc.health.v1.Health/Watch": HEALTH,
@@ -38,6 +39,8 @@ for _prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
     REST_ROUTES[("GET", _prefix)] = METADATA
     REST_ROUTES[("GET", _prefix + "/ready")] = HEALTH
     REST_ROUTES[("POST", _prefix + "/infer")] = INFERENCE
+    REST_ROUTES[("GET", _prefix + "/stats")] = STATISTICS
+REST_ROUTES[("GET", "/v2/models/stats")] = STATISTICS
 REST_ROUTES[("GET", "/metrics")] = METRICS  # on the metrics server
 # MindSpore Serving's REST form, POST /model/{servable}[/version/{version}]:{method}, whatever its segment patterns
 REST_PREFIXES: dict[tuple[str, str], str] = {("POST", "/model/"): INFERENCE}

@@ -138,7 +138,8 @@ def test_reflection_describes_the_services(channel):
     oip = pool.FindServiceByName("inference.GRPCInferenceService")
     assert [(m.name, m.input_type.full_name, m.output_type.full_name) for m in oip.methods] == [
         (rpc, f"inference.{rpc}Request", f"inference.{rpc}Response")
-        for rpc in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer")]
+        for rpc in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
+                    "ModelStatistics")]
     infer_request = pool.FindMessageTypeByName("inference.ModelInferRequest")
     assert [(f.name, f.number) for f in infer_request.fields] == [
         ("model_name", 1), ("model_version", 2), ("id", 3), ("parameters", 4), ("inputs", 5), ("outputs", 6),

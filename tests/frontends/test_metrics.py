@@ -330,3 +330,45 @@ def test_metrics_over_a_unix_socket_guarded_by_access(tmp_path):
     finally:
         process.stop()
     assert not socket_file.exists()
+
+
+def test_tritonclient_reads_statistics_over_grpc_and_rest(meter):
+    import tritonclient.http as triton_http
+
+    client = Client(meter.address, "meter", "add")
+    before = triton_grpc.InferenceServerClient(meter.address).get_inference_statistics("meter.add", as_json=True)
+    for count in (1, 3, 3):
+        client.infer([{"x1": ONES, "x2": ONES}] * count)
+    grpc_stats = triton_grpc.InferenceServerClient(meter.address).get_inference_statistics("meter.add",
+                                                                                           as_json=True)
+    http_client = triton_http.InferenceServerClient(meter.rest)
+    rest_stats = http_client.get_inference_statistics("meter.add", "1")
+    (old,), (new,), (rest,) = before["model_stats"], grpc_stats["model_stats"], rest_stats["model_stats"]
+    assert (new["name"], new["version"], rest["name"], rest["version"]) == ("meter.add", "1", "meter.add", "1")
+
+    def grew(stats, key, field="count"):  # protobuf's JSON writes 64-bit integers as strings
+        return int(stats["inference_stats"][key].get(field, 0)) - int(old["inference_stats"][key].get(field, 0))
+
+    assert grew(new, "success") == 3 and grew(new, "fail") == 0 and grew(new, "queue") == 3
+    assert int(new["inference_count"]) - int(old.get("inference_count", 0)) == 7
+    assert int(new["execution_count"]) - int(old.get("execution_count", 0)) == 3
+    for key in ("success", "queue", "compute_input", "compute_infer", "compute_output"):
+        assert grew(new, key, "ns") > 0, key
+    # REST answers the same counts as plain JSON numbers, read a moment later
+    assert rest["inference_stats"]["success"]["count"] == int(new["inference_stats"]["success"]["count"])
+    assert rest["execution_count"] == int(new["execution_count"])
+    assert rest["last_inference"] >= int(new["last_inference"]) > 0
+    sizes = {b["batch_size"]: b["compute_infer"]["count"] for b in rest["batch_stats"]}
+    assert sizes[3] - {int(b["batch_size"]): int(b["compute_infer"].get("count", 0))
+                       for b in old.get("batch_stats", [])}.get(3, 0) == 2
+    every = http_client.get_inference_statistics()["model_stats"]
+    assert {(m["name"], m["version"]) for m in every} == {(f"meter.{m}", "1") for m in
+                                                          ("add", "pipeline", "broken", "checked", "held")}
+
+
+def test_statistics_of_a_model_or_version_not_served_are_not_found(meter):
+    with pytest.raises(Exception, match="Model 'nosuch' is not found"):
+        triton_grpc.InferenceServerClient(meter.address).get_inference_statistics("nosuch")
+    reply = request(meter.rest, "GET", "/v2/models/meter.add/versions/9/stats")
+    assert (reply.status, reply.json()) == (404, {"error": "Model 'meter.add' version 9 is not found, running "
+                                                           "versions: 1"})

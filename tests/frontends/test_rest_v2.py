@@ -98,7 +98,7 @@ def test_server_live_ready_and_metadata(triton, rest_server):
     assert triton.is_server_live() is True
     assert triton.is_server_ready() is True
     assert triton.get_server_metadata() == {"name": "mindserve", "version": "0.1.0",
-                                            "extensions": ["binary_tensor_data"]}
+                                            "extensions": ["binary_tensor_data", "statistics"]}
     for path in ("/v2/health/live", "/v2/health/ready"):
         reply = request(rest_server.address, "GET", path)
         assert (reply.status, reply.body) == (200, b"")

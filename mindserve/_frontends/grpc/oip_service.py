@@ -33,7 +33,7 @@ from mindserve._frontends.grpc.oip_wire import InferCall, InferReader, encode_re
 from mindserve._frontends.grpc.strict_parse import parse_strict
 from mindserve._frontends.grpc.unary import parsed as _parsed
 from mindserve._frontends.grpc.unary import unary as _unary
-from mindserve._frontends.oip import models
+from mindserve._frontends.oip import models, statistics
 from mindserve._frontends.oip.infer import infer
 from mindserve._frontends.oip.models import SERVER_NAME
 from mindserve._frontends.oip.tensors import SHM_DETAIL, InputTensor, RawInput
@@ -43,9 +43,9 @@ from mindserve._proto import grpc_inference as oip
 log = logging.getLogger("mindserve")
 
 SERVICE_NAME = oip.SERVICE_NAME
-# Protocol extensions this server implements. binary_tensor_data is an HTTP/REST extension (raw tensor bytes in
-# the HTTP body); over gRPC raw contents are part of the core protocol, so none is claimed here.
-EXTENSIONS: tuple[str, ...] = ()
+# Protocol extensions this server implements: model statistics. binary_tensor_data is an HTTP/REST extension (raw
+# tensor bytes in the HTTP body); over gRPC raw contents are part of the core protocol, so it is not claimed here.
+EXTENSIONS: tuple[str, ...] = ("statistics",)
 
 # the InferTensorContents field of each data type: the protocol widens the small integer types to 32 bits and
 # has no field for FP16 (FP16 data only comes raw)
@@ -66,6 +66,10 @@ _FIELD_DTYPE = {"bool_contents": np.dtype(np.bool_), "int_contents": np.dtype("<
                 "uint64_contents": np.dtype("<u8"), "fp32_contents": np.dtype("<f4"),
                 "fp64_contents": np.dtype("<f8")}
 
+
+
+def _set_duration(message: Any, duration: statistics.Duration) -> None:
+    message.count, message.ns = duration.count, duration.ns
 
 
 def _as_str(tensor: Any) -> bool:
@@ -133,6 +137,7 @@ class OipServiceHandler:
             "ModelReady": _parsed(oip.ModelReadyRequest, self._model_ready),
             "ModelMetadata": _parsed(oip.ModelMetadataRequest, self._model_metadata),
             "ModelInfer": self._model_infer,
+            "ModelStatistics": _parsed(oip.ModelStatisticsRequest, self._model_statistics),
         }
         return grpc.method_handlers_generic_handler(SERVICE_NAME, {
             name: grpc.unary_unary_rpc_method_handler(
@@ -161,6 +166,22 @@ class OipServiceHandler:
         for tensors_, entries in ((metadata.inputs, reply.inputs), (metadata.outputs, reply.outputs)):
             for tensor in tensors_:
                 entries.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        return reply
+
+    async def _model_statistics(self, request: Any) -> Any:
+        reply = oip.ModelStatisticsResponse()
+        for found in await statistics.model_statistics(self._dispatcher, request.name, request.version):
+            entry = reply.model_stats.add(name=found.name, version=found.version,
+                                          last_inference=found.last_inference,
+                                          inference_count=found.inference_count,
+                                          execution_count=found.execution_count)
+            for key in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit",
+                        "cache_miss"):
+                _set_duration(getattr(entry.inference_stats, key), getattr(found, key, statistics.Duration()))
+            for batch in found.batch_stats:
+                added = entry.batch_stats.add(batch_size=batch.batch_size)
+                for key in ("compute_input", "compute_infer", "compute_output"):
+                    _set_duration(getattr(added, key), getattr(batch, key))
         return reply
 
     # ---- inference -------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from mindserve._metrics.requests import RequestMetrics
 
 ENDPOINTS = ("GET /v2/health/live, GET /v2/health/ready, GET /v2, GET /v2/models/{model}[/versions/{version}], "
              "GET /v2/models/{model}[/versions/{version}]/ready, POST /v2/models/{model}[/versions/{version}]/infer, "
-             "POST /model/{servable}[/version/{version}]:{method}")
+             "GET /v2/models[/{model}[/versions/{version}]]/stats, POST /model/{servable}[/version/{version}]:{method}")
 
 
 def ssl_context(config: SSLConfig) -> ssl.SSLContext:

@@ -21,7 +21,7 @@ from aiohttp import web
 import mindserve
 from mindserve._dispatch.dispatcher import Dispatcher
 from mindserve._errors import clip
-from mindserve._frontends.oip import models
+from mindserve._frontends.oip import models, statistics
 from mindserve._frontends.oip.infer import infer
 from mindserve._frontends.rest import v2_codec
 from mindserve._frontends.rest.common import (
@@ -34,7 +34,7 @@ from mindserve._frontends.rest.common import (
 
 log = logging.getLogger("mindserve")
 
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "statistics"]
 
 class V2Routes:
     def __init__(self, dispatcher: Dispatcher, limit: int):
@@ -45,10 +45,12 @@ class V2Routes:
         app.router.add_get("/v2/health/live", self.live)
         app.router.add_get("/v2/health/ready", self.ready)
         app.router.add_get("/v2", self.server_metadata)
+        app.router.add_get("/v2/models/stats", self.statistics)  # before {model}, which "stats" would match
         for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
             app.router.add_get(prefix, self.model_metadata)
             app.router.add_get(prefix + "/ready", self.model_ready)
             app.router.add_post(prefix + "/infer", self.infer)
+            app.router.add_get(prefix + "/stats", self.statistics)
 
     async def live(self, request: web.Request) -> web.Response:
         return web.Response()
@@ -82,6 +84,12 @@ class V2Routes:
             return web.Response()
         return error_response(503, f"Model '{clip(model.name)}' version {served.version} is not ready: it has no live "
                                    f"worker")
+
+    @answers_errors("ModelStatistics")
+    async def statistics(self, request: web.Request) -> web.Response:
+        info = request.match_info
+        found = await statistics.model_statistics(self._dispatcher, info.get("model", ""), info.get("version", ""))
+        return json_response({"model_stats": [model.to_json() for model in found]})
 
     @answers_errors("ModelInfer")
     async def infer(self, request: web.Request) -> web.Response:
