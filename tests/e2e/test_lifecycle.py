@@ -245,6 +245,10 @@ for round_ in (1, 2):
         raise AssertionError("the REST server still answers after its block")
     except OSError:
         pass
+    metrics = server.start_metrics_server("127.0.0.1:0")
+    assert metrics.port and metrics.address == f"127.0.0.1:{{metrics.port}}"
+    with urllib.request.urlopen(f"http://{{metrics.address}}/metrics", timeout=30) as reply:
+        assert b'mindserve_worker_up{{device="0",servable="echo",version="1"}} 1.0' in reply.read()
     server.stop()
     assert echo(grpc_b.address)["error"].startswith("Grpc Error, (14, 'unavailable')")
     grpc_b.stop()  # after server.stop(): nothing to do
@@ -254,3 +258,71 @@ print("DONE", flush=True)
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
                           cwd=str(tmp_path))
     assert (done.returncode, done.stdout) == (0, "ROUND 1\nROUND 2\nDONE\n"), done.stderr
+
+
+HELD_CONFIG = '''
+import os
+import time
+from mindserve.server import register
+
+HERE = os.path.dirname(__file__)
+
+
+def held(x):
+    open(os.path.join(HERE, "started"), "w").close()
+    deadline = time.monotonic() + 60
+    while os.path.exists(os.path.join(HERE, "hold")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return x
+
+
+@register.register_method(output_names=["y"])
+def echo(x):
+    return register.add_stage(held, x, outputs_count=1)
+'''
+
+
+def test_sigterm_turns_health_not_serving_at_once_then_drains_then_exits(tmp_path):
+    """What a load balancer and Kubernetes rely on: at SIGTERM the gRPC health status turns NOT_SERVING while the
+    request in flight is still running, new requests are refused UNAVAILABLE (clients retry elsewhere), the
+    request in flight is answered, and only then does the process exit, with code 0."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    root = str(tmp_path / "servables")
+    folder = servables.write(root, "held", HELD_CONFIG)
+    hold, started = os.path.join(folder, "hold"), os.path.join(folder, "started")
+    address = f"127.0.0.1:{free_port()}"
+    server = start_server(tmp_path, f"""
+        server.start_servables(server.ServableStartConfig({root!r}, "held", device_ids=0))
+        server.start_grpc_server({address!r})
+    """, address)
+    channel = grpc.insecure_channel(address)
+    health = health_pb2_grpc.HealthStub(channel)
+    try:
+        serving = health_pb2.HealthCheckResponse.SERVING
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == serving
+        open(hold, "w").close()
+        x = np.array([1.5, 2.5], np.float32)
+        pending = Client(address, "held", "echo").infer_async({"x": x})
+        _wait_for_file(started)
+        server.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while health.Check(health_pb2.HealthCheckRequest(), timeout=10).status \
+                != health_pb2.HealthCheckResponse.NOT_SERVING:
+            assert time.monotonic() < deadline, "health did not turn NOT_SERVING"
+            time.sleep(0.02)
+        assert server.proc.poll() is None  # still running: the request in flight holds the drain
+        refused = Client(address, "held", "echo").infer({"x": x})
+        assert refused == {"error": "Grpc Error, (14, 'unavailable'), the server is shutting down: send the request "
+                                    "again, to another replica"}
+        os.unlink(hold)
+        result = pending.result(timeout=20)
+        code = server.proc.wait(30)
+    finally:
+        channel.close()
+        if os.path.exists(hold):
+            os.unlink(hold)
+        server.stop(signal.SIGKILL)
+    np.testing.assert_array_equal(result[0]["y"], x)
+    assert code == 0, server.output
