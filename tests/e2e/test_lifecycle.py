@@ -248,7 +248,7 @@ for round_ in (1, 2):
     metrics = server.start_metrics_server("127.0.0.1:0")
     assert metrics.port and metrics.address == f"127.0.0.1:{{metrics.port}}"
     with urllib.request.urlopen(f"http://{{metrics.address}}/metrics", timeout=30) as reply:
-        assert b'mindserve_worker_up{{device="0",servable="echo",version="1"}} 1.0' in reply.read()
+        assert b'mindserve_worker_up{{device="0",servable="echo",version="0"}} 1.0' in reply.read()
     server.stop()
     assert echo(grpc_b.address)["error"].startswith("Grpc Error, (14, 'unavailable')")
     grpc_b.stop()  # after server.stop(): nothing to do
