@@ -57,7 +57,7 @@ def check(channel: grpc.Channel, service: str) -> int:
     return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=30).status
 
 
-ALL_NAMES = ["", "add", "add.add_common", "add.add_cast", "versioned", "versioned.predict", "hold", "hold.echo",
+ALL_NAMES = ["", "liveness", "add", "add.add_common", "add.add_cast", "versioned", "versioned.predict", "hold", "hold.echo",
              *SERVICES]
 
 
@@ -71,8 +71,8 @@ def test_check_unknown_service(channel, service):
     with pytest.raises(grpc.RpcError) as info:
         check(channel, service)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
-    assert info.value.details() == (f"unknown service '{service}': health is kept for '' (the server), the gRPC "
-                                    f"services, each servable and each 'servable.method'")
+    assert info.value.details() == (f"unknown service '{service}': health is kept for '' (the server), "
+                                    f"'liveness', the gRPC services, each servable and each 'servable.method'")
 
 
 @pytest.mark.parametrize("rpc", ["Check", "Watch"])
@@ -112,6 +112,7 @@ def test_health_follows_worker_liveness(health_server, channel):
         assert check(channel, "hold") == NOT_SERVING
         assert check(channel, "hold.echo") == NOT_SERVING
         assert check(channel, "inference.GRPCInferenceService") == NOT_SERVING
+        assert check(channel, "liveness") == SERVING  # the server restarts its worker itself
         # the other servables still have their workers
         assert check(channel, "add") == SERVING
         assert check(channel, "versioned.predict") == SERVING

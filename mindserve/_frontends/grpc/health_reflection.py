@@ -5,7 +5,9 @@ Health follows the workers (a server that says SERVING while its workers are dea
 - ``""`` (the server) and each served gRPC service name: SERVING while every started servable version has a live
   worker, like OIP ServerReady;
 - a servable's name and each ``servable.method``: SERVING while at least one of its versions has a live worker
-  (requests that leave the version to the server are answered then).
+  (requests that leave the version to the server are answered then);
+- ``liveness``: SERVING while the server runs, whatever its workers do (a dead worker is restarted by the
+  server itself: a liveness probe must not restart the whole process for it).
 The statuses are recomputed on the master loop whenever the dispatcher tells of a change (a servable version
 added, a worker dead, a replacement up), and Watch streams get each change. At stop every status turns
 NOT_SERVING and Watch streams end.
@@ -37,13 +39,14 @@ REFLECTION_SERVICE_NAME = "grpc.reflection.v1alpha.ServerReflection"
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+LIVENESS = "liveness"  # the health name of the process itself (Kubernetes liveness probes ask for it)
 
 
 def health_statuses(dispatcher: Dispatcher, service_names: Sequence[str]) -> dict[str, bool]:
     """Whether each health name is serving now (see the module's text)."""
     served = dispatcher.served()
     server_ready = all(s.ready for s in served)
-    statuses = {"": server_ready}
+    statuses = {"": server_ready, LIVENESS: True}
     statuses.update((name, server_ready) for name in service_names)
     for version in served:
         names = [version.name] + [f"{version.name}.{method}" for method in version.methods]
@@ -126,8 +129,8 @@ class HealthMonitor:
         request = await self._parse(data, context)
         if request.service not in self._current:
             await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"unknown service '{request.service}': health is kept for '' (the server), the "
-                                f"gRPC services, each servable and each 'servable.method'")
+                                f"unknown service '{request.service}': health is kept for '' (the server), "
+                                f"'{LIVENESS}', the gRPC services, each servable and each 'servable.method'")
         return await self._servicer.Check(request, context)
 
     async def _watch(self, data: bytes, context: grpc.aio.ServicerContext) -> None:
