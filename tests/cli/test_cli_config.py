@@ -149,6 +149,21 @@ def test_either_server_may_be_off(tree):
         assert (config.grpc_address, config.rest_address) == ("127.0.0.1:5500", None)
 
 
+def test_the_metrics_server_is_on_8002_unless_moved_or_turned_off(tree):
+    assert load(tree).metrics_address == "127.0.0.1:8002"
+    assert load(tree, "metrics: unix:/tmp/metrics.sock\n").metrics_address == "unix:/tmp/metrics.sock"
+    assert load(tree, "metrics: off\n").metrics_address is None  # YAML reads off as false
+    assert load(tree, "metrics: 127.0.0.1:1\n",
+                environ={"MINDSERVE_METRICS_ADDRESS": "127.0.0.1:2"}).metrics_address == "127.0.0.1:2"
+    assert load(tree, environ={"MINDSERVE_METRICS_ADDRESS": "OFF"}).metrics_address is None
+    assert load(tree, environ={"MINDSERVE_METRICS_ADDRESS": "127.0.0.1:2"},
+                options={"metrics": "127.0.0.1:3"}).metrics_address == "127.0.0.1:3"
+    assert error_of(tree, "metrics: 127.0.0.1:1500\n") == \
+        "TMP/serving.yaml: metrics: the same address as rest_address (127.0.0.1:1500)"
+    assert error_of(tree, options={"metrics": "nowhere"}) == \
+        "--metrics-address: expected 'host:port' or 'unix:/path', got 'nowhere'"
+
+
 # ---- environment variables and options ----
 
 def test_environment_variables_override_the_file(tree):
