@@ -1,6 +1,6 @@
-"""The master's reading of workers' statistics (mindserve._metrics.worker_stats): snapshots checked and added
-up. A worker runs user code, so a snapshot is the worker's word: anything that is not the expected shape is
-dropped, never trusted to index or to crash a scrape."""
+"""One method's statistics as a worker keeps them (mindserve._metrics.worker_stats) and as the master reads and
+adds them up. A worker runs user code, so a snapshot is the worker's word: anything that is not the expected
+shape is dropped, never trusted to index or to crash a scrape."""
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -8,7 +8,7 @@ from typing import Any, Optional
 from mindserve._metrics.histogram import BATCH_BOUNDS, DURATION_BOUNDS_NS, Histogram
 
 STAGES_LIMIT = 64  # stage labels kept per method: a servable has a handful of stages
-BATCH_SIZES_LIMIT = 256
+BATCH_SIZES_LIMIT = 256  # Triton reports statistics per batch size; more distinct sizes fold into the largest
 
 
 def _count(value: Any) -> Optional[int]:
@@ -28,7 +28,9 @@ def _histogram(value: Any, bounds: tuple[int, ...]) -> Optional[Histogram]:
 
 
 class MethodTotals:
-    """One method's worker statistics, summed over snapshots (of one worker, or of all of a device's)."""
+    """One method's worker statistics: queue waits, stage durations and batch sizes as histograms, executions,
+    instances and jobs, and the nanoseconds spent reading jobs, running stages and writing replies (summed over
+    jobs, and per batch size)."""
 
     def __init__(self) -> None:
         self.queue = Histogram(DURATION_BOUNDS_NS)
@@ -62,6 +64,12 @@ class MethodTotals:
                 mine_entry = self.by_batch[size] = [0, 0, 0, 0]
             for i, n in enumerate(entry):
                 mine_entry[i] += n
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain JSON, what a worker sends (``from_snapshot`` reads it back)."""
+        return {"q": self.queue.snapshot(), "s": {k: h.snapshot() for k, h in self.stages.items()},
+                "b": self.batch.snapshot(), "x": self.executions, "i": self.inferences, "j": self.jobs,
+                "c": list(self.compute), "bb": {str(k): list(v) for k, v in self.by_batch.items()}}
 
     @classmethod
     def from_snapshot(cls, value: Any) -> Optional["MethodTotals"]:

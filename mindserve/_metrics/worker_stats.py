@@ -8,10 +8,8 @@ from __future__ import annotations
 import threading
 from typing import Any, Sequence
 
-from mindserve._metrics.histogram import BATCH_BOUNDS, DURATION_BOUNDS_NS, Histogram
-
-# Triton reports execution statistics per batch size; more distinct sizes than this are folded into the largest
-BATCH_SIZES_LIMIT = 256
+from mindserve._metrics.histogram import DURATION_BOUNDS_NS, Histogram
+from mindserve._metrics.totals import BATCH_SIZES_LIMIT, MethodTotals
 
 
 def stage_label(index: int, is_model: bool) -> str:
@@ -19,26 +17,12 @@ def stage_label(index: int, is_model: bool) -> str:
     return f"{index}:{'model' if is_model else 'python'}"
 
 
-class _MethodStats:
-    __slots__ = ("queue", "stages", "batch", "executions", "inferences", "jobs", "compute", "by_batch")
-
-    def __init__(self) -> None:
-        self.queue = Histogram(DURATION_BOUNDS_NS)
-        self.stages: dict[str, Histogram] = {}
-        self.batch = Histogram(BATCH_BOUNDS)
-        self.executions = 0
-        self.inferences = 0
-        self.jobs = 0
-        self.compute = [0, 0, 0]  # nanoseconds summed over jobs: reading inputs, running stages, writing replies
-        self.by_batch: dict[int, list[int]] = {}  # instances -> [executions, input ns, infer ns, output ns]
-
-
 class WorkerStats:
     """Running totals of one worker, written by its serving thread and read by its control thread."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._methods: dict[str, _MethodStats] = {}
+        self._methods: dict[str, MethodTotals] = {}
 
     def record(self, method: str, queued_ns: Sequence[int], stages: Sequence[tuple[str, int]], instances: int,
                input_ns: int, output_ns: int) -> None:
@@ -49,7 +33,7 @@ class WorkerStats:
         with self._lock:
             stats = self._methods.get(method)
             if stats is None:
-                stats = self._methods[method] = _MethodStats()
+                stats = self._methods[method] = MethodTotals()
             for ns in queued_ns:
                 stats.queue.observe(ns)
             for label, ns in stages:
@@ -76,9 +60,6 @@ class WorkerStats:
             entry[3] += output_ns
 
     def snapshot(self) -> dict[str, Any]:
-        """The totals so far, as plain JSON (see ``MethodTotals.from_snapshot`` for the reading side)."""
+        """The totals so far, as plain JSON (``MethodTotals.from_snapshot`` reads each method's back)."""
         with self._lock:
-            return {method: {"q": s.queue.snapshot(), "s": {k: h.snapshot() for k, h in s.stages.items()},
-                             "b": s.batch.snapshot(), "x": s.executions, "i": s.inferences, "j": s.jobs,
-                             "c": list(s.compute), "bb": {str(k): list(v) for k, v in s.by_batch.items()}}
-                    for method, s in self._methods.items()}
+            return {method: totals.snapshot() for method, totals in self._methods.items()}
