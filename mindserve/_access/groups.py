@@ -22,6 +22,7 @@ GRPC_METHODS: dict[str, str] = {
     _OIP + "ServerMetadata": METADATA,
     _OIP + "ModelMetadata": METADATA,
     _OIP + "ModelInfer": INFERENCE,
+    _OIP + "ModelStreamInfer": INFERENCE,
     _OIP + "ModelStatistics": STATISTICS,
     "/io.seldon.api.rpc.Classifier/Predict": INFERENCE,
     "/grpc.health.v1.Health/Check": HEALTH,

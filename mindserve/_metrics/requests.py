@@ -38,9 +38,11 @@ V2 = "v2"
 SELDON = "seldon"
 REST_MS = "rest_ms"
 REST_V2 = "rest_v2"
+V2_STREAM = "v2_stream"  # ModelStreamInfer
 # the gRPC inference methods and their protocol (what the access check counts when it refuses one)
 GRPC_PROTOCOLS = {"/mindspore.serving.proto.MSService/Predict": MS,
                   "/inference.GRPCInferenceService/ModelInfer": V2,
+                  "/inference.GRPCInferenceService/ModelStreamInfer": V2_STREAM,
                   "/io.seldon.api.rpc.Classifier/Predict": SELDON}
 
 _REASONS: dict[type, str] = {

@@ -140,7 +140,8 @@ def test_reflection_describes_the_services(channel):
     assert [(m.name, m.input_type.full_name, m.output_type.full_name) for m in oip.methods] == [
         (rpc, f"inference.{rpc}Request", f"inference.{rpc}Response")
         for rpc in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
-                    "ModelStatistics")]
+                    "ModelStatistics")] + [("ModelStreamInfer", "inference.ModelInferRequest",
+                                            "inference.ModelStreamInferResponse")]
     infer_request = pool.FindMessageTypeByName("inference.ModelInferRequest")
     assert [(f.name, f.number) for f in infer_request.fields] == [
         ("model_name", 1), ("model_version", 2), ("id", 3), ("parameters", 4), ("inputs", 5), ("outputs", 6),

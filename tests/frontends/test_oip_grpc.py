@@ -164,7 +164,7 @@ def test_server_metadata(triton):
     metadata = triton.get_server_metadata()
     assert metadata.name == "mindserve"
     assert metadata.version == "0.1.0"
-    assert list(metadata.extensions) == ["statistics"]
+    assert list(metadata.extensions) == ["statistics", "model_stream_infer"]
 
 
 def _tensors(entries) -> list:

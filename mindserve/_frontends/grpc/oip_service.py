@@ -29,6 +29,7 @@ from mindserve._errors import InvalidInput, clip
 from mindserve._frontends.admission import Admission
 from mindserve._frontends.grpc.gate import gated
 from mindserve._frontends.grpc.ms_tensors import invalid_input
+from mindserve._frontends.grpc.oip_stream import StreamInfer
 from mindserve._frontends.grpc.oip_wire import InferCall, InferReader, encode_response
 from mindserve._frontends.grpc.strict_parse import parse_strict
 from mindserve._frontends.grpc.unary import parsed as _parsed
@@ -43,9 +44,10 @@ from mindserve._proto import grpc_inference as oip
 log = logging.getLogger("mindserve")
 
 SERVICE_NAME = oip.SERVICE_NAME
-# Protocol extensions this server implements: model statistics. binary_tensor_data is an HTTP/REST extension (raw
-# tensor bytes in the HTTP body); over gRPC raw contents are part of the core protocol, so it is not claimed here.
-EXTENSIONS: tuple[str, ...] = ("statistics",)
+# Protocol extensions this server implements: model statistics, and ModelStreamInfer. binary_tensor_data is an
+# HTTP/REST extension (raw tensor bytes in the HTTP body); over gRPC raw contents are part of the core protocol,
+# so it is not claimed here.
+EXTENSIONS: tuple[str, ...] = ("statistics", "model_stream_infer")
 
 # the InferTensorContents field of each data type: the protocol widens the small integer types to 32 bits and
 # has no field for FP16 (FP16 data only comes raw)
@@ -66,6 +68,17 @@ _FIELD_DTYPE = {"bool_contents": np.dtype(np.bool_), "int_contents": np.dtype("<
                 "uint64_contents": np.dtype("<u8"), "fp32_contents": np.dtype("<f4"),
                 "fp64_contents": np.dtype("<f8")}
 
+
+
+def _identify(data: bytes) -> tuple[str, str]:
+    """The model name and id of a ModelInferRequest's bytes, as far as they can be read (for its error's
+    answer)."""
+    request: Any = oip.ModelInferRequest()
+    try:
+        request.ParseFromString(data)
+    except Exception:  # not a message at all: the answer names nothing
+        return "", ""
+    return request.model_name, request.id
 
 
 def _set_duration(message: Any, duration: statistics.Duration) -> None:
@@ -139,11 +152,13 @@ class OipServiceHandler:
             "ModelInfer": self._model_infer,
             "ModelStatistics": _parsed(oip.ModelStatisticsRequest, self._model_statistics),
         }
-        return grpc.method_handlers_generic_handler(SERVICE_NAME, {
-            name: grpc.unary_unary_rpc_method_handler(
-                gated(self._admission, _unary(name, impl),
-                      self._dispatcher.requests if name == "ModelInfer" else None, request_metrics.V2))
-            for name, impl in rpcs.items()})
+        handlers = {name: grpc.unary_unary_rpc_method_handler(
+                        gated(self._admission, _unary(name, impl),
+                              self._dispatcher.requests if name == "ModelInfer" else None, request_metrics.V2))
+                    for name, impl in rpcs.items()}
+        stream = StreamInfer(self._model_infer, _identify, self._admission, self._dispatcher.requests)
+        handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(stream.serve)
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
     # ---- server and model state ------------------------------------------------------------------------------
 
