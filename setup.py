@@ -18,7 +18,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # same inference.* messages, Seldon's clients compile seldon.proto): a second file defining a name fails to
 # import, so these are compiled to a descriptor set, *.desc, that mindserve loads into a pool of its own
 # (mindserve/_proto/private_pool.py).
-PRIVATE_POOL_PROTOS = {"grpc_inference.proto", "seldon.proto"}
+PRIVATE_POOL_PROTOS = {"grpc_inference.proto", "seldon.proto", "media_graph.proto"}
 
 
 def generate_protos() -> None:

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from typing import AsyncIterator, Awaitable, Callable, Optional
 
 import grpc
 
 from mindserve._errors import ServingError
 from mindserve._frontends.admission import SHUTTING_DOWN, Admission
+from mindserve._frontends.grpc.ordered import OrderedAnswers, StopReading, read_into
 from mindserve._frontends.grpc.status import status_of
 from mindserve._frontends.grpc.strict_parse import InvalidMessage
 from mindserve._frontends.grpc.wire_write import field, text_field
@@ -75,55 +75,30 @@ class StreamInfer:
         it)."""
         error_mode = any(key == ERROR_MODE_KEY and str(value).lower() == "true"
                          for key, value in (context.invocation_metadata() or ()))
-        slots = asyncio.Semaphore(self._max_in_flight)
-        pending: deque[asyncio.Task] = deque()
-        arrived = asyncio.Event()  # a request was started, or the reading ended
-        reading = asyncio.get_running_loop().create_task(self._read(requests, slots, pending, arrived))
-        refused = False
+        answers = OrderedAnswers(self._max_in_flight)
+        reading = asyncio.get_running_loop().create_task(read_into(answers, requests, self._start))
         try:
-            while True:
-                if not pending:
-                    if reading.done():
-                        refused = reading.result()
-                        break
-                    arrived.clear()
-                    await arrived.wait()
-                    continue
-                outcome = await pending[0]
-                pending.popleft()
-                slots.release()
+            async for outcome in answers.answers():
                 if isinstance(outcome, StreamError):
                     if error_mode:
                         await context.abort(outcome.status, outcome.message)
                     yield outcome.in_band()
                 else:
                     yield field(0x12, outcome)
+            refused = await reading
         finally:
             reading.cancel()
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(reading, *pending, return_exceptions=True)
+            await answers.close()
+            await asyncio.gather(reading, return_exceptions=True)
         if refused:
             await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
 
-    async def _read(self, requests: AsyncIterator[bytes], slots: asyncio.Semaphore, pending: deque,
-                    arrived: asyncio.Event) -> bool:
-        """Start each request as it comes, while a slot is free; True when the server refused one (draining)."""
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                await slots.acquire()
-                try:
-                    data = await requests.__anext__()
-                except StopAsyncIteration:
-                    return False
-                if not self._admission.enter():
-                    self._metrics.refused(request_metrics.V2_STREAM, request_metrics.SHUTTING_DOWN)
-                    return True
-                pending.append(loop.create_task(self._answer(data)))
-                arrived.set()
-        finally:
-            arrived.set()
+    def _start(self, data: bytes) -> object:
+        """A request read: its answer to come, or the end of the reading when the server drains."""
+        if not self._admission.enter():
+            self._metrics.refused(request_metrics.V2_STREAM, request_metrics.SHUTTING_DOWN)
+            return StopReading(True)
+        return self._answer(data)
 
     async def _answer(self, data: bytes) -> object:
         """One request's ModelInferResponse bytes, or its StreamError."""
