@@ -78,3 +78,22 @@ class SSLConfig:
         if verify_client and self.custom_ca is None:
             raise RuntimeError("Parameter 'custom_ca' should be given when 'verify_client' is True")
         self.verify_client = verify_client
+
+
+MAX_MEDIA_BATCH = 64  # frames one media stream may gather into a batch
+
+
+class MediaStreamConfig:
+    """What a video-analytics media stream (MediaGraphExtension/ProcessMediaStream) runs when its descriptor's
+    ``extension_configuration`` names no servable and method: ``method`` of ``servable`` (``version`` 0: the
+    newest), which takes the frame as its one input, ``batch_size`` frames at a time (1 to 64)."""
+
+    def __init__(self, servable: str, method: str, version: int = 0, batch_size: int = 1):
+        self.servable = check_str("servable", servable)
+        self.method = check_str("method", method)
+        self.version = check_int("version", version, 0)
+        self.batch_size = check_int("batch_size", batch_size, 1, MAX_MEDIA_BATCH)
+
+    def __repr__(self) -> str:
+        return (f"MediaStreamConfig(servable={self.servable!r}, method={self.method!r}, version={self.version}, "
+                f"batch_size={self.batch_size})")

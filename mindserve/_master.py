@@ -17,11 +17,12 @@ from typing import Any, Coroutine, Optional
 
 from mindserve._access.config import AccessConfig
 from mindserve._access.policy import AccessPolicy
-from mindserve._config import ServableStartConfig, SSLConfig
+from mindserve._config import MediaStreamConfig, ServableStartConfig, SSLConfig
 from mindserve._dispatch.dispatcher import Dispatcher
 from mindserve._frontends.admission import Admission
-from mindserve._frontends.grpc import health_reflection, ms_service, oip_service, seldon_service
+from mindserve._frontends.grpc import health_reflection, media_graph_service, ms_service, oip_service, seldon_service
 from mindserve._frontends.grpc.access import AccessInterceptor
+from mindserve._frontends.grpc.media_graph_service import MediaGraphHandler
 from mindserve._frontends.grpc.ms_service import MSServiceHandler
 from mindserve._frontends.grpc.oip_service import OipServiceHandler
 from mindserve._frontends.grpc.seldon_service import SeldonServiceHandler
@@ -43,7 +44,8 @@ METRICS_IDLE_TIMEOUT_S = 60.0  # a scraper keeps its connection between scrapes 
 
 # the gRPC services every server answers (and reflection lists)
 GRPC_SERVICE_NAMES = (ms_service.SERVICE_NAME, oip_service.SERVICE_NAME, seldon_service.SERVICE_NAME,
-                      health_reflection.HEALTH_SERVICE_NAME, health_reflection.REFLECTION_SERVICE_NAME)
+                      media_graph_service.SERVICE_NAME, health_reflection.HEALTH_SERVICE_NAME,
+                      health_reflection.REFLECTION_SERVICE_NAME)
 
 
 class Master:
@@ -124,7 +126,8 @@ class Master:
         return known[1]
 
     async def start_grpc_server(self, address: str, max_msg_mb_size: int, ssl_config: Optional[SSLConfig],
-                                access: Optional[AccessConfig] = None) -> GrpcServer:
+                                access: Optional[AccessConfig] = None,
+                                media_stream: Optional[MediaStreamConfig] = None) -> GrpcServer:
         policy = self.access_policy(access)
         if not self._grpc_handlers:
             self._health = health_reflection.HealthMonitor(self.dispatcher, GRPC_SERVICE_NAMES)
@@ -135,7 +138,10 @@ class Master:
                                    self._health.rpc_handlers(),
                                    health_reflection.reflection_handler(GRPC_SERVICE_NAMES)]
         interceptors = [AccessInterceptor(policy, self.dispatcher.requests)] if policy is not None else []
-        server = await GrpcServer.start(address, self._grpc_handlers, max_msg_mb_size, ssl_config, interceptors)
+        # the media streams' default target is this server's own
+        media = MediaGraphHandler(self.dispatcher, self._off_loop, self._admission, media_stream).rpc_handlers()
+        server = await GrpcServer.start(address, [*self._grpc_handlers, media], max_msg_mb_size, ssl_config,
+                                        interceptors)
         self.grpc_servers.append(server)
         log.info("gRPC server listening on %s%s", server.address, " (TLS)" if ssl_config else "")
         return server

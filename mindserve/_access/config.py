@@ -46,6 +46,8 @@ class AccessConfig:
       a verified client certificate (by common name or subject alternative name) opens.
     - ``consumers``: ``{"KEY": "SECRET"}`` lets the REST server issue tokens (``/token``, ``/oauth/token``), valid
       for ``token_ttl_s`` seconds, accepted like bearer tokens and as gRPC metadata ``oauth_token``.
+      A consumer may also send its key and secret as HTTP Basic credentials in the metadata key
+      ``x-ms-authentication`` (what video-analytics clients send on ProcessMediaStream).
 
     A group that ``restricted`` does not name is guarded by the other methods configured, except ``health``,
     which stays open unless ``restricted`` names it (probes must work). A request passes when any configured

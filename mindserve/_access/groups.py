@@ -25,6 +25,8 @@ GRPC_METHODS: dict[str, str] = {
     _OIP + "ModelStreamInfer": INFERENCE,
     _OIP + "ModelStatistics": STATISTICS,
     "/io.seldon.api.rpc.Classifier/Predict": INFERENCE,
+    "/microsoft.azure.media.live_video_analytics.extensibility.grpc.v1.MediaGraphExtension/ProcessMediaStream":
+        INFERENCE,
     "/grpc.health.v1.Health/Check": HEALTH,
     "/grpc.health.v1.Health/Watch": HEALTH,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": METADATA,

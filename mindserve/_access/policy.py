@@ -8,6 +8,8 @@ verified again on every call. No denial text repeats a credential or what was ex
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import secrets
 import time
@@ -21,6 +23,7 @@ Header = Callable[[str], Optional[str]]
 
 # a credential longer than this is refused unread (a token of a megabyte must not be parsed and verified)
 MAX_CREDENTIAL_BYTES = 8192
+BASIC_HEADER = "x-ms-authentication"  # where video-analytics clients send HTTP Basic credentials
 _HMAC_ALGORITHMS = {"HS256", "HS384", "HS512"}
 _KEY_ALGORITHMS = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES256K", "ES384", "ES512",
                    "EdDSA"}
@@ -139,13 +142,17 @@ class TokenIssuer:
         self.verifier = TokenVerifier(JWTConfig(secret=self._secret, algorithms=("HS256",), groups_claim=None,
                                                 audience="mindserve-consumer", leeway_s=0), "consumers")
 
-    def issue(self, key: str, secret: str) -> Optional[str]:
-        """A token for a consumer whose key and secret match, or None."""
+    def admits(self, key: str, secret: str) -> bool:
+        """Whether ``key`` is a consumer and ``secret`` its secret (compared in constant time, even for an unknown
+        key, so that timing tells nothing)."""
         expected = self._consumers.get(key.encode(errors="surrogateescape"))
         given = secret.encode(errors="surrogateescape")
-        # compared in constant time, and compared even for an unknown key, so that timing tells nothing
         matches = hmac.compare_digest(expected if expected is not None else b"\0" * 32, given)
-        if expected is None or not matches:
+        return expected is not None and matches
+
+    def issue(self, key: str, secret: str) -> Optional[str]:
+        """A token for a consumer whose key and secret match, or None."""
+        if not self.admits(key, secret):
             return None
         import jwt
         now = int(time.time())
@@ -194,6 +201,10 @@ class AccessPolicy:
             given = header(key[0])
             if given is not None and hmac.compare_digest(given.encode(errors="surrogateescape"), key[1]):
                 return None
+        if self.issuer is not None:  # a consumer's HTTP Basic credentials, as video-analytics clients send them
+            basic = _basic(header(BASIC_HEADER))
+            if basic is not None and self.issuer.admits(*basic):
+                return None
         token_groups: Optional[frozenset] = None
         token_given = False
         if self.verifier is not None or self.issuer is not None:
@@ -234,3 +245,17 @@ def _bearer(value: Optional[str]) -> Optional[str]:
         return None
     scheme, _, token = value.strip().partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _basic(value: Optional[str]) -> Optional[tuple[str, str]]:
+    """The (user, password) of an HTTP Basic credential (``Basic base64(user:password)``)."""
+    if value is None or len(value) > MAX_CREDENTIAL_BYTES:
+        return None
+    scheme, _, encoded = value.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, colon, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (user, password) if colon and user else None

@@ -39,10 +39,13 @@ SELDON = "seldon"
 REST_MS = "rest_ms"
 REST_V2 = "rest_v2"
 V2_STREAM = "v2_stream"  # ModelStreamInfer
+MEDIA_STREAM = "media_stream"  # the video-analytics extension's ProcessMediaStream
 # the gRPC inference methods and their protocol (what the access check counts when it refuses one)
 GRPC_PROTOCOLS = {"/mindspore.serving.proto.MSService/Predict": MS,
                   "/inference.GRPCInferenceService/ModelInfer": V2,
                   "/inference.GRPCInferenceService/ModelStreamInfer": V2_STREAM,
+                  "/microsoft.azure.media.live_video_analytics.extensibility.grpc.v1.MediaGraphExtension/"
+                  "ProcessMediaStream": MEDIA_STREAM,
                   "/io.seldon.api.rpc.Classifier/Predict": SELDON}
 
 _REASONS: dict[type, str] = {

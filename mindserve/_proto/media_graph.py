@@ -3,6 +3,8 @@
 and may share the process)."""
 from __future__ import annotations
 
+from typing import Any
+
 from mindserve._proto import private_pool
 
 PACKAGE = "microsoft.azure.media.live_video_analytics.extensibility.grpc.v1"
@@ -12,7 +14,7 @@ POOL = private_pool.load("media_graph.desc")
 DESCRIPTOR = POOL.FindFileByName("mindserve/_proto/media_graph.proto")
 
 
-def _message(name: str) -> type:
+def _message(name: str) -> Any:
     return private_pool.message_class(POOL, f"{PACKAGE}.{name}")
 
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Optional
 import yaml
 
 from mindserve._access.config import AccessConfig
+from mindserve._config import MAX_MEDIA_BATCH, MediaStreamConfig
 from mindserve.cli.access_settings import AccessSettingError, read_access
 
 DEFAULT_GRPC_ADDRESS = "127.0.0.1:5500"
@@ -32,7 +33,8 @@ BUNDLED_SERVABLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname
                                  "servables")
 
 TOP_KEYS = ("servable_directory", "servables", "grpc_address", "rest_address", "metrics", "tls", "max_msg_mb_size",
-            "max_enqueued_requests", "max_request_instances", "access")
+            "max_enqueued_requests", "max_request_instances", "access", "ava")
+AVA_KEYS = ("servable", "method", "version", "batch_size")
 SERVABLE_KEYS = ("name", "directory", "version", "device_ids", "device_type", "max_batch_size",
                  "max_batch_delay_ms", "shm_size_mb")
 TLS_KEYS = ("certificate", "private_key", "ca", "verify_client")
@@ -95,6 +97,7 @@ class ServeConfig:
     grpc_address: Optional[str] = DEFAULT_GRPC_ADDRESS
     rest_address: Optional[str] = DEFAULT_REST_ADDRESS
     metrics_address: Optional[str] = DEFAULT_METRICS_ADDRESS
+    media_stream: Optional[MediaStreamConfig] = None  # what a video-analytics stream runs unless it says
     tls: Optional[TLSSettings] = None
     max_msg_mb_size: int = DEFAULT_MAX_MSG_MB_SIZE
     max_enqueued_requests: int = DEFAULT_MAX_ENQUEUED_REQUESTS
@@ -172,6 +175,24 @@ def _address(setting: _Setting) -> Optional[str]:
             if host and port.isdigit() and 1 <= int(port) <= 65535:
                 return value
     raise _fail(setting, "'host:port' or 'unix:/path'")
+
+
+def _media_stream(setting: _Setting) -> Optional[MediaStreamConfig]:
+    """The ``ava:`` section: the servable method a video-analytics stream runs when its descriptor names none."""
+    value = setting.value
+    if value is None:
+        return None
+    _check_keys(_mapping(value, setting.origin, "a mapping with servable, method, version, batch_size"), AVA_KEYS,
+                f"{setting.origin}.")
+    for key in ("servable", "method"):
+        if key not in value:
+            raise ConfigError(f"{setting.origin}: missing key '{key}'")
+        if not isinstance(value[key], str) or not value[key]:
+            raise _fail(_Setting(value[key], f"{setting.origin}.{key}", setting.base), "a name")
+    version = _int(_Setting(value.get("version", 0), f"{setting.origin}.version", setting.base), 0)
+    batch = _int(_Setting(value.get("batch_size", 1), f"{setting.origin}.batch_size", setting.base), 1,
+                 MAX_MEDIA_BATCH)
+    return MediaStreamConfig(value["servable"], value["method"], version, batch)
 
 
 def _device_ids(setting: _Setting) -> tuple:
@@ -513,6 +534,7 @@ def load_config(config_file: Optional[str] = None, environ: Optional[Mapping[str
     return ServeConfig(
         access=access, warnings=tuple(warnings),
         grpc_address=grpc_address, rest_address=rest_address, metrics_address=metrics_address,
+        media_stream=_media_stream(top["ava"]) if "ava" in top else None,
         max_msg_mb_size=_int(top["max_msg_mb_size"], 1, 512) if "max_msg_mb_size" in top
         else DEFAULT_MAX_MSG_MB_SIZE,
         max_enqueued_requests=_int(top["max_enqueued_requests"], 1) if "max_enqueued_requests" in top

@@ -104,7 +104,8 @@ def serve(config: ServeConfig, out: Optional[TextIO] = None, err: Optional[TextI
             ssl_config = server.SSLConfig(certificate=config.tls.certificate, private_key=config.tls.private_key,
                                           custom_ca=config.tls.ca, verify_client=config.tls.verify_client)
         if config.grpc_address:
-            server.start_grpc_server(config.grpc_address, config.max_msg_mb_size, ssl_config, access=config.access)
+            server.start_grpc_server(config.grpc_address, config.max_msg_mb_size, ssl_config, access=config.access,
+                                     media_stream=config.media_stream)
         if config.rest_address:
             server.start_restful_server(config.rest_address, config.max_msg_mb_size, ssl_config,
                                         access=config.access)

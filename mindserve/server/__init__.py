@@ -17,7 +17,7 @@ import typing as _typing
 
 from mindserve._access.config import AccessConfig, JWTConfig
 from mindserve._checks import check_int as _check_int
-from mindserve._config import ServableStartConfig, SSLConfig
+from mindserve._config import MediaStreamConfig, ServableStartConfig, SSLConfig
 from mindserve._frontends.grpc.server import check_address as _check_address
 from mindserve._frontends.rest import require_aiohttp as _require_aiohttp
 from mindserve._master import get_master as _get_master
@@ -28,8 +28,9 @@ from mindserve.server import context, register
 if _typing.TYPE_CHECKING:  # (only the documented names are this module's: see tests/e2e/test_public_api.py)
     from typing import Optional, Sequence, Union
 
-__all__ = ["AccessConfig", "JWTConfig", "ServableStartConfig", "ServerHandle", "SSLConfig", "context", "register",
-           "start_servables", "start_grpc_server", "start_restful_server", "start_metrics_server", "stop"]
+__all__ = ["AccessConfig", "JWTConfig", "MediaStreamConfig", "ServableStartConfig", "ServerHandle", "SSLConfig",
+           "context", "register", "start_servables", "start_grpc_server", "start_restful_server",
+           "start_metrics_server", "stop"]
 
 
 def _configure_logging() -> None:
@@ -58,20 +59,25 @@ def start_servables(servable_configs: Union[ServableStartConfig, Sequence[Servab
 
 
 def start_grpc_server(address: str, max_msg_mb_size: int = 100, ssl_config: Optional[SSLConfig] = None,
-                      access: Optional[AccessConfig] = None) -> ServerHandle:
+                      access: Optional[AccessConfig] = None,
+                      media_stream: Optional[MediaStreamConfig] = None) -> ServerHandle:
     """Serve MSService, the Open Inference Protocol (``inference.GRPCInferenceService``), gRPC health and server
     reflection on ``address``: ``"host:port"`` or ``"unix:/path"`` (a socket file only the owner may use).
     ``max_msg_mb_size`` in [1, 512] bounds request and reply sizes; ``ssl_config`` turns on TLS; ``access``
-    (an AccessConfig) decides who may call which group of methods. Returns a ServerHandle (``.address``,
-    ``.port``, the one bound for port 0; ``.stop()``; a context manager)."""
+    (an AccessConfig) decides who may call which group of methods. The video-analytics extension
+    (MediaGraphExtension/ProcessMediaStream) runs what a stream's descriptor names, else ``media_stream`` (a
+    MediaStreamConfig). Returns a ServerHandle (``.address``, ``.port``, the one bound for port 0; ``.stop()``; a
+    context manager)."""
     _check_address(address)
     _check_int("max_msg_mb_size", max_msg_mb_size, 1, 512)
     if ssl_config is not None and not isinstance(ssl_config, SSLConfig):
         raise RuntimeError("The type of ssl_config should be type of SSLConfig")
+    if media_stream is not None and not isinstance(media_stream, MediaStreamConfig):
+        raise RuntimeError("The type of media_stream should be type of MediaStreamConfig")
     _configure_logging()
     master = _get_master()
     return ServerHandle("gRPC", master, master.call(master.start_grpc_server(address, max_msg_mb_size, ssl_config,
-                                                                              access)))
+                                                                              access, media_stream)))
 
 
 def start_restful_server(address: str, max_msg_mb_size: int = 100, ssl_config: Optional[SSLConfig] = None,

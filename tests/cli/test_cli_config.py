@@ -164,6 +164,20 @@ def test_the_metrics_server_is_on_8002_unless_moved_or_turned_off(tree):
         "--metrics-address: expected 'host:port' or 'unix:/path', got 'nowhere'"
 
 
+def test_the_ava_section_names_what_media_streams_run_by_default(tree):
+    from mindserve._config import MediaStreamConfig
+
+    assert load(tree).media_stream is None
+    config = load(tree, "ava: {servable: frames, method: intensity, batch_size: 3}\n").media_stream
+    assert isinstance(config, MediaStreamConfig)
+    assert (config.servable, config.method, config.version, config.batch_size) == ("frames", "intensity", 0, 3)
+    assert error_of(tree, "ava: {servable: frames}\n") == "TMP/serving.yaml: ava: missing key 'method'"
+    assert error_of(tree, "ava: {servable: frames, method: m, batch_size: 65}\n") == \
+        "TMP/serving.yaml: ava.batch_size: expected an int in [1, 64], got 65"
+    assert error_of(tree, "ava: {servable: frames, method: m, batch: 2}\n") == \
+        "TMP/serving.yaml: ava.batch: unknown key (known keys: servable, method, version, batch_size)"
+
+
 # ---- environment variables and options ----
 
 def test_environment_variables_override_the_file(tree):
@@ -235,7 +249,7 @@ FILE_ERRORS = [
      "max_batch_size, max_batch_delay_ms, shm_size_mb)"),
     ("grpc_adress: 127.0.0.1:1",
      "grpc_adress: unknown key (known keys: servable_directory, servables, grpc_address, rest_address, metrics, tls, "
-     "max_msg_mb_size, max_enqueued_requests, max_request_instances, access)"),
+     "max_msg_mb_size, max_enqueued_requests, max_request_instances, access, ava)"),
     ("tls: {certificate: server.pem, private_key: server.key, verify: true}",
      "tls.verify: unknown key (known keys: certificate, private_key, ca, verify_client)"),
     ("tls: server.pem", "tls: expected a mapping with certificate, private_key, ca, verify_client, got 'server.pem'"),

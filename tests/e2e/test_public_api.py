@@ -17,7 +17,7 @@ def _public(module: types.ModuleType) -> set:
 
 
 def test_server_names():
-    names = {"AccessConfig", "JWTConfig", "ServableStartConfig", "ServerHandle", "SSLConfig", "context", "register",
+    names = {"AccessConfig", "JWTConfig", "MediaStreamConfig", "ServableStartConfig", "ServerHandle", "SSLConfig", "context", "register",
              "start_servables", "start_grpc_server", "start_restful_server", "start_metrics_server", "stop"}
     assert _public(mindserve.server) == names == set(mindserve.server.__all__)
 

@@ -295,6 +295,7 @@ def test_every_grpc_method_and_rest_route_has_a_group():
     from mindserve._dispatch.dispatcher import Dispatcher
     from mindserve._frontends.admission import Admission
     from mindserve._frontends.grpc import health_reflection
+    from mindserve._frontends.grpc.media_graph_service import MediaGraphHandler
     from mindserve._frontends.grpc.ms_service import MSServiceHandler
     from mindserve._frontends.grpc.oip_service import OipServiceHandler
     from mindserve._frontends.grpc.seldon_service import SeldonServiceHandler
@@ -303,7 +304,8 @@ def test_every_grpc_method_and_rest_route_has_a_group():
     dispatcher, admission = Dispatcher(), Admission()
     handlers = [MSServiceHandler(dispatcher, None, admission).rpc_handlers(),
                 OipServiceHandler(dispatcher, admission).rpc_handlers(),
-                SeldonServiceHandler(dispatcher, admission).rpc_handlers()]
+                SeldonServiceHandler(dispatcher, admission).rpc_handlers(),
+                MediaGraphHandler(dispatcher, None, admission).rpc_handlers()]
     methods = {m for h in handlers for m in h._method_handlers}  # (grpc's generic handler keeps them there)
     methods |= {"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch",
                 "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"}

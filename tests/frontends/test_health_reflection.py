@@ -19,7 +19,8 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 SERVICES = ["grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection", "inference.GRPCInferenceService",
-            "io.seldon.api.rpc.Classifier", "mindspore.serving.proto.MSService"]
+            "io.seldon.api.rpc.Classifier", "microsoft.azure.media.live_video_analytics.extensibility.grpc.v1."
+            "MediaGraphExtension", "mindspore.serving.proto.MSService"]
 
 
 @pytest.fixture(scope="module")

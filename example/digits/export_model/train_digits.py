@@ -1,5 +1,6 @@
-"""Trains the digits servable's classifier, writes servables/digits/1/digits_mlp.onnx and a folder of held-out
-test images (example/digits/test_images/).
+"""Trains the digits servable's classifier, writes servables/digits/1/digits_mlp.onnx (and the same file for the
+frames servable's digits method, servables/frames/1/digits_mlp.onnx) and a folder of held-out test images
+(example/digits/test_images/).
 
 Data: scikit-learn's handwritten digits (load_digits: 1797 images, 8x8, levels 0..16, ink high). Every 4th
 sample (index % 4 == 0, 450 images) is held out; the model is trained on the other 1347.
@@ -35,6 +36,7 @@ from sklearn.neural_network import MLPClassifier
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_MODEL = os.path.join(HERE, "..", "..", "..", "servables", "digits", "1", "digits_mlp.onnx")
+FRAMES_MODEL = os.path.abspath(os.path.join(HERE, "..", "..", "..", "servables", "frames", "1", "digits_mlp.onnx"))
 DEFAULT_IMAGES = os.path.join(HERE, "..", "test_images")
 BATCH_SIZE = 32
 HIDDEN_UNITS = 32
@@ -106,4 +108,7 @@ if __name__ == "__main__":
     os.makedirs(os.path.dirname(model_path), exist_ok=True)
     onnx.save(to_onnx_model(fitted), model_path)
     print(f"held-out accuracy {accuracy:.4f} ({held_out_count} images); wrote {model_path}")
+    if len(sys.argv) <= 1:  # the frames servable classifies digits in video frames with the same model
+        onnx.save(to_onnx_model(fitted), FRAMES_MODEL)
+        print(f"wrote {FRAMES_MODEL}")
     print(f"wrote {len(write_test_images(images_folder))} test images into {images_folder}")

@@ -30,7 +30,7 @@ from grpc_reflection.v1alpha.reflection import aio as reflection_aio
 
 from mindserve._dispatch.dispatcher import Dispatcher
 from mindserve._frontends.grpc.strict_parse import InvalidMessage, parse_strict
-from mindserve._proto import grpc_inference, ms_service_pb2, seldon
+from mindserve._proto import grpc_inference, media_graph, ms_service_pb2, seldon
 
 log = logging.getLogger("mindserve")
 
@@ -170,7 +170,7 @@ def reflection_pool() -> descriptor_pool.DescriptorPool:
     messages live outside protobuf's default pool (see mindserve/_proto/grpc_inference.py)."""
     pool = descriptor_pool.DescriptorPool()
     for file in (ms_service_pb2.DESCRIPTOR, grpc_inference.DESCRIPTOR, any_pb2.DESCRIPTOR, seldon.DESCRIPTOR,
-                 health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
+                 media_graph.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
         pool.AddSerializedFile(file.serialized_pb)
     return pool
 

@@ -1,0 +1,315 @@
+"""``MediaGraphExtension/ProcessMediaStream``: the video-analytics gRPC extension (Azure Video Analyzer / Live
+Video Analytics) on the gRPC port. A client streams video frames; each runs through a servable method (its one
+input receives the frame as an HxWx3 uint8 RGB array) by way of the same dispatcher and batching as every other
+request, so frames of many streams batch together in the worker.
+
+The conversation (see the contract in ``mindserve/_proto/media_graph.proto``):
+
+1. The client's first message is its MediaStreamDescriptor (sequence_number 1): the frame format, the transfer
+   (embedded bytes, or a shared memory region in /dev/shm) and, in ``extension_configuration``, JSON naming what
+   runs: ``{"servable": ..., "method": ..., "version": 0, "batch_size": 1}`` (the server's MediaStreamConfig
+   gives what it leaves out). The server answers with its own descriptor, acknowledging it.
+2. Each MediaSample carries a frame. With ``batch_size`` N, frames gather N at a time: a frame that does not
+   complete its batch is acknowledged as soon as its bytes are taken (a shared-memory region may then be
+   reused); the frame that completes it is acknowledged with the batch's inferences once they are made, each
+   marked with its frame's sequence number and timestamp (``extensions``) when N > 1. Frames left over when the
+   client half-closes are run and answered in one last message that acknowledges nothing (ack 0).
+3. Messages are numbered from 1 on each side; the server's replies go in the order of the frames.
+
+Any fault of a stream (a sample before the descriptor, a second descriptor, a message out of sequence, a frame
+that does not match its format, a bad reference into the region, a failing method) ends that stream with a
+status and a text naming it; other streams and calls go on, and the stream's region is closed.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, AsyncIterator, Optional
+
+import grpc
+import numpy as np
+
+from mindserve import _dtypes
+from mindserve._config import MAX_MEDIA_BATCH, MediaStreamConfig
+from mindserve._dispatch.dispatcher import Dispatcher
+from mindserve._errors import ServingError, clip
+from mindserve._frontends.admission import SHUTTING_DOWN, Admission
+from mindserve._frontends.grpc.ordered import OrderedAnswers, StopReading, read_into
+from mindserve._frontends.grpc.status import status_of
+from mindserve._frontends.grpc.strict_parse import InvalidMessage, parse_strict
+from mindserve._frontends.media_stream.frames import FrameError, FrameFormat, expected_length
+from mindserve._frontends.media_stream.inferences import frame_inferences
+from mindserve._frontends.media_stream.shared_region import SharedRegion
+from mindserve._frontends.off_loop import OffLoop
+from mindserve._metrics import requests as request_metrics
+from mindserve._proto import media_graph as pb
+from mindserve._tensor import RawTensor
+
+log = logging.getLogger("mindserve")
+
+SERVICE_NAME = pb.SERVICE_NAME
+MAX_IN_FLIGHT = 16  # frames (or batches) of one stream in progress at once
+CONFIG_KEYS = ("servable", "method", "version", "batch_size")
+
+
+class StreamEnd(Exception):
+    """The stream ends with ``status`` and ``message``."""
+
+    def __init__(self, status: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _frame_end(error: FrameError) -> StreamEnd:
+    return StreamEnd(getattr(grpc.StatusCode, error.status), error.message)
+
+
+class _Target:
+    """What a stream runs: the servable method, its version, its one input, and the batch size."""
+
+    def __init__(self, servable: str, method: str, version: int, batch_size: int, input_name: str):
+        self.servable, self.method, self.version = servable, method, version
+        self.batch_size, self.input_name = batch_size, input_name
+
+
+def _configuration(text: str, defaults: Optional[MediaStreamConfig]) -> dict:
+    """The stream's settings: the descriptor's JSON over the server's defaults."""
+    settings: dict[str, Any] = {}
+    if defaults is not None:
+        settings = {"servable": defaults.servable, "method": defaults.method, "version": defaults.version,
+                    "batch_size": defaults.batch_size}
+    if text.strip():
+        try:
+            given = json.loads(text)
+        except ValueError as exc:
+            raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, f"extension_configuration is not JSON: {exc}") from None
+        if not isinstance(given, dict):
+            raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, "extension_configuration should be a JSON object")
+        unknown = sorted(set(given) - set(CONFIG_KEYS))
+        if unknown:
+            raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"extension_configuration has the unknown key '{clip(unknown[0])}': it takes "
+                            f"{', '.join(CONFIG_KEYS)}")
+        settings.update(given)
+    missing = [key for key in ("servable", "method") if key not in settings]
+    if missing:
+        raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT,
+                        f"the stream names no {' and no '.join(missing)}: set extension_configuration to "
+                        f'{{"servable": ..., "method": ...}}, or give the server a default (ava: in serving.yaml)')
+    for key in ("servable", "method"):
+        if not isinstance(settings[key], str) or not settings[key]:
+            raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, f"extension_configuration '{key}' should be a name")
+    settings.setdefault("version", 0)
+    settings.setdefault("batch_size", 1)
+    for key, low, high in (("version", 0, None), ("batch_size", 1, MAX_MEDIA_BATCH)):
+        value = settings[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < low or (high and value > high):
+            limit = f"{low} to {high}" if high else f"at least {low}"
+            raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, f"extension_configuration '{key}' should be an "
+                                                              f"integer {limit}, got {clip(json.dumps(value))}")
+    return settings
+
+
+class _Stream:
+    """One ProcessMediaStream call's state after its descriptor: what it runs, how frames come, the batch being
+    gathered, and the sequence numbers of both sides."""
+
+    def __init__(self, handler: "MediaGraphHandler", target: _Target, frame_format: FrameFormat,
+                 region: Optional[SharedRegion]):
+        self._handler = handler
+        self.target = target
+        self.format = frame_format
+        self.region = region
+        self.expected_sequence = 2  # the client's next message number
+        self.sent = 1  # the server's last message number (its descriptor was 1)
+        self.batch: list[tuple[int, int, Any]] = []  # (sequence number, timestamp, frame or its decoding task)
+
+    def start(self, data: bytes) -> Any:
+        """A message read: the answer to come (see OrderedAnswers), or the end of the stream."""
+        try:
+            return self._frame(data)
+        except StreamEnd as end:
+            return StopReading(end)
+        except FrameError as error:
+            return StopReading(_frame_end(error))
+
+    def _frame(self, data: bytes) -> Any:
+        try:
+            message: Any = parse_strict(pb.MediaStreamMessage, data)
+        except InvalidMessage as exc:
+            raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        if message.sequence_number != self.expected_sequence:
+            raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, f"message sequence_number {message.sequence_number}, "
+                                                              f"expected {self.expected_sequence}")
+        self.expected_sequence += 1
+        payload = message.WhichOneof("payload")
+        if payload == "media_stream_descriptor":
+            raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, "a second media_stream_descriptor: the stream's "
+                                                              "descriptor is its first message only")
+        if payload != "media_sample":
+            raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, f"message {message.sequence_number} carries no "
+                                                              f"media_sample")
+        sample = message.media_sample
+        frame = self._take(sample)  # the bytes are copied out of the message or region now
+        self.batch.append((message.sequence_number, sample.timestamp, frame))
+        if len(self.batch) < self.target.batch_size:
+            return self._ack(message.sequence_number, sample.timestamp, frame)
+        batch, self.batch = self.batch, []
+        return self._run(batch, message.sequence_number, sample.timestamp)
+
+    def _take(self, sample: Any) -> Any:
+        """The sample's frame, decoded (RAW), or the task decoding it (encoded images, off the event loop)."""
+        content = sample.WhichOneof("content")
+        if self.region is None:
+            if content != "content_bytes":
+                raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, "the stream sends its frames embedded: a sample "
+                                                                  "needs content_bytes")
+            data: Any = sample.content_bytes.bytes
+        else:
+            if content != "content_reference":
+                raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, "the stream sends its frames through shared "
+                                                                  "memory: a sample needs content_reference")
+            reference = sample.content_reference
+            data = self.region.read(reference.address_offset, reference.length_bytes, expected_length(self.format))
+        if expected_length(self.format) is not None:
+            return self.format.decode(data)
+        return asyncio.get_running_loop().create_task(self._handler.off_loop.run(self.format.decode, data))
+
+    async def _ack(self, sequence: int, timestamp: int, frame: Any) -> Any:
+        if isinstance(frame, asyncio.Future):
+            await frame  # a frame that cannot be decoded ends the stream here, in order
+        return sequence, pb.MediaSample(timestamp=timestamp)
+
+    async def _run(self, batch: list, sequence: int, timestamp: int) -> Any:
+        """Run a batch of frames; the reply that acknowledges its last frame, with every frame's inferences."""
+        frames = [await f if isinstance(f, asyncio.Future) else f for _, _, f in batch]
+        return sequence, pb.MediaSample(timestamp=timestamp, inferences=await self._infer(batch, frames))
+
+    async def _infer(self, batch: list, frames: list[np.ndarray]) -> list:
+        handler, target = self._handler, self.target
+        if not handler.admission.enter():
+            handler.dispatcher.requests.refused(request_metrics.MEDIA_STREAM, request_metrics.SHUTTING_DOWN)
+            raise StreamEnd(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+        tally = handler.dispatcher.requests.begin(request_metrics.MEDIA_STREAM)
+        try:
+            route = handler.dispatcher.resolve(target.servable, target.method, target.version)
+            instances = [{target.input_name: RawTensor(_dtypes.MS_UINT8, frame.shape, frame.data.cast("B"))}
+                         for frame in frames]
+            results = await handler.dispatcher.run(route, instances)
+            inferences = []
+            for (sequence, timestamp, _), outcome in zip(batch, results):
+                if isinstance(outcome, ServingError):
+                    raise outcome
+                found = frame_inferences(outcome)
+                if target.batch_size > 1:
+                    for inference in found:
+                        inference.extensions["sequence_number"] = str(sequence)
+                        inference.extensions["timestamp"] = str(timestamp)
+                inferences += found
+            return inferences
+        except ServingError as err:
+            request_metrics.note_error(err)
+            raise StreamEnd(status_of(err), err.message) from None
+        finally:
+            handler.dispatcher.requests.end(*tally)
+            handler.admission.leave(sum(f.nbytes for f in frames))
+
+    def reply(self, ack: int, sample: Any) -> bytes:
+        self.sent += 1
+        return pb.MediaStreamMessage(sequence_number=self.sent, ack_sequence_number=ack,
+                                     media_sample=sample).SerializeToString()
+
+    def close(self) -> None:
+        if self.region is not None:
+            self.region.close()
+
+
+class MediaGraphHandler:
+    """The MediaGraphExtension service of the gRPC servers."""
+
+    def __init__(self, dispatcher: Dispatcher, off_loop: OffLoop, admission: Admission,
+                 defaults: Optional[MediaStreamConfig] = None):
+        self.dispatcher = dispatcher
+        self.off_loop = off_loop
+        self.admission = admission
+        self.defaults = defaults
+
+    def rpc_handlers(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, {
+            "ProcessMediaStream": grpc.stream_stream_rpc_method_handler(self.process)})
+
+    async def process(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) \
+            -> AsyncIterator[bytes]:
+        """One media stream (an async generator, as gRPC's stream handlers and the access check take it)."""
+        stream: Optional[_Stream] = None
+        end: Optional[StreamEnd] = None
+        try:
+            try:
+                first = await requests.__anext__()
+            except StopAsyncIteration:
+                return  # a client that closed without a word
+            stream, reply = await self._open(first)
+            yield reply
+            answers = OrderedAnswers(MAX_IN_FLIGHT)
+            reading = asyncio.get_running_loop().create_task(read_into(answers, requests, stream.start))
+            try:
+                async for answer in answers.answers():
+                    yield stream.reply(*answer)
+                end = await reading
+                if end is None and stream.batch:  # the client half-closed in the middle of a batch
+                    batch, stream.batch = stream.batch, []
+                    _, timestamp, _ = batch[-1]
+                    yield stream.reply(0, (await stream._run(batch, 0, timestamp))[1])
+            finally:
+                reading.cancel()
+                await answers.close()
+                await asyncio.gather(reading, return_exceptions=True)
+        except StreamEnd as raised:
+            end = raised
+        except FrameError as error:
+            end = _frame_end(error)
+        finally:
+            if stream is not None:
+                for _, _, frame in stream.batch:
+                    if isinstance(frame, asyncio.Future):
+                        frame.cancel()
+                stream.close()
+        if end is not None:
+            await context.abort(end.status, end.message)
+
+    async def _open(self, data: bytes) -> tuple[_Stream, bytes]:
+        """The stream its descriptor describes, and the server's descriptor that answers it."""
+        try:
+            message: Any = parse_strict(pb.MediaStreamMessage, data)
+        except InvalidMessage as exc:
+            raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        if message.WhichOneof("payload") != "media_stream_descriptor":
+            raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, "the first message of a stream must be its "
+                                                              "media_stream_descriptor")
+        if message.sequence_number != 1:
+            raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, f"the descriptor's sequence_number is "
+                                                              f"{message.sequence_number}, a stream starts at 1")
+        descriptor = message.media_stream_descriptor
+        target = self._target(_configuration(descriptor.extension_configuration, self.defaults))
+        frame_format = FrameFormat.from_descriptor(descriptor.media_descriptor)
+        region = None
+        if descriptor.HasField("shared_memory_buffer_transfer_properties"):
+            properties = descriptor.shared_memory_buffer_transfer_properties
+            region = SharedRegion.open(properties.handle_name, properties.length_bytes)
+        reply = pb.MediaStreamMessage(sequence_number=1, ack_sequence_number=1, media_stream_descriptor={
+            "media_descriptor": {"timescale": descriptor.media_descriptor.timescale}})
+        return _Stream(self, target, frame_format, region), reply.SerializeToString()
+
+    def _target(self, settings: dict) -> _Target:
+        try:
+            route = self.dispatcher.resolve(settings["servable"], settings["method"], settings["version"])
+        except ServingError as err:
+            raise StreamEnd(status_of(err), err.message) from None
+        inputs = route.signature.inputs
+        if len(inputs) != 1:
+            raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"method {route.method} of servable {route.servable} takes {len(inputs)} inputs "
+                            f"({', '.join(inputs)}); a media stream feeds one, the frame")
+        return _Target(route.servable, route.method, settings["version"], settings["batch_size"], inputs[0])
