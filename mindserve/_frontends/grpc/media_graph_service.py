@@ -40,6 +40,7 @@ from mindserve._frontends.grpc.status import status_of
 from mindserve._frontends.grpc.strict_parse import InvalidMessage, parse_strict
 from mindserve._frontends.media_stream.frames import FrameError, FrameFormat, expected_length
 from mindserve._frontends.media_stream.inferences import frame_inferences
+from mindserve._frontends.media_stream.sample_wire import read_embedded
 from mindserve._frontends.media_stream.shared_region import SharedRegion
 from mindserve._frontends.off_loop import OffLoop
 from mindserve._metrics import requests as request_metrics
@@ -136,14 +137,15 @@ class _Stream:
             return StopReading(_frame_end(error))
 
     def _frame(self, data: bytes) -> Any:
+        embedded = read_embedded(data) if self.region is None else None
+        if embedded is not None:  # the common message, its frame a view of the message's bytes
+            self._check_sequence(embedded.sequence_number)
+            return self._add(embedded.sequence_number, embedded.timestamp, self._decode(embedded.frame))
         try:
             message: Any = parse_strict(pb.MediaStreamMessage, data)
         except InvalidMessage as exc:
             raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        if message.sequence_number != self.expected_sequence:
-            raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, f"message sequence_number {message.sequence_number}, "
-                                                              f"expected {self.expected_sequence}")
-        self.expected_sequence += 1
+        self._check_sequence(message.sequence_number)
         payload = message.WhichOneof("payload")
         if payload == "media_stream_descriptor":
             raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, "a second media_stream_descriptor: the stream's "
@@ -152,15 +154,24 @@ class _Stream:
             raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, f"message {message.sequence_number} carries no "
                                                               f"media_sample")
         sample = message.media_sample
-        frame = self._take(sample)  # the bytes are copied out of the message or region now
-        self.batch.append((message.sequence_number, sample.timestamp, frame))
+        return self._add(message.sequence_number, sample.timestamp, self._take(sample))
+
+    def _check_sequence(self, sequence: int) -> None:
+        if sequence != self.expected_sequence:
+            raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, f"message sequence_number {sequence}, expected "
+                                                              f"{self.expected_sequence}")
+        self.expected_sequence += 1
+
+    def _add(self, sequence: int, timestamp: int, frame: Any) -> Any:
+        """A frame joins the batch: its acknowledgement, or (when it completes the batch) the batch's run."""
+        self.batch.append((sequence, timestamp, frame))
         if len(self.batch) < self.target.batch_size:
-            return self._ack(message.sequence_number, sample.timestamp, frame)
+            return self._ack(sequence, timestamp, frame)
         batch, self.batch = self.batch, []
-        return self._run(batch, message.sequence_number, sample.timestamp)
+        return self._run(batch, sequence, timestamp)
 
     def _take(self, sample: Any) -> Any:
-        """The sample's frame, decoded (RAW), or the task decoding it (encoded images, off the event loop)."""
+        """The sample's frame (its bytes copied out of the message or the region now), decoded or decoding."""
         content = sample.WhichOneof("content")
         if self.region is None:
             if content != "content_bytes":
@@ -173,6 +184,10 @@ class _Stream:
                                                                   "memory: a sample needs content_reference")
             reference = sample.content_reference
             data = self.region.read(reference.address_offset, reference.length_bytes, expected_length(self.format))
+        return self._decode(data)
+
+    def _decode(self, data: Any) -> Any:
+        """A RAW frame decoded now (a view or a cheap copy), or the task decoding an image, off the event loop."""
         if expected_length(self.format) is not None:
             return self.format.decode(data)
         return asyncio.get_running_loop().create_task(self._handler.off_loop.run(self.format.decode, data))
