@@ -13,6 +13,8 @@ its answer from one table (gRPC status, HTTP status; MSService replies carry ``c
 | Unauthenticated | no valid credentials for a guarded group | - | UNAUTHENTICATED | 401 |
 | PermissionDenied | valid credentials that do not open the group | - | PERMISSION_DENIED | 403 |
 | KeyRequired | a restricted group's key missing or wrong (Triton's answer) | - | UNAUTHENTICATED | 403 |
+| AlreadyExists | a name already taken (a shared memory region registered twice) | 2 | ALREADY_EXISTS | 400 |
+| FeatureDisabled | a feature this server was started without (client shared memory) | 1 | UNAVAILABLE | 400 |
 
 The access errors end a call before any message is read, so no MSService reply carries them.
 
@@ -89,6 +91,16 @@ class PermissionDenied(_Typed):
 class KeyRequired(_Typed):
     """A restricted group's header (metadata key) missing or wrong: HTTP 403 and gRPC UNAUTHENTICATED, as
     Triton answers its restricted APIs."""
+
+
+class AlreadyExists(_Typed):
+    """A name that is already taken (a shared memory region registered twice)."""
+
+    CODE = INVALID_INPUTS
+
+
+class FeatureDisabled(_Typed):
+    """A request for a feature the server was started without (client shared memory)."""
 
 
 class WorkerLost(_Typed):

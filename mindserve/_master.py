@@ -30,6 +30,7 @@ from mindserve._frontends.grpc.server import GrpcServer
 from mindserve._frontends.heap_trim import HeapTrimmer
 from mindserve._frontends.off_loop import OffLoop
 from mindserve._frontends.seldon import request_data
+from mindserve._frontends.shared_memory.regions import ClientRegions
 from mindserve._servable import directory
 from mindserve._supervision.servable_workers import ServableWorkers
 from mindserve._supervision.worker_process import WorkerSpec
@@ -56,6 +57,7 @@ class Master:
         self.metrics_servers: list = []  # RestServer each, serving /metrics
         self._metrics: Any = None  # the ServerMetrics registry, made by the first metrics server
         self._grpc_handlers: list = []  # made on the loop by the first start_grpc_server, shared by all servers
+        self.client_regions = ClientRegions()  # clients' shared memory, for the servers that allow it
         self._policies: dict[int, tuple[AccessConfig, AccessPolicy]] = {}
         self._health: Optional[health_reflection.HealthMonitor] = None
         self._off_loop = OffLoop()  # started now, while the main thread runs (see off_loop)
@@ -127,20 +129,22 @@ class Master:
 
     async def start_grpc_server(self, address: str, max_msg_mb_size: int, ssl_config: Optional[SSLConfig],
                                 access: Optional[AccessConfig] = None,
-                                media_stream: Optional[MediaStreamConfig] = None) -> GrpcServer:
+                                media_stream: Optional[MediaStreamConfig] = None,
+                                allow_client_shm: bool = False) -> GrpcServer:
         policy = self.access_policy(access)
         if not self._grpc_handlers:
             self._health = health_reflection.HealthMonitor(self.dispatcher, GRPC_SERVICE_NAMES)
             await self._health.start()
             self._grpc_handlers = [MSServiceHandler(self.dispatcher, self._off_loop, self._admission).rpc_handlers(),
-                                   OipServiceHandler(self.dispatcher, self._admission).rpc_handlers(),
                                    SeldonServiceHandler(self.dispatcher, self._admission).rpc_handlers(),
                                    self._health.rpc_handlers(),
                                    health_reflection.reflection_handler(GRPC_SERVICE_NAMES)]
         interceptors = [AccessInterceptor(policy, self.dispatcher.requests)] if policy is not None else []
-        # the media streams' default target is this server's own
+        # this server's own: whether it takes client shared memory, the media streams' default target
+        oip = OipServiceHandler(self.dispatcher, self._admission,
+                                self.client_regions if allow_client_shm else None).rpc_handlers()
         media = MediaGraphHandler(self.dispatcher, self._off_loop, self._admission, media_stream).rpc_handlers()
-        server = await GrpcServer.start(address, [*self._grpc_handlers, media], max_msg_mb_size, ssl_config,
+        server = await GrpcServer.start(address, [*self._grpc_handlers, oip, media], max_msg_mb_size, ssl_config,
                                         interceptors)
         self.grpc_servers.append(server)
         log.info("gRPC server listening on %s%s", server.address, " (TLS)" if ssl_config else "")
@@ -148,14 +152,15 @@ class Master:
 
     async def start_restful_server(self, address: str, max_msg_mb_size: int, ssl_config: Optional[SSLConfig],
                                    idle_timeout: float, max_connections: int,
-                                   access: Optional[AccessConfig] = None) -> Any:
+                                   access: Optional[AccessConfig] = None, allow_client_shm: bool = False) -> Any:
         """The started RestServer (typed Any: aiohttp, which it needs, is imported only once one starts)."""
         from mindserve._frontends.rest.connections import ConnectionLimits
         from mindserve._frontends.rest.server import RestServer
 
         server = await RestServer.start(address, self.dispatcher, max_msg_mb_size, ssl_config, DRAIN_GRACE_S,
                                         self._admission, ConnectionLimits(idle_timeout, max_connections),
-                                        self.access_policy(access))
+                                        self.access_policy(access),
+                                        self.client_regions if allow_client_shm else None)
         self.rest_servers.append(server)
         log.info("REST server listening on %s%s", server.address, " (TLS)" if ssl_config else "")
         return server
@@ -212,6 +217,7 @@ class Master:
         # the metrics server is the last to go: a scrape during the drain still sees the requests finish
         await asyncio.gather(*(s.stop() for s in self.metrics_servers), return_exceptions=True)
         await asyncio.gather(*(g.stop() for g in self.dispatcher.groups()), return_exceptions=True)
+        self.client_regions.close()
         if self._admission.trimmer is not None:
             await self._admission.trimmer.close()
 

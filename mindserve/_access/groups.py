@@ -24,6 +24,8 @@ GRPC_METHODS: dict[str, str] = {
     _OIP + "ModelInfer": INFERENCE,
     _OIP + "ModelStreamInfer": INFERENCE,
     _OIP + "ModelStatistics": STATISTICS,
+    **{f"{_OIP}{kind}SharedMemory{rpc}": SHARED_MEMORY for kind in ("System", "Cuda")
+       for rpc in ("Status", "Register", "Unregister")},
     "/io.seldon.api.rpc.Classifier/Predict": INFERENCE,
     "/microsoft.azure.media.live_video_analytics.extensibility.grpc.v1.MediaGraphExtension/ProcessMediaStream":
         INFERENCE,
@@ -44,6 +46,11 @@ for _prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
     REST_ROUTES[("POST", _prefix + "/infer")] = INFERENCE
     REST_ROUTES[("GET", _prefix + "/stats")] = STATISTICS
 REST_ROUTES[("GET", "/v2/models/stats")] = STATISTICS
+for _kind in ("systemsharedmemory", "cudasharedmemory"):
+    for _prefix in (f"/v2/{_kind}", f"/v2/{_kind}/region/{{region}}"):
+        REST_ROUTES[("GET", _prefix + "/status")] = SHARED_MEMORY
+        REST_ROUTES[("POST", _prefix + "/unregister")] = SHARED_MEMORY
+    REST_ROUTES[("POST", f"/v2/{_kind}/region/{{region}}/register")] = SHARED_MEMORY
 REST_ROUTES[("GET", "/metrics")] = METRICS  # on the metrics server
 # MindSpore Serving's REST form, POST /model/{servable}[/version/{version}]:{method}, whatever its segment patterns
 REST_PREFIXES: dict[tuple[str, str], str] = {("POST", "/model/"): INFERENCE}

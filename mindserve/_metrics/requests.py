@@ -15,6 +15,8 @@ from contextvars import ContextVar, Token
 from typing import Optional, Sequence
 
 from mindserve._errors import (
+    AlreadyExists,
+    FeatureDisabled,
     Internal,
     InvalidInput,
     KeyRequired,
@@ -59,6 +61,8 @@ _REASONS: dict[type, str] = {
     Unauthenticated: "unauthenticated",
     KeyRequired: "unauthenticated",
     PermissionDenied: "permission_denied",
+    AlreadyExists: "invalid_input",
+    FeatureDisabled: "invalid_input",
 }
 CANCELLED = "cancelled"
 SHUTTING_DOWN = "shutting_down"

@@ -58,6 +58,7 @@ The --config file (YAML; unknown keys are errors; relative paths are relative to
   max_enqueued_requests: 10000           # requests that may wait, over all servables
   max_request_instances: 10000           # instances one request may carry
   ava: {{servable: frames, method: intensity, batch_size: 1}}   # video-analytics streams that name none
+  allow_client_shm: false                # true: clients on this host may register shared memory
   access:                                # who may call what (every server); secrets in env or files
     restricted:                          # groups: health, metadata, inference, shared-memory, ...
       inference: {{header: infer-key, value_env: INFER_KEY}}

@@ -33,7 +33,7 @@ BUNDLED_SERVABLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname
                                  "servables")
 
 TOP_KEYS = ("servable_directory", "servables", "grpc_address", "rest_address", "metrics", "tls", "max_msg_mb_size",
-            "max_enqueued_requests", "max_request_instances", "access", "ava")
+            "max_enqueued_requests", "max_request_instances", "access", "ava", "allow_client_shm")
 AVA_KEYS = ("servable", "method", "version", "batch_size")
 SERVABLE_KEYS = ("name", "directory", "version", "device_ids", "device_type", "max_batch_size",
                  "max_batch_delay_ms", "shm_size_mb")
@@ -49,6 +49,7 @@ ENV_VARS = (
     ("MINDSERVE_GRPC_ADDRESS", "grpc_address", "host:port or unix:/path; off disables gRPC"),
     ("MINDSERVE_REST_ADDRESS", "rest_address", "host:port or unix:/path; off disables REST"),
     ("MINDSERVE_METRICS_ADDRESS", "metrics", "host:port or unix:/path of /metrics; off disables it"),
+    ("MINDSERVE_ALLOW_CLIENT_SHM", "allow_client_shm", "true: clients on this host may use shared memory"),
     ("MINDSERVE_MAX_MSG_MB_SIZE", "max_msg_mb_size", "largest request or reply, MB (1 to 512)"),
     ("MINDSERVE_MAX_ENQUEUED_REQUESTS", "max_enqueued_requests", "requests that may wait, over all servables"),
     ("MINDSERVE_MAX_REQUEST_INSTANCES", "max_request_instances", "instances one request may carry"),
@@ -98,6 +99,7 @@ class ServeConfig:
     rest_address: Optional[str] = DEFAULT_REST_ADDRESS
     metrics_address: Optional[str] = DEFAULT_METRICS_ADDRESS
     media_stream: Optional[MediaStreamConfig] = None  # what a video-analytics stream runs unless it says
+    allow_client_shm: bool = False  # clients' system shared memory on the gRPC and REST servers
     tls: Optional[TLSSettings] = None
     max_msg_mb_size: int = DEFAULT_MAX_MSG_MB_SIZE
     max_enqueued_requests: int = DEFAULT_MAX_ENQUEUED_REQUESTS
@@ -291,7 +293,7 @@ _TEXT_READERS: dict[str, Callable[[str], Any]] = {
     "device_ids": _list_of_ints, "max_msg_mb_size": _int_text, "max_enqueued_requests": _int_text,
     "max_request_instances": _int_text,
     "tls.verify_client": _bool_text, "grpc_address": _address_text, "rest_address": _address_text,
-    "metrics": _address_text,
+    "metrics": _address_text, "allow_client_shm": _bool_text,
 }
 
 
@@ -535,6 +537,7 @@ def load_config(config_file: Optional[str] = None, environ: Optional[Mapping[str
         access=access, warnings=tuple(warnings),
         grpc_address=grpc_address, rest_address=rest_address, metrics_address=metrics_address,
         media_stream=_media_stream(top["ava"]) if "ava" in top else None,
+        allow_client_shm=_bool(top["allow_client_shm"]) if "allow_client_shm" in top else False,
         max_msg_mb_size=_int(top["max_msg_mb_size"], 1, 512) if "max_msg_mb_size" in top
         else DEFAULT_MAX_MSG_MB_SIZE,
         max_enqueued_requests=_int(top["max_enqueued_requests"], 1) if "max_enqueued_requests" in top

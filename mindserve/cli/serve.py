@@ -105,10 +105,10 @@ def serve(config: ServeConfig, out: Optional[TextIO] = None, err: Optional[TextI
                                           custom_ca=config.tls.ca, verify_client=config.tls.verify_client)
         if config.grpc_address:
             server.start_grpc_server(config.grpc_address, config.max_msg_mb_size, ssl_config, access=config.access,
-                                     media_stream=config.media_stream)
+                                     media_stream=config.media_stream, allow_client_shm=config.allow_client_shm)
         if config.rest_address:
             server.start_restful_server(config.rest_address, config.max_msg_mb_size, ssl_config,
-                                        access=config.access)
+                                        access=config.access, allow_client_shm=config.allow_client_shm)
         if config.metrics_address:
             server.start_metrics_server(config.metrics_address, ssl_config, access=config.access)
         started = master.call(_started_servables(master))

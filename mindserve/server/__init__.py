@@ -60,13 +60,16 @@ def start_servables(servable_configs: Union[ServableStartConfig, Sequence[Servab
 
 def start_grpc_server(address: str, max_msg_mb_size: int = 100, ssl_config: Optional[SSLConfig] = None,
                       access: Optional[AccessConfig] = None,
-                      media_stream: Optional[MediaStreamConfig] = None) -> ServerHandle:
+                      media_stream: Optional[MediaStreamConfig] = None,
+                      allow_client_shm: bool = False) -> ServerHandle:
     """Serve MSService, the Open Inference Protocol (``inference.GRPCInferenceService``), gRPC health and server
     reflection on ``address``: ``"host:port"`` or ``"unix:/path"`` (a socket file only the owner may use).
     ``max_msg_mb_size`` in [1, 512] bounds request and reply sizes; ``ssl_config`` turns on TLS; ``access``
     (an AccessConfig) decides who may call which group of methods. The video-analytics extension
     (MediaGraphExtension/ProcessMediaStream) runs what a stream's descriptor names, else ``media_stream`` (a
-    MediaStreamConfig). Returns a ServerHandle (``.address``, ``.port``, the one bound for port 0; ``.stop()``; a
+    MediaStreamConfig). ``allow_client_shm`` lets clients on this host register their shared memory regions and
+    send tensors through them (Triton's system shared memory extension; see README "Shared memory"): off by
+    default. Returns a ServerHandle (``.address``, ``.port``, the one bound for port 0; ``.stop()``; a
     context manager)."""
     _check_address(address)
     _check_int("max_msg_mb_size", max_msg_mb_size, 1, 512)
@@ -74,15 +77,17 @@ def start_grpc_server(address: str, max_msg_mb_size: int = 100, ssl_config: Opti
         raise RuntimeError("The type of ssl_config should be type of SSLConfig")
     if media_stream is not None and not isinstance(media_stream, MediaStreamConfig):
         raise RuntimeError("The type of media_stream should be type of MediaStreamConfig")
+    _check_bool("allow_client_shm", allow_client_shm)
     _configure_logging()
     master = _get_master()
     return ServerHandle("gRPC", master, master.call(master.start_grpc_server(address, max_msg_mb_size, ssl_config,
-                                                                              access, media_stream)))
+                                                                              access, media_stream,
+                                                                              allow_client_shm)))
 
 
 def start_restful_server(address: str, max_msg_mb_size: int = 100, ssl_config: Optional[SSLConfig] = None,
                          idle_timeout: float = 15.0, max_connections: int = 1000,
-                         access: Optional[AccessConfig] = None) -> ServerHandle:
+                         access: Optional[AccessConfig] = None, allow_client_shm: bool = False) -> ServerHandle:
     """Serve HTTP/1.1 REST on ``address``: ``"host:port"`` or ``"unix:/path"`` (a socket file only the owner may
     use, removed at stop), with TLS (mutual TLS with ``verify_client``) when ``ssl_config`` is given.
 
@@ -94,7 +99,9 @@ def start_restful_server(address: str, max_msg_mb_size: int = 100, ssl_config: O
     a whole request head ``idle_timeout`` seconds after it opened or after its last response is closed (slow or
     silent clients, idle keep-alive); past ``max_connections`` open connections a new one is answered 503 and
     closed. ``access`` (an AccessConfig) decides who may call which group of endpoints; with ``consumers`` it
-    also serves their token endpoints (``/token``, ``/oauth/token``). Several REST servers may be started;
+    also serves their token endpoints (``/token``, ``/oauth/token``). ``allow_client_shm`` serves Triton's
+    system shared memory endpoints (``/v2/systemsharedmemory/...``) and tensors in registered regions, as
+    ``start_grpc_server``'s does (the servers share the regions). Several REST servers may be started;
     ``stop()`` drains and stops them all. Returns a ServerHandle, as ``start_grpc_server``. Needs aiohttp:
     ``pip install 'mindserve[rest]'``.
     """
@@ -105,11 +112,12 @@ def start_restful_server(address: str, max_msg_mb_size: int = 100, ssl_config: O
     if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)) or not 0 < idle_timeout <= 3600:
         raise RuntimeError(f"Parameter 'idle_timeout' should be a number in (0, 3600], but actually {idle_timeout!r}")
     _check_int("max_connections", max_connections, 1)
+    _check_bool("allow_client_shm", allow_client_shm)
     _require_aiohttp()
     _configure_logging()
     master = _get_master()
     return ServerHandle("REST", master, master.call(master.start_restful_server(
-        address, max_msg_mb_size, ssl_config, float(idle_timeout), max_connections, access)))
+        address, max_msg_mb_size, ssl_config, float(idle_timeout), max_connections, access, allow_client_shm)))
 
 
 def start_metrics_server(address: str = "127.0.0.1:8002", ssl_config: Optional[SSLConfig] = None,
@@ -130,6 +138,11 @@ def start_metrics_server(address: str = "127.0.0.1:8002", ssl_config: Optional[S
     _configure_logging()
     master = _get_master()
     return ServerHandle("metrics", master, master.call(master.start_metrics_server(address, ssl_config, access)))
+
+
+def _check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise RuntimeError(f"Parameter '{name}' should be bool, but actually {type(value)}")
 
 
 def _require_prometheus() -> None:

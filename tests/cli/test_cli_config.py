@@ -164,6 +164,16 @@ def test_the_metrics_server_is_on_8002_unless_moved_or_turned_off(tree):
         "--metrics-address: expected 'host:port' or 'unix:/path', got 'nowhere'"
 
 
+def test_client_shared_memory_is_off_unless_allowed(tree):
+    assert load(tree).allow_client_shm is False
+    assert load(tree, "allow_client_shm: true\n").allow_client_shm is True
+    assert load(tree, "allow_client_shm: true\n",
+                environ={"MINDSERVE_ALLOW_CLIENT_SHM": "false"}).allow_client_shm is False
+    assert load(tree, environ={"MINDSERVE_ALLOW_CLIENT_SHM": "1"}).allow_client_shm is True
+    assert error_of(tree, "allow_client_shm: sometimes\n") == \
+        "TMP/serving.yaml: allow_client_shm: expected true or false, got 'sometimes'"
+
+
 def test_the_ava_section_names_what_media_streams_run_by_default(tree):
     from mindserve._config import MediaStreamConfig
 
@@ -249,7 +259,7 @@ FILE_ERRORS = [
      "max_batch_size, max_batch_delay_ms, shm_size_mb)"),
     ("grpc_adress: 127.0.0.1:1",
      "grpc_adress: unknown key (known keys: servable_directory, servables, grpc_address, rest_address, metrics, tls, "
-     "max_msg_mb_size, max_enqueued_requests, max_request_instances, access, ava)"),
+     "max_msg_mb_size, max_enqueued_requests, max_request_instances, access, ava, allow_client_shm)"),
     ("tls: {certificate: server.pem, private_key: server.key, verify: true}",
      "tls.verify: unknown key (known keys: certificate, private_key, ca, verify_client)"),
     ("tls: server.pem", "tls: expected a mapping with certificate, private_key, ca, verify_client, got 'server.pem'"),

@@ -142,7 +142,10 @@ def test_reflection_describes_the_services(channel):
         (rpc, f"inference.{rpc}Request", f"inference.{rpc}Response")
         for rpc in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
                     "ModelStatistics")] + [("ModelStreamInfer", "inference.ModelInferRequest",
-                                            "inference.ModelStreamInferResponse")]
+                                            "inference.ModelStreamInferResponse")] + [
+        (f"{kind}SharedMemory{rpc}", f"inference.{kind}SharedMemory{rpc}Request",
+         f"inference.{kind}SharedMemory{rpc}Response") for kind in ("System", "Cuda")
+        for rpc in ("Status", "Register", "Unregister")]
     infer_request = pool.FindMessageTypeByName("inference.ModelInferRequest")
     assert [(f.name, f.number) for f in infer_request.fields] == [
         ("model_name", 1), ("model_version", 2), ("id", 3), ("parameters", 4), ("inputs", 5), ("outputs", 6),

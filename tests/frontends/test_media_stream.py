@@ -23,7 +23,7 @@ from PIL import Image
 from mindserve.client import Client
 from support import servables
 from support.paths import BUNDLED_SERVABLES, REPO
-from support.processes import free_port, start_server, wait_until
+from support.processes import free_addresses, start_server, wait_until
 
 pytestmark = pytest.mark.server
 
@@ -75,7 +75,7 @@ def contract(tmp_path_factory):
 def ava(tmp_path_factory):
     root = tmp_path_factory.mktemp("ava")
     servables.write(str(root / "servables"), "frame_probe", PROBE_CONFIG)
-    address, guarded = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    address, guarded = free_addresses(2)
     process = start_server(root, f"""
         server.start_servables([server.ServableStartConfig({BUNDLED_SERVABLES!r}, "frames", device_ids=0),
                                 server.ServableStartConfig({BUNDLED_SERVABLES!r}, "add", device_ids=0),

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mindserve.client import Client
 from support import model_files, servables
-from support.processes import free_port, start_server, wait_until, worker_pids
+from support.processes import free_addresses, free_port, start_server, wait_until, worker_pids
 from support.rest import request, unix_request
 
 
@@ -132,7 +132,7 @@ def meter(tmp_path_factory):
     model_files.add_model(os.path.join(path, "1", "add.onnx"))
     hold = root / "hold"
     os.environ["METER_HOLD_FILE"] = str(hold)  # the server process inherits it
-    grpc_address, guarded, rest, metrics = (f"127.0.0.1:{free_port()}" for _ in range(4))
+    grpc_address, guarded, rest, metrics = free_addresses(4)
     process = start_server(root, f"""
         server.start_servables(server.ServableStartConfig({str(root)!r}, "meter", device_ids=0))
         server.context.set_max_enqueued_requests(3)

@@ -15,7 +15,7 @@ import tritonclient.grpc as triton_grpc
 from mindserve._proto import grpc_inference as oip
 from support import servables
 from support.paths import BUNDLED_SERVABLES
-from support.processes import free_port, start_server, wait_until
+from support.processes import free_addresses, start_server, wait_until
 
 pytestmark = pytest.mark.server
 
@@ -45,7 +45,7 @@ STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
 def stream_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("stream")
     servables.write(str(root / "servables"), "held", HELD_CONFIG)
-    address, metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    address, metrics = free_addresses(2)
     process = start_server(root, f"""
         server.start_servables([server.ServableStartConfig({BUNDLED_SERVABLES!r}, "add", device_ids=0),
                                 server.ServableStartConfig({str(root / "servables")!r}, "held", device_ids=0)])

@@ -327,8 +327,7 @@ MALFORMED = {
                        "Input x1 is given more than once"),
     "shared_memory": ({"inputs": [{"name": "x1", "shape": [1], "datatype": "FP32",
                                    "parameters": {"shared_memory_region": "r"}}]}, {}, 400,
-                      BAD_INPUT.format("x1", "Tensor check failed: shared memory tensor data is not supported by this "
-                                             "server")),
+                      "client shared memory is disabled: start the server with allow_client_shm=True to use it"),
     "header_length_too_large": (b"{}", {"Inference-Header-Content-Length": "3"}, 400,
                                 "Inference-Header-Content-Length '3' invalid: it should be the byte size of the JSON "
                                 "at the start of the 2-byte body"),

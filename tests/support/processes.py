@@ -18,6 +18,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_addresses(count: int) -> list[str]:
+    """``count`` different free 127.0.0.1 addresses (each port held until all are chosen, so none repeats)."""
+    held = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            held.append(s)
+        return [f"127.0.0.1:{s.getsockname()[1]}" for s in held]
+    finally:
+        for s in held:
+            s.close()
+
+
 def child_pids(pid: int) -> list[int]:
     """The live child processes of ``pid`` (from /proc)."""
     found = []

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Optional
 
 import grpc
 import numpy as np
@@ -25,7 +25,7 @@ import numpy as np
 import mindserve
 from mindserve import _dtypes
 from mindserve._dispatch.dispatcher import Dispatcher
-from mindserve._errors import InvalidInput, clip
+from mindserve._errors import FeatureDisabled, InvalidInput, NotServed, clip
 from mindserve._frontends.admission import Admission
 from mindserve._frontends.grpc.gate import gated
 from mindserve._frontends.grpc.ms_tensors import invalid_input
@@ -37,7 +37,9 @@ from mindserve._frontends.grpc.unary import unary as _unary
 from mindserve._frontends.oip import models, statistics
 from mindserve._frontends.oip.infer import infer
 from mindserve._frontends.oip.models import SERVER_NAME
-from mindserve._frontends.oip.tensors import SHM_DETAIL, InputTensor, RawInput
+from mindserve._frontends.oip.tensors import InputTensor, RawInput
+from mindserve._frontends.shared_memory.regions import ClientRegions, Lease
+from mindserve._frontends.shared_memory.tensors import CUDA_UNSUPPORTED, DISABLED, parameter_values, shared_input
 from mindserve._metrics import requests as request_metrics
 from mindserve._proto import grpc_inference as oip
 
@@ -48,6 +50,7 @@ SERVICE_NAME = oip.SERVICE_NAME
 # HTTP/REST extension (raw tensor bytes in the HTTP body); over gRPC raw contents are part of the core protocol,
 # so it is not claimed here.
 EXTENSIONS: tuple[str, ...] = ("statistics", "model_stream_infer")
+SHM_EXTENSION = "system_shared_memory"  # on a server started with allow_client_shm
 
 # the InferTensorContents field of each data type: the protocol widens the small integer types to 32 bits and
 # has no field for FP16 (FP16 data only comes raw)
@@ -136,9 +139,10 @@ class OipServiceHandler:
     """The GRPCInferenceService handlers; they take and return serialized messages so that parsing errors are
     this frontend's own (INVALID_ARGUMENT with a text, never UNKNOWN)."""
 
-    def __init__(self, dispatcher: Dispatcher, admission: Admission):
+    def __init__(self, dispatcher: Dispatcher, admission: Admission, regions: Optional[ClientRegions] = None):
         self._dispatcher = dispatcher
         self._admission = admission
+        self._regions = regions  # None: this server takes no client shared memory
         self._reader = InferReader()
 
     def rpc_handlers(self) -> grpc.GenericRpcHandler:
@@ -151,6 +155,12 @@ class OipServiceHandler:
             "ModelMetadata": _parsed(oip.ModelMetadataRequest, self._model_metadata),
             "ModelInfer": self._model_infer,
             "ModelStatistics": _parsed(oip.ModelStatisticsRequest, self._model_statistics),
+            "SystemSharedMemoryStatus": _parsed(oip.SystemSharedMemoryStatusRequest, self._shm_status),
+            "SystemSharedMemoryRegister": _parsed(oip.SystemSharedMemoryRegisterRequest, self._shm_register),
+            "SystemSharedMemoryUnregister": _parsed(oip.SystemSharedMemoryUnregisterRequest, self._shm_unregister),
+            "CudaSharedMemoryStatus": _parsed(oip.CudaSharedMemoryStatusRequest, self._cuda_status),
+            "CudaSharedMemoryRegister": _parsed(oip.CudaSharedMemoryRegisterRequest, self._cuda_register),
+            "CudaSharedMemoryUnregister": _parsed(oip.CudaSharedMemoryUnregisterRequest, self._cuda_unregister),
         }
         handlers = {name: grpc.unary_unary_rpc_method_handler(
                         gated(self._admission, _unary(name, impl),
@@ -169,7 +179,8 @@ class OipServiceHandler:
         return oip.ServerReadyResponse(ready=self._dispatcher.ready())
 
     async def _server_metadata(self, request: Any) -> Any:
-        return oip.ServerMetadataResponse(name=SERVER_NAME, version=mindserve.__version__, extensions=EXTENSIONS)
+        extensions = EXTENSIONS + (SHM_EXTENSION,) if self._regions is not None else EXTENSIONS
+        return oip.ServerMetadataResponse(name=SERVER_NAME, version=mindserve.__version__, extensions=extensions)
 
     async def _model_ready(self, request: Any) -> Any:
         """Not ready for a model or version that is not served, so that clients can poll for it."""
@@ -199,33 +210,88 @@ class OipServiceHandler:
                     _set_duration(getattr(added, key), getattr(batch, key))
         return reply
 
+    # ---- shared memory -------------------------------------------------------------------------------------
+
+    def _enabled_regions(self) -> ClientRegions:
+        if self._regions is None:
+            raise FeatureDisabled(DISABLED)
+        return self._regions
+
+    async def _shm_status(self, request: Any) -> Any:
+        reply = oip.SystemSharedMemoryStatusResponse()
+        for region in self._enabled_regions().status(request.name):
+            entry = reply.regions[region.name]
+            entry.name, entry.key, entry.offset, entry.byte_size = region
+        return reply
+
+    async def _shm_register(self, request: Any) -> Any:
+        self._enabled_regions().register(request.name, request.key, request.offset, request.byte_size)
+        return oip.SystemSharedMemoryRegisterResponse()
+
+    async def _shm_unregister(self, request: Any) -> Any:
+        self._enabled_regions().unregister(request.name)
+        return oip.SystemSharedMemoryUnregisterResponse()
+
+    async def _cuda_status(self, request: Any) -> Any:
+        if request.name:
+            raise NotServed(f"Unable to find cuda shared memory region: '{clip(request.name)}'")
+        return oip.CudaSharedMemoryStatusResponse()
+
+    async def _cuda_register(self, request: Any) -> Any:
+        raise InvalidInput(CUDA_UNSUPPORTED)
+
+    async def _cuda_unregister(self, request: Any) -> Any:
+        return oip.CudaSharedMemoryUnregisterResponse()
+
     # ---- inference -------------------------------------------------------------------------------------------
 
     async def _model_infer(self, data: bytes) -> bytes:
         """A common request is read in place (``oip_wire``), any other through protobuf; both run the one OIP
         ``infer`` and answer through the one reply writer."""
         call = self._reader.read(data)
-        if call is None:
-            request: Any = parse_strict(oip.ModelInferRequest, data)
-            call = InferCall(request.model_name, request.model_version, request.id, lambda: self._inputs(request),
-                             [(o.name, o.parameters) for o in request.outputs])
-        done = await infer(self._dispatcher, call.model_name, call.model_version, call.inputs, call.outputs)
-        return encode_response(call.model_name, str(done.served_version), call.id, done.outputs)
+        lease = self._regions.lease() if self._regions is not None else None
+        try:
+            if call is None:
+                request: Any = parse_strict(oip.ModelInferRequest, data)
+                call = InferCall(request.model_name, request.model_version, request.id,
+                                 lambda: self._inputs(request, lease),
+                                 [(o.name, parameter_values(o.parameters)) for o in request.outputs])
+            done = await infer(self._dispatcher, call.model_name, call.model_version, call.inputs, call.outputs,
+                               lease)
+            return encode_response(call.model_name, str(done.served_version), call.id, done.outputs)
+        finally:
+            if lease is not None:
+                lease.release()
 
     @staticmethod
-    def _inputs(request: Any) -> list[InputTensor]:
-        """The request's input tensors, their data raw or typed (one way for all of them)."""
+    def _inputs(request: Any, lease: Optional[Lease]) -> list[InputTensor]:
+        """The request's input tensors: in shared memory where their parameters say so; the others' data raw or
+        typed (one way for all of them)."""
         tensors_ = request.inputs
         raw = request.raw_input_contents
-        for tensor in tensors_:
-            if models.SHM_PARAMETER in tensor.parameters:
-                raise invalid_input(tensor.name, SHM_DETAIL)
-            if raw and tensor.HasField("contents"):
+        shared: dict[int, InputTensor] = {}
+        for k, tensor in enumerate(tensors_):
+            found = shared_input(lease, tensor.name, tensor.datatype, tuple(tensor.shape),
+                                 parameter_values(tensor.parameters)) if tensor.parameters else None
+            if found is not None:
+                if tensor.HasField("contents"):
+                    raise InvalidInput(f"Input {clip(tensor.name)} has both shared memory and contents: give one")
+                shared[k] = found
+            elif raw and tensor.HasField("contents"):
                 raise InvalidInput(f"Input {clip(tensor.name)} has contents while the request uses "
                                    f"raw_input_contents: give all inputs one way")
-        if raw and len(raw) != len(tensors_):
-            raise InvalidInput(f"raw_input_contents holds {len(raw)} entries for {len(tensors_)} inputs: it needs "
-                               f"one per input, in the order of inputs")
-        if raw:
-            return [RawInput(t.name, t.datatype, tuple(t.shape), data, _as_str(t)) for t, data in zip(tensors_, raw)]
-        return [_ContentsInput(t) for t in tensors_]
+        inline = [t for k, t in enumerate(tensors_) if k not in shared]
+        if raw and len(raw) != len(inline):
+            others = " not in shared memory" if shared else ""
+            raise InvalidInput(f"raw_input_contents holds {len(raw)} entries for {len(inline)} inputs{others}: it "
+                               f"needs one per{' such' if shared else ''} input, in the order of inputs")
+        given = iter(raw) if raw else None
+        made: list[InputTensor] = []
+        for k, tensor in enumerate(tensors_):
+            if k in shared:
+                made.append(shared[k])
+            elif given is not None:
+                made.append(RawInput(tensor.name, tensor.datatype, tuple(tensor.shape), next(given), _as_str(tensor)))
+            else:
+                made.append(_ContentsInput(tensor))
+        return made

@@ -4,6 +4,8 @@ from __future__ import annotations
 import grpc
 
 from mindserve._errors import (
+    AlreadyExists,
+    FeatureDisabled,
     Internal,
     InvalidInput,
     KeyRequired,
@@ -29,6 +31,8 @@ GRPC_STATUS: dict[type, grpc.StatusCode] = {
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     KeyRequired: grpc.StatusCode.UNAUTHENTICATED,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    FeatureDisabled: grpc.StatusCode.UNAVAILABLE,
 }
 
 

@@ -3,10 +3,12 @@ resolved to a route, the requested outputs selected, the inputs cut into instanc
 outputs stacked. Errors are the typed ones of mindserve._errors; each transport maps them."""
 from __future__ import annotations
 
-from typing import Callable, Mapping, NamedTuple, Sequence
+from typing import Callable, Mapping, NamedTuple, Optional, Sequence
 
 from mindserve._dispatch.dispatcher import Dispatcher
 from mindserve._frontends.oip import models, tensors
+from mindserve._frontends.shared_memory.regions import Lease
+from mindserve._frontends.shared_memory.tensors import output_references, write_output
 
 
 class Inference(NamedTuple):
@@ -18,12 +20,16 @@ class Inference(NamedTuple):
 
 async def infer(dispatcher: Dispatcher, model_name: str, version_text: str,
                 inputs: Callable[[], Sequence[tensors.InputTensor]],
-                requested_outputs: list[tuple[str, Mapping]]) -> Inference:
+                requested_outputs: list[tuple[str, Mapping]], lease: Optional[Lease] = None) -> Inference:
     """Run an inference request. ``inputs`` makes the request's input tensors: it is called once the model and
     the outputs are known good, so that a request for an unknown model is answered NOT_FOUND whatever its
-    inputs hold."""
+    inputs hold. Outputs whose parameters name a shared memory region are written there (``lease`` holds the
+    request's regions; None: the server takes no client shared memory)."""
     model, route = models.resolve_infer(dispatcher, model_name, version_text)
     selected = models.selected_outputs(requested_outputs, route.signature, model)
+    shared = output_references(lease, requested_outputs)
     items = tensors.instances(model, route.signature, inputs(), dispatcher.max_request_instances)
     results = await tensors.run(dispatcher, route, items)
-    return Inference(route.served_version, [tensors.stack_output(name, results) for name in selected])
+    outputs = [tensors.stack_output(name, results) for name in selected]
+    return Inference(route.served_version, [write_output(out, *shared[out.name]) if out.name in shared else out
+                                            for out in outputs])

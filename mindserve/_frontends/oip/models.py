@@ -14,9 +14,6 @@ from mindserve._errors import InvalidInput, NotServed, clip
 SERVER_NAME = "mindserve"
 PLATFORM = "mindserve"
 
-# the parameter that puts a tensor in a registered shared memory region (Triton's shared memory extensions): not
-# offered to remote clients, as in MSService
-SHM_PARAMETER = "shared_memory_region"
 
 
 class Model:
@@ -125,8 +122,6 @@ def selected_outputs(requested: list[tuple[str, Mapping]], signature: MethodSign
                                f"{model.method}: {', '.join(names)}")
         if name in selected:
             raise InvalidInput(f"Output {clip(name)} is requested more than once")
-        if SHM_PARAMETER in parameters:
-            raise InvalidInput(f"Output {clip(name)}: shared memory tensor data is not supported by this server")
         if "classification" in parameters:
             raise InvalidInput(f"Output {clip(name)}: the classification extension is not supported")
         selected.append(name)

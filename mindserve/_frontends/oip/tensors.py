@@ -27,8 +27,6 @@ from mindserve._frontends.grpc.ms_tensors import check_data_size, check_dims, ch
 from mindserve._frontends.oip.models import Model
 from mindserve._tensor import RawTensor, Results, StackedInput, StackedInputs
 
-SHM_DETAIL = "Tensor check failed: shared memory tensor data is not supported by this server"
-
 TEXT_TYPES = (_dtypes.MS_STRING, _dtypes.MS_BYTES)
 _LENGTH = struct.Struct("<I")
 

@@ -23,6 +23,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from mindserve._errors import (
+    AlreadyExists,
+    FeatureDisabled,
     Internal,
     InvalidInput,
     KeyRequired,
@@ -49,6 +51,8 @@ HTTP_STATUS: dict[type, int] = {
     Unauthenticated: 401,
     PermissionDenied: 403,
     KeyRequired: 403,
+    AlreadyExists: 400,
+    FeatureDisabled: 400,
 }
 
 log = logging.getLogger("mindserve")

@@ -26,6 +26,7 @@ from mindserve._frontends.rest.common import error_response
 from mindserve._frontends.rest.connections import ConnectionLimits, capped_connections
 from mindserve._frontends.rest.ms_routes import MindSporeRoutes
 from mindserve._frontends.rest.v2_routes import V2Routes
+from mindserve._frontends.shared_memory.regions import ClientRegions
 from mindserve._metrics import requests as request_metrics
 from mindserve._metrics.requests import RequestMetrics
 
@@ -171,13 +172,13 @@ async def _server_header(request: web.Request, response: web.StreamResponse) -> 
 
 
 def make_app(dispatcher: Dispatcher, limit: int, admission: Admission,
-             policy: Optional[AccessPolicy] = None) -> web.Application:
+             policy: Optional[AccessPolicy] = None, regions: Optional[ClientRegions] = None) -> web.Application:
     middlewares = [_admitting(admission, dispatcher.requests), _json_errors]
     if policy is not None:
         middlewares.append(access_middleware(policy))
     app = web.Application(client_max_size=limit, middlewares=middlewares)
     app.on_response_prepare.append(_server_header)
-    V2Routes(dispatcher, limit).add_to(app)
+    V2Routes(dispatcher, limit, regions).add_to(app)
     MindSporeRoutes(dispatcher, limit).add_to(app)
     if policy is not None and policy.issuer is not None:
         TokenRoutes(policy.issuer).add_to(app)
@@ -196,9 +197,10 @@ class RestServer:
     @classmethod
     async def start(cls, address: str, dispatcher: Dispatcher, max_msg_mb_size: int,
                     ssl_config: Optional[SSLConfig], drain_grace_s: float, admission: Admission,
-                    limits: ConnectionLimits, policy: Optional[AccessPolicy] = None) -> "RestServer":
-        return await cls.listen(address, make_app(dispatcher, max_msg_mb_size << 20, admission, policy), ssl_config,
-                                drain_grace_s, limits)
+                    limits: ConnectionLimits, policy: Optional[AccessPolicy] = None,
+                    regions: Optional[ClientRegions] = None) -> "RestServer":
+        return await cls.listen(address, make_app(dispatcher, max_msg_mb_size << 20, admission, policy, regions),
+                                ssl_config, drain_grace_s, limits)
 
     @classmethod
     async def listen(cls, address: str, app: web.Application, ssl_config: Optional[SSLConfig],

@@ -20,10 +20,11 @@ from aiohttp import web
 from mindserve import _dtypes
 from mindserve._errors import InvalidInput, clip
 from mindserve._frontends.grpc.ms_tensors import invalid_input
-from mindserve._frontends.oip import models
-from mindserve._frontends.oip.tensors import SHM_DETAIL, InputTensor, OutputTensor, RawInput, join_bytes
+from mindserve._frontends.oip.tensors import InputTensor, OutputTensor, RawInput, join_bytes
 from mindserve._frontends.rest import json_tensors
 from mindserve._frontends.rest.common import HttpError, dumps, parse_json
+from mindserve._frontends.shared_memory.regions import Lease
+from mindserve._frontends.shared_memory.tensors import shared_input
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -94,8 +95,9 @@ def _flag(parameters: dict, key: str, what: str) -> Optional[bool]:
     return flag
 
 
-def parse_request(body: bytes, header_length: Optional[str]) -> InferRequest:
-    """The inference request in ``body``: its structure checked here, its tensors' data when they are used."""
+def parse_request(body: bytes, header_length: Optional[str], lease: Optional[Lease] = None) -> InferRequest:
+    """The inference request in ``body`` (``lease`` holds the shared memory regions its tensors name; None: the
+    server takes no client shared memory): its structure checked here, its tensors' data when they are used."""
     binary = memoryview(b"")
     text = body
     if header_length is not None:
@@ -116,7 +118,7 @@ def parse_request(body: bytes, header_length: Optional[str]) -> InferRequest:
     inputs: list = []
     offset = 0
     for k, entry in enumerate(inputs_doc):
-        tensor, taken = _input(entry, k, binary, offset)
+        tensor, taken = _input(entry, k, binary, offset, lease)
         inputs.append(tensor)
         offset += taken
     if offset != len(binary):
@@ -138,7 +140,7 @@ def parse_request(body: bytes, header_length: Optional[str]) -> InferRequest:
     return InferRequest(request_id, inputs, outputs, flags, binary_default)
 
 
-def _input(entry: Any, k: int, binary: memoryview, offset: int) -> tuple[InputTensor, int]:
+def _input(entry: Any, k: int, binary: memoryview, offset: int, lease: Optional[Lease]) -> tuple[InputTensor, int]:
     """Input ``k``, and how many bytes of binary data (from ``offset``) it takes."""
     entry = _object(entry, f"Input {k} of the inference request", _INPUT_KEYS)
     name = entry.get("name")
@@ -151,8 +153,11 @@ def _input(entry: Any, k: int, binary: memoryview, offset: int) -> tuple[InputTe
         raise InvalidInput(f"Input {clip(name)} should have a shape, a JSON array of integers")
     shape = json_tensors.check_dims(name, entry["shape"])
     parameters = _parameters(entry, f"input {clip(name)}")
-    if models.SHM_PARAMETER in parameters:
-        raise invalid_input(name, SHM_DETAIL)
+    shared = shared_input(lease, name, datatype, shape, parameters)
+    if shared is not None:
+        if "data" in entry or "binary_data_size" in parameters:
+            raise InvalidInput(f"Input {clip(name)} has both shared memory and data: give one")
+        return shared, 0
     as_str = parameters.get("content_type") == "str"
     size = parameters.get("binary_data_size")
     if size is None:
@@ -177,7 +182,9 @@ def response(model_name: str, version: int, request: InferRequest, outputs: list
     entries, chunks = [], []
     for out in outputs:
         entry: dict = {"name": out.name, "datatype": out.datatype, "shape": out.shape}
-        if request.binary.get(out.name, request.binary_default):
+        if out.items is None and out.data is None:
+            pass  # written into the client's shared memory: its data type and shape only
+        elif request.binary.get(out.name, request.binary_default):
             data = join_bytes(out.items) if out.items is not None else bytes(out.data or b"")
             entry["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)

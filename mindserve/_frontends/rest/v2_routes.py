@@ -15,12 +15,13 @@ Health answers have empty bodies; every error is ``{"error": text}`` with the st
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 from aiohttp import web
 
 import mindserve
 from mindserve._dispatch.dispatcher import Dispatcher
-from mindserve._errors import clip
+from mindserve._errors import FeatureDisabled, InvalidInput, NotServed, clip
 from mindserve._frontends.oip import models, statistics
 from mindserve._frontends.oip.infer import infer
 from mindserve._frontends.rest import v2_codec
@@ -29,17 +30,23 @@ from mindserve._frontends.rest.common import (
     check_content_type,
     error_response,
     json_response,
+    parse_json,
     read_body,
 )
+from mindserve._frontends.shared_memory.regions import ClientRegions
+from mindserve._frontends.shared_memory.tensors import CUDA_UNSUPPORTED, DISABLED
 
 log = logging.getLogger("mindserve")
 
 EXTENSIONS = ["binary_tensor_data", "statistics"]
+SHM_EXTENSION = "system_shared_memory"
+
 
 class V2Routes:
-    def __init__(self, dispatcher: Dispatcher, limit: int):
+    def __init__(self, dispatcher: Dispatcher, limit: int, regions: Optional[ClientRegions] = None):
         self._dispatcher = dispatcher
         self._limit = limit
+        self._regions = regions  # None: this server takes no client shared memory
 
     def add_to(self, app: web.Application) -> None:
         app.router.add_get("/v2/health/live", self.live)
@@ -51,6 +58,13 @@ class V2Routes:
             app.router.add_get(prefix + "/ready", self.model_ready)
             app.router.add_post(prefix + "/infer", self.infer)
             app.router.add_get(prefix + "/stats", self.statistics)
+        for kind in ("systemsharedmemory", "cudasharedmemory"):
+            system = kind == "systemsharedmemory"
+            for prefix in (f"/v2/{kind}", f"/v2/{kind}/region/{{region}}"):
+                app.router.add_get(prefix + "/status", self.shm_status if system else self.cuda_status)
+                app.router.add_post(prefix + "/unregister", self.shm_unregister if system else self.cuda_unregister)
+            app.router.add_post(f"/v2/{kind}/region/{{region}}/register",
+                                self.shm_register if system else self.cuda_register)
 
     async def live(self, request: web.Request) -> web.Response:
         return web.Response()
@@ -65,8 +79,9 @@ class V2Routes:
 
     @answers_errors("ServerMetadata")
     async def server_metadata(self, request: web.Request) -> web.Response:
+        extensions = EXTENSIONS + [SHM_EXTENSION] if self._regions is not None else EXTENSIONS
         return json_response({"name": models.SERVER_NAME, "version": mindserve.__version__,
-                              "extensions": EXTENSIONS})
+                              "extensions": extensions})
 
     @answers_errors("ModelMetadata")
     async def model_metadata(self, request: web.Request) -> web.Response:
@@ -96,8 +111,59 @@ class V2Routes:
         header_length = request.headers.get(v2_codec.HEADER_LENGTH)
         check_content_type(request, binary=header_length is not None)
         body = await read_body(request, self._limit)
-        parsed = v2_codec.parse_request(body, header_length)
-        name = request.match_info["model"]
-        done = await infer(self._dispatcher, name, request.match_info.get("version", ""), lambda: parsed.inputs,
-                           parsed.outputs)
-        return v2_codec.response(name, done.served_version, parsed, done.outputs)
+        lease = self._regions.lease() if self._regions is not None else None
+        try:
+            parsed = v2_codec.parse_request(body, header_length, lease)
+            name = request.match_info["model"]
+            done = await infer(self._dispatcher, name, request.match_info.get("version", ""), lambda: parsed.inputs,
+                               parsed.outputs, lease)
+            return v2_codec.response(name, done.served_version, parsed, done.outputs)
+        finally:
+            if lease is not None:
+                lease.release()
+
+    # ---- shared memory: /v2/systemsharedmemory[/region/{region}]/status|register|unregister ----
+
+    def _enabled_regions(self) -> ClientRegions:
+        if self._regions is None:
+            raise FeatureDisabled(DISABLED)
+        return self._regions
+
+    @answers_errors("SystemSharedMemoryStatus")
+    async def shm_status(self, request: web.Request) -> web.Response:
+        found = self._enabled_regions().status(request.match_info.get("region", ""))
+        return json_response([region._asdict() for region in found])
+
+    @answers_errors("SystemSharedMemoryRegister")
+    async def shm_register(self, request: web.Request) -> web.Response:
+        check_content_type(request)
+        document = parse_json(await read_body(request, self._limit))
+        if not isinstance(document, dict) or set(document) - {"key", "offset", "byte_size"} \
+                or not isinstance(document.get("key"), str) \
+                or any(not isinstance(document.get(k, 0), int) or isinstance(document.get(k, 0), bool)
+                       for k in ("offset", "byte_size")):
+            raise InvalidInput("The registration should be a JSON object with key (a string), offset and byte_size "
+                               "(integers)")
+        self._enabled_regions().register(request.match_info["region"], document["key"], document.get("offset", 0),
+                                         document.get("byte_size", 0))
+        return json_response({})
+
+    @answers_errors("SystemSharedMemoryUnregister")
+    async def shm_unregister(self, request: web.Request) -> web.Response:
+        self._enabled_regions().unregister(request.match_info.get("region", ""))
+        return json_response({})
+
+    @answers_errors("CudaSharedMemoryStatus")
+    async def cuda_status(self, request: web.Request) -> web.Response:
+        region = request.match_info.get("region", "")
+        if region:
+            raise NotServed(f"Unable to find cuda shared memory region: '{clip(region)}'")
+        return json_response([])
+
+    @answers_errors("CudaSharedMemoryRegister")
+    async def cuda_register(self, request: web.Request) -> web.Response:
+        raise InvalidInput(CUDA_UNSUPPORTED)
+
+    @answers_errors("CudaSharedMemoryUnregister")
+    async def cuda_unregister(self, request: web.Request) -> web.Response:
+        return json_response({})
