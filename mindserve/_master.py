@@ -135,16 +135,16 @@ class Master:
         if not self._grpc_handlers:
             self._health = health_reflection.HealthMonitor(self.dispatcher, GRPC_SERVICE_NAMES)
             await self._health.start()
-            self._grpc_handlers = [MSServiceHandler(self.dispatcher, self._off_loop, self._admission).rpc_handlers(),
-                                   SeldonServiceHandler(self.dispatcher, self._admission).rpc_handlers(),
+            self._grpc_handlers = [SeldonServiceHandler(self.dispatcher, self._admission).rpc_handlers(),
                                    self._health.rpc_handlers(),
                                    health_reflection.reflection_handler(GRPC_SERVICE_NAMES)]
         interceptors = [AccessInterceptor(policy, self.dispatcher.requests)] if policy is not None else []
         # this server's own: whether it takes client shared memory, the media streams' default target
-        oip = OipServiceHandler(self.dispatcher, self._admission,
-                                self.client_regions if allow_client_shm else None).rpc_handlers()
-        media = MediaGraphHandler(self.dispatcher, self._off_loop, self._admission, media_stream).rpc_handlers()
-        server = await GrpcServer.start(address, [*self._grpc_handlers, oip, media], max_msg_mb_size, ssl_config,
+        regions = self.client_regions if allow_client_shm else None
+        own = [MSServiceHandler(self.dispatcher, self._off_loop, self._admission, regions).rpc_handlers(),
+               OipServiceHandler(self.dispatcher, self._admission, regions).rpc_handlers(),
+               MediaGraphHandler(self.dispatcher, self._off_loop, self._admission, media_stream).rpc_handlers()]
+        server = await GrpcServer.start(address, [*own, *self._grpc_handlers], max_msg_mb_size, ssl_config,
                                         interceptors)
         self.grpc_servers.append(server)
         log.info("gRPC server listening on %s%s", server.address, " (TLS)" if ssl_config else "")

@@ -40,11 +40,14 @@ class ReplyEncoder:
 
     def _item_prefix(self, name: str, raw: RawTensor, nbytes: int) -> bytes:
         """Everything of one ``items`` map entry of an Instance before the tensor's bytes."""
-        key = (name, raw.dtype, raw.shape, nbytes)
+        shared = type(raw) is not RawTensor  # a SharedReply: its bytes are the tensor's shm_data
+        key = (name, raw.dtype, raw.shape, nbytes, shared)
         prefix = self._prefixes.get(key)
         if prefix is not None:
             return prefix
-        if raw.dtype in _TEXT_TYPES:
+        if shared:
+            shape, data_tag = raw.shape, 0x2A  # Tensor.shm_data = 5
+        elif raw.dtype in _TEXT_TYPES:
             shape, data_tag = (1,), 0x22  # Tensor.bytes_val = 4: str and bytes travel as one item of shape [1]
         else:
             shape, data_tag = raw.shape, 0x1A  # Tensor.data = 3

@@ -20,9 +20,11 @@ from mindserve._frontends.admission import Admission
 from mindserve._frontends.grpc import ms_wire
 from mindserve._frontends.grpc.gate import gated
 from mindserve._frontends.grpc.ms_reply import ReplyEncoder
+from mindserve._frontends.grpc.ms_shared import output_buffers, shared_tensor, write_buffers
 from mindserve._frontends.grpc.ms_tensors import tensor_from_proto
 from mindserve._frontends.grpc.strict_parse import InvalidMessage, parse_strict
 from mindserve._frontends.off_loop import OffLoop
+from mindserve._frontends.shared_memory.regions import ClientRegions, Lease
 from mindserve._metrics import requests as request_metrics
 from mindserve._proto import ms_service_pb2 as pb
 from mindserve._tensor import RawTensor, StackedInputs
@@ -40,8 +42,10 @@ _KNOWN_SIZES_LIMIT = 1024
 class MSServiceHandler:
     """The Predict handler; takes and returns serialized messages so that parsing errors are its own."""
 
-    def __init__(self, dispatcher: Dispatcher, off_loop: OffLoop, admission: Admission):
+    def __init__(self, dispatcher: Dispatcher, off_loop: OffLoop, admission: Admission,
+                 regions: Optional[ClientRegions] = None):
         self._dispatcher = dispatcher
+        self._regions = regions  # None: this server takes no client shared memory
         self._off_loop = off_loop
         self._admission = admission
         self._encoder = ReplyEncoder()
@@ -108,6 +112,14 @@ class MSServiceHandler:
 
     async def _predict(self, request: pb.PredictRequest, large: bool) -> Sequence:
         """One dict of outputs or one ServingError per instance."""
+        lease = self._regions.lease() if self._regions is not None else None
+        try:
+            return await self._predict_with(request, large, lease)
+        finally:
+            if lease is not None:
+                lease.release()
+
+    async def _predict_with(self, request: pb.PredictRequest, large: bool, lease: Optional[Lease]) -> Sequence:
         spec = request.servable_spec
         route = self._dispatcher.resolve(spec.name, spec.method_name, spec.version_number)
         if not request.instances:
@@ -115,19 +127,24 @@ class MSServiceHandler:
                                f"method: {clip(spec.method_name)}")
         self._dispatcher.check_instance_count(len(request.instances), spec.name, spec.method_name)
         names = route.signature.inputs
+        buffers = output_buffers(request, route.signature.outputs, lease)
         if large:
-            outcomes, valid_index, valid = await self._off_loop.run(self._checked_instances, request, names)
+            outcomes, valid_index, valid = await self._off_loop.run(self._checked_instances, request, names, lease)
         else:
-            outcomes, valid_index, valid = self._checked_instances(request, names)
-        if len(valid) == len(outcomes):  # every instance valid: the results as they come (possibly stacked)
-            return await self._dispatcher.run(route, valid)
+            outcomes, valid_index, valid = self._checked_instances(request, names, lease)
+        if len(valid) == len(outcomes) and not buffers:  # every instance valid: the results as they come (possibly
+            return await self._dispatcher.run(route, valid)  # stacked)
         if valid:
             for i, result in zip(valid_index, await self._dispatcher.run(route, valid)):
                 outcomes[i] = result
+        for i, wanted in buffers.items():
+            if isinstance(outcomes[i], dict):
+                outcomes[i] = write_buffers(outcomes[i], wanted)
         request_metrics.note_results(outcomes)  # the bad instances' errors, when no instance ran
         return outcomes
 
-    def _checked_instances(self, request: pb.PredictRequest, names: tuple) -> tuple[list, list[int], list[dict]]:
+    def _checked_instances(self, request: pb.PredictRequest, names: tuple, lease: Optional[Lease] = None) \
+            -> tuple[list, list[int], list[dict]]:
         """Each instance's inputs checked: the outcomes so far (a ServingError for each bad instance, None for the
         others), and the index and inputs of each valid instance."""
         spec = request.servable_spec
@@ -135,13 +152,14 @@ class MSServiceHandler:
         valid_index, valid = [], []
         for i, instance in enumerate(request.instances):
             try:
-                valid.append(self._instance_inputs(instance, names, spec))
+                valid.append(self._instance_inputs(instance, names, spec, lease))
                 valid_index.append(i)
             except ServingError as err:
                 outcomes[i] = err
         return outcomes, valid_index, valid
 
-    def _instance_inputs(self, instance: pb.Instance, input_names: tuple, spec: pb.ServableSpec) -> dict:
+    def _instance_inputs(self, instance: pb.Instance, input_names: tuple, spec: pb.ServableSpec,
+                         lease: Optional[Lease] = None) -> dict:
         items = instance.items
         inputs = {}
         for name in input_names:
@@ -149,6 +167,9 @@ class MSServiceHandler:
             if tensor is None:
                 raise InvalidInput(f"Cannot find input {name} in instance input , servable "
                                    f"{spec.name}, method {spec.method_name}")
+            if tensor.WhichOneof("tensor_data") == "shm_data":
+                inputs[name] = shared_tensor(name, tensor, lease)
+                continue
             inputs[name] = self._known_tensor(tensor) or self._checked_tensor(name, tensor)
         if len(items) != len(input_names):
             extra = next(key for key in items if key not in inputs)

@@ -107,13 +107,31 @@ class ClientRegions:
         self._regions: dict[str, Region] = {}
         self._lock = threading.Lock()  # registration may come from several loops' threads (REST, gRPC: one loop)
 
+    def _open(self, name: str, key: str, offset: int, byte_size: int) -> Region:
+        """A region of the client's file ``key``, checked (see the module text); its errors never name the key."""
+        path = os.path.join(self._dir, _file_name(key))
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            raise InvalidInput(BAD_KEY) from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+                raise InvalidInput(BAD_KEY)
+            if info.st_size < offset + byte_size:
+                raise InvalidInput(f"shared memory region '{clip(name)}': its file holds {info.st_size} bytes, "
+                                   f"less than offset {offset} + byte_size {byte_size}")
+        except BaseException:
+            os.close(fd)
+            raise
+        return Region(name, key, fd, offset, byte_size)
+
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
         if not name:
             raise InvalidInput("a shared memory region needs a name")
         if offset < 0 or byte_size <= 0 or offset >= 1 << 63 or byte_size >= 1 << 63:
             raise InvalidInput(f"shared memory region '{clip(name)}': offset {offset} and byte_size {byte_size} should "
                                f"be a non-negative offset and a positive size")
-        path = os.path.join(self._dir, _file_name(key))
         with self._lock:
             if name in self._regions:
                 raise AlreadyExists(f"shared memory region '{clip(name)}' is already registered")
@@ -124,21 +142,7 @@ class ClientRegions:
             if total + byte_size > self._max_bytes:
                 raise InvalidInput(f"shared memory region '{clip(name)}' of {byte_size} bytes would bring the "
                                    f"registered regions past {self._max_bytes} bytes")
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-            except OSError:
-                raise InvalidInput(BAD_KEY) from None
-            try:
-                info = os.fstat(fd)
-                if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
-                    raise InvalidInput(BAD_KEY)
-                if info.st_size < offset + byte_size:
-                    raise InvalidInput(f"shared memory region '{clip(name)}': its file holds {info.st_size} bytes, "
-                                       f"less than offset {offset} + byte_size {byte_size}")
-            except BaseException:
-                os.close(fd)
-                raise
-            self._regions[name] = Region(name, key, fd, offset, byte_size)
+            self._regions[name] = self._open(name, key, offset, byte_size)
 
     def unregister(self, name: str = "") -> None:
         """Unregister one region ("" every one); a region in use closes when its requests finish. Unknown names
@@ -188,12 +192,29 @@ class Lease:
         self._regions = regions
         self._held: list[Region] = []
 
+        self._opened: dict[str, Region] = {}  # regions named by key for this request alone (MindSpore's form)
+
     def get(self, name: str) -> Region:
         region = self._regions._acquire(name)
         self._held.append(region)
+        return region
+
+    def by_key(self, key: str, byte_size: int) -> Region:
+        """The client's shared memory ``key`` of ``byte_size`` bytes (MindSpore's ShmTensorData names memory by
+        key, unregistered), opened with the same checks as a registration, for this request only."""
+        if not 0 < byte_size < 1 << 63:
+            raise InvalidInput(f"shared memory bytes_size {byte_size} should be positive")
+        region = self._opened.get(key)
+        if region is None or region.byte_size != byte_size:
+            if region is not None:
+                raise InvalidInput("one shared memory key is given with two different bytes_size")
+            region = self._opened[key] = self._regions._open("shm_data", key, 0, byte_size)
         return region
 
     def release(self) -> None:
         held, self._held = self._held, []
         for region in held:
             self._regions._release(region)
+        opened, self._opened = self._opened, {}
+        for region in opened.values():
+            region.close()
