@@ -6,6 +6,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import grpc
 import numpy as np
 from mindserve.client._convert import fill_tensor, value_of
+from mindserve.client._shared_memory import DEFAULT_THRESHOLD, ClientMemory, is_local
 
 from mindserve import _dtypes
 from mindserve._checks import check_int, check_str
@@ -128,11 +129,16 @@ class Client:
             group's key (keys are lowercased, as gRPC requires).
         timeout: seconds a call may take (None: no limit); ``infer(..., timeout=)`` sets one call's. A call past
             it answers ``{"error": "Grpc Error, (4, 'deadline exceeded'), ..."}``.
+        shared_memory: for a server on this host (``unix:`` or loopback) started with ``allow_client_shm``:
+            ``infer`` sends numeric inputs of at least ``shared_memory_threshold`` bytes through a file the client
+            creates in /dev/shm, and gets such outputs back through it once it has seen their size (MindSpore
+            Serving's ``shm_data`` and ``output_buffers``). The file is removed at ``close``.
     """
 
     def __init__(self, address: str, servable_name: str, method_name: str, version_number: int = 0,
                  ssl_config: Optional[SSLConfig] = None, headers: Optional[Mapping[str, str]] = None,
-                 timeout: Optional[float] = None):
+                 timeout: Optional[float] = None, shared_memory: bool = False,
+                 shared_memory_threshold: int = DEFAULT_THRESHOLD):
         check_str("address", address)
         check_str("servable_name", servable_name)
         check_str("method_name", method_name)
@@ -145,6 +151,13 @@ class Client:
         self.servable_name = servable_name
         self.method_name = method_name
         self.version_number = version_number
+        self._memory: Optional[ClientMemory] = None
+        if shared_memory:
+            if not is_local(address):
+                raise RuntimeError(f"shared_memory needs a server on this host: a unix: or loopback address, not "
+                                   f"{address}")
+            check_int("shared_memory_threshold", shared_memory_threshold, 1)
+            self._memory = ClientMemory(shared_memory_threshold)
         options: list[tuple[str, Any]] = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
         if ssl_config is not None and address.startswith("unix:"):
@@ -199,14 +212,18 @@ class Client:
         request, unsent = self._request(instances)
         if unsent and not request.instances:  # (no instance at all is sent: the server says what is wrong)
             return [unsent[i] for i in sorted(unsent)]
+        signatures = self._memory.place(request) if self._memory is not None else []
         try:
             reply = self._predict(request, metadata=self._metadata, timeout=self._timeout(timeout))
         except grpc.RpcError as error:
             return _grpc_error(error)
+        if self._memory is not None:
+            self._memory.collect(reply, signatures)
         return _with_unsent(_parse_reply(reply, len(request.instances)), unsent, len(request.instances) + len(unsent))
 
     def infer_async(self, instances: Instances, timeout: Optional[float] = None) -> ClientAsyncResult:
-        """Like ``infer`` without waiting: ``.result()`` on the returned object gives what ``infer`` returns."""
+        """Like ``infer`` without waiting: ``.result()`` on the returned object gives what ``infer`` returns.
+        (Calls in flight together would share the shared memory file: these send their tensors inline.)"""
         request, unsent = self._request(instances)
         if unsent and not request.instances:
             return ClientAsyncResult(None, 0, [unsent[i] for i in sorted(unsent)])
@@ -243,6 +260,8 @@ class Client:
 
     def close(self) -> None:
         self._channel.close()
+        if self._memory is not None:
+            self._memory.close()
 
     def __enter__(self) -> "Client":
         return self

@@ -291,7 +291,8 @@ MALFORMED = {
     "invalid_utf8": (_invalid_utf8, "Instance tensor check failed: string input is not valid UTF-8"),
     "bytes_val_on_numeric": (_bytes_val_on_numeric, "Tensor check failed: bytes_val is only for string and bytes "
                                                     "tensors, not kMSI_Float32"),
-    "shm_data": (_shm_data, "Tensor check failed: shared memory tensor data is not supported by this server"),
+    "shm_data": (_shm_data, "Tensor check failed: client shared memory is disabled: start the server with "
+                            "allow_client_shm=True to use it"),
 }
 
 

@@ -144,6 +144,46 @@ def test_str_outputs_never_go_to_shared_memory(ms_server, memory):
 def test_a_server_without_client_shared_memory_refuses_the_form(ms_server, memory):
     key, _ = memory
     disabled = "client shared memory is disabled: start the server with allow_client_shm=True to use it"
-    for request in (add_request(key), add_request(key, x1_shared=False, buffers={"y": shm(key, 64)})):
-        reply = predict(ms_server.closed, request)
-        assert [e.error_msg.decode() for e in reply.error_msg] == [disabled]
+    reply = predict(ms_server.closed, add_request(key))
+    assert [e.error_msg.decode() for e in reply.error_msg] == \
+        [f"Instances input x1 check failed, detail: Tensor check failed: {disabled}"]
+    reply = predict(ms_server.closed, add_request(key, x1_shared=False, buffers={"y": shm(key, 64)}))
+    assert [e.error_msg.decode() for e in reply.error_msg] == [disabled]
+
+
+def test_the_client_sends_and_receives_large_tensors_through_its_shared_memory(ms_server, monkeypatch):
+    from mindserve.client import Client
+
+    sent = []
+    client = Client(ms_server.address, "add", "add_common", shared_memory=True, shared_memory_threshold=16)
+    real = client._predict
+
+    def spy(request, **kwargs):  # what travelled: references, not bytes
+        sent.append([(n, t.WhichOneof("tensor_data"), dict(i.output_buffers)) for i in request.instances
+                     for n, t in sorted(i.items.items())])
+        return real(request, **kwargs)
+
+    monkeypatch.setattr(client, "_predict", spy)
+    key_file = f"/dev/shm{client._memory.key}"
+    try:
+        for k in range(3):
+            result = client.infer({"x1": X * k, "x2": X})
+            np.testing.assert_array_equal(result[0]["y"], X * k + X)
+        assert [kinds for kinds in sent[0]][:2] == [("x1", "shm_data", {}), ("x2", "shm_data", {})]
+        assert list(sent[1][0][2]) == ["y"]  # the output's size learnt from the first reply: a buffer from then on
+        assert os.stat(key_file).st_mode & 0o777 == 0o600
+    finally:
+        client.close()
+    assert not os.path.exists(key_file)
+
+
+def test_the_client_option_needs_a_local_server_that_allows_it(ms_server):
+    from mindserve.client import Client
+
+    with pytest.raises(RuntimeError, match="shared_memory needs a server on this host: a unix: or loopback address, "
+                                           "not 192.0.2.1:5500"):
+        Client("192.0.2.1:5500", "add", "add_common", shared_memory=True)
+    with Client(ms_server.closed, "add", "add_common", shared_memory=True, shared_memory_threshold=16) as client:
+        assert client.infer({"x1": X, "x2": X}) == {"error": "Instances input x1 check failed, detail: Tensor check "
+                                                             "failed: client shared memory is disabled: start the "
+                                                             "server with allow_client_shm=True to use it"}

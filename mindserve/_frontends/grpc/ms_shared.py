@@ -28,8 +28,8 @@ class SharedReply(RawTensor):
 
 def shared_tensor(name: str, tensor: Any, lease: Optional[Lease]) -> RawTensor:
     """Input ``name`` read from the client's shared memory its ``shm_data`` names."""
-    if lease is None:
-        raise FeatureDisabled(DISABLED)
+    if lease is None:  # (worded as MindSpore words an input's errors)
+        raise invalid_input(name, f"Tensor check failed: {DISABLED}")
     dims = tuple(tensor.shape.dims)
     check_dims(name, dims)
     dtype = _dtypes.NUMPY_OF.get(tensor.dtype)
