@@ -168,7 +168,7 @@ class _Stream:
         if len(self.batch) < self.target.batch_size:
             return self._ack(sequence, timestamp, frame)
         batch, self.batch = self.batch, []
-        return self._run(batch, sequence, timestamp)
+        return self.run_batch(batch, sequence, timestamp)
 
     def _take(self, sample: Any) -> Any:
         """The sample's frame (its bytes copied out of the message or the region now), decoded or decoding."""
@@ -197,7 +197,7 @@ class _Stream:
             await frame  # a frame that cannot be decoded ends the stream here, in order
         return sequence, pb.MediaSample(timestamp=timestamp)
 
-    async def _run(self, batch: list, sequence: int, timestamp: int) -> Any:
+    async def run_batch(self, batch: list, sequence: int, timestamp: int) -> Any:
         """Run a batch of frames; the reply that acknowledges its last frame, with every frame's inferences."""
         frames = [await f if isinstance(f, asyncio.Future) else f for _, _, f in batch]
         return sequence, pb.MediaSample(timestamp=timestamp, inferences=await self._infer(batch, frames))
@@ -276,7 +276,7 @@ class MediaGraphHandler:
                 if end is None and stream.batch:  # the client half-closed in the middle of a batch
                     batch, stream.batch = stream.batch, []
                     _, timestamp, _ = batch[-1]
-                    yield stream.reply(0, (await stream._run(batch, 0, timestamp))[1])
+                    yield stream.reply(0, (await stream.run_batch(batch, 0, timestamp))[1])
             finally:
                 reading.cancel()
                 await answers.close()
