@@ -372,3 +372,26 @@ def test_statistics_of_a_model_or_version_not_served_are_not_found(meter):
     reply = request(meter.rest, "GET", "/v2/models/meter.add/versions/9/stats")
     assert (reply.status, reply.json()) == (404, {"error": "Model 'meter.add' version 9 is not found, running "
                                                            "versions: 1"})
+
+
+def test_metrics_over_tls(tmp_path):
+    import ssl
+
+    from support.tls import make_tls_files
+
+    files = make_tls_files(tmp_path)
+    grpc_address, metrics = free_addresses(2)
+    process = start_server(tmp_path, f"""
+        server.start_grpc_server({grpc_address!r})
+        tls = server.SSLConfig(certificate={files["server.pem"]!r}, private_key={files["server.key"]!r})
+        server.start_metrics_server({metrics!r}, ssl_config=tls)
+    """, grpc_address)
+    try:
+        context = ssl.create_default_context(cafile=files["ca.pem"])
+        port = metrics.rpartition(":")[2]
+        with urllib.request.urlopen(f"https://localhost:{port}/metrics", context=context, timeout=10) as reply:
+            assert b'mindserve_build_info{version="0.1.0"} 1.0' in reply.read()
+        with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP is not answered
+            urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10)
+    finally:
+        process.stop()
