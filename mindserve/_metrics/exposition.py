@@ -6,7 +6,7 @@ updates, and :class:`ServingCollector` turns them into metric families when ``/m
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import TYPE_CHECKING, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -125,7 +125,7 @@ class ServerMetrics:
         self.collector.worker_totals = await self._dispatcher.worker_stats()
         return self.collector.worker_totals
 
-    async def exposition(self, refresh: Optional[bool] = True) -> bytes:
+    async def exposition(self, refresh: bool = True) -> bytes:
         """The text format of every metric, as of now."""
         if refresh:
             await self.refresh()
