@@ -183,7 +183,7 @@ class Master:
         return server
 
     async def stop_server(self, server: Any) -> None:
-        """Stop one gRPC or REST server of this master (the others, and the workers, go on): calls in progress
+        """Stop one gRPC, REST or metrics server of this master (the others, and the workers, go on): calls in progress
         on it finish within the drain grace."""
         if server in self.grpc_servers:
             self.grpc_servers.remove(server)
