@@ -337,7 +337,7 @@ class WorkerProcess:
         try:
             while True:
                 header, _ = await self._control.recv()
-                if header.get("op") == "stats" and isinstance(header.get("stats"), dict):
+                if isinstance(header, dict) and header.get("op") == "stats" and isinstance(header.get("stats"), dict):
                     self.last_stats = header["stats"]
                     asked = header.get("id")
                     answer = self._stats_asked.get(asked) if isinstance(asked, int) else None
