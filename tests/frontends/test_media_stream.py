@@ -28,8 +28,35 @@ from support.processes import free_addresses, start_server, wait_until
 pytestmark = pytest.mark.server
 
 PROBE_CONFIG = '''
+import os
+import time
+
 import numpy as np
 from mindserve.server import register
+
+HERE = os.path.dirname(__file__)
+
+
+def hold(frame):
+    open(os.path.join(HERE, "started"), "w").close()
+    deadline = time.monotonic() + 60
+    while os.path.exists(os.path.join(HERE, "hold")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return "held", np.float32(1)
+
+
+def batch_sizes(instances):
+    return [(str(len(instances)), np.float32(1)) for _ in instances]
+
+
+@register.register_method(output_names=["label", "confidence"])
+def held(frame):
+    return register.add_stage(hold, frame, outputs_count=2)
+
+
+@register.register_method(output_names=["label", "confidence"])
+def batch_size(frame):
+    return register.add_stage(batch_sizes, frame, outputs_count=2, batch_size=0)
 
 
 def describe(frame):
@@ -75,7 +102,7 @@ def contract(tmp_path_factory):
 def ava(tmp_path_factory):
     root = tmp_path_factory.mktemp("ava")
     servables.write(str(root / "servables"), "frame_probe", PROBE_CONFIG)
-    address, guarded = free_addresses(2)
+    address, guarded, metrics = free_addresses(3)
     process = start_server(root, f"""
         server.start_servables([server.ServableStartConfig({BUNDLED_SERVABLES!r}, "frames", device_ids=0),
                                 server.ServableStartConfig({BUNDLED_SERVABLES!r}, "add", device_ids=0),
@@ -83,8 +110,11 @@ def ava(tmp_path_factory):
                                                            device_ids=0)])
         server.start_grpc_server({address!r}, media_stream=server.MediaStreamConfig("frames", "intensity"))
         server.start_grpc_server({guarded!r}, access=server.AccessConfig(consumers={{"camera": "s3cret"}}))
+        server.start_metrics_server({metrics!r})
     """, address)
+    process.metrics = metrics
     process.guarded = guarded
+    process.probe_dir = root / "servables" / "frame_probe"
     yield process
     process.stop()
 
@@ -400,3 +430,47 @@ def test_a_client_that_leaves_mid_stream_leaves_nothing_open(ava, contract, regi
     session.channel.close()
     wait_until(lambda: path not in _open_files(ava.proc.pid), "the server to close the region", 10)
     assert os.path.exists(path)
+
+
+def test_frames_of_many_streams_batch_together_in_the_worker(ava, contract):
+    """While the worker is held, three streams each send a frame; released, it takes them as one batch: the batch
+    stage sees three instances."""
+    hold, started = ava.probe_dir / "hold", ava.probe_dir / "started"
+    hold.write_text("")
+    blocker = Session(contract, ava.address)
+    results: dict = {}
+
+    def stream(key, method):
+        session = Session(contract, ava.address)
+        results[key] = session.run([session.descriptor({"servable": "frame_probe", "method": method}),
+                                    session.frame(solid(1).tobytes(), 1)])
+
+    threads = [threading.Thread(target=stream, args=("blocker", "held"))]
+    try:
+        threads[0].start()
+        wait_until(lambda: started.exists(), "the worker to be held", 30)
+        threads += [threading.Thread(target=stream, args=(k, "batch_size")) for k in range(3)]
+        for thread in threads[1:]:
+            thread.start()
+        # the three frames are queued behind the held one (each stream's reply is pending)
+        wait_until(lambda: _pending(ava) == 4, "four frames pending", 30)
+    finally:
+        hold.unlink()
+        for thread in threads:
+            thread.join(60)
+        if started.exists():
+            started.unlink()
+    blocker.channel.close()
+    assert tags(results["blocker"][1]) == [("held", 1.0)]
+    assert [tags(results[k][1]) for k in range(3)] == [[("3", 1.0)]] * 3
+
+
+def _pending(ava) -> int:
+    """Requests the dispatcher has handed to workers and not yet answered (from the metrics of the server)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://{ava.metrics}/metrics", timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith('mindserve_pending_requests{servable="frame_probe"'):
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
