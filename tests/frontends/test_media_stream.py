@@ -22,6 +22,7 @@ from PIL import Image
 
 from mindserve.client import Client
 from support import servables
+from support.metrics import pending
 from support.paths import BUNDLED_SERVABLES, REPO
 from support.processes import free_addresses, start_server, wait_until
 
@@ -453,7 +454,7 @@ def test_frames_of_many_streams_batch_together_in_the_worker(ava, contract):
         for thread in threads[1:]:
             thread.start()
         # the three frames are queued behind the held one (each stream's reply is pending)
-        wait_until(lambda: _pending(ava) == 4, "four frames pending", 30)
+        wait_until(lambda: pending(ava.metrics, "frame_probe") == 4, "four frames pending", 30)
     finally:
         hold.unlink()
         for thread in threads:
@@ -464,13 +465,3 @@ def test_frames_of_many_streams_batch_together_in_the_worker(ava, contract):
     assert tags(results["blocker"][1]) == [("held", 1.0)]
     assert [tags(results[k][1]) for k in range(3)] == [[("3", 1.0)]] * 3
 
-
-def _pending(ava) -> int:
-    """Requests the dispatcher has handed to workers and not yet answered (from the metrics of the server)."""
-    import urllib.request
-
-    text = urllib.request.urlopen(f"http://{ava.metrics}/metrics", timeout=10).read().decode()
-    for line in text.splitlines():
-        if line.startswith('mindserve_pending_requests{servable="frame_probe"'):
-            return int(float(line.rsplit(" ", 1)[1]))
-    return 0

@@ -14,11 +14,11 @@ import urllib.request
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from mindserve.client import Client
 from support import model_files, servables
 from support.processes import free_addresses, free_port, start_server, wait_until, worker_pids
+from support.metrics import scrape, value
 from support.rest import request, unix_request
 
 
@@ -101,20 +101,6 @@ def held(x):
 '''
 
 ONES = np.ones((2,), np.float32)
-
-
-def scrape(address: str) -> dict:
-    """Every sample of /metrics: {(name, sorted labels): value}."""
-    text = urllib.request.urlopen(f"http://{address}/metrics", timeout=30).read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples: dict, name: str, **labels) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def model_labels(method: str, protocol: str = None, servable: str = "meter", version: str = "1", **more) -> dict:

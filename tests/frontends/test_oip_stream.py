@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import queue
-import urllib.request
 
 import grpc
 import numpy as np
@@ -14,6 +13,7 @@ import tritonclient.grpc as triton_grpc
 
 from mindserve._proto import grpc_inference as oip
 from support import servables
+from support.metrics import pending, scrape, value
 from support.paths import BUNDLED_SERVABLES
 from support.processes import free_addresses, start_server, wait_until
 
@@ -130,14 +130,6 @@ def test_triton_error_mode_ends_the_stream_at_the_first_error_with_its_status(st
     assert ended.value.details().startswith("Given model input 0 size 12 not match the size 16")
 
 
-def _pending(metrics: str) -> float:
-    text = urllib.request.urlopen(f"http://{metrics}/metrics", timeout=30).read().decode()
-    for line in text.splitlines():
-        if line.startswith('mindserve_pending_requests{servable="held"'):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 def test_a_stream_runs_at_most_64_requests_at_once_and_answers_all_after_half_close(stream_server):
     request = oip.ModelInferRequest(model_name="held", id="h")
     request.inputs.add(name="x", datatype="FP32", shape=[1, 2])
@@ -146,8 +138,8 @@ def test_a_stream_runs_at_most_64_requests_at_once_and_answers_all_after_half_cl
     try:
         channel, answers = raw_stream(stream_server.address, [request] * 200)
         # the worker is held: the stream has started as many requests as it may, and reads no more
-        wait_until(lambda: _pending(stream_server.metrics) == 64, "64 requests of the stream in flight", 30)
-        assert _pending(stream_server.metrics) == 64
+        wait_until(lambda: pending(stream_server.metrics, "held") == 64, "64 requests of the stream in flight", 30)
+        assert pending(stream_server.metrics, "held") == 64
     finally:
         os.unlink(stream_server.hold)
     with channel:
@@ -158,9 +150,9 @@ def test_a_stream_runs_at_most_64_requests_at_once_and_answers_all_after_half_cl
 def test_stream_requests_are_counted_and_the_stream_is_advertised(stream_server):
     metadata = triton_grpc.InferenceServerClient(stream_server.address).get_server_metadata()
     assert list(metadata.extensions) == ["statistics", "model_stream_infer"]
+    labels = dict(servable="add", version="1", method="add_common", protocol="v2_stream")
+    before = value(scrape(stream_server.metrics), "mindserve_request_success_total", **labels)
     channel, answers = raw_stream(stream_server.address, [add_request(1, "m")] * 3)
     with channel:
         assert len(list(answers)) == 3
-    text = urllib.request.urlopen(f"http://{stream_server.metrics}/metrics", timeout=30).read().decode()
-    assert 'mindserve_request_success_total{method="add_common",protocol="v2_stream",servable="add",version="1"}' \
-        in text
+    assert value(scrape(stream_server.metrics), "mindserve_request_success_total", **labels) - before == 3

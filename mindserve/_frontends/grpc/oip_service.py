@@ -25,7 +25,7 @@ import numpy as np
 import mindserve
 from mindserve import _dtypes
 from mindserve._dispatch.dispatcher import Dispatcher
-from mindserve._errors import FeatureDisabled, InvalidInput, NotServed, clip
+from mindserve._errors import InvalidInput, NotServed, clip
 from mindserve._frontends.admission import Admission
 from mindserve._frontends.grpc.gate import gated
 from mindserve._frontends.grpc.ms_tensors import invalid_input
@@ -39,7 +39,7 @@ from mindserve._frontends.oip.infer import infer
 from mindserve._frontends.oip.models import SERVER_NAME
 from mindserve._frontends.oip.tensors import InputTensor, RawInput
 from mindserve._frontends.shared_memory.regions import ClientRegions, Lease
-from mindserve._frontends.shared_memory.tensors import CUDA_UNSUPPORTED, DISABLED, parameter_values, shared_input
+from mindserve._frontends.shared_memory.tensors import CUDA_UNSUPPORTED, enabled, parameter_values, shared_input
 from mindserve._metrics import requests as request_metrics
 from mindserve._proto import grpc_inference as oip
 
@@ -212,24 +212,19 @@ class OipServiceHandler:
 
     # ---- shared memory -------------------------------------------------------------------------------------
 
-    def _enabled_regions(self) -> ClientRegions:
-        if self._regions is None:
-            raise FeatureDisabled(DISABLED)
-        return self._regions
-
     async def _shm_status(self, request: Any) -> Any:
         reply = oip.SystemSharedMemoryStatusResponse()
-        for region in self._enabled_regions().status(request.name):
+        for region in enabled(self._regions).status(request.name):
             entry = reply.regions[region.name]
             entry.name, entry.key, entry.offset, entry.byte_size = region
         return reply
 
     async def _shm_register(self, request: Any) -> Any:
-        self._enabled_regions().register(request.name, request.key, request.offset, request.byte_size)
+        enabled(self._regions).register(request.name, request.key, request.offset, request.byte_size)
         return oip.SystemSharedMemoryRegisterResponse()
 
     async def _shm_unregister(self, request: Any) -> Any:
-        self._enabled_regions().unregister(request.name)
+        enabled(self._regions).unregister(request.name)
         return oip.SystemSharedMemoryUnregisterResponse()
 
     async def _cuda_status(self, request: Any) -> Any:

@@ -12,26 +12,26 @@ stays open after ``close``.
 from __future__ import annotations
 
 import os
-import stat
 from typing import Optional
 
 import numpy as np
 
 from mindserve._frontends.media_stream.frames import FrameError
+from mindserve._frontends.shared_memory.client_file import (
+    SHM_DIR,
+    ClientFileError,
+    open_client_file,
+    read_exact,
+    shm_name,
+)
 
-SHM_DIR = "/dev/shm"
 MAX_REGION_BYTES = 1 << 34  # 16 GiB: more is not a frame buffer
-OWN_PREFIX = "mindserve-"  # the server's own segments are never a client's region
-
-
-def _checked_name(name: str) -> str:
-    """The file name of a handle, which names a file directly in /dev/shm ("frames" or "/frames")."""
-    bare = name[1:] if name.startswith("/") else name
-    if not bare or "/" in bare or bare in (".", "..") or "\0" in bare or len(bare) > 255:
-        raise FrameError("INVALID_ARGUMENT", "the shared memory handle_name must name a file directly in /dev/shm")
-    if bare.startswith(OWN_PREFIX):
-        raise FrameError("INVALID_ARGUMENT", "the shared memory handle_name names none of the client's regions")
-    return bare
+_OPEN_ERRORS = {
+    "open": "the shared memory region named by handle_name cannot be opened: it must be a regular file in /dev/shm "
+            "that the server may read",
+    "not_regular": "the shared memory region named by handle_name is not a regular file",
+    "small": "the shared memory region is {size} bytes, less than its length_bytes {length}",
+}
 
 
 class SharedRegion:
@@ -47,23 +47,14 @@ class SharedRegion:
         if not 0 < length_bytes <= MAX_REGION_BYTES:
             raise FrameError("INVALID_ARGUMENT", f"the shared memory length_bytes {length_bytes} is not in 1 to "
                                                  f"{MAX_REGION_BYTES}")
-        path = os.path.join(shm_dir, _checked_name(handle_name))
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError:
-            raise FrameError("INVALID_ARGUMENT", "the shared memory region named by handle_name cannot be opened: "
-                                                 "it must be a regular file in /dev/shm that the server may read")
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise FrameError("INVALID_ARGUMENT", "the shared memory region named by handle_name is not a "
-                                                     "regular file")
-            if info.st_size < length_bytes:
-                raise FrameError("INVALID_ARGUMENT", f"the shared memory region is {info.st_size} bytes, less than "
-                                                     f"its length_bytes {length_bytes}")
-        except BaseException:
-            os.close(fd)
-            raise
+        bare = shm_name(handle_name)
+        if bare is None:
+            raise FrameError("INVALID_ARGUMENT", "the shared memory handle_name must name a file directly in /dev/shm")
+        try:  # (not own_only: the video-analytics module usually runs as another user)
+            fd = open_client_file(os.path.join(shm_dir, bare), length_bytes, writable=False, own_only=False)
+        except ClientFileError as error:
+            raise FrameError("INVALID_ARGUMENT", _OPEN_ERRORS[error.kind].format(size=error.size,
+                                                                                 length=length_bytes)) from None
         return cls(fd, length_bytes)
 
     def read(self, offset: int, length: int, expected: Optional[int] = None) -> np.ndarray:
@@ -77,15 +68,10 @@ class SharedRegion:
                                                  f"the shared memory region of {self.length} bytes")
         if expected is not None and length != expected:
             raise FrameError("INVALID_ARGUMENT", f"content_reference of {length} bytes, a frame is {expected}")
-        out = np.empty(length, np.uint8)
-        view = out.data
-        got = 0
-        while got < length:
-            n = os.preadv(self._fd, [view[got:]], offset + got)
-            if n <= 0:
-                raise FrameError("INVALID_ARGUMENT", f"the shared memory region ends before byte {offset + length}: "
-                                                     f"the client cut its file short")
-            got += n
+        out = read_exact(self._fd, offset, length)
+        if out is None:
+            raise FrameError("INVALID_ARGUMENT", f"the shared memory region ends before byte {offset + length}: "
+                                                 f"the client cut its file short")
         return out
 
     def close(self) -> None:

@@ -21,7 +21,7 @@ from typing import Optional
 from mindserve._dispatch.dispatcher import Dispatcher
 from mindserve._errors import NotServed, clip
 from mindserve._frontends.oip.models import find_model, version_number
-from mindserve._metrics.totals import MethodTotals, add_totals
+from mindserve._metrics.totals import MethodTotals
 
 
 @dataclass
@@ -100,10 +100,14 @@ async def model_statistics(dispatcher: Dispatcher, model_name: str, version_text
 
 
 def _method_totals(devices: dict[int, dict[str, MethodTotals]], method: str) -> Optional[MethodTotals]:
-    merged: dict[str, MethodTotals] = {}
-    for methods in devices.values():
-        add_totals(merged, {method: methods[method]} if method in methods else {})
-    return merged.get(method)
+    """One method's totals summed over the devices' workers; None when no worker has run it."""
+    found = [methods[method] for methods in devices.values() if method in methods]
+    if not found:
+        return None
+    merged = MethodTotals()
+    for totals in found:
+        merged.add(totals)
+    return merged
 
 
 def _statistics(dispatcher: Dispatcher, name: str, servable: str, method: str, version: int,

@@ -21,7 +21,7 @@ from aiohttp import web
 
 import mindserve
 from mindserve._dispatch.dispatcher import Dispatcher
-from mindserve._errors import FeatureDisabled, InvalidInput, NotServed, clip
+from mindserve._errors import InvalidInput, NotServed, clip
 from mindserve._frontends.oip import models, statistics
 from mindserve._frontends.oip.infer import infer
 from mindserve._frontends.rest import v2_codec
@@ -34,7 +34,7 @@ from mindserve._frontends.rest.common import (
     read_body,
 )
 from mindserve._frontends.shared_memory.regions import ClientRegions
-from mindserve._frontends.shared_memory.tensors import CUDA_UNSUPPORTED, DISABLED
+from mindserve._frontends.shared_memory.tensors import CUDA_UNSUPPORTED, enabled
 
 log = logging.getLogger("mindserve")
 
@@ -124,14 +124,9 @@ class V2Routes:
 
     # ---- shared memory: /v2/systemsharedmemory[/region/{region}]/status|register|unregister ----
 
-    def _enabled_regions(self) -> ClientRegions:
-        if self._regions is None:
-            raise FeatureDisabled(DISABLED)
-        return self._regions
-
     @answers_errors("SystemSharedMemoryStatus")
     async def shm_status(self, request: web.Request) -> web.Response:
-        found = self._enabled_regions().status(request.match_info.get("region", ""))
+        found = enabled(self._regions).status(request.match_info.get("region", ""))
         return json_response([region._asdict() for region in found])
 
     @answers_errors("SystemSharedMemoryRegister")
@@ -144,13 +139,13 @@ class V2Routes:
                        for k in ("offset", "byte_size")):
             raise InvalidInput("The registration should be a JSON object with key (a string), offset and byte_size "
                                "(integers)")
-        self._enabled_regions().register(request.match_info["region"], document["key"], document.get("offset", 0),
+        enabled(self._regions).register(request.match_info["region"], document["key"], document.get("offset", 0),
                                          document.get("byte_size", 0))
         return json_response({})
 
     @answers_errors("SystemSharedMemoryUnregister")
     async def shm_unregister(self, request: web.Request) -> web.Response:
-        self._enabled_regions().unregister(request.match_info.get("region", ""))
+        enabled(self._regions).unregister(request.match_info.get("region", ""))
         return json_response({})
 
     @answers_errors("CudaSharedMemoryStatus")

@@ -19,16 +19,21 @@ bytes. What keeps this from being a way into the server (Triton's CVE-2025-23319
 from __future__ import annotations
 
 import os
-import stat
 import threading
 from typing import NamedTuple
 
 import numpy as np
 
 from mindserve._errors import AlreadyExists, InvalidInput, NotServed, clip
+from mindserve._frontends.shared_memory.client_file import (
+    SHM_DIR,
+    ClientFileError,
+    open_client_file,
+    read_exact,
+    shm_name,
+    write_all,
+)
 
-SHM_DIR = "/dev/shm"
-OWN_PREFIX = "mindserve-"
 MAX_REGIONS = 64
 MAX_TOTAL_BYTES = 1 << 36  # 64 GiB over all regions
 BAD_KEY = ("the key names no shared memory the server may use: an shm_open name of a regular file in /dev/shm "
@@ -40,14 +45,6 @@ class RegionStatus(NamedTuple):
     key: str
     offset: int
     byte_size: int
-
-
-def _file_name(key: str) -> str:
-    bare = key[1:] if key.startswith("/") else key
-    if not bare or "/" in bare or bare in (".", "..") or "\0" in bare or len(bare) > 255 \
-            or bare.startswith(OWN_PREFIX):
-        raise InvalidInput(BAD_KEY)
-    return bare
 
 
 class Region:
@@ -76,21 +73,14 @@ class Region:
     def read(self, offset: int, size: int, what: str) -> np.ndarray:
         """``size`` bytes at ``offset`` of the region, copied out (uint8)."""
         at = self._span(offset, size, what)
-        out = np.empty(size, np.uint8)
-        view, got = out.data, 0
-        while got < size:
-            n = os.preadv(self._fd, [view[got:]], at + got)
-            if n <= 0:
-                raise InvalidInput(f"{what}: shared memory region '{clip(self.name)}' ended before its data did")
-            got += n
+        out = read_exact(self._fd, at, size)
+        if out is None:
+            raise InvalidInput(f"{what}: shared memory region '{clip(self.name)}' ended before its data did")
         return out
 
     def write(self, offset: int, data: memoryview, what: str) -> None:
         """Write ``data`` at ``offset`` of the region."""
-        at = self._span(offset, len(data), what)
-        done = 0
-        while done < len(data):
-            done += os.pwrite(self._fd, data[done:], at + done)
+        write_all(self._fd, self._span(offset, len(data), what), data)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -109,21 +99,16 @@ class ClientRegions:
 
     def _open(self, name: str, key: str, offset: int, byte_size: int) -> Region:
         """A region of the client's file ``key``, checked (see the module text); its errors never name the key."""
-        path = os.path.join(self._dir, _file_name(key))
+        bare = shm_name(key)
+        if bare is None:
+            raise InvalidInput(BAD_KEY)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError:
-            raise InvalidInput(BAD_KEY) from None
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
-                raise InvalidInput(BAD_KEY)
-            if info.st_size < offset + byte_size:
-                raise InvalidInput(f"shared memory region '{clip(name)}': its file holds {info.st_size} bytes, "
-                                   f"less than offset {offset} + byte_size {byte_size}")
-        except BaseException:
-            os.close(fd)
-            raise
+            fd = open_client_file(os.path.join(self._dir, bare), offset + byte_size, writable=True, own_only=True)
+        except ClientFileError as error:
+            if error.kind != "small":
+                raise InvalidInput(BAD_KEY) from None
+            raise InvalidInput(f"shared memory region '{clip(name)}': its file holds {error.size} bytes, less than "
+                               f"offset {offset} + byte_size {byte_size}") from None
         return Region(name, key, fd, offset, byte_size)
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:

@@ -10,13 +10,20 @@ from mindserve import _dtypes
 from mindserve._errors import FeatureDisabled, InvalidInput, clip
 from mindserve._frontends.grpc.ms_tensors import check_data_size, invalid_input
 from mindserve._frontends.oip.tensors import Data, InputTensor, OutputTensor, join_bytes
-from mindserve._frontends.shared_memory.regions import Lease
+from mindserve._frontends.shared_memory.regions import ClientRegions, Lease
 
 REGION = "shared_memory_region"
 OFFSET = "shared_memory_offset"
 BYTE_SIZE = "shared_memory_byte_size"
 DISABLED = "client shared memory is disabled: start the server with allow_client_shm=True to use it"
 CUDA_UNSUPPORTED = "CUDA shared memory is not supported by this server: register system shared memory instead"
+
+
+def enabled(regions: Optional[ClientRegions]) -> ClientRegions:
+    """The regions of a server that takes client shared memory; FeatureDisabled for one that does not."""
+    if regions is None:
+        raise FeatureDisabled(DISABLED)
+    return regions
 
 
 class Reference(NamedTuple):
