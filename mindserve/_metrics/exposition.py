@@ -6,7 +6,9 @@ updates, and :class:`ServingCollector` turns them into metric families when ``/m
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+import asyncio
+import time
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -23,6 +25,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus's text f
 NS = 1e-9
 _MODEL = ["servable", "version", "method"]
 WorkerTotals = dict[tuple[str, int], dict[int, dict[str, MethodTotals]]]
+# A scrape reuses the workers' totals asked for less than this long ago, and scrapes that come while they are
+# being asked for wait for that one answer: a storm of scrapes costs the master and the workers one question a
+# second, not one a scrape. (The master's own request counts are read live at every scrape.)
+WORKER_TOTALS_MAX_AGE_S = 1.0
 
 
 def _buckets(histogram: Histogram, scale: float = 1.0) -> list[tuple[str, float]]:
@@ -114,19 +120,35 @@ class ServingCollector(Collector):
 class ServerMetrics:
     """The master's metrics registry and what fills it."""
 
-    def __init__(self, dispatcher: "Dispatcher"):
+    def __init__(self, dispatcher: "Dispatcher", worker_totals_max_age_s: float = WORKER_TOTALS_MAX_AGE_S):
         self._dispatcher = dispatcher
         self.registry = CollectorRegistry(auto_describe=False)
         self.collector = ServingCollector(dispatcher)
         self.registry.register(self.collector)
+        self._max_age_s = worker_totals_max_age_s
+        self._asked_at = -float("inf")  # (time.monotonic) when the totals in the collector were asked for
+        self._asking: Optional[asyncio.Task] = None  # a question to the workers under way
 
     async def refresh(self) -> WorkerTotals:
-        """Ask every worker for its statistics (the request counts are the master's own, always current)."""
-        self.collector.worker_totals = await self._dispatcher.worker_stats()
+        """The workers' statistics, asked for now unless the last answer is younger than the maximum age (the
+        request counts are the master's own, always current)."""
+        if time.monotonic() - self._asked_at >= self._max_age_s:
+            if self._asking is None:
+                self._asking = asyncio.get_running_loop().create_task(self._ask())
+            # shielded: a scraper that leaves does not cancel the question the others wait for
+            await asyncio.shield(self._asking)
         return self.collector.worker_totals
 
+    async def _ask(self) -> None:
+        asked_at = time.monotonic()
+        try:
+            self.collector.worker_totals = await self._dispatcher.worker_stats()
+            self._asked_at = asked_at
+        finally:
+            self._asking = None
+
     async def exposition(self, refresh: bool = True) -> bytes:
-        """The text format of every metric, as of now."""
+        """The text format of every metric, as of now (the workers' part at most the maximum age old)."""
         if refresh:
             await self.refresh()
         return generate_latest(self.registry)

@@ -18,7 +18,7 @@ import tritonclient.grpc as triton_grpc
 from mindserve.client import Client
 from support import model_files, servables
 from support.processes import free_addresses, free_port, start_server, wait_until, worker_pids
-from support.metrics import scrape, value
+from support.metrics import scrape, scrape_fresh, value
 from support.rest import request, unix_request
 
 
@@ -159,7 +159,7 @@ def test_requests_are_counted_by_door_method_and_outcome(meter):
     assert request(meter.rest, "POST", "/v2/models/meter.add/infer", body).status == 200
     assert request(meter.rest, "POST", "/v2/models/meter.add/infer", {"inputs": "no"}).status == 400
 
-    after = scrape(meter.metrics)
+    after = scrape_fresh(meter.metrics)
 
     def delta(name, **labels):
         return value(after, name, **labels) - value(before, name, **labels)

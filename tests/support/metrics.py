@@ -1,9 +1,12 @@
 """Reading a server's Prometheus metrics in the tests."""
 from __future__ import annotations
 
+import time
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from mindserve._metrics.exposition import WORKER_TOTALS_MAX_AGE_S
 
 
 def scrape(address: str) -> dict:
@@ -14,6 +17,13 @@ def scrape(address: str) -> dict:
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return samples
+
+
+def scrape_fresh(address: str) -> dict:
+    """``scrape``, once the workers' totals of any earlier scrape are too old to be reused: what the workers
+    counted up to now is in it."""
+    time.sleep(WORKER_TOTALS_MAX_AGE_S)
+    return scrape(address)
 
 
 def value(samples: dict, name: str, **labels) -> float:
