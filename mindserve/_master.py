@@ -52,6 +52,7 @@ GRPC_SERVICE_NAMES = (ms_service.SERVICE_NAME, oip_service.SERVICE_NAME, seldon_
 class Master:
     def __init__(self) -> None:
         self.dispatcher = Dispatcher()
+        self.worker_groups: list[ServableWorkers] = []  # the started versions' workers, which the master stops
         self.grpc_servers: list[GrpcServer] = []
         self.rest_servers: list = []  # RestServer each (its module imports aiohttp, an optional dependency)
         self.metrics_servers: list = []  # RestServer each, serving /metrics
@@ -105,6 +106,7 @@ class Master:
             await asyncio.gather(*(g.stop() for g, o in zip(groups, outcomes) if o is None), return_exceptions=True)
             raise failed[0]
         for group in groups:
+            self.worker_groups.append(group)
             self.dispatcher.add(group)
             log.info("servable %s version %d ready on %d worker(s)", group.name, group.version, len(group.workers))
 
@@ -216,7 +218,7 @@ class Master:
                              *(s.stop() for s in self.rest_servers), return_exceptions=True)
         # the metrics server is the last to go: a scrape during the drain still sees the requests finish
         await asyncio.gather(*(s.stop() for s in self.metrics_servers), return_exceptions=True)
-        await asyncio.gather(*(g.stop() for g in self.dispatcher.groups()), return_exceptions=True)
+        await asyncio.gather(*(g.stop() for g in self.worker_groups), return_exceptions=True)
         self.client_regions.close()
         if self._admission.trimmer is not None:
             await self._admission.trimmer.close()

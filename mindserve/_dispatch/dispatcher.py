@@ -8,10 +8,10 @@ from typing import Callable, NamedTuple, Optional, Sequence
 
 from mindserve._dispatch.limits import DEFAULT_MAX_REQUEST_INSTANCES, too_many_instances
 from mindserve._dispatch.route import Route, ServedVersion
+from mindserve._dispatch.worker_group import DEFAULT_RESTART_WAIT_S, WorkerGroup
 from mindserve._errors import NotServed, QueueFull, clip, method_unavailable, request_repr, servable_unavailable
 from mindserve._metrics import requests
 from mindserve._metrics.totals import MethodTotals
-from mindserve._supervision.servable_workers import DEFAULT_RESTART_WAIT_S, ServableWorkers
 from mindserve._tensor import InstanceResults, RawTensor, Results, StackedResults
 
 __all__ = ["Dispatcher", "request_repr", "DEFAULT_MAX_ENQUEUED_REQUESTS"]
@@ -31,7 +31,7 @@ class WorkerState(NamedTuple):
 
 class Dispatcher:
     def __init__(self) -> None:
-        self._servables: dict[str, dict[int, ServableWorkers]] = {}
+        self._servables: dict[str, dict[int, WorkerGroup]] = {}
         self._subscribers: list[Callable[[], None]] = []
         self.max_enqueued_requests = DEFAULT_MAX_ENQUEUED_REQUESTS
         self.enqueued_requests = 0  # requests handed to workers and not yet answered, over all servables
@@ -47,7 +47,7 @@ class Dispatcher:
         if count > self.max_request_instances:
             raise too_many_instances(count, self.max_request_instances, servable, method)
 
-    def add(self, group: ServableWorkers) -> None:
+    def add(self, group: WorkerGroup) -> None:
         group.restart_wait_s = self.restart_wait_s
         group.on_change = self._changed
         self._servables.setdefault(group.name, {})[group.version] = group
@@ -71,7 +71,7 @@ class Dispatcher:
     def has(self, name: str, version: int) -> bool:
         return version in self._servables.get(name, {})
 
-    def groups(self) -> list[ServableWorkers]:
+    def groups(self) -> list[WorkerGroup]:
         return [g for versions in self._servables.values() for g in versions.values()]
 
     # ---- what is served: model names, versions, readiness (every door asks here, none decides for itself) ----
@@ -128,7 +128,7 @@ class Dispatcher:
         signature. NotServed when the servable, version or method is not served; NoLiveWorker when it is but
         has no live worker (nor one being restarted)."""
         versions = self._servables.get(name, {})
-        group: Optional[ServableWorkers] = None
+        group: Optional[WorkerGroup] = None
         if version == 0:  # the newest version with a live worker, else the newest whose worker is restarting
             ordered = sorted(versions, reverse=True) if len(versions) > 1 else list(versions)
             for candidate in ordered:
@@ -173,10 +173,7 @@ class Dispatcher:
         key = (group.name, group.version)
         self._pending[key] = self._pending.get(key, 0) + 1
         try:
-            worker = group.pick() or await group.wait_live(self.restart_wait_s)
-            if worker is None:
-                raise servable_unavailable(group.name, method, version)
-            results = await worker.run(method, instances, version)
+            results = await group.run(method, instances, version)
             requests.note_results(results)
             return results if isinstance(results, StackedResults) else InstanceResults(results)
         except BaseException as exc:
@@ -194,8 +191,8 @@ class Dispatcher:
 
     def worker_states(self) -> list[WorkerState]:
         """Each servable version's worker on each device: alive or not, and how often it was replaced."""
-        return [WorkerState(g.name, g.version, w.spec.device_id, w.alive, g.restarts.get(w.spec.device_id, 0))
-                for g in self.groups() for w in g.workers]
+        return [WorkerState(g.name, g.version, state.device_id, state.up, state.restarts)
+                for g in self.groups() for state in g.states()]
 
     async def worker_stats(self) -> dict[tuple[str, int], dict[int, dict[str, MethodTotals]]]:
         """What the workers measured (queue waits, stage durations, batch sizes), by (servable, version), device
@@ -205,5 +202,5 @@ class Dispatcher:
         return {(g.name, g.version): stats for g, stats in zip(groups, found)}
 
 
-def _view(group: ServableWorkers) -> ServedVersion:
+def _view(group: WorkerGroup) -> ServedVersion:
     return ServedVersion(group.name, group.version, group.methods, group.ready, group.seldon)

@@ -4,41 +4,12 @@ what they may know of a servable version (metadata, readiness) is a ServedVersio
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
-if TYPE_CHECKING:
-    from mindserve._supervision.servable_workers import ServableWorkers
+from mindserve._dispatch.worker_group import WorkerGroup
+from mindserve._servable.signature import MethodSignature, TensorSpec
 
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """What the servable fixes of a method input or output: its dtype code (0, MS_UNKNOWN, where only a Python
-    stage takes or makes it) and its per-instance shape (-1 for a variable dim; None where nothing fixes it)."""
-
-    dtype: int
-    shape: Optional[tuple[int, ...]]
-
-
-@dataclass(frozen=True)
-class MethodSignature:
-    """A method's input and output names, in order, and what is known of each."""
-
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-    input_specs: tuple[TensorSpec, ...]
-    output_specs: tuple[TensorSpec, ...]
-
-    @classmethod
-    def from_report(cls, reported: dict[str, Any]) -> "MethodSignature":
-        """The signature a worker reported at its start (mindserve._workers.loader.method_signatures)."""
-        def specs(names: list, given: Optional[list]) -> tuple[TensorSpec, ...]:
-            given = given or [None] * len(names)
-            return tuple(TensorSpec(int(s["dtype"]), None if s["shape"] is None else tuple(s["shape"]))
-                         if s else TensorSpec(0, None) for s in given)
-
-        inputs, outputs = list(reported["inputs"]), list(reported["outputs"])
-        return cls(tuple(inputs), tuple(outputs), specs(inputs, reported.get("input_specs")),
-                   specs(outputs, reported.get("output_specs")))
+__all__ = ["MethodSignature", "Route", "ServedVersion", "TensorSpec"]
 
 
 @dataclass(frozen=True)
@@ -62,7 +33,7 @@ class Route:
     method: str
     version: int
     signature: MethodSignature
-    group: "ServableWorkers"
+    group: WorkerGroup
 
     @property
     def served_version(self) -> int:

@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
-from mindserve._dispatch.route import MethodSignature
+from mindserve._dispatch.worker_group import DEFAULT_RESTART_WAIT_S, DeviceState
 from mindserve._errors import servable_unavailable
 from mindserve._metrics.totals import MethodTotals, add_totals, read_snapshot
+from mindserve._servable.signature import MethodSignature
 from mindserve._supervision.worker_process import Job, WorkerProcess, WorkerSpec
+from mindserve._tensor import RawTensor
 
 log = logging.getLogger("mindserve")
 
 RESTART_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # back-off between restarts of a worker that keeps failing
-# how long a request waits for a restarted worker when the servable version has no live one (a worker restart
-# takes about a second: it is better answered late than refused)
-DEFAULT_RESTART_WAIT_S = 5.0
 
 
 class ServableWorkers:
-    """All workers of (servable, version). ``methods`` maps each method to its input and output names, as the
-    workers reported them (the master never imports servable code itself)."""
+    """All workers of (servable, version), the dispatcher's WorkerGroup (mindserve._dispatch.worker_group).
+    ``methods`` maps each method to its input and output names, as the workers reported them (the master never
+    imports servable code itself)."""
 
     def __init__(self, specs: list[WorkerSpec]):
         self.specs = specs
@@ -79,6 +79,17 @@ class ServableWorkers:
         finally:
             self._waiters.discard(waiter)
         return self.pick()
+
+    async def run(self, method: str, instances: Sequence[dict[str, RawTensor]], version: int) -> list:
+        """Run ``method`` on the live worker with the most free slots, or on a restarted one within
+        ``restart_wait_s``; one result or ServingError per instance."""
+        worker = self.pick() or await self.wait_live(self.restart_wait_s)
+        if worker is None:
+            raise servable_unavailable(self.name, method, version)
+        return await worker.run(method, instances, version)
+
+    def states(self) -> list[DeviceState]:
+        return [DeviceState(w.spec.device_id, w.alive, self.restarts.get(w.spec.device_id, 0)) for w in self.workers]
 
     def _changed(self) -> None:
         if self.on_change is not None:

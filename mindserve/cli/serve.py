@@ -135,4 +135,4 @@ async def _started_servables(master: Master) -> list:
     """(name, version, directory, device ids, method names) of each running servable version, read on the
     master's loop (which owns the dispatcher), in the order they were started."""
     return [(g.name, g.version, g.specs[0].servable_directory, [s.device_id for s in g.specs], list(g.methods))
-            for g in master.dispatcher.groups()]
+            for g in master.worker_groups]

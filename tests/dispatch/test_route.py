@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 
-from mindserve._dispatch.route import MethodSignature, TensorSpec
+from mindserve._servable.signature import MethodSignature, TensorSpec
 
 
 def test_a_signature_from_a_worker_report():
