@@ -10,8 +10,9 @@ from mindserve._dispatch.worker_group import DEFAULT_RESTART_WAIT_S, DeviceState
 from mindserve._errors import servable_unavailable
 from mindserve._metrics.totals import MethodTotals, add_totals, read_snapshot
 from mindserve._servable.signature import MethodSignature
-from mindserve._supervision.worker_process import Job, WorkerProcess, WorkerSpec
+from mindserve._supervision.worker_process import WorkerProcess, WorkerSpec
 from mindserve._tensor import RawTensor
+from mindserve._transport.job_flow import Job
 
 log = logging.getLogger("mindserve")
 

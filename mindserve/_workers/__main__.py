@@ -1,17 +1,17 @@
 """Entry point of a worker process, started by the master:
 
-    python -m mindserve._workers --fd FD --shm-fd SHM --event-fd EVENT --servable-directory DIR --name NAME
-                                 --version N --device-id ID [--device-type TYPE]
+    python -m mindserve._workers --control-fd FD --shm-fd SHM --event-fd EVENT --servable-directory DIR
+                                 --name NAME --version N --device-id ID [--device-type TYPE]
                                  [--max-batch-size B] [--max-batch-delay-ms D]
 
-FD is the worker's end of a connected stream socket (control: the ``ready``/``failed`` handshake, and the way
+(mindserve._transport.worker_contract.WorkerArgs defines these for both sides.) FD is the worker's end of a
+connected stream socket (control: the ``ready``/``failed`` handshake, and the way
 the worker learns that the master is gone). SHM is the channel segment (native/channel.h) that carries the
 jobs and replies; EVENT the master's eventfd, written after each batch's replies. The worker loads the servable,
 reports, then takes batches of jobs until the master closes the channel; it never outlives the master.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import socket
@@ -22,6 +22,7 @@ from typing import Optional
 
 from mindserve._errors import SYSTEM_ERROR, ServingError
 from mindserve._metrics.worker_stats import WorkerStats
+from mindserve._transport import worker_contract as contract
 from mindserve._transport.shm_channel import ChannelClosed, ShmChannel
 from mindserve._transport.worker_side import WorkerChannel
 from mindserve._workers.columns import Column
@@ -38,8 +39,8 @@ def _watch_master(control: WorkerChannel, stats: WorkerStats) -> None:
         message = control.recv()
         if message is None:
             os._exit(0)
-        if message[0].get("op") == "stats":
-            control.send({"op": "stats", "id": message[0].get("id"), "stats": stats.snapshot()})
+        if message[0].get("op") == contract.STATS:
+            control.send(contract.stats_reply(message[0].get("id"), stats.snapshot()))
 
 
 class _Batch:
@@ -133,36 +134,25 @@ def answer_batch(executor: MethodExecutor, entries: list, channel: ShmChannel, e
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m mindserve._workers")
-    parser.add_argument("--fd", type=int, required=True)
-    parser.add_argument("--shm-fd", type=int, required=True)
-    parser.add_argument("--event-fd", type=int, required=True)
-    parser.add_argument("--servable-directory", required=True)
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--version", type=int, required=True)
-    parser.add_argument("--device-id", type=int, required=True)
-    parser.add_argument("--device-type", default=None)
-    parser.add_argument("--max-batch-size", type=int, default=0)
-    parser.add_argument("--max-batch-delay-ms", type=float, default=0.0)
-    args = parser.parse_args()
+    args = contract.WorkerArgs.from_argv()
     # Ctrl-C, or a SIGTERM sent to the whole process group, is the master's to handle: it drains the requests
     # in progress and then closes the channel (a worker also exits as soon as the master is gone).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
-    control = WorkerChannel(socket.socket(fileno=args.fd))
+    control = WorkerChannel(socket.socket(fileno=args.control_fd))
     try:
         channel = ShmChannel.attach(args.shm_fd)
         executor = load_servable(args.servable_directory, args.name, args.version, args.device_type,
                                  args.device_id, args.max_batch_size or None)
     except Exception as exc:
-        control.send({"op": "failed", "error": str(exc)})
+        control.send(contract.failed_message(str(exc)))
         control.close()
         raise SystemExit(1)
     seldon = executor.servable.seldon
-    control.send({"op": "ready", "pid": os.getpid(), "methods": method_signatures(executor),
-                  "seldon": seldon.report(os.path.join(os.path.abspath(args.servable_directory), args.name))
-                  if seldon is not None else None})
+    directory = os.path.join(os.path.abspath(args.servable_directory), args.name)
+    control.send(contract.ready_message(os.getpid(), method_signatures(executor),
+                                        seldon.report(directory) if seldon is not None else None))
     stats = WorkerStats()
     threading.Thread(target=_watch_master, args=(control, stats), daemon=True, name="master-watch").start()
     serve(executor, channel, args.event_fd, batch_limit(executor, args.max_batch_size),

@@ -369,36 +369,34 @@ def test_a_hostile_worker_scribbling_everywhere_never_takes_the_master_outside_t
 # ------------------------------------------------------------------------------------- the master's supervision
 
 class SleepingWorker:
-    """A WorkerProcess whose channel is real and whose process is a sleeper (no servable): what the master
-    does when the channel turns out corrupt, and how it flags its backlog."""
+    """The master's job flow (mindserve._transport.job_flow) over a real channel, whose worker is a sleeper (no
+    servable) that the flow's ``on_broken`` kills, as WorkerProcess does: what the master does when the channel
+    turns out corrupt, and how it flags its backlog."""
 
     def __init__(self):
         import asyncio
-        from mindserve._supervision.worker_process import WorkerProcess, WorkerSpec
+
+        from mindserve._transport.job_flow import JobFlow
         self.loop = asyncio.new_event_loop()
-        self.worker = WorkerProcess(WorkerSpec("/nowhere", "servable", 1, 0, None), lambda *args: None)
-        self.worker._channel = ShmChannel.create(SEG, "the test")
-        self.worker._event_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.worker._process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-        self.worker.alive = True
-        self.channel = self.worker._channel
+        self.channel = ShmChannel.create(SEG, "the test")
+        self.process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        self.flow = JobFlow(self.channel, "the test's worker", self.process.kill)
 
     def job(self, size: int = 100):
-        from mindserve._supervision.worker_process import Job
         from mindserve._tensor import RawTensor
+        from mindserve._transport.job_flow import Job
         return Job("m", [{"x": RawTensor(9, (size,), bytes(size))}], self.loop.create_future())
 
     def killed(self) -> bool:
         try:
-            return self.worker._process.wait(HANG_S) == -signal.SIGKILL
+            return self.process.wait(HANG_S) == -signal.SIGKILL
         except subprocess.TimeoutExpired:
             return False
 
     def close(self) -> None:
-        if self.worker._process.poll() is None:
-            self.worker._process.kill()
-        self.worker._process.wait()
-        os.close(self.worker._event_fd)
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
         self.channel.close_fd()
         self.channel.unmap()
         self.loop.close()
@@ -413,24 +411,23 @@ def sleeping_worker():
 
 def test_a_corrupt_done_queue_gets_the_worker_killed(sleeping_worker):
     w = sleeping_worker
-    w.worker.submit(w.job())
+    w.flow.submit(w.job())
     header(w.channel).done.tail = header(w.channel).done.head + QUEUE_CAPACITY + 1
-    os.eventfd_write(w.worker._event_fd, 1)
-    w.worker._on_replies()  # the eventfd fired: the pop finds garbage and stops the worker, as for a dead one
+    w.flow.take_replies()  # the eventfd fired: the pop finds garbage and stops the worker, as for a dead one
     assert w.killed()
 
 
 def test_a_corrupt_request_arena_gets_the_worker_killed_and_keeps_the_job(sleeping_worker):
     w = sleeping_worker
     first = w.job()
-    w.worker.submit(first)
+    w.flow.submit(first)
     [(_, offset, _, _)] = w.channel.take_jobs()  # as if the worker had taken it ...
     w.channel.release(REQUESTS, offset)  # ... and freed its block early
     ffi.cast("uint64_t *", ffi.from_buffer(w.channel.view))[(offset - ALIGN) // 8] = 3  # then broke its header
     second = w.job()
-    w.worker.submit(second)  # the allocation finds the garbage
+    w.flow.submit(second)  # the allocation finds the garbage
     assert w.killed()
-    assert list(w.worker._backlog) == [second]  # not failed: it goes to another worker once this one is gone
+    assert list(w.flow._backlog) == [second]  # not failed: it goes to another worker once this one is gone
     assert not second.future.done()
     assert header(w.channel).backlog == 1
 
@@ -441,10 +438,10 @@ def test_the_master_flags_its_backlog_while_it_has_one(sleeping_worker):
     big = w.channel.max_message(REQUESTS) // 2 - 4096
     jobs = [w.job(big) for _ in range(3)]  # two fit the request arena, the third waits
     for job in jobs:
-        w.worker.submit(job)
-    assert list(w.worker._backlog) == [jobs[2]] and h.backlog == 1
+        w.flow.submit(job)
+    assert list(w.flow._backlog) == [jobs[2]] and h.backlog == 1
     taken = w.channel.take_jobs()  # the worker ran the first two; their blocks come free
     for _, offset, _, _ in taken:
         w.channel.release(REQUESTS, offset)
-    w.worker._flush_backlog()
-    assert not w.worker._backlog and h.backlog == 0
+    w.flow.flush_backlog()
+    assert not w.flow._backlog and h.backlog == 0

@@ -18,7 +18,7 @@ from support import model_files, servables
 from mindserve import _dtypes
 from mindserve._errors import FAILED, INVALID_INPUTS, SYSTEM_ERROR, ServingError
 from mindserve._servable import definition
-from mindserve._supervision.worker_process import Job
+from mindserve._transport.job_flow import Job
 from mindserve._tensor import RawTensor, StackedInput, StackedInputs, StackedResults
 from mindserve._transport import blocks
 from mindserve._transport.jobs import decode_reply as _decode_reply
