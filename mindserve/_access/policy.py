@@ -1,10 +1,11 @@
 """The access decision for one request, whatever transport carried it.
 
-A transport hands over the request's group (``groups``), a way to read its headers or metadata, and (for mutual
-TLS) the identities its verified client certificate names. Keys are compared in constant time
-(``hmac.compare_digest``); tokens are verified with PyJWT against the configured algorithms only, ``exp``
-required, and a verified token is remembered until it expires, so that a client sending the same token is not
-verified again on every call. No denial text repeats a credential or what was expected of its value.
+A transport hands over the request's group (``groups``), a way to read every value of its headers or metadata
+keys (a credential given twice is refused), and (for mutual TLS) the typed identities its verified client
+certificate carries (``identities``). Keys are compared in constant time (``hmac.compare_digest``); tokens are
+verified with PyJWT against the configured algorithms only, ``exp`` required, their time claims numbers in range,
+and a verified token is remembered until it expires, so that a client sending the same token is not verified again
+on every call. No denial text repeats a credential or what was expected of its value.
 """
 from __future__ import annotations
 
@@ -13,13 +14,16 @@ import binascii
 import hmac
 import secrets
 import time
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
+from mindserve._access.backoff import FailureBackoff
 from mindserve._access.config import AccessConfig, JWTConfig
 from mindserve._access.groups import GROUPS, HEALTH
+from mindserve._access.identities import Identity, configured_identities, normalized
 from mindserve._errors import KeyRequired, PermissionDenied, ServingError, Unauthenticated
 
-Header = Callable[[str], Optional[str]]
+# every value a request gives a header (REST) or metadata key (gRPC), in order; [] when none
+Headers = Callable[[str], Sequence[str]]
 
 # a credential longer than this is refused unread (a token of a megabyte must not be parsed and verified)
 MAX_CREDENTIAL_BYTES = 8192
@@ -31,6 +35,22 @@ _MIN_SECRET_BYTES = 32
 _TOKEN_CACHE_LIMIT = 4096
 _ALL_GROUPS = frozenset(GROUPS)
 INVALID_TOKEN = "a valid bearer token is required (Authorization: Bearer <token>)"
+# exp, nbf and iat: JSON numbers of seconds since 1970, from 0 to 2**53 (past it no clock reaches, and a float
+# no longer holds every whole second); anything else (a string, true, 1e400, 10**400) makes the token invalid
+TIME_CLAIMS = ("exp", "nbf", "iat")
+MAX_TIME_CLAIM = 2 ** 53
+
+
+def _is_time(value: object) -> bool:
+    """Whether a time claim's value is a number of seconds within 0..MAX_TIME_CLAIM (bool is no number here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return 0 <= value <= MAX_TIME_CLAIM  # (False for NaN; an int of any size compares without overflow)
+
+
+def bad_time_claim(name: str) -> str:
+    """The denial text of a signed token whose time claim ``name`` is not a number in range."""
+    return f"{INVALID_TOKEN}: its claim '{name}' must be a number of seconds since 1970, from 0 to 2**53"
 
 
 def _groups(names: Iterable[str], where: str) -> list[str]:
@@ -98,25 +118,40 @@ class TokenVerifier:
         self._leeway = float(config.leeway_s)
         self._known: dict[str, tuple[float, frozenset]] = {}  # token -> (valid until, groups)
 
-    def groups(self, token: str) -> Optional[frozenset]:
-        """The groups a token opens, or None when it is not valid now."""
+    def verify(self, token: str) -> tuple[Optional[frozenset], str]:
+        """The groups a token opens and ``""``, or None and why when it is not valid now: ``""`` for anything
+        but a signed token whose time claims are not numbers in range (then the text says which claim)."""
         known = self._known.get(token)
         now = time.time()
         if known is not None:
             if now < known[0]:
-                return known[1]
+                return known[1], ""
             del self._known[token]
         try:
+            # the time claims are checked here, not by PyJWT: it takes a numeric string, and a huge number
+            # overflows where its float is needed
             claims = self._jwt.decode(token, self._key, algorithms=self._algorithms, audience=self._audience,
-                                      issuer=self._issuer, leeway=self._leeway,
-                                      options={"require": ["exp"], "verify_aud": self._audience is not None})
+                                      issuer=self._issuer,
+                                      options={"require": ["exp"], "verify_aud": self._audience is not None,
+                                               "verify_exp": False, "verify_nbf": False, "verify_iat": False})
         except Exception:  # PyJWT's errors, and anything a forged token provokes in it: invalid, nothing more
-            return None
+            return None, ""
+        if not isinstance(claims, dict):
+            return None, ""
+        for name in TIME_CLAIMS:
+            if name in claims and not _is_time(claims[name]):
+                return None, bad_time_claim(name)
+        exp = float(claims["exp"])
+        if exp <= now - self._leeway:
+            return None, ""
+        for name in ("nbf", "iat"):  # a token not valid yet (PyJWT's rule for both)
+            if name in claims and float(claims[name]) > now + self._leeway:
+                return None, ""
         groups = self._claimed_groups(claims)
         if len(self._known) >= _TOKEN_CACHE_LIMIT:
             self._known.clear()
-        self._known[token] = (float(claims["exp"]) + self._leeway, groups)
-        return groups
+        self._known[token] = (exp + self._leeway, groups)
+        return groups, ""
 
     def _claimed_groups(self, claims: dict) -> frozenset:
         if self._groups_claim is None:
@@ -141,6 +176,7 @@ class TokenIssuer:
         self._secret = secrets.token_bytes(32)
         self.verifier = TokenVerifier(JWTConfig(secret=self._secret, algorithms=("HS256",), groups_claim=None,
                                                 audience="mindserve-consumer", leeway_s=0), "consumers")
+        self.backoff = FailureBackoff()  # failed secret checks at the token endpoints, per client address
 
     def admits(self, key: str, secret: str) -> bool:
         """Whether ``key`` is a consumer and ``secret`` its secret (compared in constant time, even for an unknown
@@ -176,10 +212,16 @@ class AccessPolicy:
                 if group in self._keys:
                     raise RuntimeError(f"access: group '{group}' is restricted twice")
                 self._keys[group] = (pair[0].lower(), pair[1].encode())
-        self._certificates: dict[str, frozenset] = {}
-        for identity, opened in config.client_certificates.items():
+        # typed identity (see identities.py) -> the groups it opens; a certificate may match several names
+        self._certificates: dict[Identity, frozenset] = {}
+        for name, opened in config.client_certificates.items():
+            if not isinstance(name, str) or not name.strip():
+                raise RuntimeError(f"access: client_certificates maps names (a DNS name, an IP address, an email "
+                                   f"address, a URI or a common name) to groups, not {name!r}")
             listed = (opened,) if isinstance(opened, str) else tuple(opened)
-            self._certificates[identity] = frozenset(_groups(listed, f"client_certificates['{identity}']"))
+            groups = frozenset(_groups(listed, f"client_certificates['{name}']"))
+            for identity in configured_identities(name):
+                self._certificates[identity] = self._certificates.get(identity, frozenset()) | groups
         self.verifier = TokenVerifier(config.jwt) if config.jwt is not None else None
         self.issuer = TokenIssuer(dict(config.consumers), config.token_ttl_s) if config.consumers else None
         guarded = set(self._keys)
@@ -191,52 +233,79 @@ class AccessPolicy:
     def guards(self, group: str) -> bool:
         return group in self._guarded
 
-    def decide(self, group: str, header: Header) -> Optional[ServingError]:
+    def decide(self, group: str, headers: Headers) -> Optional[ServingError]:
         """None when the request's headers admit it for ``group``; else the error that denies it unless its
-        client certificate admits it (``admits_identities``)."""
+        client certificate admits it (``admits_identities``). ``headers(name)`` gives every value a header
+        (metadata key) has in the request: a credential given twice is refused, whichever copy is right, so that
+        no transport's choice of copy decides."""
         if group not in self._guarded:
             return None
         key = self._keys.get(group)
+        tokens = self.verifier is not None or self.issuer is not None
+        read = ([key[0]] if key is not None else []) + ([BASIC_HEADER] if self.issuer is not None else []) + \
+            (["authorization", "oauth_token"] if tokens else [])
+        given: dict[str, Optional[str]] = {}
+        for name in read:
+            values = headers(name)
+            if len(values) > 1:
+                return Unauthenticated(duplicate_header(name))
+            given[name] = values[0] if values else None
         if key is not None:
-            given = header(key[0])
-            if given is not None and hmac.compare_digest(given.encode(errors="surrogateescape"), key[1]):
+            value = given[key[0]]
+            if value is not None and hmac.compare_digest(value.encode(errors="surrogateescape"), key[1]):
                 return None
         if self.issuer is not None:  # a consumer's HTTP Basic credentials, as video-analytics clients send them
-            basic = _basic(header(BASIC_HEADER))
+            basic = _basic(given[BASIC_HEADER])
             if basic is not None and self.issuer.admits(*basic):
                 return None
         token_groups: Optional[frozenset] = None
         token_given = False
-        if self.verifier is not None or self.issuer is not None:
-            token = _bearer(header("authorization")) or header("oauth_token")
+        why = ""
+        if tokens:
+            token = _bearer(given["authorization"]) or given["oauth_token"]
             if token:
                 token_given = True
-                token_groups = self._token_groups(token)
+                token_groups, why = self._token_groups(token)
                 if token_groups is not None and group in token_groups:
                     return None
         if token_groups is not None:
             return PermissionDenied(f"the token does not open the group '{group}'")
         if key is not None:
-            alternatives = " or a valid bearer token" if self.verifier or self.issuer else ""
+            alternatives = " or a valid bearer token" if tokens else ""
             return KeyRequired(f"This API is restricted, expecting header '{key[0]}'{alternatives}")
-        if self.verifier is not None or self.issuer is not None:
+        if tokens:
+            if why:
+                return Unauthenticated(why)
             return Unauthenticated(INVALID_TOKEN if token_given or not self._certificates else
                                    f"{INVALID_TOKEN}, or a client certificate that opens '{group}'")
         return Unauthenticated(f"a client certificate that opens the group '{group}' is required")
 
-    def _token_groups(self, token: str) -> Optional[frozenset]:
+    def _token_groups(self, token: str) -> tuple[Optional[frozenset], str]:
+        """The groups of the first verifier that takes ``token``; else None and why (see TokenVerifier.verify)."""
         if len(token) > MAX_CREDENTIAL_BYTES:
-            return None
+            return None, ""
+        why = ""
         for verifier in (self.verifier, self.issuer.verifier if self.issuer else None):
             if verifier is not None:
-                groups = verifier.groups(token)
+                groups, reason = verifier.verify(token)
                 if groups is not None:
-                    return groups
-        return None
+                    return groups, ""
+                why = why or reason
+        return None, why
 
-    def admits_identities(self, group: str, identities: Iterable[str]) -> bool:
-        """Whether a verified client certificate naming ``identities`` opens ``group``."""
-        return any(group in self._certificates.get(identity, ()) for identity in identities)
+    def admits_identities(self, group: str, identities: Iterable[Identity]) -> bool:
+        """Whether a verified client certificate carrying ``identities`` (typed: see identities.py) opens
+        ``group``."""
+        for kind, value in identities:
+            compared = normalized(kind, value)
+            if compared is not None and group in self._certificates.get((kind, compared), ()):
+                return True
+        return False
+
+
+def duplicate_header(name: str) -> str:
+    """The denial text of a request that gives the credential header (metadata key) ``name`` more than once."""
+    return f"the header '{name}' is given more than once"
 
 
 def _bearer(value: Optional[str]) -> Optional[str]:
