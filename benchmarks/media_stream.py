@@ -28,7 +28,7 @@ STREAMS = 4
 SERVER = '''
 from mindserve import server
 server.start_servables(server.ServableStartConfig({servables!r}, "frames", device_ids=(0, 1)))
-server.start_grpc_server({address!r}, max_msg_mb_size=16)
+server.start_grpc_server({address!r}, max_msg_mb_size=16, allow_client_shm=True)
 print("listening", flush=True)
 '''
 

@@ -19,6 +19,7 @@ from mindserve._access.config import AccessConfig
 from mindserve._access.policy import AccessPolicy
 from mindserve._config import MediaStreamConfig, ServableStartConfig, SSLConfig
 from mindserve._dispatch.dispatcher import Dispatcher
+from mindserve._frontends import stream_memory
 from mindserve._frontends.admission import Admission
 from mindserve._frontends.grpc import health_reflection, media_graph_service, ms_service, oip_service, seldon_service
 from mindserve._frontends.grpc.access import AccessInterceptor
@@ -31,6 +32,7 @@ from mindserve._frontends.heap_trim import HeapTrimmer
 from mindserve._frontends.off_loop import OffLoop
 from mindserve._frontends.seldon import request_data
 from mindserve._frontends.shared_memory.regions import ClientRegions
+from mindserve._frontends.stream_memory import StreamMemory
 from mindserve._servable import directory
 from mindserve._supervision.servable_workers import ServableWorkers
 from mindserve._supervision.worker_process import WorkerSpec
@@ -64,6 +66,10 @@ class Master:
         self._off_loop = OffLoop()  # started now, while the main thread runs (see off_loop)
         # every door's requests, refused once a stop begins; memory given back after large ones
         self._admission = Admission(HeapTrimmer(self._off_loop))
+        # one budget for what every stream holds (answers not yet sent, frames not yet run), over all servers;
+        # it also tells the streams to stop reading when a stop begins
+        self.stream_memory = StreamMemory()
+        stream_memory.install(self.stream_memory)
         self.stopped = threading.Event()
         self._stopping = threading.Lock()  # held for good by the first stop()
         self._loop = asyncio.new_event_loop()
@@ -116,8 +122,14 @@ class Master:
     async def set_max_request_instances(self, limit: int) -> None:
         self.dispatcher.max_request_instances = limit
 
+    async def set_max_stream_memory_mb(self, mb: int) -> None:
+        self.stream_memory.set_limit(mb << 20)
+
     async def set_worker_restart_wait(self, seconds: float) -> None:
         self.dispatcher.set_restart_wait(seconds)
+
+    async def set_client_shm_owners(self, uids: list[int]) -> None:
+        self.client_regions.set_owners(uids)
 
     def access_policy(self, access: Optional[AccessConfig]) -> Optional[AccessPolicy]:
         """The policy of an AccessConfig: one per config object, so that the tokens one door issues are taken by
@@ -142,10 +154,11 @@ class Master:
                                    health_reflection.reflection_handler(GRPC_SERVICE_NAMES)]
         interceptors = [AccessInterceptor(policy, self.dispatcher.requests)] if policy is not None else []
         # this server's own: whether it takes client shared memory, the media streams' default target
-        regions = self.client_regions if allow_client_shm else None
+        regions = self.client_regions.for_server(max_msg_mb_size << 20, self._off_loop) if allow_client_shm else None
         own = [MSServiceHandler(self.dispatcher, self._off_loop, self._admission, regions).rpc_handlers(),
                OipServiceHandler(self.dispatcher, self._admission, regions).rpc_handlers(),
-               MediaGraphHandler(self.dispatcher, self._off_loop, self._admission, media_stream).rpc_handlers()]
+               MediaGraphHandler(self.dispatcher, self._off_loop, self._admission, media_stream,
+                                 regions).rpc_handlers()]
         server = await GrpcServer.start(address, [*own, *self._grpc_handlers], max_msg_mb_size, ssl_config,
                                         interceptors)
         self.grpc_servers.append(server)
@@ -162,7 +175,8 @@ class Master:
         server = await RestServer.start(address, self.dispatcher, max_msg_mb_size, ssl_config, DRAIN_GRACE_S,
                                         self._admission, ConnectionLimits(idle_timeout, max_connections),
                                         self.access_policy(access),
-                                        self.client_regions if allow_client_shm else None)
+                                        self.client_regions.for_server(max_msg_mb_size << 20, self._off_loop)
+                                        if allow_client_shm else None)
         self.rest_servers.append(server)
         log.info("REST server listening on %s%s", server.address, " (TLS)" if ssl_config else "")
         return server
@@ -202,6 +216,9 @@ class Master:
             await self._health.stop()
         # every door now answers new requests UNAVAILABLE (503), which clients retry, while those accepted finish;
         # the listeners close only then, so that no accepted request is cut off
+        # streams stop reading: what they accepted (a media stream's incomplete batch too) is answered, then they
+        # end UNAVAILABLE
+        self.stream_memory.drain()
         if not await self._admission.close(DRAIN_GRACE_S):
             log.warning("%d request(s) still in progress after %.0f s of draining", self._admission.in_flight,
                         DRAIN_GRACE_S)

@@ -17,7 +17,10 @@ def start() -> None:
     address = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:5500"
     server.start_servables(server.ServableStartConfig(servable_directory=SERVABLES, servable_name="frames",
                                                       device_ids=(0, 1)))
-    server.start_grpc_server(address=address, media_stream=server.MediaStreamConfig("frames", "intensity"))
+    # allow_client_shm: clients on this host may send frames through shared memory (serving_client.py
+    # --shared-memory)
+    server.start_grpc_server(address=address, media_stream=server.MediaStreamConfig("frames", "intensity"),
+                             allow_client_shm=True)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 import mindserve
+from mindserve._frontends import stream_memory
 from mindserve._metrics.histogram import Histogram
 from mindserve._metrics.totals import MethodTotals, add_totals
 
@@ -48,6 +49,7 @@ class ServingCollector(Collector):
         yield from self._requests()
         yield from self._executions()
         yield from self._workers()
+        yield from self._streams()
 
     def _build_info(self) -> Iterator[Metric]:
         info = GaugeMetricFamily("mindserve_build_info", "The mindserve release serving, always 1",
@@ -115,6 +117,14 @@ class ServingCollector(Collector):
             up.add_metric(values, 1 if state.up else 0)
             restarts.add_metric(values, state.restarts)
         yield from (pending, up, restarts)
+
+    def _streams(self) -> Iterator[Metric]:
+        memory = stream_memory.server_memory()
+        yield GaugeMetricFamily("mindserve_stream_memory_bytes",
+                                "Memory the streams hold (answers not yet sent, media frames not yet run), within "
+                                "max_stream_memory_mb", value=memory.used)
+        yield GaugeMetricFamily("mindserve_stream_memory_limit_bytes", "max_stream_memory_mb, in bytes",
+                                value=memory.limit)
 
 
 class ServerMetrics:

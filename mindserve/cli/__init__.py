@@ -57,8 +57,10 @@ The --config file (YAML; unknown keys are errors; relative paths are relative to
   max_msg_mb_size: 100                   # largest request or reply, MB (1 to 512)
   max_enqueued_requests: 10000           # requests that may wait, over all servables
   max_request_instances: 10000           # instances one request may carry
+  max_stream_memory_mb: 256              # what all streams may hold (answers not sent, frames not run)
   ava: {{servable: frames, method: intensity, batch_size: 1}}   # video-analytics streams that name none
   allow_client_shm: false                # true: clients on this host may register shared memory
+  client_shm_owners: []                  # users whose shm files it takes too (names or uids: [ava, 1001])
   access:                                # who may call what (every server); secrets in env or files
     restricted:                          # groups: health, metadata, inference, shared-memory, ...
       inference: {{header: infer-key, value_env: INFER_KEY}}

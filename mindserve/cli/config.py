@@ -18,6 +18,7 @@ import yaml
 
 from mindserve._access.config import AccessConfig
 from mindserve._config import MAX_MEDIA_BATCH, MediaStreamConfig
+from mindserve._frontends.shared_memory.owners import OwnerError, owner_uid
 from mindserve.cli.access_settings import AccessSettingError, read_access
 
 DEFAULT_GRPC_ADDRESS = "127.0.0.1:5500"
@@ -26,6 +27,8 @@ DEFAULT_METRICS_ADDRESS = "127.0.0.1:8002"  # Triton's metrics port
 DEFAULT_MAX_MSG_MB_SIZE = 100
 DEFAULT_MAX_ENQUEUED_REQUESTS = 10000
 DEFAULT_MAX_REQUEST_INSTANCES = 10000
+DEFAULT_MAX_STREAM_MEMORY_MB = 256  # as mindserve._frontends.stream_memory's (this module imports no server code)
+MAX_STREAM_MEMORY_MB = 1 << 20
 DEFAULT_DEVICE_IDS = (0,)
 # The servables that come with a checkout (``servables/`` beside the ``mindserve`` package); an installation
 # that is not editable has none there.
@@ -33,7 +36,8 @@ BUNDLED_SERVABLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname
                                  "servables")
 
 TOP_KEYS = ("servable_directory", "servables", "grpc_address", "rest_address", "metrics", "tls", "max_msg_mb_size",
-            "max_enqueued_requests", "max_request_instances", "access", "ava", "allow_client_shm")
+            "max_enqueued_requests", "max_request_instances", "access", "ava", "allow_client_shm",
+            "client_shm_owners", "max_stream_memory_mb")
 AVA_KEYS = ("servable", "method", "version", "batch_size")
 SERVABLE_KEYS = ("name", "directory", "version", "device_ids", "device_type", "max_batch_size",
                  "max_batch_delay_ms", "shm_size_mb")
@@ -50,9 +54,12 @@ ENV_VARS = (
     ("MINDSERVE_REST_ADDRESS", "rest_address", "host:port or unix:/path; off disables REST"),
     ("MINDSERVE_METRICS_ADDRESS", "metrics", "host:port or unix:/path of /metrics; off disables it"),
     ("MINDSERVE_ALLOW_CLIENT_SHM", "allow_client_shm", "true: clients on this host may use shared memory"),
+    ("MINDSERVE_CLIENT_SHM_OWNERS", "client_shm_owners", "users whose shm files it takes too (comma-separated)"),
     ("MINDSERVE_MAX_MSG_MB_SIZE", "max_msg_mb_size", "largest request or reply, MB (1 to 512)"),
     ("MINDSERVE_MAX_ENQUEUED_REQUESTS", "max_enqueued_requests", "requests that may wait, over all servables"),
     ("MINDSERVE_MAX_REQUEST_INSTANCES", "max_request_instances", "instances one request may carry"),
+    ("MINDSERVE_MAX_STREAM_MEMORY_MB", "max_stream_memory_mb", "memory all streams may hold: answers not yet "
+                                                               "sent, frames not yet run, MB"),
     ("MINDSERVE_TLS_CERTIFICATE", "tls.certificate", "server certificate (PEM); turns TLS on"),
     ("MINDSERVE_TLS_PRIVATE_KEY", "tls.private_key", "its private key (PEM)"),
     ("MINDSERVE_TLS_CA", "tls.ca", "CA certificate (PEM) that client certificates must come from"),
@@ -100,10 +107,12 @@ class ServeConfig:
     metrics_address: Optional[str] = DEFAULT_METRICS_ADDRESS
     media_stream: Optional[MediaStreamConfig] = None  # what a video-analytics stream runs unless it says
     allow_client_shm: bool = False  # clients' system shared memory on the gRPC and REST servers
+    client_shm_owners: tuple = ()  # users (names or uids) whose files clients may name, besides the server's
     tls: Optional[TLSSettings] = None
     max_msg_mb_size: int = DEFAULT_MAX_MSG_MB_SIZE
     max_enqueued_requests: int = DEFAULT_MAX_ENQUEUED_REQUESTS
     max_request_instances: int = DEFAULT_MAX_REQUEST_INSTANCES
+    max_stream_memory_mb: int = DEFAULT_MAX_STREAM_MEMORY_MB
     access: Optional[AccessConfig] = None
     warnings: tuple = ()  # what the settings do that works but should not be done (a secret in the file)
 
@@ -197,6 +206,21 @@ def _media_stream(setting: _Setting) -> Optional[MediaStreamConfig]:
     return MediaStreamConfig(value["servable"], value["method"], version, batch)
 
 
+def _owners(setting: _Setting) -> tuple:
+    """``client_shm_owners``: user names of this host or uids (null or [] for none)."""
+    value = setting.value
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise _fail(setting, "a list of user names or uids")
+    for owner in value:
+        try:
+            owner_uid(owner)
+        except OwnerError as exc:
+            raise ConfigError(f"{setting.origin}: {exc}") from None
+    return tuple(value)
+
+
 def _device_ids(setting: _Setting) -> tuple:
     value = setting.value
     if isinstance(value, int) and not isinstance(value, bool):
@@ -273,6 +297,12 @@ def _list_of_ints(text: str) -> Any:
         return text  # left as text, so that the check reports it as given
 
 
+def _owners_text(text: str) -> Any:
+    """Comma-separated owners: an all-digit one is a uid, any other a user name."""
+    owners: list[Any] = [item.strip() for item in text.split(",")]
+    return [int(item) if item.isascii() and item.isdigit() else item for item in owners]
+
+
 def _int_text(text: str) -> Any:
     try:
         return int(text)
@@ -291,9 +321,9 @@ def _address_text(text: str) -> Any:
 # how the text of an environment variable or option becomes the value a YAML file would give
 _TEXT_READERS: dict[str, Callable[[str], Any]] = {
     "device_ids": _list_of_ints, "max_msg_mb_size": _int_text, "max_enqueued_requests": _int_text,
-    "max_request_instances": _int_text,
+    "max_request_instances": _int_text, "max_stream_memory_mb": _int_text,
     "tls.verify_client": _bool_text, "grpc_address": _address_text, "rest_address": _address_text,
-    "metrics": _address_text, "allow_client_shm": _bool_text,
+    "metrics": _address_text, "allow_client_shm": _bool_text, "client_shm_owners": _owners_text,
 }
 
 
@@ -538,11 +568,14 @@ def load_config(config_file: Optional[str] = None, environ: Optional[Mapping[str
         grpc_address=grpc_address, rest_address=rest_address, metrics_address=metrics_address,
         media_stream=_media_stream(top["ava"]) if "ava" in top else None,
         allow_client_shm=_bool(top["allow_client_shm"]) if "allow_client_shm" in top else False,
+        client_shm_owners=_owners(top["client_shm_owners"]) if "client_shm_owners" in top else (),
         max_msg_mb_size=_int(top["max_msg_mb_size"], 1, 512) if "max_msg_mb_size" in top
         else DEFAULT_MAX_MSG_MB_SIZE,
         max_enqueued_requests=_int(top["max_enqueued_requests"], 1) if "max_enqueued_requests" in top
         else DEFAULT_MAX_ENQUEUED_REQUESTS,
         max_request_instances=_int(top["max_request_instances"], 1) if "max_request_instances" in top
         else DEFAULT_MAX_REQUEST_INSTANCES,
+        max_stream_memory_mb=_int(top["max_stream_memory_mb"], 1, MAX_STREAM_MEMORY_MB)
+        if "max_stream_memory_mb" in top else DEFAULT_MAX_STREAM_MEMORY_MB,
         tls=resolver.tls(),
         servables=resolver.servables())

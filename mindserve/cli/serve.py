@@ -93,6 +93,9 @@ def serve(config: ServeConfig, out: Optional[TextIO] = None, err: Optional[TextI
     try:
         server.context.set_max_enqueued_requests(config.max_enqueued_requests)
         server.context.set_max_request_instances(config.max_request_instances)
+        server.context.set_max_stream_memory_mb(config.max_stream_memory_mb)
+        if config.client_shm_owners:
+            server.context.set_client_shm_owners(list(config.client_shm_owners))
         server.start_servables([
             server.ServableStartConfig(servable_directory=s.directory, servable_name=s.name, device_ids=s.device_ids,
                                        version_number=s.version, device_type=s.device_type,

@@ -1,10 +1,17 @@
 """Server-wide settings, as MindSpore Serving's ``mindspore_serving.server.context`` offers them."""
 from __future__ import annotations
 
+from typing import Sequence as _Sequence
+from typing import Union as _Union
+
 from mindserve._checks import check_int as _check_int
+from mindserve._frontends.shared_memory.owners import OwnerError as _OwnerError
+from mindserve._frontends.shared_memory.owners import owner_uids as _owner_uids
+from mindserve._frontends.stream_memory import MAX_STREAM_MEMORY_MB as _MAX_STREAM_MEMORY_MB
 from mindserve._master import get_master as _get_master
 
-__all__ = ["set_max_enqueued_requests", "set_max_request_instances", "set_worker_restart_wait"]
+__all__ = ["set_max_enqueued_requests", "set_max_request_instances", "set_max_stream_memory_mb",
+           "set_worker_restart_wait", "set_client_shm_owners"]
 
 
 def set_max_enqueued_requests(max_enqueued_requests: int) -> None:
@@ -24,6 +31,16 @@ def set_max_request_instances(max_request_instances: int) -> None:
     master.call(master.set_max_request_instances(max_request_instances))
 
 
+def set_max_stream_memory_mb(max_stream_memory_mb: int) -> None:
+    """Bound the memory the master's streams hold, over all gRPC servers (default 256 MB): ModelStreamInfer
+    answers made and not yet sent, media-stream frames read and not yet run (decoded size counted). Past it,
+    streams stop reading until memory is released (gRPC's flow control then holds their clients back); no
+    stream holds more than half of it, and a frame that would need more ends its stream RESOURCE_EXHAUSTED."""
+    _check_int("max_stream_memory_mb", max_stream_memory_mb, 1, _MAX_STREAM_MEMORY_MB)
+    master = _get_master()
+    master.call(master.set_max_stream_memory_mb(max_stream_memory_mb))
+
+
 def set_worker_restart_wait(seconds: float) -> None:
     """How long a request waits for a restarted worker when its servable version has no live one (default 5.0;
     0 refuses it at once with ``servable is not available``). Requests in flight on a worker that dies fail at
@@ -33,3 +50,17 @@ def set_worker_restart_wait(seconds: float) -> None:
         raise RuntimeError(f"Parameter 'seconds' should be a number in [0, 3600], but actually {seconds!r}")
     master = _get_master()
     master.call(master.set_worker_restart_wait(float(seconds)))
+
+
+def set_client_shm_owners(owners: _Sequence[_Union[str, int]]) -> None:
+    """Whose files clients may name as shared memory, besides the server's own user: user names (resolved now)
+    or uids, e.g. ``["ava", 1001]`` (the video-analytics module often runs as another user). It applies to every
+    form of client shared memory (Triton's regions, MindSpore's ``shm_data``, media-stream frames), on the servers
+    started with ``allow_client_shm=True``; each call replaces the list (``[]``: the server's user only, the
+    default). Regions already registered stay. A name that is no user of this host is refused with RuntimeError."""
+    try:
+        uids = _owner_uids(owners)
+    except _OwnerError as exc:
+        raise RuntimeError(f"Parameter 'owners': {exc}") from None
+    master = _get_master()
+    master.call(master.set_client_shm_owners(uids))

@@ -120,6 +120,7 @@ tls:
 max_msg_mb_size: 512
 max_enqueued_requests: 7
 max_request_instances: 11
+max_stream_memory_mb: 64
 """
 
 
@@ -136,7 +137,7 @@ def test_every_setting_of_the_file(tree, monkeypatch):
         grpc_address="unix:/tmp/mindserve.sock", rest_address="127.0.0.1:8080",
         tls=TLSSettings(certificate=str(tree / "server.pem"), private_key=str(tree / "server.key"),
                         ca=str(tree / "ca.pem"), verify_client=True),
-        max_msg_mb_size=512, max_enqueued_requests=7, max_request_instances=11)
+        max_msg_mb_size=512, max_enqueued_requests=7, max_request_instances=11, max_stream_memory_mb=64)
 
 
 def test_either_server_may_be_off(tree):
@@ -174,6 +175,24 @@ def test_client_shared_memory_is_off_unless_allowed(tree):
         "TMP/serving.yaml: allow_client_shm: expected true or false, got 'sometimes'"
 
 
+def test_client_shm_owners_name_users_of_this_host_or_uids(tree):
+    assert load(tree).client_shm_owners == ()
+    assert load(tree, "client_shm_owners: [nobody, 1001]\n").client_shm_owners == ("nobody", 1001)
+    assert load(tree, "client_shm_owners: []\n").client_shm_owners == ()
+    assert load(tree, "client_shm_owners: [nobody]\n",
+                environ={"MINDSERVE_CLIENT_SHM_OWNERS": "1001, root"}).client_shm_owners == (1001, "root")
+    assert error_of(tree, "client_shm_owners: [no-such-user-here]\n") == \
+        "TMP/serving.yaml: client_shm_owners: no user 'no-such-user-here' on this host"
+    assert error_of(tree, "client_shm_owners: nobody\n") == \
+        "TMP/serving.yaml: client_shm_owners: expected a list of user names or uids, got 'nobody'"
+    assert error_of(tree, "client_shm_owners: [-1]\n") == \
+        "TMP/serving.yaml: client_shm_owners: uid -1 is not in [0, 4294967294]"
+    assert error_of(tree, "client_shm_owners: [[1]]\n") == \
+        "TMP/serving.yaml: client_shm_owners: expected a user name or a uid, got [1]"
+    assert error_of(tree, environ={"MINDSERVE_CLIENT_SHM_OWNERS": "nobody,,1"}) == \
+        "MINDSERVE_CLIENT_SHM_OWNERS: expected a user name or a uid, got ''"
+
+
 def test_the_ava_section_names_what_media_streams_run_by_default(tree):
     from mindserve._config import MediaStreamConfig
 
@@ -201,6 +220,7 @@ def test_environment_variables_override_the_file(tree):
         "MINDSERVE_MAX_MSG_MB_SIZE": "8",
         "MINDSERVE_MAX_ENQUEUED_REQUESTS": "9",
         "MINDSERVE_MAX_REQUEST_INSTANCES": "12",
+        "MINDSERVE_MAX_STREAM_MEMORY_MB": "32",
         "MINDSERVE_TLS_CERTIFICATE": "../server.pem",
         "MINDSERVE_TLS_PRIVATE_KEY": "../server.key",
         "MINDSERVE_TLS_CA": "../ca.pem",
@@ -217,7 +237,7 @@ def test_environment_variables_override_the_file(tree):
         grpc_address="127.0.0.1:7000", rest_address=None,
         tls=TLSSettings(certificate=str(tree / "server.pem"), private_key=str(tree / "server.key"),
                         ca=str(tree / "ca.pem"), verify_client=True),
-        max_msg_mb_size=8, max_enqueued_requests=9, max_request_instances=12)
+        max_msg_mb_size=8, max_enqueued_requests=9, max_request_instances=12, max_stream_memory_mb=32)
 
 
 def test_device_variables_apply_to_listed_and_found_servables_and_empty_variables_are_unset(tree):
@@ -259,7 +279,8 @@ FILE_ERRORS = [
      "max_batch_size, max_batch_delay_ms, shm_size_mb)"),
     ("grpc_adress: 127.0.0.1:1",
      "grpc_adress: unknown key (known keys: servable_directory, servables, grpc_address, rest_address, metrics, tls, "
-     "max_msg_mb_size, max_enqueued_requests, max_request_instances, access, ava, allow_client_shm)"),
+     "max_msg_mb_size, max_enqueued_requests, max_request_instances, access, ava, allow_client_shm, "
+     "client_shm_owners, max_stream_memory_mb)"),
     ("tls: {certificate: server.pem, private_key: server.key, verify: true}",
      "tls.verify: unknown key (known keys: certificate, private_key, ca, verify_client)"),
     ("tls: server.pem", "tls: expected a mapping with certificate, private_key, ca, verify_client, got 'server.pem'"),
@@ -303,6 +324,8 @@ FILE_ERRORS = [
     ("max_msg_mb_size: 1.5", "max_msg_mb_size: expected an int in [1, 512], got 1.5"),
     ("max_enqueued_requests: 0", "max_enqueued_requests: expected an int >= 1, got 0"),
     ("max_request_instances: -3", "max_request_instances: expected an int >= 1, got -3"),
+    ("max_stream_memory_mb: 0", "max_stream_memory_mb: expected an int in [1, 1048576], got 0"),
+    ("max_stream_memory_mb: '64'", "max_stream_memory_mb: expected an int in [1, 1048576], got '64'"),
 ]
 
 
@@ -331,6 +354,8 @@ ENVIRONMENT_ERRORS = [
     ({"MINDSERVE_GRPC_ADDRESS": "5500"}, "MINDSERVE_GRPC_ADDRESS: expected 'host:port' or 'unix:/path', got '5500'"),
     ({"MINDSERVE_MAX_MSG_MB_SIZE": "big"}, "MINDSERVE_MAX_MSG_MB_SIZE: expected an int in [1, 512], got 'big'"),
     ({"MINDSERVE_MAX_ENQUEUED_REQUESTS": "-3"}, "MINDSERVE_MAX_ENQUEUED_REQUESTS: expected an int >= 1, got -3"),
+    ({"MINDSERVE_MAX_STREAM_MEMORY_MB": "lots"},
+     "MINDSERVE_MAX_STREAM_MEMORY_MB: expected an int in [1, 1048576], got 'lots'"),
     ({"MINDSERVE_SERVABLES": "alpha,,beta"}, "MINDSERVE_SERVABLES: expected a non-empty string, got ''"),
     ({"MINDSERVE_SERVABLES": "zeta"},
      "MINDSERVE_SERVABLES: no servable 'zeta' in 'TMP/servables' (no file 'TMP/servables/zeta/servable_config.py')"),

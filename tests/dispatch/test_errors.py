@@ -292,7 +292,8 @@ MALFORMED = {
     "bytes_val_on_numeric": (_bytes_val_on_numeric, "Tensor check failed: bytes_val is only for string and bytes "
                                                     "tensors, not kMSI_Float32"),
     "shm_data": (_shm_data, "Tensor check failed: client shared memory is disabled: start the server with "
-                            "allow_client_shm=True to use it"),
+                            "allow_client_shm=True to use it (allow_client_shm: true in serving.yaml, or "
+                            "MINDSERVE_ALLOW_CLIENT_SHM=true)"),
 }
 
 

@@ -23,7 +23,8 @@ def test_server_names():
 
 
 def test_context_names():
-    names = {"set_max_enqueued_requests", "set_max_request_instances", "set_worker_restart_wait"}
+    names = {"set_max_enqueued_requests", "set_max_request_instances", "set_max_stream_memory_mb",
+             "set_worker_restart_wait", "set_client_shm_owners"}
     assert _public(mindserve.server.context) == names == set(mindserve.server.context.__all__)
 
 

@@ -109,7 +109,8 @@ def ava(tmp_path_factory):
                                 server.ServableStartConfig({BUNDLED_SERVABLES!r}, "add", device_ids=0),
                                 server.ServableStartConfig({str(root / "servables")!r}, "frame_probe",
                                                            device_ids=0)])
-        server.start_grpc_server({address!r}, media_stream=server.MediaStreamConfig("frames", "intensity"))
+        server.start_grpc_server({address!r}, media_stream=server.MediaStreamConfig("frames", "intensity"),
+                                 allow_client_shm=True)
         server.start_grpc_server({guarded!r}, access=server.AccessConfig(consumers={{"camera": "s3cret"}}))
         server.start_metrics_server({metrics!r})
     """, address)

@@ -12,10 +12,11 @@ from hypothesis import strategies as st
 
 from mindserve import _dtypes
 from mindserve._errors import StageFailed
-from mindserve._frontends.media_stream.frames import FrameError
+from mindserve._frontends.media_stream.frames import FrameError, FrameFormat
 from mindserve._frontends.media_stream.inferences import frame_inferences
 from mindserve._frontends.media_stream.sample_wire import read_embedded
 from mindserve._frontends.media_stream.shared_region import SharedRegion
+from mindserve._frontends.shared_memory.client_file import owner_set
 from mindserve._proto import media_graph as pb
 from mindserve._tensor import RawTensor
 
@@ -70,9 +71,12 @@ def region_file(tmp_path):
     return tmp_path, "region"
 
 
+ENCODED = FrameFormat(pb.VideoFrameSampleFormat.PNG, 0, 0)  # samples of any length
+
+
 def test_a_region_reads_what_references_name_and_refuses_the_rest(region_file):
     folder, name = region_file
-    region = SharedRegion.open(name, 1024, shm_dir=str(folder))
+    region = SharedRegion.open(name, 1024, ENCODED, owner_set(), shm_dir=str(folder))
     try:
         assert region.read(256, 3).tolist() == [0, 1, 2]
         assert region.read(1021, 3).tolist() == [253, 254, 255]
@@ -80,8 +84,6 @@ def test_a_region_reads_what_references_name_and_refuses_the_rest(region_file):
             with pytest.raises(FrameError) as refused:
                 region.read(offset, length)
             assert refused.value.status == "INVALID_ARGUMENT"
-        with pytest.raises(FrameError, match="content_reference of 3 bytes, a frame is 4"):
-            region.read(0, 3, expected=4)
         os.truncate(folder / name, 100)
         with pytest.raises(FrameError, match="ends before byte 200: the client cut its file short"):
             region.read(100, 100)
@@ -91,11 +93,51 @@ def test_a_region_reads_what_references_name_and_refuses_the_rest(region_file):
         region.read(0, 1)
 
 
-@pytest.mark.parametrize("name", ["", "/", "..", "a/b", "/dev/shm/x", "mindserve-0123", "x\0y"])
+def test_a_raw_frame_is_read_row_by_row_never_its_stride_gaps(region_file, monkeypatch):
+    """Two RGB24 pixels a row, three rows 100 bytes apart: 18 bytes are read (the rows), not 300."""
+    folder, name = region_file
+    fmt = FrameFormat(pb.VideoFrameSampleFormat.RAW, 2, 3, 3, (0, 1, 2), 100)
+    region = SharedRegion.open(name, 1024, fmt, owner_set(), shm_dir=str(folder))
+    asked = []
+    real = os.preadv
+    monkeypatch.setattr(os, "preadv", lambda fd, buffers, offset: asked.append(sum(map(len, buffers))) or
+                        real(fd, buffers, offset))
+    try:
+        assert region.check(10, 300) == 18
+        rows = region.read(10, 300)
+        assert rows.tolist() == [*range(10, 16), *range(110, 116), *range(210, 216)]
+        assert sum(asked) == 18
+        frame = region.frame_format.decode(rows)
+        assert frame.shape == (3, 2, 3) and frame[2, 1].tolist() == [213, 214, 215]
+        with pytest.raises(FrameError, match="content_reference of 299 bytes, a frame is 300"):
+            region.read(0, 299)
+    finally:
+        region.close()
+    bounded = SharedRegion.open(name, 1024, fmt, owner_set(), max_read=17, shm_dir=str(folder))
+    try:
+        with pytest.raises(FrameError) as refused:
+            bounded.read(0, 300)
+        assert (refused.value.status, refused.value.message) == \
+            ("OUT_OF_RANGE", "a frame of 18 bytes in shared memory is more than the 17 a message may carry on this "
+                             "server (max_msg_mb_size)")
+    finally:
+        bounded.close()
+
+
+def test_files_of_other_owners_are_refused(region_file):
+    folder, name = region_file
+    with pytest.raises(FrameError) as refused:
+        SharedRegion.open(name, 16, ENCODED, frozenset({os.geteuid() + 1}), shm_dir=str(folder))
+    assert refused.value.message == "the shared memory region named by handle_name is owned by a user the server " \
+                                    "does not take files of: its own, or one listed in client_shm_owners"
+    SharedRegion.open(name, 16, ENCODED, frozenset({os.geteuid() + 1, os.geteuid()}), shm_dir=str(folder)).close()
+
+
+@pytest.mark.parametrize("name", ["", "/", "..", "a/b", "/dev/shm/x", "mindserve-0123", "x\0y", "x" * 256])
 def test_names_that_are_no_client_region_are_refused_before_any_open(region_file, name):
     folder, _ = region_file
     with pytest.raises(FrameError) as refused:
-        SharedRegion.open(name, 16, shm_dir=str(folder))
+        SharedRegion.open(name, 16, ENCODED, owner_set(), shm_dir=str(folder))
     assert "handle_name" in refused.value.message
     assert name.strip("/") not in refused.value.message or not name.strip("/")
 

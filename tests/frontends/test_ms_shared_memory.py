@@ -106,7 +106,7 @@ def test_shm_data_inputs_and_output_buffers(ms_server, memory):
     ("outside", "input x1: [250, 250 + 16) reaches outside shared memory region 'shm_data' of 256 bytes"),
     ("too_big", "shared memory region 'shm_data': its file holds 256 bytes, less than offset 0 + byte_size 512"),
     ("hostile", "the key names no shared memory the server may use: an shm_open name of a regular file in /dev/shm "
-                "owned by the server's user"),
+                "owned by the server's user or by an owner listed in client_shm_owners"),
 ])
 def test_bad_shared_memory_requests(ms_server, memory, case, expected):
     key, _ = memory
@@ -143,7 +143,8 @@ def test_str_outputs_never_go_to_shared_memory(ms_server, memory):
 
 def test_a_server_without_client_shared_memory_refuses_the_form(ms_server, memory):
     key, _ = memory
-    disabled = "client shared memory is disabled: start the server with allow_client_shm=True to use it"
+    disabled = ("client shared memory is disabled: start the server with allow_client_shm=True to use it "
+                "(allow_client_shm: true in serving.yaml, or MINDSERVE_ALLOW_CLIENT_SHM=true)")
     reply = predict(ms_server.closed, add_request(key))
     assert [e.error_msg.decode() for e in reply.error_msg] == \
         [f"Instances input x1 check failed, detail: Tensor check failed: {disabled}"]
@@ -186,4 +187,6 @@ def test_the_client_option_needs_a_local_server_that_allows_it(ms_server):
     with Client(ms_server.closed, "add", "add_common", shared_memory=True, shared_memory_threshold=16) as client:
         assert client.infer({"x1": X, "x2": X}) == {"error": "Instances input x1 check failed, detail: Tensor check "
                                                              "failed: client shared memory is disabled: start the "
-                                                             "server with allow_client_shm=True to use it"}
+                                                             "server with allow_client_shm=True to use it "
+                                                             "(allow_client_shm: true in serving.yaml, or "
+                                                             "MINDSERVE_ALLOW_CLIENT_SHM=true)"}

@@ -642,7 +642,8 @@ def test_raw_input_contents_must_have_one_entry_per_input(raw_channel, triton):
 
 
 def test_shared_memory_is_refused_unless_the_server_allows_it(raw_channel, triton):
-    disabled = "client shared memory is disabled: start the server with allow_client_shm=True to use it"
+    disabled = ("client shared memory is disabled: start the server with allow_client_shm=True to use it "
+                "(allow_client_shm: true in serving.yaml, or MINDSERVE_ALLOW_CLIENT_SHM=true)")
     request = good_add_request()
     request.inputs[0].parameters["shared_memory_region"].string_param = "region"
     error = raw_infer_error(raw_channel, request)

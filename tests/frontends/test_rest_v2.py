@@ -327,7 +327,8 @@ MALFORMED = {
                        "Input x1 is given more than once"),
     "shared_memory": ({"inputs": [{"name": "x1", "shape": [1], "datatype": "FP32",
                                    "parameters": {"shared_memory_region": "r"}}]}, {}, 400,
-                      "client shared memory is disabled: start the server with allow_client_shm=True to use it"),
+                      "client shared memory is disabled: start the server with allow_client_shm=True to use it "
+                      "(allow_client_shm: true in serving.yaml, or MINDSERVE_ALLOW_CLIENT_SHM=true)"),
     "header_length_too_large": (b"{}", {"Inference-Header-Content-Length": "3"}, 400,
                                 "Inference-Header-Content-Length '3' invalid: it should be the byte size of the JSON "
                                 "at the start of the 2-byte body"),

@@ -4,6 +4,7 @@ error that never repeats the key, the server serving on."""
 from __future__ import annotations
 
 import os
+import re
 import threading
 import uuid
 
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.server
 
 HELD_CONFIG = '''
 import os
+import re
 import time
 from mindserve.server import register
 
@@ -171,12 +173,13 @@ def test_cuda_shared_memory_is_answered_not_offered(client):
 
 def test_servers_started_without_it_refuse_client_shared_memory(shm_server, regions):
     key, _ = regions(64)
-    disabled = "client shared memory is disabled: start the server with allow_client_shm=True to use it"
+    disabled = ("client shared memory is disabled: start the server with allow_client_shm=True to use it "
+                "(allow_client_shm: true in serving.yaml, or MINDSERVE_ALLOW_CLIENT_SHM=true)")
     closed = triton_grpc.InferenceServerClient(shm_server.closed)
     with pytest.raises(InferenceServerException) as refused:
         closed.register_system_shared_memory("a", key, 64)
     assert refused.value.status() == "StatusCode.UNAVAILABLE" and disabled in refused.value.message()
-    with pytest.raises(InferenceServerException, match=disabled):
+    with pytest.raises(InferenceServerException, match=re.escape(disabled)):
         closed.infer("add.add_common", add_inputs(triton_grpc, True))
     reply = request(shm_server.closed_rest, "POST", "/v2/systemsharedmemory/region/a/register",
                     {"key": key, "offset": 0, "byte_size": 64})
@@ -190,7 +193,7 @@ def test_servers_started_without_it_refuse_client_shared_memory(shm_server, regi
 
 
 BAD_KEY = ("the key names no shared memory the server may use: an shm_open name of a regular file in /dev/shm "
-           "owned by the server's user")
+           "owned by the server's user or by an owner listed in client_shm_owners")
 
 
 def _register_error(triton, name, key, size, offset=0) -> str:

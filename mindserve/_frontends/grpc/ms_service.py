@@ -20,7 +20,7 @@ from mindserve._frontends.admission import Admission
 from mindserve._frontends.grpc import ms_wire
 from mindserve._frontends.grpc.gate import gated
 from mindserve._frontends.grpc.ms_reply import ReplyEncoder
-from mindserve._frontends.grpc.ms_shared import output_buffers, shared_tensor, write_buffers
+from mindserve._frontends.grpc.ms_shared import large_reads, output_buffers, shared_tensor, write_buffers
 from mindserve._frontends.grpc.ms_tensors import tensor_from_proto
 from mindserve._frontends.grpc.strict_parse import InvalidMessage, parse_strict
 from mindserve._frontends.off_loop import OffLoop
@@ -128,7 +128,7 @@ class MSServiceHandler:
         self._dispatcher.check_instance_count(len(request.instances), spec.name, spec.method_name)
         names = route.signature.inputs
         buffers = output_buffers(request, route.signature.outputs, lease)
-        if large:
+        if large or (lease is not None and large_reads(request)):  # (shm_data reads too run off the loop)
             outcomes, valid_index, valid = await self._off_loop.run(self._checked_instances, request, names, lease)
         else:
             outcomes, valid_index, valid = self._checked_instances(request, names, lease)

@@ -2,7 +2,9 @@
 
 - an input Tensor may carry ``shm_data`` (ShmTensorData {memory_key, bytes_size, data_offset, data_size}) instead
   of ``data``: its bytes are read from the client's shared memory ``memory_key`` (opened for the request with the
-  checks of a registered region, see mindserve._frontends.shared_memory.regions);
+  checks of a registered region, see mindserve._frontends.shared_memory.regions): exactly its shape's bytes, and
+  within what the request may carry (the server's max_msg_mb_size), both checked before anything is read; a
+  request that reads a megabyte or more is checked off the event loop (``large_reads``);
 - an Instance may carry ``output_buffers`` (output name -> ShmTensorData): that output is written there, and the
   reply's tensor for it carries the same ``shm_data`` and no data. MindSpore's rules: each key is an output of
   the method; ``data_size`` equals the result's byte size; str and bytes outputs cannot go to shared memory.
@@ -15,6 +17,7 @@ from typing import Any, Optional
 from mindserve import _dtypes
 from mindserve._errors import FeatureDisabled, InvalidInput, clip
 from mindserve._frontends.grpc.ms_tensors import check_dims, invalid_input
+from mindserve._frontends.shared_memory.client_file import LARGE_READ
 from mindserve._frontends.shared_memory.regions import Lease
 from mindserve._frontends.shared_memory.tensors import DISABLED
 from mindserve._proto import ms_service_pb2 as pb
@@ -40,9 +43,24 @@ def shared_tensor(name: str, tensor: Any, lease: Optional[Lease]) -> RawTensor:
     if shm.data_size != expected:
         raise invalid_input(name, f"Tensor check failed: shm_data data_size {shm.data_size} does not match the size "
                                   f"{expected} of its shape {list(dims)} and data type {dtype}")
+    what = f"input {clip(name)}"
+    lease.check_read(shm.data_size, what)  # within what the request may carry, before anything is opened or read
     region = lease.by_key(shm.memory_key, shm.bytes_size)
-    data = region.read(shm.data_offset, shm.data_size, f"input {clip(name)}")
+    data = lease.read(region, shm.data_offset, shm.data_size, what)
     return RawTensor(tensor.dtype, dims, data.data)
+
+
+def large_reads(request: Any) -> bool:
+    """Whether the request's ``shm_data`` inputs read so much (as declared) that checking its instances must run
+    off the event loop."""
+    total = 0
+    for instance in request.instances:
+        for tensor in instance.items.values():
+            if tensor.WhichOneof("tensor_data") == "shm_data":
+                total += tensor.shm_data.data_size
+                if total >= LARGE_READ:
+                    return True
+    return False
 
 
 def output_buffers(request: Any, outputs: tuple, lease: Optional[Lease]) -> dict[int, dict[str, Any]]:

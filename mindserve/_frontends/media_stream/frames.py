@@ -93,6 +93,16 @@ class FrameFormat(NamedTuple):
         """The bytes of one RAW frame (every row a whole stride)."""
         return self.stride * self.height
 
+    @property
+    def row_bytes(self) -> int:
+        """The bytes of one RAW row's pixels (the stride less its padding)."""
+        return self.width * self.bytes_per_pixel
+
+    def packed(self) -> "FrameFormat":
+        """This format with rows one after another, without padding: how a RAW frame read from shared memory
+        (its rows only, never the gaps between them) is decoded. Encoded formats are their own."""
+        return self._replace(stride=self.row_bytes) if self.encoding == _FORMAT.RAW else self
+
     def describe(self) -> str:
         if self.encoding != _FORMAT.RAW:
             return ENCODINGS[self.encoding]
@@ -130,7 +140,11 @@ class FrameFormat(NamedTuple):
                 if (self.width or self.height) and (width, height) != (self.width, self.height):
                     raise FrameError("INVALID_ARGUMENT", f"the {ENCODINGS[self.encoding]} frame is {width}x{height}, "
                                                          f"the descriptor says {self.width}x{self.height}")
-                return np.asarray(image.convert("RGB"), np.uint8).copy(order="C")
+                rgb = image if image.mode == "RGB" else image.convert("RGB")
+                rgb.load()
+                # read-only and C-ordered as it comes: a further copy would only raise the decoding's peak
+                # (what it holds is reserved in the stream memory: frame_size.DECODE_COPIES)
+                return np.asarray(rgb)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise FrameError("INVALID_ARGUMENT", f"the sample is not a {ENCODINGS[self.encoding]} image: "
                                                  f"{exc}") from None

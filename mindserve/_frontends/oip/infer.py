@@ -8,7 +8,7 @@ from typing import Callable, Mapping, NamedTuple, Optional, Sequence
 from mindserve._dispatch.dispatcher import Dispatcher
 from mindserve._frontends.oip import models, tensors
 from mindserve._frontends.shared_memory.regions import Lease
-from mindserve._frontends.shared_memory.tensors import output_references, write_output
+from mindserve._frontends.shared_memory.tensors import large_reads, output_references, write_output
 
 
 class Inference(NamedTuple):
@@ -24,11 +24,17 @@ async def infer(dispatcher: Dispatcher, model_name: str, version_text: str,
     """Run an inference request. ``inputs`` makes the request's input tensors: it is called once the model and
     the outputs are known good, so that a request for an unknown model is answered NOT_FOUND whatever its
     inputs hold. Outputs whose parameters name a shared memory region are written there (``lease`` holds the
-    request's regions; None: the server takes no client shared memory)."""
+    request's regions; None: the server takes no client shared memory); inputs that read a megabyte or more of
+    shared memory are made on the lease's threads, off the event loop."""
     model, route = models.resolve_infer(dispatcher, model_name, version_text)
     selected = models.selected_outputs(requested_outputs, route.signature, model)
     shared = output_references(lease, requested_outputs)
-    items = tensors.instances(model, route.signature, inputs(), dispatcher.max_request_instances)
+    made = inputs()
+    if lease is not None and lease.off_loop is not None and large_reads(made):  # a thread reads clients' memory
+        items = await lease.off_loop.run(tensors.instances, model, route.signature, made,
+                                         dispatcher.max_request_instances)
+    else:
+        items = tensors.instances(model, route.signature, made, dispatcher.max_request_instances)
     results = await tensors.run(dispatcher, route, items)
     outputs = [tensors.stack_output(name, results) for name in selected]
     return Inference(route.served_version, [write_output(out, *shared[out.name]) if out.name in shared else out

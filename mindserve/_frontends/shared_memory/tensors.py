@@ -4,18 +4,20 @@ input or a requested output, as ``tritonclient``'s ``set_shared_memory`` writes 
 their parameters over as plain values (``parameter_values`` for gRPC's InferParameter)."""
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple, Optional
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 from mindserve import _dtypes
 from mindserve._errors import FeatureDisabled, InvalidInput, clip
 from mindserve._frontends.grpc.ms_tensors import check_data_size, invalid_input
 from mindserve._frontends.oip.tensors import Data, InputTensor, OutputTensor, join_bytes
+from mindserve._frontends.shared_memory.client_file import LARGE_READ
 from mindserve._frontends.shared_memory.regions import ClientRegions, Lease
 
 REGION = "shared_memory_region"
 OFFSET = "shared_memory_offset"
 BYTE_SIZE = "shared_memory_byte_size"
-DISABLED = "client shared memory is disabled: start the server with allow_client_shm=True to use it"
+DISABLED = ("client shared memory is disabled: start the server with allow_client_shm=True to use it "
+            "(allow_client_shm: true in serving.yaml, or MINDSERVE_ALLOW_CLIENT_SHM=true)")
 CUDA_UNSUPPORTED = "CUDA shared memory is not supported by this server: register system shared memory instead"
 
 
@@ -63,16 +65,23 @@ def reference(what: str, parameters: Mapping[str, Any]) -> Optional[Reference]:
 
 
 class SharedInput(InputTensor):
-    """An input whose data lies in a client's region, copied out (once) when the tensor is read."""
+    """An input whose data lies in a client's region, copied out (once) when the tensor is read: exactly its
+    tensor's byte size, within what the request may read (both checked before any byte is)."""
 
     def __init__(self, name: str, datatype: str, shape: tuple, lease: Lease, ref: Reference):
         super().__init__(name, datatype, shape)
+        self._lease = lease
         self._region = lease.get(ref.region)  # held until the request is answered
         self._ref = ref
 
+    @property
+    def read_size(self) -> int:
+        """The bytes reading this input would take, as the client declared them (not yet checked)."""
+        return self._ref.byte_size
+
     def numeric_data(self, code: int) -> Data:
         check_data_size(self.name, code, self.shape, self._ref.byte_size)
-        return self._region.read(self._ref.offset, self._ref.byte_size, f"input {clip(self.name)}").data
+        return self._lease.read(self._region, self._ref.offset, self._ref.byte_size, f"input {clip(self.name)}").data
 
     def bytes_items(self, count: int) -> list:
         raise invalid_input(self.name, "Tensor check failed: BYTES inputs cannot come from shared memory here")
@@ -90,6 +99,11 @@ def shared_input(lease: Optional[Lease], name: str, datatype: str, shape: tuple,
     if _dtypes.CODE_OF_OIP_NAME.get(datatype) == _dtypes.MS_BYTES:
         raise invalid_input(name, "Tensor check failed: BYTES inputs cannot come from shared memory here")
     return SharedInput(name, datatype, shape, lease, ref)
+
+
+def large_reads(inputs: Sequence[InputTensor]) -> bool:
+    """Whether making these inputs reads so much of clients' shared memory that it must run off the event loop."""
+    return sum(t.read_size for t in inputs if isinstance(t, SharedInput)) >= LARGE_READ
 
 
 def output_references(lease: Optional[Lease], requested: list[tuple[str, Mapping[str, Any]]]) \
