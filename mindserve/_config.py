@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Union
 
+from mindserve import _defaults
 from mindserve._checks import check_int, check_str
 
 DEVICE_TYPES = ("cpu", "gpu", "ascend")
@@ -29,8 +30,9 @@ class ServableStartConfig:
 
     def __init__(self, servable_directory: str, servable_name: str,
                  device_ids: Union[int, Sequence[int], None] = None, version_number: int = 0,
-                 device_type: Optional[str] = None, num_parallel_workers: int = 0, max_batch_size: int = 0,
-                 max_batch_delay_ms: float = 0.0, shm_size_mb: int = 64):
+                 device_type: Optional[str] = None, num_parallel_workers: int = 0,
+                 max_batch_size: int = _defaults.MAX_BATCH_SIZE,
+                 max_batch_delay_ms: float = _defaults.MAX_BATCH_DELAY_MS, shm_size_mb: int = _defaults.SHM_SIZE_MB):
         self.servable_directory = check_str("servable_directory", servable_directory)
         self.servable_name = check_str("servable_name", servable_name)
         self.version_number = check_int("version_number", version_number, 0)
@@ -43,7 +45,7 @@ class ServableStartConfig:
         self.max_batch_delay_ms = float(max_batch_delay_ms)
         self.shm_size_mb = check_int("shm_size_mb", shm_size_mb, 4, 1 << 20)
         if device_ids is None:
-            device_ids = (0,)
+            device_ids = _defaults.DEVICE_IDS
         elif isinstance(device_ids, int) and not isinstance(device_ids, bool):
             device_ids = (device_ids,)
         if not isinstance(device_ids, (list, tuple)) or not device_ids:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Callable, NamedTuple, Optional, Sequence
 
+from mindserve import _defaults
 from mindserve._dispatch.limits import DEFAULT_MAX_REQUEST_INSTANCES, too_many_instances
 from mindserve._dispatch.route import Route, ServedVersion
 from mindserve._dispatch.worker_group import DEFAULT_RESTART_WAIT_S, WorkerGroup
@@ -16,7 +17,7 @@ from mindserve._tensor import InstanceResults, RawTensor, Results, StackedResult
 
 __all__ = ["Dispatcher", "request_repr", "DEFAULT_MAX_ENQUEUED_REQUESTS"]
 
-DEFAULT_MAX_ENQUEUED_REQUESTS = 10000
+DEFAULT_MAX_ENQUEUED_REQUESTS = _defaults.MAX_ENQUEUED_REQUESTS
 
 
 class WorkerState(NamedTuple):

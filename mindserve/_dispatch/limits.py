@@ -12,10 +12,11 @@ client sent and no single request can stall the master or kill a worker.
 """
 from __future__ import annotations
 
+from mindserve import _defaults
 from mindserve._errors import InvalidInput, ServingError, clip
 
 MAX_TENSOR_DIMS = 16
-DEFAULT_MAX_REQUEST_INSTANCES = 10000
+DEFAULT_MAX_REQUEST_INSTANCES = _defaults.MAX_REQUEST_INSTANCES
 
 
 def too_many_dims(name: str, ndims: int) -> ServingError:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple, Optional, Protocol, Sequence
 
+from mindserve import _defaults
 from mindserve._metrics.totals import MethodTotals
 from mindserve._servable.signature import MethodSignature
 from mindserve._tensor import RawTensor
 
 # how long a request waits for a restarted worker when the servable version has no live one (a worker restart
 # takes about a second: it is better answered late than refused); server.context.set_worker_restart_wait
-DEFAULT_RESTART_WAIT_S = 5.0
+DEFAULT_RESTART_WAIT_S = _defaults.RESTART_WAIT_S
 
 
 class DeviceState(NamedTuple):

@@ -42,7 +42,9 @@ import asyncio
 from collections import deque
 from typing import Callable, Optional
 
-DEFAULT_MAX_STREAM_MEMORY_MB = 256
+from mindserve import _defaults
+
+DEFAULT_MAX_STREAM_MEMORY_MB = _defaults.MAX_STREAM_MEMORY_MB
 MAX_STREAM_MEMORY_MB = 1 << 20  # a setting past a terabyte is a mistake
 
 

@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
+from mindserve import _defaults
 from mindserve._errors import WorkerLost
 from mindserve._tensor import RawTensor
 from mindserve._transport import worker_contract as contract
@@ -39,9 +40,9 @@ class WorkerSpec:
     version: int
     device_id: int
     device_type: Optional[str]
-    max_batch_size: int = 0
-    max_batch_delay_ms: float = 0.0
-    shm_size_mb: int = 64
+    max_batch_size: int = _defaults.MAX_BATCH_SIZE
+    max_batch_delay_ms: float = _defaults.MAX_BATCH_DELAY_MS
+    shm_size_mb: int = _defaults.SHM_SIZE_MB
 
     def describe(self) -> str:
         return f"servable {self.name} version {self.version} on device {self.device_id}"

@@ -16,20 +16,22 @@ from typing import Any, Callable, Mapping, Optional
 
 import yaml
 
+from mindserve import _defaults
 from mindserve._access.config import AccessConfig
 from mindserve._config import MAX_MEDIA_BATCH, MediaStreamConfig
 from mindserve._frontends.shared_memory.owners import OwnerError, owner_uid
 from mindserve.cli.access_settings import AccessSettingError, read_access
 
-DEFAULT_GRPC_ADDRESS = "127.0.0.1:5500"
-DEFAULT_REST_ADDRESS = "127.0.0.1:1500"
-DEFAULT_METRICS_ADDRESS = "127.0.0.1:8002"  # Triton's metrics port
-DEFAULT_MAX_MSG_MB_SIZE = 100
-DEFAULT_MAX_ENQUEUED_REQUESTS = 10000
-DEFAULT_MAX_REQUEST_INSTANCES = 10000
-DEFAULT_MAX_STREAM_MEMORY_MB = 256  # as mindserve._frontends.stream_memory's (this module imports no server code)
+# (every default is mindserve._defaults's, a module without imports: this one imports no server code)
+DEFAULT_GRPC_ADDRESS = _defaults.GRPC_ADDRESS
+DEFAULT_REST_ADDRESS = _defaults.REST_ADDRESS
+DEFAULT_METRICS_ADDRESS = _defaults.METRICS_ADDRESS
+DEFAULT_MAX_MSG_MB_SIZE = _defaults.MAX_MSG_MB_SIZE
+DEFAULT_MAX_ENQUEUED_REQUESTS = _defaults.MAX_ENQUEUED_REQUESTS
+DEFAULT_MAX_REQUEST_INSTANCES = _defaults.MAX_REQUEST_INSTANCES
+DEFAULT_MAX_STREAM_MEMORY_MB = _defaults.MAX_STREAM_MEMORY_MB
 MAX_STREAM_MEMORY_MB = 1 << 20
-DEFAULT_DEVICE_IDS = (0,)
+DEFAULT_DEVICE_IDS = _defaults.DEVICE_IDS
 # The servables that come with a checkout (``servables/`` beside the ``mindserve`` package); an installation
 # that is not editable has none there.
 BUNDLED_SERVABLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -82,9 +84,9 @@ class ServableSettings:
     version: int = 0
     device_ids: tuple = DEFAULT_DEVICE_IDS
     device_type: Optional[str] = None
-    max_batch_size: int = 0
-    max_batch_delay_ms: float = 0.0
-    shm_size_mb: int = 64
+    max_batch_size: int = _defaults.MAX_BATCH_SIZE
+    max_batch_delay_ms: float = _defaults.MAX_BATCH_DELAY_MS
+    shm_size_mb: int = _defaults.SHM_SIZE_MB
 
 
 @dataclass(frozen=True)
@@ -492,10 +494,12 @@ class _Resolver:
             directory=directory, name=name, version=version,
             device_ids=_device_ids(entry["device_ids"]) if "device_ids" in entry else DEFAULT_DEVICE_IDS,
             device_type=_device_type(entry["device_type"]) if "device_type" in entry else None,
-            max_batch_size=_int(entry["max_batch_size"], 0, 1 << 20) if "max_batch_size" in entry else 0,
+            max_batch_size=_int(entry["max_batch_size"], 0, 1 << 20) if "max_batch_size" in entry
+            else _defaults.MAX_BATCH_SIZE,
             max_batch_delay_ms=_number(entry["max_batch_delay_ms"], 0, 60000) if "max_batch_delay_ms" in entry
-            else 0.0,
-            shm_size_mb=_int(entry["shm_size_mb"], 4, 1 << 20) if "shm_size_mb" in entry else 64)
+            else _defaults.MAX_BATCH_DELAY_MS,
+            shm_size_mb=_int(entry["shm_size_mb"], 4, 1 << 20) if "shm_size_mb" in entry
+            else _defaults.SHM_SIZE_MB)
 
     def tls(self) -> Optional[TLSSettings]:
         tls = self.layers.tls

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging as _logging
 import typing as _typing
 
+from mindserve import _defaults
 from mindserve._access.config import AccessConfig, JWTConfig
 from mindserve._checks import check_int as _check_int
 from mindserve._config import MediaStreamConfig, ServableStartConfig, SSLConfig
@@ -58,7 +59,8 @@ def start_servables(servable_configs: Union[ServableStartConfig, Sequence[Servab
     master.call(master.start_servables(configs))
 
 
-def start_grpc_server(address: str, max_msg_mb_size: int = 100, ssl_config: Optional[SSLConfig] = None,
+def start_grpc_server(address: str, max_msg_mb_size: int = _defaults.MAX_MSG_MB_SIZE,
+                      ssl_config: Optional[SSLConfig] = None,
                       access: Optional[AccessConfig] = None,
                       media_stream: Optional[MediaStreamConfig] = None,
                       allow_client_shm: bool = False) -> ServerHandle:
@@ -85,8 +87,9 @@ def start_grpc_server(address: str, max_msg_mb_size: int = 100, ssl_config: Opti
                                                                               allow_client_shm)))
 
 
-def start_restful_server(address: str, max_msg_mb_size: int = 100, ssl_config: Optional[SSLConfig] = None,
-                         idle_timeout: float = 15.0, max_connections: int = 1000,
+def start_restful_server(address: str, max_msg_mb_size: int = _defaults.MAX_MSG_MB_SIZE,
+                         ssl_config: Optional[SSLConfig] = None, idle_timeout: float = _defaults.IDLE_TIMEOUT_S,
+                         max_connections: int = _defaults.MAX_CONNECTIONS,
                          access: Optional[AccessConfig] = None, allow_client_shm: bool = False) -> ServerHandle:
     """Serve HTTP/1.1 REST on ``address``: ``"host:port"`` or ``"unix:/path"`` (a socket file only the owner may
     use, removed at stop), with TLS (mutual TLS with ``verify_client``) when ``ssl_config`` is given.
@@ -120,7 +123,7 @@ def start_restful_server(address: str, max_msg_mb_size: int = 100, ssl_config: O
         address, max_msg_mb_size, ssl_config, float(idle_timeout), max_connections, access, allow_client_shm)))
 
 
-def start_metrics_server(address: str = "127.0.0.1:8002", ssl_config: Optional[SSLConfig] = None,
+def start_metrics_server(address: str = _defaults.METRICS_ADDRESS, ssl_config: Optional[SSLConfig] = None,
                          access: Optional[AccessConfig] = None) -> ServerHandle:
     """Serve Prometheus metrics, ``GET /metrics`` in the text format, on ``address`` (``"host:port"`` or
     ``"unix:/path"``), with TLS when ``ssl_config`` is given and ``access`` guarding the group ``metrics``.

@@ -17,10 +17,11 @@ from typing import Any, NamedTuple, Optional
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from mindserve import _defaults
 from mindserve._frontends.rest.common import dumps
 
-DEFAULT_IDLE_TIMEOUT_S = 15.0
-DEFAULT_MAX_CONNECTIONS = 1000
+DEFAULT_IDLE_TIMEOUT_S = _defaults.IDLE_TIMEOUT_S
+DEFAULT_MAX_CONNECTIONS = _defaults.MAX_CONNECTIONS
 
 
 class ConnectionLimits(NamedTuple):
