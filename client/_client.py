@@ -152,6 +152,9 @@ class Client:
         self.method_name = method_name
         self.version_number = version_number
         self._memory: Optional[ClientMemory] = None
+        # the data type each input takes, asked of the server the first time a list or a Python scalar is sent
+        # (None: not asked yet; {} when the server does not say)
+        self._wanted: Optional[dict[str, Optional[np.dtype]]] = None
         if shared_memory:
             if not is_local(address):
                 raise RuntimeError(f"shared_memory needs a server on this host: a unix: or loopback address, not "
@@ -174,11 +177,26 @@ class Client:
         self._predict = self._channel.unary_unary(PREDICT, request_serializer=pb.PredictRequest.SerializeToString,
                                                   response_deserializer=pb.PredictReply.FromString)
 
-    def _request(self, instances: Instances) -> tuple[pb.PredictRequest, dict[int, dict]]:
+    def _wanted_types(self, instances: Sequence, timeout: Optional[float]) -> dict[str, Optional[np.dtype]]:
+        """What the method takes, once a value needs it (a list or a Python scalar, which numpy would type as
+        int64 / float64): asked once, then kept; nothing when the server does not answer the question (a
+        MindSpore Serving server, metadata guarded with other credentials), and values go as numpy types them."""
+        if self._wanted is None and any(isinstance(value, (list, tuple, bool, int, float))
+                                        for instance in instances if isinstance(instance, dict)
+                                        for value in instance.values()):
+            try:
+                self._wanted = self.input_types(timeout)
+            except RuntimeError:
+                self._wanted = {}
+        return self._wanted or {}
+
+    def _request(self, instances: Instances, timeout: Optional[float] = None) \
+            -> tuple[pb.PredictRequest, dict[int, dict]]:
         """The request of the instances that can be sent, and the error of each that cannot (by position): one
         instance's bad value does not keep the others from the server."""
         if not isinstance(instances, (list, tuple)):
             instances = [instances]  # type: ignore[list-item]  # one instance (checked below like the others)
+        wanted = self._wanted_types(instances, timeout)
         request = pb.PredictRequest()
         request.servable_spec.name = self.servable_name
         request.servable_spec.method_name = self.method_name
@@ -192,7 +210,7 @@ class Client:
                 for name, value in instance.items():
                     if not isinstance(name, str):
                         raise RuntimeError(f"instance key should be str, but actually {type(name)}")
-                    fill_tensor(encoded.items[name], name, value)
+                    fill_tensor(encoded.items[name], name, value, wanted.get(name))
             except RuntimeError as exc:
                 if len(instances) == 1:
                     raise  # one instance: the caller's mistake, as always
@@ -204,12 +222,14 @@ class Client:
     def infer(self, instances: Instances, timeout: Optional[float] = None) -> Result:
         """Call the method on one instance (a dict of input name to value) or a list of them.
 
-        Values: numpy arrays and scalars, lists (made numpy arrays), bool / int / float, str, bytes. Returns a
+        Values: numpy arrays and scalars, lists (made numpy arrays), bool / int / float, str, bytes. Lists and
+        Python scalars take the data type the method's metadata gives the input when that changes no value
+        (integers to a float32 input become float32); the metadata is asked once, the first time. Returns a
         list with one dict per instance (output name to numpy array, str or bytes; ``{"error": msg}`` for a
         failed instance, or one whose value could not be sent), or one ``{"error": msg}`` dict when the whole
         request failed. ``timeout``: seconds for this call (default: the Client's).
         """
-        request, unsent = self._request(instances)
+        request, unsent = self._request(instances, self._timeout(timeout))
         if unsent and not request.instances:  # (no instance at all is sent: the server says what is wrong)
             return [unsent[i] for i in sorted(unsent)]
         signatures = self._memory.place(request) if self._memory is not None else []
@@ -224,7 +244,7 @@ class Client:
     def infer_async(self, instances: Instances, timeout: Optional[float] = None) -> ClientAsyncResult:
         """Like ``infer`` without waiting: ``.result()`` on the returned object gives what ``infer`` returns.
         (Calls in flight together would share the shared memory file: these send their tensors inline.)"""
-        request, unsent = self._request(instances)
+        request, unsent = self._request(instances, self._timeout(timeout))
         if unsent and not request.instances:
             return ClientAsyncResult(None, 0, [unsent[i] for i in sorted(unsent)])
         try:

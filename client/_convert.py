@@ -1,7 +1,7 @@
 """Python values <-> MSService tensors, on the client side."""
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -26,10 +26,32 @@ def _fill_array(tensor: pb.Tensor, array: np.ndarray, name: str) -> None:
     tensor.data = array.tobytes()
 
 
-def fill_tensor(tensor: pb.Tensor, name: str, value: Any) -> None:
+def typed(array: np.ndarray, wanted: Optional[np.dtype]) -> np.ndarray:
+    """A list's or Python scalar's array in the data type the method takes (``wanted``, from its metadata) when
+    that loses nothing: bools stay bools, integers become any integer type that holds every value or any float
+    type, floats any float type. Otherwise (nothing known, or a conversion that would change a value, such as
+    1.5 to an integer or 300 to uint8) the array stays as numpy made it, and the server says what it takes."""
+    if wanted is None or wanted == array.dtype or array.dtype.kind not in "biuf":
+        return array
+    kind, target = array.dtype.kind, wanted.kind
+    if kind == "b" and target != "b":
+        return array
+    if kind in "iu" and target in "iu":
+        info = np.iinfo(wanted)
+        if array.size and (array.min() < info.min or array.max() > info.max):
+            return array
+        return array.astype(wanted)
+    if (kind in "iu" and target == "f") or (kind == "f" and target == "f"):
+        return array.astype(wanted)
+    return array
+
+
+def fill_tensor(tensor: pb.Tensor, name: str, value: Any, wanted: Optional[np.dtype] = None) -> None:
     """Encode one input value: numpy arrays and scalars keep dtype and shape; lists and tuples become the numpy
     array numpy makes of them (ints int64, floats float64, bools bool); bool/int/float become 1-element
-    bool/int64/float64 arrays; str and bytes become single-item string/bytes tensors."""
+    bool/int64/float64 arrays; str and bytes become single-item string/bytes tensors. ``wanted``: the data type
+    the method takes for this input (its metadata), which lists and Python scalars are given where that loses
+    nothing (``typed``)."""
     if isinstance(value, (np.ndarray, np.generic)) and not isinstance(value, (np.str_, np.bytes_)):
         _fill_array(tensor, np.asarray(value), name)
         return
@@ -41,7 +63,7 @@ def fill_tensor(tensor: pb.Tensor, name: str, value: Any) -> None:
         if array.dtype.kind not in "biuf":
             raise RuntimeError(f"The list of input '{name}' is not a tensor of numbers or bools (numpy makes it "
                                f"{array.dtype}); send str and bytes values one per input")
-        _fill_array(tensor, array, name)
+        _fill_array(tensor, typed(array, wanted), name)
         return
     if isinstance(value, str):
         tensor.dtype = _dtypes.MS_STRING
@@ -59,7 +81,7 @@ def fill_tensor(tensor: pb.Tensor, name: str, value: Any) -> None:
                 array = np.array((value,), dtype=dtype)
             except OverflowError:
                 raise RuntimeError(f"The value {value} of input '{name}' is out of the int64 range") from None
-            _fill_array(tensor, array, name)
+            _fill_array(tensor, typed(array, wanted), name)
             return
     raise RuntimeError(f"Not support value type {type(value)} of input '{name}'")
 

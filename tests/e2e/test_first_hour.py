@@ -73,12 +73,17 @@ def test_a_stage_reads_its_own_version_folder(server):
             assert client.infer({"x": 0}) == [{"label": f"version {version}/version {version}"}]
 
 
-def test_lists_and_scalars_go_through_numpy(server):
+def test_lists_and_scalars_take_the_type_the_method_takes(server):
     with Client(server.address, "add", "add_common") as client:
         result = client.infer({"x1": np.ones((2, 2), np.float32), "x2": np.ones((2, 2), np.float32)})
         np.testing.assert_array_equal(result[0]["y"], np.full((2, 2), 2, np.float32))
-        # a list of floats is float64 for numpy: the server says what the model takes, in numpy's terms
-        result = client.infer({"x1": [[1.0, 2.0], [3.0, 4.0]], "x2": np.ones((2, 2), np.float32)})
+        # numpy would make int64 and float64 of these lists; the method's metadata says the model takes float32
+        result = client.infer({"x1": [[1, 2], [3, 4]], "x2": [[1.0, 1.0], [1.0, 1.0]]})
+    assert result[0]["y"].dtype == np.float32
+    assert result[0]["y"].tolist() == [[2.0, 3.0], [4.0, 5.0]]
+    # an array keeps its type: the server says what the model takes, in numpy's terms
+    with Client(server.address, "add", "add_common") as client:
+        result = client.infer({"x1": np.ones((2, 2)), "x2": [[1.0, 1.0], [1.0, 1.0]]})
     assert result == {"error": "Given model input 0 data type kMSI_Float64 not match the data type kMSI_Float32 "
                                "defined in model: input 'x1' of model tensor_add.onnx takes float32 [2, 2], given "
                                "float64 [2, 2]"}

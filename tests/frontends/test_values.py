@@ -339,3 +339,28 @@ def test_unreachable_servers_give_unavailable(tmp_path):
             assert list(result) == ["error"]
             assert result["error"].startswith(UNAVAILABLE + ", "), result
             assert len(result["error"]) > len(UNAVAILABLE) + 2
+
+
+# ------------------------------------------------- lists and Python scalars typed from the method's metadata
+
+@pytest.mark.parametrize("value, wanted, expected", [
+    ([1, 2], np.float32, np.float32),      # integers to a float input
+    ([1.5, 2.0], np.float32, np.float32),  # floats to a narrower float
+    ([1, 2], np.int32, np.int32),          # integers that fit
+    ([1, 300], np.uint8, np.int64),        # 300 does not fit uint8: left as numpy types it
+    ([-1], np.uint32, np.int64),           # nor does -1
+    ([1.5], np.int32, np.float64),         # a float never becomes an integer
+    ([True, False], np.float32, np.bool_),  # bools stay bools
+    ([1, 2], None, np.int64),              # nothing known: numpy's type
+    (3, np.float32, np.float32),           # a Python scalar too (a 1-element array)
+    (2.5, np.int64, np.float64),
+])
+def test_lists_and_scalars_take_the_data_type_the_method_takes_when_no_value_changes(value, wanted, expected):
+    from mindserve._proto import ms_service_pb2 as pb
+    from mindserve.client._convert import fill_tensor, value_of
+
+    tensor = pb.Tensor()
+    fill_tensor(tensor, "x", value, np.dtype(wanted) if wanted is not None else None)
+    decoded = value_of(tensor)
+    assert decoded.dtype == np.dtype(expected)
+    assert decoded.tolist() == (list(value) if isinstance(value, list) else [value])
