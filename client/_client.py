@@ -43,13 +43,13 @@ def _read(path: Optional[str]) -> Optional[bytes]:
         return f.read()
 
 
-def _grpc_error(error: grpc.RpcError) -> dict:
+def grpc_error(error: grpc.RpcError) -> dict:
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = error.details() if hasattr(error, "details") else str(error)
     return {"error": f"Grpc Error, {code.value}, {details}"}
 
 
-def _parse_reply(reply: pb.PredictReply, count: int) -> Result:
+def parse_reply(reply: pb.PredictReply, count: int) -> Result:
     errors = reply.error_msg
     if len(errors) == 1 and errors[0].error_code != 0:
         return {"error": errors[0].error_msg.decode(errors="replace")}
@@ -64,13 +64,104 @@ def _parse_reply(reply: pb.PredictReply, count: int) -> Result:
     return results
 
 
-def _with_unsent(result: Result, unsent: dict[int, dict], total: int) -> Result:
+def with_unsent(result: Result, unsent: dict[int, dict], total: int) -> Result:
     """The results of the instances sent, with the error of each instance that could not be sent in its place
     (a whole-request error stays one dict)."""
     if not unsent or isinstance(result, dict):
         return result
     sent = iter(result)
     return [unsent[i] if i in unsent else next(sent) for i in range(total)]
+
+
+def _as_list(instances: Instances) -> Sequence:
+    return instances if isinstance(instances, (list, tuple)) else [instances]
+
+
+def needs_types(instances: Instances) -> bool:
+    """Whether a value of these instances is typed by the method's metadata (a list or a Python scalar, which numpy
+    would type as int64 / float64)."""
+    return any(isinstance(value, (list, tuple, bool, int, float))
+               for instance in _as_list(instances) if isinstance(instance, dict) for value in instance.values())
+
+
+def build_request(servable: str, method: str, version: int, instances: Instances,
+                  wanted: Mapping[str, Optional[np.dtype]]) -> tuple[pb.PredictRequest, dict[int, dict]]:
+    """The request of the instances that can be sent, and the error of each that cannot (by position): one
+    instance's bad value does not keep the others from the server. ``wanted``: each input's data type, as the
+    method's metadata gives it (lists and Python scalars take it where no value changes)."""
+    instances = _as_list(instances)
+    request = pb.PredictRequest()
+    request.servable_spec.name = servable
+    request.servable_spec.method_name = method
+    request.servable_spec.version_number = version
+    unsent: dict[int, dict] = {}
+    for index, instance in enumerate(instances):
+        if not isinstance(instance, dict):
+            raise RuntimeError("instance should be a map")
+        encoded = pb.Instance()
+        try:
+            for name, value in instance.items():
+                if not isinstance(name, str):
+                    raise RuntimeError(f"instance key should be str, but actually {type(name)}")
+                fill_tensor(encoded.items[name], name, value, wanted.get(name))
+        except RuntimeError as exc:
+            if len(instances) == 1:
+                raise  # one instance: the caller's mistake, as always
+            unsent[index] = {"error": str(exc)}
+            continue
+        request.instances.append(encoded)
+    return request, unsent
+
+
+def metadata_request(servable: str, method: str, version: int) -> Any:
+    """The Open Inference Protocol's ModelMetadata request of the model ``servable.method``."""
+    from mindserve._proto import grpc_inference as oip
+
+    request_class: Any = oip.ModelMetadataRequest
+    return request_class(name=f"{servable}.{method}", version=str(version) if version else "")
+
+
+def metadata_reply_class() -> Any:
+    from mindserve._proto import grpc_inference as oip
+
+    return oip.ModelMetadataResponse
+
+
+def input_types_of(reply: Any) -> dict[str, Optional[np.dtype]]:
+    """The numpy data type of each input a ModelMetadataResponse lists (None: no model fixes it)."""
+    types: dict[str, Optional[np.dtype]] = {}
+    for tensor in reply.inputs:
+        code = _dtypes.CODE_OF_OIP_NAME.get(tensor.datatype)
+        types[tensor.name] = _dtypes.NUMPY_OF.get(code) if code is not None else None
+    return types
+
+
+def channel_options(address: str, ssl_config: Optional[SSLConfig]) -> list[tuple[str, Any]]:
+    """The options of a client's channel: message size limits, and the authority a certificate is checked
+    against over a unix: socket."""
+    options: list[tuple[str, Any]] = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                                      ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+    if ssl_config is not None and address.startswith("unix:"):
+        # gRPC's default authority for a unix: target is the socket path, while a server certificate names a
+        # host: verify it against localhost, as for a local TCP server
+        options.append(("grpc.default_authority", "localhost"))
+    return options
+
+
+def channel_credentials(ssl_config: SSLConfig) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(root_certificates=_read(ssl_config.custom_ca),
+                                        private_key=_read(ssl_config.private_key),
+                                        certificate_chain=_read(ssl_config.certificate))
+
+
+def check_arguments(address: str, servable_name: str, method_name: str, version_number: int,
+                    ssl_config: Optional[SSLConfig]) -> None:
+    check_str("address", address)
+    check_str("servable_name", servable_name)
+    check_str("method_name", method_name)
+    check_int("version_number", version_number, 0)
+    if ssl_config is not None and not isinstance(ssl_config, SSLConfig):
+        raise RuntimeError("The type of ssl_config should be type of SSLConfig")
 
 
 class ClientAsyncResult:
@@ -88,13 +179,13 @@ class ClientAsyncResult:
         if self._error is not None or self._future is None:
             return self._error or {"error": "no request was sent"}
         try:
-            result = _parse_reply(self._future.result(timeout), self._count)
+            result = parse_reply(self._future.result(timeout), self._count)
         except grpc.RpcError as error:
-            return _grpc_error(error)
-        return _with_unsent(result, self._unsent, self._count + len(self._unsent))
+            return grpc_error(error)
+        return with_unsent(result, self._unsent, self._count + len(self._unsent))
 
 
-def _check_timeout(timeout: Optional[float]) -> Optional[float]:
+def check_timeout(timeout: Optional[float]) -> Optional[float]:
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
@@ -103,7 +194,7 @@ def _check_timeout(timeout: Optional[float]) -> Optional[float]:
     return float(timeout)
 
 
-def _metadata(headers: Optional[Mapping[str, str]]) -> Optional[tuple[tuple[str, str], ...]]:
+def metadata_of(headers: Optional[Mapping[str, str]]) -> Optional[tuple[tuple[str, str], ...]]:
     """Headers as gRPC metadata: string keys and values, keys lowercased."""
     if headers is None:
         return None
@@ -139,14 +230,9 @@ class Client:
                  ssl_config: Optional[SSLConfig] = None, headers: Optional[Mapping[str, str]] = None,
                  timeout: Optional[float] = None, shared_memory: bool = False,
                  shared_memory_threshold: int = DEFAULT_THRESHOLD):
-        check_str("address", address)
-        check_str("servable_name", servable_name)
-        check_str("method_name", method_name)
-        check_int("version_number", version_number, 0)
-        if ssl_config is not None and not isinstance(ssl_config, SSLConfig):
-            raise RuntimeError("The type of ssl_config should be type of SSLConfig")
-        self._metadata = _metadata(headers)
-        self.timeout = _check_timeout(timeout)
+        check_arguments(address, servable_name, method_name, version_number, ssl_config)
+        self._metadata = metadata_of(headers)
+        self.timeout = check_timeout(timeout)
         self.address = address
         self.servable_name = servable_name
         self.method_name = method_name
@@ -161,63 +247,25 @@ class Client:
                                    f"{address}")
             check_int("shared_memory_threshold", shared_memory_threshold, 1)
             self._memory = ClientMemory(shared_memory_threshold)
-        options: list[tuple[str, Any]] = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
-        if ssl_config is not None and address.startswith("unix:"):
-            # gRPC's default authority for a unix: target is the socket path, while a server certificate names a
-            # host: verify it against localhost, as for a local TCP server
-            options.append(("grpc.default_authority", "localhost"))
+        options = channel_options(address, ssl_config)
         if ssl_config is None:
             self._channel = grpc.insecure_channel(address, options=options)
         else:
-            credentials = grpc.ssl_channel_credentials(root_certificates=_read(ssl_config.custom_ca),
-                                                       private_key=_read(ssl_config.private_key),
-                                                       certificate_chain=_read(ssl_config.certificate))
-            self._channel = grpc.secure_channel(address, credentials, options=options)
+            self._channel = grpc.secure_channel(address, channel_credentials(ssl_config), options=options)
         self._predict = self._channel.unary_unary(PREDICT, request_serializer=pb.PredictRequest.SerializeToString,
                                                   response_deserializer=pb.PredictReply.FromString)
 
-    def _wanted_types(self, instances: Sequence, timeout: Optional[float]) -> dict[str, Optional[np.dtype]]:
-        """What the method takes, once a value needs it (a list or a Python scalar, which numpy would type as
-        int64 / float64): asked once, then kept; nothing when the server does not answer the question (a
-        MindSpore Serving server, metadata guarded with other credentials), and values go as numpy types them."""
-        if self._wanted is None and any(isinstance(value, (list, tuple, bool, int, float))
-                                        for instance in instances if isinstance(instance, dict)
-                                        for value in instance.values()):
+    def _request(self, instances: Instances, timeout: Optional[float]) -> tuple[pb.PredictRequest, dict[int, dict]]:
+        """The request (see ``build_request``), the method's input types asked of the server the first time a value
+        needs them; nothing when the server does not answer (a MindSpore Serving server, metadata guarded with other
+        credentials): values then go as numpy types them."""
+        if self._wanted is None and needs_types(instances):
             try:
                 self._wanted = self.input_types(timeout)
             except RuntimeError:
                 self._wanted = {}
-        return self._wanted or {}
-
-    def _request(self, instances: Instances, timeout: Optional[float] = None) \
-            -> tuple[pb.PredictRequest, dict[int, dict]]:
-        """The request of the instances that can be sent, and the error of each that cannot (by position): one
-        instance's bad value does not keep the others from the server."""
-        if not isinstance(instances, (list, tuple)):
-            instances = [instances]  # type: ignore[list-item]  # one instance (checked below like the others)
-        wanted = self._wanted_types(instances, timeout)
-        request = pb.PredictRequest()
-        request.servable_spec.name = self.servable_name
-        request.servable_spec.method_name = self.method_name
-        request.servable_spec.version_number = self.version_number
-        unsent: dict[int, dict] = {}
-        for index, instance in enumerate(instances):
-            if not isinstance(instance, dict):
-                raise RuntimeError("instance should be a map")
-            encoded = pb.Instance()
-            try:
-                for name, value in instance.items():
-                    if not isinstance(name, str):
-                        raise RuntimeError(f"instance key should be str, but actually {type(name)}")
-                    fill_tensor(encoded.items[name], name, value, wanted.get(name))
-            except RuntimeError as exc:
-                if len(instances) == 1:
-                    raise  # one instance: the caller's mistake, as always
-                unsent[index] = {"error": str(exc)}
-                continue
-            request.instances.append(encoded)
-        return request, unsent
+        return build_request(self.servable_name, self.method_name, self.version_number, instances,
+                             self._wanted or {})
 
     def infer(self, instances: Instances, timeout: Optional[float] = None) -> Result:
         """Call the method on one instance (a dict of input name to value) or a list of them.
@@ -236,10 +284,10 @@ class Client:
         try:
             reply = self._predict(request, metadata=self._metadata, timeout=self._timeout(timeout))
         except grpc.RpcError as error:
-            return _grpc_error(error)
+            return grpc_error(error)
         if self._memory is not None:
             self._memory.collect(reply, signatures)
-        return _with_unsent(_parse_reply(reply, len(request.instances)), unsent, len(request.instances) + len(unsent))
+        return with_unsent(parse_reply(reply, len(request.instances)), unsent, len(request.instances) + len(unsent))
 
     def infer_async(self, instances: Instances, timeout: Optional[float] = None) -> ClientAsyncResult:
         """Like ``infer`` without waiting: ``.result()`` on the returned object gives what ``infer`` returns.
@@ -250,33 +298,24 @@ class Client:
         try:
             future = self._predict.future(request, metadata=self._metadata, timeout=self._timeout(timeout))
         except grpc.RpcError as error:
-            return ClientAsyncResult(None, 0, _grpc_error(error))
+            return ClientAsyncResult(None, 0, grpc_error(error))
         return ClientAsyncResult(future, len(request.instances), unsent=unsent)
 
     def input_types(self, timeout: Optional[float] = None) -> dict[str, Optional[np.dtype]]:
         """The numpy data type each input of the method takes, None where no model fixes it (a Python stage takes
         the input), as the server's metadata says (the Open Inference Protocol's ModelMetadata of the model
         ``servable.method``, on the same port). Raises RuntimeError when the server does not answer it."""
-        from mindserve._proto import grpc_inference as oip
-
-        request_class: Any = oip.ModelMetadataRequest
-        reply_class: Any = oip.ModelMetadataResponse
-        call = self._channel.unary_unary(MODEL_METADATA, request_serializer=request_class.SerializeToString,
-                                         response_deserializer=reply_class.FromString)
-        request = request_class(name=f"{self.servable_name}.{self.method_name}",
-                                           version=str(self.version_number) if self.version_number else "")
+        call = self._channel.unary_unary(MODEL_METADATA, request_serializer=lambda m: m.SerializeToString(),
+                                         response_deserializer=metadata_reply_class().FromString)
         try:
-            reply = call(request, metadata=self._metadata, timeout=self._timeout(timeout))
+            reply = call(metadata_request(self.servable_name, self.method_name, self.version_number),
+                         metadata=self._metadata, timeout=self._timeout(timeout))
         except grpc.RpcError as error:
-            raise RuntimeError(_grpc_error(error)["error"]) from None
-        types: dict[str, Optional[np.dtype]] = {}
-        for tensor in reply.inputs:
-            code = _dtypes.CODE_OF_OIP_NAME.get(tensor.datatype)
-            types[tensor.name] = _dtypes.NUMPY_OF.get(code) if code is not None else None
-        return types
+            raise RuntimeError(grpc_error(error)["error"]) from None
+        return input_types_of(reply)
 
     def _timeout(self, timeout: Optional[float]) -> Optional[float]:
-        return self.timeout if timeout is None else _check_timeout(timeout)
+        return self.timeout if timeout is None else check_timeout(timeout)
 
     def close(self) -> None:
         self._channel.close()
