@@ -35,7 +35,7 @@ def which(x):
 
 def sleep(seconds):
     import time
-    time.sleep(float(seconds))
+    time.sleep(seconds.item())  # (a Python float arrives as a 1-element array)
     return seconds
 
 

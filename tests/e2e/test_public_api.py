@@ -29,7 +29,9 @@ def test_context_names():
 
 
 def test_client_names():
-    assert _public(mindserve.client) == {"Client", "ClientAsyncResult", "SSLConfig"} == set(mindserve.client.__all__)
+    assert _public(mindserve.client) == {"Client", "ClientAsyncResult", "SSLConfig", "aio"} \
+        == set(mindserve.client.__all__)
+    assert _public(mindserve.client.aio) == {"Client", "SSLConfig"} == set(mindserve.client.aio.__all__)
 
 
 def test_register_names():
