@@ -6,6 +6,8 @@ import numpy as np
 # DataType enum values of the wire contract (ms_service.proto).
 MS_UNKNOWN, MS_BOOL, MS_INT8, MS_UINT8, MS_INT16, MS_UINT16, MS_INT32, MS_UINT32 = range(8)
 MS_INT64, MS_UINT64, MS_FLOAT16, MS_FLOAT32, MS_FLOAT64, MS_STRING, MS_BYTES = range(8, 15)
+# the text types: one str or bytes value each, never numeric data
+TEXT_CODES = (MS_STRING, MS_BYTES)
 
 # numeric enum value -> numpy dtype (little-endian, as on the wire)
 NUMPY_OF: dict[int, np.dtype] = {

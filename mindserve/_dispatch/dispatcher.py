@@ -167,19 +167,14 @@ class Dispatcher:
         when ``max_enqueued_requests`` requests are already waiting."""
         group, method, version = route.group, route.method, route.version
         if self.enqueued_requests >= self.max_enqueued_requests:
-            error = QueueFull(f"Serving Error: enqueued requests count exceeds the limit {self.max_enqueued_requests}")
-            requests.note_error(error)
-            raise error
+            raise QueueFull(f"Serving Error: enqueued requests count exceeds the limit {self.max_enqueued_requests}")
         self.enqueued_requests += 1  # a request waiting for a restarted worker counts as enqueued
         key = (group.name, group.version)
         self._pending[key] = self._pending.get(key, 0) + 1
         try:
             results = await group.run(method, instances, version)
-            requests.note_results(results)
+            requests.note_results(results)  # (a failure of the whole run is noted by the door that answers it)
             return results if isinstance(results, StackedResults) else InstanceResults(results)
-        except BaseException as exc:
-            requests.note_error(exc)
-            raise
         finally:
             self.enqueued_requests -= 1
             self._pending[key] -= 1

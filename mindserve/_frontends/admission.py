@@ -6,9 +6,15 @@ closed: a request is never cut off (CANCELLED, a dropped connection) because the
 from __future__ import annotations
 
 import asyncio
-from typing import Optional
+from contextlib import nullcontext
+from typing import Any, Awaitable, Callable, Optional, TypeVar
 
 from mindserve._frontends.heap_trim import HeapTrimmer
+from mindserve._metrics import requests as request_metrics
+from mindserve._metrics.requests import RequestMetrics
+
+T = TypeVar("T")
+_UNTALLIED = nullcontext()  # a request the metrics do not count (not an inference request)
 
 SHUTTING_DOWN = "the server is shutting down: send the request again, to another replica"
 
@@ -50,3 +56,24 @@ class Admission:
         except asyncio.TimeoutError:
             return False
         return True
+
+
+async def admitted(admission: Admission, metrics: Optional[RequestMetrics], protocol: Optional[str],
+                   handle: Callable[..., Awaitable[T]], refuse: Callable[..., Awaitable[T]], args: tuple,
+                   request_bytes: int, reply_bytes: Callable[[Any], int]) -> T:
+    """One request through admission, as every door takes it (gRPC's gate, REST's middleware): ``refuse(*args)``
+    answers it once the server drains; otherwise ``handle(*args)`` answers it, counted as in progress meanwhile,
+    and its size (``request_bytes`` and ``reply_bytes`` of the answer) noted. With ``metrics`` and a
+    ``protocol``, an inference request is tallied there (a client that goes away counted as cancelled), refused
+    ones too. (Functions and their arguments, not closures: nothing is made per request on this path.)"""
+    if not admission.enter():
+        if metrics is not None and protocol is not None:
+            metrics.refused(protocol, request_metrics.SHUTTING_DOWN)
+        return await refuse(*args)
+    reply = None
+    try:
+        with metrics.tallied(protocol) if metrics is not None and protocol is not None else _UNTALLIED:
+            reply = await handle(*args)
+        return reply
+    finally:
+        admission.leave(request_bytes + reply_bytes(reply))

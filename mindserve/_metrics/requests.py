@@ -1,17 +1,20 @@
 """Counting inference requests in the master, whatever door they came through.
 
-A door opens a :class:`Tally` for each inference request (``RequestMetrics.begin``, with its protocol); the
-layers below note on the current tally what they learn, without being handed it: the dispatcher the servable
-version and method it resolved and the instances' errors, each transport the error it answers with
-(``note_error``, called where the transport maps errors). When the door answers, ``RequestMetrics.end`` adds
-the request to its series. Label values are only registered names (servable, method) or ``unknown``: nothing a
-client writes becomes a label.
+One place records a request's outcome. A door opens the tally of each inference request
+(``with RequestMetrics.tallied(protocol)``: the doors' admission, and each stream's requests); what is learnt
+while it runs is noted on the current tally without handing it down: the dispatcher notes the servable version
+and method it resolved (``note_route``) and the instances' outcomes (``note_results``), each transport the
+failure it answers with, in the one place where it maps errors to its answers (``note_failure``). An exception
+that leaves the tally unanswered (the client went away) counts for its own reason. When the door answers, the
+request is added to its series. Label values are only registered names (servable, method) or ``unknown``:
+nothing a client writes becomes a label.
 """
 from __future__ import annotations
 
 import asyncio
 import time
 from contextvars import ContextVar, Token
+from types import TracebackType
 from typing import Optional, Sequence
 
 from mindserve._errors import (
@@ -103,18 +106,12 @@ def note_route(servable: str, version: int, method: str) -> None:
         tally.servable, tally.version, tally.method = servable, str(version), method
 
 
-def note_error(error: BaseException) -> None:
-    """The current request failed with ``error`` (the first failure noted is the one counted)."""
+def note_failure(cause: BaseException | str) -> None:
+    """The current request failed: with an error (its reason: see ``reason_of``), or for a reason label (a
+    failure that is not a ServingError, such as a malformed message). The first failure noted is the one counted."""
     tally = _current.get()
     if tally is not None and tally.reason is None:
-        tally.reason = reason_of(error)
-
-
-def note_reason(reason: str) -> None:
-    """The current request failed for ``reason`` (a failure that is not a ServingError: a malformed message)."""
-    tally = _current.get()
-    if tally is not None and tally.reason is None:
-        tally.reason = reason
+        tally.reason = cause if isinstance(cause, str) else reason_of(cause)
 
 
 def note_results(results: Sequence) -> None:
@@ -151,15 +148,9 @@ class RequestMetrics:
     def __init__(self) -> None:
         self.series: dict[SeriesKey, Series] = {}
 
-    def begin(self, protocol: str) -> tuple[Tally, Token]:
-        """Open the tally of a request that starts now; pass both to ``end``."""
-        tally = Tally(protocol)
-        return tally, _current.set(tally)
-
-    def end(self, tally: Tally, token: Token) -> None:
-        """The request is answered: count it."""
-        _current.reset(token)
-        self.count(tally, time.perf_counter_ns() - tally.started)
+    def tallied(self, protocol: str) -> "Tallied":
+        """The tally of a request that starts now, counted when the ``with`` block it opens ends."""
+        return Tallied(self, protocol)
 
     def count(self, tally: Tally, elapsed_ns: int) -> None:
         key = (tally.servable, tally.version, tally.method, tally.protocol)
@@ -180,3 +171,29 @@ class RequestMetrics:
         tally = Tally(protocol)
         tally.reason = reason
         self.count(tally, time.perf_counter_ns() - tally.started)
+
+
+class Tallied:
+    """A request's tally while its door runs it (``with``): current for the layers below, counted at the end,
+    an exception that ends it unanswered (cancellation, a defect) counted for its own reason unless a failure was
+    noted before."""
+
+    __slots__ = ("metrics", "tally", "token")
+
+    def __init__(self, metrics: RequestMetrics, protocol: str):
+        self.metrics = metrics
+        self.tally = Tally(protocol)
+        self.token: Optional[Token] = None
+
+    def __enter__(self) -> Tally:
+        self.token = _current.set(self.tally)
+        return self.tally
+
+    def __exit__(self, kind: Optional[type], error: Optional[BaseException],
+                 traceback: Optional[TracebackType]) -> None:
+        tally = self.tally
+        if error is not None and tally.reason is None:
+            tally.reason = reason_of(error)
+        if self.token is not None:
+            _current.reset(self.token)
+        self.metrics.count(tally, time.perf_counter_ns() - tally.started)

@@ -19,7 +19,7 @@ from mindserve import _defaults
 from mindserve._access.config import AccessConfig, JWTConfig
 from mindserve._checks import check_int as _check_int
 from mindserve._config import MediaStreamConfig, ServableStartConfig, SSLConfig
-from mindserve._frontends.grpc.server import check_address as _check_address
+from mindserve._frontends.listen import check_address as _check_address
 from mindserve._frontends.rest import require_aiohttp as _require_aiohttp
 from mindserve._master import get_master as _get_master
 from mindserve._master import stop as _stop

@@ -145,13 +145,11 @@ def test_what_the_dispatcher_notes_for_metrics():
     dispatcher = dispatcher_of(failing)
 
     async def one(servable: str) -> None:
-        tally = dispatcher.requests.begin(request_metrics.MS)
-        try:
-            await dispatcher.run(dispatcher.resolve(servable, "add", 0), [X])
-        except NotServed:
-            pass
-        finally:
-            dispatcher.requests.end(*tally)
+        with dispatcher.requests.tallied(request_metrics.MS):
+            try:
+                await dispatcher.run(dispatcher.resolve(servable, "add", 0), [X])
+            except NotServed:
+                pass
 
     async def scenario():
         await one("add")

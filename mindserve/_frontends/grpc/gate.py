@@ -1,42 +1,35 @@
-"""What every gRPC request of the serving services passes before its handler: admission (refused with
-UNAVAILABLE once the server drains, counted while it runs, so that the drain waits for it, and its size noted,
-so that memory is given back after large ones), and for inference requests their tally in the metrics. The
-behaviors take and return serialized messages."""
+"""What every gRPC request of the serving services passes before its handler: the doors' one admission
+(``mindserve._frontends.admission.admitted``: UNAVAILABLE once the server drains, counted while it runs and its
+size noted, an inference request tallied in the metrics). The behaviors take and return serialized messages."""
 from __future__ import annotations
 
-import asyncio
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, NoReturn, Optional
 
 import grpc
 
-from mindserve._frontends.admission import SHUTTING_DOWN, Admission
-from mindserve._metrics import requests as request_metrics
+from mindserve._frontends.admission import SHUTTING_DOWN, Admission, admitted
 from mindserve._metrics.requests import RequestMetrics
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def _reply_bytes(reply: Any) -> int:
+    return len(reply) if isinstance(reply, bytes) else 0
+
+
+async def _refuse(request: Any, context: grpc.aio.ServicerContext) -> NoReturn:
+    await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+    raise AssertionError("context.abort returned")  # it raises: the call ends with that status
 
 
 def gated(admission: Admission, behavior: Behavior, metrics: Optional[RequestMetrics] = None,
           protocol: str = "") -> Behavior:
     """A unary behavior that runs only while ``admission`` admits requests, counted as in progress meanwhile;
     with ``metrics``, an inference RPC counted there under ``protocol``."""
+    label = protocol if metrics is not None else None
 
-    async def admitted(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if not admission.enter():
-            if metrics is not None:
-                metrics.refused(protocol, request_metrics.SHUTTING_DOWN)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
-        reply = None
-        tally = metrics.begin(protocol) if metrics is not None else None
-        try:
-            reply = await behavior(request, context)
-            return reply
-        except asyncio.CancelledError as exc:  # the client went away (or its deadline passed)
-            request_metrics.note_error(exc)
-            raise
-        finally:
-            if metrics is not None and tally is not None:
-                metrics.end(*tally)
-            admission.leave(len(request) + (len(reply) if isinstance(reply, bytes) else 0))
+    async def admit(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await admitted(admission, metrics, label, behavior, _refuse, (request, context), len(request),
+                              _reply_bytes)
 
-    return admitted
+    return admit

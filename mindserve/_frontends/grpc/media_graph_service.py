@@ -44,7 +44,7 @@ from mindserve._dispatch.dispatcher import Dispatcher
 from mindserve._errors import FeatureDisabled, ServingError, clip
 from mindserve._frontends.admission import SHUTTING_DOWN, Admission
 from mindserve._frontends.grpc.ordered import OrderedAnswers, StopReading, read_into
-from mindserve._frontends.grpc.status import status_of
+from mindserve._frontends.grpc.status import failure_status, status_of
 from mindserve._frontends.grpc.strict_parse import InvalidMessage, parse_strict
 from mindserve._frontends.media_stream import frame_size
 from mindserve._frontends.media_stream.frames import MAX_PIXELS, FrameError, FrameFormat, expected_length
@@ -311,28 +311,25 @@ class _Stream:
     async def _infer(self, batch: list, frames: list[np.ndarray]) -> list:
         """The inferences of a batch's frames (admitted with its first frame: see ``_Batch``)."""
         handler, target = self._handler, self.target
-        tally = handler.dispatcher.requests.begin(request_metrics.MEDIA_STREAM)
-        try:
-            route = handler.dispatcher.resolve(target.servable, target.method, target.version)
-            instances = [{target.input_name: RawTensor(_dtypes.MS_UINT8, frame.shape, frame.data.cast("B"))}
-                         for frame in frames]
-            results = await handler.dispatcher.run(route, instances)
-            inferences = []
-            for (sequence, timestamp, _), outcome in zip(batch, results):
-                if isinstance(outcome, ServingError):
-                    raise outcome
-                found = frame_inferences(outcome)
-                if target.batch_size > 1:
-                    for inference in found:
-                        inference.extensions["sequence_number"] = str(sequence)
-                        inference.extensions["timestamp"] = str(timestamp)
-                inferences += found
-            return inferences
-        except ServingError as err:
-            request_metrics.note_error(err)
-            raise StreamEnd(status_of(err), err.message) from None
-        finally:
-            handler.dispatcher.requests.end(*tally)
+        with handler.dispatcher.requests.tallied(request_metrics.MEDIA_STREAM):  # (a cancelled batch counted so)
+            try:
+                route = handler.dispatcher.resolve(target.servable, target.method, target.version)
+                instances = [{target.input_name: RawTensor(_dtypes.MS_UINT8, frame.shape, frame.data.cast("B"))}
+                             for frame in frames]
+                results = await handler.dispatcher.run(route, instances)
+                inferences = []
+                for (sequence, timestamp, _), outcome in zip(batch, results):
+                    if isinstance(outcome, ServingError):
+                        raise outcome
+                    found = frame_inferences(outcome)
+                    if target.batch_size > 1:
+                        for inference in found:
+                            inference.extensions["sequence_number"] = str(sequence)
+                            inference.extensions["timestamp"] = str(timestamp)
+                    inferences += found
+                return inferences
+            except ServingError as err:
+                raise StreamEnd(*failure_status("ProcessMediaStream", err)) from None
 
     def reply(self, ack: int, sample: Any) -> bytes:
         self.sent += 1

@@ -15,20 +15,22 @@ from google.protobuf.message import DecodeError
 from mindserve._dispatch.dispatcher import Dispatcher
 from mindserve._dispatch.limits import too_many_instances
 from mindserve._dispatch.route import Route
-from mindserve._errors import Internal, InvalidInput, ServingError, clip, unexpected_input
+from mindserve._dtypes import TEXT_CODES
+from mindserve._errors import Internal, ServingError
 from mindserve._frontends.admission import Admission
 from mindserve._frontends.grpc import ms_wire
 from mindserve._frontends.grpc.gate import gated
 from mindserve._frontends.grpc.ms_reply import ReplyEncoder
 from mindserve._frontends.grpc.ms_shared import large_reads, output_buffers, shared_tensor, write_buffers
 from mindserve._frontends.grpc.ms_tensors import tensor_from_proto
+from mindserve._frontends.grpc.status import failure_status
 from mindserve._frontends.grpc.strict_parse import InvalidMessage, parse_strict
+from mindserve._frontends.mindspore import predict as ms_predict
 from mindserve._frontends.off_loop import OffLoop
 from mindserve._frontends.shared_memory.regions import ClientRegions, Lease
 from mindserve._metrics import requests as request_metrics
 from mindserve._proto import ms_service_pb2 as pb
 from mindserve._tensor import RawTensor, StackedInputs
-from mindserve._transport.blocks import TEXT_CODES
 
 log = logging.getLogger("mindserve")
 
@@ -71,8 +73,7 @@ class MSServiceHandler:
             request = await self._off_loop.run(parse_strict, pb.PredictRequest, data) if large \
                 else parse_strict(pb.PredictRequest, data)
         except InvalidMessage as exc:
-            request_metrics.note_reason(request_metrics.INVALID_INPUT)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(*failure_status("Predict", exc))
         return await self._answer(request.servable_spec.SerializeToString(), self._predict(request, large))
 
     def _too_many(self, count: int, spec_bytes: bytes) -> bytes:
@@ -82,20 +83,23 @@ class MSServiceHandler:
         except DecodeError:
             spec = pb.ServableSpec()
         error = too_many_instances(count, self._dispatcher.max_request_instances, spec.name, spec.method_name)
-        request_metrics.note_error(error)
-        return self._encoder.whole_request_error(spec.SerializeToString(), error)
+        return self._failed(spec.SerializeToString(), error)
 
     async def _answer(self, spec: bytes, outcomes: Awaitable[Sequence]) -> bytes:
         """The reply with the outcome of each instance, or with the error that failed the whole request."""
         try:
             return self._encoder.encode(spec, await outcomes)
         except ServingError as err:
-            request_metrics.note_error(err)
-            return self._encoder.whole_request_error(spec, err)
+            return self._failed(spec, err)
         except Exception as exc:  # a defect of ours: answer it plainly, never with a traceback
             log.exception("Predict failed")
-            request_metrics.note_error(exc)
-            return self._encoder.whole_request_error(spec, Internal(f"Predict failed: {exc}"))
+            return self._failed(spec, Internal(f"Predict failed: {exc}"))
+
+    def _failed(self, spec: bytes, error: ServingError) -> bytes:
+        """The reply to a request that failed as a whole (MSService answers it in the reply, not as a status):
+        where this door maps a failure, so where it is noted for the metrics."""
+        request_metrics.note_failure(error)
+        return self._encoder.whole_request_error(spec, error)
 
     def _common_request(self, data: bytes) -> Optional[tuple[ms_wire.RequestHead, Route, StackedInputs]]:
         """A common request (see ms_wire) read in place, with the servable version that runs it; None sends the
@@ -121,60 +125,37 @@ class MSServiceHandler:
 
     async def _predict_with(self, request: pb.PredictRequest, large: bool, lease: Optional[Lease]) -> Sequence:
         spec = request.servable_spec
-        route = self._dispatcher.resolve(spec.name, spec.method_name, spec.version_number)
-        if not request.instances:
-            raise InvalidInput(f"Instances count of request cannot be 0, servable: {clip(spec.name)}, "
-                               f"method: {clip(spec.method_name)}")
-        self._dispatcher.check_instance_count(len(request.instances), spec.name, spec.method_name)
-        names = route.signature.inputs
+        route = ms_predict.resolve(self._dispatcher, spec.name, spec.method_name, spec.version_number,
+                                   len(request.instances))
         buffers = output_buffers(request, route.signature.outputs, lease)
+        inputs_of = self._inputs_of(route.signature.inputs, spec, lease)
         if large or (lease is not None and large_reads(request)):  # (shm_data reads too run off the loop)
-            outcomes, valid_index, valid = await self._off_loop.run(self._checked_instances, request, names, lease)
+            checked = await self._off_loop.run(ms_predict.check_instances, request.instances, inputs_of)
         else:
-            outcomes, valid_index, valid = self._checked_instances(request, names, lease)
-        if len(valid) == len(outcomes) and not buffers:  # every instance valid: the results as they come (possibly
-            return await self._dispatcher.run(route, valid)  # stacked)
-        if valid:
-            for i, result in zip(valid_index, await self._dispatcher.run(route, valid)):
-                outcomes[i] = result
+            checked = ms_predict.check_instances(request.instances, inputs_of)
+        if not buffers:
+            return await ms_predict.run(self._dispatcher, route, checked)
+        outcomes = await ms_predict.merged(self._dispatcher, route, checked)
         for i, wanted in buffers.items():
             if isinstance(outcomes[i], dict):
                 outcomes[i] = write_buffers(outcomes[i], wanted)
-        request_metrics.note_results(outcomes)  # the bad instances' errors, when no instance ran
         return outcomes
 
-    def _checked_instances(self, request: pb.PredictRequest, names: tuple, lease: Optional[Lease] = None) \
-            -> tuple[list, list[int], list[dict]]:
-        """Each instance's inputs checked: the outcomes so far (a ServingError for each bad instance, None for the
-        others), and the index and inputs of each valid instance."""
-        spec = request.servable_spec
-        outcomes: list = [None] * len(request.instances)
-        valid_index, valid = [], []
-        for i, instance in enumerate(request.instances):
-            try:
-                valid.append(self._instance_inputs(instance, names, spec, lease))
-                valid_index.append(i)
-            except ServingError as err:
-                outcomes[i] = err
-        return outcomes, valid_index, valid
+    def _inputs_of(self, names: tuple, spec: pb.ServableSpec, lease: Optional[Lease]) -> ms_predict.InputsOf:
+        """How an Instance becomes its checked inputs: a tensor in shared memory read from there, one seen
+        before checked the short way, any other through every check."""
+        servable, method = spec.name, spec.method_name
+        known, checked = self._known_tensor, self._checked_tensor
 
-    def _instance_inputs(self, instance: pb.Instance, input_names: tuple, spec: pb.ServableSpec,
-                         lease: Optional[Lease] = None) -> dict:
-        items = instance.items
-        inputs = {}
-        for name in input_names:
-            tensor = items.get(name)
-            if tensor is None:
-                raise InvalidInput(f"Cannot find input {name} in instance input , servable "
-                                   f"{spec.name}, method {spec.method_name}")
+        def tensor_of(name: str, tensor: pb.Tensor) -> RawTensor:
             if tensor.WhichOneof("tensor_data") == "shm_data":
-                inputs[name] = shared_tensor(name, tensor, lease)
-                continue
-            inputs[name] = self._known_tensor(tensor) or self._checked_tensor(name, tensor)
-        if len(items) != len(input_names):
-            extra = next(key for key in items if key not in inputs)
-            raise unexpected_input(extra, spec.name, spec.method_name, input_names)
-        return inputs
+                return shared_tensor(name, tensor, lease)
+            return known(tensor) or checked(name, tensor)
+
+        def inputs_of(index: int, instance: pb.Instance) -> dict:
+            return ms_predict.instance_inputs(instance.items, names, servable, method, tensor_of)
+
+        return inputs_of
 
     def _known_tensor(self, tensor: pb.Tensor) -> Optional[RawTensor]:
         """The fast path for the tensors a request repeats instance after instance: a numeric (dtype, shape)

@@ -16,10 +16,10 @@ from typing import Any, Optional
 
 from mindserve import _dtypes
 from mindserve._errors import FeatureDisabled, InvalidInput, clip
-from mindserve._frontends.grpc.ms_tensors import check_dims, invalid_input
 from mindserve._frontends.shared_memory.client_file import LARGE_READ
 from mindserve._frontends.shared_memory.regions import Lease
 from mindserve._frontends.shared_memory.tensors import DISABLED
+from mindserve._frontends.tensor_checks import check_dims, invalid_input
 from mindserve._proto import ms_service_pb2 as pb
 from mindserve._tensor import RawTensor
 

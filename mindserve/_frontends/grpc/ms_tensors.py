@@ -1,48 +1,13 @@
-"""MSService tensors <-> the server's RawTensor, with every check a client's tensor must pass.
-
-Nothing is allocated from a declared shape: the byte count implied by shape and dtype is computed with Python
-integers (no overflow) and compared with the bytes actually received before anything else is done.
-"""
+"""MSService tensors <-> the server's RawTensor: a client's tensor through every check
+(``mindserve._frontends.tensor_checks``), an output into its reply tensor."""
 from __future__ import annotations
 
-import math
-
 from mindserve import _dtypes
-from mindserve._dispatch.limits import check_tensor_dims
-from mindserve._errors import InvalidInput, ServingError, clip
+from mindserve._frontends.tensor_checks import check_data_size, check_dims, check_utf8, invalid_input
 from mindserve._proto import ms_service_pb2 as pb
 from mindserve._tensor import RawTensor
 
-_TEXT_TYPES = (_dtypes.MS_STRING, _dtypes.MS_BYTES)
-
-
-def invalid_input(name: str, detail: str) -> ServingError:
-    """The error for a bad tensor of input ``name`` (shared by the gRPC frontends, so the texts are one)."""
-    return InvalidInput(f"Instances input {clip(name)} check failed, detail: {detail}")
-
-
-
-def check_dims(name: str, dims: tuple) -> None:
-    """Refuse a shape with more than MAX_TENSOR_DIMS dims, or with a negative dim."""
-    check_tensor_dims(name, len(dims))
-    if any(d < 0 for d in dims):
-        raise invalid_input(name, f"Tensor check failed: input shape {list(dims)} invalid")
-
-
-def check_data_size(name: str, code: int, dims: tuple, size: int) -> None:
-    """Refuse ``size`` bytes of data unless they are exactly what ``dims`` of numeric type ``code`` take (the
-    product is a Python int: a huge declared shape cannot overflow, and nothing is allocated from it)."""
-    expected = math.prod(dims) * _dtypes.NUMPY_OF[code].itemsize
-    if size != expected:
-        raise invalid_input(name, f"Tensor check failed: input data size {size} invalid, shape {list(dims)} of "
-                                  f"{_dtypes.NAME_OF[code]} needs {expected} bytes")
-
-
-def check_utf8(name: str, data: bytes) -> None:
-    try:
-        data.decode()
-    except UnicodeDecodeError:
-        raise invalid_input(name, "Instance tensor check failed: string input is not valid UTF-8") from None
+_TEXT_TYPES = _dtypes.TEXT_CODES
 
 
 def tensor_from_proto(name: str, tensor: pb.Tensor) -> RawTensor:

@@ -28,7 +28,6 @@ from mindserve._dispatch.dispatcher import Dispatcher
 from mindserve._errors import InvalidInput, NotServed, clip
 from mindserve._frontends.admission import Admission
 from mindserve._frontends.grpc.gate import gated
-from mindserve._frontends.grpc.ms_tensors import invalid_input
 from mindserve._frontends.grpc.oip_stream import StreamInfer
 from mindserve._frontends.grpc.oip_wire import InferCall, InferReader, encode_response
 from mindserve._frontends.grpc.strict_parse import parse_strict
@@ -40,6 +39,7 @@ from mindserve._frontends.oip.models import SERVER_NAME
 from mindserve._frontends.oip.tensors import InputTensor, RawInput
 from mindserve._frontends.shared_memory.regions import ClientRegions, Lease
 from mindserve._frontends.shared_memory.tensors import CUDA_UNSUPPORTED, enabled, parameter_values, shared_input
+from mindserve._frontends.tensor_checks import invalid_input
 from mindserve._metrics import requests as request_metrics
 from mindserve._proto import grpc_inference as oip
 

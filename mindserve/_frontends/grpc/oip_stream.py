@@ -20,23 +20,18 @@ ModelStreamInferResponses {error_message = 1, infer_response = 2}, as ``tritoncl
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import deque
 from typing import AsyncIterator, Awaitable, Callable, Optional, Union
 
 import grpc
 
-from mindserve._errors import ServingError
 from mindserve._frontends.admission import SHUTTING_DOWN, Admission
 from mindserve._frontends.grpc.ordered import OrderedAnswers, StopReading, read_into
-from mindserve._frontends.grpc.status import status_of
-from mindserve._frontends.grpc.strict_parse import InvalidMessage
+from mindserve._frontends.grpc.status import failure_status
 from mindserve._frontends.grpc.wire_write import field, text_field
 from mindserve._frontends.stream_memory import StreamMemory, StreamShare, Ticket, server_memory
 from mindserve._metrics import requests as request_metrics
 from mindserve._metrics.requests import RequestMetrics
-
-log = logging.getLogger("mindserve")
 
 MAX_IN_FLIGHT = 64  # requests of one stream running at once
 RECENT_ANSWERS = 64  # a new stream's first estimate: the largest of the server's last answers
@@ -147,24 +142,14 @@ class StreamInfer:
 
     async def _outcome(self, data: bytes) -> Union[bytes, StreamError]:
         """One request's ModelInferResponse bytes, or its StreamError."""
-        tally = self._metrics.begin(request_metrics.V2_STREAM)
         reply: Optional[bytes] = None
         try:
-            reply = await self._infer(data)
-            return reply
-        except InvalidMessage as exc:
-            request_metrics.note_reason(request_metrics.INVALID_INPUT)
-            return StreamError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), *self._identify(data))
-        except ServingError as err:
-            request_metrics.note_error(err)
-            return StreamError(status_of(err), err.message, *self._identify(data))
-        except asyncio.CancelledError as exc:
-            request_metrics.note_error(exc)
-            raise
-        except Exception as exc:  # a defect of ours: answered plainly, the stream goes on
-            log.exception("ModelStreamInfer failed")
-            request_metrics.note_error(exc)
-            return StreamError(grpc.StatusCode.INTERNAL, f"ModelStreamInfer failed: {exc}", *self._identify(data))
+            with self._metrics.tallied(request_metrics.V2_STREAM):  # (a cancelled one counted as such)
+                try:
+                    reply = await self._infer(data)
+                    return reply
+                except Exception as exc:  # answered on the stream, which goes on
+                    status, message = failure_status("ModelStreamInfer", exc)
+                    return StreamError(status, message, *self._identify(data))
         finally:
-            self._metrics.end(*tally)
             self._admission.leave(len(data) + (len(reply) if reply is not None else 0))

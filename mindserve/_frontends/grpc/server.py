@@ -10,48 +10,15 @@ from typing import Optional, Sequence
 import grpc
 
 from mindserve._config import SSLConfig
+from mindserve._frontends.listen import read_pem, remove_socket_file, unix_socket_path
 
-UNIX_PREFIX = "unix:"
 METADATA_LIMIT = 16 << 10
 
 
-def unix_socket_path(address: str) -> Optional[str]:
-    """The file of a ``unix:`` address (``unix:/abs``, ``unix:///abs`` or ``unix:relative``), else None."""
-    if not address.startswith(UNIX_PREFIX):
-        return None
-    path = address[len(UNIX_PREFIX):]
-    if path.startswith("//"):
-        path = path[2:]
-    return path
-
-
-def check_address(address: str) -> None:
-    if not isinstance(address, str) or not address:
-        raise RuntimeError(f"Parameter 'address' should be a non-empty str, but actually {address!r}")
-    if address.startswith("unix-abstract:"):
-        raise RuntimeError("unix-abstract: addresses are not supported: they cannot be protected by file "
-                           "permissions; use unix:/path")
-    if address.startswith(UNIX_PREFIX):
-        if not unix_socket_path(address):
-            raise RuntimeError(f"the unix socket address '{address}' has no path")
-    else:
-        host, _, port = address.rpartition(":")
-        if not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
-            raise RuntimeError(f"the address '{address}' should be 'host:port' or 'unix:/path'")
-
-
-def _read(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise RuntimeError(f"cannot read the {what} file '{path}': {exc.strerror}") from None
-
-
 def server_credentials(ssl_config: SSLConfig) -> grpc.ServerCredentials:
-    key = _read(ssl_config.private_key, "private key")
-    cert = _read(ssl_config.certificate, "certificate")
-    ca = _read(ssl_config.custom_ca, "CA certificate") if ssl_config.custom_ca else None
+    key = read_pem(ssl_config.private_key, "private key")
+    cert = read_pem(ssl_config.certificate, "certificate")
+    ca = read_pem(ssl_config.custom_ca, "CA certificate") if ssl_config.custom_ca else None
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
                                        require_client_auth=ssl_config.verify_client)
 
@@ -133,7 +100,4 @@ class GrpcServer:
         """Stop taking new calls, let calls in progress finish within ``grace`` seconds, remove the socket file."""
         await self.server.stop(grace)
         if self.socket_path:
-            try:
-                os.unlink(self.socket_path)
-            except FileNotFoundError:
-                pass
+            remove_socket_file(self.socket_path)

@@ -3,17 +3,12 @@ messages (so that parsing is the door's own: strict, INVALID_ARGUMENT with a tex
 once, here, as its gRPC status and text, never UNKNOWN and never a traceback."""
 from __future__ import annotations
 
-import logging
 from typing import Any, Awaitable, Callable
 
 import grpc
 
-from mindserve._errors import ServingError
-from mindserve._frontends.grpc.status import status_of
-from mindserve._frontends.grpc.strict_parse import InvalidMessage, parse_strict
-from mindserve._metrics import requests as request_metrics
-
-log = logging.getLogger("mindserve")
+from mindserve._frontends.grpc.status import failure_status
+from mindserve._frontends.grpc.strict_parse import parse_strict
 
 
 def parsed(message_class: type, impl: Callable[[Any], Awaitable[Any]]) -> Callable[[bytes], Awaitable[bytes]]:
@@ -29,16 +24,8 @@ def unary(rpc: str, call: Callable[[bytes], Awaitable[bytes]]):
         # context.abort raises; it is called outside the try block so that nothing here catches it
         try:
             return await call(data)
-        except InvalidMessage as exc:
-            request_metrics.note_reason(request_metrics.INVALID_INPUT)
-            status, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-        except ServingError as err:
-            request_metrics.note_error(err)
-            status, message = status_of(err), err.message
-        except Exception as exc:  # a defect of ours: answer it plainly, never with a traceback
-            log.exception("%s failed", rpc)
-            request_metrics.note_error(exc)
-            status, message = grpc.StatusCode.INTERNAL, f"{rpc} failed: {exc}"
+        except Exception as exc:
+            status, message = failure_status(rpc, exc)
         await context.abort(status, message)
         raise AssertionError("context.abort returned")  # it raises: the call ends with that status
     return handle

@@ -23,8 +23,8 @@ from mindserve._dispatch.dispatcher import Dispatcher
 from mindserve._dispatch.limits import too_many_instances
 from mindserve._dispatch.route import MethodSignature, Route, TensorSpec
 from mindserve._errors import InvalidInput, StageFailed, clip
-from mindserve._frontends.grpc.ms_tensors import check_data_size, check_dims, check_utf8, invalid_input
 from mindserve._frontends.oip.models import Model
+from mindserve._frontends.tensor_checks import check_data_size, check_dims, check_utf8, invalid_input
 from mindserve._tensor import RawTensor, Results, StackedInput, StackedInputs
 
 TEXT_TYPES = (_dtypes.MS_STRING, _dtypes.MS_BYTES)

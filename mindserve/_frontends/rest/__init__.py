@@ -4,8 +4,10 @@
 - ``common``: reading bodies within the size limit, JSON answers and errors, status codes;
 - ``v2_routes`` / ``v2_codec``: the Open Inference Protocol's REST form (KServe v2) with the binary tensor data
   extension that ``tritonclient.http`` uses;
-- ``ms_routes`` / ``ms_values``: MindSpore Serving's form, ``POST /model/{servable}[/version/{n}]:{method}``;
-- ``json_tensors``: JSON arrays as tensors (shape, element types), shared by both forms.
+- ``ms_routes``: MindSpore Serving's form, ``POST /model/{servable}[/version/{n}]:{method}``.
+
+Both forms take their JSON values from outside the transport: ``_frontends/json_tensors.py`` (JSON arrays as
+tensors) and ``_frontends/mindspore/values.py`` (MindSpore's value types).
 
 aiohttp is an optional dependency (the ``rest`` extra): nothing here imports it until a REST server starts.
 """

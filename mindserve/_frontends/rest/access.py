@@ -15,8 +15,7 @@ from mindserve._access.groups import OPEN, rest_group
 from mindserve._access.identities import CN, DNS, EMAIL, IP, URI, Identity
 from mindserve._access.policy import AccessPolicy, TokenIssuer, duplicate_header
 from mindserve._errors import PermissionDenied, ServingError, Unauthenticated
-from mindserve._frontends.rest.common import error_response, json_response, status_of
-from mindserve._metrics import requests as request_metrics
+from mindserve._frontends.rest.common import error_response, failure_response, json_response
 
 BAD_CONSUMER = "unknown consumer, or wrong secret"
 
@@ -39,9 +38,7 @@ def _peer_identities(request: web.Request) -> list[Identity]:
 
 
 def _denial(request: web.Request, error: ServingError) -> web.Response:
-    request_metrics.note_error(error)  # counted when the request is an inference request
-    response = error_response(status_of(error), error.message,
-                              "error_msg" if request.path.startswith("/model/") else "error")
+    response = failure_response("Access", error, "error_msg" if request.path.startswith("/model/") else "error")
     if isinstance(error, Unauthenticated):
         response.headers["WWW-Authenticate"] = "Bearer"
     return response

@@ -16,7 +16,7 @@ import functools
 import json
 import logging
 import sys
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional, Union
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -83,25 +83,33 @@ Handler = Callable[..., Awaitable[web.StreamResponse]]
 
 
 def answers_errors(route: str, key: str = "error") -> Callable[[Handler], Handler]:
-    """Every failure of a route answered as ``{key: text}`` with its status, never a traceback: the one place
-    where REST turns errors into answers (``error_msg`` is MindSpore Serving's key, ``error`` KServe's)."""
+    """Every failure of a route answered as ``{key: text}`` with its status, never a traceback (see
+    ``failure_response``; ``error_msg`` is MindSpore Serving's key, ``error`` KServe's)."""
     def wrap(handler: Handler) -> Handler:
         @functools.wraps(handler)
         async def handle(*args: Any) -> web.StreamResponse:
             try:
                 return await handler(*args)
-            except HttpError as err:
-                request_metrics.note_reason(request_metrics.INVALID_INPUT if err.status < 500 else "internal")
-                return error_response(err.status, err.message, key)
-            except ServingError as err:
-                request_metrics.note_error(err)
-                return error_response(status_of(err), err.message, key)
-            except Exception as exc:  # a defect of ours: answer it plainly
-                log.exception("%s failed", route)
-                request_metrics.note_error(exc)
-                return error_response(500, f"{route} failed: {exc}", key)
+            except Exception as exc:
+                return failure_response(route, exc, key)
         return handle
     return wrap
+
+
+def failure_response(route: str, exc: Exception, key: str = "error") -> web.Response:
+    """The answer to a request of ``route`` that failed with ``exc``: an HttpError with its status, a
+    ServingError with its kind's, anything else a defect of ours, logged and answered 500 plainly. The one place
+    where REST turns failures into answers, so where it notes them for the metrics."""
+    if isinstance(exc, HttpError):
+        cause: Union[Exception, str] = request_metrics.INVALID_INPUT if exc.status < 500 else "internal"
+        status, message = exc.status, exc.message
+    elif isinstance(exc, ServingError):
+        cause, status, message = exc, status_of(exc), exc.message
+    else:
+        log.exception("%s failed", route)
+        cause, status, message = exc, 500, f"{route} failed: {exc}"
+    request_metrics.note_failure(cause)
+    return error_response(status, message, key)
 
 
 def dumps(document: Any) -> bytes:

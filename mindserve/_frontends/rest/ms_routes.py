@@ -4,18 +4,19 @@
 instance: a failed instance is ``{"error_msg": text}`` in its place (status 200, the others still get
 results); a failure of the whole request is ``{"error_msg": text}`` alone, with the status of its kind (404 no
 such servable, version or method; 400 a malformed request; 503 no live worker; 429 the queue is full; 413 a body
-over the limit). Values and their types: see ``ms_values``. Texts are MSService's.
+over the limit). Values and their types: see ``_frontends/mindspore/values.py``. Texts are MSService's.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import Any
 
 from aiohttp import web
 
 from mindserve._dispatch.dispatcher import Dispatcher
-from mindserve._errors import InvalidInput, ServingError, clip, unexpected_input
-from mindserve._frontends.rest import ms_values
+from mindserve._errors import InvalidInput, ServingError, clip
+from mindserve._frontends.mindspore import predict as ms_predict
+from mindserve._frontends.mindspore import values as ms_values
 from mindserve._frontends.rest.common import (
     HttpError,
     answers_errors,
@@ -53,25 +54,18 @@ class MindSporeRoutes:
         check_content_type(request)
         document = parse_json(await read_body(request, self._limit))
         instances = _instances(document)
-        route = self._dispatcher.resolve(servable, method, version)
-        if not instances:
-            raise InvalidInput(f"Instances count of request cannot be 0, servable: {clip(servable)}, "
-                               f"method: {clip(method)}")
-        self._dispatcher.check_instance_count(len(instances), servable, method)
-        outcomes: list = [None] * len(instances)
-        valid_index, valid = [], []
-        for i, instance in enumerate(instances):
-            try:
-                valid.append(_inputs(i, instance, route.signature.inputs, servable, method))
-                valid_index.append(i)
-            except ServingError as err:
-                outcomes[i] = err
-        if valid:
-            results = await self._dispatcher.run(route, valid)
-            if results.stacked is not None and len(valid) == len(outcomes):
-                return {"instances": _stacked(len(results), results.stacked)}
-            for i, result in zip(valid_index, results):
-                outcomes[i] = result
+        route = ms_predict.resolve(self._dispatcher, servable, method, version, len(instances))
+        names = route.signature.inputs
+
+        def inputs_of(index: int, instance: Any) -> dict:
+            if type(instance) is not dict:
+                raise InvalidInput(f"Instance {index} should be a JSON object of input names and values")
+            return ms_predict.instance_inputs(instance, names, servable, method, ms_values.to_tensor)
+
+        outcomes = await ms_predict.run(self._dispatcher, route, ms_predict.check_instances(instances, inputs_of))
+        stacked = getattr(outcomes, "stacked", None)
+        if stacked is not None:
+            return {"instances": _stacked(len(outcomes), stacked)}
         return {"instances": [_outcome(o) for o in outcomes]}
 
 
@@ -96,21 +90,6 @@ def _instances(document: Any) -> list:
         raise HttpError(400, "'instances' should be a JSON array of instances (objects of input names and values), "
                              "or one such object")
     return instances
-
-
-def _inputs(index: int, instance: Any, names: Sequence[str], servable: str, method: str) -> dict:
-    if type(instance) is not dict:
-        raise InvalidInput(f"Instance {index} should be a JSON object of input names and values")
-    inputs = {}
-    for name in names:
-        if name not in instance:
-            raise InvalidInput(f"Cannot find input {name} in instance input , servable {servable}, "
-                               f"method {method}")
-        inputs[name] = ms_values.to_tensor(name, instance[name])
-    if len(instance) != len(names):
-        extra = next(key for key in instance if key not in inputs)
-        raise unexpected_input(extra, servable, method, names)
-    return inputs
 
 
 def _outcome(outcome: Any) -> dict:

@@ -2,12 +2,8 @@
 optional TLS / mutual TLS and a request size limit, on the master's asyncio loop."""
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-import socket
 import ssl
-import stat
 from typing import Optional
 
 from aiohttp import web
@@ -18,9 +14,9 @@ from mindserve._access.groups import INFERENCE, rest_group
 from mindserve._access.policy import AccessPolicy
 from mindserve._config import SSLConfig
 from mindserve._dispatch.dispatcher import Dispatcher
-from mindserve._frontends.admission import SHUTTING_DOWN, Admission
-from mindserve._frontends.grpc.server import _read as read_pem
-from mindserve._frontends.grpc.server import unix_socket_path
+from mindserve._frontends.admission import SHUTTING_DOWN, Admission, admitted
+from mindserve._frontends.listen import host_port as parse_host_port
+from mindserve._frontends.listen import read_pem, remove_socket_file, unix_socket, unix_socket_path
 from mindserve._frontends.rest.access import TokenRoutes, access_middleware
 from mindserve._frontends.rest.common import error_response
 from mindserve._frontends.rest.connections import ConnectionLimits, capped_connections
@@ -57,37 +53,6 @@ def ssl_context(config: SSLConfig) -> ssl.SSLContext:
     return context
 
 
-def _host_port(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]  # [::1]:1500
-    if not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
-        raise RuntimeError(f"the address '{address}' should be 'host:port' or 'unix:/path'")
-    return host, int(port)
-
-
-def _unix_socket(path: str) -> socket.socket:
-    """A listening-ready unix socket at ``path``, owner-only: the umask applies while bind creates the file (the
-    umask is process-wide, so the window is kept to the bind call) and chmod makes it certain. A stale socket file
-    is replaced, as gRPC does; any other file at the path is an error."""
-    try:
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)
-    try:
-        sock.bind(path)
-    except OSError as exc:
-        sock.close()
-        raise RuntimeError(f"REST server failed to listen on unix:{path}: {exc.strerror or exc}") from None
-    finally:
-        os.umask(old_umask)
-    os.chmod(path, 0o600)
-    return sock
-
-
 class _ClientFaultFilter(logging.Filter):
     """Drops aiohttp's tracebacks for what a client did wrong (a malformed request line, chunk or compressed body,
     a connection it dropped): each is answered 400 or needs no answer, and a client must not be able to fill the
@@ -112,33 +77,27 @@ def _inference_protocol(request: web.Request) -> Optional[str]:
     return request_metrics.REST_MS if request.path.startswith("/model/") else request_metrics.REST_V2
 
 
+def _body_bytes(response: Optional[web.StreamResponse]) -> int:
+    body = getattr(response, "body", None)
+    return len(body) if isinstance(body, bytes) else 0
+
+
+async def _refuse(request: web.Request) -> web.StreamResponse:
+    refusal = error_response(503, SHUTTING_DOWN, "error_msg" if request.path.startswith("/model/") else "error")
+    refusal.force_close()
+    return refusal
+
+
 def _admitting(admission: Admission, metrics: RequestMetrics):
-    """Middleware: requests refused with 503 once the server drains; those admitted counted until answered, and
-    inference requests counted in ``metrics``. While the server drains, every response closes its connection,
-    so that keep-alive clients reconnect elsewhere."""
+    """Middleware: the doors' one admission (``mindserve._frontends.admission.admitted``): requests refused with
+    503 once the server drains; those admitted counted until answered, and inference requests counted in
+    ``metrics``. While the server drains, every response closes its connection, so that keep-alive clients
+    reconnect elsewhere."""
 
     @web.middleware
     async def admit(request: web.Request, handler):
-        protocol = _inference_protocol(request)
-        if not admission.enter():
-            if protocol is not None:
-                metrics.refused(protocol, request_metrics.SHUTTING_DOWN)
-            refusal = error_response(503, SHUTTING_DOWN, "error_msg" if request.path.startswith("/model/")
-                                     else "error")
-            refusal.force_close()
-            return refusal
-        response: Optional[web.StreamResponse] = None
-        tally = metrics.begin(protocol) if protocol is not None else None
-        try:
-            response = await handler(request)
-        except asyncio.CancelledError as exc:  # the client went away
-            request_metrics.note_error(exc)
-            raise
-        finally:
-            if tally is not None:
-                metrics.end(*tally)
-            body = getattr(response, "body", None)
-            admission.leave((request.content_length or 0) + (len(body) if isinstance(body, bytes) else 0))
+        response = await admitted(admission, metrics, _inference_protocol(request), handler, _refuse, (request,),
+                                  request.content_length or 0, _body_bytes)
         if admission.closed:
             response.force_close()
         return response
@@ -210,14 +169,14 @@ class RestServer:
         context = ssl_context(ssl_config) if ssl_config else None
         _quiet_client_faults()
         socket_path = unix_socket_path(address)
-        host_port = None if socket_path else _host_port(address)
+        host_port = None if socket_path else parse_host_port(address)
         # access_log=None: no per-request log line (aiohttp's would be the hot path's most expensive step);
         # shutdown_timeout: how long stop() lets requests in flight finish; keepalive_timeout: aiohttp arms it
         # when a connection opens and after each response, and closes a connection that has not sent a whole
         # request head by then (a slowloris client, one that connects and says nothing, an idle keep-alive)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=drain_grace_s,
                                keepalive_timeout=limits.idle_timeout_s)
-        sock = _unix_socket(socket_path) if socket_path else None
+        sock = unix_socket(socket_path, "REST server") if socket_path else None
         await runner.setup()
         capped_connections(runner, limits.max_connections)
         try:
@@ -234,7 +193,7 @@ class RestServer:
             await runner.cleanup()
             if sock is not None and socket_path is not None:
                 sock.close()
-                _remove(socket_path)  # the file this server's bind made
+                remove_socket_file(socket_path)  # the file this server's bind made
             raise
         if host_port is None:
             return cls(runner, address, socket_path)
@@ -253,11 +212,5 @@ class RestServer:
             await self.runner.cleanup()
         finally:
             if self.socket_path:
-                _remove(self.socket_path)
+                remove_socket_file(self.socket_path)
 
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

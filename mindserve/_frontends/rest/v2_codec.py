@@ -19,12 +19,12 @@ from aiohttp import web
 
 from mindserve import _dtypes
 from mindserve._errors import InvalidInput, clip
-from mindserve._frontends.grpc.ms_tensors import invalid_input
+from mindserve._frontends import json_tensors
 from mindserve._frontends.oip.tensors import InputTensor, OutputTensor, RawInput, join_bytes
-from mindserve._frontends.rest import json_tensors
 from mindserve._frontends.rest.common import HttpError, dumps, parse_json
 from mindserve._frontends.shared_memory.regions import Lease
 from mindserve._frontends.shared_memory.tensors import shared_input
+from mindserve._frontends.tensor_checks import invalid_input
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 

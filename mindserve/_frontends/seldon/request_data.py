@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError
 
 from mindserve import _dtypes
 from mindserve._errors import InvalidInput, clip
-from mindserve._frontends.rest import ms_values
+from mindserve._frontends.mindspore import values as ms_values
 from mindserve._tensor import RawTensor
 
 STRUCT_TYPE = "google.protobuf.Struct"

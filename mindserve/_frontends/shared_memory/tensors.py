@@ -8,10 +8,10 @@ from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 from mindserve import _dtypes
 from mindserve._errors import FeatureDisabled, InvalidInput, clip
-from mindserve._frontends.grpc.ms_tensors import check_data_size, invalid_input
 from mindserve._frontends.oip.tensors import Data, InputTensor, OutputTensor, join_bytes
 from mindserve._frontends.shared_memory.client_file import LARGE_READ
 from mindserve._frontends.shared_memory.regions import ClientRegions, Lease
+from mindserve._frontends.tensor_checks import check_data_size, invalid_input
 
 REGION = "shared_memory_region"
 OFFSET = "shared_memory_offset"

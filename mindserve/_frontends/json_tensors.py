@@ -12,7 +12,7 @@ import numpy as np
 from mindserve import _dtypes
 from mindserve._dispatch.limits import check_tensor_dims
 from mindserve._errors import clip
-from mindserve._frontends.grpc.ms_tensors import invalid_input
+from mindserve._frontends.tensor_checks import invalid_input
 
 INT_CODES = frozenset({_dtypes.MS_INT8, _dtypes.MS_INT16, _dtypes.MS_INT32, _dtypes.MS_INT64, _dtypes.MS_UINT8,
                        _dtypes.MS_UINT16, _dtypes.MS_UINT32, _dtypes.MS_UINT64})

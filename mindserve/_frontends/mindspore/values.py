@@ -24,8 +24,8 @@ from typing import Any
 
 from mindserve import _dtypes
 from mindserve._errors import clip
-from mindserve._frontends.grpc.ms_tensors import check_data_size, check_utf8, invalid_input
-from mindserve._frontends.rest import json_tensors
+from mindserve._frontends import json_tensors
+from mindserve._frontends.tensor_checks import check_data_size, check_utf8, invalid_input
 from mindserve._tensor import RawTensor
 
 B64_TYPES = {
