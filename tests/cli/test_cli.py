@@ -88,7 +88,8 @@ rest_address: null
 def test_serve_prints_the_ready_servables_and_the_address(served):
     assert served.output == (
         f"servable add version 1 from {BUNDLED_SERVABLES}/add on device 0: methods add_common, add_cast\n"
-        f"servable iris version 1 from {BUNDLED_SERVABLES}/iris on device 0: methods predict, predict_with_puid, classify\n"
+        f"servable iris version 1 from {BUNDLED_SERVABLES}/iris on device 0: methods predict, predict_with_puid, "
+        f"classify\n"
         f"servable digits version 1 from {BUNDLED_SERVABLES}/digits on device 0: methods classify_top1, "
         f"classify_top5, classify_top1_batch\n"
         f"gRPC listening on {served.address}\n"

@@ -21,8 +21,8 @@ MS_FLOAT32, MS_INT32, MS_STRING = 11, 6, 13
 INVALID_INPUTS, SYSTEM_ERROR, SERVABLE_UNAVAILABLE = 2, 3, 5
 
 # MindSpore's texts for add's model inputs, then the input named and what it takes, in numpy's terms
-X2_INT32 = ("Given model input 1 data type kMSI_Int32 not match the data type kMSI_Float32 defined in model: input 'x2' "
-            "of model tensor_add.onnx takes float32 [2, 2], given int32 [2, 2]")
+X2_INT32 = ("Given model input 1 data type kMSI_Int32 not match the data type kMSI_Float32 defined in model: "
+            "input 'x2' of model tensor_add.onnx takes float32 [2, 2], given int32 [2, 2]")
 X1_SIZE = ("Given model input 0 size 24 not match the size 16 defined in model: input 'x1' of model tensor_add.onnx "
            "takes float32 [2, 2], given float32 [3, 2]")
 

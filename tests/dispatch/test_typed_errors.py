@@ -4,9 +4,28 @@ from __future__ import annotations
 import pytest
 
 from mindserve._dispatch.dispatcher import Dispatcher
-from mindserve._errors import (FAILED, AlreadyExists, FeatureDisabled, INVALID_INPUTS, SERVABLE_UNAVAILABLE, SYSTEM_ERROR, WORKER_UNAVAILABLE,
-                               Internal, InvalidInput, KeyRequired, NoLiveWorker, NotServed, PermissionDenied,
-                               QueueFull, ServingError, StageFailed, Unauthenticated, WorkerLost, from_worker, kind_of)
+from mindserve._errors import (
+    FAILED,
+    INVALID_INPUTS,
+    SERVABLE_UNAVAILABLE,
+    SYSTEM_ERROR,
+    WORKER_UNAVAILABLE,
+    AlreadyExists,
+    FeatureDisabled,
+    Internal,
+    InvalidInput,
+    KeyRequired,
+    NoLiveWorker,
+    NotServed,
+    PermissionDenied,
+    QueueFull,
+    ServingError,
+    StageFailed,
+    Unauthenticated,
+    WorkerLost,
+    from_worker,
+    kind_of,
+)
 from mindserve._frontends.grpc.status import GRPC_STATUS
 from mindserve._frontends.rest.common import HTTP_STATUS
 

@@ -1,8 +1,8 @@
 """The public names of mindserve.server and mindserve.client are exactly the documented ones: anything else a
 user could import from them would become a contract by accident."""
 from __future__ import annotations
-
 import __future__
+
 import types
 
 import mindserve.client
@@ -17,8 +17,9 @@ def _public(module: types.ModuleType) -> set:
 
 
 def test_server_names():
-    names = {"AccessConfig", "JWTConfig", "MediaStreamConfig", "ServableStartConfig", "ServerHandle", "SSLConfig", "context", "register",
-             "start_servables", "start_grpc_server", "start_restful_server", "start_metrics_server", "stop"}
+    names = {"AccessConfig", "JWTConfig", "MediaStreamConfig", "ServableStartConfig", "ServerHandle", "SSLConfig",
+             "context", "register", "start_servables", "start_grpc_server", "start_restful_server",
+             "start_metrics_server", "stop"}
     assert _public(mindserve.server) == names == set(mindserve.server.__all__)
 
 

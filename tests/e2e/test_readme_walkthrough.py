@@ -1,8 +1,8 @@
 """The README's "Write your own servable in a few minutes" run as written: its make_model.py, servable_config.py
-and serving.yaml blocks are taken from README.md itself, and each `$ ` command of its step 4 is run (as a shell splits it) with
-the project's venv first on PATH (as `. .venv/bin/activate` puts it) and must print exactly what the README shows.
-Substitutions, so that the test never meets another server or depends on a home folder: free ports for 5600
-and 5602, and the test's folder for /home/me."""
+and serving.yaml blocks are taken from README.md itself, and each `$ ` command of its step 4 is run (as a shell
+splits it) with the project's venv first on PATH (as `. .venv/bin/activate` puts it) and must print exactly what
+the README shows. Substitutions, so that the test never meets another server or depends on a home folder: free
+ports for 5600 and 5602, and the test's folder for /home/me."""
 from __future__ import annotations
 
 import os

@@ -22,12 +22,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from tritonclient.utils import InferenceServerException
 
-from support.paths import BUNDLED_SERVABLES
-from support.processes import free_port, start_server
 from mindserve._access.groups import GRPC_METHODS, rest_group
 from mindserve._access.policy import AccessPolicy
 from mindserve.client import Client, SSLConfig
 from mindserve.server import AccessConfig, JWTConfig
+from support.paths import BUNDLED_SERVABLES
+from support.processes import free_port, start_server
 
 SECRET = "an HMAC secret of more than thirty-two bytes"
 KEY_DENIED = "This API is restricted, expecting header 'infer-key'"

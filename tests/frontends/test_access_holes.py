@@ -26,17 +26,17 @@ import jwt
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2
-from support.certs import CertificateAuthority, San
-from support.memory import reset_peak, status_bytes
-from support.paths import BUNDLED_SERVABLES
-from support.processes import free_addresses, start_server, wait_until
-from support.rest import request as http_request
 
 from mindserve._access.backoff import FailureBackoff
 from mindserve._access.policy import AccessPolicy
 from mindserve._proto import grpc_inference as oip
 from mindserve._proto import ms_service_pb2 as pb
 from mindserve.server import AccessConfig
+from support.certs import CertificateAuthority, San
+from support.memory import reset_peak, status_bytes
+from support.paths import BUNDLED_SERVABLES
+from support.processes import free_addresses, start_server, wait_until
+from support.rest import request as http_request
 
 SECRET = "an HMAC secret of more than thirty-two bytes"
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"

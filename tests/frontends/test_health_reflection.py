@@ -58,8 +58,8 @@ def check(channel: grpc.Channel, service: str) -> int:
     return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=30).status
 
 
-ALL_NAMES = ["", "liveness", "add", "add.add_common", "add.add_cast", "versioned", "versioned.predict", "hold", "hold.echo",
-             *SERVICES]
+ALL_NAMES = ["", "liveness", "add", "add.add_common", "add.add_cast", "versioned", "versioned.predict", "hold",
+             "hold.echo", *SERVICES]
 
 
 @pytest.mark.parametrize("service", ALL_NAMES)

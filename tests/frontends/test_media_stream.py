@@ -170,7 +170,8 @@ def solid(value: int, width=64, height=48) -> np.ndarray:
 
 
 def tags(reply) -> list:
-    return [(i.classification.tag.value, round(i.classification.tag.confidence, 3)) for i in reply.media_sample.inferences]
+    return [(i.classification.tag.value, round(i.classification.tag.confidence, 3))
+            for i in reply.media_sample.inferences]
 
 
 def test_handshake_acks_timestamps_and_the_default_method(ava, contract):

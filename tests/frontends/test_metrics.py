@@ -17,8 +17,8 @@ import tritonclient.grpc as triton_grpc
 
 from mindserve.client import Client
 from support import model_files, servables
-from support.processes import free_addresses, free_port, start_server, wait_until, worker_pids
 from support.metrics import scrape, scrape_fresh, value
+from support.processes import free_addresses, free_port, start_server, wait_until, worker_pids
 from support.rest import request, unix_request
 
 

@@ -12,7 +12,7 @@ from mindserve._frontends.grpc.wire_write import varint
 from mindserve._native import ffi, lib
 from mindserve._proto import ms_service_pb2 as pb
 from mindserve._tensor import StackedInputs
-from mindserve._transport.blocks import BlockWriter, PREFIX, align
+from mindserve._transport.blocks import PREFIX, BlockWriter, align
 
 
 def _request(instances: list[dict], name="add", method="add_common", version=0) -> bytes:

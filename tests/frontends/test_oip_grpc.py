@@ -18,9 +18,21 @@ from tritonclient.grpc import aio as tg_aio
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
-from mindserve._errors import (FAILED, INVALID_INPUTS, SERVABLE_UNAVAILABLE, SYSTEM_ERROR, WORKER_UNAVAILABLE,
-                               Internal, InvalidInput, NoLiveWorker, NotServed, QueueFull, ServingError, StageFailed,
-                               WorkerLost)
+from mindserve._errors import (
+    FAILED,
+    INVALID_INPUTS,
+    SERVABLE_UNAVAILABLE,
+    SYSTEM_ERROR,
+    WORKER_UNAVAILABLE,
+    Internal,
+    InvalidInput,
+    NoLiveWorker,
+    NotServed,
+    QueueFull,
+    ServingError,
+    StageFailed,
+    WorkerLost,
+)
 from mindserve._frontends.grpc.status import status_of
 from mindserve._proto import grpc_inference as oip
 from mindserve.client import Client

@@ -79,7 +79,8 @@ def test_one_instance_as_an_object(ms_server):
     assert predict(ms_server, "/model/add:add_common", body) == [{"y": [[3.0, 3.0], [3.0, 3.0]]}]
 
 
-@pytest.mark.parametrize("path, offset", [("/model/versioned:predict", 2.0), ("/model/versioned/version/0:predict", 2.0),
+@pytest.mark.parametrize("path, offset", [("/model/versioned:predict", 2.0),
+                                          ("/model/versioned/version/0:predict", 2.0),
                                           ("/model/versioned/version/1:predict", 1.0),
                                           ("/model/versioned/version/2:predict", 2.0)])
 def test_versions(ms_server, path, offset):

@@ -79,7 +79,8 @@ def test_mutual_tls_refuses_clients_without_a_certificate_from_the_ca(tls_server
 
 def test_client_that_does_not_trust_the_server_refuses_it(tls_server, tls_files):
     with pytest.raises(ssl.SSLCertVerificationError):
-        request(tls_server.addresses["tls"], "GET", "/v2/health/live", context=client_context(tls_files, "other_ca.pem"))
+        request(tls_server.addresses["tls"], "GET", "/v2/health/live",
+                context=client_context(tls_files, "other_ca.pem"))
 
 
 @pytest.mark.parametrize("listener", ["tls", "mtls"])

@@ -621,7 +621,8 @@ def test_stop_drains_requests_in_flight_and_removes_the_socket(tmp_path):
         code = server.proc.wait(30)
     finally:
         server.stop(signal.SIGKILL)
-    assert (reply.status, reply.json()) == (200, {"instances": [{"path": {"b64": body["instances"][0]["path"]["b64"]}}]})
+    expected = {"instances": [{"path": {"b64": body["instances"][0]["path"]["b64"]}}]}
+    assert (reply.status, reply.json()) == (200, expected)
     assert code == 0, server.output
     assert not sock.exists()
     assert "Traceback" not in server.output, server.output

@@ -12,7 +12,6 @@ from mindserve._native import ffi, lib
 from mindserve._transport.shm_channel import REPLIES, REQUESTS, ArenaFull, MessageTooBig, ShmChannel
 from support.channel import ALIGN, U64_MAX, RingModel, align_up, arena_model
 
-
 # -------------------------------------------------------------------------------------------------------- arenas
 
 def try_alloc(ch: ShmChannel, which: int, size: int):

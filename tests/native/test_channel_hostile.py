@@ -7,7 +7,6 @@ so that a hang fails the test instead of stalling the run; no test asserts how l
 from __future__ import annotations
 
 import ast
-import os
 import signal
 import subprocess
 import sys
@@ -18,9 +17,20 @@ import pytest
 
 from mindserve._native import ffi, lib
 from mindserve._transport.shm_channel import QUEUE_CAPACITY, REPLIES, REQUESTS, ArenaFull, ChannelBroken, ShmChannel
-from support.channel import (ALIGN, HANG_S, SEG, U64_MAX, Call, align_up, arena_model, attached, finish, header, kill,
-                             read_line)
-
+from support.channel import (
+    ALIGN,
+    HANG_S,
+    SEG,
+    U64_MAX,
+    Call,
+    align_up,
+    arena_model,
+    attached,
+    finish,
+    header,
+    kill,
+    read_line,
+)
 
 # ----------------------------------------------------------------------------------------------- hostile worker
 #

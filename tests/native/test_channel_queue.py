@@ -15,7 +15,6 @@ from mindserve._native import ffi, lib
 from mindserve._transport.shm_channel import QUEUE_CAPACITY, ArenaFull, ChannelClosed
 from support.channel import U64_MAX, Call, attached
 
-
 # -------------------------------------------------------------------------------------------------------- queues
 
 def test_jobs_come_out_in_fifo_order_unchanged(channel):

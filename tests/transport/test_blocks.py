@@ -249,7 +249,8 @@ def test_nbytes_that_do_not_match_the_dtype_and_shape(nbytes):
     assert block_error(reader.column, ["e", [desc]], 1) == f"tensor descriptor {desc!r} does not match its byte size"
     empty = [F32, [0, 3], 0, nbytes]
     if nbytes:
-        assert block_error(reader.column, ["e", [empty]], 1) == f"tensor descriptor {empty!r} does not match its byte size"
+        assert block_error(reader.column, ["e", [empty]], 1) \
+            == f"tensor descriptor {empty!r} does not match its byte size"
 
 
 @pytest.mark.parametrize("nbytes", [-1, -8, True, 8.0, "8", None, [8]], ids=repr)

@@ -13,20 +13,20 @@ import sys
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from support import model_files, servables
 
 from mindserve import _dtypes
 from mindserve._errors import FAILED, INVALID_INPUTS, SYSTEM_ERROR, ServingError
 from mindserve._servable import definition
-from mindserve._transport.job_flow import Job
 from mindserve._tensor import RawTensor, StackedInput, StackedInputs, StackedResults
 from mindserve._transport import blocks
+from mindserve._transport.job_flow import Job
 from mindserve._transport.jobs import decode_reply as _decode_reply
 from mindserve._transport.shm_channel import REPLIES, REQUESTS, ShmChannel
 from mindserve._workers.__main__ import answer_batch
 from mindserve._workers.fast_lane import FastLane
 from mindserve._workers.job_io import read_job
 from mindserve._workers.loader import load_servable
+from support import model_files, servables
 
 SEG = 1 << 20
 NAME = "fastlane"

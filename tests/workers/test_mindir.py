@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -214,8 +213,8 @@ def test_input_dtype_and_size_come_from_the_mindir_file(address):
     assert results[1] == {"error": "Given model input 0 size 16 not match the size 12 defined in model: input 'x' of "
                                    "model dense_fixed4.mindir takes float32 [3], given float32 [4]"}
     assert results[2]["error"] == ("Given model input 1 data type kMSI_Int64 not match the data type "
-                                          "kMSI_Int32 defined in model: input 'k' of model dense_fixed4.mindir takes int32 "
-                                          "[], given int64 []")
+                                   "kMSI_Int32 defined in model: input 'k' of model dense_fixed4.mindir takes int32 "
+                                   "[], given int64 []")
     _assert_dense(results[3:], [good])
 
 
