@@ -1,9 +1,11 @@
-"""Shared fixtures (servable directories, servers run as real processes, TLS certificates made by trustme) and
-the ``server`` marker. The helpers behind them live in the ``support`` package (tests/support/), which every test
-module imports from; nothing imports this file."""
-from __future__ import annotations
+"""Shared fixtures (servable directories, servers run as real processes, TLS certificates made by trustme). The
+helpers behind them live in the ``support`` package (tests/support/), which every test module imports from;
+nothing imports this file.
 
-import re
+A test module that starts real processes (servers, workers, tools) says so itself, ``pytestmark =
+pytest.mark.server`` (the marker is declared in pyproject.toml), so that ``pytest -m "not server"`` runs the
+in-process tests alone, in seconds."""
+from __future__ import annotations
 
 import pytest
 
@@ -11,26 +13,6 @@ from support import servables
 from support.paths import BUNDLED_SERVABLES
 from support.processes import ServerProcess, free_port, start_server
 from support.tls import make_tls_files
-
-# what a test module does when it starts real processes (its tests get the "server" marker, so that
-# `pytest -m "not server"` runs the in-process tests alone, in seconds): it uses a support helper or a fixture that
-# starts one, or starts one itself. A name counts wherever it ends a word: importing a helper counts as much as
-# calling it.
-_SERVER_SIGNS = re.compile(
-    r"(start_server|start_example_server|run_example_client|start_tls_server|run_start|start_child"
-    r"|echo_server|add_server)\b|subprocess\.|Popen\(")
-
-
-def pytest_collection_modifyitems(config, items) -> None:
-    sources: dict = {}
-    for item in items:
-        path = str(item.fspath)
-        if path not in sources:
-            with open(path) as f:
-                text = f.read()
-            sources[path] = _SERVER_SIGNS.search(text) is not None
-        if sources[path]:
-            item.add_marker(pytest.mark.server)
 
 
 @pytest.fixture(scope="session")

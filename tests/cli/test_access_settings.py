@@ -17,6 +17,8 @@ from mindserve.server import AccessConfig, JWTConfig
 from support.paths import BUNDLED_SERVABLES
 from support.processes import ServerProcess, free_port
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 SECRET = "an HMAC secret of more than thirty-two bytes"
 PYTHON_M = [sys.executable, "-m", "mindserve"]
 

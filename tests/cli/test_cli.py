@@ -21,6 +21,8 @@ from mindserve.cli.values import InputError, format_instance, format_value, pars
 from support.paths import BUNDLED_SERVABLES, REPO
 from support.processes import ServerProcess, child_pids, free_port, pid_alive
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 PYTHON_M = [sys.executable, "-m", "mindserve"]
 CONSOLE_SCRIPT = os.path.join(os.path.dirname(sys.executable), "mindserve")  # pip install -e puts it there
 READY = "ready; Ctrl-C or SIGTERM stops it\n"

@@ -9,6 +9,8 @@ import pytest
 
 from mindserve.client.aio import Client
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 ONES = np.ones((2, 2), np.float32)
 
 

@@ -19,6 +19,8 @@ from mindserve._supervision.worker_process import STOP_TIMEOUT_S
 from mindserve.cli.config import load_config
 from support.paths import REPO
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 DEPLOY = os.path.join(REPO, "deploy")
 KUBERNETES_VERSION = "1.32.0"
 SHUTDOWN_S = _master.DRAIN_GRACE_S + _master.DRAIN_LINGER_MAX_S + _master.LISTENER_GRACE_S + STOP_TIMEOUT_S

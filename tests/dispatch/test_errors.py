@@ -13,6 +13,8 @@ from mindserve._proto import ms_service_pb2 as pb
 from mindserve.client import Client
 from support.checks import assert_add_still_serves
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 PREDICT = "/mindspore.serving.proto.MSService/Predict"
 
 MS_FLOAT32, MS_INT32, MS_STRING = 11, 6, 13

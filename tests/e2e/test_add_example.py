@@ -4,6 +4,8 @@ import pytest
 
 from mindserve.client import Client
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 
 def _instances():
     return [{"x1": np.full((2, 2), i, np.float32), "x2": np.full((2, 2), i, np.float32)} for i in (1, 2, 3)]

@@ -14,6 +14,8 @@ from support.paths import BUNDLED_SERVABLES
 from support.processes import free_port, start_server
 from support.rest import request
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 LABELLED_CONFIG = '''
 import os
 import numpy as np

@@ -13,6 +13,8 @@ from mindserve.client import Client
 from support import servables
 from support.processes import child_pids, free_port, pid_alive, start_server
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 SLOW_CONFIG = '''
 import os
 import time

@@ -16,6 +16,8 @@ import pytest
 from support.paths import REPO
 from support.processes import ServerProcess, free_port
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 SECTION = "## Write your own servable in a few minutes"
 
 

@@ -8,6 +8,8 @@ import pytest
 from mindserve.client import Client
 from support.examples import run_example_client, start_example_server
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 INPUT_NAMES = ("x1", "x2", "x3")
 ONE = np.float32(1)
 

@@ -22,6 +22,8 @@ from support.examples import run_example_client, start_example_server
 from support.paths import BUNDLED_SERVABLES, REPO
 from support.processes import free_port
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 MODEL_FILE = os.path.join(BUNDLED_SERVABLES, "digits", "1", "digits_mlp.onnx")
 TEST_IMAGES = os.path.join(REPO, "example", "digits", "test_images")
 MODEL_BATCH = 32  # the model's fixed batch dim

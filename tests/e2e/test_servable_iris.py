@@ -16,6 +16,8 @@ from support.examples import run_example_client, start_example_server
 from support.paths import BUNDLED_SERVABLES
 from support.processes import free_port
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 MODEL_FILE = os.path.join(BUNDLED_SERVABLES, "iris", "1", "iris_logreg.onnx")
 MODEL_BATCH = 8  # the model's fixed batch dim
 CLASS_NAMES = ["setosa", "versicolor", "virginica"]

@@ -29,6 +29,8 @@ from mindserve.server import AccessConfig, JWTConfig
 from support.paths import BUNDLED_SERVABLES
 from support.processes import free_port, start_server
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 SECRET = "an HMAC secret of more than thirty-two bytes"
 KEY_DENIED = "This API is restricted, expecting header 'infer-key'"
 TOKEN_DENIED = "a valid bearer token is required (Authorization: Bearer <token>)"

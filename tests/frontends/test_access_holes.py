@@ -38,6 +38,8 @@ from support.paths import BUNDLED_SERVABLES
 from support.processes import free_addresses, start_server, wait_until
 from support.rest import request as http_request
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 SECRET = "an HMAC secret of more than thirty-two bytes"
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 MODEL_METADATA = "/inference.GRPCInferenceService/ModelMetadata"

@@ -18,6 +18,8 @@ from mindserve._proto import ms_service_pb2 as pb
 from support.paths import BUNDLED_SERVABLES
 from support.processes import free_port, start_server
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 SHUTTING_DOWN = "the server is shutting down: send the request again, to another replica"
 PREDICT = "/mindspore.serving.proto.MSService/Predict"
 X = np.arange(4, dtype=np.float32).reshape(2, 2)

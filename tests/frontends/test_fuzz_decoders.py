@@ -25,6 +25,8 @@ from support.processes import child_pids, free_port, start_server
 from support.rest import Reply
 from support.rest import request as http_request
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 settings.register_profile("ci", max_examples=120, deadline=None, derandomize=True, database=None,
                           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 settings.register_profile("explore", max_examples=2000, deadline=None, database=None,

@@ -15,6 +15,8 @@ from support import servables
 from support.paths import BUNDLED_SERVABLES
 from support.processes import ServerProcess, free_port, start_server, worker_pids
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 

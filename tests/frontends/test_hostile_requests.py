@@ -23,6 +23,8 @@ from support.paths import BUNDLED_SERVABLES
 from support.processes import child_pids, free_port, start_server
 from support.rest import request as http_request
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 PREDICT = "/mindspore.serving.proto.MSService/Predict"
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 SERVER_LIVE = "/inference.GRPCInferenceService/ServerLive"

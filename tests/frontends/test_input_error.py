@@ -14,6 +14,8 @@ from support import servables
 from support.processes import free_port, start_server
 from support.rest import request
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 PICKY_CONFIG = '''
 import numpy as np
 from mindserve.server import register

@@ -42,6 +42,8 @@ from support.paths import BUNDLED_SERVABLES
 from support.processes import ServerProcess, free_port, start_server, wait_until, worker_pids
 from support.tls import start_tls_server
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 NOT_FOUND_HINT = "models are named 'servable.method', or 'servable' for a servable with a single method"
 

@@ -14,6 +14,8 @@ from support.paths import BUNDLED_SERVABLES
 from support.processes import ServerProcess, free_port, start_server
 from support.rest import KINDS_CONFIG, request
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def ms_server(servable_dir, tmp_path_factory) -> ServerProcess:

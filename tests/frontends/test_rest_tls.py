@@ -14,6 +14,8 @@ from support.processes import ServerProcess, free_port
 from support.rest import request, unix_request
 from support.tls import start_tls_server
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 ADD_BODY = {"instances": [{"x1": [[1.0, 2.0], [3.0, 4.0]], "x2": [[1.0, 2.0], [3.0, 4.0]]}]}
 ADD_REPLY = {"instances": [{"y": [[2.0, 4.0], [6.0, 8.0]]}]}
 

@@ -27,6 +27,8 @@ from support.paths import BUNDLED_SERVABLES
 from support.processes import ServerProcess, free_port, start_server, wait_until, worker_pids
 from support.rest import request, unix_request
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 NOT_FOUND_HINT = "models are named 'servable.method', or 'servable' for a servable with a single method"
 HUGE = 1 << 62
 

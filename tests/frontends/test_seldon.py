@@ -18,6 +18,8 @@ from google.protobuf import any_pb2, struct_pb2
 from support.paths import BUNDLED_SERVABLES
 from support.processes import free_port, start_server
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 SELDON_PROTO = """
 syntax = "proto3";
 import "google/protobuf/any.proto";

@@ -17,6 +17,8 @@ from support.paths import BUNDLED_SERVABLES
 from support.processes import ServerProcess, free_port, start_server
 from support.tls import start_tls_server
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 UNAVAILABLE = "Grpc Error, (14, 'unavailable'), "
 RESOURCE_EXHAUSTED = "Grpc Error, (8, 'resource exhausted'), "
 

@@ -10,6 +10,8 @@ import pytest
 from mindserve.client import Client
 from support.processes import ServerProcess, free_port, start_server
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 NUMERIC_DTYPES = [np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
                   np.float16, np.float32, np.float64]
 SHAPES = [(1,), (3,), (2, 3), (2, 1, 4), (1, 1, 1, 5)]

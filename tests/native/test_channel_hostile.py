@@ -32,6 +32,8 @@ from support.channel import (
     read_line,
 )
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 # ----------------------------------------------------------------------------------------------- hostile worker
 #
 # The worker runs user code and can write anything into the segment at any time. The master takes the layout

@@ -21,6 +21,8 @@ from mindserve._transport import shm_channel
 from mindserve._transport.shm_channel import REQUESTS, ChannelBroken, ShmChannel
 from support.channel import ECHO_WORKER, HANG_S, Call, attached, finish, header, kill, read_line, start_child
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 # ---------------------------------------------------------------------------------------- the lock (a futex word)
 #
 # native/channel.h, "The lock": the word is 0 or LOCK_WAITERS | the owner's pid. A waiter checks the owner's

@@ -20,6 +20,8 @@ from mindserve._native import lib
 from mindserve._transport.shm_channel import QUEUE_CAPACITY, REPLIES, REQUESTS, ArenaFull, ChannelBroken
 from support.channel import ECHO_WORKER, HANG_S, Call, attached, finish, kill, read_line, start_child
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 # ------------------------------------------------------------------------------------------- two real processes
 
 def test_two_processes_round_trip_thousands_of_jobs(channel):

@@ -19,6 +19,8 @@ from mindserve.client import Client
 from support import servables
 from support.processes import child_pids, free_port, start_server
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 RESULT_TIMEOUT_S = 60  # every reply is waited for at most this long
 
 

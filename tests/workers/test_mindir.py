@@ -16,6 +16,8 @@ from support import servables
 from support.processes import free_port, start_server
 from support.starts import assert_clean_failure, run_start, start_call
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 # y = x @ W + B (an nn.Dense with these weights; nn.Dense keeps its weight as [out, in]) and k2 = k * 2
 W = np.array([[1.0, -2.0], [0.5, 3.0], [-1.5, 4.0]], np.float32)
 B = np.array([0.25, -1.0], np.float32)

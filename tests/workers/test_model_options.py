@@ -19,6 +19,8 @@ from support import model_files, servables
 from support.processes import free_port, start_server
 from support.starts import assert_clean_failure, run_start, start_call
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 
 @pytest.fixture
 def svc():

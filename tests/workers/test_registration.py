@@ -15,6 +15,8 @@ from support import model_files, servables
 from support.processes import free_port
 from support.starts import assert_clean_failure, run_start, start_call
 
+pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
+
 # ============================================================================================================
 # registration: mindserve._servable.definition, in process
 # ============================================================================================================
