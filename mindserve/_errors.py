@@ -169,6 +169,26 @@ def servable_unavailable(name: str, method: str, version: int, served: bool = Tr
                 + (f": {detail}" if detail else ""))
 
 
+NAMES_SHOWN = 8  # how many of a client's names an error text lists
+
+
+def names_list(names: Sequence[str]) -> str:
+    """A client's names as an error text lists them: each clipped, at most NAMES_SHOWN, and how many in all."""
+    if not names:
+        return "none"
+    shown = ", ".join(clip(name, 64) for name in names[:NAMES_SHOWN])
+    return shown if len(names) <= NAMES_SHOWN else f"{shown}, ... ({len(names)} in all)"
+
+
+def missing_input(name: str, where: str, servable: str, method: str, inputs: Sequence[str],
+                  given: Sequence[str]) -> ServingError:
+    """MindSpore Serving's "Cannot find input" (``where``: "instance input", "request inputs"), then what the
+    method takes and what the client gave, sorted (a misspelt name is seen at once)."""
+    holder = "instance" if where.startswith("instance") else "request"
+    return InvalidInput(f"Cannot find input {name} in {where} , servable {clip(servable)}, method {clip(method)}: "
+                        f"the method takes {', '.join(inputs)}; the {holder} gives {names_list(sorted(given))}")
+
+
 def unexpected_input(name: str, servable: str, method: str, inputs: Sequence[str]) -> ServingError:
     """An instance input the method does not take (a misspelt name would otherwise be ignored silently)."""
     return InvalidInput(f"Unexpected input {clip(name)} in instance input , servable {clip(servable)}, method "

@@ -101,10 +101,14 @@ class Dispatcher:
             raise NotServed(f"Model '{name}' is not found: servable {name} has {len(methods)} methods, name one as "
                             f"'{name}.<method>' ({', '.join(methods)})")
         servable, dot, method = model_name.rpartition(".")
-        if dot and any(method in g.methods for g in self._servables.get(servable, {}).values()):
+        versions = self._servables.get(servable, {}) if dot else {}
+        if any(method in g.methods for g in versions.values()):
             return servable, method
+        # a servable that is served with a method that is not: its methods, so that a typo is seen at once
+        methods = sorted({m for g in versions.values() for m in g.methods})
+        listed = f": servable {clip(servable)} has methods {', '.join(methods)}" if methods else ""
         raise NotServed(f"Model '{clip(model_name)}' is not found, models are named 'servable.method', or 'servable' "
-                        f"for a servable with a single method")
+                        f"for a servable with a single method{listed}")
 
     def versions(self, servable: str, method: str) -> list[int]:
         """The started versions of a servable that have the method, oldest first."""

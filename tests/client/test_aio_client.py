@@ -56,7 +56,8 @@ def test_errors_are_the_sync_clients(add_server):
         return mixed, unknown, unreachable
     mixed, unknown, unreachable = run(scenario())
     assert mixed[0]["y"].tolist() == [[2.0, 2.0], [2.0, 2.0]]
-    assert mixed[1] == {"error": "Cannot find input x2 in instance input , servable add, method add_common"}
+    assert mixed[1] == {"error": "Cannot find input x2 in instance input , servable add, method add_common: the method "
+                                 "takes x1, x2; the instance gives x1"}
     assert unknown["error"].startswith("Request servable(nope) method(add_common) , servable is not available")
     assert unreachable["error"].startswith("Grpc Error, (14, 'unavailable')")
 

@@ -128,7 +128,11 @@ def test_open_inference_model_names_resolve_to_a_method():
     with pytest.raises(NotServed) as none:
         dispatcher.find_method("add.mul")
     assert none.value.message == ("Model 'add.mul' is not found, models are named 'servable.method', or "
-                                  "'servable' for a servable with a single method")
+                                  "'servable' for a servable with a single method: servable add has methods add, sub")
+    with pytest.raises(NotServed) as elsewhere:
+        dispatcher.find_method("sub.add")
+    assert elsewhere.value.message == ("Model 'sub.add' is not found, models are named 'servable.method', or "
+                                       "'servable' for a servable with a single method")
 
 
 def test_too_many_instances_are_refused_before_anything_is_made():

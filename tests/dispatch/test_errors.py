@@ -23,6 +23,10 @@ MS_FLOAT32, MS_INT32, MS_STRING = 11, 6, 13
 INVALID_INPUTS, SYSTEM_ERROR, SERVABLE_UNAVAILABLE = 2, 3, 5
 
 # MindSpore's texts for add's model inputs, then the input named and what it takes, in numpy's terms
+MS_TYPES = ("MS_BOOL 1, MS_INT8 2, MS_UINT8 3, MS_INT16 4, MS_UINT16 5, MS_INT32 6, MS_UINT32 7, MS_INT64 8, "
+            "MS_UINT64 9, MS_FLOAT16 10, MS_FLOAT32 11, MS_FLOAT64 12, MS_STRING 13, MS_BYTES 14")
+MISSING_X2 = ("Cannot find input x2 in instance input , servable add, method add_common: the method takes "
+              "x1, x2; the instance gives x1")
 X2_INT32 = ("Given model input 1 data type kMSI_Int32 not match the data type kMSI_Float32 defined in model: "
             "input 'x2' of model tensor_add.onnx takes float32 [2, 2], given int32 [2, 2]")
 X1_SIZE = ("Given model input 0 size 24 not match the size 16 defined in model: input 'x1' of model tensor_add.onnx "
@@ -144,7 +148,7 @@ def test_empty_instance_list(add_server):
 
 def test_missing_input(add_server):
     result = Client(add_server.address, "add", "add_common").infer([{"x1": _ones()}])
-    assert result == {"error": "Cannot find input x2 in instance input , servable add, method add_common"}
+    assert result == {"error": MISSING_X2}
     assert_add_still_serves("ms_grpc", add_server.address)
 
 
@@ -167,7 +171,7 @@ def test_one_bad_instance_fails_alone(add_server):
     result = Client(add_server.address, "add", "add_common").infer(instances)
     assert isinstance(result, list) and len(result) == 6, result
     np.testing.assert_array_equal(result[0]["y"], np.full((2, 2), 2.0, np.float32))
-    assert result[1] == {"error": "Cannot find input x2 in instance input , servable add, method add_common"}
+    assert result[1] == {"error": MISSING_X2}
     np.testing.assert_array_equal(result[2]["y"], np.full((2, 2), 6.0, np.float32))
     assert result[3] == {"error": X2_INT32}
     assert result[4] == {"error": X1_SIZE}
@@ -198,12 +202,12 @@ def test_one_bad_instance_in_raw_reply_has_its_own_error_entry(raw_channel, add_
 def test_all_instances_failing_alike_give_one_error(add_server):
     client = Client(add_server.address, "add", "add_common")
     result = client.infer([{"x1": _ones()}, {"x1": _ones((3, 3))}, {"x1": _ones()}])
-    assert result == {"error": "Cannot find input x2 in instance input , servable add, method add_common"}
+    assert result == {"error": MISSING_X2}
     result = client.infer([{"x1": _ones(), "x2": _ones(dtype=np.int32)}] * 3)
     assert result == {"error": X2_INT32}
     # all failing, but not alike: one error per instance
     result = client.infer([{"x1": _ones()}, {"x1": _ones(), "x2": _ones(dtype=np.int32)}])
-    assert result == [{"error": "Cannot find input x2 in instance input , servable add, method add_common"},
+    assert result == [{"error": MISSING_X2},
                       {"error": X2_INT32}]
     assert_add_still_serves("ms_grpc", add_server.address)
 
@@ -214,7 +218,7 @@ def test_all_instances_failing_alike_give_one_raw_error_entry(raw_channel, add_s
         set_numeric(request.instances.add().items["x1"], np.ones((2, 2), np.float32))
     reply = send_raw(raw_channel, request.SerializeToString())
     assert_whole_request_error(reply, INVALID_INPUTS,
-                               "Cannot find input x2 in instance input , servable add, method add_common")
+                               MISSING_X2)
 
 
 # ---- malformed tensors (raw PredictRequest protos) ------------------------------------------------------------------
@@ -281,8 +285,10 @@ def _shm_data(tensor):
 MALFORMED = {
     "data_size": (_data_size, "Tensor check failed: input data size 12 invalid, shape [2, 2] of kMSI_Float32 "
                               "needs 16 bytes"),
-    "unknown_dtype": (_unknown_dtype, "Tensor check failed: input data type 99 invalid"),
-    "dtype_zero": (_dtype_zero, "Tensor check failed: input data type kMSI_Unknown invalid"),
+    "unknown_dtype": (_unknown_dtype, "Tensor check failed: input data type 99 invalid: the data types are "
+                      + MS_TYPES),
+    "dtype_zero": (_dtype_zero, "Tensor check failed: input data type kMSI_Unknown invalid: the data types are "
+                   + MS_TYPES),
     "negative_dim": (_negative_dim, "Tensor check failed: input shape [-1, 2] invalid"),
     "huge_shape": (_huge_shape, f"Tensor check failed: input data size 16 invalid, shape [{1 << 62}, {1 << 62}] of "
                                 f"kMSI_Float32 needs {(1 << 124) * 4} bytes"),
@@ -495,7 +501,8 @@ def test_error_code_bad_input(raw_channel):
     request.instances.add()
     reply = send_raw(raw_channel, request.SerializeToString())
     assert_whole_request_error(reply, INVALID_INPUTS,
-                               "Cannot find input x1 in instance input , servable add, method add_common")
+                               "Cannot find input x1 in instance input , servable add, method add_common: the "
+                               "method takes x1, x2; the instance gives none")
     reply = send_raw(raw_channel, add_request().SerializeToString())
     assert_whole_request_error(reply, INVALID_INPUTS,
                                "Instances count of request cannot be 0, servable: add, method: add_common")

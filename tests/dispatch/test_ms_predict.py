@@ -14,6 +14,9 @@ from mindserve._metrics import requests as request_metrics
 from mindserve._tensor import RawTensor
 from support.fake_groups import FakeGroup, dispatcher_of
 
+MISSING_X2 = ("Cannot find input x2 in instance input , servable add, method add: the method takes x1, x2; "
+              "the instance gives x1")
+
 
 def tensor_of(name: str, value) -> RawTensor:
     """A wire value as a door would decode it: here a list of two floats."""
@@ -49,7 +52,7 @@ def test_a_bad_instance_fails_alone_in_its_place_with_mindspore_texts():
                                                   {"x1": [1, 2], "x2": [3, 4], "x3": [0, 0]},
                                                   {"x1": [1, 2], "x2": "no"}])
     assert isinstance(outcomes[0], InvalidInput)
-    assert outcomes[0].message == "Cannot find input x2 in instance input , servable add, method add"
+    assert outcomes[0].message == MISSING_X2
     assert values(outcomes[1]) == {"x1": [5, 6], "x2": [7, 8]}
     assert isinstance(outcomes[2], InvalidInput)
     assert outcomes[2].message == "Unexpected input x3 in instance input , servable add, method add takes x1, x2"
@@ -60,7 +63,7 @@ def test_a_bad_instance_fails_alone_in_its_place_with_mindspore_texts():
 def test_no_valid_instance_runs_nothing():
     group = FakeGroup("add", 1)
     outcomes = predict_all(dispatcher_of(group), [{"x1": [1, 2]}])
-    assert [o.message for o in outcomes] == ["Cannot find input x2 in instance input , servable add, method add"]
+    assert [o.message for o in outcomes] == [MISSING_X2]
     assert group.calls == []
 
 

@@ -74,7 +74,8 @@ def test_inputs_are_checked_before_anything_runs():
     dispatcher = dispatcher_of(group)
     with pytest.raises(InvalidInput) as missing:
         run(dispatcher, "add", "", [raw("x1", X1)])
-    assert missing.value.message == "Cannot find input x2 in request inputs , servable add, method sum"
+    assert missing.value.message == ("Cannot find input x2 in request inputs , servable add, method sum: the method "
+                                     "takes x1, x2; the request gives x1")
     with pytest.raises(InvalidInput) as rows:
         run(dispatcher, "add", "", [raw("x1", X1), raw("x2", X2[:2])])
     assert "input dim 0 (instances) is 2, but input x1 has 3" in rows.value.message

@@ -95,7 +95,8 @@ def test_x3_of_wrong_size_is_refused(add_sub_address):
 def test_missing_x3_fails_the_request(add_sub_address):
     instance = {"x1": np.ones((2, 2), np.float32), "x2": np.ones((2, 2), np.float32)}
     result = Client(add_sub_address, "add_sub", "add_sub_complex").infer([instance])
-    assert result == {"error": "Cannot find input x3 in instance input , servable add_sub, method add_sub_complex"}
+    assert result == {"error": "Cannot find input x3 in instance input , servable add_sub, method add_sub_complex: "
+                               "the method takes x1, x2, x3; the instance gives x1, x2"}
 
 
 def test_example_client(add_sub_address):

@@ -46,6 +46,9 @@ pytestmark = pytest.mark.server  # starts real server processes (see tests/conft
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 NOT_FOUND_HINT = "models are named 'servable.method', or 'servable' for a servable with a single method"
+ADD_NOPE = "Model 'add.nope' is not found, {hint}: servable add has methods add_cast, add_common"
+OIP_TYPES = ("the data types are BOOL, INT8, UINT8, INT16, UINT16, INT32, UINT32, INT64, UINT64, FP16, FP32, FP64, "
+             "BYTES")
 
 
 # ---- servers and helpers ----------------------------------------------------------------------------------------
@@ -210,7 +213,7 @@ def test_model_metadata(triton, name, version, versions, inputs, outputs):
 
 @pytest.mark.parametrize("name, version, status, message", [
     ("nope", "", "NOT_FOUND", f"Model 'nope' is not found, {NOT_FOUND_HINT}"),
-    ("add.nope", "", "NOT_FOUND", f"Model 'add.nope' is not found, {NOT_FOUND_HINT}"),
+    ("add.nope", "", "NOT_FOUND", ADD_NOPE.format(hint=NOT_FOUND_HINT)),
     ("add", "", "NOT_FOUND", "Model 'add' is not found: servable add has 2 methods, name one as 'add.<method>' "
                              "(add_cast, add_common)"),
     ("versioned", "3", "NOT_FOUND", "Model 'versioned' version 3 is not found, running versions: 1, 2"),
@@ -513,7 +516,7 @@ def test_messages_are_wire_compatible_with_tritonclients_own():
 
 @pytest.mark.parametrize("model, version, status, message", [
     ("nope", "", "NOT_FOUND", f"Model 'nope' is not found, {NOT_FOUND_HINT}"),
-    ("add.nope", "", "NOT_FOUND", f"Model 'add.nope' is not found, {NOT_FOUND_HINT}"),
+    ("add.nope", "", "NOT_FOUND", ADD_NOPE.format(hint=NOT_FOUND_HINT)),
     ("", "", "NOT_FOUND", f"Model '' is not found, {NOT_FOUND_HINT}"),
     ("add", "", "NOT_FOUND", "Model 'add' is not found: servable add has 2 methods, name one as 'add.<method>' "
                              "(add_cast, add_common)"),
@@ -531,7 +534,8 @@ def test_unknown_model_or_version(triton, model, version, status, message):
 def test_missing_unexpected_and_repeated_inputs(triton):
     x = np.ones((1, 2, 2), np.float32)
     assert_infer_error(triton, "add.add_common", [infer_input("x1", x, "FP32")], "INVALID_ARGUMENT",
-                       "Cannot find input x2 in request inputs , servable add, method add_common")
+                       "Cannot find input x2 in request inputs , servable add, method add_common: the method takes "
+                       "x1, x2; the request gives x1")
     assert_infer_error(triton, "add.add_common", add_inputs(x, x) + [infer_input("x3", x, "FP32")],
                        "INVALID_ARGUMENT", "Unexpected input x3 in request inputs , servable add, method add_common "
                                            "takes x1, x2")
@@ -603,9 +607,9 @@ MALFORMED_RAW = {
     "no_dims": (_x1("FP32", [], fp32(())), "x1", "Tensor check failed: input shape [] invalid, dim 0 is the "
                                                  "instances"),
     "unknown_datatype": (_x1("FP8", [1, 2, 2], fp32((1, 2, 2))), "x1", "Tensor check failed: input data type FP8 "
-                                                                       "invalid"),
+                                                                       "invalid: " + OIP_TYPES),
     "empty_datatype": (_x1("", [1, 2, 2], fp32((1, 2, 2))), "x1", "Tensor check failed: input data type (empty) "
-                                                                  "invalid"),
+                                                                  "invalid: " + OIP_TYPES),
     "bytes_shape": (request_for("echo.echo", ("x", "BYTES", [2, 2], bytes_tensor(b"a", b"b", b"c", b"d"))),
                     "x", "Tensor check failed: BYTES input shape can only be [N] or [N, 1], one element per "
                          "instance, but given shape is [2, 2]"),

@@ -208,7 +208,8 @@ def test_missing_input_and_instance_not_an_object(ms_server):
     body = {"instances": [{"x1": [[1.0, 1.0], [1.0, 1.0]]}, [1, 2],
                           {"x1": [[1.0, 1.0], [1.0, 1.0]], "x2": [[1.0, 1.0], [1.0, 1.0]]}]}
     assert predict(ms_server, "/model/add:add_common", body) == [
-        {"error_msg": "Cannot find input x2 in instance input , servable add, method add_common"},
+        {"error_msg": "Cannot find input x2 in instance input , servable add, method add_common: the method takes "
+                      "x1, x2; the instance gives x1"},
         {"error_msg": "Instance 1 should be a JSON object of input names and values"},
         {"y": [[2.0, 2.0], [2.0, 2.0]]}]
 

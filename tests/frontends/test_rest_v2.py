@@ -153,7 +153,8 @@ def test_model_metadata(triton, name, version, expected):
 
 @pytest.mark.parametrize("path, status, message", [
     ("/v2/models/nope", 404, f"Model 'nope' is not found, {NOT_FOUND_HINT}"),
-    ("/v2/models/add.nope/versions/1", 404, f"Model 'add.nope' is not found, {NOT_FOUND_HINT}"),
+    ("/v2/models/add.nope/versions/1", 404,
+     f"Model 'add.nope' is not found, {NOT_FOUND_HINT}: servable add has methods add_cast, add_common"),
     ("/v2/models/versioned/versions/3", 404, "Model 'versioned' version 3 is not found, running versions: 1, 2"),
     ("/v2/models/versioned/versions/-1", 400, "Model 'versioned' version '-1' is not a version number"),
 ])
@@ -316,7 +317,9 @@ MALFORMED = {
                            BAD_INPUT.format("x1", "Tensor check failed: FP32 input data should be JSON numbers, but "
                                                   "it holds nulls and strings")),
     "unknown_datatype": (_x1("FP8", [1, 2, 2], ONES), {}, 400,
-                         BAD_INPUT.format("x1", "Tensor check failed: input data type FP8 invalid")),
+                         BAD_INPUT.format("x1", "Tensor check failed: input data type FP8 invalid: the data "
+                                                                  "types are BOOL, INT8, UINT8, INT16, UINT16, INT32, "
+                                                                  "UINT32, INT64, UINT64, FP16, FP32, FP64, BYTES")),
     "float_out_of_range": (_x1("FP32", [1, 2, 2], [1.0, 1e39, 1.0, 1.0]), {}, 400,
                            BAD_INPUT.format("x1", "Tensor check failed: input value 1e+39 is out of the range of "
                                                   "FP32")),
@@ -324,7 +327,8 @@ MALFORMED = {
                     "Given model input 0 data type kMSI_Int32 not match the data type kMSI_Float32 defined in model: "
                     "input 'x1' of model tensor_add.onnx takes float32 [2, 2], given int32 [2, 2]"),
     "missing_input": ({"inputs": [fp32_input("x1", [1, 2, 2], ONES)]}, {}, 400,
-                      "Cannot find input x2 in request inputs , servable add, method add_common"),
+                      "Cannot find input x2 in request inputs , servable add, method add_common: the method takes "
+                      "x1, x2; the request gives x1"),
     "repeated_input": ({"inputs": [fp32_input("x1", [1, 2, 2], ONES)] * 2}, {}, 400,
                        "Input x1 is given more than once"),
     "shared_memory": ({"inputs": [{"name": "x1", "shape": [1], "datatype": "FP32",

@@ -37,7 +37,8 @@ def tensor_from_proto(name: str, tensor: pb.Tensor) -> RawTensor:
             check_utf8(name, data)
         return RawTensor(code, (), data)
     label = _dtypes.NAME_OF.get(code, str(code))
-    raise invalid_input(name, f"Tensor check failed: input data type {label} invalid")
+    raise invalid_input(name, f"Tensor check failed: input data type {label} invalid: the data types are "
+                              f"{', '.join(f'{pb.DataType.Name(c)} {c}' for c in sorted(_dtypes.NAME_OF) if c)}")
 
 
 def tensor_to_proto(raw: RawTensor, tensor: pb.Tensor) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 from mindserve._dispatch.dispatcher import Dispatcher
 from mindserve._dispatch.route import Route
-from mindserve._errors import InvalidInput, ServingError, clip, unexpected_input
+from mindserve._errors import InvalidInput, ServingError, clip, missing_input, unexpected_input
 from mindserve._metrics import requests as request_metrics
 from mindserve._tensor import RawTensor
 
@@ -52,7 +52,7 @@ def instance_inputs(items: Mapping[str, Any], names: Sequence[str], servable: st
     for name in names:
         value = items.get(name, _MISSING)
         if value is _MISSING:
-            raise InvalidInput(f"Cannot find input {name} in instance input , servable {servable}, method {method}")
+            raise missing_input(name, "instance input", servable, method, names, list(items))
         inputs[name] = tensor_of(name, value)
     if len(items) != len(names):
         extra = next(key for key in items if key not in inputs)

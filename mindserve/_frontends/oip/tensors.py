@@ -22,7 +22,7 @@ from mindserve import _dtypes
 from mindserve._dispatch.dispatcher import Dispatcher
 from mindserve._dispatch.limits import too_many_instances
 from mindserve._dispatch.route import MethodSignature, Route, TensorSpec
-from mindserve._errors import InvalidInput, StageFailed, clip
+from mindserve._errors import InvalidInput, StageFailed, clip, missing_input
 from mindserve._frontends.oip.models import Model
 from mindserve._frontends.tensor_checks import check_data_size, check_dims, check_utf8, invalid_input
 from mindserve._tensor import RawTensor, Results, StackedInput, StackedInputs
@@ -114,8 +114,7 @@ def instances(model: Model, signature: MethodSignature, tensors: Sequence[InputT
     names = signature.inputs
     for name in names:
         if name not in position:
-            raise InvalidInput(f"Cannot find input {name} in request inputs , servable "
-                               f"{clip(model.servable)}, method {clip(model.method)}")
+            raise missing_input(name, "request inputs", model.servable, model.method, names, list(position))
     for name in position:
         if name not in names:
             raise InvalidInput(f"Unexpected input {clip(name)} in request inputs , servable {clip(model.servable)}, "
@@ -162,7 +161,8 @@ def _column(tensor: InputTensor, count: int, spec: TensorSpec) -> Union[StackedI
     name, dims, datatype = tensor.name, tensor.shape, tensor.datatype
     code = _dtypes.CODE_OF_OIP_NAME.get(datatype)
     if code is None:
-        raise invalid_input(name, f"Tensor check failed: input data type {datatype or '(empty)'} invalid")
+        raise invalid_input(name, f"Tensor check failed: input data type {clip(datatype, 32) or '(empty)'} invalid: "
+                                  f"the data types are {', '.join(_dtypes.CODE_OF_OIP_NAME)}")
     if code == _dtypes.MS_BYTES:
         if dims not in ((count,), (count, 1)):
             raise invalid_input(name, f"Tensor check failed: BYTES input shape can only be [N] or [N, 1], one "
