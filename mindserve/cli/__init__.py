@@ -58,6 +58,8 @@ The --config file (YAML; unknown keys are errors; relative paths are relative to
   max_enqueued_requests: 10000           # requests that may wait, over all servables
   max_request_instances: 10000           # instances one request may carry
   max_stream_memory_mb: 256              # what all streams may hold (answers not sent, frames not run)
+  log_level: info                        # debug, info, warning or error (the master's log lines)
+  port_offset: 0                         # added to the default ports: another instance on this host
   ava: {{servable: frames, method: intensity, batch_size: 1}}   # video-analytics streams that name none
   allow_client_shm: false                # true: clients on this host may register shared memory
   client_shm_owners: []                  # users whose shm files it takes too (names or uids: [ava, 1001])
@@ -115,6 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-address", metavar="ADDRESS",
                        help=f"host:port or unix:/path of GET /metrics (default {_config.DEFAULT_METRICS_ADDRESS}); "
                             f"off turns it off")
+    serve.add_argument("--port-offset", metavar="N",
+                       help="added to the default ports (5500, 1500, 8002), for another instance on this host")
+    serve.add_argument("--log-level", metavar="LEVEL", help="debug, info (the default), warning or error")
 
     # listed here for `mindserve --help`; its arguments are parsed by _infer_parser (see main)
     commands.add_parser("infer", help="call a method of a served servable and print the result", add_help=False)
@@ -162,7 +167,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         serve_config = _config.load_config(args.config, options={
             "servable_directory": args.servable_directory, "grpc_address": args.grpc_address,
-            "rest_address": args.rest_address, "metrics": args.metrics_address})
+            "rest_address": args.rest_address, "metrics": args.metrics_address, "port_offset": args.port_offset,
+            "log_level": args.log_level})
     except _config.ConfigError as exc:
         print(f"mindserve serve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -39,7 +39,7 @@ BUNDLED_SERVABLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname
 
 TOP_KEYS = ("servable_directory", "servables", "grpc_address", "rest_address", "metrics", "tls", "max_msg_mb_size",
             "max_enqueued_requests", "max_request_instances", "access", "ava", "allow_client_shm",
-            "client_shm_owners", "max_stream_memory_mb")
+            "client_shm_owners", "max_stream_memory_mb", "log_level", "port_offset")
 AVA_KEYS = ("servable", "method", "version", "batch_size")
 SERVABLE_KEYS = ("name", "directory", "version", "device_ids", "device_type", "max_batch_size",
                  "max_batch_delay_ms", "shm_size_mb")
@@ -62,6 +62,8 @@ ENV_VARS = (
     ("MINDSERVE_MAX_REQUEST_INSTANCES", "max_request_instances", "instances one request may carry"),
     ("MINDSERVE_MAX_STREAM_MEMORY_MB", "max_stream_memory_mb", "memory all streams may hold: answers not yet "
                                                                "sent, frames not yet run, MB"),
+    ("MINDSERVE_LOG_LEVEL", "log_level", "debug, info (the default), warning or error"),
+    ("MINDSERVE_PORT_OFFSET", "port_offset", "added to the default ports, for another instance on this host"),
     ("MINDSERVE_TLS_CERTIFICATE", "tls.certificate", "server certificate (PEM); turns TLS on"),
     ("MINDSERVE_TLS_PRIVATE_KEY", "tls.private_key", "its private key (PEM)"),
     ("MINDSERVE_TLS_CA", "tls.ca", "CA certificate (PEM) that client certificates must come from"),
@@ -69,6 +71,8 @@ ENV_VARS = (
 )
 OPTION_NAMES = {"metrics": "metrics-address"}  # settings whose command-line option is not named after them
 OFF = "off"  # an address given as text (environment, options) that disables the server
+LOG_LEVELS = ("debug", "info", "warning", "error")
+MAX_PORT_OFFSET = 50000  # 1500 + 50000 is still a port; more is a mistake
 
 
 class ConfigError(Exception):
@@ -115,6 +119,7 @@ class ServeConfig:
     max_enqueued_requests: int = DEFAULT_MAX_ENQUEUED_REQUESTS
     max_request_instances: int = DEFAULT_MAX_REQUEST_INSTANCES
     max_stream_memory_mb: int = DEFAULT_MAX_STREAM_MEMORY_MB
+    log_level: str = "info"  # of the master's log lines (``mindserve`` logger)
     access: Optional[AccessConfig] = None
     warnings: tuple = ()  # what the settings do that works but should not be done (a secret in the file)
 
@@ -188,6 +193,19 @@ def _address(setting: _Setting) -> Optional[str]:
             if host and port.isdigit() and 1 <= int(port) <= 65535:
                 return value
     raise _fail(setting, "'host:port' or 'unix:/path'")
+
+
+def _log_level(setting: _Setting) -> str:
+    value = setting.value
+    if isinstance(value, str) and value.lower() in LOG_LEVELS:
+        return value.lower()
+    raise _fail(setting, f"one of {', '.join(LOG_LEVELS)}")
+
+
+def _offset_port(address: str, offset: int) -> str:
+    """A default ``host:port`` with ``offset`` added to its port."""
+    host, _, port = address.rpartition(":")
+    return f"{host}:{int(port) + offset}"
 
 
 def _media_stream(setting: _Setting) -> Optional[MediaStreamConfig]:
@@ -323,7 +341,7 @@ def _address_text(text: str) -> Any:
 # how the text of an environment variable or option becomes the value a YAML file would give
 _TEXT_READERS: dict[str, Callable[[str], Any]] = {
     "device_ids": _list_of_ints, "max_msg_mb_size": _int_text, "max_enqueued_requests": _int_text,
-    "max_request_instances": _int_text, "max_stream_memory_mb": _int_text,
+    "max_request_instances": _int_text, "max_stream_memory_mb": _int_text, "port_offset": _int_text,
     "tls.verify_client": _bool_text, "grpc_address": _address_text, "rest_address": _address_text,
     "metrics": _address_text, "allow_client_shm": _bool_text, "client_shm_owners": _owners_text,
 }
@@ -552,13 +570,17 @@ def load_config(config_file: Optional[str] = None, environ: Optional[Mapping[str
             layers.read_text(key, text, f"--{OPTION_NAMES.get(key, key.replace('_', '-'))}")
     top = layers.top
     resolver = _Resolver(layers, bundled_directory)
-    grpc_address = _address(top["grpc_address"]) if "grpc_address" in top else DEFAULT_GRPC_ADDRESS
-    rest_address = _address(top["rest_address"]) if "rest_address" in top else DEFAULT_REST_ADDRESS
+    # port_offset moves the default addresses (another instance on this host); an address given is used as given
+    offset = _int(top["port_offset"], 0, MAX_PORT_OFFSET) if "port_offset" in top else 0
+    grpc_address = _address(top["grpc_address"]) if "grpc_address" in top \
+        else _offset_port(DEFAULT_GRPC_ADDRESS, offset)
+    rest_address = _address(top["rest_address"]) if "rest_address" in top \
+        else _offset_port(DEFAULT_REST_ADDRESS, offset)
     if grpc_address is None and rest_address is None:
         raise ConfigError("grpc_address and rest_address are both off: nothing would answer requests")
     if grpc_address is not None and grpc_address == rest_address:
         raise ConfigError(f"{top['rest_address'].origin}: the same address as grpc_address ({grpc_address})")
-    metrics_address = _address(top["metrics"]) if "metrics" in top else DEFAULT_METRICS_ADDRESS
+    metrics_address = _address(top["metrics"]) if "metrics" in top else _offset_port(DEFAULT_METRICS_ADDRESS, offset)
     for other, name in ((grpc_address, "grpc_address"), (rest_address, "rest_address")):
         if metrics_address is not None and metrics_address == other:
             raise ConfigError(f"{top['metrics'].origin if 'metrics' in top else 'metrics'}: the same address as "
@@ -581,5 +603,6 @@ def load_config(config_file: Optional[str] = None, environ: Optional[Mapping[str
         else DEFAULT_MAX_REQUEST_INSTANCES,
         max_stream_memory_mb=_int(top["max_stream_memory_mb"], 1, MAX_STREAM_MEMORY_MB)
         if "max_stream_memory_mb" in top else DEFAULT_MAX_STREAM_MEMORY_MB,
+        log_level=_log_level(top["log_level"]) if "log_level" in top else "info",
         tls=resolver.tls(),
         servables=resolver.servables())

@@ -2,6 +2,7 @@
 what is ready, and serve until SIGINT or SIGTERM, then stop cleanly (exit code 0)."""
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -87,6 +88,7 @@ def serve(config: ServeConfig, out: Optional[TextIO] = None, err: Optional[TextI
     # The master installs signal handlers that stop it and then re-raise the signal's default action (a
     # KeyboardInterrupt, or death by SIGTERM); this command replaces them once the master exists, so that a
     # signal means "stop cleanly and exit 0".
+    logging.getLogger("mindserve").setLevel(config.log_level.upper())  # (kept by the server's own set-up)
     master = get_master()
     signals = _StopSignals()
     signals.install()

@@ -40,7 +40,8 @@ def _configure_logging() -> None:
         handler = _logging.StreamHandler()
         handler.setFormatter(_logging.Formatter("[mindserve] %(levelname)s %(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(_logging.INFO)
+        if logger.level == _logging.NOTSET:  # (a level set before, such as mindserve serve's --log-level, stays)
+            logger.setLevel(_logging.INFO)
 
 
 def start_servables(servable_configs: Union[ServableStartConfig, Sequence[ServableStartConfig]]) -> None:

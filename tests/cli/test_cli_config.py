@@ -6,8 +6,15 @@ import os
 
 import pytest
 
-from mindserve.cli.config import (BUNDLED_SERVABLES as CONFIG_BUNDLED, ConfigError, ServableSettings, ServeConfig,
-                                  TLSSettings, default_servable_directory, load_config)
+from mindserve.cli.config import BUNDLED_SERVABLES as CONFIG_BUNDLED
+from mindserve.cli.config import (
+    ConfigError,
+    ServableSettings,
+    ServeConfig,
+    TLSSettings,
+    default_servable_directory,
+    load_config,
+)
 from support.paths import BUNDLED_SERVABLES
 
 
@@ -280,7 +287,7 @@ FILE_ERRORS = [
     ("grpc_adress: 127.0.0.1:1",
      "grpc_adress: unknown key (known keys: servable_directory, servables, grpc_address, rest_address, metrics, tls, "
      "max_msg_mb_size, max_enqueued_requests, max_request_instances, access, ava, allow_client_shm, "
-     "client_shm_owners, max_stream_memory_mb)"),
+     "client_shm_owners, max_stream_memory_mb, log_level, port_offset)"),
     ("tls: {certificate: server.pem, private_key: server.key, verify: true}",
      "tls.verify: unknown key (known keys: certificate, private_key, ca, verify_client)"),
     ("tls: server.pem", "tls: expected a mapping with certificate, private_key, ca, verify_client, got 'server.pem'"),
