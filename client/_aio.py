@@ -5,6 +5,8 @@ from typing import Any, Mapping, Optional
 
 import grpc
 import numpy as np
+
+from mindserve._proto import ms_service_pb2 as pb
 from mindserve.client._client import (
     MODEL_METADATA,
     PREDICT,
@@ -25,8 +27,6 @@ from mindserve.client._client import (
     parse_reply,
     with_unsent,
 )
-
-from mindserve._proto import ms_service_pb2 as pb
 
 
 class Client:

@@ -5,12 +5,12 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import grpc
 import numpy as np
-from mindserve.client._convert import fill_tensor, value_of
-from mindserve.client._shared_memory import DEFAULT_THRESHOLD, ClientMemory, is_local
 
 from mindserve import _dtypes
 from mindserve._checks import check_int, check_str
 from mindserve._proto import ms_service_pb2 as pb
+from mindserve.client._convert import fill_tensor, value_of
+from mindserve.client._shared_memory import DEFAULT_THRESHOLD, ClientMemory, is_local
 
 PREDICT = "/mindspore.serving.proto.MSService/Predict"
 MODEL_METADATA = "/inference.GRPCInferenceService/ModelMetadata"
