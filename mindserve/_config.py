@@ -19,7 +19,11 @@ class ServableStartConfig:
         version_number: the version folder to serve; 0 serves the newest one.
         device_type: None or "CPU" (the default), "GPU" (ONNX Runtime's CUDA provider, or MindSpore built for GPU) or
             "Ascend" (ONNX Runtime's CANN provider, or MindSpore for Ascend), case ignored.
-        num_parallel_workers: accepted for compatibility; one worker runs per device id.
+        num_parallel_workers: the number of processes that run the servable's Python stages (0 to 64), the device
+            workers included, as in MindSpore Serving: above the number of device ids, the difference runs as
+            extra processes that run Python stages only (no model loaded in them) while the device workers run
+            the model stages; at most the number of device ids (0, the default), every method runs whole in its
+            device worker.
         max_batch_size: the most instances a worker runs together (taken from many requests); 0 means the
             model's fixed batch size, or for a model with a dynamic batch dim every instance queued.
         max_batch_delay_ms: how long a worker may wait for a batch to fill after its first instance arrived;
@@ -30,7 +34,7 @@ class ServableStartConfig:
 
     def __init__(self, servable_directory: str, servable_name: str,
                  device_ids: Union[int, Sequence[int], None] = None, version_number: int = 0,
-                 device_type: Optional[str] = None, num_parallel_workers: int = 0,
+                 device_type: Optional[str] = None, num_parallel_workers: int = _defaults.NUM_PARALLEL_WORKERS,
                  max_batch_size: int = _defaults.MAX_BATCH_SIZE,
                  max_batch_delay_ms: float = _defaults.MAX_BATCH_DELAY_MS, shm_size_mb: int = _defaults.SHM_SIZE_MB):
         self.servable_directory = check_str("servable_directory", servable_directory)

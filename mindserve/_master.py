@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import replace
 from typing import Any, Coroutine, Optional
 
 from mindserve._access.config import AccessConfig
@@ -94,10 +95,12 @@ class Master:
             if self.dispatcher.has(config.servable_name, version) or any(
                     g.name == config.servable_name and g.version == version for g in groups):
                 raise RuntimeError(f"servable {config.servable_name} version {version} has already been started")
-            groups.append(ServableWorkers([
-                WorkerSpec(config.servable_directory, config.servable_name, version, device_id, config.device_type,
-                           config.max_batch_size, config.max_batch_delay_ms, config.shm_size_mb)
-                for device_id in config.device_ids]))
+            specs = [WorkerSpec(config.servable_directory, config.servable_name, version, device_id,
+                                config.device_type, config.max_batch_size, config.max_batch_delay_ms,
+                                config.shm_size_mb) for device_id in config.device_ids]
+            # num_parallel_workers counts the device workers too: only the processes past them are extra
+            extra = max(config.num_parallel_workers - len(specs), 0)
+            groups.append(ServableWorkers(specs, [replace(specs[0], python_worker=k) for k in range(1, extra + 1)]))
         outcomes = await asyncio.gather(*(g.start() for g in groups), return_exceptions=True)
         for i, group in enumerate(groups):  # a Seldon request .proto is compiled now: one that fails fails the start
             proto = (group.seldon or {}).get("request_proto") if outcomes[i] is None else None
@@ -114,7 +117,8 @@ class Master:
         for group in groups:
             self.worker_groups.append(group)
             self.dispatcher.add(group)
-            log.info("servable %s version %d ready on %d worker(s)", group.name, group.version, len(group.workers))
+            log.info("servable %s version %d ready on %d worker(s) and %d Python-stage worker(s)", group.name,
+                     group.version, len(group.workers), len(group.python_workers))
 
     async def set_max_enqueued_requests(self, limit: int) -> None:
         self.dispatcher.max_enqueued_requests = limit

@@ -4,7 +4,7 @@ already-validated instances and get one result or error per instance."""
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
 from mindserve import _defaults
 from mindserve._dispatch.limits import DEFAULT_MAX_REQUEST_INSTANCES, too_many_instances
@@ -21,11 +21,11 @@ DEFAULT_MAX_ENQUEUED_REQUESTS = _defaults.MAX_ENQUEUED_REQUESTS
 
 
 class WorkerState(NamedTuple):
-    """What metrics say of one device's worker of a servable version."""
+    """What metrics say of one device's worker of a servable version ("python-<k>": a Python-stage worker)."""
 
     servable: str
     version: int
-    device_id: int
+    device_id: Union[int, str]
     up: bool
     restarts: int
 
@@ -194,9 +194,9 @@ class Dispatcher:
         return [WorkerState(g.name, g.version, state.device_id, state.up, state.restarts)
                 for g in self.groups() for state in g.states()]
 
-    async def worker_stats(self) -> dict[tuple[str, int], dict[int, dict[str, MethodTotals]]]:
+    async def worker_stats(self) -> dict[tuple[str, int], dict[Any, dict[str, MethodTotals]]]:
         """What the workers measured (queue waits, stage durations, batch sizes), by (servable, version), device
-        and method, as of now."""
+        (a device id, or "python-<k>" for a Python-stage worker) and method, as of now."""
         groups = self.groups()
         found = await asyncio.gather(*(g.stats() for g in groups))
         return {(g.name, g.version): stats for g, stats in zip(groups, found)}

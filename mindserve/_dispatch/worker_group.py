@@ -3,7 +3,7 @@ that supervision's ``ServableWorkers`` implements with real processes and tests 
 dispatcher never sees a process, a channel or a restart; it asks a group to run a method and whether it can."""
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Protocol, Sequence
+from typing import Callable, NamedTuple, Optional, Protocol, Sequence, Union
 
 from mindserve import _defaults
 from mindserve._metrics.totals import MethodTotals
@@ -16,15 +16,17 @@ DEFAULT_RESTART_WAIT_S = _defaults.RESTART_WAIT_S
 
 
 class DeviceState(NamedTuple):
-    """One device's worker of a group, as metrics report it."""
+    """One device's worker of a group, as metrics report it; ``device_id`` is ``"python-<k>"`` for the k-th
+    process that runs Python stages only (num_parallel_workers)."""
 
-    device_id: int
+    device_id: Union[int, str]
     up: bool
     restarts: int
 
 
 class WorkerGroup(Protocol):
-    """The workers of one servable version (one per device id), as the dispatcher uses them.
+    """The workers of one servable version (one per device id, and any Python-stage workers of
+    num_parallel_workers), as the dispatcher uses them.
 
     ``methods`` holds each method's signature as the workers reported it; ``seldon`` how the servable answers
     Seldon's Classifier (None: it does not). ``ready``: a worker is alive now; ``recovering``: none may be, but
@@ -55,7 +57,7 @@ class WorkerGroup(Protocol):
         """Each device's worker: alive or not, and how often it was replaced."""
         ...
 
-    async def stats(self) -> dict[int, dict[str, MethodTotals]]:
-        """What the workers measured, by device id and method, as of now (what replaced workers had reported
-        included)."""
+    async def stats(self) -> dict[Union[int, str], dict[str, MethodTotals]]:
+        """What the workers measured, by device id (or "python-<k>") and method, as of now (what replaced workers
+        had reported included)."""
         ...

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional, Union
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus's text format
 NS = 1e-9
 _MODEL = ["servable", "version", "method"]
-WorkerTotals = dict[tuple[str, int], dict[int, dict[str, MethodTotals]]]
+WorkerTotals = dict[tuple[str, int], dict[Union[int, str], dict[str, MethodTotals]]]  # by device id or "python-<k>"
 # A scrape reuses the workers' totals asked for less than this long ago, and scrapes that come while they are
 # being asked for wait for that one answer: a storm of scrapes costs the master and the workers one question a
 # second, not one a scrape. (The master's own request counts are read live at every scrape.)
@@ -89,7 +89,7 @@ class ServingCollector(Collector):
         batches = HistogramMetricFamily("mindserve_batch_size", "Instances per method execution", labels=_MODEL)
         for (servable, version), devices in sorted(self.worker_totals.items()):
             merged: dict[str, MethodTotals] = {}
-            for device, methods in sorted(devices.items()):
+            for device, methods in sorted(devices.items(), key=lambda item: _device_order(item[0])):
                 add_totals(merged, methods)
                 for method, totals in sorted(methods.items()):
                     executions.add_metric([servable, str(version), method, str(device)], totals.executions)
@@ -108,11 +108,13 @@ class ServingCollector(Collector):
                                     labels=["servable", "version"])
         for (servable, version), count in sorted(self._dispatcher.pending().items()):
             pending.add_metric([servable, str(version)], count)
-        up = GaugeMetricFamily("mindserve_worker_up", "1 while the worker of a servable version on a device is alive",
+        up = GaugeMetricFamily("mindserve_worker_up", "1 while the worker of a servable version on a device is alive "
+                               "(device python-<k>: a Python-stage worker of num_parallel_workers)",
                                labels=["servable", "version", "device"])
         restarts = CounterMetricFamily("mindserve_worker_restarts", "Workers replaced after they died",
                                        labels=["servable", "version", "device"])
-        for state in sorted(self._dispatcher.worker_states()):
+        for state in sorted(self._dispatcher.worker_states(),
+                            key=lambda s: (s.servable, s.version, _device_order(s.device_id))):
             values = [state.servable, str(state.version), str(state.device_id)]
             up.add_metric(values, 1 if state.up else 0)
             restarts.add_metric(values, state.restarts)
@@ -125,6 +127,14 @@ class ServingCollector(Collector):
                                 "max_stream_memory_mb", value=memory.used)
         yield GaugeMetricFamily("mindserve_stream_memory_limit_bytes", "max_stream_memory_mb, in bytes",
                                 value=memory.limit)
+
+
+def _device_order(label: Union[int, str]) -> tuple:
+    """Device workers by id, then the Python-stage workers ("python-<k>") by k."""
+    if isinstance(label, int):
+        return (0, label, "")
+    number = label.rpartition("-")[2]
+    return (1, int(number) if number.isdigit() else 0, label)
 
 
 class ServerMetrics:

@@ -25,9 +25,11 @@ class WorkerStats:
         self._methods: dict[str, MethodTotals] = {}
 
     def record(self, method: str, queued_ns: Sequence[int], stages: Sequence[tuple[str, int]], instances: int,
-               input_ns: int, output_ns: int) -> None:
+               input_ns: int, output_ns: int, whole: bool = True) -> None:
         """One execution of ``method``: the queue wait of each of its jobs, each stage's duration, the instances
-        it ran, and the time spent reading the jobs and writing the replies."""
+        it ran, and the time spent reading the jobs and writing the replies. A segment of a method that runs
+        over several processes (num_parallel_workers) is recorded with ``whole`` False except for the last one,
+        so that executions, instances and batch sizes count each method execution once."""
         jobs = len(queued_ns)
         infer_ns = sum(ns for _, ns in stages)
         with self._lock:
@@ -41,6 +43,8 @@ class WorkerStats:
                 if histogram is None:
                     histogram = stats.stages[label] = Histogram(DURATION_BOUNDS_NS)
                 histogram.observe(ns)
+            if not whole:
+                return
             stats.batch.observe(instances)
             stats.executions += 1
             stats.inferences += instances

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 from mindserve import _defaults
 from mindserve._errors import WorkerLost
@@ -33,7 +33,9 @@ STATS_TIMEOUT_S = 2.0  # a worker answers for its statistics from its control th
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """What a worker serves (one version of one servable on one device) and how it batches."""
+    """What a worker serves (one version of one servable on one device) and how it batches. A spec with
+    ``python_worker`` k >= 1 is the k-th of num_parallel_workers' extra processes: it runs Python stages only and
+    loads no model (``device_id`` is then not used)."""
 
     servable_directory: str
     name: str
@@ -43,8 +45,16 @@ class WorkerSpec:
     max_batch_size: int = _defaults.MAX_BATCH_SIZE
     max_batch_delay_ms: float = _defaults.MAX_BATCH_DELAY_MS
     shm_size_mb: int = _defaults.SHM_SIZE_MB
+    python_worker: int = 0
+
+    @property
+    def label(self) -> Union[int, str]:
+        """How metrics and statistics name the worker: its device id, or ``"python-<k>"``."""
+        return f"python-{self.python_worker}" if self.python_worker else self.device_id
 
     def describe(self) -> str:
+        if self.python_worker:
+            return f"servable {self.name} version {self.version} in Python-stage process {self.python_worker}"
         return f"servable {self.name} version {self.version} on device {self.device_id}"
 
 
@@ -86,7 +96,8 @@ class WorkerProcess:
         master_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         args = contract.WorkerArgs(worker_end.fileno(), self._channel.fd, self._event_fd,
                                    os.path.abspath(spec.servable_directory), spec.name, spec.version, spec.device_id,
-                                   spec.device_type or None, spec.max_batch_size, spec.max_batch_delay_ms)
+                                   spec.device_type or None, spec.max_batch_size, spec.max_batch_delay_ms,
+                                   1 if spec.python_worker else None)
         try:
             self._process = subprocess.Popen([sys.executable, "-m", "mindserve._workers", *args.to_argv()],
                                              pass_fds=(args.control_fd, args.shm_fd, args.event_fd))

@@ -224,7 +224,10 @@ class JobFlow:
                 return
             outcome: Union[Sequence, ServingError]
             try:
-                outcome = jobs.decode_reply(memoryview(data), job.count, self.outputs[job.method])
+                names = self.outputs.get(job.method)
+                if names is None:  # a defect (a job whose replies nobody described): this job fails, not the loop
+                    raise blocks.BlockError(f"no outputs known for jobs of {job.method}")
+                outcome = jobs.decode_reply(memoryview(data), job.count, names)
             except blocks.BlockError as exc:
                 outcome = Internal(f"bad reply from worker of {self._describe}: {exc}")
             self._finish(job, outcome)

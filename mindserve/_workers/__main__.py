@@ -2,13 +2,15 @@
 
     python -m mindserve._workers --control-fd FD --shm-fd SHM --event-fd EVENT --servable-directory DIR
                                  --name NAME --version N --device-id ID [--device-type TYPE]
-                                 [--max-batch-size B] [--max-batch-delay-ms D]
+                                 [--max-batch-size B] [--max-batch-delay-ms D] [--python-only 1]
 
 (mindserve._transport.worker_contract.WorkerArgs defines these for both sides.) FD is the worker's end of a
 connected stream socket (control: the ``ready``/``failed`` handshake, and the way
 the worker learns that the master is gone). SHM is the channel segment (native/channel.h) that carries the
 jobs and replies; EVENT the master's eventfd, written after each batch's replies. The worker loads the servable,
-reports, then takes batches of jobs until the master closes the channel; it never outlives the master.
+reports, then takes batches of jobs until the master closes the channel; it never outlives the master. With
+--python-only 1 it is one of num_parallel_workers' extra processes: it loads no model and runs Python stages,
+as whole methods or as segments of a method (a job named ``<method>#<first>-<last>``, see worker_contract).
 """
 from __future__ import annotations
 
@@ -18,8 +20,11 @@ import socket
 import threading
 import time
 from itertools import groupby
-from typing import Optional
+from typing import Any, Callable, Optional
 
+import numpy as np
+
+from mindserve import _dtypes
 from mindserve._errors import SYSTEM_ERROR, ServingError
 from mindserve._metrics.worker_stats import WorkerStats
 from mindserve._transport import worker_contract as contract
@@ -64,21 +69,21 @@ def _run_method(executor: MethodExecutor, method: str, jobs: list[Job], channel:
 
 def _answer_jobs(executor: MethodExecutor, method: str, jobs: list[Job], channel: ShmChannel, event_fd: int,
                  batch: Optional[_Batch] = None) -> None:
-    if method not in executor.servable.methods:
+    segment = contract.parse_segment(method)
+    if method not in executor.servable.methods and not _is_segment(executor, segment):
         for job in jobs:
             send_error(channel, event_fd, job.id, job.count, ServingError(SYSTEM_ERROR, f"unknown method {method}"),
                        wake=False)
         return
-    names = executor.servable.methods[method].input_names
     total = sum(job.count for job in jobs)
+    timings: list[tuple[str, int]] = []
+    failure = None
     try:
-        for job in jobs:
-            missing = [n for n in names if n not in job.inputs]
-            if missing:
-                raise ServingError(SYSTEM_ERROR, f"job without input {missing[0]}")
-        inputs = {n: Column([chunk for job in jobs for chunk in job.inputs[n].chunks]) for n in names}
-        timings: list[tuple[str, int]] = []
-        outputs, errors = executor.run_columns(method, inputs, total, timings)
+        if segment is None:
+            outputs, errors = _run_whole(executor, method, jobs, total, timings)
+        else:
+            outputs, errors = _run_segment(executor, segment, jobs, total, timings)
+            failure = _crossing_failure(segment[0])
     except Exception as exc:  # a defect of the worker itself: fail these jobs, keep serving
         error = exc if isinstance(exc, ServingError) else ServingError(SYSTEM_ERROR, f"worker error: {exc}")
         for job in jobs:
@@ -89,12 +94,77 @@ def _answer_jobs(executor: MethodExecutor, method: str, jobs: list[Job], channel
     for job in jobs:
         stop = start + job.count
         writer, header = reply_block(method, job.count, {n: c.slice(start, stop) for n, c in outputs.items()},
-                                     errors[start:stop])
+                                     errors[start:stop], failure)
         send_reply(channel, event_fd, job.id, writer, header, wake=False)
         start = stop
     if batch is not None:
-        batch.stats.record(method, [batch.queued.get(job.id, 0) for job in jobs], timings, total,
-                           sum(batch.read_ns.get(job.id, 0) for job in jobs), time.perf_counter_ns() - replying)
+        whole = segment is None or segment[2] == len(executor.servable.methods[segment[0]].stages)
+        batch.stats.record(method if segment is None else segment[0], [batch.queued.get(job.id, 0) for job in jobs],
+                           timings, total, sum(batch.read_ns.get(job.id, 0) for job in jobs),
+                           time.perf_counter_ns() - replying, whole)
+
+
+def _is_segment(executor: MethodExecutor, segment: Optional[tuple[str, int, int]]) -> bool:
+    if segment is None or segment[0] not in executor.servable.methods:
+        return False
+    return 1 <= segment[1] <= segment[2] <= len(executor.servable.methods[segment[0]].stages)
+
+
+def _joined(jobs: list[Job], names: list[str]) -> dict[str, Column]:
+    """Each named input over the instances of every job, in job order; ServingError when a job lacks one."""
+    for job in jobs:
+        missing = [n for n in names if n not in job.inputs]
+        if missing:
+            raise ServingError(SYSTEM_ERROR, f"job without input {missing[0]}")
+    return {n: Column([chunk for job in jobs for chunk in job.inputs[n].chunks]) for n in names}
+
+
+def _run_whole(executor: MethodExecutor, method: str, jobs: list[Job], total: int, timings: list) -> tuple:
+    return executor.run_columns(method, _joined(jobs, executor.servable.methods[method].input_names), total, timings)
+
+
+def _run_segment(executor: MethodExecutor, segment: tuple[str, int, int], jobs: list[Job], total: int,
+                 timings: list) -> tuple:
+    """A segment job (num_parallel_workers): its inputs are values named by reference, and so are the values it
+    hands on."""
+    name, first, last = segment
+    method = executor.servable.methods[name]
+    names = list(jobs[0].inputs)
+    given = {}
+    for value, column in _joined(jobs, names).items():
+        ref = contract.value_ref(method.input_names, value)
+        if ref is None or ref[0] >= first:
+            raise ServingError(SYSTEM_ERROR, f"segment job with unknown value {value}")
+        given[ref] = column
+    outputs, errors = executor.run_segment(name, first, last, given, total, timings)
+    if not any(errors):  # values alike go on stacked: read whole by the master and the next worker (a model batch)
+        outputs = {ref: _stacked(column) for ref, column in outputs.items()}
+    return {contract.value_name(method.input_names, *ref): column for ref, column in outputs.items()}, errors
+
+
+def _stacked(column: Column) -> Column:
+    """A column of per-instance numeric arrays of one dtype and shape (what Python stages return) as one stacked
+    array; any other column as it is."""
+    if column.stacked_type() is not None:
+        return column
+    rows = column.rows()
+    first = rows[0] if rows else None
+    if not isinstance(first, np.ndarray) or first.ndim == 0 or _dtypes.CODE_OF.get(first.dtype) is None:
+        return column
+    if any(not isinstance(r, np.ndarray) or r.dtype != first.dtype or r.shape != first.shape for r in rows):
+        return column
+    return Column([np.stack(rows)])
+
+
+def _crossing_failure(method: str) -> Callable[[str, Any], str]:
+    """The text of an instance whose value a segment hands on cannot go to another process."""
+    def text(name: str, value: Any) -> str:
+        stage, _, index = name.partition(".")
+        kind = f"numpy array of {value.dtype}" if isinstance(value, np.ndarray) else str(type(value))
+        return (f"Method '{method}' stage {stage} output {index} cannot go to another worker process "
+                f"(num_parallel_workers): unsupported type {kind}, a value handed on between processes must be a "
+                f"numpy array, str, bytes or a scalar")
+    return text
 
 
 def serve(executor: MethodExecutor, channel: ShmChannel, event_fd: int, max_items: int, max_delay_s: float,
@@ -144,7 +214,7 @@ def main() -> None:
     try:
         channel = ShmChannel.attach(args.shm_fd)
         executor = load_servable(args.servable_directory, args.name, args.version, args.device_type,
-                                 args.device_id, args.max_batch_size or None)
+                                 args.device_id, args.max_batch_size or None, bool(args.python_only))
     except Exception as exc:
         control.send(contract.failed_message(str(exc)))
         control.close()

@@ -39,6 +39,15 @@ def to_output_value(value: Any) -> Value:
     raise TypeError(f"unsupported type {kind}, a method output must be a numpy array, str, bytes or a scalar")
 
 
+def segment_outputs(method: MethodDefinition, first: int, last: int) -> list[tuple[int, int]]:
+    """The values stages ``first`` to ``last`` make that a later stage or the method outputs use, in order: what
+    a segment of a method hands on to the next (mindserve._supervision.segments plans the same from the
+    worker's report)."""
+    used = {(p.stage, p.index) for stage in method.stages[last:] for p in stage.args}
+    used.update((p.stage, p.index) for p in method.outputs)
+    return sorted(ref for ref in used if first <= ref[0] <= last)
+
+
 class MethodExecutor:
     """Runs the methods of one loaded servable."""
 
@@ -56,21 +65,47 @@ class MethodExecutor:
         method = self.servable.methods[method_name]
         errors: list[Optional[ServingError]] = [None] * count
         # slots[s][k] is output k of stage s over all instances; stage 0 is the method inputs
-        slots: list[list[Column]] = [[inputs[name] for name in method.input_names]]
-        for index, stage in enumerate(method.stages, start=1):
+        slots: dict[int, list] = {0: [inputs[name] for name in method.input_names]}
+        self._run_stages(method, 1, len(method.stages), slots, errors, count, timings)
+        outputs = {name: slots[p.stage][p.index] if p.stage in slots else Column.of_values([None] * count)
+                   for name, p in zip(method.output_names, method.outputs)}
+        return outputs, errors
+
+    def run_segment(self, method_name: str, first: int, last: int, given: dict[tuple[int, int], Column],
+                    count: int, timings: Optional[list[tuple[str, int]]] = None) \
+            -> tuple[dict[tuple[int, int], Column], list[Optional[ServingError]]]:
+        """Run stages ``first`` to ``last`` (counted from 1, as error texts count them) of a method on ``count``
+        instances, from the values ``given`` by reference (stage, output index; stage 0: the method inputs) that
+        these stages use. Returns the values of these stages that later stages or the method outputs use (the
+        ones to hand on, see ``segment_outputs``) and the error of each instance."""
+        method = self.servable.methods[method_name]
+        errors: list[Optional[ServingError]] = [None] * count
+        slots: dict[int, list] = {}
+        for (stage, index), column in given.items():
+            width = len(method.input_names) if stage == 0 else method.stages[stage - 1].outputs_count
+            slots.setdefault(stage, [None] * width)[index] = column
+        self._run_stages(method, first, last, slots, errors, count, timings)
+        empty = Column.of_values([None] * count)
+        return {ref: slots[ref[0]][ref[1]] if ref[0] in slots else empty
+                for ref in segment_outputs(method, first, last)}, errors
+
+    def _run_stages(self, method: MethodDefinition, first: int, last: int, slots: dict[int, list],
+                    errors: list[Optional[ServingError]], count: int,
+                    timings: Optional[list[tuple[str, int]]]) -> None:
+        """Stages ``first`` to ``last`` of ``method``, each adding its output columns to ``slots``; an instance
+        that fails in one drops out of the later ones."""
+        for index in range(first, last + 1):
+            stage = method.stages[index - 1]
             live = [i for i, err in enumerate(errors) if err is None]
             if not live:
                 break
             args = [slots[p.stage][p.index] for p in stage.args]
             began = time.perf_counter_ns()
             outcome = self._model_columns(stage, args, errors) if stage.is_model and len(live) == count else None
-            slots.append(outcome if outcome is not None
-                         else self._run_rows(method, index, stage, args, live, errors, count))
+            slots[index] = outcome if outcome is not None else self._run_rows(method, index, stage, args, live,
+                                                                              errors, count)
             if timings is not None:
                 timings.append((stage_label(index, stage.is_model), time.perf_counter_ns() - began))
-        outputs = {name: slots[p.stage][p.index] if p.stage < len(slots) else Column.of_values([None] * count)
-                   for name, p in zip(method.output_names, method.outputs)}
-        return outputs, errors
 
     def _model_columns(self, stage: StageDefinition, args: list[Column], errors: list) -> Optional[list[Column]]:
         """A model stage over whole stacked columns, or None when they are not stacked."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -55,10 +55,12 @@ def _stacked_output(column: Column) -> Optional[tuple[list[np.ndarray], tuple, i
     return [np.ascontiguousarray(p) for p in column.chunks], kind[1], _dtypes.CODE_OF[kind[0]]
 
 
-def reply_block(method: str, count: int, outputs: dict[str, Column], errors: list[Optional[ServingError]]) \
-        -> tuple[blocks.BlockWriter, dict]:
+def reply_block(method: str, count: int, outputs: dict[str, Column], errors: list[Optional[ServingError]],
+                failure: Optional[Callable[[str, Any], str]] = None) -> tuple[blocks.BlockWriter, dict]:
     """The reply to one job of ``count`` instances: outputs stacked where every instance succeeded and the
-    column is stacked, else one value per successful instance; errors as [index, code, message]."""
+    column is stacked, else one value per successful instance; errors as [index, code, message]. A value that
+    cannot cross to the master fails its instance with the text ``failure(output name, value)`` (by default that
+    of a method output of an unsupported type)."""
     errors = list(errors)
     stacked: dict[str, tuple] = {}
     values: dict[str, list] = {}
@@ -75,7 +77,8 @@ def reply_block(method: str, count: int, outputs: dict[str, Column], errors: lis
             try:
                 converted[i] = to_output_value(value)
             except TypeError as exc:
-                errors[i] = ServingError(SYSTEM_ERROR, f"Method '{method}' output '{name}': {exc}")
+                errors[i] = ServingError(SYSTEM_ERROR, failure(name, value) if failure is not None
+                                         else f"Method '{method}' output '{name}': {exc}")
         values[name] = converted
     if stacked and any(errors):  # an output value failed to convert: report the others per instance too
         for name, (pieces, _, _) in stacked.items():

@@ -53,11 +53,26 @@ def _bind(runner: ModelRunner):
     return run
 
 
+def _not_here(model: definition.Model):
+    def run(subgraph: int, instances: list) -> list:
+        raise RuntimeError(f"Model({model.key}).call() failed: the model is not loaded in this process, which runs "
+                           f"Python stages only (num_parallel_workers is above the number of device ids); a model "
+                           f"runs as a stage of its own (add_stage), or set num_parallel_workers to at most the "
+                           f"number of device ids to call it from a Python stage")
+    return run
+
+
 def load_servable(servable_directory: str, name: str, version: int, device_type: Optional[str],
-                  device_id: int, max_batch_size: Optional[int] = None) -> MethodExecutor:
-    """Everything a worker needs to run the servable's methods; raises RuntimeError with a text for the user."""
+                  device_id: int, max_batch_size: Optional[int] = None, python_only: bool = False) -> MethodExecutor:
+    """Everything a worker needs to run the servable's methods; raises RuntimeError with a text for the user.
+    A ``python_only`` worker (one of num_parallel_workers' extra processes) imports the servable but loads no
+    model: it runs Python stages only, and Model.call from one fails with a text that says so."""
     servable = import_servable_config(servable_directory, name, version)
     check_seldon(servable, os.path.join(os.path.abspath(servable_directory), name))
+    if python_only:
+        for model in servable.models:
+            model._runner = _not_here(model)
+        return MethodExecutor(servable, {})
     if servable.models and version == 0:
         raise RuntimeError(f"There is no valid version directory of models while there are models declared in "
                            f"servable_config.py, servable directory: {servable_directory}, servable name: {name}")
@@ -140,5 +155,14 @@ def method_signatures(executor: MethodExecutor) -> dict:
     for m in executor.servable.methods.values():
         input_specs, output_specs = _method_specs(executor, m)
         signatures[m.name] = {"inputs": m.input_names, "outputs": m.output_names,
-                              "input_specs": input_specs, "output_specs": output_specs}
+                              "input_specs": input_specs, "output_specs": output_specs, **method_plan(m)}
     return signatures
+
+
+def method_plan(method: definition.MethodDefinition) -> dict:
+    """What the master needs to run a method as segments over several processes without importing the servable
+    (mindserve._supervision.segments): each stage's kind and the values it uses, and the values that are the
+    method's outputs, as ``[stage, index]`` references (stage 0: the method inputs; stages counted from 1)."""
+    return {"stages": [{"model": stage.is_model, "args": [[p.stage, p.index] for p in stage.args],
+                        "outputs": stage.outputs_count} for stage in method.stages],
+            "output_refs": [[p.stage, p.index] for p in method.outputs]}

@@ -46,6 +46,8 @@ def _type_name(value) -> str:
         return _dtypes.NAME_OF[_dtypes.MS_STRING]
     if isinstance(value, bytes):
         return _dtypes.NAME_OF[_dtypes.MS_BYTES]
+    if not isinstance(value, np.ndarray):  # what a Python stage gave a model input: a dict, a list, ...
+        return type(value).__name__
     code = _dtypes.code_of_array(value)
     return _dtypes.NAME_OF[code] if code is not None else str(getattr(value, "dtype", type(value).__name__))
 

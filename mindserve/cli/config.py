@@ -42,7 +42,7 @@ TOP_KEYS = ("servable_directory", "servables", "grpc_address", "rest_address", "
             "client_shm_owners", "max_stream_memory_mb", "log_level", "port_offset")
 AVA_KEYS = ("servable", "method", "version", "batch_size")
 SERVABLE_KEYS = ("name", "directory", "version", "device_ids", "device_type", "max_batch_size",
-                 "max_batch_delay_ms", "shm_size_mb")
+                 "max_batch_delay_ms", "shm_size_mb", "num_parallel_workers")
 TLS_KEYS = ("certificate", "private_key", "ca", "verify_client")
 
 # Environment variables, each with the setting it overrides and how its text is read. An empty variable
@@ -91,6 +91,7 @@ class ServableSettings:
     max_batch_size: int = _defaults.MAX_BATCH_SIZE
     max_batch_delay_ms: float = _defaults.MAX_BATCH_DELAY_MS
     shm_size_mb: int = _defaults.SHM_SIZE_MB
+    num_parallel_workers: int = _defaults.NUM_PARALLEL_WORKERS  # processes for Python stages, device workers too
 
 
 @dataclass(frozen=True)
@@ -517,7 +518,9 @@ class _Resolver:
             max_batch_delay_ms=_number(entry["max_batch_delay_ms"], 0, 60000) if "max_batch_delay_ms" in entry
             else _defaults.MAX_BATCH_DELAY_MS,
             shm_size_mb=_int(entry["shm_size_mb"], 4, 1 << 20) if "shm_size_mb" in entry
-            else _defaults.SHM_SIZE_MB)
+            else _defaults.SHM_SIZE_MB,
+            num_parallel_workers=_int(entry["num_parallel_workers"], 0, 64) if "num_parallel_workers" in entry
+            else _defaults.NUM_PARALLEL_WORKERS)
 
     def tls(self) -> Optional[TLSSettings]:
         tls = self.layers.tls

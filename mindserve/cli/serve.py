@@ -54,11 +54,15 @@ def _say(out: TextIO, line: str) -> None:
 
 def _ready_lines(config: ServeConfig, servables: list) -> list[str]:
     lines = []
-    for name, version, directory, device_ids, methods in servables:
+    for name, version, directory, device_ids, methods, python_workers in servables:
         devices = ", ".join(str(i) for i in device_ids)
         plural = "s" if len(device_ids) > 1 else ""
         lines.append(f"servable {name} version {version} from {os.path.join(directory, name)} on device{plural} "
                      f"{devices}: methods {', '.join(methods)}")
+        if python_workers:  # num_parallel_workers past the device workers
+            lines.append(f"servable {name} version {version}: {len(python_workers)} Python-stage worker process"
+                         f"{'es' if len(python_workers) > 1 else ''} (pid {', '.join(python_workers)}) beside the "
+                         f"device worker{plural}")
     tls = " (TLS)" if config.tls else ""
     if config.grpc_address:
         lines.append(f"gRPC listening on {config.grpc_address}{tls}")
@@ -102,7 +106,7 @@ def serve(config: ServeConfig, out: Optional[TextIO] = None, err: Optional[TextI
             server.ServableStartConfig(servable_directory=s.directory, servable_name=s.name, device_ids=s.device_ids,
                                        version_number=s.version, device_type=s.device_type,
                                        max_batch_size=s.max_batch_size, max_batch_delay_ms=s.max_batch_delay_ms,
-                                       shm_size_mb=s.shm_size_mb)
+                                       shm_size_mb=s.shm_size_mb, num_parallel_workers=s.num_parallel_workers)
             for s in config.servables])
         ssl_config = None
         if config.tls:
@@ -137,7 +141,7 @@ def serve(config: ServeConfig, out: Optional[TextIO] = None, err: Optional[TextI
 
 
 async def _started_servables(master: Master) -> list:
-    """(name, version, directory, device ids, method names) of each running servable version, read on the
-    master's loop (which owns the dispatcher), in the order they were started."""
-    return [(g.name, g.version, g.specs[0].servable_directory, [s.device_id for s in g.specs], list(g.methods))
-            for g in master.worker_groups]
+    """(name, version, directory, device ids, method names, pids of the Python-stage workers) of each running
+    servable version, read on the master's loop (which owns the dispatcher), in the order they were started."""
+    return [(g.name, g.version, g.specs[0].servable_directory, [s.device_id for s in g.specs], list(g.methods),
+             [str(w.pid) for w in g.python_workers]) for g in master.worker_groups]

@@ -283,7 +283,7 @@ FILE_ERRORS = [
     ("servables: [{name: alpha, device_ids: [1, 1]}]", "servables[0].device_ids: device ids must differ, got [1, 1]"),
     ("servables: [{name: alpha, devices: [0]}]",
      "servables[0].devices: unknown key (known keys: name, directory, version, device_ids, device_type, "
-     "max_batch_size, max_batch_delay_ms, shm_size_mb)"),
+     "max_batch_size, max_batch_delay_ms, shm_size_mb, num_parallel_workers)"),
     ("grpc_adress: 127.0.0.1:1",
      "grpc_adress: unknown key (known keys: servable_directory, servables, grpc_address, rest_address, metrics, tls, "
      "max_msg_mb_size, max_enqueued_requests, max_request_instances, access, ava, allow_client_shm, "

@@ -22,8 +22,10 @@ def test_the_public_api_takes_its_defaults_from_one_place():
     assert _default(server.start_restful_server, "max_connections") == _defaults.MAX_CONNECTIONS
     assert _default(server.start_metrics_server, "address") == _defaults.METRICS_ADDRESS
     config = server.ServableStartConfig("servables", "add")
-    assert (config.device_ids, config.max_batch_size, config.max_batch_delay_ms, config.shm_size_mb) == (
-        _defaults.DEVICE_IDS, _defaults.MAX_BATCH_SIZE, _defaults.MAX_BATCH_DELAY_MS, _defaults.SHM_SIZE_MB)
+    assert (config.device_ids, config.max_batch_size, config.max_batch_delay_ms, config.shm_size_mb,
+            config.num_parallel_workers) == (_defaults.DEVICE_IDS, _defaults.MAX_BATCH_SIZE,
+                                             _defaults.MAX_BATCH_DELAY_MS, _defaults.SHM_SIZE_MB,
+                                             _defaults.NUM_PARALLEL_WORKERS)
 
 
 def test_the_master_and_the_workers_start_from_the_same_defaults():
@@ -45,5 +47,7 @@ def test_the_command_line_starts_from_the_same_defaults():
             serve.max_stream_memory_mb) == (_defaults.MAX_MSG_MB_SIZE, _defaults.MAX_ENQUEUED_REQUESTS,
                                             _defaults.MAX_REQUEST_INSTANCES, _defaults.MAX_STREAM_MEMORY_MB)
     servable = ServableSettings("servables", "add")
-    assert (servable.device_ids, servable.max_batch_size, servable.max_batch_delay_ms, servable.shm_size_mb) == (
-        _defaults.DEVICE_IDS, _defaults.MAX_BATCH_SIZE, _defaults.MAX_BATCH_DELAY_MS, _defaults.SHM_SIZE_MB)
+    assert (servable.device_ids, servable.max_batch_size, servable.max_batch_delay_ms, servable.shm_size_mb,
+            servable.num_parallel_workers) == (_defaults.DEVICE_IDS, _defaults.MAX_BATCH_SIZE,
+                                               _defaults.MAX_BATCH_DELAY_MS, _defaults.SHM_SIZE_MB,
+                                               _defaults.NUM_PARALLEL_WORKERS)

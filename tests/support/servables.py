@@ -381,3 +381,121 @@ def make_blocker(root: str, name: str = "blocker", version: int = 1) -> str:
     if version:
         os.makedirs(os.path.join(path, str(version)), exist_ok=True)
     return path
+
+
+# num_parallel_workers (tests/workers/test_parallel_workers.py): Python stages around a model stage (offset.onnx,
+# y = x + version). The pre stage of x[0] = K > 0 writes its pid and start time to stage-K in the folder named by
+# $MINDSERVE_TEST_STAGE_DIR, then waits (at most 20 s) until release-K exists there, or, when x[1] = -1, until
+# `rendezvous` other stages have started too (proving that they run at the same time), and writes its end time.
+# Every Python stage reports its pid and whether ONNX Runtime is imported in its process (a model is loaded).
+PARALLEL_CONFIG = '''
+import os
+import sys
+import time
+
+import numpy as np
+from mindserve.server import register
+
+model = register.declare_model(model_file="offset.onnx", model_format="ONNX", with_batch_dim=True)
+_dir = os.environ["MINDSERVE_TEST_STAGE_DIR"]
+_rendezvous = int(os.environ.get("MINDSERVE_TEST_RENDEZVOUS", "2"))
+
+
+def _stage_files():
+    return [n for n in os.listdir(_dir) if n.startswith("stage-")]
+
+
+def pre(x):
+    key = int(x[0])
+    if key > 0:
+        began = time.time()
+        with open(os.path.join(_dir, f"stage-{key}"), "w") as f:
+            f.write(f"{os.getpid()} {began!r}")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if x[1] == -1 and len(_stage_files()) >= _rendezvous:
+                break
+            if x[1] != -1 and os.path.exists(os.path.join(_dir, f"release-{key}")):
+                break
+            time.sleep(0.01)
+        with open(os.path.join(_dir, f"stage-{key}"), "a") as f:
+            f.write(f" {time.time()!r}")
+    loaded = np.array(["onnxruntime" in sys.modules], np.bool_)
+    return x.astype(np.float32), np.array([os.getpid()], np.int64), loaded
+
+
+def post(y):
+    return y * 2, np.array([os.getpid()], np.int64)
+
+
+def check(x):
+    if x[0] < 0:
+        raise ValueError(f"negative key {x[0]}")
+    if x[0] == 99:
+        return {"not": "a tensor"}
+    return x.astype(np.float32)
+
+
+def last(y):
+    if y[0] > 50:
+        raise ValueError(f"too large {y[0]}")
+    return y - 1
+
+
+def label(y):
+    return "seen " + str(int(y[0])), b"raw"
+
+
+def call_model(x):
+    return model.call(x.astype(np.float32))
+
+
+@register.register_method(output_names=["y", "pre_pid", "post_pid", "pre_loaded"])
+def pipeline(x):
+    x, pre_pid, loaded = register.add_stage(pre, x, outputs_count=3)
+    y = register.add_stage(model, x, outputs_count=1)
+    y, post_pid = register.add_stage(post, y, outputs_count=2)
+    return y, pre_pid, post_pid, loaded
+
+
+@register.register_method(output_names=["y", "text", "raw", "x"])
+def steps(x):
+    checked = register.add_stage(check, x, outputs_count=1)
+    y = register.add_stage(model, checked, outputs_count=1)
+    text, raw = register.add_stage(label, y, outputs_count=2)
+    z = register.add_stage(last, y, outputs_count=1)
+    return z, text, raw, x
+
+
+@register.register_method(output_names=["y", "pid", "loaded"])
+def python_only(x):
+    return register.add_stage(pre, x, outputs_count=3)
+
+
+@register.register_method(output_names=["y"])
+def by_call(x):
+    return register.add_stage(call_model, x, outputs_count=1)
+
+
+@register.register_method(output_names=["y"])
+def model_after(x):
+    register.add_stage(check, x, outputs_count=1)
+    return register.add_stage(model, x, outputs_count=1)
+
+
+@register.register_method(output_names=["y", "model_y"])
+def model_then_post(x):
+    y = register.add_stage(model, x, outputs_count=1)
+    doubled, _ = register.add_stage(post, y, outputs_count=2)
+    return doubled, y
+'''
+
+
+def make_parallel(root: str, versions=(1,), offset: float = 1.0) -> str:
+    """The parallel servable (PARALLEL_CONFIG) with offset.onnx (y = x + offset) in each version folder; its
+    folder."""
+    path = write(root, "parallel", PARALLEL_CONFIG)
+    for version in versions:
+        os.makedirs(os.path.join(path, str(version)), exist_ok=True)
+        model_files.offset_model(os.path.join(path, str(version), "offset.onnx"), offset)
+    return path

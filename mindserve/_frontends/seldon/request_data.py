@@ -144,5 +144,5 @@ def _field_tensor(name: str, field: FieldDescriptor, value: Any) -> RawTensor:
     if numpy_type is None:
         raise InvalidInput(f"Input {name}: a field of type {field.type} (a message, or repeated text) cannot be an "
                            f"input; use numbers, bool, string or bytes")
-    array = np.asarray(list(value) if field.label == FieldDescriptor.LABEL_REPEATED else value, numpy_type)
+    array: np.ndarray = np.asarray(list(value) if field.label == FieldDescriptor.LABEL_REPEATED else value, numpy_type)
     return RawTensor(_dtypes.CODE_OF[array.dtype], array.shape, array.tobytes())
