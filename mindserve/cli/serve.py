@@ -76,7 +76,35 @@ def _ready_lines(config: ServeConfig, servables: list) -> list[str]:
         if not metrics.startswith("unix:"):
             metrics = f"{'https' if config.tls else 'http'}://{metrics}/metrics"
         lines.append(f"metrics on {metrics}")
+    lines += _what_is_on(config)
     lines.append("ready; Ctrl-C or SIGTERM stops it")
+    return lines
+
+
+def _what_is_on(config: ServeConfig) -> list[str]:
+    """What is on that a client or an operator meets at once: the groups access control guards, and clients'
+    shared memory. (Nothing is said of what is off, the defaults.)"""
+    lines = []
+    if config.access is not None:
+        from mindserve._access.groups import GROUPS, METRICS
+        from mindserve._access.policy import AccessPolicy
+
+        access = config.access
+        policy = AccessPolicy(access)
+        guarded = [group for group in GROUPS if policy.guards(group)]
+        ways = [way for way, on in (("keys", access.restricted), ("bearer tokens", access.jwt),
+                                    ("client certificates", access.client_certificates),
+                                    ("consumers' tokens", access.consumers)) if on]
+        open_groups = [group for group in GROUPS if group not in guarded]
+        lines.append(f"access control: {', '.join(guarded) or 'no group'} guarded ({', '.join(ways)})"
+                     + (f"; open: {', '.join(open_groups)}" if open_groups else ""))
+        if config.metrics_address and METRICS in guarded:
+            lines.append("metrics need credentials too: give the scraper a token or key (access: in serving.yaml, "
+                         "MINDSERVE_AUTH_*)")
+    if config.allow_client_shm:
+        owners = ", ".join(str(owner) for owner in config.client_shm_owners)
+        lines.append("client shared memory: on (Triton's regions, MindSpore's shm_data, media-stream frames), files "
+                     "of this user" + (f" and of {owners}" if owners else ""))
     return lines
 
 
