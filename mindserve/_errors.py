@@ -15,6 +15,8 @@ its answer from one table (gRPC status, HTTP status; MSService replies carry ``c
 | KeyRequired | a restricted group's key missing or wrong (Triton's answer) | - | UNAUTHENTICATED | 403 |
 | AlreadyExists | a name already taken (a shared memory region registered twice) | 2 | ALREADY_EXISTS | 400 |
 | FeatureDisabled | a feature this server was started without (client shared memory) | 1 | UNAVAILABLE | 400 |
+| DeadlineExceeded | the request's deadline passed before its work ran (dropped) | 1 | DEADLINE_EXCEEDED | 504 |
+| Cancelled | the client gave up on the request (its queued work was dropped) | 1 | CANCELLED | 499 |
 
 The access errors end a call before any message is read, so no MSService reply carries them.
 
@@ -103,6 +105,15 @@ class FeatureDisabled(_Typed):
     """A request for a feature the server was started without (client shared memory)."""
 
 
+class DeadlineExceeded(_Typed):
+    """The request's deadline (a gRPC deadline, KServe's ``timeout`` parameter) passed before its work could run:
+    queued work is dropped, never started."""
+
+
+class Cancelled(_Typed):
+    """The client gave up on the request (a cancelled call): its queued work is dropped, never started."""
+
+
 class WorkerLost(_Typed):
     """The worker running the request died before it answered."""
 
@@ -114,6 +125,11 @@ class Internal(_Typed):
 
     CODE = SYSTEM_ERROR
 
+
+# codes a worker's reply carries for work it dropped unstarted; the master's only (never on the wire: the
+# errors they become answer with FAILED)
+DROPPED_DEADLINE = 6
+DROPPED_CANCELLED = 7
 
 _KIND_OF_CODE: dict[int, type[_Typed]] = {
     INVALID_INPUTS: InvalidInput,
@@ -133,6 +149,10 @@ def kind_of(error: ServingError) -> type[ServingError]:
 
 def from_worker(code: int, message: str) -> ServingError:
     """An error a worker's reply carries, typed by its code (the wire carries only code and text)."""
+    if code == DROPPED_DEADLINE:
+        return DeadlineExceeded(message)
+    if code == DROPPED_CANCELLED:
+        return Cancelled(message)
     kind = _KIND_OF_CODE.get(code, StageFailed)
     return kind(message, code)
 

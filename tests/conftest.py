@@ -7,6 +7,8 @@ pytest.mark.server`` (the marker is declared in pyproject.toml), so that ``pytes
 in-process tests alone, in seconds."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from support import servables
@@ -29,7 +31,7 @@ def tls_files(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
-def echo_server(servable_dir, tmp_path_factory) -> ServerProcess:
+def echo_server(servable_dir, tmp_path_factory) -> Iterator[ServerProcess]:
     """The echo and batch servables on TCP, one worker each (shared by the tests that only send requests)."""
     tmp = tmp_path_factory.mktemp("echo_server")
     address = f"127.0.0.1:{free_port()}"
@@ -43,7 +45,7 @@ def echo_server(servable_dir, tmp_path_factory) -> ServerProcess:
 
 
 @pytest.fixture(scope="session")
-def add_server(tmp_path_factory) -> ServerProcess:
+def add_server(tmp_path_factory) -> Iterator[ServerProcess]:
     """The bundled add servable with two device workers, on TCP and on a unix socket."""
     tmp = tmp_path_factory.mktemp("add_server")
     address = f"127.0.0.1:{free_port()}"

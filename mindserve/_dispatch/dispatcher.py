@@ -4,13 +4,23 @@ already-validated instances and get one result or error per instance."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
 from mindserve import _defaults
+from mindserve._dispatch import deadlines
 from mindserve._dispatch.limits import DEFAULT_MAX_REQUEST_INSTANCES, too_many_instances
 from mindserve._dispatch.route import Route, ServedVersion
 from mindserve._dispatch.worker_group import DEFAULT_RESTART_WAIT_S, WorkerGroup
-from mindserve._errors import NotServed, QueueFull, clip, method_unavailable, request_repr, servable_unavailable
+from mindserve._errors import (
+    DeadlineExceeded,
+    NotServed,
+    QueueFull,
+    clip,
+    method_unavailable,
+    request_repr,
+    servable_unavailable,
+)
 from mindserve._metrics import requests
 from mindserve._metrics.totals import MethodTotals
 from mindserve._tensor import InstanceResults, RawTensor, Results, StackedResults
@@ -167,11 +177,24 @@ class Dispatcher:
     async def run(self, route: Route, instances: Sequence[dict[str, RawTensor]]) -> Results:
         """One ``dict[str, RawTensor]`` of outputs or one ServingError per instance, in order (``instances`` is a
         list, or a StackedInputs read in place from the request); ``results.stacked`` holds the outputs whole
-        when every instance succeeded with stacked outputs. Refused at once
-        when ``max_enqueued_requests`` requests are already waiting."""
-        group, method, version = route.group, route.method, route.version
+        when every instance succeeded with stacked outputs. Refused at once when ``max_enqueued_requests``
+        requests are already waiting. With a deadline (``deadlines``): DeadlineExceeded once it passes, and the
+        work not started by then is dropped, never run."""
         if self.enqueued_requests >= self.max_enqueued_requests:
             raise QueueFull(f"Serving Error: enqueued requests count exceeds the limit {self.max_enqueued_requests}")
+        deadline = deadlines.current()
+        if deadline is None:
+            return await self._run_now(route, instances)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise deadline_exceeded(route)
+        try:  # past the deadline the run is cancelled: its jobs not yet started are dropped (_transport.job_flow)
+            return await asyncio.wait_for(self._run_now(route, instances), remaining)
+        except asyncio.TimeoutError:
+            raise deadline_exceeded(route) from None
+
+    async def _run_now(self, route: Route, instances: Sequence[dict[str, RawTensor]]) -> Results:
+        group, method, version = route.group, route.method, route.version
         self.enqueued_requests += 1  # a request waiting for a restarted worker counts as enqueued
         key = (group.name, group.version)
         self._pending[key] = self._pending.get(key, 0) + 1
@@ -200,6 +223,12 @@ class Dispatcher:
         groups = self.groups()
         found = await asyncio.gather(*(g.stats() for g in groups))
         return {(g.name, g.version): stats for g, stats in zip(groups, found)}
+
+
+def deadline_exceeded(route: Route) -> DeadlineExceeded:
+    """The answer to a request whose deadline passed before its work ran."""
+    return DeadlineExceeded(f"Request {request_repr(route.servable, route.method, route.version)}, the request's "
+                            f"deadline passed before its answer was ready (work not started by then is dropped)")
 
 
 def _view(group: WorkerGroup) -> ServedVersion:

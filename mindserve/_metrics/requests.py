@@ -19,6 +19,8 @@ from typing import Optional, Sequence
 
 from mindserve._errors import (
     AlreadyExists,
+    Cancelled,
+    DeadlineExceeded,
     FeatureDisabled,
     Internal,
     InvalidInput,
@@ -66,6 +68,8 @@ _REASONS: dict[type, str] = {
     PermissionDenied: "permission_denied",
     AlreadyExists: "invalid_input",
     FeatureDisabled: "invalid_input",
+    DeadlineExceeded: "deadline",
+    Cancelled: "cancelled",
 }
 CANCELLED = "cancelled"
 SHUTTING_DOWN = "shutting_down"

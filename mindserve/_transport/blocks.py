@@ -213,6 +213,24 @@ class StackedColumn(NamedTuple):
     nbytes: int
 
 
+# The second word of a job block's prefix (0 in every other block): what the worker must know of a job before it
+# reads it. Bits 0..30: how many milliseconds after its push the job may still start (0: no deadline); bit 31: the
+# master cancelled it (its client went away). The master writes it while the job is its own (queued, not yet
+# answered), the worker reads it once, when it pops the job: work whose client is gone is never started.
+JOB_CANCELLED = 1 << 31
+JOB_BUDGET_MS = JOB_CANCELLED - 1
+_WORD = struct.Struct("<I")
+
+
+def job_word(buffer: Any, offset: int) -> int:
+    """The job word of the block at ``offset`` (see JOB_CANCELLED)."""
+    return int(_WORD.unpack_from(buffer, offset + 4)[0])
+
+
+def set_job_word(buffer: Any, offset: int, word: int) -> None:
+    _WORD.pack_into(buffer, offset + 4, word)
+
+
 def block_header(buffer: Any, offset: int, size: int) -> Optional[tuple[bytes, int]]:
     """The header bytes of the block at ``offset`` (``size`` bytes) and where its data starts, relative to the
     block; None when the header does not fit the block."""

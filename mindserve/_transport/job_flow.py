@@ -7,17 +7,25 @@ backlog) while the channel has no room, and where a reply is checked before it i
 answers outside its reply blocks, or for a job it was never given, or whose channel turns out corrupt, is
 reported (``on_broken``) and trusted no more. What happens to the process then is supervision's business
 (mindserve._supervision.worker_process); what happens to its jobs is ``settle``'s.
+
+Work whose client is gone is never started: a job carries the request's deadline (mindserve._dispatch.deadlines).
+A job still in the backlog when its request is cancelled or its deadline passes is dropped there; one already in
+the channel carries its remaining time and, once its request is cancelled, a cancel mark, both in its block's job
+word (``blocks.JOB_CANCELLED``), and the worker answers it without running it (mindserve._workers.__main__).
 """
 from __future__ import annotations
 
 import asyncio
 import itertools
 import logging
+import math
+import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
-from mindserve._errors import Internal, InvalidInput, ServingError
+from mindserve._dispatch import deadlines
+from mindserve._errors import Cancelled, DeadlineExceeded, Internal, InvalidInput, ServingError
 from mindserve._tensor import RawTensor, StackedInputs
 from mindserve._transport import blocks, jobs
 from mindserve._transport.shm_channel import (
@@ -43,10 +51,13 @@ class Job:
     instances: Sequence[dict[str, RawTensor]]  # a list, or a StackedInputs read in place from the request
     future: asyncio.Future
     version: int = 0  # as the request named it (0: the newest), for error texts
+    deadline: Optional[float] = None  # the request's (time.monotonic() seconds), None: none
     writer: blocks.BlockWriter = field(init=False)
     head: bytes = field(init=False)
     size: int = field(init=False)
     request_offset: int = -1
+    job_id: int = -1  # while in the channel
+    word: int = 0  # its block's job word as written
 
     def __post_init__(self) -> None:
         self.writer = blocks.BlockWriter()
@@ -81,11 +92,18 @@ class JobFlow:
         """Run ``method`` on ``instances``; one ``dict[str, RawTensor]`` or ServingError per instance. A request
         too large for the channel's arena at once goes as several jobs."""
         loop = asyncio.get_running_loop()
+        deadline = deadlines.current()
         if isinstance(instances, StackedInputs) and self._stacked_per_job(instances) >= len(instances):
-            job = Job(method, instances, loop.create_future(), version)  # the usual case: one job, nothing to split
+            # the usual case: one job, nothing to split
+            job = Job(method, instances, loop.create_future(), version, deadline)
             self.submit(job)
-            return await job.future
+            try:
+                return await job.future
+            except asyncio.CancelledError:
+                self.cancel(job)
+                raise
         results: list = [None] * len(instances)
+        made: list[Job] = []
         parts: list[tuple[list[int], asyncio.Future]] = []
         for indices in self._split(instances, results):
             if len(indices) == len(instances):
@@ -94,12 +112,18 @@ class JobFlow:
                 part = instances.part(indices[0], indices[-1] + 1)
             else:
                 part = [instances[i] for i in indices]
-            job = Job(method, part, loop.create_future(), version)
+            job = Job(method, part, loop.create_future(), version, deadline)
             parts.append((indices, job.future))
+            made.append(job)
             self.submit(job)
-        if len(parts) == 1 and len(parts[0][0]) == len(instances):  # the usual case: one job, every instance
-            return await parts[0][1]
-        outcomes = await asyncio.gather(*(future for _, future in parts), return_exceptions=True)
+        try:
+            if len(parts) == 1 and len(parts[0][0]) == len(instances):  # the usual case: one job, every instance
+                return await parts[0][1]
+            outcomes = await asyncio.gather(*(future for _, future in parts), return_exceptions=True)
+        except asyncio.CancelledError:
+            for job in made:
+                self.cancel(job)
+            raise
         for (indices, _), outcome in zip(parts, outcomes):
             if isinstance(outcome, ServingError):  # this part's worker died: its instances fail, not the rest
                 outcome = [outcome] * len(indices)
@@ -148,12 +172,36 @@ class JobFlow:
             if self.open:
                 self.channel.set_backlog(True)  # the worker stops waiting for fuller batches
 
+    def cancel(self, job: Job) -> None:
+        """The job's request was cancelled (or its deadline passed): in the backlog it is dropped when its turn
+        comes; in the channel, its cancel mark tells the worker not to start it."""
+        if job.job_id in self._jobs and self.open:
+            job.word |= blocks.JOB_CANCELLED
+            blocks.set_job_word(self.channel.view, job.request_offset, job.word)
+
+    def _dropped(self, job: Job) -> bool:
+        """Whether the job is dropped rather than queued: its request was cancelled, or its deadline has passed
+        (answered so); else its job word is set to the time it may still wait."""
+        if job.future.done():  # cancelled: its client is gone
+            self._finish(job, Cancelled("the request was cancelled before its work started"))
+            return True
+        job.word = 0
+        if job.deadline is not None:
+            left = job.deadline - time.monotonic()
+            if left <= 0:
+                self._finish(job, DeadlineExceeded("the request's deadline passed before its work started"))
+                return True
+            job.word = min(math.ceil(left * 1000), blocks.JOB_BUDGET_MS)
+        return False
+
     def _push(self, job: Job) -> bool:
-        """Write the job's block and queue it; False when the arena or the queue is full (or the worker is
-        going away: the job then goes elsewhere with the backlog)."""
+        """Write the job's block and queue it (or drop it, ``_dropped``); False when the arena or the queue is
+        full (or the worker is going away: the job then goes elsewhere with the backlog)."""
         channel = self.channel
         if not self.open or len(self._jobs) >= QUEUE_CAPACITY:
             return False
+        if self._dropped(job):
+            return True
         try:
             offset = channel.alloc(REQUESTS, job.size)
         except ArenaFull:
@@ -165,6 +213,8 @@ class JobFlow:
             self._finish(job, Internal(f"job not queued: {exc}"))
             return True
         job.writer.write(channel.view, offset, job.head)
+        if job.word:
+            blocks.set_job_word(channel.view, offset, job.word)
         job_id = next(self._ids)
         try:
             channel.push_job(job_id, offset, job.size, job.count)
@@ -174,7 +224,7 @@ class JobFlow:
         except (ArenaFull, ChannelClosed):
             channel.release(REQUESTS, offset)
             return False
-        job.request_offset = offset
+        job.request_offset, job.job_id = offset, job_id
         self._jobs[job_id] = job
         return True
 

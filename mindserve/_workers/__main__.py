@@ -25,10 +25,11 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from mindserve import _dtypes
-from mindserve._errors import SYSTEM_ERROR, ServingError
+from mindserve._errors import DROPPED_CANCELLED, DROPPED_DEADLINE, SYSTEM_ERROR, ServingError
 from mindserve._metrics.worker_stats import WorkerStats
+from mindserve._transport import blocks
 from mindserve._transport import worker_contract as contract
-from mindserve._transport.shm_channel import ChannelClosed, ShmChannel
+from mindserve._transport.shm_channel import REQUESTS, ChannelClosed, ShmChannel
 from mindserve._transport.worker_side import WorkerChannel
 from mindserve._workers.columns import Column
 from mindserve._workers.executor import MethodExecutor
@@ -179,11 +180,44 @@ def serve(executor: MethodExecutor, channel: ShmChannel, event_fd: int, max_item
         except ChannelClosed:
             return
         queued = channel.queued_ns(time.monotonic_ns())
+        entries, queued = drop_unwanted(channel, event_fd, entries, queued)
+        if not entries:
+            continue
         if lane.run(entries, queued):
             notify(event_fd)
             continue
         answer_batch(executor, entries, channel, event_fd,
                      _Batch(stats, {entry[0]: ns for entry, ns in zip(entries, queued)}))
+
+
+DROPPED_TEXTS = {DROPPED_CANCELLED: "the request was cancelled before its work started",
+                 DROPPED_DEADLINE: "the request's deadline passed before its work started"}
+
+
+def drop_unwanted(channel: ShmChannel, event_fd: int, entries: list, queued: list[int]) -> tuple[list, list[int]]:
+    """The popped jobs whose work is still wanted, and how long each waited; the others, cancelled by the master
+    (their client is gone) or past the time they could wait (their deadline), are answered unstarted."""
+    kept, waits = [], []
+    dropped = False
+    for entry, waited in zip(entries, queued):
+        job_id, offset, size, weight = entry
+        if not channel.contains(REQUESTS, offset, size) or size < 8:
+            kept.append(entry)  # (the readers refuse it, with their own text)
+            waits.append(waited)
+            continue
+        word = blocks.job_word(channel.view, offset)
+        budget_ms = word & blocks.JOB_BUDGET_MS
+        code = DROPPED_CANCELLED if word & blocks.JOB_CANCELLED else \
+            DROPPED_DEADLINE if budget_ms and waited > budget_ms * 1_000_000 else None
+        if code is None:
+            kept.append(entry)
+            waits.append(waited)
+        else:
+            send_error(channel, event_fd, job_id, max(weight, 1), ServingError(code, DROPPED_TEXTS[code]), wake=False)
+            dropped = True
+    if dropped:
+        notify(event_fd)
+    return kept, waits
 
 
 def answer_batch(executor: MethodExecutor, entries: list, channel: ShmChannel, event_fd: int,

@@ -23,7 +23,7 @@ SECRET = "an HMAC secret of more than thirty-two bytes"
 PYTHON_M = [sys.executable, "-m", "mindserve"]
 
 
-def load(tmp_path, yaml_text: str = "", environ: dict = None):
+def load(tmp_path, yaml_text: str = "", environ: dict | None = None):
     path = tmp_path / "serving.yaml"
     path.write_text(f"servable_directory: {BUNDLED_SERVABLES}\nservables: [add]\n" + yaml_text)
     return load_config(str(path), environ=environ or {}, cwd=str(tmp_path))

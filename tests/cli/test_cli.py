@@ -31,7 +31,7 @@ IRIS_MODEL = os.path.join(BUNDLED_SERVABLES, "iris", "1", "iris_logreg.onnx")
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 
 
-def start_serve(tmp_path, command: list, env: dict = None) -> ServerProcess:
+def start_serve(tmp_path, command: list, env: dict | None = None) -> ServerProcess:
     """Run a `serve` command in ``tmp_path`` until it prints its ready line; stderr goes to tmp_path/stderr."""
     stderr = open(tmp_path / "stderr", "w")
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=str(tmp_path),
@@ -50,7 +50,7 @@ def infer(*args: str, cwd=None, command=PYTHON_M) -> subprocess.CompletedProcess
     return subprocess.run([*command, "infer", *args], capture_output=True, text=True, timeout=60, cwd=cwd)
 
 
-def assert_stops(server: ServerProcess, sig: int, socket_file: str = None) -> None:
+def assert_stops(server: ServerProcess, sig: int, socket_file: str | None = None) -> None:
     """``sig`` ends the server with exit code 0 after its last lines, and its workers with it."""
     workers = child_pids(server.proc.pid)
     assert workers

@@ -212,10 +212,10 @@ def test_the_dockerfile_installs_the_package_and_serves_as_a_non_root_user():
     entrypoint = [json.loads(args) for op, args in final if op == "ENTRYPOINT"]
     assert entrypoint == [["mindserve", "serve"]]
     assert ("STOPSIGNAL", "SIGTERM") in final
-    env = {}
+    env: dict[str, str] = {}
     for op, args in final:
         if op == "ENV":
-            env.update(item.split("=", 1) for item in shlex.split(args))
+            env.update(dict(item.split("=", 1) for item in shlex.split(args)))
     config = served_config({"env": [{"name": k, "value": v} for k, v in env.items() if k.startswith("MINDSERVE_")]})
     exposed = {int(p) for op, args in final if op == "EXPOSE" for p in args.split()}
     assert exposed == {port_of(config.grpc_address), port_of(config.rest_address), port_of(config.metrics_address)}

@@ -5,12 +5,16 @@ import pytest
 
 from mindserve._dispatch.dispatcher import Dispatcher
 from mindserve._errors import (
+    DROPPED_CANCELLED,
+    DROPPED_DEADLINE,
     FAILED,
     INVALID_INPUTS,
     SERVABLE_UNAVAILABLE,
     SYSTEM_ERROR,
     WORKER_UNAVAILABLE,
     AlreadyExists,
+    Cancelled,
+    DeadlineExceeded,
     FeatureDisabled,
     Internal,
     InvalidInput,
@@ -30,11 +34,19 @@ from mindserve._frontends.grpc.status import GRPC_STATUS
 from mindserve._frontends.rest.common import HTTP_STATUS
 
 KINDS = (InvalidInput, NotServed, NoLiveWorker, QueueFull, StageFailed, WorkerLost, Internal, Unauthenticated,
-         PermissionDenied, KeyRequired, AlreadyExists, FeatureDisabled)
+         PermissionDenied, KeyRequired, AlreadyExists, FeatureDisabled, DeadlineExceeded, Cancelled)
 
 
 def test_every_kind_has_an_answer_on_every_transport():
     assert set(GRPC_STATUS) == set(KINDS) == set(HTTP_STATUS)
+
+
+def test_dropped_work_answers_with_its_reason():
+    import grpc
+    assert [(GRPC_STATUS[k], HTTP_STATUS[k]) for k in (DeadlineExceeded, Cancelled)] == [
+        (grpc.StatusCode.DEADLINE_EXCEEDED, 504), (grpc.StatusCode.CANCELLED, 499)]
+    late, gone = from_worker(DROPPED_DEADLINE, "late"), from_worker(DROPPED_CANCELLED, "gone")
+    assert (type(late), late.code, type(gone), gone.code) == (DeadlineExceeded, FAILED, Cancelled, FAILED)
 
 
 def test_access_errors_answer_as_triton_and_oauth_do():

@@ -103,12 +103,18 @@ def test_a_value_that_cannot_be_sent_fails_its_instance_alone(server):
             client.infer({"x1": ["a", "b"], "x2": good["x2"]})  # one instance: nothing else to send
 
 
+# past a call's deadline the server answers at once (the stage running meanwhile finishes, unanswered); its
+# answer races the client's own timer by the loopback's latency, so either may reach the caller first
+LATE = ({"error": "Grpc Error, (4, 'deadline exceeded'), Deadline Exceeded"},
+        {"error": "Request servable(labelled) method(slow) version(1) , the request's deadline passed before its "
+                  "answer was ready (work not started by then is dropped)"})
+
+
 def test_timeouts(server):
     with Client(server.address, "labelled", "slow", version_number=1, timeout=0.2) as client:
-        assert client.infer({"seconds": 1.0}) == {"error": "Grpc Error, (4, 'deadline exceeded'), Deadline Exceeded"}
+        assert client.infer({"seconds": 1.0}) in LATE
         assert client.infer({"seconds": 0.0}, timeout=30) == [{"y": 0.0}]
-        assert client.infer_async({"seconds": 1.0}).result() == {"error": "Grpc Error, (4, 'deadline exceeded'), "
-                                                                          "Deadline Exceeded"}
+        assert client.infer_async({"seconds": 1.0}).result() in LATE
     with pytest.raises(RuntimeError, match="Parameter 'timeout' should be a positive number of seconds or None"):
         Client(server.address, "add", "add_common", timeout=0)
 

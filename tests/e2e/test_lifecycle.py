@@ -120,6 +120,7 @@ def test_a_script_that_dies_of_an_exception_stops_its_workers_and_exits_non_zero
         assert pids
         (tmp_path / "go").write_text("")
         code = server.proc.wait(30)
+        assert server.proc.stdout is not None
         server.output += server.proc.stdout.read()
     finally:
         server.stop(signal.SIGKILL)

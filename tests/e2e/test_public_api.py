@@ -42,6 +42,7 @@ def test_register_names():
 def test_packages_are_typed():
     import os
     for package in (mindserve.server, mindserve.client):
+        assert package.__file__ is not None  # both are packages with an __init__.py
         root = os.path.dirname(os.path.dirname(package.__file__)) if package is mindserve.server \
             else os.path.dirname(package.__file__)
         assert os.path.exists(os.path.join(root, "py.typed")), root

@@ -30,7 +30,9 @@ def walkthrough() -> str:
 
 def blocks(section: str, language: str) -> list[str]:
     """The fenced blocks of ``language`` ("" for a fence without one), fences read in pairs."""
-    found, current, lang = [], None, ""
+    found: list[str] = []
+    current: list[str] | None = None  # the lines of the block being read, None between blocks
+    lang = ""
     for line in section.splitlines(keepends=True):
         if line.startswith("```"):
             if current is None:

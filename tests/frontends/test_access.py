@@ -182,7 +182,9 @@ def test_the_mindspore_rest_form_is_inference(server):
 @pytest.mark.parametrize("make", [
     pytest.param(lambda: token(expires_in=-120), id="expired"),
     pytest.param(lambda: token(secret="another HMAC secret of more than thirty-two bytes"), id="wrong secret"),
-    pytest.param(lambda: jwt.encode({"scope": "inference", "exp": int(time.time()) + 300}, None, algorithm="none"),
+    # (an unsigned token: no key, on purpose)
+    pytest.param(lambda: jwt.encode({"scope": "inference", "exp": int(time.time()) + 300},
+                                    None, algorithm="none"),  # type: ignore[arg-type]
                  id="alg none"),
     pytest.param(lambda: jwt.encode({"scope": "inference"}, SECRET, algorithm="HS256"), id="no exp"),
     pytest.param(lambda: token(secret=SECRET * 2, algorithm="HS512"), id="other algorithm"),
@@ -203,8 +205,8 @@ def test_oversized_credentials_are_refused_unread(server):
     assert grpc_denied(lambda: grpc_infer(server.addresses["jwt"], headers)) == ("StatusCode.UNAUTHENTICATED",
                                                                                   TOKEN_DENIED)
     # past 16 KiB of metadata gRPC itself refuses the call
-    status, message = grpc_denied(lambda: grpc_infer(server.addresses["jwt"], {"authorization": "x" * 20000}))
-    assert status == "StatusCode.RESOURCE_EXHAUSTED" and "x" * 20 not in message
+    code, message = grpc_denied(lambda: grpc_infer(server.addresses["jwt"], {"authorization": "x" * 20000}))
+    assert code == "StatusCode.RESOURCE_EXHAUSTED" and "x" * 20 not in message
     # aiohttp refuses a header line past 8190 bytes before any route sees it
     status, body, _ = http_get(f"http://{server.addresses['jwt_rest']}/v2/models/add.add_common", headers)
     assert status == 400 and "x" * 20 not in json.dumps(body), body
@@ -304,17 +306,21 @@ def test_every_grpc_method_and_rest_route_has_a_group():
     from mindserve._frontends.rest.server import make_app
 
     dispatcher, admission = Dispatcher(), Admission()
-    handlers = [MSServiceHandler(dispatcher, None, admission).rpc_handlers(),
+    # (no OffLoop: building the handlers' method tables runs nothing off the loop)
+    handlers = [MSServiceHandler(dispatcher, None, admission).rpc_handlers(),  # type: ignore[arg-type]
                 OipServiceHandler(dispatcher, admission).rpc_handlers(),
                 SeldonServiceHandler(dispatcher, admission).rpc_handlers(),
-                MediaGraphHandler(dispatcher, None, admission).rpc_handlers()]
+                MediaGraphHandler(dispatcher, None, admission).rpc_handlers()]  # type: ignore[arg-type]
     methods = {m for h in handlers for m in h._method_handlers}  # (grpc's generic handler keeps them there)
     methods |= {"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch",
                 "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"}
     assert methods == set(GRPC_METHODS)
     assert health_reflection.HEALTH_SERVICE_NAME == "grpc.health.v1.Health"
     app = make_app(dispatcher, 1 << 20, admission)
-    routes = [(r.method, r.resource.canonical) for r in app.router.routes()]
+    routes = []
+    for r in app.router.routes():
+        assert r.resource is not None  # every route of the app is added on a resource
+        routes.append((r.method, r.resource.canonical))
     assert routes and all(rest_group(method, canonical) for method, canonical in routes), routes
 
 

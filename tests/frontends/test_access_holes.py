@@ -20,6 +20,7 @@ import ssl
 import threading
 import time
 import urllib.parse
+from typing import Any
 
 import grpc
 import jwt
@@ -29,11 +30,11 @@ from grpc_health.v1 import health_pb2
 
 from mindserve._access.backoff import FailureBackoff
 from mindserve._access.policy import AccessPolicy
-from mindserve._proto import grpc_inference as oip
 from mindserve._proto import ms_service_pb2 as pb
 from mindserve.server import AccessConfig
 from support.certs import CertificateAuthority, San
 from support.memory import reset_peak, status_bytes
+from support.messages import grpc_inference as oip
 from support.paths import BUNDLED_SERVABLES
 from support.processes import free_addresses, start_server, wait_until
 from support.rest import request as http_request
@@ -55,7 +56,7 @@ CALLS = 4          # at once
 GROWTH_LIMIT = 100 << 20  # what the master may grow by while refusing CALLS x BIG bytes (it grew by all before)
 
 # the client certificates' names, and what each opens (see the server's client_certificates)
-CERTS = {
+CERTS: dict[str, dict[str, Any]] = {
     "dns": dict(sans=[San("DNS", "DNS.Example.com")]),
     "spelled_as_dns": dict(sans=[San("email", "dns.example.com"), San("URI", "dns.example.com")],
                            common_name="nobody.example"),
@@ -511,8 +512,9 @@ def test_an_ipv6_client_is_backed_off_by_its_network():
 
     from mindserve._frontends.rest.access import _client
 
-    assert _client(SimpleNamespace(remote="2001:db8::5")) == _client(SimpleNamespace(remote="2001:db8::ffff:1")) \
-        == "2001:db8::/64"
-    assert _client(SimpleNamespace(remote="::ffff:10.0.0.1")) == "10.0.0.1"
-    assert _client(SimpleNamespace(remote="127.0.0.2")) == "127.0.0.2"
-    assert _client(SimpleNamespace(remote=None)) == ""
+    # (stand-ins for web.Request with the one attribute _client reads: hence the ignores)
+    assert _client(SimpleNamespace(remote="2001:db8::5")) == _client(  # type: ignore[arg-type]
+        SimpleNamespace(remote="2001:db8::ffff:1")) == "2001:db8::/64"  # type: ignore[arg-type]
+    assert _client(SimpleNamespace(remote="::ffff:10.0.0.1")) == "10.0.0.1"  # type: ignore[arg-type]
+    assert _client(SimpleNamespace(remote="127.0.0.2")) == "127.0.0.2"  # type: ignore[arg-type]
+    assert _client(SimpleNamespace(remote=None)) == ""  # type: ignore[arg-type]

@@ -17,10 +17,10 @@ import pytest
 import tritonclient.grpc as triton_grpc
 from tritonclient.utils import InferenceServerException
 
-from mindserve._proto import grpc_inference as oip
-from mindserve._proto import media_graph as media
 from mindserve._proto import ms_service_pb2 as ms
 from support import servables
+from support.messages import grpc_inference as oip
+from support.messages import media_graph as media
 from support.paths import BUNDLED_SERVABLES
 from support.processes import free_addresses, start_server
 
@@ -203,6 +203,7 @@ def open_files(pid: int) -> list[str]:
 def test_media_stream_shared_memory_is_off_unless_the_server_allows_it(server, files):
     name, path = files(64 * 48 * 3)
     replies, ended = stream(server.closed, media_messages(name, 64 * 48 * 3, 64, 48, 0, [(0, 64 * 48 * 3)]))
+    assert ended is not None, replies
     assert replies == [] and (ended.code(), ended.details()) == (grpc.StatusCode.UNAVAILABLE, DISABLED)
     assert path not in open_files(server.proc.pid)
     # the same stream on the server that allows it: the frame is read
@@ -225,6 +226,7 @@ def test_files_of_the_servers_user_and_of_listed_owners_only(server, files):
         return
     name, path = files(size, UNLISTED)
     replies, ended = stream(server.address, media_messages(name, size, 64, 48, 0, [(0, size)]))
+    assert ended is not None, replies
     assert replies == [] and (ended.code(), ended.details()) == (grpc.StatusCode.INVALID_ARGUMENT, NOT_OWNED)
     with pytest.raises(InferenceServerException) as refused:
         triton_grpc.InferenceServerClient(server.address).register_system_shared_memory("other", f"/{name}", size)
@@ -271,6 +273,7 @@ def test_large_frames_are_read_off_the_loop_and_bounded_by_max_msg_mb_size(serve
     name, _ = files(width * 3 * height)
     replies, ended = stream(server.address, media_messages(name, width * 3 * height, width, height, 0,
                                                            [(0, width * 3 * height)]))
+    assert ended is not None, replies
     assert len(replies) == 1 and (ended.code(), ended.details()) == \
         (grpc.StatusCode.OUT_OF_RANGE, f"a frame of {width * 3 * height} bytes in shared memory is more than the "
                                        f"{MAX_READ} a message may carry on this server (max_msg_mb_size)")

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mindserve._proto import grpc_inference as oip
 from mindserve._proto import ms_service_pb2 as pb
+from support.messages import grpc_inference as oip
 from support.paths import BUNDLED_SERVABLES
 from support.processes import child_pids, free_port, start_server
 from support.rest import Reply

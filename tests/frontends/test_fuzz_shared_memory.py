@@ -21,7 +21,7 @@ from mindserve._frontends.media_stream.frames import MAX_SIDE, RAW_LAYOUTS, Fram
 from mindserve._frontends.media_stream.shared_region import SharedRegion
 from mindserve._frontends.shared_memory.client_file import owner_set
 from mindserve._frontends.shared_memory.regions import ClientRegions
-from mindserve._proto import media_graph as pb
+from support.messages import media_graph as pb
 
 settings.register_profile("ci", max_examples=300, deadline=None, derandomize=True, database=None,
                           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

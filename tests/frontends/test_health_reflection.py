@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -26,7 +27,7 @@ SERVICES = ["grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
 
 
 @pytest.fixture(scope="module")
-def health_server(servable_dir, tmp_path_factory) -> ServerProcess:
+def health_server(servable_dir, tmp_path_factory) -> Iterator[ServerProcess]:
     """add (bundled), versioned (versions 1 and 2) and hold (its restarted worker stays down while the hold file
     exists), one worker each."""
     tmp = tmp_path_factory.mktemp("health_server")

@@ -15,10 +15,10 @@ import pytest
 import tritonclient.grpc as tg
 
 from mindserve._frontends.grpc.wire_write import varint
-from mindserve._proto import grpc_inference as oip
 from mindserve._proto import ms_service_pb2 as pb
 from mindserve.client import Client
 from support import model_files
+from support.messages import grpc_inference as oip
 from support.paths import BUNDLED_SERVABLES
 from support.processes import child_pids, free_port, start_server
 from support.rest import request as http_request
@@ -211,7 +211,7 @@ def test_the_instance_limit_is_counted_on_every_protocol(server, channel):
     with pytest.raises(grpc.RpcError) as info:
         channel.unary_unary(MODEL_INFER)(request.SerializeToString(), timeout=60)
     assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, text)
-    body = {"inputs": [{"name": n, "shape": [10001, 2, 2], "datatype": "FP32", "data": [1.0] * 40004}
+    body: dict[str, list] = {"inputs": [{"name": n, "shape": [10001, 2, 2], "datatype": "FP32", "data": [1.0] * 40004}
                        for n in ("x1", "x2")]}
     reply = http_request(server.rest, "POST", "/v2/models/add.add_common/infer", body)
     assert (reply.status, reply.json()) == (400, {"error": text})

@@ -17,8 +17,8 @@ from mindserve._frontends.media_stream.inferences import frame_inferences
 from mindserve._frontends.media_stream.sample_wire import read_embedded
 from mindserve._frontends.media_stream.shared_region import SharedRegion
 from mindserve._frontends.shared_memory.client_file import owner_set
-from mindserve._proto import media_graph as pb
 from mindserve._tensor import RawTensor
+from support.messages import media_graph as pb
 
 UINT64 = st.integers(0, 2 ** 64 - 1)
 
@@ -98,10 +98,14 @@ def test_a_raw_frame_is_read_row_by_row_never_its_stride_gaps(region_file, monke
     folder, name = region_file
     fmt = FrameFormat(pb.VideoFrameSampleFormat.RAW, 2, 3, 3, (0, 1, 2), 100)
     region = SharedRegion.open(name, 1024, fmt, owner_set(), shm_dir=str(folder))
-    asked = []
+    asked: list[int] = []
     real = os.preadv
-    monkeypatch.setattr(os, "preadv", lambda fd, buffers, offset: asked.append(sum(map(len, buffers))) or
-                        real(fd, buffers, offset))
+
+    def counting_preadv(fd, buffers, offset):
+        asked.append(sum(map(len, buffers)))
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", counting_preadv)
     try:
         assert region.check(10, 300) == 18
         rows = region.read(10, 300)
@@ -147,7 +151,9 @@ def _text(value: str) -> RawTensor:
 
 
 def _array(value: np.ndarray) -> RawTensor:
-    return RawTensor(_dtypes.code_of_array(value), value.shape, value.tobytes())
+    code = _dtypes.code_of_array(value)
+    assert code is not None, value.dtype
+    return RawTensor(code, value.shape, value.tobytes())
 
 
 def test_outputs_become_classifications_and_entities():

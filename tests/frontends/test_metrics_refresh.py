@@ -32,7 +32,7 @@ class CountingDispatcher:
 def test_scrapes_within_the_maximum_age_reuse_the_workers_totals():
     async def scenario():
         dispatcher = CountingDispatcher()
-        metrics = ServerMetrics(dispatcher, worker_totals_max_age_s=0.2)
+        metrics = ServerMetrics(dispatcher, worker_totals_max_age_s=0.2)  # type: ignore[arg-type]  # a stand-in
         for _ in range(50):
             assert b"mindserve_build_info" in await metrics.exposition()
         assert dispatcher.asked == 1
@@ -47,7 +47,7 @@ def test_scrapes_within_the_maximum_age_reuse_the_workers_totals():
 def test_concurrent_scrapes_share_one_question_and_a_leaving_scraper_cancels_nothing():
     async def scenario():
         dispatcher = CountingDispatcher(answer_after=0.1)
-        metrics = ServerMetrics(dispatcher, worker_totals_max_age_s=10.0)
+        metrics = ServerMetrics(dispatcher, worker_totals_max_age_s=10.0)  # type: ignore[arg-type]  # a stand-in
         leaver = asyncio.create_task(metrics.exposition())
         await asyncio.sleep(0.02)
         others = [asyncio.create_task(metrics.exposition()) for _ in range(20)]
@@ -61,7 +61,7 @@ def test_concurrent_scrapes_share_one_question_and_a_leaving_scraper_cancels_not
 def test_a_failed_question_is_asked_again_by_the_next_scrape():
     async def scenario():
         dispatcher = CountingDispatcher()
-        metrics = ServerMetrics(dispatcher, worker_totals_max_age_s=10.0)
+        metrics = ServerMetrics(dispatcher, worker_totals_max_age_s=10.0)  # type: ignore[arg-type]  # a stand-in
 
         async def broken() -> dict:
             dispatcher.asked += 1

@@ -43,7 +43,9 @@ def _expected(spec: pb.ServableSpec, outcomes: list) -> pb.PredictReply:
 
 
 def _raw(array: np.ndarray) -> RawTensor:
-    return RawTensor(_dtypes.code_of_array(array), array.shape, memoryview(array.tobytes()))
+    code = _dtypes.code_of_array(array)
+    assert code is not None, array.dtype
+    return RawTensor(code, array.shape, memoryview(array.tobytes()))
 
 
 def _check(spec: pb.ServableSpec, outcomes: list) -> pb.PredictReply:
@@ -65,7 +67,7 @@ def test_numeric_outputs(value):
 def test_text_outputs_and_several_names():
     outcomes = [{"s": RawTensor(_dtypes.MS_STRING, (), memoryview("héllo".encode())),
                  "b": RawTensor(_dtypes.MS_BYTES, (), memoryview(b"\x00\xff" * 100)),
-                 "y": _raw(np.float16([1.5]))}]
+                 "y": _raw(np.array([1.5], np.float16))}]
     got = _check(_spec(version=3), outcomes)
     assert got.instances[0].items["s"].bytes_val == ["héllo".encode()]
 

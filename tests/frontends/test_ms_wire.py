@@ -77,6 +77,7 @@ def _as_read(instances: StackedInputs) -> list[dict]:
 def test_head_names_the_servable_and_counts_instances():
     data = _request([{"x1": np.ones(2, np.float32), "x2": np.ones(2, np.float32)}] * 3, version=7)
     head = ms_wire.read_head(data)
+    assert head is not None
     assert (head.name, head.method, head.version, head.instances) == ("add", "add_common", 7, 3)
     assert pb.ServableSpec.FromString(head.spec) == pb.PredictRequest.FromString(data).servable_spec
 
@@ -198,10 +199,10 @@ def test_mutated_requests_never_crash_and_agree_with_protobuf_when_taken():
     base = bytearray(_request([{"x1": np.arange(4, dtype=np.float32), "x2": np.ones((2, 2), np.int32)}] * 3))
     taken = 0
     for _ in range(3000):
-        data = bytearray(base)
+        mutated = bytearray(base)
         for _ in range(rng.randint(1, 3)):
-            data[rng.randrange(len(data))] = rng.randrange(256)
-        data = bytes(data)
+            mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+        data = bytes(mutated)
         read = _read(data)
         if read is not None:
             taken += 1

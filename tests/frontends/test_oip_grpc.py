@@ -9,6 +9,7 @@ import os
 import queue
 import signal
 import struct
+from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -34,10 +35,10 @@ from mindserve._errors import (
     WorkerLost,
 )
 from mindserve._frontends.grpc.status import status_of
-from mindserve._proto import grpc_inference as oip
 from mindserve.client import Client
 from support import servables
 from support.checks import assert_add_still_serves
+from support.messages import grpc_inference as oip
 from support.paths import BUNDLED_SERVABLES
 from support.processes import ServerProcess, free_port, start_server, wait_until, worker_pids
 from support.tls import start_tls_server
@@ -55,7 +56,7 @@ OIP_TYPES = ("the data types are BOOL, INT8, UINT8, INT16, UINT16, INT32, UINT32
 
 
 @pytest.fixture(scope="module")
-def oip_server(servable_dir, tmp_path_factory) -> ServerProcess:
+def oip_server(servable_dir, tmp_path_factory) -> Iterator[ServerProcess]:
     """add (bundled), echo, batch, versioned (versions 1 and 2) and probe, one worker each, on TCP and unix."""
     tmp = tmp_path_factory.mktemp("oip_server")
     extra = servables.make_probe_and_hold(str(tmp_path_factory.mktemp("oip_servables")))
@@ -738,7 +739,7 @@ def test_status_of_serving_errors(error, status):
 
 
 @pytest.fixture(scope="module")
-def tls_oip_server(tls_files, tmp_path_factory) -> ServerProcess:
+def tls_oip_server(tls_files, tmp_path_factory) -> Iterator[ServerProcess]:
     """The bundled add servable behind one-way TLS and mutual TLS listeners."""
     tmp = tmp_path_factory.mktemp("tls_oip_server")
     addresses = {"tls": f"127.0.0.1:{free_port()}", "mtls": f"127.0.0.1:{free_port()}"}
@@ -786,7 +787,7 @@ def test_tls_refusals(tls_oip_server, tls_files, listener, kwargs):
 
 
 @pytest.fixture(scope="module")
-def hold_server(tmp_path_factory) -> ServerProcess:
+def hold_server(tmp_path_factory) -> Iterator[ServerProcess]:
     """hold (one method; while the hold file exists a restarted worker stays down) and probe, one worker each,
     with at most one request waiting at a time."""
     tmp = tmp_path_factory.mktemp("oip_hold_server")

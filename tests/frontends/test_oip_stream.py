@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 
-from mindserve._proto import grpc_inference as oip
 from support import servables
+from support.messages import grpc_inference as oip
 from support.metrics import pending, scrape, value
 from support.paths import BUNDLED_SERVABLES
 from support.processes import free_addresses, start_server, wait_until

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from mindserve._frontends.grpc.oip_wire import InferReader, encode_response
 from mindserve._frontends.grpc.wire_write import varint
 from mindserve._frontends.oip.tensors import OutputTensor
-from mindserve._proto import grpc_inference as oip
+from support.messages import grpc_inference as oip
 
 
 def request(**fields) -> oip.ModelInferRequest:

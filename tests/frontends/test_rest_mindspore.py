@@ -4,6 +4,7 @@ while the others get results, and whole-request errors with their status and tex
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.server  # starts real server processes (see tests/conft
 
 
 @pytest.fixture(scope="module")
-def ms_server(servable_dir, tmp_path_factory) -> ServerProcess:
+def ms_server(servable_dir, tmp_path_factory) -> Iterator[ServerProcess]:
     """add (bundled), echo, versioned (versions 1 and 2), probe and kinds, one worker each, over REST (and a second
     REST server with max_msg_mb_size=1)."""
     tmp = tmp_path_factory.mktemp("ms_rest_server")

@@ -4,6 +4,7 @@ with one from another CA, a client that does not trust the server's CA."""
 from __future__ import annotations
 
 import ssl
+from collections.abc import Iterator
 
 import aiohttp
 import numpy as np
@@ -21,7 +22,7 @@ ADD_REPLY = {"instances": [{"y": [[2.0, 4.0], [6.0, 8.0]]}]}
 
 
 @pytest.fixture(scope="module")
-def tls_server(tls_files, tmp_path_factory) -> ServerProcess:
+def tls_server(tls_files, tmp_path_factory) -> Iterator[ServerProcess]:
     """The bundled add servable behind REST with one-way TLS, mutual TLS, and mutual TLS on a unix socket."""
     tmp = tmp_path_factory.mktemp("rest_tls_server")
     addresses = {"tls": f"127.0.0.1:{free_port()}", "mtls": f"127.0.0.1:{free_port()}"}

@@ -13,6 +13,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -34,7 +35,7 @@ HUGE = 1 << 62
 
 
 @pytest.fixture(scope="module")
-def rest_server(servable_dir, tmp_path_factory) -> ServerProcess:
+def rest_server(servable_dir, tmp_path_factory) -> Iterator[ServerProcess]:
     """add (bundled), echo, versioned (versions 1 and 2) and probe, one worker each, served over REST on TCP, on a
     second TCP port with max_msg_mb_size=1 and on a unix socket; a second server on the first port must fail."""
     tmp = tmp_path_factory.mktemp("rest_server")
@@ -297,7 +298,7 @@ MALFORMED = {
                            "Input 0 of the inference request should have a name, a JSON string"),
     "input_without_data": ({"inputs": [{"name": "x1", "shape": [1], "datatype": "FP32"}]}, {}, 400,
                            "Input x1 has neither data nor parameters.binary_data_size"),
-    "shape_not_a_list": (_x1("FP32", "1,2,2", ONES), {}, 400,
+    "shape_not_a_list": (_x1("FP32", "1,2,2", ONES), {}, 400,  # type: ignore[arg-type]  # a str shape, on purpose
                          BAD_INPUT.format("x1", "Tensor check failed: input shape '1,2,2' invalid, it should be a "
                                                 "list of integers")),
     "shape_too_large": (_x1("FP32", [1, 1 << 63, 2], ONES), {}, 400,
@@ -460,6 +461,7 @@ def _raw_exchange(address: str, data: bytes, answer: bool = True) -> bytes:
 
 def _server_output(server: ServerProcess) -> str:
     """What the server printed so far (read without waiting)."""
+    assert server.proc.stdout is not None
     while select.select([server.proc.stdout], [], [], 0)[0]:
         data = os.read(server.proc.stdout.fileno(), 65536)
         if not data:
@@ -507,7 +509,7 @@ def test_unix_socket(rest_server):
 
 
 @pytest.fixture(scope="module")
-def hold_server(tmp_path_factory) -> ServerProcess:
+def hold_server(tmp_path_factory) -> Iterator[ServerProcess]:
     """hold (while the hold file exists a restarted worker stays down) and probe, one worker each, with at most one
     request waiting at a time, over REST only."""
     tmp = tmp_path_factory.mktemp("rest_hold_server")

@@ -4,7 +4,7 @@ IrisPredictRequest (or a Struct) packed in a google.protobuf.Any. The client's m
 Seldon's published proto, with grpcio-tools."""
 from __future__ import annotations
 
-import importlib
+import importlib.resources
 import json
 import re
 import sys

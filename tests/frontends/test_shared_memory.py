@@ -16,8 +16,8 @@ import tritonclient.http as triton_http
 import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
 
-from mindserve._proto import grpc_inference as oip
 from support import servables
+from support.messages import grpc_inference as oip
 from support.paths import BUNDLED_SERVABLES
 from support.processes import free_addresses, start_server, wait_until
 from support.rest import request
@@ -338,7 +338,7 @@ def test_unregistering_a_region_in_use_takes_effect_when_the_request_finishes(sh
     y = triton_grpc.InferRequestedOutput("y")
     y.set_shared_memory("io", 8, offset=8)
     open(shm_server.hold, "w").close()
-    outcome = {}
+    outcome: dict[str, object] = {}
     call = threading.Thread(target=lambda: outcome.update(result=triton_grpc.InferenceServerClient(
         shm_server.address).infer("held.plus_one", [x], outputs=[y])))
     try:

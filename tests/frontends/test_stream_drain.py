@@ -12,8 +12,8 @@ import grpc
 import numpy as np
 import pytest
 
-from mindserve._proto import grpc_inference as oip
-from mindserve._proto import media_graph as pb
+from support.messages import grpc_inference as oip
+from support.messages import media_graph as pb
 from support.paths import BUNDLED_SERVABLES
 from support.processes import free_addresses, start_server
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mindserve._proto import grpc_inference as oip
-from mindserve._proto import media_graph as pb
 from support import servables
+from support.messages import grpc_inference as oip
+from support.messages import media_graph as pb
 from support.metrics import scrape, value
 from support.paths import BUNDLED_SERVABLES
 from support.processes import free_addresses, start_server, wait_until

@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -44,7 +45,7 @@ def assert_refused(result) -> None:
 
 
 @pytest.fixture(scope="module")
-def tls_server(tls_files, tmp_path_factory) -> ServerProcess:
+def tls_server(tls_files, tmp_path_factory) -> Iterator[ServerProcess]:
     """The bundled add servable (one worker) behind four TLS listeners: one-way TLS on TCP and on a unix socket,
     mutual TLS on TCP and on a unix socket."""
     tmp = tmp_path_factory.mktemp("tls_server")
@@ -60,7 +61,7 @@ def tls_server(tls_files, tmp_path_factory) -> ServerProcess:
 
 
 @pytest.fixture(scope="module")
-def small_msg_server(tmp_path_factory) -> ServerProcess:
+def small_msg_server(tmp_path_factory) -> Iterator[ServerProcess]:
     """The bundled add servable on a plaintext TCP port with max_msg_mb_size=1."""
     tmp = tmp_path_factory.mktemp("small_msg_server")
     address = f"127.0.0.1:{free_port()}"

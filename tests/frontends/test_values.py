@@ -3,6 +3,7 @@ unix socket, sync and async; client-side input and constructor errors; unreachab
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ UNAVAILABLE = "Grpc Error, (14, 'unavailable')"
 
 
 @pytest.fixture(scope="module")
-def unix_echo_server(servable_dir, tmp_path_factory) -> ServerProcess:
+def unix_echo_server(servable_dir, tmp_path_factory) -> Iterator[ServerProcess]:
     """The echo servable served on a unix socket only."""
     tmp = tmp_path_factory.mktemp("echo_unix")
     address = f"unix:{tmp}/x.sock"
@@ -125,7 +126,7 @@ def test_0d_arrays_of_every_dtype_keep_shape(address, call):
 
 def test_arrays_with_empty_dims_round_trip(address, call):
     client = Client(address, "echo", "echo")
-    arrays = [np.zeros(shape, dtype) for dtype, shape in zip(NUMERIC_DTYPES, EMPTY_SHAPES * 4)]
+    arrays: list[np.ndarray] = [np.zeros(shape, dtype) for dtype, shape in zip(NUMERIC_DTYPES, EMPTY_SHAPES * 4)]
     try:
         assert_echoes(client, call, arrays)
     finally:
@@ -254,7 +255,7 @@ def test_one_dict_is_one_instance(address, call):
 
 def test_many_instances_keep_their_order(address, call):
     client = Client(address, "echo", "echo")
-    values = [np.full((i % 4 + 1,), i, np.int64) for i in range(40)]
+    values: list[np.ndarray | str | bytes] = [np.full((i % 4 + 1,), i, np.int64) for i in range(40)]
     values[7] = "seven"
     values[21] = b"twenty-one"
     result = call(client, [{"x": v} for v in values])

@@ -365,6 +365,7 @@ def test_a_hostile_worker_scribbling_everywhere_never_takes_the_master_outside_t
                                     str(master.pid)], pass_fds=(channel.fd,), stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE)
         assert read_line(hostile) == b"scribbling"
+        assert master.stdin is not None
         master.stdin.write(b"go\n")
         master.stdin.flush()
         code, out, err = finish(master)

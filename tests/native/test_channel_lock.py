@@ -95,6 +95,7 @@ def hold_lock(channel: ShmChannel) -> subprocess.Popen:
 
 
 def tell(child: subprocess.Popen, line: bytes) -> None:
+    assert child.stdin is not None, "start the child with stdin=PIPE"
     child.stdin.write(line + b"\n")
     child.stdin.flush()
 
@@ -149,7 +150,7 @@ def test_two_processes_hammering_the_lock_lose_nothing(channel):
     try:
         assert read_line(child) == b"ready"
         tell(child, b"go")
-        seen = []
+        seen: list[int] = []
         deadline = time.monotonic() + 60
         while len(seen) < total:
             assert time.monotonic() < deadline and child.poll() in (None, 0), finish(child)

@@ -117,6 +117,7 @@ def test_a_process_dying_with_the_lock_breaks_the_channel(channel, death):
         if death == "sigkill":
             child.kill()
         else:
+            assert child.stdin is not None
             child.stdin.write(b"go\n")
             child.stdin.flush()
         assert child.wait(HANG_S) == (-signal.SIGKILL if death == "sigkill" else 3)

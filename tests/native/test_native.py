@@ -215,7 +215,7 @@ def test_stack_rows_single_row_padded_to_a_fixed_batch():
 
 
 def test_stack_rows_wrong_row_size_raises():
-    rows = [np.zeros((2, 3), np.float32), np.zeros((2, 2), np.float32)]
+    rows: list[np.ndarray] = [np.zeros((2, 3), np.float32), np.zeros((2, 2), np.float32)]
     with pytest.raises(ValueError, match="instance tensors do not fit the batch buffer"):
         stack_rows(rows, 4, (2, 3), np.dtype(np.float32))
     rows = [np.zeros(3, np.float64), np.zeros(3, np.float32)]  # same count, other item size

@@ -124,6 +124,7 @@ def start_child(code: str, channel: ShmChannel, *fds: int) -> subprocess.Popen:
 
 
 def read_line(child: subprocess.Popen) -> bytes:
+    assert child.stdout is not None, "start the child with stdout=PIPE"
     ready, _, _ = select.select([child.stdout], [], [], HANG_S)
     assert ready, "the child said nothing"
     return child.stdout.readline().strip()

@@ -10,6 +10,11 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from support.certs import PemFiles
 
 
 def free_port() -> int:
@@ -59,20 +64,50 @@ def pid_alive(pid: int) -> bool:
 class ServerProcess:
     """A server script running in its own process; ``output`` is what it printed."""
 
+    # What a test module's fixture records on its server for the tests that use it (only some of them, each set
+    # by the fixture that knows it): its other listening addresses, files the servables watch, and folders.
+    rest: str
+    open_address: str
+    guarded: str
+    metrics: str
+    closed: str
+    closed_rest: str
+    small: str
+    unix_address: str
+    unix_path: str
+    addresses: dict[str, str]
+    workers: list[int]
+    hold: str | Path
+    hold_file: str
+    block_file: str
+    started: str
+    probe_dir: Path
+    servables: str
+    folder: str
+    tmp: Path
+    ca: str
+    certs: dict[str, PemFiles]
+
     def __init__(self, proc: subprocess.Popen, address: str):
         self.proc = proc
         self.address = address
         self.output = ""
 
+    @property
+    def _stdout(self) -> IO[str]:
+        """The server's output pipe: every ServerProcess is made from a Popen with stdout=PIPE and text=True."""
+        assert self.proc.stdout is not None
+        return self.proc.stdout
+
     def read_until(self, marker: str, timeout: float) -> str:
         deadline = time.monotonic() + timeout
         while marker not in self.output:
             left = deadline - time.monotonic()
-            if left <= 0 or self.proc.poll() is not None and not select.select([self.proc.stdout], [], [], 0)[0]:
+            if left <= 0 or self.proc.poll() is not None and not select.select([self._stdout], [], [], 0)[0]:
                 raise RuntimeError(f"server did not print {marker!r}; it printed:\n{self.output}")
-            if select.select([self.proc.stdout], [], [], min(left, 0.5))[0]:
+            if select.select([self._stdout], [], [], min(left, 0.5))[0]:
                 # os.read, not readline: a buffered reader could hold a second line that select cannot see
-                self.output += os.read(self.proc.stdout.fileno(), 65536).decode(errors="replace")
+                self.output += os.read(self._stdout.fileno(), 65536).decode(errors="replace")
         return self.output
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
@@ -85,7 +120,7 @@ class ServerProcess:
             self.proc.kill()
             self.proc.wait()
             raise
-        self.output += self.proc.stdout.read()
+        self.output += self._stdout.read()
         return code
 
 
@@ -120,7 +155,7 @@ def worker_pids(server: ServerProcess, name: str) -> list[int]:
     return pids
 
 
-def wait_until(predicate, what: str, timeout: float = 120.0) -> None:
+def wait_until(predicate: Callable[[], object], what: str, timeout: float = 120.0) -> None:
     """Poll ``predicate`` until it holds; fail (a bounded wait, not a timing claim) after ``timeout``."""
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -42,6 +42,7 @@ def request(address: str, method: str, path: str, body: Any = None, headers: Opt
     """One HTTP request to ``host:port`` (HTTPS with ``context``; ``unix:/path`` takes HTTPS only); a dict or list
     body is sent as JSON, bytes as they are."""
     if address.startswith("unix:"):
+        assert context is not None, "a unix:/path address takes HTTPS only (give a context)"
         conn: http.client.HTTPConnection = _UnixHTTPSConnection(address[len("unix:"):], context)
     elif context is None:
         host, port = address.rsplit(":", 1)

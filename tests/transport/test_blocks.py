@@ -52,6 +52,20 @@ def reader_of(header, data: bytes = b"", head_len=None, size=None, tail: bytes =
     return BlockReader(view, OFFSET, size)
 
 
+def stacked_column(reader: BlockReader, desc, count: int) -> tuple[int, tuple, int]:
+    """``reader.column`` of a stacked descriptor: ``(dtype, row_shape, position)``."""
+    column = reader.column(desc, count)
+    assert isinstance(column, tuple), column
+    return column
+
+
+def per_instance_column(reader: BlockReader, desc, count: int) -> list[tuple[int, tuple, int, int]]:
+    """``reader.column`` of a per-instance descriptor: ``(dtype, shape, position, nbytes)`` per instance."""
+    column = reader.column(desc, count)
+    assert isinstance(column, list), column
+    return column
+
+
 def block_error(fn, *args) -> str:
     with pytest.raises(BlockError) as info:
         fn(*args)
@@ -116,10 +130,11 @@ def test_differing_shapes_and_dtypes_become_one_value_per_instance():
     assert [d[2] % 64 for d in desc[1] + mixed_desc[1]] == [0] * 5  # every value 64-byte aligned
     buf, size = place(writer, {"n": 3, "in": {"v": desc, "m": mixed_desc}})
     reader = BlockReader(memoryview(buf), OFFSET, size)
-    column = reader.column(desc, 3)
+    column = per_instance_column(reader, desc, 3)
     assert [len(c) for c in column] == [4] * 3
     for d, expected in zip(column, values):
         got = reader.value(*d)
+        assert isinstance(got, np.ndarray), got
         assert got.dtype == expected.dtype and got.shape == expected.shape
         np.testing.assert_array_equal(got, expected)
     assert [(r.dtype, r.shape, bytes(r.data)) for r in blocks.raw_rows(reader, mixed_desc, 2)] == [
@@ -135,8 +150,8 @@ def test_strings_and_bytes_are_per_instance_values():
     assert s_desc[0] == "e" and b_desc[0] == "e"
     buf, size = place(writer, {"n": 2, "in": {"s": s_desc, "b": b_desc}})
     reader = BlockReader(memoryview(buf), OFFSET, size)
-    assert [reader.value(*d) for d in reader.column(s_desc, 2)] == ["héllo wörld", ""]
-    assert [reader.value(*d) for d in reader.column(b_desc, 2)] == [b"\x00\xff\x10"] * 2
+    assert [reader.value(*d) for d in per_instance_column(reader, s_desc, 2)] == ["héllo wörld", ""]
+    assert [reader.value(*d) for d in per_instance_column(reader, b_desc, 2)] == [b"\x00\xff\x10"] * 2
     assert [(r.dtype, bytes(r.data)) for r in blocks.raw_rows(reader, s_desc, 2)] == [
         (_dtypes.MS_STRING, "héllo wörld".encode()), (_dtypes.MS_STRING, b"")]
 
@@ -151,9 +166,9 @@ def test_worker_side_descriptors_round_trip():
     assert values[1][:2] == [_dtypes.MS_STRING, []] and values[1][3] == len("tëxt".encode())
     buf, size = place(writer, {"n": 3, "out": {"y": stacked, "v": ["e", values]}})
     reader = BlockReader(memoryview(buf), OFFSET, size)
-    code, shape, position = reader.column(stacked, 3)
+    code, shape, position = stacked_column(reader, stacked, 3)
     np.testing.assert_array_equal(reader.array(code, (3, *shape), position), np.concatenate(pieces))
-    got = [reader.value(*d) for d in reader.column(["e", values], 3)]
+    got = [reader.value(*d) for d in per_instance_column(reader, ["e", values], 3)]
     np.testing.assert_array_equal(got[0], np.array([[1, 2]], "<i4"))
     assert got[1:] == ["tëxt", b"\x01\x02"]
 
@@ -165,7 +180,7 @@ def test_empty_tensors_and_an_empty_block():
     buf, size = place(writer, {"n": 2, "in": {"x": desc}})
     reader = BlockReader(memoryview(buf), OFFSET, size)
     assert [(r.shape, bytes(r.data)) for r in blocks.raw_rows(reader, desc, 2)] == [((0, 4), b"")] * 2
-    code, shape, position = reader.column(desc, 2)
+    code, shape, position = stacked_column(reader, desc, 2)
     assert reader.array(code, (2, *shape), position).shape == (2, 0, 4)
 
     reader = reader_of({}, size=64)  # a header and no data at all
@@ -223,7 +238,7 @@ def test_stacked_rows_reaching_past_the_block():
     end = OFFSET + 64 + 32
     assert reader.column(["s", F32, [2], 0], 4) == (F32, (2,), OFFSET + 64)
     assert reader.column(["s", F32, [2], 8], 3) == (F32, (2,), OFFSET + 72)  # ends right at the block's end
-    assert reader.column(["s", F32, [], 28], 1)[2] + 4 == end
+    assert stacked_column(reader, ["s", F32, [], 28], 1)[2] + 4 == end
     for desc, count in [(["s", F32, [2], 0], 5), (["s", F32, [2], 8], 4), (["s", F32, [2], 32], 1),
                         (["s", F32, [], 29], 1), (["s", F32, [9], 0], 1), (["s", _dtypes.MS_FLOAT64, [2], 0], 3),
                         (["s", F32, [2], 2 ** 64], 1), (["s", F32, [2 ** 62, 2 ** 62], 0], 1)]:
@@ -312,7 +327,7 @@ def test_malformed_value_descriptors(inner):
 
 def test_a_string_value_that_is_not_utf8():
     reader = reader_of({}, b"\xff\xfeok")
-    [d] = reader.column(["e", [[_dtypes.MS_STRING, [], 0, 4]]], 1)
+    [d] = per_instance_column(reader, ["e", [[_dtypes.MS_STRING, [], 0, 4]]], 1)
     assert block_error(reader.value, *d) == "string tensor is not UTF-8"
     assert bytes(reader.raw(*d).data) == b"\xff\xfeok"  # the master passes the bytes on untouched
 
@@ -431,7 +446,9 @@ def test_block_header_whose_padding_reaches_past_the_block():
 
 def test_stacked_columns_spans_and_the_size_they_need():
     columns = {"y": ["s", F32, [2, 3], 0], "n": ["s", _dtypes.MS_INT64, [], 128], "e": ["s", F32, [0], 64]}
-    spans, needed = blocks.stacked_columns(columns, 4, 64)
+    found = blocks.stacked_columns(columns, 4, 64)
+    assert found is not None
+    spans, needed = found
     assert spans == {"y": blocks.StackedColumn(np.dtype("<f4"), F32, (2, 3), 64, 96),
                      "n": blocks.StackedColumn(np.dtype("<i8"), _dtypes.MS_INT64, (), 192, 32),
                      "e": blocks.StackedColumn(np.dtype("<f4"), F32, (0,), 128, 0)}

@@ -248,7 +248,7 @@ def test_request_larger_than_a_job_is_split_and_answered_in_order(small_shm_serv
 def test_instance_larger_than_a_job_fails_alone(small_shm_server):
     limit = _job_limit(4)
     big = np.arange(limit // 4 + 1, dtype=np.float32)  # more data than a job can hold
-    small = [np.array([1.0, 2.0], np.float32), np.array([3, 4, 5], np.int8)]
+    small: list[np.ndarray] = [np.array([1.0, 2.0], np.float32), np.array([3, 4, 5], np.int8)]
     expected = (f"instance 1 of {_instance_bytes(big)} bytes exceeds the worker's shared memory for requests "
                 f"({limit} bytes per job); raise shm_size_mb in ServableStartConfig")
     client = Client(small_shm_server.address, "recorder", "record")
@@ -371,7 +371,7 @@ def test_queue_bound_counts_requests_until_answered(tmp_path):
             assert time.monotonic() < deadline, "the held request did not reach its stage"
             time.sleep(0.02)
         pending = [client.infer_async({"x": np.array([0], np.int64)}) for _ in range(2)]
-        answered = {}
+        answered: dict[int, object] = {}
         deadline = time.monotonic() + 20
         while not answered:  # nothing can be answered before the release but a refusal
             assert time.monotonic() < deadline, "neither request was refused"

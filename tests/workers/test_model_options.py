@@ -105,12 +105,14 @@ def test_onnx_session_options_applied(tmp_path):
     path = str(tmp_path / "add.onnx")
     model_files.add_model(path)
     session = _backends.load_model("onnx", path, None, 0, check_options("onnx", {}))
+    assert isinstance(session, onnx_runtime.OnnxSession)
     applied = session.session.get_session_options()
     assert (applied.intra_op_num_threads, applied.inter_op_num_threads) == (1, 1)
     assert applied.graph_optimization_level.name == "ORT_ENABLE_ALL"
     options = check_options("onnx", {"thread_num": 3, "inter_op_num_threads": 2,
                                      "graph_optimization_level": "disable_all"})
     session = _backends.load_model("onnx", path, "CPU", 0, options)
+    assert isinstance(session, onnx_runtime.OnnxSession)
     applied = session.session.get_session_options()
     assert (applied.intra_op_num_threads, applied.inter_op_num_threads) == (3, 2)
     assert applied.graph_optimization_level.name == "ORT_DISABLE_ALL"
@@ -125,6 +127,7 @@ def test_onnx_optimization_levels(tmp_path, level, name):
     model_files.add_model(path)
     session = _backends.load_model("onnx", path, None, 0,
                                    check_options("onnx", {"graph_optimization_level": level}))
+    assert isinstance(session, onnx_runtime.OnnxSession)
     assert session.session.get_session_options().graph_optimization_level.name == name
 
 
@@ -192,7 +195,7 @@ def test_subgraph_argument_checks(svc):
         model.call(1, subgraph=-1)
     with raises("Model(a.onnx;b.onnx).call() failed: parameter 'subgraph' should be int, but actually "
                 "<class 'str'>"):
-        model.call(1, subgraph="1")
+        model.call(1, subgraph="1")  # type: ignore[arg-type]  # on purpose
     with raises("Model(a.onnx;b.onnx).call() failed: parameter 'subgraph' should be int, but actually "
                 "<class 'bool'>"):
         model.call(1, subgraph=True)
@@ -289,6 +292,7 @@ def test_declared_options_reach_every_subgraph_session(subgraph_root):
         (runner,) = executor.runners.values()
         assert len(runner.sessions) == 2
         for session in runner.sessions:
+            assert isinstance(session, onnx_runtime.OnnxSession)
             applied = session.session.get_session_options()
             assert applied.intra_op_num_threads == 2
             assert applied.graph_optimization_level.name == "ORT_ENABLE_BASIC"

@@ -48,7 +48,9 @@ def test_valid_registration_is_recorded(svc):
 
     @definition.register_method(output_names=["y", "z"])
     def m(x1, x2):
-        a, b = definition.add_stage(f2, x1, x2, outputs_count=2)
+        outputs = definition.add_stage(f2, x1, x2, outputs_count=2)
+        assert isinstance(outputs, tuple)  # (two outputs: a tuple of placeholders)
+        a, b = outputs
         y = definition.add_stage(model, a, b, outputs_count=1)
         return y, a
 
@@ -105,16 +107,17 @@ def test_duplicate_method(svc):
 
 @pytest.mark.parametrize("kind", ["var_positional", "var_keyword", "keyword_only"])
 def test_method_parameter_kinds(svc, kind):
+    # (three variants of one function m, as the error texts name it: hence the ignores)
     if kind == "var_positional":
         def m(x, *args):
             return x
         text = "'m' input args cannot be VAR_POSITIONAL !"
     elif kind == "var_keyword":
-        def m(x, **kwargs):
+        def m(x, **kwargs):  # type: ignore[misc]
             return x
         text = "'m' input kwargs cannot be VAR_KEYWORD !"
     else:
-        def m(x, *, y):
+        def m(x, *, y):  # type: ignore[misc]
             return x
         text = "'m' input y cannot be KEYWORD_ONLY !"
     with raises(text):
@@ -130,7 +133,7 @@ def test_add_stage_with_non_placeholder_argument(svc):
     with raises(NOT_PLACEHOLDER_ARG):
         @definition.register_method(output_names=["y"])
         def m(x):
-            return definition.add_stage(f2, x, 1.0, outputs_count=1)
+            return definition.add_stage(f2, x, 1.0, outputs_count=1)  # type: ignore[arg-type]  # on purpose
     assert "m" not in svc.methods
 
 
@@ -151,7 +154,7 @@ def test_add_stage_with_placeholder_of_another_method(svc):
 
 def test_add_stage_outside_a_method(svc):
     with raises("add_stage can only be called inside a function decorated by register_method"):
-        definition.add_stage(f1, Placeholder(None, 0, 0), outputs_count=1)
+        definition.add_stage(f1, Placeholder(None, 0, 0), outputs_count=1)  # type: ignore[arg-type]  # no method
 
 
 def test_add_stage_outside_a_method_after_a_failed_registration(svc):
@@ -160,7 +163,7 @@ def test_add_stage_outside_a_method_after_a_failed_registration(svc):
         def m(x):
             return 1 / 0
     with raises("add_stage can only be called inside a function decorated by register_method"):
-        definition.add_stage(f1, Placeholder(None, 0, 0), outputs_count=1)
+        definition.add_stage(f1, Placeholder(None, 0, 0), outputs_count=1)  # type: ignore[arg-type]  # no method
     assert svc.methods == {}
 
 
@@ -300,7 +303,7 @@ def test_stage_that_is_neither_function_nor_model(svc):
                 "declare_model, now is <class 'str'>"):
         @definition.register_method(output_names=["y"])
         def m(x):
-            return definition.add_stage("f1", x, outputs_count=1)
+            return definition.add_stage("f1", x, outputs_count=1)  # type: ignore[arg-type]  # on purpose
 
 
 def test_model_used_with_different_counts(svc):

@@ -3,7 +3,7 @@ a request's instances as they move between segments (in process)."""
 import numpy as np
 
 from mindserve._errors import StageFailed
-from mindserve._supervision.segments import Segment, Values, plan_method
+from mindserve._supervision.segments import MethodPlan, Segment, Values, plan_method
 from mindserve._tensor import RawTensor, StackedInput, StackedInputs, StackedOutput, StackedResults
 
 # steps(x): check = py(x); y = model(check); text, raw = py(y); z = py(y); outputs z, text, raw, x
@@ -77,14 +77,21 @@ class _Process:
         self.alive = alive
 
 
+def _plan(name: str, report: dict) -> MethodPlan:
+    plan = plan_method(name, report)
+    assert plan is not None, report
+    return plan
+
+
 def _group(plans: dict, device_alive: bool, python_alive: bool):
     from mindserve._supervision.servable_workers import ServableWorkers
     from mindserve._supervision.worker_process import WorkerSpec
 
     spec = WorkerSpec("servables", "s", 1, 0, None)
     group = ServableWorkers([spec], [WorkerSpec("servables", "s", 1, 0, None, python_worker=1)])
-    group.workers, group.python_workers = [_Process(device_alive)], [_Process(python_alive)]
-    group._plans = {name: plan_method(name, report) for name, report in plans.items()}
+    # (stand-ins for WorkerProcess with the one attribute readiness reads: hence the ignore)
+    group.workers, group.python_workers = [_Process(device_alive)], [_Process(python_alive)]  # type: ignore[list-item]
+    group._plans = {name: _plan(name, report) for name, report in plans.items()}
     return group
 
 

@@ -1,12 +1,14 @@
 """What every gRPC request of the serving services passes before its handler: the doors' one admission
 (``mindserve._frontends.admission.admitted``: UNAVAILABLE once the server drains, counted while it runs and its
-size noted, an inference request tallied in the metrics). The behaviors take and return serialized messages."""
+size noted, an inference request tallied in the metrics), under the call's deadline. The behaviors take and
+return serialized messages."""
 from __future__ import annotations
 
 from typing import Any, Awaitable, Callable, NoReturn, Optional
 
 import grpc
 
+from mindserve._dispatch import deadlines
 from mindserve._frontends.admission import SHUTTING_DOWN, Admission, admitted
 from mindserve._metrics.requests import RequestMetrics
 
@@ -29,7 +31,12 @@ def gated(admission: Admission, behavior: Behavior, metrics: Optional[RequestMet
     label = protocol if metrics is not None else None
 
     async def admit(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await admitted(admission, metrics, label, behavior, _refuse, (request, context), len(request),
-                              _reply_bytes)
+        # the call's deadline is the request's: work not started by then is dropped (mindserve._dispatch.deadlines)
+        token = deadlines.narrow(context.time_remaining())
+        try:
+            return await admitted(admission, metrics, label, behavior, _refuse, (request, context), len(request),
+                                  _reply_bytes)
+        finally:
+            deadlines.reset(token)
 
     return admit

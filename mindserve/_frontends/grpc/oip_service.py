@@ -34,7 +34,7 @@ from mindserve._frontends.grpc.strict_parse import parse_strict
 from mindserve._frontends.grpc.unary import parsed as _parsed
 from mindserve._frontends.grpc.unary import unary as _unary
 from mindserve._frontends.oip import models, statistics
-from mindserve._frontends.oip.infer import infer
+from mindserve._frontends.oip.infer import infer, timeout_seconds
 from mindserve._frontends.oip.models import SERVER_NAME
 from mindserve._frontends.oip.tensors import InputTensor, RawInput
 from mindserve._frontends.shared_memory.regions import ClientRegions, Lease
@@ -251,8 +251,11 @@ class OipServiceHandler:
                 call = InferCall(request.model_name, request.model_version, request.id,
                                  lambda: self._inputs(request, lease),
                                  [(o.name, parameter_values(o.parameters)) for o in request.outputs])
+                timeout = timeout_seconds(parameter_values(request.parameters)) if request.parameters else None
+            else:
+                timeout = None  # (a common request has no parameters)
             done = await infer(self._dispatcher, call.model_name, call.model_version, call.inputs, call.outputs,
-                               lease)
+                               lease, timeout)
             return encode_response(call.model_name, str(done.served_version), call.id, done.outputs)
         finally:
             if lease is not None:

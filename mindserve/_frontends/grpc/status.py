@@ -9,6 +9,8 @@ import grpc
 
 from mindserve._errors import (
     AlreadyExists,
+    Cancelled,
+    DeadlineExceeded,
     FeatureDisabled,
     Internal,
     InvalidInput,
@@ -41,6 +43,8 @@ GRPC_STATUS: dict[type, grpc.StatusCode] = {
     KeyRequired: grpc.StatusCode.UNAUTHENTICATED,
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     FeatureDisabled: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Cancelled: grpc.StatusCode.CANCELLED,
 }
 
 

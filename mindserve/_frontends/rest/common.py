@@ -24,6 +24,8 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from mindserve._errors import (
     AlreadyExists,
+    Cancelled,
+    DeadlineExceeded,
     FeatureDisabled,
     Internal,
     InvalidInput,
@@ -53,6 +55,8 @@ HTTP_STATUS: dict[type, int] = {
     KeyRequired: 403,
     AlreadyExists: 400,
     FeatureDisabled: 400,
+    DeadlineExceeded: 504,
+    Cancelled: 499,  # (nginx's "client closed request": there is no client left to read it)
 }
 
 log = logging.getLogger("mindserve")

@@ -39,6 +39,7 @@ class InferRequest(NamedTuple):
     outputs: list           # (name, parameters) each, as the request names them
     binary: dict            # output name -> whether to answer it raw
     binary_default: bool    # for the outputs the request does not name
+    parameters: dict        # the request's own (``timeout``, ...)
 
 
 class JsonInput(InputTensor):
@@ -110,8 +111,8 @@ def parse_request(body: bytes, header_length: Optional[str], lease: Optional[Lea
     request_id = document.get("id")
     if request_id is not None and type(request_id) is not str:
         raise InvalidInput("The id of the inference request should be a JSON string")
-    binary_default = bool(_flag(_parameters(document, "the inference request"), "binary_data_output",
-                                "the inference request"))
+    request_parameters = _parameters(document, "the inference request")
+    binary_default = bool(_flag(request_parameters, "binary_data_output", "the inference request"))
     inputs_doc = document.get("inputs")
     if type(inputs_doc) is not list:
         raise InvalidInput("The inference request should have inputs, a JSON array of tensors")
@@ -137,7 +138,7 @@ def parse_request(body: bytes, header_length: Optional[str], lease: Optional[Lea
         flag = _flag(parameters, "binary_data", f"output {clip(name)}")
         flags[name] = binary_default if flag is None else flag
         outputs.append((name, parameters))
-    return InferRequest(request_id, inputs, outputs, flags, binary_default)
+    return InferRequest(request_id, inputs, outputs, flags, binary_default, request_parameters)
 
 
 def _input(entry: Any, k: int, binary: memoryview, offset: int, lease: Optional[Lease]) -> tuple[InputTensor, int]:

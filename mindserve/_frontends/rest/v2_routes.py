@@ -23,7 +23,7 @@ import mindserve
 from mindserve._dispatch.dispatcher import Dispatcher
 from mindserve._errors import InvalidInput, NotServed, clip
 from mindserve._frontends.oip import models, statistics
-from mindserve._frontends.oip.infer import infer
+from mindserve._frontends.oip.infer import infer, timeout_seconds
 from mindserve._frontends.rest import v2_codec
 from mindserve._frontends.rest.common import (
     answers_errors,
@@ -116,7 +116,7 @@ class V2Routes:
             parsed = v2_codec.parse_request(body, header_length, lease)
             name = request.match_info["model"]
             done = await infer(self._dispatcher, name, request.match_info.get("version", ""), lambda: parsed.inputs,
-                               parsed.outputs, lease)
+                               parsed.outputs, lease, timeout_seconds(parsed.parameters))
             return v2_codec.response(name, done.served_version, parsed, done.outputs)
         finally:
             if lease is not None:
