@@ -10,6 +10,7 @@ Example::
 
 Needs only grpcio, protobuf and numpy: it never imports the server side.
 """
+
 from mindserve.client import aio
 from mindserve.client._client import Client, ClientAsyncResult, SSLConfig
 

@@ -1,4 +1,5 @@
 """The asyncio client's implementation (public as ``mindserve.client.aio``)."""
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional
@@ -33,9 +34,16 @@ class Client:
     """An asyncio client of one method of one servable: the arguments of ``mindserve.client.Client`` (address,
     servable_name, method_name, version_number, ssl_config, headers, timeout), without shared memory."""
 
-    def __init__(self, address: str, servable_name: str, method_name: str, version_number: int = 0,
-                 ssl_config: Optional[SSLConfig] = None, headers: Optional[Mapping[str, str]] = None,
-                 timeout: Optional[float] = None):
+    def __init__(
+        self,
+        address: str,
+        servable_name: str,
+        method_name: str,
+        version_number: int = 0,
+        ssl_config: Optional[SSLConfig] = None,
+        headers: Optional[Mapping[str, str]] = None,
+        timeout: Optional[float] = None,
+    ):
         check_arguments(address, servable_name, method_name, version_number, ssl_config)
         self._metadata = metadata_of(headers)
         self.timeout = check_timeout(timeout)
@@ -49,8 +57,11 @@ class Client:
             self._channel = grpc.aio.insecure_channel(address, options=options)
         else:
             self._channel = grpc.aio.secure_channel(address, channel_credentials(ssl_config), options=options)
-        self._predict = self._channel.unary_unary(PREDICT, request_serializer=pb.PredictRequest.SerializeToString,
-                                                  response_deserializer=pb.PredictReply.FromString)
+        self._predict = self._channel.unary_unary(
+            PREDICT,
+            request_serializer=pb.PredictRequest.SerializeToString,
+            response_deserializer=pb.PredictReply.FromString,
+        )
 
     def _timeout(self, timeout: Optional[float]) -> Optional[float]:
         return self.timeout if timeout is None else check_timeout(timeout)
@@ -64,8 +75,9 @@ class Client:
                 self._wanted = await self.input_types(timeout)
             except RuntimeError:
                 self._wanted = {}
-        request, unsent = build_request(self.servable_name, self.method_name, self.version_number, instances,
-                                        self._wanted or {})
+        request, unsent = build_request(
+            self.servable_name, self.method_name, self.version_number, instances, self._wanted or {}
+        )
         if unsent and not request.instances:  # (no instance at all is sent: the server says what is wrong)
             return [unsent[i] for i in sorted(unsent)]
         try:
@@ -76,11 +88,17 @@ class Client:
 
     async def input_types(self, timeout: Optional[float] = None) -> dict[str, Optional[np.dtype]]:
         """The numpy data type each input takes, None where no model fixes it (see the sync Client's)."""
-        call = self._channel.unary_unary(MODEL_METADATA, request_serializer=lambda m: m.SerializeToString(),
-                                         response_deserializer=metadata_reply_class().FromString)
+        call = self._channel.unary_unary(
+            MODEL_METADATA,
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=metadata_reply_class().FromString,
+        )
         try:
-            reply = await call(metadata_request(self.servable_name, self.method_name, self.version_number),
-                               metadata=self._metadata, timeout=self._timeout(timeout))
+            reply = await call(
+                metadata_request(self.servable_name, self.method_name, self.version_number),
+                metadata=self._metadata,
+                timeout=self._timeout(timeout),
+            )
         except grpc.RpcError as error:
             raise RuntimeError(grpc_error(error)["error"]) from None
         return input_types_of(reply)

@@ -1,4 +1,5 @@
 """The synchronous and asynchronous MSService client."""
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -24,8 +25,9 @@ class SSLConfig:
     """TLS for a client: ``custom_ca`` (PEM path) to trust the server's certificate (the system roots when
     None), and ``certificate`` plus ``private_key`` for servers that verify clients (mutual TLS)."""
 
-    def __init__(self, certificate: Optional[str] = None, private_key: Optional[str] = None,
-                 custom_ca: Optional[str] = None):
+    def __init__(
+        self, certificate: Optional[str] = None, private_key: Optional[str] = None, custom_ca: Optional[str] = None
+    ):
         for name, value in (("certificate", certificate), ("private_key", private_key), ("custom_ca", custom_ca)):
             if value is not None:
                 check_str(name, value)
@@ -80,12 +82,17 @@ def _as_list(instances: Instances) -> Sequence:
 def needs_types(instances: Instances) -> bool:
     """Whether a value of these instances is typed by the method's metadata (a list or a Python scalar, which numpy
     would type as int64 / float64)."""
-    return any(isinstance(value, (list, tuple, bool, int, float))
-               for instance in _as_list(instances) if isinstance(instance, dict) for value in instance.values())
+    return any(
+        isinstance(value, (list, tuple, bool, int, float))
+        for instance in _as_list(instances)
+        if isinstance(instance, dict)
+        for value in instance.values()
+    )
 
 
-def build_request(servable: str, method: str, version: int, instances: Instances,
-                  wanted: Mapping[str, Optional[np.dtype]]) -> tuple[pb.PredictRequest, dict[int, dict]]:
+def build_request(
+    servable: str, method: str, version: int, instances: Instances, wanted: Mapping[str, Optional[np.dtype]]
+) -> tuple[pb.PredictRequest, dict[int, dict]]:
     """The request of the instances that can be sent, and the error of each that cannot (by position): one
     instance's bad value does not keep the others from the server. ``wanted``: each input's data type, as the
     method's metadata gives it (lists and Python scalars take it where no value changes)."""
@@ -139,8 +146,10 @@ def input_types_of(reply: Any) -> dict[str, Optional[np.dtype]]:
 def channel_options(address: str, ssl_config: Optional[SSLConfig]) -> list[tuple[str, Any]]:
     """The options of a client's channel: message size limits, and the authority a certificate is checked
     against over a unix: socket."""
-    options: list[tuple[str, Any]] = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                                      ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ]
     if ssl_config is not None and address.startswith("unix:"):
         # gRPC's default authority for a unix: target is the socket path, while a server certificate names a
         # host: verify it against localhost, as for a local TCP server
@@ -149,13 +158,16 @@ def channel_options(address: str, ssl_config: Optional[SSLConfig]) -> list[tuple
 
 
 def channel_credentials(ssl_config: SSLConfig) -> grpc.ChannelCredentials:
-    return grpc.ssl_channel_credentials(root_certificates=_read(ssl_config.custom_ca),
-                                        private_key=_read(ssl_config.private_key),
-                                        certificate_chain=_read(ssl_config.certificate))
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(ssl_config.custom_ca),
+        private_key=_read(ssl_config.private_key),
+        certificate_chain=_read(ssl_config.certificate),
+    )
 
 
-def check_arguments(address: str, servable_name: str, method_name: str, version_number: int,
-                    ssl_config: Optional[SSLConfig]) -> None:
+def check_arguments(
+    address: str, servable_name: str, method_name: str, version_number: int, ssl_config: Optional[SSLConfig]
+) -> None:
     check_str("address", address)
     check_str("servable_name", servable_name)
     check_str("method_name", method_name)
@@ -167,8 +179,13 @@ def check_arguments(address: str, servable_name: str, method_name: str, version_
 class ClientAsyncResult:
     """The pending result of ``Client.infer_async``."""
 
-    def __init__(self, future: Optional[grpc.Future], count: int, error: Optional[Result] = None,
-                 unsent: Optional[dict[int, dict]] = None):
+    def __init__(
+        self,
+        future: Optional[grpc.Future],
+        count: int,
+        error: Optional[Result] = None,
+        unsent: Optional[dict[int, dict]] = None,
+    ):
         self._future = future
         self._count = count
         self._error = error
@@ -189,8 +206,9 @@ def check_timeout(timeout: Optional[float]) -> Optional[float]:
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise RuntimeError(f"Parameter 'timeout' should be a positive number of seconds or None, but actually "
-                           f"{timeout!r}")
+        raise RuntimeError(
+            f"Parameter 'timeout' should be a positive number of seconds or None, but actually {timeout!r}"
+        )
     return float(timeout)
 
 
@@ -202,8 +220,9 @@ def metadata_of(headers: Optional[Mapping[str, str]]) -> Optional[tuple[tuple[st
         raise RuntimeError(f"Parameter 'headers' should be a dict of str to str, but actually {type(headers)}")
     for key, value in headers.items():
         if not isinstance(key, str) or not key or not isinstance(value, str):
-            raise RuntimeError(f"Parameter 'headers' should be a dict of str to str, but has {key!r}: "
-                               f"{type(value).__name__}")
+            raise RuntimeError(
+                f"Parameter 'headers' should be a dict of str to str, but has {key!r}: {type(value).__name__}"
+            )
     return tuple((key.lower(), value) for key, value in headers.items())
 
 
@@ -226,10 +245,18 @@ class Client:
             Serving's ``shm_data`` and ``output_buffers``). The file is removed at ``close``.
     """
 
-    def __init__(self, address: str, servable_name: str, method_name: str, version_number: int = 0,
-                 ssl_config: Optional[SSLConfig] = None, headers: Optional[Mapping[str, str]] = None,
-                 timeout: Optional[float] = None, shared_memory: bool = False,
-                 shared_memory_threshold: int = DEFAULT_THRESHOLD):
+    def __init__(
+        self,
+        address: str,
+        servable_name: str,
+        method_name: str,
+        version_number: int = 0,
+        ssl_config: Optional[SSLConfig] = None,
+        headers: Optional[Mapping[str, str]] = None,
+        timeout: Optional[float] = None,
+        shared_memory: bool = False,
+        shared_memory_threshold: int = DEFAULT_THRESHOLD,
+    ):
         check_arguments(address, servable_name, method_name, version_number, ssl_config)
         self._metadata = metadata_of(headers)
         self.timeout = check_timeout(timeout)
@@ -243,8 +270,9 @@ class Client:
         self._wanted: Optional[dict[str, Optional[np.dtype]]] = None
         if shared_memory:
             if not is_local(address):
-                raise RuntimeError(f"shared_memory needs a server on this host: a unix: or loopback address, not "
-                                   f"{address}")
+                raise RuntimeError(
+                    f"shared_memory needs a server on this host: a unix: or loopback address, not {address}"
+                )
             check_int("shared_memory_threshold", shared_memory_threshold, 1)
             self._memory = ClientMemory(shared_memory_threshold)
         options = channel_options(address, ssl_config)
@@ -252,8 +280,11 @@ class Client:
             self._channel = grpc.insecure_channel(address, options=options)
         else:
             self._channel = grpc.secure_channel(address, channel_credentials(ssl_config), options=options)
-        self._predict = self._channel.unary_unary(PREDICT, request_serializer=pb.PredictRequest.SerializeToString,
-                                                  response_deserializer=pb.PredictReply.FromString)
+        self._predict = self._channel.unary_unary(
+            PREDICT,
+            request_serializer=pb.PredictRequest.SerializeToString,
+            response_deserializer=pb.PredictReply.FromString,
+        )
 
     def _request(self, instances: Instances, timeout: Optional[float]) -> tuple[pb.PredictRequest, dict[int, dict]]:
         """The request (see ``build_request``), the method's input types asked of the server the first time a value
@@ -264,8 +295,7 @@ class Client:
                 self._wanted = self.input_types(timeout)
             except RuntimeError:
                 self._wanted = {}
-        return build_request(self.servable_name, self.method_name, self.version_number, instances,
-                             self._wanted or {})
+        return build_request(self.servable_name, self.method_name, self.version_number, instances, self._wanted or {})
 
     def infer(self, instances: Instances, timeout: Optional[float] = None) -> Result:
         """Call the method on one instance (a dict of input name to value) or a list of them.
@@ -305,11 +335,17 @@ class Client:
         """The numpy data type each input of the method takes, None where no model fixes it (a Python stage takes
         the input), as the server's metadata says (the Open Inference Protocol's ModelMetadata of the model
         ``servable.method``, on the same port). Raises RuntimeError when the server does not answer it."""
-        call = self._channel.unary_unary(MODEL_METADATA, request_serializer=lambda m: m.SerializeToString(),
-                                         response_deserializer=metadata_reply_class().FromString)
+        call = self._channel.unary_unary(
+            MODEL_METADATA,
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=metadata_reply_class().FromString,
+        )
         try:
-            reply = call(metadata_request(self.servable_name, self.method_name, self.version_number),
-                         metadata=self._metadata, timeout=self._timeout(timeout))
+            reply = call(
+                metadata_request(self.servable_name, self.method_name, self.version_number),
+                metadata=self._metadata,
+                timeout=self._timeout(timeout),
+            )
         except grpc.RpcError as error:
             raise RuntimeError(grpc_error(error)["error"]) from None
         return input_types_of(reply)

@@ -1,4 +1,5 @@
 """Python values <-> MSService tensors, on the client side."""
+
 from __future__ import annotations
 
 from typing import Any, Optional, Union
@@ -19,8 +20,7 @@ def _fill_array(tensor: pb.Tensor, array: np.ndarray, name: str) -> None:
             array = array.astype(array.dtype.newbyteorder("<"))
             code = _dtypes.code_of_array(array)
         else:
-            raise RuntimeError(f"Unknown data type {array.dtype} of input '{name}': send numbers, bools, str or "
-                               f"bytes")
+            raise RuntimeError(f"Unknown data type {array.dtype} of input '{name}': send numbers, bools, str or bytes")
     tensor.dtype = code
     tensor.shape.dims.extend(array.shape)
     tensor.data = array.tobytes()
@@ -61,8 +61,10 @@ def fill_tensor(tensor: pb.Tensor, name: str, value: Any, wanted: Optional[np.dt
         except (ValueError, OverflowError) as exc:  # ragged rows, ints past int64
             raise RuntimeError(f"The list of input '{name}' is not a tensor: {exc}") from None
         if array.dtype.kind not in "biuf":
-            raise RuntimeError(f"The list of input '{name}' is not a tensor of numbers or bools (numpy makes it "
-                               f"{array.dtype}); send str and bytes values one per input")
+            raise RuntimeError(
+                f"The list of input '{name}' is not a tensor of numbers or bools (numpy makes it "
+                f"{array.dtype}); send str and bytes values one per input"
+            )
         _fill_array(tensor, typed(array, wanted), name)
         return
     if isinstance(value, str):

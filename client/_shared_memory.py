@@ -5,6 +5,7 @@ buffer's size equals the output's). For servers on this host only (``unix:`` and
 with ``allow_client_shm``. The client owns its file: it creates it (owner-only), grows it, and removes it at
 ``close``.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -65,15 +66,17 @@ class ClientMemory:
                     writes.append((offset, tensor))
                     offset = _aligned(offset + len(tensor.data))
             for name, (_, _, nbytes) in self._outputs.get(signature, {}).items():
-                instance.output_buffers[name].CopyFrom(pb.ShmTensorData(memory_key=self.key, data_offset=offset,
-                                                                        data_size=nbytes))
+                instance.output_buffers[name].CopyFrom(
+                    pb.ShmTensorData(memory_key=self.key, data_offset=offset, data_size=nbytes)
+                )
                 offset = _aligned(offset + nbytes)
         self._reserve(offset)
         for at, tensor in writes:
             data = tensor.data
             os.pwrite(self._fd, data, at)
-            tensor.shm_data.CopyFrom(pb.ShmTensorData(memory_key=self.key, bytes_size=self._size, data_offset=at,
-                                                      data_size=len(data)))
+            tensor.shm_data.CopyFrom(
+                pb.ShmTensorData(memory_key=self.key, bytes_size=self._size, data_offset=at, data_size=len(data))
+            )
         for instance in request.instances:
             for buffer in instance.output_buffers.values():
                 buffer.bytes_size = self._size

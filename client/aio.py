@@ -16,6 +16,7 @@ Example::
 
 A client belongs to the event loop it was first used on (grpc.aio's rule for channels).
 """
+
 from mindserve.client._aio import Client
 from mindserve.client._client import SSLConfig
 

@@ -1,4 +1,5 @@
 """``python -m mindserve``: the ``mindserve`` command (``serve``, ``infer``); see ``mindserve.cli``."""
+
 import sys
 
 from mindserve.cli import main

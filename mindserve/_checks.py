@@ -1,5 +1,6 @@
 """Argument checks with MindSpore Serving's error texts, shared by the server API and the client (so this
 module must stay free of server-side imports)."""
+
 from __future__ import annotations
 
 from typing import Optional

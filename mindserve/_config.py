@@ -1,4 +1,5 @@
 """The configuration objects of ``mindserve.server``, with MindSpore Serving's argument checks."""
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Union
@@ -32,20 +33,31 @@ class ServableStartConfig:
             quarter of it is split into several jobs. Reserved at start: /dev/shm must have room for it.
     """
 
-    def __init__(self, servable_directory: str, servable_name: str,
-                 device_ids: Union[int, Sequence[int], None] = None, version_number: int = 0,
-                 device_type: Optional[str] = None, num_parallel_workers: int = _defaults.NUM_PARALLEL_WORKERS,
-                 max_batch_size: int = _defaults.MAX_BATCH_SIZE,
-                 max_batch_delay_ms: float = _defaults.MAX_BATCH_DELAY_MS, shm_size_mb: int = _defaults.SHM_SIZE_MB):
+    def __init__(
+        self,
+        servable_directory: str,
+        servable_name: str,
+        device_ids: Union[int, Sequence[int], None] = None,
+        version_number: int = 0,
+        device_type: Optional[str] = None,
+        num_parallel_workers: int = _defaults.NUM_PARALLEL_WORKERS,
+        max_batch_size: int = _defaults.MAX_BATCH_SIZE,
+        max_batch_delay_ms: float = _defaults.MAX_BATCH_DELAY_MS,
+        shm_size_mb: int = _defaults.SHM_SIZE_MB,
+    ):
         self.servable_directory = check_str("servable_directory", servable_directory)
         self.servable_name = check_str("servable_name", servable_name)
         self.version_number = check_int("version_number", version_number, 0)
         self.num_parallel_workers = check_int("num_parallel_workers", num_parallel_workers, 0, 64)
         self.max_batch_size = check_int("max_batch_size", max_batch_size, 0, 1 << 20)
-        if isinstance(max_batch_delay_ms, bool) or not isinstance(max_batch_delay_ms, (int, float)) \
-                or not 0 <= max_batch_delay_ms <= 60000:
-            raise RuntimeError(f"Parameter 'max_batch_delay_ms' should be a number in [0, 60000], but actually "
-                               f"{max_batch_delay_ms!r}")
+        if (
+            isinstance(max_batch_delay_ms, bool)
+            or not isinstance(max_batch_delay_ms, (int, float))
+            or not 0 <= max_batch_delay_ms <= 60000
+        ):
+            raise RuntimeError(
+                f"Parameter 'max_batch_delay_ms' should be a number in [0, 60000], but actually {max_batch_delay_ms!r}"
+            )
         self.max_batch_delay_ms = float(max_batch_delay_ms)
         self.shm_size_mb = check_int("shm_size_mb", shm_size_mb, 4, 1 << 20)
         if device_ids is None:
@@ -53,20 +65,23 @@ class ServableStartConfig:
         elif isinstance(device_ids, int) and not isinstance(device_ids, bool):
             device_ids = (device_ids,)
         if not isinstance(device_ids, (list, tuple)) or not device_ids:
-            raise RuntimeError(f"Parameter 'device_ids' should be int or tuple/list of int, but actually "
-                               f"{device_ids!r}")
+            raise RuntimeError(
+                f"Parameter 'device_ids' should be int or tuple/list of int, but actually {device_ids!r}"
+            )
         for item in device_ids:
             if isinstance(item, bool) or not isinstance(item, int):
-                raise RuntimeError(f"Parameter 'device_ids' should be int or tuple/list of int, but actually "
-                                   f"{device_ids!r}")
+                raise RuntimeError(
+                    f"Parameter 'device_ids' should be int or tuple/list of int, but actually {device_ids!r}"
+                )
             if item < 0:
                 raise RuntimeError(f"The item value '{item}' in parameter 'device_ids' should be >= 0")
         if len(set(device_ids)) != len(device_ids):
             raise RuntimeError(f"The item value in parameter 'device_ids' should not be repeated: {list(device_ids)}")
         self.device_ids = tuple(device_ids)
         if device_type is not None and (not isinstance(device_type, str) or device_type.lower() not in DEVICE_TYPES):
-            raise RuntimeError(f"Unsupported device type '{device_type}', only support 'Ascend', 'GPU', 'CPU' and "
-                               f"None, case ignored")
+            raise RuntimeError(
+                f"Unsupported device type '{device_type}', only support 'Ascend', 'GPU', 'CPU' and None, case ignored"
+            )
         self.device_type = device_type.lower() if device_type else None
 
 
@@ -74,8 +89,9 @@ class SSLConfig:
     """TLS for a server: its certificate chain and private key (PEM file paths); with ``verify_client=True``
     clients must present a certificate signed by ``custom_ca`` (mutual TLS)."""
 
-    def __init__(self, certificate: str, private_key: str, custom_ca: Optional[str] = None,
-                 verify_client: bool = False):
+    def __init__(
+        self, certificate: str, private_key: str, custom_ca: Optional[str] = None, verify_client: bool = False
+    ):
         self.certificate = check_str("certificate", certificate)
         self.private_key = check_str("private_key", private_key)
         self.custom_ca = check_str("custom_ca", custom_ca) if custom_ca is not None else None
@@ -101,5 +117,7 @@ class MediaStreamConfig:
         self.batch_size = check_int("batch_size", batch_size, 1, MAX_MEDIA_BATCH)
 
     def __repr__(self) -> str:
-        return (f"MediaStreamConfig(servable={self.servable!r}, method={self.method!r}, version={self.version}, "
-                f"batch_size={self.batch_size})")
+        return (
+            f"MediaStreamConfig(servable={self.servable!r}, method={self.method!r}, version={self.version}, "
+            f"batch_size={self.batch_size})"
+        )

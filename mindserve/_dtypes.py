@@ -1,4 +1,5 @@
 """The tensor data types of the wire contract and their numpy equivalents (shared by client and server)."""
+
 from __future__ import annotations
 
 import numpy as np

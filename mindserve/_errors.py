@@ -22,6 +22,7 @@ The access errors end a call before any message is read, so no MSService reply c
 
 A plain ``ServingError(code, message)`` (what a worker's reply carries) is answered by its code: see ``kind_of``.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -179,14 +180,14 @@ def request_repr(name: str, method: str, version: int) -> str:
     return text + f"version({version}) " if version > 0 else text
 
 
-def servable_unavailable(name: str, method: str, version: int, served: bool = True, detail: str = "") \
-        -> ServingError:
+def servable_unavailable(name: str, method: str, version: int, served: bool = True, detail: str = "") -> ServingError:
     """MindSpore Serving's "servable is not available": NoLiveWorker for a version that is served but has no live
     worker, NotServed (``served`` False) for one that is not served at all; ``detail`` (what is served instead)
     follows MindSpore's text, which clients may match, after a colon."""
     kind = NoLiveWorker if served else NotServed
-    return kind(f"Request {request_repr(name, method, version)}, servable is not available"
-                + (f": {detail}" if detail else ""))
+    return kind(
+        f"Request {request_repr(name, method, version)}, servable is not available" + (f": {detail}" if detail else "")
+    )
 
 
 NAMES_SHOWN = 8  # how many of a client's names an error text lists
@@ -200,24 +201,28 @@ def names_list(names: Sequence[str]) -> str:
     return shown if len(names) <= NAMES_SHOWN else f"{shown}, ... ({len(names)} in all)"
 
 
-def missing_input(name: str, where: str, servable: str, method: str, inputs: Sequence[str],
-                  given: Sequence[str]) -> ServingError:
+def missing_input(
+    name: str, where: str, servable: str, method: str, inputs: Sequence[str], given: Sequence[str]
+) -> ServingError:
     """MindSpore Serving's "Cannot find input" (``where``: "instance input", "request inputs"), then what the
     method takes and what the client gave, sorted (a misspelt name is seen at once)."""
     holder = "instance" if where.startswith("instance") else "request"
-    return InvalidInput(f"Cannot find input {name} in {where} , servable {clip(servable)}, method {clip(method)}: "
-                        f"the method takes {', '.join(inputs)}; the {holder} gives {names_list(sorted(given))}")
+    return InvalidInput(
+        f"Cannot find input {name} in {where} , servable {clip(servable)}, method {clip(method)}: "
+        f"the method takes {', '.join(inputs)}; the {holder} gives {names_list(sorted(given))}"
+    )
 
 
 def unexpected_input(name: str, servable: str, method: str, inputs: Sequence[str]) -> ServingError:
     """An instance input the method does not take (a misspelt name would otherwise be ignored silently)."""
-    return InvalidInput(f"Unexpected input {clip(name)} in instance input , servable {clip(servable)}, method "
-                        f"{clip(method)} takes {', '.join(inputs)}")
+    return InvalidInput(
+        f"Unexpected input {clip(name)} in instance input , servable {clip(servable)}, method "
+        f"{clip(method)} takes {', '.join(inputs)}"
+    )
 
 
 def method_unavailable(name: str, method: str, version: int, methods: Sequence[str] = ()) -> ServingError:
     """MindSpore Serving's "method is not available" (its code is INVALID_INPUTS, as MSService replies have it),
     followed by the servable's methods."""
     listed = f": servable {clip(name)} has methods {', '.join(methods)}" if methods else ""
-    return NotServed(f"Request {request_repr(name, method, version)}, method is not available{listed}",
-                     INVALID_INPUTS)
+    return NotServed(f"Request {request_repr(name, method, version)}, method is not available{listed}", INVALID_INPUTS)

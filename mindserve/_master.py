@@ -4,6 +4,7 @@ dispatcher and worker supervision. The public ``mindserve.server`` functions are
 ``start_*`` return once their part is up; the process then keeps serving after the script's last line (an
 atexit hook waits) until ``stop()``, SIGINT or SIGTERM.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -47,9 +48,14 @@ DRAIN_LINGER_MAX_S = 1.0  # and up to this long while REST connections are still
 METRICS_IDLE_TIMEOUT_S = 60.0  # a scraper keeps its connection between scrapes (Prometheus's default interval: 60 s)
 
 # the gRPC services every server answers (and reflection lists)
-GRPC_SERVICE_NAMES = (ms_service.SERVICE_NAME, oip_service.SERVICE_NAME, seldon_service.SERVICE_NAME,
-                      media_graph_service.SERVICE_NAME, health_reflection.HEALTH_SERVICE_NAME,
-                      health_reflection.REFLECTION_SERVICE_NAME)
+GRPC_SERVICE_NAMES = (
+    ms_service.SERVICE_NAME,
+    oip_service.SERVICE_NAME,
+    seldon_service.SERVICE_NAME,
+    media_graph_service.SERVICE_NAME,
+    health_reflection.HEALTH_SERVICE_NAME,
+    health_reflection.REFLECTION_SERVICE_NAME,
+)
 
 
 class Master:
@@ -90,14 +96,24 @@ class Master:
         groups: list[ServableWorkers] = []
         for config in configs:
             directory.servable_path(config.servable_directory, config.servable_name)
-            version = directory.resolve_version(config.servable_directory, config.servable_name,
-                                                config.version_number)
+            version = directory.resolve_version(config.servable_directory, config.servable_name, config.version_number)
             if self.dispatcher.has(config.servable_name, version) or any(
-                    g.name == config.servable_name and g.version == version for g in groups):
+                g.name == config.servable_name and g.version == version for g in groups
+            ):
                 raise RuntimeError(f"servable {config.servable_name} version {version} has already been started")
-            specs = [WorkerSpec(config.servable_directory, config.servable_name, version, device_id,
-                                config.device_type, config.max_batch_size, config.max_batch_delay_ms,
-                                config.shm_size_mb) for device_id in config.device_ids]
+            specs = [
+                WorkerSpec(
+                    config.servable_directory,
+                    config.servable_name,
+                    version,
+                    device_id,
+                    config.device_type,
+                    config.max_batch_size,
+                    config.max_batch_delay_ms,
+                    config.shm_size_mb,
+                )
+                for device_id in config.device_ids
+            ]
             # num_parallel_workers counts the device workers too: only the processes past them are extra
             extra = max(config.num_parallel_workers - len(specs), 0)
             groups.append(ServableWorkers(specs, [replace(specs[0], python_worker=k) for k in range(1, extra + 1)]))
@@ -117,8 +133,13 @@ class Master:
         for group in groups:
             self.worker_groups.append(group)
             self.dispatcher.add(group)
-            log.info("servable %s version %d ready on %d worker(s) and %d Python-stage worker(s)", group.name,
-                     group.version, len(group.workers), len(group.python_workers))
+            log.info(
+                "servable %s version %d ready on %d worker(s) and %d Python-stage worker(s)",
+                group.name,
+                group.version,
+                len(group.workers),
+                len(group.python_workers),
+            )
 
     async def set_max_enqueued_requests(self, limit: int) -> None:
         self.dispatcher.max_enqueued_requests = limit
@@ -145,48 +166,71 @@ class Master:
             known = self._policies[id(access)] = (access, AccessPolicy(access))
         return known[1]
 
-    async def start_grpc_server(self, address: str, max_msg_mb_size: int, ssl_config: Optional[SSLConfig],
-                                access: Optional[AccessConfig] = None,
-                                media_stream: Optional[MediaStreamConfig] = None,
-                                allow_client_shm: bool = False) -> GrpcServer:
+    async def start_grpc_server(
+        self,
+        address: str,
+        max_msg_mb_size: int,
+        ssl_config: Optional[SSLConfig],
+        access: Optional[AccessConfig] = None,
+        media_stream: Optional[MediaStreamConfig] = None,
+        allow_client_shm: bool = False,
+    ) -> GrpcServer:
         policy = self.access_policy(access)
         if not self._grpc_handlers:
             self._health = health_reflection.HealthMonitor(self.dispatcher, GRPC_SERVICE_NAMES)
             await self._health.start()
-            self._grpc_handlers = [SeldonServiceHandler(self.dispatcher, self._admission).rpc_handlers(),
-                                   self._health.rpc_handlers(),
-                                   health_reflection.reflection_handler(GRPC_SERVICE_NAMES)]
+            self._grpc_handlers = [
+                SeldonServiceHandler(self.dispatcher, self._admission).rpc_handlers(),
+                self._health.rpc_handlers(),
+                health_reflection.reflection_handler(GRPC_SERVICE_NAMES),
+            ]
         interceptors = [AccessInterceptor(policy, self.dispatcher.requests)] if policy is not None else []
         # this server's own: whether it takes client shared memory, the media streams' default target
         regions = self.client_regions.for_server(max_msg_mb_size << 20, self._off_loop) if allow_client_shm else None
-        own = [MSServiceHandler(self.dispatcher, self._off_loop, self._admission, regions).rpc_handlers(),
-               OipServiceHandler(self.dispatcher, self._admission, regions).rpc_handlers(),
-               MediaGraphHandler(self.dispatcher, self._off_loop, self._admission, media_stream,
-                                 regions).rpc_handlers()]
-        server = await GrpcServer.start(address, [*own, *self._grpc_handlers], max_msg_mb_size, ssl_config,
-                                        interceptors)
+        own = [
+            MSServiceHandler(self.dispatcher, self._off_loop, self._admission, regions).rpc_handlers(),
+            OipServiceHandler(self.dispatcher, self._admission, regions).rpc_handlers(),
+            MediaGraphHandler(self.dispatcher, self._off_loop, self._admission, media_stream, regions).rpc_handlers(),
+        ]
+        server = await GrpcServer.start(
+            address, [*own, *self._grpc_handlers], max_msg_mb_size, ssl_config, interceptors
+        )
         self.grpc_servers.append(server)
         log.info("gRPC server listening on %s%s", server.address, " (TLS)" if ssl_config else "")
         return server
 
-    async def start_restful_server(self, address: str, max_msg_mb_size: int, ssl_config: Optional[SSLConfig],
-                                   idle_timeout: float, max_connections: int,
-                                   access: Optional[AccessConfig] = None, allow_client_shm: bool = False) -> Any:
+    async def start_restful_server(
+        self,
+        address: str,
+        max_msg_mb_size: int,
+        ssl_config: Optional[SSLConfig],
+        idle_timeout: float,
+        max_connections: int,
+        access: Optional[AccessConfig] = None,
+        allow_client_shm: bool = False,
+    ) -> Any:
         """The started RestServer (typed Any: aiohttp, which it needs, is imported only once one starts)."""
         from mindserve._frontends.rest.connections import ConnectionLimits
         from mindserve._frontends.rest.server import RestServer
 
-        server = await RestServer.start(address, self.dispatcher, max_msg_mb_size, ssl_config, DRAIN_GRACE_S,
-                                        self._admission, ConnectionLimits(idle_timeout, max_connections),
-                                        self.access_policy(access),
-                                        self.client_regions.for_server(max_msg_mb_size << 20, self._off_loop)
-                                        if allow_client_shm else None)
+        server = await RestServer.start(
+            address,
+            self.dispatcher,
+            max_msg_mb_size,
+            ssl_config,
+            DRAIN_GRACE_S,
+            self._admission,
+            ConnectionLimits(idle_timeout, max_connections),
+            self.access_policy(access),
+            self.client_regions.for_server(max_msg_mb_size << 20, self._off_loop) if allow_client_shm else None,
+        )
         self.rest_servers.append(server)
         log.info("REST server listening on %s%s", server.address, " (TLS)" if ssl_config else "")
         return server
 
-    async def start_metrics_server(self, address: str, ssl_config: Optional[SSLConfig],
-                                   access: Optional[AccessConfig] = None) -> Any:
+    async def start_metrics_server(
+        self, address: str, ssl_config: Optional[SSLConfig], access: Optional[AccessConfig] = None
+    ) -> Any:
         """The started metrics server (a RestServer serving /metrics)."""
         from mindserve._frontends.rest.connections import ConnectionLimits
         from mindserve._frontends.rest.metrics_app import make_metrics_app
@@ -195,9 +239,14 @@ class Master:
 
         if self._metrics is None:
             self._metrics = ServerMetrics(self.dispatcher)
-        server = await RestServer.listen(address, make_metrics_app(self._metrics, self.access_policy(access)),
-                                         ssl_config, DRAIN_GRACE_S, ConnectionLimits(METRICS_IDLE_TIMEOUT_S, 100),
-                                         "metrics server")
+        server = await RestServer.listen(
+            address,
+            make_metrics_app(self._metrics, self.access_policy(access)),
+            ssl_config,
+            DRAIN_GRACE_S,
+            ConnectionLimits(METRICS_IDLE_TIMEOUT_S, 100),
+            "metrics server",
+        )
         self.metrics_servers.append(server)
         log.info("metrics server listening on %s%s", server.address, " (TLS)" if ssl_config else "")
         return server
@@ -224,8 +273,9 @@ class Master:
         # end UNAVAILABLE
         self.stream_memory.drain()
         if not await self._admission.close(DRAIN_GRACE_S):
-            log.warning("%d request(s) still in progress after %.0f s of draining", self._admission.in_flight,
-                        DRAIN_GRACE_S)
+            log.warning(
+                "%d request(s) still in progress after %.0f s of draining", self._admission.in_flight, DRAIN_GRACE_S
+            )
         # The listeners stay open a moment longer, refusing: a gRPC call that reached the server but not yet its
         # handler would be CANCELLED by the server's stop, and an HTTP/1.1 keep-alive connection closed while its
         # client sends on it reads as a dropped connection; meanwhile each gets its UNAVAILABLE (503 with
@@ -235,8 +285,11 @@ class Master:
         deadline = loop.time() + DRAIN_LINGER_MAX_S
         while any(s.open_connections for s in self.rest_servers) and loop.time() < deadline:
             await asyncio.sleep(0.02)
-        await asyncio.gather(*(s.stop(LISTENER_GRACE_S) for s in self.grpc_servers),
-                             *(s.stop() for s in self.rest_servers), return_exceptions=True)
+        await asyncio.gather(
+            *(s.stop(LISTENER_GRACE_S) for s in self.grpc_servers),
+            *(s.stop() for s in self.rest_servers),
+            return_exceptions=True,
+        )
         # the metrics server is the last to go: a scrape during the drain still sees the requests finish
         await asyncio.gather(*(s.stop() for s in self.metrics_servers), return_exceptions=True)
         await asyncio.gather(*(g.stop() for g in self.worker_groups), return_exceptions=True)
@@ -292,8 +345,12 @@ def _wait_at_exit() -> None:
     if _died:  # the script failed (its traceback is printed): stop the workers and let it exit non-zero
         master.stop()
         return
-    if not master.grpc_servers and not master.rest_servers and not master.metrics_servers \
-            and not master.dispatcher.groups():
+    if (
+        not master.grpc_servers
+        and not master.rest_servers
+        and not master.metrics_servers
+        and not master.dispatcher.groups()
+    ):
         master.stop()  # nothing is being served (start_servables failed, say): let the process end
         return
     _waiting_at_exit = True

@@ -1,4 +1,5 @@
 """The handle that ``server.start_grpc_server`` and ``server.start_restful_server`` return."""
+
 from __future__ import annotations
 
 import threading

@@ -1,6 +1,7 @@
 """The server's neutral form of a tensor on its way between a frontend and a worker: dtype code, shape and
 raw little-endian bytes (UTF-8 text for MS_STRING, the bytes themselves for MS_BYTES). Frontends make and read
 these; the dispatcher and the transport move them without looking inside."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -70,7 +71,7 @@ class StackedResults(Sequence):
         result = {}
         for name, out in self.outputs.items():
             size = self.row_bytes[name]
-            result[name] = RawTensor(out.dtype, out.row_shape, out.data[index * size:(index + 1) * size])
+            result[name] = RawTensor(out.dtype, out.row_shape, out.data[index * size : (index + 1) * size])
         return result
 
 
@@ -106,13 +107,14 @@ class StackedInputs(Sequence):
         result = {}
         for name, col in self.inputs.items():
             start = int(col.offsets[index])
-            result[name] = RawTensor(col.dtype, col.row_shape, memoryview(col.source)[start:start + col.row_size])
+            result[name] = RawTensor(col.dtype, col.row_shape, memoryview(col.source)[start : start + col.row_size])
         return result
 
     def part(self, start: int, stop: int) -> "StackedInputs":
         """Instances ``start`` to ``stop`` (exclusive) as a StackedInputs of their own."""
-        return StackedInputs(stop - start,
-                             {name: col._replace(offsets=col.offsets[start:stop]) for name, col in self.inputs.items()})
+        return StackedInputs(
+            stop - start, {name: col._replace(offsets=col.offsets[start:stop]) for name, col in self.inputs.items()}
+        )
 
 
 Results = Union[InstanceResults, StackedResults]

@@ -5,6 +5,7 @@ nothing imports this file.
 A test module that starts real processes (servers, workers, tools) says so itself, ``pytestmark =
 pytest.mark.server`` (the marker is declared in pyproject.toml), so that ``pytest -m "not server"`` runs the
 in-process tests alone, in seconds."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -35,11 +36,15 @@ def echo_server(servable_dir, tmp_path_factory) -> Iterator[ServerProcess]:
     """The echo and batch servables on TCP, one worker each (shared by the tests that only send requests)."""
     tmp = tmp_path_factory.mktemp("echo_server")
     address = f"127.0.0.1:{free_port()}"
-    server = start_server(tmp, f"""
+    server = start_server(
+        tmp,
+        f"""
         server.start_servables([server.ServableStartConfig({servable_dir!r}, "echo", device_ids=0),
                                 server.ServableStartConfig({servable_dir!r}, "batch", device_ids=0)])
         server.start_grpc_server({address!r})
-    """, address)
+    """,
+        address,
+    )
     yield server
     server.stop()
 
@@ -50,11 +55,15 @@ def add_server(tmp_path_factory) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("add_server")
     address = f"127.0.0.1:{free_port()}"
     unix_address = f"unix:{tmp}/add.sock"
-    server = start_server(tmp, f"""
+    server = start_server(
+        tmp,
+        f"""
         server.start_servables(server.ServableStartConfig({BUNDLED_SERVABLES!r}, "add", device_ids=(0, 1)))
         server.start_grpc_server({address!r})
         server.start_grpc_server({unix_address!r})
-    """, address)
+    """,
+        address,
+    )
     server.unix_address = unix_address
     yield server
     server.stop()

@@ -8,6 +8,7 @@ and starts it again. A correct secret once the back-off is over works, and forge
 ``WINDOW_S`` seconds without a failure once no back-off runs. At most ``MAX_CLIENTS`` clients are remembered,
 the one whose last failure is oldest forgotten first, so that a storm of addresses costs bounded memory.
 """
+
 from __future__ import annotations
 
 import time
@@ -24,19 +25,25 @@ MAX_CLIENTS = 10_000
 
 @dataclass
 class _Record:
-    failures: int      # within the current window
-    since: float       # when the current window began
-    last: float        # the latest failure
-    backoff_s: float   # the latest back-off; 0 while none has begun
-    until: float       # the end of the back-off running (0: none)
+    failures: int  # within the current window
+    since: float  # when the current window began
+    last: float  # the latest failure
+    backoff_s: float  # the latest back-off; 0 while none has begun
+    until: float  # the end of the back-off running (0: none)
 
 
 class FailureBackoff:
     """The failed secret checks of each client, and the back-off they earn (see the module's text)."""
 
-    def __init__(self, allowed: int = FAILURES_ALLOWED, window_s: float = WINDOW_S,
-                 first_backoff_s: float = FIRST_BACKOFF_S, max_backoff_s: float = MAX_BACKOFF_S,
-                 capacity: int = MAX_CLIENTS, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        allowed: int = FAILURES_ALLOWED,
+        window_s: float = WINDOW_S,
+        first_backoff_s: float = FIRST_BACKOFF_S,
+        max_backoff_s: float = MAX_BACKOFF_S,
+        capacity: int = MAX_CLIENTS,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self._allowed = allowed
         self._window = window_s
         self._first = first_backoff_s

@@ -1,4 +1,5 @@
 """What a user configures to guard the server's doors (``server.AccessConfig``, ``server.JWTConfig``)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -25,10 +26,12 @@ class JWTConfig:
     leeway_s: float = 30.0
 
     def __repr__(self) -> str:  # never print the secret
-        return (f"JWTConfig(secret={'<set>' if self.secret else None}, public_key="
-                f"{'<set>' if self.public_key else None}, algorithms={tuple(self.algorithms)!r}, "
-                f"audience={self.audience!r}, issuer={self.issuer!r}, groups_claim={self.groups_claim!r}, "
-                f"leeway_s={self.leeway_s!r})")
+        return (
+            f"JWTConfig(secret={'<set>' if self.secret else None}, public_key="
+            f"{'<set>' if self.public_key else None}, algorithms={tuple(self.algorithms)!r}, "
+            f"audience={self.audience!r}, issuer={self.issuer!r}, groups_claim={self.groups_claim!r}, "
+            f"leeway_s={self.leeway_s!r})"
+        )
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,8 @@ class AccessConfig:
 
     def __repr__(self) -> str:  # never print a key's value or a consumer's secret
         restricted = {groups: (key, "<set>") for groups, (key, _) in self.restricted.items()}
-        return (f"AccessConfig(restricted={restricted!r}, jwt={self.jwt!r}, "
-                f"client_certificates={dict(self.client_certificates)!r}, consumers={sorted(self.consumers)!r}, "
-                f"token_ttl_s={self.token_ttl_s!r})")
+        return (
+            f"AccessConfig(restricted={restricted!r}, jwt={self.jwt!r}, "
+            f"client_certificates={dict(self.client_certificates)!r}, consumers={sorted(self.consumers)!r}, "
+            f"token_ttl_s={self.token_ttl_s!r})"
+        )

@@ -1,6 +1,7 @@
 """The feature groups access is granted by, and the one table that puts every gRPC method and REST route of the
 server in exactly one of them (Triton's groups, where Triton has them). A door added later adds its methods
 here; a method or route missing from the table is refused, never let through (see ``grpc_group``)."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -24,11 +25,14 @@ GRPC_METHODS: dict[str, str] = {
     _OIP + "ModelInfer": INFERENCE,
     _OIP + "ModelStreamInfer": INFERENCE,
     _OIP + "ModelStatistics": STATISTICS,
-    **{f"{_OIP}{kind}SharedMemory{rpc}": SHARED_MEMORY for kind in ("System", "Cuda")
-       for rpc in ("Status", "Register", "Unregister")},
+    **{
+        f"{_OIP}{kind}SharedMemory{rpc}": SHARED_MEMORY
+        for kind in ("System", "Cuda")
+        for rpc in ("Status", "Register", "Unregister")
+    },
     "/io.seldon.api.rpc.Classifier/Predict": INFERENCE,
-    "/microsoft.azure.media.live_video_analytics.extensibility.grpc.v1.MediaGraphExtension/ProcessMediaStream":
-        INFERENCE,
+    "/microsoft.azure.media.live_video_analytics.extensibility.grpc.v1.MediaGraphExtension/"
+    "ProcessMediaStream": INFERENCE,
     "/grpc.health.v1.Health/Check": HEALTH,
     "/grpc.health.v1.Health/Watch": HEALTH,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": METADATA,

@@ -8,16 +8,17 @@ configured name also matches the subject's common name, exactly. A SAN of one ty
 another: an email or URI SAN spelled like a configured DNS name opens nothing. Wildcards are not expanded (a
 DNS SAN ``*.example.com`` matches only the configured name ``*.example.com``).
 """
+
 from __future__ import annotations
 
 import ipaddress
 from typing import Optional
 
-CN = "CN"        # the subject's common name
-DNS = "DNS"      # a dNSName SAN
-IP = "IP"        # an iPAddress SAN
+CN = "CN"  # the subject's common name
+DNS = "DNS"  # a dNSName SAN
+IP = "IP"  # an iPAddress SAN
 EMAIL = "email"  # an rfc822Name SAN
-URI = "URI"      # a uniformResourceIdentifier SAN
+URI = "URI"  # a uniformResourceIdentifier SAN
 Identity = tuple[str, str]  # (one of the types above, the value as the certificate carries it)
 
 

@@ -7,6 +7,7 @@ verified with PyJWT against the configured algorithms only, ``exp`` required, th
 and a verified token is remembered until it expires, so that a client sending the same token is not verified again
 on every call. No denial text repeats a credential or what was expected of its value.
 """
+
 from __future__ import annotations
 
 import base64
@@ -29,8 +30,7 @@ Headers = Callable[[str], Sequence[str]]
 MAX_CREDENTIAL_BYTES = 8192
 BASIC_HEADER = "x-ms-authentication"  # where video-analytics clients send HTTP Basic credentials
 _HMAC_ALGORITHMS = {"HS256", "HS384", "HS512"}
-_KEY_ALGORITHMS = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES256K", "ES384", "ES512",
-                   "EdDSA"}
+_KEY_ALGORITHMS = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES256K", "ES384", "ES512", "EdDSA"}
 _MIN_SECRET_BYTES = 32
 _TOKEN_CACHE_LIMIT = 4096
 _ALL_GROUPS = frozenset(GROUPS)
@@ -38,7 +38,7 @@ INVALID_TOKEN = "a valid bearer token is required (Authorization: Bearer <token>
 # exp, nbf and iat: JSON numbers of seconds since 1970, from 0 to 2**53 (past it no clock reaches, and a float
 # no longer holds every whole second); anything else (a string, true, 1e400, 10**400) makes the token invalid
 TIME_CLAIMS = ("exp", "nbf", "iat")
-MAX_TIME_CLAIM = 2 ** 53
+MAX_TIME_CLAIM = 2**53
 
 
 def _is_time(value: object) -> bool:
@@ -80,36 +80,41 @@ class TokenVerifier:
             raise RuntimeError(f"access: {what}.algorithms must list at least one algorithm, e.g. ('HS256',)")
         unknown = [a for a in algorithms if a not in _HMAC_ALGORITHMS | _KEY_ALGORITHMS]
         if unknown:
-            raise RuntimeError(f"access: {what}.algorithms: unknown or unsafe algorithm '{unknown[0]}'; use "
-                               f"{', '.join(sorted(_HMAC_ALGORITHMS))} with a secret or "
-                               f"{', '.join(sorted(_KEY_ALGORITHMS))} with a public key")
+            raise RuntimeError(
+                f"access: {what}.algorithms: unknown or unsafe algorithm '{unknown[0]}'; use "
+                f"{', '.join(sorted(_HMAC_ALGORITHMS))} with a secret or "
+                f"{', '.join(sorted(_KEY_ALGORITHMS))} with a public key"
+            )
         hmac_family = [a for a in algorithms if a in _HMAC_ALGORITHMS]
         if hmac_family and len(hmac_family) != len(algorithms):
-            raise RuntimeError(f"access: {what}.algorithms mixes HMAC ({', '.join(hmac_family)}) and public-key "
-                               f"algorithms: a public key could then be taken as an HMAC secret")
+            raise RuntimeError(
+                f"access: {what}.algorithms mixes HMAC ({', '.join(hmac_family)}) and public-key "
+                f"algorithms: a public key could then be taken as an HMAC secret"
+            )
         if (config.secret is None) == (config.public_key is None):
             raise RuntimeError(f"access: {what} needs exactly one of secret (HS algorithms) and public_key")
         key: Union[str, bytes, Any]
         if hmac_family:
             if config.secret is None:
-                raise RuntimeError(f"access: {what}.algorithms {', '.join(algorithms)} need a secret, not a "
-                                   f"public key")
+                raise RuntimeError(f"access: {what}.algorithms {', '.join(algorithms)} need a secret, not a public key")
             secret = config.secret.encode() if isinstance(config.secret, str) else bytes(config.secret)
             if len(secret) < _MIN_SECRET_BYTES:
-                raise RuntimeError(f"access: {what}.secret has {len(secret)} bytes; an HMAC secret needs at least "
-                                   f"{_MIN_SECRET_BYTES} (e.g. python -c 'import secrets; "
-                                   f"print(secrets.token_urlsafe(48))')")
+                raise RuntimeError(
+                    f"access: {what}.secret has {len(secret)} bytes; an HMAC secret needs at least "
+                    f"{_MIN_SECRET_BYTES} (e.g. python -c 'import secrets; "
+                    f"print(secrets.token_urlsafe(48))')"
+                )
             key = secret
         else:
             if config.public_key is None:
-                raise RuntimeError(f"access: {what}.algorithms {', '.join(algorithms)} need a public_key, not a "
-                                   f"secret")
+                raise RuntimeError(f"access: {what}.algorithms {', '.join(algorithms)} need a public_key, not a secret")
             implementation = jwt.get_algorithm_by_name(algorithms[0])
             try:
                 key = implementation.prepare_key(config.public_key)
             except Exception as exc:  # PyJWT's and cryptography's errors alike
-                raise RuntimeError(f"access: {what}.public_key is not a public key that {algorithms[0]} can use "
-                                   f"(PEM expected)") from exc
+                raise RuntimeError(
+                    f"access: {what}.public_key is not a public key that {algorithms[0]} can use (PEM expected)"
+                ) from exc
         self._key = key
         self._algorithms = list(algorithms)
         self._audience = config.audience
@@ -130,10 +135,20 @@ class TokenVerifier:
         try:
             # the time claims are checked here, not by PyJWT: it takes a numeric string, and a huge number
             # overflows where its float is needed
-            claims = self._jwt.decode(token, self._key, algorithms=self._algorithms, audience=self._audience,
-                                      issuer=self._issuer,
-                                      options={"require": ["exp"], "verify_aud": self._audience is not None,
-                                               "verify_exp": False, "verify_nbf": False, "verify_iat": False})
+            claims = self._jwt.decode(
+                token,
+                self._key,
+                algorithms=self._algorithms,
+                audience=self._audience,
+                issuer=self._issuer,
+                options={
+                    "require": ["exp"],
+                    "verify_aud": self._audience is not None,
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
+            )
         except Exception:  # PyJWT's errors, and anything a forged token provokes in it: invalid, nothing more
             return None, ""
         if not isinstance(claims, dict):
@@ -174,8 +189,12 @@ class TokenIssuer:
         self._consumers = {k.encode(): v.encode() for k, v in consumers.items()}
         self.ttl_s = ttl_s
         self._secret = secrets.token_bytes(32)
-        self.verifier = TokenVerifier(JWTConfig(secret=self._secret, algorithms=("HS256",), groups_claim=None,
-                                                audience="mindserve-consumer", leeway_s=0), "consumers")
+        self.verifier = TokenVerifier(
+            JWTConfig(
+                secret=self._secret, algorithms=("HS256",), groups_claim=None, audience="mindserve-consumer", leeway_s=0
+            ),
+            "consumers",
+        )
         self.backoff = FailureBackoff()  # failed secret checks at the token endpoints, per client address
 
     def admits(self, key: str, secret: str) -> bool:
@@ -191,9 +210,13 @@ class TokenIssuer:
         if not self.admits(key, secret):
             return None
         import jwt
+
         now = int(time.time())
-        return jwt.encode({"sub": key, "aud": "mindserve-consumer", "iat": now, "exp": now + int(self.ttl_s)},
-                          self._secret, algorithm="HS256")
+        return jwt.encode(
+            {"sub": key, "aud": "mindserve-consumer", "iat": now, "exp": now + int(self.ttl_s)},
+            self._secret,
+            algorithm="HS256",
+        )
 
 
 class AccessPolicy:
@@ -201,13 +224,15 @@ class AccessPolicy:
 
     def __init__(self, config: AccessConfig):
         if not isinstance(config, AccessConfig):
-            raise RuntimeError(f"Parameter 'access' should be a server.AccessConfig, but actually "
-                               f"{type(config).__name__}")
+            raise RuntimeError(
+                f"Parameter 'access' should be a server.AccessConfig, but actually {type(config).__name__}"
+            )
         self._keys: dict[str, tuple[str, bytes]] = {}
         for names, pair in config.restricted.items():
             if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(p, str) and p for p in pair)):
-                raise RuntimeError(f"access: restricted['{names}'] should be a (header, value) pair of non-empty "
-                                   f"strings")
+                raise RuntimeError(
+                    f"access: restricted['{names}'] should be a (header, value) pair of non-empty strings"
+                )
             for group in _groups(names.split(","), f"restricted['{names}']"):
                 if group in self._keys:
                     raise RuntimeError(f"access: group '{group}' is restricted twice")
@@ -216,8 +241,10 @@ class AccessPolicy:
         self._certificates: dict[Identity, frozenset] = {}
         for name, opened in config.client_certificates.items():
             if not isinstance(name, str) or not name.strip():
-                raise RuntimeError(f"access: client_certificates maps names (a DNS name, an IP address, an email "
-                                   f"address, a URI or a common name) to groups, not {name!r}")
+                raise RuntimeError(
+                    f"access: client_certificates maps names (a DNS name, an IP address, an email "
+                    f"address, a URI or a common name) to groups, not {name!r}"
+                )
             listed = (opened,) if isinstance(opened, str) else tuple(opened)
             groups = frozenset(_groups(listed, f"client_certificates['{name}']"))
             for identity in configured_identities(name):
@@ -242,8 +269,11 @@ class AccessPolicy:
             return None
         key = self._keys.get(group)
         tokens = self.verifier is not None or self.issuer is not None
-        read = ([key[0]] if key is not None else []) + ([BASIC_HEADER] if self.issuer is not None else []) + \
-            (["authorization", "oauth_token"] if tokens else [])
+        read = (
+            ([key[0]] if key is not None else [])
+            + ([BASIC_HEADER] if self.issuer is not None else [])
+            + (["authorization", "oauth_token"] if tokens else [])
+        )
         given: dict[str, Optional[str]] = {}
         for name in read:
             values = headers(name)
@@ -276,8 +306,11 @@ class AccessPolicy:
         if tokens:
             if why:
                 return Unauthenticated(why)
-            return Unauthenticated(INVALID_TOKEN if token_given or not self._certificates else
-                                   f"{INVALID_TOKEN}, or a client certificate that opens '{group}'")
+            return Unauthenticated(
+                INVALID_TOKEN
+                if token_given or not self._certificates
+                else f"{INVALID_TOKEN}, or a client certificate that opens '{group}'"
+            )
         return Unauthenticated(f"a client certificate that opens the group '{group}' is required")
 
     def _token_groups(self, token: str) -> tuple[Optional[frozenset], str]:

@@ -5,6 +5,7 @@ MindSpore for ``"mindir"`` (``mindir``). A backend's package is imported only wh
 loaded (in the worker), and a missing one raises an error that names the extra to install. Per-model options
 are described and checked in ``options``.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -14,8 +15,9 @@ from mindserve._backends.base import BackendSession, TensorSpec
 __all__ = ["BackendSession", "TensorSpec", "load_model"]
 
 
-def load_model(model_format: str, path: str, device_type: Optional[str], device_id: int,
-               options: dict) -> BackendSession:
+def load_model(
+    model_format: str, path: str, device_type: Optional[str], device_id: int, options: dict
+) -> BackendSession:
     """Load one model file for ``device_type`` (None or "cpu", "gpu", "ascend") and ``device_id``, with the
     model's ``options`` as ``options.check_options`` gave them (every option of the format present)."""
     if model_format == "onnx":

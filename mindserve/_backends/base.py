@@ -1,4 +1,5 @@
 """What every backend provides."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -13,6 +13,7 @@ MindSpore keeps its device and runtime settings per process, and a worker proces
 MindIR model a worker loads sets them (``mindspore.set_device``, CPU kernel threads, Ascend precision mode), and
 later models of the same worker must ask for the same values.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,15 +55,19 @@ def _import_mindspore():
     try:
         import mindspore
     except ImportError as exc:
-        raise RuntimeError("model format MindIR needs MindSpore, which is not installed: "
-                           "pip install 'mindserve[mindir]' (or mindspore)") from exc
+        raise RuntimeError(
+            "model format MindIR needs MindSpore, which is not installed: "
+            "pip install 'mindserve[mindir]' (or mindspore)"
+        ) from exc
     except TypeError as exc:
         # "Descriptors cannot be created directly": protobuf runs another implementation (see prepare_process)
         from google.protobuf.internal import api_implementation
 
-        raise RuntimeError(f"MindSpore cannot be imported in a process whose protobuf runs its "
-                           f"{api_implementation.Type()!r} implementation (MindSpore's generated modules need "
-                           f"'python'): set {_PROTOBUF_IMPLEMENTATION}=python for the serving process") from exc
+        raise RuntimeError(
+            f"MindSpore cannot be imported in a process whose protobuf runs its "
+            f"{api_implementation.Type()!r} implementation (MindSpore's generated modules need "
+            f"'python'): set {_PROTOBUF_IMPLEMENTATION}=python for the serving process"
+        ) from exc
     return mindspore
 
 
@@ -70,14 +75,17 @@ def _import_mindspore():
 # process settings
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def _set_once(key: str, value: Any, apply) -> None:
     """Apply a per-process MindSpore setting the first time; later models must ask for the same value."""
     if key in _process_settings:
         if _process_settings[key] != value:
             what = "device" if key == "device" else f"option {key!r}"
-            raise RuntimeError(f"{what} {value!r} differs from {_process_settings[key]!r} of a MindIR model "
-                               f"loaded before in this worker; MindSpore sets it once per process, so the MindIR "
-                               f"models of a servable must use the same value")
+            raise RuntimeError(
+                f"{what} {value!r} differs from {_process_settings[key]!r} of a MindIR model "
+                f"loaded before in this worker; MindSpore sets it once per process, so the MindIR "
+                f"models of a servable must use the same value"
+            )
         return
     apply()
     _process_settings[key] = value
@@ -85,8 +93,9 @@ def _set_once(key: str, value: Any, apply) -> None:
 
 def _available(ms, target: str) -> bool:
     # each is_available() but CPU's logs warnings when its device is missing: ask only about what is needed
-    return {"CPU": ms.device_context.cpu, "GPU": ms.device_context.gpu,
-            "Ascend": ms.device_context.ascend}[target].is_available()
+    return {"CPU": ms.device_context.cpu, "GPU": ms.device_context.gpu, "Ascend": ms.device_context.ascend}[
+        target
+    ].is_available()
 
 
 def configure(ms, device_type: Optional[str], device_id: int, options: dict) -> None:
@@ -94,32 +103,41 @@ def configure(ms, device_type: Optional[str], device_id: int, options: dict) -> 
     kind = (device_type or "cpu").lower()
     target = _TARGET_OF_DEVICE.get(kind)
     if target is None:
-        raise RuntimeError(f"Unsupported device type '{device_type}', only support 'Ascend', 'GPU', 'CPU' and None, "
-                           f"case ignored")
+        raise RuntimeError(
+            f"Unsupported device type '{device_type}', only support 'Ascend', 'GPU', 'CPU' and None, case ignored"
+        )
     # only the first model checks the device: a later model of the same worker has the same device
     if "device" not in _process_settings:
         if not _available(ms, target):
-            raise RuntimeError(f"device type {target} is not available in the installed MindSpore {ms.__version__}: "
-                               f"it needs MindSpore built for {target}, on a machine with that device")
+            raise RuntimeError(
+                f"device type {target} is not available in the installed MindSpore {ms.__version__}: "
+                f"it needs MindSpore built for {target}, on a machine with that device"
+            )
     # a CPU worker's device id only tells workers apart: MindSpore has one CPU device, id 0
     device = (target, device_id if target != "CPU" else 0)
     _set_once("device", device, lambda: ms.set_device(*device))
     precision = options["precision_mode"]
     if precision != "origin" and target != "Ascend":
-        raise RuntimeError(f"option 'precision_mode' {precision!r} needs device type Ascend (a CANN precision mode); "
-                           f"on {target} only 'origin' is supported")
-    _set_once("thread_num", options["thread_num"],
-              lambda: ms.device_context.cpu.op_tuning.threads_num(options["thread_num"]))
+        raise RuntimeError(
+            f"option 'precision_mode' {precision!r} needs device type Ascend (a CANN precision mode); "
+            f"on {target} only 'origin' is supported"
+        )
+    _set_once(
+        "thread_num", options["thread_num"], lambda: ms.device_context.cpu.op_tuning.threads_num(options["thread_num"])
+    )
     if target == "Ascend":
+
         def apply_precision() -> None:
             if precision != "origin":  # "origin": MindSpore's own default is left as it is
                 ms.device_context.ascend.op_precision.precision_mode(precision)
+
         _set_once("precision_mode", precision, apply_precision)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # the session
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def _flatten_outputs(value, found: list) -> list:
     if isinstance(value, (tuple, list)):
@@ -144,11 +162,13 @@ class MindIRSession:
         # Tensor(array) copies: outputs may alias inputs (an identity output), and inputs may live in buffers
         # that the worker reuses for the next batch
         result = self._cell(*[self._ms.Tensor(np.ascontiguousarray(a)) for a in inputs])
-        outputs = [o.asnumpy() if isinstance(o, self._ms.Tensor) else np.asarray(o)
-                   for o in _flatten_outputs(result, [])]
+        outputs = [
+            o.asnumpy() if isinstance(o, self._ms.Tensor) else np.asarray(o) for o in _flatten_outputs(result, [])
+        ]
         if len(outputs) != len(self.outputs):
-            raise RuntimeError(f"the MindIR graph returned {len(outputs)} outputs where the file declares "
-                               f"{len(self.outputs)}")
+            raise RuntimeError(
+                f"the MindIR graph returned {len(outputs)} outputs where the file declares {len(self.outputs)}"
+            )
         return outputs
 
 
@@ -161,8 +181,10 @@ def load(path: str, device_type: Optional[str], device_id: int, options: dict) -
     """Load a MindIR file with MindSpore on the worker's device."""
     ms = _import_mindspore()
     if not path.endswith(".mindir"):
-        raise RuntimeError(f"a MindIR model file must be named *.mindir (mindspore.load takes no other), but given "
-                           f"'{os.path.basename(path)}'")
+        raise RuntimeError(
+            f"a MindIR model file must be named *.mindir (mindspore.load takes no other), but given "
+            f"'{os.path.basename(path)}'"
+        )
     inputs, outputs = read_specs(path)
     configure(ms, device_type, device_id, options)
     try:

@@ -8,6 +8,7 @@ implementation a worker already runs (upb, imported with grpc) refuses to load. 
 are described below, by the field numbers of mind_ir.proto, into a descriptor pool of mindserve's own; fields
 not described are skipped when parsing.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -22,23 +23,27 @@ _OPTIONAL, _REPEATED = 1, 3
 
 # message -> [(field name, number, type, label, message type)], a subset of mind_ir.proto (proto2)
 _MESSAGES: dict[str, Any] = {
-    "TensorProto": [("dims", 1, _INT64, _REPEATED, None),
-                    ("data_type", 2, _INT32, _OPTIONAL, None)],
+    "TensorProto": [("dims", 1, _INT64, _REPEATED, None), ("data_type", 2, _INT32, _OPTIONAL, None)],
     "SeqInfoProto": [("is_dyn_len", 1, _BOOL, _OPTIONAL, None)],
     # type is the enum AttributeType on the wire (a varint), read here as its number
-    "AttributeProto": [("tensors", 12, _MESSAGE, _REPEATED, "TensorProto"),
-                       ("type", 16, _INT32, _OPTIONAL, None),
-                       ("values", 17, _MESSAGE, _REPEATED, "AttributeProto"),
-                       ("seq_info", 18, _MESSAGE, _OPTIONAL, "SeqInfoProto")],
-    "ValueInfoProto": [("name", 1, _STRING, _OPTIONAL, None),
-                       ("tensor", 2, _MESSAGE, _REPEATED, "TensorProto"),
-                       ("attr_info", 5, _MESSAGE, _OPTIONAL, "AttributeProto")],
+    "AttributeProto": [
+        ("tensors", 12, _MESSAGE, _REPEATED, "TensorProto"),
+        ("type", 16, _INT32, _OPTIONAL, None),
+        ("values", 17, _MESSAGE, _REPEATED, "AttributeProto"),
+        ("seq_info", 18, _MESSAGE, _OPTIONAL, "SeqInfoProto"),
+    ],
+    "ValueInfoProto": [
+        ("name", 1, _STRING, _OPTIONAL, None),
+        ("tensor", 2, _MESSAGE, _REPEATED, "TensorProto"),
+        ("attr_info", 5, _MESSAGE, _OPTIONAL, "AttributeProto"),
+    ],
     "NodeProto": [("op_type", 4, _STRING, _OPTIONAL, None)],
-    "GraphProto": [("node", 1, _MESSAGE, _REPEATED, "NodeProto"),
-                   ("input", 5, _MESSAGE, _REPEATED, "ValueInfoProto"),
-                   ("output", 6, _MESSAGE, _REPEATED, "ValueInfoProto")],
-    "ModelProto": [("producer_name", 2, _STRING, _OPTIONAL, None),
-                   ("graph", 7, _MESSAGE, _OPTIONAL, "GraphProto")],
+    "GraphProto": [
+        ("node", 1, _MESSAGE, _REPEATED, "NodeProto"),
+        ("input", 5, _MESSAGE, _REPEATED, "ValueInfoProto"),
+        ("output", 6, _MESSAGE, _REPEATED, "ValueInfoProto"),
+    ],
+    "ModelProto": [("producer_name", 2, _STRING, _OPTIONAL, None), ("graph", 7, _MESSAGE, _OPTIONAL, "GraphProto")],
 }
 
 # AttributeProto.AttributeType numbers
@@ -47,9 +52,19 @@ _TENSORS, _TUPLE, _LIST = 19, 20, 21
 # TensorProto.DataType numbers -> wire dtype codes (types without a numpy equivalent, such as BFLOAT16, are
 # MS_UNKNOWN: no request can match them)
 _CODE_OF_DATA_TYPE = {
-    1: _dtypes.MS_FLOAT32, 2: _dtypes.MS_UINT8, 3: _dtypes.MS_INT8, 4: _dtypes.MS_UINT16, 5: _dtypes.MS_INT16,
-    6: _dtypes.MS_INT32, 7: _dtypes.MS_INT64, 9: _dtypes.MS_BOOL, 10: _dtypes.MS_FLOAT16, 11: _dtypes.MS_FLOAT64,
-    12: _dtypes.MS_UINT32, 13: _dtypes.MS_UINT64, 17: _dtypes.MS_FLOAT64,
+    1: _dtypes.MS_FLOAT32,
+    2: _dtypes.MS_UINT8,
+    3: _dtypes.MS_INT8,
+    4: _dtypes.MS_UINT16,
+    5: _dtypes.MS_INT16,
+    6: _dtypes.MS_INT32,
+    7: _dtypes.MS_INT64,
+    9: _dtypes.MS_BOOL,
+    10: _dtypes.MS_FLOAT16,
+    11: _dtypes.MS_FLOAT64,
+    12: _dtypes.MS_UINT32,
+    13: _dtypes.MS_UINT64,
+    17: _dtypes.MS_FLOAT64,
 }
 
 _model_class = None
@@ -61,8 +76,9 @@ def _model_proto_class():
     if _model_class is None:
         from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-        file = descriptor_pb2.FileDescriptorProto(name="mindserve_mind_ir_subset.proto", package="mind_ir",
-                                                  syntax="proto2")
+        file = descriptor_pb2.FileDescriptorProto(
+            name="mindserve_mind_ir_subset.proto", package="mind_ir", syntax="proto2"
+        )
         for name, fields in _MESSAGES.items():
             message = file.message_type.add(name=name)
             for field_name, number, kind, label, type_name in fields:
@@ -109,8 +125,9 @@ def read_specs(path: str, data: Optional[bytes] = None) -> tuple[list[TensorSpec
     except DecodeError:
         model = None
     if model is None or not model.HasField("graph") or not model.graph.node:
-        raise RuntimeError(f"'{path}' is not a MindIR model file (it does not parse as MindSpore's ModelProto "
-                           f"with a graph)")
+        raise RuntimeError(
+            f"'{path}' is not a MindIR model file (it does not parse as MindSpore's ModelProto with a graph)"
+        )
     inputs = []
     for value in model.graph.input:
         name = value.name.rsplit(":", 1)[-1]  # "7_1___main___Net_construct_4:x" -> "x"
@@ -122,6 +139,8 @@ def read_specs(path: str, data: Optional[bytes] = None) -> tuple[list[TensorSpec
         if len(value.tensor) == 1:
             tensors.append(value.tensor[0])
         elif not _flatten(value.attr_info, tensors):
-            raise RuntimeError("the MindIR graph's output is not a tensor or a tuple of tensors of fixed length; "
-                               "only such outputs can be served")
+            raise RuntimeError(
+                "the MindIR graph's output is not a tensor or a tuple of tensors of fixed length; "
+                "only such outputs can be served"
+            )
     return inputs, [_spec(f"output_{i}", t) for i, t in enumerate(tensors)]

@@ -1,4 +1,5 @@
 """The ONNX Runtime backend (the ``onnx`` extra): CPU, CUDA for device_type GPU, CANN for Ascend."""
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -9,10 +10,18 @@ from mindserve import _dtypes
 from mindserve._backends.base import TensorSpec
 
 _CODE_OF_ONNX_TYPE = {
-    "tensor(bool)": _dtypes.MS_BOOL, "tensor(int8)": _dtypes.MS_INT8, "tensor(uint8)": _dtypes.MS_UINT8,
-    "tensor(int16)": _dtypes.MS_INT16, "tensor(uint16)": _dtypes.MS_UINT16, "tensor(int32)": _dtypes.MS_INT32,
-    "tensor(uint32)": _dtypes.MS_UINT32, "tensor(int64)": _dtypes.MS_INT64, "tensor(uint64)": _dtypes.MS_UINT64,
-    "tensor(float16)": _dtypes.MS_FLOAT16, "tensor(float)": _dtypes.MS_FLOAT32, "tensor(double)": _dtypes.MS_FLOAT64,
+    "tensor(bool)": _dtypes.MS_BOOL,
+    "tensor(int8)": _dtypes.MS_INT8,
+    "tensor(uint8)": _dtypes.MS_UINT8,
+    "tensor(int16)": _dtypes.MS_INT16,
+    "tensor(uint16)": _dtypes.MS_UINT16,
+    "tensor(int32)": _dtypes.MS_INT32,
+    "tensor(uint32)": _dtypes.MS_UINT32,
+    "tensor(int64)": _dtypes.MS_INT64,
+    "tensor(uint64)": _dtypes.MS_UINT64,
+    "tensor(float16)": _dtypes.MS_FLOAT16,
+    "tensor(float)": _dtypes.MS_FLOAT32,
+    "tensor(double)": _dtypes.MS_FLOAT64,
     "tensor(string)": _dtypes.MS_STRING,
 }
 
@@ -20,16 +29,22 @@ _CODE_OF_ONNX_TYPE = {
 _PROVIDER_OF_DEVICE = {"cpu": "CPUExecutionProvider", "gpu": "CUDAExecutionProvider", "ascend": "CANNExecutionProvider"}
 
 # graph_optimization_level option -> the name of ONNX Runtime's GraphOptimizationLevel member
-_OPTIMIZATION_LEVELS = {"disable_all": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
-                        "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+_OPTIMIZATION_LEVELS = {
+    "disable_all": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
 
 
 def _import_onnxruntime():
     try:
         import onnxruntime
     except ImportError as exc:
-        raise RuntimeError("model format ONNX needs ONNX Runtime, which is not installed: "
-                           "pip install 'mindserve[onnx]' (or onnxruntime / onnxruntime-gpu)") from exc
+        raise RuntimeError(
+            "model format ONNX needs ONNX Runtime, which is not installed: "
+            "pip install 'mindserve[onnx]' (or onnxruntime / onnxruntime-gpu)"
+        ) from exc
     return onnxruntime
 
 
@@ -44,12 +59,15 @@ def providers_for(device_type: Optional[str], device_id: int, available: Sequenc
     kind = (device_type or "cpu").lower()
     provider = _PROVIDER_OF_DEVICE.get(kind)
     if provider is None:
-        raise RuntimeError(f"Unsupported device type '{device_type}', only support 'Ascend', 'GPU', 'CPU' and None, "
-                           f"case ignored")
+        raise RuntimeError(
+            f"Unsupported device type '{device_type}', only support 'Ascend', 'GPU', 'CPU' and None, case ignored"
+        )
     if provider not in available:
         package = {"gpu": "onnxruntime-gpu", "ascend": "onnxruntime-cann"}.get(kind, "onnxruntime")
-        raise RuntimeError(f"device type {device_type} needs ONNX Runtime's {provider}, which this onnxruntime "
-                           f"build does not have (it has {', '.join(available)}); install {package}")
+        raise RuntimeError(
+            f"device type {device_type} needs ONNX Runtime's {provider}, which this onnxruntime "
+            f"build does not have (it has {', '.join(available)}); install {package}"
+        )
     if kind == "cpu":
         return [provider]
     return [(provider, {"device_id": device_id})]
@@ -75,8 +93,9 @@ def session_options(ort, options: dict):
     result = ort.SessionOptions()
     result.intra_op_num_threads = options["thread_num"]
     result.inter_op_num_threads = options["inter_op_num_threads"]
-    result.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
-                                              _OPTIMIZATION_LEVELS[options["graph_optimization_level"]])
+    result.graph_optimization_level = getattr(
+        ort.GraphOptimizationLevel, _OPTIMIZATION_LEVELS[options["graph_optimization_level"]]
+    )
     return result
 
 

@@ -23,6 +23,7 @@ Options (default in brackets):
   ``"allow_mix_precision_fp16"``, ``"allow_mix_precision_bf16"`` (set once per process, like ``thread_num``).
   MindSpore Serving's ``"fp16"`` for CPU and GPU is a MindSpore Lite option that MindSpore itself lacks.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,8 +34,16 @@ FORMAT_NAMES = {"onnx": "ONNX", "mindir": "MindIR"}
 
 GRAPH_OPTIMIZATION_LEVELS = ("disable_all", "basic", "extended", "all")
 # CANN's precision modes, as MindSpore's ascend precision_mode takes them
-ASCEND_PRECISION_MODES = ("force_fp16", "allow_fp32_to_fp16", "allow_mix_precision", "must_keep_origin_dtype",
-                          "force_fp32", "allow_fp32_to_bf16", "allow_mix_precision_fp16", "allow_mix_precision_bf16")
+ASCEND_PRECISION_MODES = (
+    "force_fp16",
+    "allow_fp32_to_fp16",
+    "allow_mix_precision",
+    "must_keep_origin_dtype",
+    "force_fp32",
+    "allow_fp32_to_bf16",
+    "allow_mix_precision_fp16",
+    "allow_mix_precision_bf16",
+)
 PRECISION_MODES = ("origin",) + ASCEND_PRECISION_MODES
 
 
@@ -49,6 +58,7 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[Any], Optional[str]]:
         if not isinstance(value, str) or value not in choices:
             return "one of " + ", ".join(repr(c) for c in choices)
         return None
+
     return check
 
 
@@ -81,8 +91,10 @@ def check_options(model_format: str, options: Optional[dict]) -> dict:
     names = supported(model_format)
     for key, value in given.items():
         if key not in names:
-            raise ValueError(f"option {key!r} is not supported for model format {FORMAT_NAMES[model_format]}, "
-                             f"supported options: {', '.join(names)}")
+            raise ValueError(
+                f"option {key!r} is not supported for model format {FORMAT_NAMES[model_format]}, "
+                f"supported options: {', '.join(names)}"
+            )
         expected = OPTIONS[key].check(value)
         if expected is not None:
             raise ValueError(f"option {key!r} should be {expected}, but given {value!r}")

@@ -3,6 +3,7 @@ parameter narrows it), on the master's loop: the dispatcher answers DEADLINE_EXC
 job flow drops the request's work that has not started (in the master's backlog, or in the worker's queue, whose
 jobs carry their remaining time). A context variable, set by the door's transport once per request, because the
 deadline is the request's own and every layer under the door runs in its task."""
+
 from __future__ import annotations
 
 import time

@@ -1,6 +1,7 @@
 """The dispatcher: knows every running servable version, resolves requests to one, bounds how many requests
 wait, and hands their instances to the live worker with the most free slots. Frontends give it
 already-validated instances and get one result or error per instance."""
+
 from __future__ import annotations
 
 import asyncio
@@ -110,8 +111,10 @@ class Dispatcher:
             if len(methods) == 1:
                 return model_name, methods[0]
             name = clip(model_name)
-            raise NotServed(f"Model '{name}' is not found: servable {name} has {len(methods)} methods, name one as "
-                            f"'{name}.<method>' ({', '.join(methods)})")
+            raise NotServed(
+                f"Model '{name}' is not found: servable {name} has {len(methods)} methods, name one as "
+                f"'{name}.<method>' ({', '.join(methods)})"
+            )
         servable, dot, method = model_name.rpartition(".")
         versions = self._servables.get(servable, {}) if dot else {}
         if any(method in g.methods for g in versions.values()):
@@ -119,8 +122,10 @@ class Dispatcher:
         # a servable that is served with a method that is not: its methods, so that a typo is seen at once
         methods = sorted({m for g in versions.values() for m in g.methods})
         listed = f": servable {clip(servable)} has methods {', '.join(methods)}" if methods else ""
-        raise NotServed(f"Model '{clip(model_name)}' is not found, models are named 'servable.method', or 'servable' "
-                        f"for a servable with a single method{listed}")
+        raise NotServed(
+            f"Model '{clip(model_name)}' is not found, models are named 'servable.method', or 'servable' "
+            f"for a servable with a single method{listed}"
+        )
 
     def versions(self, servable: str, method: str) -> list[int]:
         """The started versions of a servable that have the method, oldest first."""
@@ -220,8 +225,11 @@ class Dispatcher:
 
     def worker_states(self) -> list[WorkerState]:
         """Each servable version's worker on each device: alive or not, and how often it was replaced."""
-        return [WorkerState(g.name, g.version, state.device_id, state.up, state.restarts)
-                for g in self.groups() for state in g.states()]
+        return [
+            WorkerState(g.name, g.version, state.device_id, state.up, state.restarts)
+            for g in self.groups()
+            for state in g.states()
+        ]
 
     async def worker_stats(self) -> dict[tuple[str, int], dict[Any, dict[str, MethodTotals]]]:
         """What the workers measured (queue waits, stage durations, batch sizes), by (servable, version), device
@@ -233,8 +241,10 @@ class Dispatcher:
 
 def deadline_exceeded(route: Route) -> DeadlineExceeded:
     """The answer to a request whose deadline passed before its work ran."""
-    return DeadlineExceeded(f"Request {request_repr(route.servable, route.method, route.version)}, the request's "
-                            f"deadline passed before its answer was ready (work not started by then is dropped)")
+    return DeadlineExceeded(
+        f"Request {request_repr(route.servable, route.method, route.version)}, the request's "
+        f"deadline passed before its answer was ready (work not started by then is dropped)"
+    )
 
 
 def _view(group: WorkerGroup) -> ServedVersion:

@@ -10,6 +10,7 @@ client sent and no single request can stall the master or kill a worker.
   request bytes but each one costs work in the master and the worker, so their number is bounded before anything
   is made of them.
 """
+
 from __future__ import annotations
 
 from mindserve import _defaults
@@ -21,8 +22,10 @@ DEFAULT_MAX_REQUEST_INSTANCES = _defaults.MAX_REQUEST_INSTANCES
 
 def too_many_dims(name: str, ndims: int) -> ServingError:
     """The error for a tensor of input ``name`` with ``ndims`` dimensions, more than MAX_TENSOR_DIMS."""
-    return InvalidInput(f"Instances input {clip(name)} check failed, detail: Tensor check failed: "
-                                        f"input shape has {ndims} dimensions, more than the limit {MAX_TENSOR_DIMS}")
+    return InvalidInput(
+        f"Instances input {clip(name)} check failed, detail: Tensor check failed: "
+        f"input shape has {ndims} dimensions, more than the limit {MAX_TENSOR_DIMS}"
+    )
 
 
 def check_tensor_dims(name: str, ndims: int) -> None:
@@ -33,5 +36,7 @@ def check_tensor_dims(name: str, ndims: int) -> None:
 
 def too_many_instances(count: int, limit: int, servable: str, method: str) -> ServingError:
     """The error for a request of ``count`` instances, more than ``limit``."""
-    return InvalidInput(f"Instances count {count} of request exceeds the limit {limit}, servable: "
-                                        f"{clip(servable)}, method: {clip(method)}")
+    return InvalidInput(
+        f"Instances count {count} of request exceeds the limit {limit}, servable: "
+        f"{clip(servable)}, method: {clip(method)}"
+    )

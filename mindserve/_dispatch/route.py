@@ -1,6 +1,7 @@
 """Where a request goes, as the dispatcher resolves it: ``Dispatcher.resolve`` gives a Route, ``Dispatcher.run``
 takes it. Frontends read the method's signature from it and never handle the servable version's workers;
 what they may know of a servable version (metadata, readiness) is a ServedVersion."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,6 +1,7 @@
 """What the dispatcher needs of the workers that serve one servable version, and nothing more: a small Protocol
 that supervision's ``ServableWorkers`` implements with real processes and tests implement in memory. The
 dispatcher never sees a process, a channel or a restart; it asks a group to run a method and whether it can."""
+
 from __future__ import annotations
 
 from typing import Callable, NamedTuple, Optional, Protocol, Sequence, Union

@@ -3,6 +3,7 @@ each door refuses new requests with its "unavailable" answer (gRPC UNAVAILABLE, 
 elsewhere, while the requests it had accepted run to the end and are answered. Only then are the listeners
 closed: a request is never cut off (CANCELLED, a dropped connection) because the server was stopping.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -58,9 +59,16 @@ class Admission:
         return True
 
 
-async def admitted(admission: Admission, metrics: Optional[RequestMetrics], protocol: Optional[str],
-                   handle: Callable[..., Awaitable[T]], refuse: Callable[..., Awaitable[T]], args: tuple,
-                   request_bytes: int, reply_bytes: Callable[[Any], int]) -> T:
+async def admitted(
+    admission: Admission,
+    metrics: Optional[RequestMetrics],
+    protocol: Optional[str],
+    handle: Callable[..., Awaitable[T]],
+    refuse: Callable[..., Awaitable[T]],
+    args: tuple,
+    request_bytes: int,
+    reply_bytes: Callable[[Any], int],
+) -> T:
     """One request through admission, as every door takes it (gRPC's gate, REST's middleware): ``refuse(*args)``
     answers it once the server drains; otherwise ``handle(*args)`` answers it, counted as in progress meanwhile,
     and its size (``request_bytes`` and ``reply_bytes`` of the answer) noted. With ``metrics`` and a

@@ -6,6 +6,7 @@ it to the system, and raises its mmap threshold after freeing a large block, so 
 the master some hundred megabytes larger for good. After a large request, once traffic lets it (a second later,
 once at most per second), ``malloc_trim`` returns the free memory; elsewhere than glibc this does nothing.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -1,6 +1,7 @@
 """JSON arrays as tensors: their shape (rectangular, or refused), their elements checked against a data type and
 packed as little-endian bytes, and tensors written back as JSON. Shared by the v2 JSON tensor data and MindSpore
 Serving's instance values; every error is the detail of ``invalid_input``, naming the input."""
+
 from __future__ import annotations
 
 import math
@@ -14,13 +15,30 @@ from mindserve._dispatch.limits import check_tensor_dims
 from mindserve._errors import clip
 from mindserve._frontends.tensor_checks import invalid_input
 
-INT_CODES = frozenset({_dtypes.MS_INT8, _dtypes.MS_INT16, _dtypes.MS_INT32, _dtypes.MS_INT64, _dtypes.MS_UINT8,
-                       _dtypes.MS_UINT16, _dtypes.MS_UINT32, _dtypes.MS_UINT64})
+INT_CODES = frozenset(
+    {
+        _dtypes.MS_INT8,
+        _dtypes.MS_INT16,
+        _dtypes.MS_INT32,
+        _dtypes.MS_INT64,
+        _dtypes.MS_UINT8,
+        _dtypes.MS_UINT16,
+        _dtypes.MS_UINT32,
+        _dtypes.MS_UINT64,
+    }
+)
 FLOAT_CODES = frozenset({_dtypes.MS_FLOAT16, _dtypes.MS_FLOAT32, _dtypes.MS_FLOAT64})
 MAX_DIM = (1 << 63) - 1  # dims travel as int64
 
-_KIND = {bool: "booleans", int: "integers", float: "numbers", str: "strings", dict: "objects", list: "arrays",
-         type(None): "nulls"}
+_KIND = {
+    bool: "booleans",
+    int: "integers",
+    float: "numbers",
+    str: "strings",
+    dict: "objects",
+    list: "arrays",
+    type(None): "nulls",
+}
 
 
 def nested(name: str, value: Any) -> tuple[tuple, list]:
@@ -39,13 +57,19 @@ def nested(name: str, value: Any) -> tuple[tuple, list]:
         size = len(level[0])
         for row in level:
             if type(row) is not list or len(row) != size:
-                raise invalid_input(name, f"Tensor check failed: the JSON array is ragged, its rows at depth "
-                                          f"{len(shape)} differ in length or nesting")
+                raise invalid_input(
+                    name,
+                    f"Tensor check failed: the JSON array is ragged, its rows at depth "
+                    f"{len(shape)} differ in length or nesting",
+                )
         shape.append(size)
         level = list(chain.from_iterable(level))
     if level and list in set(map(type, level)):
-        raise invalid_input(name, f"Tensor check failed: the JSON array is ragged, its rows at depth {len(shape)} "
-                                  f"differ in length or nesting")
+        raise invalid_input(
+            name,
+            f"Tensor check failed: the JSON array is ragged, its rows at depth {len(shape)} "
+            f"differ in length or nesting",
+        )
     return tuple(shape), level
 
 
@@ -75,8 +99,11 @@ def pack_numbers(name: str, values: list, code: int, label: str) -> bytes:
     else:
         raise invalid_input(name, f"Tensor check failed: {label} input data cannot be given as JSON")
     if not types <= allowed:
-        raise invalid_input(name, f"Tensor check failed: {label} input data should be JSON {wanted}, but it holds "
-                                  f"{describe(types - allowed)}")
+        raise invalid_input(
+            name,
+            f"Tensor check failed: {label} input data should be JSON {wanted}, but it holds "
+            f"{describe(types - allowed)}",
+        )
     dtype = _dtypes.NUMPY_OF[code]
     if values and code in INT_CODES:
         info = np.iinfo(dtype)
@@ -89,8 +116,11 @@ def pack_numbers(name: str, values: list, code: int, label: str) -> bytes:
         wide = np.array(values, dtype=np.float64)
         finite = wide[np.isfinite(wide)]
         if finite.size and np.abs(finite).max() > np.finfo(dtype).max:
-            raise invalid_input(name, f"Tensor check failed: input value {float(finite[np.abs(finite).argmax()])!r} "
-                                      f"is out of the range of {label}")
+            raise invalid_input(
+                name,
+                f"Tensor check failed: input value {float(finite[np.abs(finite).argmax()])!r} "
+                f"is out of the range of {label}",
+            )
     return array.tobytes()
 
 
@@ -105,8 +135,9 @@ def encode_text(name: str, value: str) -> bytes:
 def check_dims(name: str, dims: Any) -> tuple:
     """A shape given in JSON: a list of integers in [0, 2**63 - 1]."""
     if type(dims) is not list or any(type(d) is not int for d in dims):
-        raise invalid_input(name, f"Tensor check failed: input shape {clip(repr(dims))} invalid, it should be a list "
-                                  f"of integers")
+        raise invalid_input(
+            name, f"Tensor check failed: input shape {clip(repr(dims))} invalid, it should be a list of integers"
+        )
     check_tensor_dims(name, len(dims))
     if any(d < 0 or d > MAX_DIM for d in dims):
         raise invalid_input(name, f"Tensor check failed: input shape {dims} invalid")

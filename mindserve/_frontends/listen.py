@@ -1,5 +1,6 @@
 """Listening addresses shared by every server of the master (gRPC, REST, metrics): ``host:port`` or
 ``unix:/path``, owner-only unix socket files, and the PEM files of TLS, with one set of error texts."""
+
 from __future__ import annotations
 
 import os
@@ -14,7 +15,7 @@ def unix_socket_path(address: str) -> Optional[str]:
     """The file of a ``unix:`` address (``unix:/abs``, ``unix:///abs`` or ``unix:relative``), else None."""
     if not address.startswith(UNIX_PREFIX):
         return None
-    path = address[len(UNIX_PREFIX):]
+    path = address[len(UNIX_PREFIX) :]
     if path.startswith("//"):
         path = path[2:]
     return path
@@ -25,8 +26,9 @@ def check_address(address: str) -> None:
     if not isinstance(address, str) or not address:
         raise RuntimeError(f"Parameter 'address' should be a non-empty str, but actually {address!r}")
     if address.startswith("unix-abstract:"):
-        raise RuntimeError("unix-abstract: addresses are not supported: they cannot be protected by file "
-                           "permissions; use unix:/path")
+        raise RuntimeError(
+            "unix-abstract: addresses are not supported: they cannot be protected by file permissions; use unix:/path"
+        )
     if address.startswith(UNIX_PREFIX):
         if not unix_socket_path(address):
             raise RuntimeError(f"the unix socket address '{address}' has no path")

@@ -5,6 +5,7 @@ asyncio's default executor cannot serve here: a serving script's main thread end
 master goes on serving, and from then on ``concurrent.futures`` refuses new work ("cannot schedule new futures
 after interpreter shutdown"). These threads are started with the frontends, while the main thread still runs.
 """
+
 from __future__ import annotations
 
 import asyncio

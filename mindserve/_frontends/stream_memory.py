@@ -36,6 +36,7 @@ stream then reads nothing more until it is back within its share.
 The same object carries the drain: ``drain`` tells every stream to stop reading (what it had accepted is still
 answered, then the stream ends UNAVAILABLE).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -90,12 +91,12 @@ class StreamMemory:
         def unregister() -> None:
             if callback in self._drain_callbacks:
                 self._drain_callbacks.remove(callback)
+
         return unregister
 
     def _fits(self, waiter: "_Waiter") -> tuple[bool, bool]:
         """(within its stream's share, within the budget)."""
-        return (waiter.share.held + waiter.nbytes <= self.per_stream,
-                self.used + waiter.nbytes <= self.limit)
+        return (waiter.share.held + waiter.nbytes <= self.per_stream, self.used + waiter.nbytes <= self.limit)
 
     def _grant(self) -> None:
         """Grant the waiters that fit, in order; one that does not fit the budget stops the others behind it (so

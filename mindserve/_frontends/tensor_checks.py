@@ -5,6 +5,7 @@ texts.
 Nothing is allocated from a declared shape: the byte count implied by shape and dtype is computed with Python
 integers (no overflow) and compared with the bytes actually received before anything else is done.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,11 @@ def check_data_size(name: str, code: int, dims: tuple, size: int) -> None:
     product is a Python int: a huge declared shape cannot overflow, and nothing is allocated from it)."""
     expected = math.prod(dims) * _dtypes.NUMPY_OF[code].itemsize
     if size != expected:
-        raise invalid_input(name, f"Tensor check failed: input data size {size} invalid, shape {list(dims)} of "
-                                  f"{_dtypes.NAME_OF[code]} needs {expected} bytes")
+        raise invalid_input(
+            name,
+            f"Tensor check failed: input data size {size} invalid, shape {list(dims)} of "
+            f"{_dtypes.NAME_OF[code]} needs {expected} bytes",
+        )
 
 
 def check_utf8(name: str, data: bytes) -> None:

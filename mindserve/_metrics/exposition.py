@@ -4,6 +4,7 @@ every door (mindserve._metrics.requests) and what the workers report (mindserve.
 No prometheus_client objects sit on the request path: the counts live in plain structures the master loop
 updates, and :class:`ServingCollector` turns them into metric families when ``/metrics`` is read.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -52,20 +53,23 @@ class ServingCollector(Collector):
         yield from self._streams()
 
     def _build_info(self) -> Iterator[Metric]:
-        info = GaugeMetricFamily("mindserve_build_info", "The mindserve release serving, always 1",
-                                 labels=["version"])
+        info = GaugeMetricFamily("mindserve_build_info", "The mindserve release serving, always 1", labels=["version"])
         info.add_metric([mindserve.__version__], 1)
         yield info
 
     def _requests(self) -> Iterator[Metric]:
         labels = [*_MODEL, "protocol"]
-        success = CounterMetricFamily("mindserve_request_success", "Inference requests answered successfully",
-                                      labels=labels)
-        failure = CounterMetricFamily("mindserve_request_failure", "Inference requests that failed, by reason",
-                                      labels=[*labels, "reason"])
-        duration = HistogramMetricFamily("mindserve_request_duration_seconds",
-                                         "Inference request duration in the master, from admission to the answer",
-                                         labels=labels)
+        success = CounterMetricFamily(
+            "mindserve_request_success", "Inference requests answered successfully", labels=labels
+        )
+        failure = CounterMetricFamily(
+            "mindserve_request_failure", "Inference requests that failed, by reason", labels=[*labels, "reason"]
+        )
+        duration = HistogramMetricFamily(
+            "mindserve_request_duration_seconds",
+            "Inference request duration in the master, from admission to the answer",
+            labels=labels,
+        )
         for key, series in sorted(self._dispatcher.requests.series.items()):
             values = list(key)
             success.add_metric(values, series.success)
@@ -75,17 +79,23 @@ class ServingCollector(Collector):
         yield from (success, failure, duration)
 
     def _executions(self) -> Iterator[Metric]:
-        inferences = CounterMetricFamily("mindserve_inference_count", "Instances run by the workers",
-                                         labels=_MODEL)
-        executions = CounterMetricFamily("mindserve_execution_count",
-                                         "Method executions (batches) run by the workers; inference_count over "
-                                         "execution_count is the mean batch size", labels=[*_MODEL, "device"])
-        queue = HistogramMetricFamily("mindserve_queue_duration_seconds",
-                                      "Time a request waited in its worker's queue before its batch started",
-                                      labels=_MODEL)
-        stages = HistogramMetricFamily("mindserve_stage_duration_seconds",
-                                       "Duration of each stage of a method, per execution; stage is its position "
-                                       "and kind (python or model)", labels=[*_MODEL, "stage"])
+        inferences = CounterMetricFamily("mindserve_inference_count", "Instances run by the workers", labels=_MODEL)
+        executions = CounterMetricFamily(
+            "mindserve_execution_count",
+            "Method executions (batches) run by the workers; inference_count over "
+            "execution_count is the mean batch size",
+            labels=[*_MODEL, "device"],
+        )
+        queue = HistogramMetricFamily(
+            "mindserve_queue_duration_seconds",
+            "Time a request waited in its worker's queue before its batch started",
+            labels=_MODEL,
+        )
+        stages = HistogramMetricFamily(
+            "mindserve_stage_duration_seconds",
+            "Duration of each stage of a method, per execution; stage is its position and kind (python or model)",
+            labels=[*_MODEL, "stage"],
+        )
         batches = HistogramMetricFamily("mindserve_batch_size", "Instances per method execution", labels=_MODEL)
         for (servable, version), devices in sorted(self.worker_totals.items()):
             merged: dict[str, MethodTotals] = {}
@@ -103,18 +113,25 @@ class ServingCollector(Collector):
         yield from (inferences, executions, queue, stages, batches)
 
     def _workers(self) -> Iterator[Metric]:
-        pending = GaugeMetricFamily("mindserve_pending_requests",
-                                    "Requests handed to the workers of a servable version and not yet answered",
-                                    labels=["servable", "version"])
+        pending = GaugeMetricFamily(
+            "mindserve_pending_requests",
+            "Requests handed to the workers of a servable version and not yet answered",
+            labels=["servable", "version"],
+        )
         for (servable, version), count in sorted(self._dispatcher.pending().items()):
             pending.add_metric([servable, str(version)], count)
-        up = GaugeMetricFamily("mindserve_worker_up", "1 while the worker of a servable version on a device is alive "
-                               "(device python-<k>: a Python-stage worker of num_parallel_workers)",
-                               labels=["servable", "version", "device"])
-        restarts = CounterMetricFamily("mindserve_worker_restarts", "Workers replaced after they died",
-                                       labels=["servable", "version", "device"])
-        for state in sorted(self._dispatcher.worker_states(),
-                            key=lambda s: (s.servable, s.version, _device_order(s.device_id))):
+        up = GaugeMetricFamily(
+            "mindserve_worker_up",
+            "1 while the worker of a servable version on a device is alive "
+            "(device python-<k>: a Python-stage worker of num_parallel_workers)",
+            labels=["servable", "version", "device"],
+        )
+        restarts = CounterMetricFamily(
+            "mindserve_worker_restarts", "Workers replaced after they died", labels=["servable", "version", "device"]
+        )
+        for state in sorted(
+            self._dispatcher.worker_states(), key=lambda s: (s.servable, s.version, _device_order(s.device_id))
+        ):
             values = [state.servable, str(state.version), str(state.device_id)]
             up.add_metric(values, 1 if state.up else 0)
             restarts.add_metric(values, state.restarts)
@@ -122,11 +139,14 @@ class ServingCollector(Collector):
 
     def _streams(self) -> Iterator[Metric]:
         memory = stream_memory.server_memory()
-        yield GaugeMetricFamily("mindserve_stream_memory_bytes",
-                                "Memory the streams hold (answers not yet sent, media frames not yet run), within "
-                                "max_stream_memory_mb", value=memory.used)
-        yield GaugeMetricFamily("mindserve_stream_memory_limit_bytes", "max_stream_memory_mb, in bytes",
-                                value=memory.limit)
+        yield GaugeMetricFamily(
+            "mindserve_stream_memory_bytes",
+            "Memory the streams hold (answers not yet sent, media frames not yet run), within max_stream_memory_mb",
+            value=memory.used,
+        )
+        yield GaugeMetricFamily(
+            "mindserve_stream_memory_limit_bytes", "max_stream_memory_mb, in bytes", value=memory.limit
+        )
 
 
 def _device_order(label: Union[int, str]) -> tuple:

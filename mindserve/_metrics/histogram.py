@@ -2,14 +2,35 @@
 bounds, a count per bucket and a sum, all integers (durations in nanoseconds), so that snapshots taken in
 several processes add up exactly. The master turns the merged counts into Prometheus's cumulative buckets.
 """
+
 from __future__ import annotations
 
 from bisect import bisect_left
 from typing import Sequence
 
 # request, queue and stage durations: from 100 us (a small model's whole request) to 30 s
-DURATION_BOUNDS_NS: tuple[int, ...] = tuple(int(s * 1e9) for s in (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+DURATION_BOUNDS_NS: tuple[int, ...] = tuple(
+    int(s * 1e9)
+    for s in (
+        0.0001,
+        0.00025,
+        0.0005,
+        0.001,
+        0.0025,
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        0.5,
+        1.0,
+        2.5,
+        5.0,
+        10.0,
+        30.0,
+    )
+)
 # instances per model execution: 1, 2, 4, ... 256
 BATCH_BOUNDS: tuple[int, ...] = tuple(1 << k for k in range(9))
 

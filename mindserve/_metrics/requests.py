@@ -9,6 +9,7 @@ that leaves the tally unanswered (the client went away) counts for its own reaso
 request is added to its series. Label values are only registered names (servable, method) or ``unknown``:
 nothing a client writes becomes a label.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -48,12 +49,14 @@ REST_V2 = "rest_v2"
 V2_STREAM = "v2_stream"  # ModelStreamInfer
 MEDIA_STREAM = "media_stream"  # the video-analytics extension's ProcessMediaStream
 # the gRPC inference methods and their protocol (what the access check counts when it refuses one)
-GRPC_PROTOCOLS = {"/mindspore.serving.proto.MSService/Predict": MS,
-                  "/inference.GRPCInferenceService/ModelInfer": V2,
-                  "/inference.GRPCInferenceService/ModelStreamInfer": V2_STREAM,
-                  "/microsoft.azure.media.live_video_analytics.extensibility.grpc.v1.MediaGraphExtension/"
-                  "ProcessMediaStream": MEDIA_STREAM,
-                  "/io.seldon.api.rpc.Classifier/Predict": SELDON}
+GRPC_PROTOCOLS = {
+    "/mindspore.serving.proto.MSService/Predict": MS,
+    "/inference.GRPCInferenceService/ModelInfer": V2,
+    "/inference.GRPCInferenceService/ModelStreamInfer": V2_STREAM,
+    "/microsoft.azure.media.live_video_analytics.extensibility.grpc.v1.MediaGraphExtension/"
+    "ProcessMediaStream": MEDIA_STREAM,
+    "/io.seldon.api.rpc.Classifier/Predict": SELDON,
+}
 
 _REASONS: dict[type, str] = {
     InvalidInput: "invalid_input",
@@ -193,8 +196,9 @@ class Tallied:
         self.token = _current.set(self.tally)
         return self.tally
 
-    def __exit__(self, kind: Optional[type], error: Optional[BaseException],
-                 traceback: Optional[TracebackType]) -> None:
+    def __exit__(
+        self, kind: Optional[type], error: Optional[BaseException], traceback: Optional[TracebackType]
+    ) -> None:
         tally = self.tally
         if error is not None and tally.reason is None:
             tally.reason = reason_of(error)

@@ -1,6 +1,7 @@
 """One method's statistics as a worker keeps them (mindserve._metrics.worker_stats) and as the master reads and
 adds them up. A worker runs user code, so a snapshot is the worker's word: anything that is not the expected
 shape is dropped, never trusted to index or to crash a scrape."""
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -16,8 +17,13 @@ def _count(value: Any) -> Optional[int]:
 
 
 def _histogram(value: Any, bounds: tuple[int, ...]) -> Optional[Histogram]:
-    if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], list)
-            and len(value[0]) == len(bounds) + 1 and _count(value[1]) is not None):
+    if not (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], list)
+        and len(value[0]) == len(bounds) + 1
+        and _count(value[1]) is not None
+    ):
         return None
     counts = [_count(n) for n in value[0]]
     if any(n is None for n in counts):
@@ -67,9 +73,16 @@ class MethodTotals:
 
     def snapshot(self) -> dict[str, Any]:
         """Plain JSON, what a worker sends (``from_snapshot`` reads it back)."""
-        return {"q": self.queue.snapshot(), "s": {k: h.snapshot() for k, h in self.stages.items()},
-                "b": self.batch.snapshot(), "x": self.executions, "i": self.inferences, "j": self.jobs,
-                "c": list(self.compute), "bb": {str(k): list(v) for k, v in self.by_batch.items()}}
+        return {
+            "q": self.queue.snapshot(),
+            "s": {k: h.snapshot() for k, h in self.stages.items()},
+            "b": self.batch.snapshot(),
+            "x": self.executions,
+            "i": self.inferences,
+            "j": self.jobs,
+            "c": list(self.compute),
+            "bb": {str(k): list(v) for k, v in self.by_batch.items()},
+        }
 
     @classmethod
     def from_snapshot(cls, value: Any) -> Optional["MethodTotals"]:
@@ -81,9 +94,16 @@ class MethodTotals:
         counts = [_count(value.get(k)) for k in ("x", "i", "j")]
         compute = value.get("c")
         stages, by_batch = value.get("s"), value.get("bb")
-        if queue is None or batch is None or None in counts or not isinstance(stages, dict) \
-                or not isinstance(by_batch, dict) or not isinstance(compute, list) or len(compute) != 3 \
-                or any(_count(n) is None for n in compute):
+        if (
+            queue is None
+            or batch is None
+            or None in counts
+            or not isinstance(stages, dict)
+            or not isinstance(by_batch, dict)
+            or not isinstance(compute, list)
+            or len(compute) != 3
+            or any(_count(n) is None for n in compute)
+        ):
             return None
         totals.queue, totals.batch = queue, batch
         totals.executions, totals.inferences, totals.jobs = counts  # type: ignore[assignment]  # checked
@@ -94,8 +114,13 @@ class MethodTotals:
                 return None
             totals.stages[label] = histogram
         for size, entry in list(by_batch.items())[:BATCH_SIZES_LIMIT]:
-            if not (isinstance(size, str) and size.isdigit() and isinstance(entry, list) and len(entry) == 4
-                    and all(_count(n) is not None for n in entry)):
+            if not (
+                isinstance(size, str)
+                and size.isdigit()
+                and isinstance(entry, list)
+                and len(entry) == 4
+                and all(_count(n) is not None for n in entry)
+            ):
                 return None
             totals.by_batch[int(size)] = list(entry)
         return totals

@@ -3,6 +3,7 @@ of each execution took, how many instances each execution ran. The worker keeps 
 asks for them over the control socket when it is scraped (``snapshot``), so no file and no second registry
 is involved, and nothing extra crosses per request.
 """
+
 from __future__ import annotations
 
 import threading
@@ -24,8 +25,16 @@ class WorkerStats:
         self._lock = threading.Lock()
         self._methods: dict[str, MethodTotals] = {}
 
-    def record(self, method: str, queued_ns: Sequence[int], stages: Sequence[tuple[str, int]], instances: int,
-               input_ns: int, output_ns: int, whole: bool = True) -> None:
+    def record(
+        self,
+        method: str,
+        queued_ns: Sequence[int],
+        stages: Sequence[tuple[str, int]],
+        instances: int,
+        input_ns: int,
+        output_ns: int,
+        whole: bool = True,
+    ) -> None:
         """One execution of ``method``: the queue wait of each of its jobs, each stage's duration, the instances
         it ran, and the time spent reading the jobs and writing the replies. A segment of a method that runs
         over several processes (num_parallel_workers) is recorded with ``whole`` False except for the last one,
@@ -53,8 +62,11 @@ class WorkerStats:
             compute[0] += input_ns * jobs
             compute[1] += infer_ns * jobs
             compute[2] += output_ns * jobs
-            size = instances if instances in stats.by_batch or len(stats.by_batch) < BATCH_SIZES_LIMIT \
+            size = (
+                instances
+                if instances in stats.by_batch or len(stats.by_batch) < BATCH_SIZES_LIMIT
                 else max(stats.by_batch)
+            )
             entry = stats.by_batch.get(size)
             if entry is None:
                 entry = stats.by_batch[size] = [0, 0, 0, 0]

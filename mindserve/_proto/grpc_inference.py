@@ -1,5 +1,6 @@
 """The Open Inference Protocol's gRPC messages (``grpc_inference.proto``), built in a descriptor pool of their own
 (see ``private_pool``: tritonclient registers the same names in protobuf's default pool)."""
+
 from __future__ import annotations
 
 from mindserve._proto import private_pool

@@ -1,6 +1,7 @@
 """The video-analytics extension's messages (``media_graph.proto``), in a descriptor pool of their own (see
 ``private_pool``: clients generated from the public contract register the same names in protobuf's default pool,
 and may share the process)."""
+
 from __future__ import annotations
 
 from typing import Any

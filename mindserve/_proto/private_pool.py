@@ -7,6 +7,7 @@ compiles those .proto files to descriptor sets (``*.desc`` beside them, with the
 ``*_pb2.py`` modules and never committed) and their classes are made here, apart. mindserve and those clients
 can then live in one process, and the wire format is the protocol's either way.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,9 @@ def load(desc_name: str) -> descriptor_pool.DescriptorPool:
         with open(path, "rb") as f:
             files = descriptor_pb2.FileDescriptorSet.FromString(f.read())
     except FileNotFoundError:
-        raise ImportError(f"{path} is missing: it is generated at build time (pip install -e . or "
-                          f"python setup.py build_protos)") from None
+        raise ImportError(
+            f"{path} is missing: it is generated at build time (pip install -e . or python setup.py build_protos)"
+        ) from None
     pool = descriptor_pool.DescriptorPool()
     for file_proto in files.file:  # (dependencies come first in a set made with --include_imports)
         pool.AddSerializedFile(file_proto.SerializeToString())

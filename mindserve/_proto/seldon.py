@@ -1,5 +1,6 @@
 """Seldon's Classifier messages (``seldon.proto``, package ``io.seldon.api.rpc``), built in a descriptor pool of
 their own (see ``private_pool``: Seldon's clients register the same names in protobuf's default pool)."""
+
 from __future__ import annotations
 
 from mindserve._proto import private_pool

@@ -4,6 +4,7 @@ A servable_config.py declares models and registers methods. A method is traced o
 called with placeholders, each ``add_stage`` records a stage and hands back placeholders for its outputs, and
 the placeholders it returns become the method's outputs. The recorded stages are what workers run.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -56,29 +57,36 @@ class Model:
         ``subgraph`` picks the model file of a model declared with several (0: the first).
         """
         if isinstance(subgraph, bool) or not isinstance(subgraph, int):
-            raise RuntimeError(f"Model({self.key}).call() failed: parameter 'subgraph' should be int, but actually "
-                               f"{type(subgraph)}")
+            raise RuntimeError(
+                f"Model({self.key}).call() failed: parameter 'subgraph' should be int, but actually {type(subgraph)}"
+            )
         if subgraph < 0:
-            raise RuntimeError(f"Model({self.key}).call() failed: parameter 'subgraph' should be >= 0, but actually "
-                               f"{subgraph}")
+            raise RuntimeError(
+                f"Model({self.key}).call() failed: parameter 'subgraph' should be >= 0, but actually {subgraph}"
+            )
         if subgraph >= len(self.files):
-            raise RuntimeError(f"Model({self.key}).call() failed: The model does not have subgraph of index "
-                               f"{subgraph}, the subgraph count of the model is {len(self.files)}")
+            raise RuntimeError(
+                f"Model({self.key}).call() failed: The model does not have subgraph of index "
+                f"{subgraph}, the subgraph count of the model is {len(self.files)}"
+            )
         if not args:
             raise RuntimeError(
                 f"Model({self.key}).call() failed: no inputs provided, the inputs can be call(x1, x2) for single "
-                f"instance or call([[x1, x2], [x1, x2]]) for multi instances.")
+                f"instance or call([[x1, x2], [x1, x2]]) for multi instances."
+            )
         if self._runner is None:
             raise RuntimeError(
                 f"Model({self.key}).call() failed: the model is not loaded, Model.call can only be used in a stage "
-                f"run by a serving worker")
+                f"run by a serving worker"
+            )
         if len(args) == 1 and isinstance(args[0], (list, tuple)):
             instances = args[0]
             for item in instances:
                 if not isinstance(item, (list, tuple)):
                     raise RuntimeError(
                         f"Model({self.key}).call() failed: inputs format invalid, the inputs can be call(x1, x2) "
-                        f"for single instance or call([[x1, x2], [x1, x2]]) for multi instances.")
+                        f"for single instance or call([[x1, x2], [x1, x2]]) for multi instances."
+                    )
             return tuple(self._runner(subgraph, [tuple(item) for item in instances]))
         outputs = self._runner(subgraph, [args])[0]
         return outputs[0] if len(outputs) == 1 else outputs
@@ -160,8 +168,10 @@ def version_path() -> str:
     in servable_config.py itself and in stages."""
     folder = _current.version_folder
     if folder is None:
-        raise RuntimeError("version_path(): no servable version is being served here (it is known in a worker, "
-                           "for a servable with version folders)")
+        raise RuntimeError(
+            "version_path(): no servable version is being served here (it is known in a worker, "
+            "for a servable with version folders)"
+        )
     return folder
 
 
@@ -182,8 +192,12 @@ def _check_str_list(arg_name: str, value: Any) -> list[str]:
     return list(items)
 
 
-def declare_model(model_file: Union[str, Sequence[str]], model_format: str, with_batch_dim: bool = True,
-                  options: Optional[dict] = None) -> Model:
+def declare_model(
+    model_file: Union[str, Sequence[str]],
+    model_format: str,
+    with_batch_dim: bool = True,
+    options: Optional[dict] = None,
+) -> Model:
     """Declare the model file(s) of this servable, found in each version directory.
 
     ``model_format`` is ``"ONNX"`` (ONNX Runtime) or ``"MindIR"`` (MindSpore), case ignored. With
@@ -197,8 +211,10 @@ def declare_model(model_file: Union[str, Sequence[str]], model_format: str, with
     if not files:
         raise RuntimeError("Declare model failed, model files size cannot be 0")
     if not isinstance(model_format, str) or model_format.lower() not in SUPPORTED_FORMATS:
-        raise RuntimeError(f"model format can only be {' or '.join(FORMAT_NAMES[f] for f in SUPPORTED_FORMATS)}, "
-                           f"case ignored, but given {model_format!r}")
+        raise RuntimeError(
+            f"model format can only be {' or '.join(FORMAT_NAMES[f] for f in SUPPORTED_FORMATS)}, "
+            f"case ignored, but given {model_format!r}"
+        )
     if not isinstance(with_batch_dim, bool):
         raise RuntimeError(f"Parameter 'with_batch_dim' should be bool, but actually {type(with_batch_dim)}")
     if options is not None and not isinstance(options, dict):
@@ -245,10 +261,12 @@ def register_method(output_names: Union[str, Sequence[str]]) -> Callable[[Callab
             if not isinstance(item, Placeholder) or item.method is not method:
                 raise RuntimeError(
                     f"Method '{method_name}': each value returned is a placeholder for data and must come from the "
-                    f"method inputs or the outputs of add_stage")
+                    f"method inputs or the outputs of add_stage"
+                )
         if len(returned) != len(names):
-            raise RuntimeError(f"Method return output size {len(returned)} not match registered {len(names)}, "
-                               f"method '{method_name}'")
+            raise RuntimeError(
+                f"Method return output size {len(returned)} not match registered {len(names)}, method '{method_name}'"
+            )
         method.outputs = list(returned)
         servable.methods[method_name] = method
         return func
@@ -267,8 +285,13 @@ def _positional_count(func: Callable) -> Optional[int]:
     return sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
 
 
-def add_stage(stage: Union[Callable, Model], *args: Placeholder, outputs_count: int,
-              batch_size: Optional[int] = None, tag: Optional[str] = None) -> Union[Placeholder, tuple]:
+def add_stage(
+    stage: Union[Callable, Model],
+    *args: Placeholder,
+    outputs_count: int,
+    batch_size: Optional[int] = None,
+    tag: Optional[str] = None,
+) -> Union[Placeholder, tuple]:
     """Add a stage to the method being registered and return placeholders for its outputs.
 
     ``stage`` is a Python function or a Model from ``declare_model``; ``args`` are placeholders (method inputs
@@ -285,37 +308,48 @@ def add_stage(stage: Union[Callable, Model], *args: Placeholder, outputs_count: 
         if not isinstance(arg, Placeholder) or arg.method is not method:
             raise RuntimeError(
                 f"Method '{method.name}': each value of parameter *args is a placeholder for data and must come from "
-                f"the method inputs or the outputs of add_stage")
+                f"the method inputs or the outputs of add_stage"
+            )
     if isinstance(outputs_count, bool) or not isinstance(outputs_count, int) or outputs_count < 1:
-        raise RuntimeError(f"Method '{method.name}': parameter 'outputs_count' should be an int >= 1, "
-                           f"but actually {outputs_count!r}")
+        raise RuntimeError(
+            f"Method '{method.name}': parameter 'outputs_count' should be an int >= 1, but actually {outputs_count!r}"
+        )
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0):
-        raise RuntimeError(f"Method '{method.name}': parameter 'batch_size' should be None or an int >= 0, "
-                           f"but actually {batch_size!r}")
+        raise RuntimeError(
+            f"Method '{method.name}': parameter 'batch_size' should be None or an int >= 0, but actually {batch_size!r}"
+        )
     if isinstance(stage, Model):
         if stage not in servable.models:
             raise RuntimeError(
                 f"Check failed in method '{method.name}', the parameter 'stage' of add_stage must be function or Model "
                 f"returned by declare_model, and ensure that interface 'declare_model' can take effect when importing "
-                f"servable_config.py by the serving server")
-        for what, old, new in (("inputs", stage.inputs_count, len(args)),
-                               ("outputs", stage.outputs_count, outputs_count)):
+                f"servable_config.py by the serving server"
+            )
+        for what, old, new in (
+            ("inputs", stage.inputs_count, len(args)),
+            ("outputs", stage.outputs_count, outputs_count),
+        ):
             if old is not None and old != new:
-                raise RuntimeError(f"Method '{method.name}': {what} count {new} of model {stage.key} not match the "
-                                   f"count {old} used by an earlier add_stage")
+                raise RuntimeError(
+                    f"Method '{method.name}': {what} count {new} of model {stage.key} not match the "
+                    f"count {old} used by an earlier add_stage"
+                )
         stage.inputs_count, stage.outputs_count = len(args), outputs_count
         stage_tag = tag or f"Model '{stage.key}'"
     elif callable(stage):
         if batch_size is None:
             expected = _positional_count(stage)
             if expected is not None and expected != len(args):
-                raise RuntimeError(f"function {stage.__name__} input args count {expected} not match the count "
-                                   f"{len(args)} registered in method '{method.name}'")
+                raise RuntimeError(
+                    f"function {stage.__name__} input args count {expected} not match the count "
+                    f"{len(args)} registered in method '{method.name}'"
+                )
         stage_tag = f"Function '{tag or servable.name + '.' + getattr(stage, '__name__', 'function')}'"
     else:
         raise RuntimeError(
             f"Check failed in method '{method.name}', the parameter 'stage' of add_stage must be function or Model "
-            f"returned by declare_model, now is {type(stage)}")
+            f"returned by declare_model, now is {type(stage)}"
+        )
     method.stages.append(StageDefinition(stage, list(args), outputs_count, batch_size, stage_tag))
     index = len(method.stages)
     outputs = tuple(Placeholder(method, index, i) for i in range(outputs_count))

@@ -1,5 +1,6 @@
 """Where a servable lives on disk: ``<servable_directory>/<name>/servable_config.py`` plus model files in
 all-digit version folders (``<name>/1/``, ``<name>/2/`` ...). Reads the file system only, never user code."""
+
 from __future__ import annotations
 
 import os
@@ -9,12 +10,16 @@ def servable_path(servable_directory: str, name: str) -> str:
     """The servable's folder, after checking that it and its servable_config.py exist."""
     path = os.path.join(servable_directory, name)
     if not os.path.isdir(path):
-        raise RuntimeError(f"Check servable config failed, directory '{path}' not exist, servable directory "
-                           f"'{servable_directory}', servable name '{name}'")
+        raise RuntimeError(
+            f"Check servable config failed, directory '{path}' not exist, servable directory "
+            f"'{servable_directory}', servable name '{name}'"
+        )
     config = os.path.join(path, "servable_config.py")
     if not os.path.isfile(config):
-        raise RuntimeError(f"Check servable config failed, file '{config}' not exist, servable directory "
-                           f"'{servable_directory}', servable name '{name}'")
+        raise RuntimeError(
+            f"Check servable config failed, file '{config}' not exist, servable directory "
+            f"'{servable_directory}', servable name '{name}'"
+        )
     return path
 
 
@@ -40,7 +45,9 @@ def resolve_version(servable_directory: str, name: str, version_number: int) -> 
     if version_number == 0:
         return versions[-1] if versions else 0
     if not os.path.isdir(version_path(servable_directory, name, version_number)):
-        raise RuntimeError(f"Start servable failed: There is no specified version directory of models, specified "
-                           f"version number: {version_number}, servable directory: '{servable_directory}', "
-                           f"servable name: '{name}'")
+        raise RuntimeError(
+            f"Start servable failed: There is no specified version directory of models, specified "
+            f"version number: {version_number}, servable directory: '{servable_directory}', "
+            f"servable name: '{name}'"
+        )
     return version_number

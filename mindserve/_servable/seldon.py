@@ -6,6 +6,7 @@ Example (servable_config.py)::
     register.seldon_classifier("classify", classes=("Iris-setosa", "Iris-versicolor", "Iris-virginica"),
                                probabilities="probabilities", request_proto="iris.proto")
 """
+
 from __future__ import annotations
 
 import os
@@ -26,12 +27,17 @@ class SeldonClassifier:
 
     def report(self, servable_folder: str) -> dict[str, Any]:
         """What a worker tells the master of it (the .proto as an absolute path)."""
-        return {"method": self.method, "classes": list(self.classes), "probabilities": self.probabilities,
-                "request_proto": os.path.join(servable_folder, self.request_proto) if self.request_proto else None}
+        return {
+            "method": self.method,
+            "classes": list(self.classes),
+            "probabilities": self.probabilities,
+            "request_proto": os.path.join(servable_folder, self.request_proto) if self.request_proto else None,
+        }
 
 
-def seldon_classifier(method: str, classes: Sequence[str], probabilities: str,
-                      request_proto: Optional[str] = None) -> None:
+def seldon_classifier(
+    method: str, classes: Sequence[str], probabilities: str, request_proto: Optional[str] = None
+) -> None:
     """Answer Seldon's Classifier/Predict (on the gRPC port) with ``method`` of this servable.
 
     The request's ``data`` (a ``google.protobuf.Any``) holds a ``google.protobuf.Struct`` whose fields are the
@@ -42,8 +48,7 @@ def seldon_classifier(method: str, classes: Sequence[str], probabilities: str,
     """
     servable = current_servable()
     if servable.seldon is not None:
-        raise RuntimeError("seldon_classifier is called twice: a servable answers Seldon's Classifier with one "
-                           "method")
+        raise RuntimeError("seldon_classifier is called twice: a servable answers Seldon's Classifier with one method")
     for arg, value in (("method", method), ("probabilities", probabilities)):
         if not isinstance(value, str) or not value:
             raise RuntimeError(f"Parameter '{arg}' should be a non-empty str, but actually {value!r}")
@@ -51,8 +56,10 @@ def seldon_classifier(method: str, classes: Sequence[str], probabilities: str,
     if not names:
         raise RuntimeError("Parameter 'classes' should name at least one class")
     if request_proto is not None and (not isinstance(request_proto, str) or not request_proto.endswith(".proto")):
-        raise RuntimeError(f"Parameter 'request_proto' should be the name of a .proto file in the servable's "
-                           f"folder, but actually {request_proto!r}")
+        raise RuntimeError(
+            f"Parameter 'request_proto' should be the name of a .proto file in the servable's "
+            f"folder, but actually {request_proto!r}"
+        )
     servable.seldon = SeldonClassifier(method, tuple(names), probabilities, request_proto)
 
 
@@ -63,11 +70,17 @@ def check_seldon(servable: Any, servable_folder: str) -> None:
         return
     method = servable.methods.get(declared.method)
     if method is None:
-        raise RuntimeError(f"seldon_classifier: method '{declared.method}' is not registered; the methods are "
-                           f"{', '.join(servable.methods) or '(none)'}")
+        raise RuntimeError(
+            f"seldon_classifier: method '{declared.method}' is not registered; the methods are "
+            f"{', '.join(servable.methods) or '(none)'}"
+        )
     if declared.probabilities not in method.output_names:
-        raise RuntimeError(f"seldon_classifier: method '{declared.method}' has no output "
-                           f"'{declared.probabilities}'; its outputs are {', '.join(method.output_names)}")
+        raise RuntimeError(
+            f"seldon_classifier: method '{declared.method}' has no output "
+            f"'{declared.probabilities}'; its outputs are {', '.join(method.output_names)}"
+        )
     if declared.request_proto and not os.path.isfile(os.path.join(servable_folder, declared.request_proto)):
-        raise RuntimeError(f"seldon_classifier: request_proto file "
-                           f"'{os.path.join(servable_folder, declared.request_proto)}' does not exist")
+        raise RuntimeError(
+            f"seldon_classifier: request_proto file "
+            f"'{os.path.join(servable_folder, declared.request_proto)}' does not exist"
+        )

@@ -2,6 +2,7 @@
 and for each tensor its dtype and per-instance shape where the servable fixes them. Neutral ground: the
 workers' reports are read into it by supervision, the dispatcher routes by it, and frontends check requests
 and answer metadata from it, without any of them importing another."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,11 +30,20 @@ class MethodSignature:
     @classmethod
     def from_report(cls, reported: dict[str, Any]) -> "MethodSignature":
         """The signature a worker reported at its start (mindserve._workers.loader.method_signatures)."""
+
         def specs(names: list, given: Optional[list]) -> tuple[TensorSpec, ...]:
             given = given or [None] * len(names)
-            return tuple(TensorSpec(int(s["dtype"]), None if s["shape"] is None else tuple(s["shape"]))
-                         if s else TensorSpec(0, None) for s in given)
+            return tuple(
+                TensorSpec(int(s["dtype"]), None if s["shape"] is None else tuple(s["shape"]))
+                if s
+                else TensorSpec(0, None)
+                for s in given
+            )
 
         inputs, outputs = list(reported["inputs"]), list(reported["outputs"])
-        return cls(tuple(inputs), tuple(outputs), specs(inputs, reported.get("input_specs")),
-                   specs(outputs, reported.get("output_specs")))
+        return cls(
+            tuple(inputs),
+            tuple(outputs),
+            specs(inputs, reported.get("input_specs")),
+            specs(outputs, reported.get("output_specs")),
+        )

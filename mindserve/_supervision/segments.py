@@ -8,6 +8,7 @@ the model is loaded, so that instances of many requests still batch into one mod
 values it uses from before (method inputs, earlier stages' outputs) and hands on those that it makes and a later
 stage or the method outputs use; see mindserve._transport.worker_contract for how a segment job names them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -71,17 +72,24 @@ def plan_method(name: str, reported: dict[str, Any]) -> Optional[MethodPlan]:
             spans[-1] = (spans[-1][0], index)
         else:
             spans.append((index, index))
+
     def segment(first: int, last: int) -> Segment:
-        needs = sorted({ref for args in uses[first - 1:last] for ref in args if ref[0] < first})
+        needs = sorted({ref for args in uses[first - 1 : last] for ref in args if ref[0] < first})
         later = {ref for args in uses[last:] for ref in args} | {o for o in outputs if o is not None}
         hands_on = sorted(ref for ref in later if first <= ref[0] <= last)
-        return Segment(first, last, kinds[first - 1], segment_name(name, first, last),
-                       tuple(value_name(inputs, *ref) for ref in needs),
-                       tuple(value_name(inputs, *ref) for ref in hands_on))
+        return Segment(
+            first,
+            last,
+            kinds[first - 1],
+            segment_name(name, first, last),
+            tuple(value_name(inputs, *ref) for ref in needs),
+            tuple(value_name(inputs, *ref) for ref in hands_on),
+        )
 
-    return MethodPlan(tuple(segment(first, last) for first, last in spans),
-                      tuple((out, value_name(inputs, *ref)) for out, ref in zip(reported["outputs"], outputs)
-                            if ref is not None))
+    return MethodPlan(
+        tuple(segment(first, last) for first, last in spans),
+        tuple((out, value_name(inputs, *ref)) for out, ref in zip(reported["outputs"], outputs) if ref is not None),
+    )
 
 
 class Values:
@@ -104,7 +112,7 @@ class Values:
         if column is None:
             return self._rows[name][index]
         start = int(column.offsets[index])
-        return RawTensor(column.dtype, column.row_shape, memoryview(column.source)[start:start + column.row_size])
+        return RawTensor(column.dtype, column.row_shape, memoryview(column.source)[start : start + column.row_size])
 
     def instances(self, names: Sequence[str], live: list[int]) -> Sequence[dict[str, RawTensor]]:
         """The values ``names`` of the instances ``live``, as a job takes them: stacked when every instance is
@@ -118,10 +126,15 @@ class Values:
         that a reply brought whole and stacked (so frontends can take them whole), else None."""
         if not all(value in self._whole for _, value in outputs):
             return None
-        return StackedResults(self.count, {name: StackedOutput(self._stacked[value].dtype,
-                                                               self._stacked[value].row_shape,
-                                                               self._stacked[value].source)
-                                           for name, value in outputs})
+        return StackedResults(
+            self.count,
+            {
+                name: StackedOutput(
+                    self._stacked[value].dtype, self._stacked[value].row_shape, self._stacked[value].source
+                )
+                for name, value in outputs
+            },
+        )
 
     def take(self, names: Sequence[str], live: list[int], outcome: Union[Sequence, StackedResults]) -> None:
         """Keep the values ``names`` of a segment's reply for the instances ``live`` (one result per live

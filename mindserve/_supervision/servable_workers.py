@@ -1,6 +1,7 @@
 """The workers of one servable version, one per device id, and num_parallel_workers' extra processes that run
 Python stages only: picking one for a job, running a method as segments over them (mindserve._supervision
 .segments), moving the jobs of a dead worker to the live ones, restarting the dead."""
+
 from __future__ import annotations
 
 import asyncio
@@ -59,10 +60,9 @@ class ServableWorkers:
         outcomes = await asyncio.gather(*(w.start() for w in workers), return_exceptions=True)
         errors = [o for o in outcomes if isinstance(o, BaseException)]
         if errors:
-            await asyncio.gather(*(w.stop() for w, o in zip(workers, outcomes) if o is None),
-                                 return_exceptions=True)
+            await asyncio.gather(*(w.stop() for w, o in zip(workers, outcomes) if o is None), return_exceptions=True)
             raise errors[0]
-        self.workers, self.python_workers = workers[:len(self.specs)], workers[len(self.specs):]
+        self.workers, self.python_workers = workers[: len(self.specs)], workers[len(self.specs) :]
         reported = workers[0].methods
         self.methods = {name: MethodSignature.from_report(method) for name, method in reported.items()}
         self.seldon = workers[0].seldon
@@ -91,8 +91,11 @@ class ServableWorkers:
         (a Python-stage worker down leaves the version ready while a device worker can run its stages)."""
         if any(w.alive for w in self.workers):
             return True
-        return bool(self._plans) and not any(p.has_model for p in self._plans.values()) \
+        return (
+            bool(self._plans)
+            and not any(p.has_model for p in self._plans.values())
             and any(w.alive for w in self.python_workers)
+        )
 
     @property
     def recovering(self) -> bool:
@@ -131,8 +134,9 @@ class ServableWorkers:
             raise servable_unavailable(self.name, method, version)
         return await worker.run(method, instances, version)
 
-    async def _run_segments(self, method: str, plan: MethodPlan, instances: Sequence[dict[str, RawTensor]],
-                            version: int) -> list:
+    async def _run_segments(
+        self, method: str, plan: MethodPlan, instances: Sequence[dict[str, RawTensor]], version: int
+    ) -> list:
         """Run a method segment after segment: Python segments on the least-loaded process that runs Python
         stages, model segments on the least-loaded device worker (where instances of many requests batch). Every
         segment's values cross to the master, whichever process ran it, so a value that cannot cross fails its

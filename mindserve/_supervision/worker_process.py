@@ -4,6 +4,7 @@ worker writes an eventfd after each batch of replies, which the master's event l
 arrive without polling. The control socket carries the start handshake and the statistics questions
 (mindserve._transport.worker_contract), and its end of stream is how each side learns that the other is gone.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -94,13 +95,24 @@ class WorkerProcess:
         self._channel = ShmChannel.create(spec.shm_size_mb << 20, f"worker of {spec.describe()}")
         self._event_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         master_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        args = contract.WorkerArgs(worker_end.fileno(), self._channel.fd, self._event_fd,
-                                   os.path.abspath(spec.servable_directory), spec.name, spec.version, spec.device_id,
-                                   spec.device_type or None, spec.max_batch_size, spec.max_batch_delay_ms,
-                                   1 if spec.python_worker else None)
+        args = contract.WorkerArgs(
+            worker_end.fileno(),
+            self._channel.fd,
+            self._event_fd,
+            os.path.abspath(spec.servable_directory),
+            spec.name,
+            spec.version,
+            spec.device_id,
+            spec.device_type or None,
+            spec.max_batch_size,
+            spec.max_batch_delay_ms,
+            1 if spec.python_worker else None,
+        )
         try:
-            self._process = subprocess.Popen([sys.executable, "-m", "mindserve._workers", *args.to_argv()],
-                                             pass_fds=(args.control_fd, args.shm_fd, args.event_fd))
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "mindserve._workers", *args.to_argv()],
+                pass_fds=(args.control_fd, args.shm_fd, args.event_fd),
+            )
         except BaseException:
             self._release_resources()
             raise
@@ -179,8 +191,11 @@ class WorkerProcess:
         try:
             while True:
                 header, _ = await self._control.recv()
-                if isinstance(header, dict) and header.get("op") == contract.STATS \
-                        and isinstance(header.get("stats"), dict):
+                if (
+                    isinstance(header, dict)
+                    and header.get("op") == contract.STATS
+                    and isinstance(header.get("stats"), dict)
+                ):
                     self.last_stats = header["stats"]
                     asked = header.get("id")
                     answer = self._stats_asked.get(asked) if isinstance(asked, int) else None

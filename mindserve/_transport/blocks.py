@@ -12,6 +12,7 @@ Offsets are relative to the start of the data. A reader checks every descriptor 
 touches any byte, so a corrupt header gives :class:`BlockError`, never a read outside the block. Only plain
 JSON and raw bytes cross: nothing is unpickled.
 """
+
 from __future__ import annotations
 
 import json
@@ -101,11 +102,21 @@ class BlockWriter:
         data = offset + align(PREFIX.size + len(head))
         for at, piece in self._copies:
             if len(piece):
-                view[data + at:data + at + len(piece)] = piece
+                view[data + at : data + at + len(piece)] = piece
         for at, source, offsets, row_size in self._gathers:
             size = len(offsets) * row_size
-            if lib.ms_gather_at(ffi.from_buffer(view[data + at:data + at + size]), size, ffi.from_buffer(source),
-                                len(source), ffi.from_buffer("uint64_t[]", offsets), len(offsets), row_size) != 0:
+            if (
+                lib.ms_gather_at(
+                    ffi.from_buffer(view[data + at : data + at + size]),
+                    size,
+                    ffi.from_buffer(source),
+                    len(source),
+                    ffi.from_buffer("uint64_t[]", offsets),
+                    len(offsets),
+                    row_size,
+                )
+                != 0
+            ):
                 raise ValueError("gathered rows reach past their source")  # a defect: the reader checked them
 
 
@@ -115,11 +126,11 @@ class BlockReader:
     def __init__(self, buffer: memoryview, offset: int, size: int):
         if size < PREFIX.size:
             raise BlockError("message block too short")
-        head_len, _ = PREFIX.unpack(buffer[offset:offset + PREFIX.size])
+        head_len, _ = PREFIX.unpack(buffer[offset : offset + PREFIX.size])
         if head_len > size - PREFIX.size:
             raise BlockError("message header reaches past its block")
         try:
-            self.header = json.loads(bytes(buffer[offset + PREFIX.size:offset + PREFIX.size + head_len]))
+            self.header = json.loads(bytes(buffer[offset + PREFIX.size : offset + PREFIX.size + head_len]))
         except (ValueError, RecursionError) as exc:  # RecursionError: arrays or objects nested too deep
             raise BlockError(f"message header is not JSON: {exc}") from None
         if not isinstance(self.header, dict):
@@ -146,8 +157,13 @@ class BlockReader:
             if dtype is None:
                 raise BlockError(f"bad stacked column {desc!r}")
             return code, shape, self._span(desc[3], count * math.prod(shape) * dtype.itemsize)
-        if isinstance(desc, list) and len(desc) == 2 and desc[0] == "e" and isinstance(desc[1], list) \
-                and len(desc[1]) == count:
+        if (
+            isinstance(desc, list)
+            and len(desc) == 2
+            and desc[0] == "e"
+            and isinstance(desc[1], list)
+            and len(desc[1]) == count
+        ):
             return [self._value_desc(d) for d in desc[1]]
         raise BlockError(f"bad column descriptor {str(desc)[:200]}")
 
@@ -172,15 +188,15 @@ class BlockReader:
     def value(self, code: int, shape: tuple, position: int, nbytes: int) -> Union[np.ndarray, str, bytes]:
         if code == _dtypes.MS_STRING:
             try:
-                return bytes(self.buffer[position:position + nbytes]).decode()
+                return bytes(self.buffer[position : position + nbytes]).decode()
             except UnicodeDecodeError:
                 raise BlockError("string tensor is not UTF-8") from None
         if code == _dtypes.MS_BYTES:
-            return bytes(self.buffer[position:position + nbytes])
+            return bytes(self.buffer[position : position + nbytes])
         return self.array(code, shape, position)
 
     def raw(self, code: int, shape: tuple, position: int, nbytes: int) -> RawTensor:
-        return RawTensor(code, shape, self.buffer[position:position + nbytes])
+        return RawTensor(code, shape, self.buffer[position : position + nbytes])
 
 
 def is_int(value: Any) -> bool:
@@ -240,7 +256,7 @@ def block_header(buffer: Any, offset: int, size: int) -> Optional[tuple[bytes, i
     start = align(PREFIX.size + head_len)
     if start > size:
         return None
-    return bytes(buffer[offset + PREFIX.size:offset + PREFIX.size + head_len]), start
+    return bytes(buffer[offset + PREFIX.size : offset + PREFIX.size + head_len]), start
 
 
 def header_object(header: bytes) -> Optional[dict]:
@@ -288,9 +304,14 @@ def stacked_columns(columns: Any, count: int, data_start: int) -> Optional[tuple
             return None
         code, shape, offset = desc[1], desc[2], desc[3]
         dtype = numeric_dtype(code)
-        if dtype is None or not isinstance(shape, list) or len(shape) > MAX_TENSOR_DIMS \
-                or not all(is_int(d) and d >= 0 for d in shape) \
-                or not is_int(offset) or offset < 0:
+        if (
+            dtype is None
+            or not isinstance(shape, list)
+            or len(shape) > MAX_TENSOR_DIMS
+            or not all(is_int(d) and d >= 0 for d in shape)
+            or not is_int(offset)
+            or offset < 0
+        ):
             return None
         nbytes = count * math.prod(shape) * dtype.itemsize
         spans[name] = StackedColumn(dtype, code, tuple(shape), data_start + offset, nbytes)
@@ -309,8 +330,10 @@ def raw_column(writer: BlockWriter, tensors: Sequence[RawTensor]) -> list:
 
 def stacked_inputs_columns(writer: BlockWriter, instances: StackedInputs) -> dict[str, list]:
     """The stacked column descriptors of a request read in place (the master's side), placing its rows."""
-    return {name: ["s", col.dtype, list(col.row_shape), writer.add_gathered(col.source, col.offsets, col.row_size)]
-            for name, col in instances.inputs.items()}
+    return {
+        name: ["s", col.dtype, list(col.row_shape), writer.add_gathered(col.source, col.offsets, col.row_size)]
+        for name, col in instances.inputs.items()
+    }
 
 
 def raw_rows(reader: BlockReader, desc: Any, count: int) -> list[RawTensor]:
@@ -321,7 +344,7 @@ def raw_rows(reader: BlockReader, desc: Any, count: int) -> list[RawTensor]:
     code, shape, position = column
     row = math.prod(shape) * _dtypes.NUMPY_OF[code].itemsize
     buffer = reader.buffer
-    return [RawTensor(code, shape, buffer[position + i * row:position + (i + 1) * row]) for i in range(count)]
+    return [RawTensor(code, shape, buffer[position + i * row : position + (i + 1) * row]) for i in range(count)]
 
 
 def value_descriptor(writer: BlockWriter, value: Union[np.ndarray, str, bytes]) -> list:
@@ -334,7 +357,8 @@ def value_descriptor(writer: BlockWriter, value: Union[np.ndarray, str, bytes]) 
     return [_dtypes.code_of_array(value), list(value.shape), writer.add(value), value.nbytes]
 
 
-def stacked_descriptor(writer: BlockWriter, pieces: Iterable[np.ndarray], row_shape: tuple,
-                       code: Optional[int]) -> list:
+def stacked_descriptor(
+    writer: BlockWriter, pieces: Iterable[np.ndarray], row_shape: tuple, code: Optional[int]
+) -> list:
     """The descriptor of a stacked column made of row blocks ``pieces`` (C-contiguous arrays of one dtype)."""
     return ["s", code, list(row_shape), writer.add_rows(list(pieces))]

@@ -13,6 +13,7 @@ A job still in the backlog when its request is cancelled or its deadline passes 
 the channel carries its remaining time and, once its request is cancelled, a cancel mark, both in its block's job
 word (``blocks.JOB_CANCELLED``), and the worker answers it without running it (mindserve._workers.__main__).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -146,9 +147,11 @@ class JobFlow:
         for i, inst in enumerate(instances):
             nbytes = sum(len(t.data) + blocks.ALIGN for t in inst.values()) + 256  # data, padding, header
             if nbytes > limit:
-                results[i] = InvalidInput(f"instance {i} of {nbytes} bytes exceeds the worker's shared memory for "
-                                          f"requests ({limit} bytes per job); raise shm_size_mb in "
-                                          f"ServableStartConfig")
+                results[i] = InvalidInput(
+                    f"instance {i} of {nbytes} bytes exceeds the worker's shared memory for "
+                    f"requests ({limit} bytes per job); raise shm_size_mb in "
+                    f"ServableStartConfig"
+                )
                 continue
             if not groups or size + nbytes > limit:
                 groups.append([])
@@ -263,7 +266,7 @@ class JobFlow:
                 log.error("worker of %s sent a reply that does not describe a job; stopping it", self._describe)
                 self._on_broken()
                 return
-            data = bytes(channel.view[offset:offset + size])  # after this copy the worker can change nothing
+            data = bytes(channel.view[offset : offset + size])  # after this copy the worker can change nothing
             try:
                 channel.release(REQUESTS, job.request_offset)
                 channel.release(REPLIES, offset)

@@ -10,6 +10,7 @@ both sides, each in a general form and a fast form for the common case, side by 
   (``error_entries``). The master reads it (``decode_reply``) whole when every instance succeeded with stacked
   outputs (``stacked_reply``, a cached kind), else per instance.
 """
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple, Optional, Sequence, Union
@@ -21,8 +22,7 @@ from mindserve._transport import blocks
 # ------------------------------------------------------------------------------------------------------ jobs
 
 
-def encode_job(writer: blocks.BlockWriter, method: str, instances: Sequence[dict[str, RawTensor]]) \
-        -> tuple[bytes, int]:
+def encode_job(writer: blocks.BlockWriter, method: str, instances: Sequence[dict[str, RawTensor]]) -> tuple[bytes, int]:
     """Place a job's tensors in ``writer``; its encoded header and block size (the master's side)."""
     if isinstance(instances, StackedInputs):
         return _stacked_job_head(writer, method, instances)
@@ -54,8 +54,13 @@ def job_header(header: Any) -> Optional[tuple[str, int, dict]]:
     if not isinstance(header, dict):
         return None
     method, count, inputs = header.get("m"), header.get("n"), header.get("in")
-    if not isinstance(method, str) or not isinstance(count, int) or isinstance(count, bool) or count < 1 \
-            or not isinstance(inputs, dict):
+    if (
+        not isinstance(method, str)
+        or not isinstance(count, int)
+        or isinstance(count, bool)
+        or count < 1
+        or not isinstance(inputs, dict)
+    ):
         return None
     return method, count, inputs
 
@@ -92,8 +97,12 @@ def error_entries(errors: list[Optional[ServingError]]) -> list[list]:
         if error is None:
             continue
         last = entries[-1] if entries else None
-        if last is not None and last[-1 if len(last) == 4 else 0] == i - 1 and last[1] == error.code \
-                and last[2] == error.message:
+        if (
+            last is not None
+            and last[-1 if len(last) == 4 else 0] == i - 1
+            and last[1] == error.code
+            and last[2] == error.message
+        ):
             if len(last) == 4:
                 last[3] = i
             else:
@@ -118,14 +127,20 @@ def instance_reply(data: memoryview, count: int, output_names: list) -> list:
         raise blocks.BlockError("reply header does not match its job")
     results: list = [None] * count
     for item in header["err"]:  # [index, code, message], or [first, code, message, last] for a run
-        if not (isinstance(item, list) and len(item) in (3, 4) and blocks.is_int(item[0]) and 0 <= item[0] < count
-                and blocks.is_int(item[1]) and isinstance(item[2], str)):
+        if not (
+            isinstance(item, list)
+            and len(item) in (3, 4)
+            and blocks.is_int(item[0])
+            and 0 <= item[0] < count
+            and blocks.is_int(item[1])
+            and isinstance(item[2], str)
+        ):
             raise blocks.BlockError("bad error entry in reply")
         last = item[3] if len(item) == 4 else item[0]
         if not (blocks.is_int(last) and item[0] <= last < count):
             raise blocks.BlockError("bad error entry in reply")
         error = from_worker(item[1], item[2])  # one object for the run: the frontends see one error
-        results[item[0]:last + 1] = [error] * (last + 1 - item[0])
+        results[item[0] : last + 1] = [error] * (last + 1 - item[0])
     ok = [i for i, r in enumerate(results) if r is None]
     columns = {}
     for name in output_names:
@@ -170,5 +185,5 @@ def stacked_reply(data: memoryview, count: int, output_names: list) -> Optional[
         column = columns.get(name)
         if column is None:
             return None
-        outputs[name] = StackedOutput(column.code, column.row_shape, data[column.start:column.start + column.nbytes])
+        outputs[name] = StackedOutput(column.code, column.row_shape, data[column.start : column.start + column.nbytes])
     return StackedResults(count, outputs)

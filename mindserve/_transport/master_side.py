@@ -1,4 +1,5 @@
 """The master's asyncio end of a worker channel."""
+
 from __future__ import annotations
 
 import asyncio

@@ -3,6 +3,7 @@
 A frame is ``<u32 header length><u64 payload length><header JSON><payload>``. Tensors never travel here: they
 go through the shared-memory channel (mindserve._transport.shm_channel, laid out by .blocks).
 """
+
 from __future__ import annotations
 
 import json

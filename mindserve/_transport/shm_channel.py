@@ -10,6 +10,7 @@ the channel's layout (an ``ms_view`` in process memory, made by the master's ini
 attach) and every C call addresses the segment through it. Garbage written into the segment by the other
 process makes a call raise :class:`ChannelBroken`, never reach outside the segment.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,14 @@ class MessageTooBig(Exception):
     """A message larger than its arena can ever hold."""
 
 
-_ERRORS = {lib.MS_EBROKEN: ChannelBroken, lib.MS_ECORRUPT: ChannelBroken, lib.MS_ETIMEDOUT: ChannelBroken,
-           lib.MS_ECLOSED: ChannelClosed, lib.MS_EFULL: ArenaFull, lib.MS_ETOOBIG: MessageTooBig}
+_ERRORS = {
+    lib.MS_EBROKEN: ChannelBroken,
+    lib.MS_ECORRUPT: ChannelBroken,
+    lib.MS_ETIMEDOUT: ChannelBroken,
+    lib.MS_ECLOSED: ChannelClosed,
+    lib.MS_EFULL: ArenaFull,
+    lib.MS_ETOOBIG: MessageTooBig,
+}
 
 
 def _check(status: int, what: str) -> None:
@@ -96,8 +103,11 @@ class ShmChannel:
         status = lib.ms_segment_create(name, size, fd)
         if status == lib.MS_ESYS:
             err = ffi.errno
-            raise RuntimeError(_no_room(owner, size, shm_free_bytes()) if err == 28 else
-                               f"cannot create the shared memory of {owner}: {os.strerror(err)}")
+            raise RuntimeError(
+                _no_room(owner, size, shm_free_bytes())
+                if err == 28
+                else f"cannot create the shared memory of {owner}: {os.strerror(err)}"
+            )
         base = cls._map(fd[0], size)
         layout = ffi.new("ms_view *")
         if lib.ms_channel_init(layout, base, size, QUEUE_CAPACITY) != lib.MS_OK:
@@ -164,8 +174,12 @@ class ShmChannel:
         """Block until jobs are queued, then take up to ``max_items`` instances' worth (0: all), waiting up to
         ``max_delay_s`` after the oldest arrived for more (not while the master has a backlog). (id, offset,
         size, weight) per job; raises ChannelClosed once the master closed the channel and nothing is left."""
-        _check(lib.ms_pop_batch(self.layout, max_items, int(max_delay_s * 1e9), self._entries, QUEUE_CAPACITY,
-                                self._count), "batch pop")
+        _check(
+            lib.ms_pop_batch(
+                self.layout, max_items, int(max_delay_s * 1e9), self._entries, QUEUE_CAPACITY, self._count
+            ),
+            "batch pop",
+        )
         return self._taken()
 
     def queued_ns(self, now_ns: int) -> list[int]:
@@ -219,5 +233,7 @@ class ShmChannel:
 
 def _no_room(owner: str, size: int, free: Optional[int]) -> str:
     have = f"{free >> 20} MB free" if free is not None else "not enough room"
-    return (f"cannot reserve {size >> 20} MB of shared memory for {owner}: {SHM_DIR} has {have}; lower "
-            f"shm_size_mb in ServableStartConfig or give the machine (or container: --shm-size) more shared memory")
+    return (
+        f"cannot reserve {size >> 20} MB of shared memory for {owner}: {SHM_DIR} has {have}; lower "
+        f"shm_size_mb in ServableStartConfig or give the machine (or container: --shm-size) more shared memory"
+    )

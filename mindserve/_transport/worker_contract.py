@@ -14,6 +14,7 @@ processes (num_parallel_workers) without importing servable code. A segment is a
 ``value_name``: a method input by its own name, output ``k`` of stage ``s`` as ``"s.k"``; its reply holds the
 values the segment hands on, named alike.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,13 @@ class WorkerArgs:
             # (annotations are text here)
             kind = {"int": int, "float": float, "Optional[int]": int}.get(str(item.type), str)
             required = item.default is MISSING
-            parser.add_argument(_option(item.name), dest=item.name, type=kind, required=required,
-                                default=None if required else item.default)
+            parser.add_argument(
+                _option(item.name),
+                dest=item.name,
+                type=kind,
+                required=required,
+                default=None if required else item.default,
+            )
         return cls(**vars(parser.parse_args(argv)))
 
 

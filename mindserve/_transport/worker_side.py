@@ -1,4 +1,5 @@
 """The worker's blocking end of its channel to the master."""
+
 from __future__ import annotations
 
 import json

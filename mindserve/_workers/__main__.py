@@ -12,6 +12,7 @@ reports, then takes batches of jobs until the master closes the channel; it neve
 --python-only 1 it is one of num_parallel_workers' extra processes: it loads no model and runs Python stages,
 as whole methods or as segments of a method (a job named ``<method>#<first>-<last>``, see worker_contract).
 """
+
 from __future__ import annotations
 
 import os
@@ -58,8 +59,14 @@ class _Batch:
         self.read_ns: dict[int, int] = {}  # job id -> nanoseconds its block took to read
 
 
-def _run_method(executor: MethodExecutor, method: str, jobs: list[Job], channel: ShmChannel, event_fd: int,
-                batch: Optional[_Batch] = None) -> None:
+def _run_method(
+    executor: MethodExecutor,
+    method: str,
+    jobs: list[Job],
+    channel: ShmChannel,
+    event_fd: int,
+    batch: Optional[_Batch] = None,
+) -> None:
     """Run one method over the instances of several jobs as one batch, reply to each job, then wake the master
     once for all of these replies (one wake-up per batch, not per job: the master takes them in one go)."""
     try:
@@ -68,13 +75,20 @@ def _run_method(executor: MethodExecutor, method: str, jobs: list[Job], channel:
         notify(event_fd)
 
 
-def _answer_jobs(executor: MethodExecutor, method: str, jobs: list[Job], channel: ShmChannel, event_fd: int,
-                 batch: Optional[_Batch] = None) -> None:
+def _answer_jobs(
+    executor: MethodExecutor,
+    method: str,
+    jobs: list[Job],
+    channel: ShmChannel,
+    event_fd: int,
+    batch: Optional[_Batch] = None,
+) -> None:
     segment = contract.parse_segment(method)
     if method not in executor.servable.methods and not _is_segment(executor, segment):
         for job in jobs:
-            send_error(channel, event_fd, job.id, job.count, ServingError(SYSTEM_ERROR, f"unknown method {method}"),
-                       wake=False)
+            send_error(
+                channel, event_fd, job.id, job.count, ServingError(SYSTEM_ERROR, f"unknown method {method}"), wake=False
+            )
         return
     total = sum(job.count for job in jobs)
     timings: list[tuple[str, int]] = []
@@ -94,15 +108,22 @@ def _answer_jobs(executor: MethodExecutor, method: str, jobs: list[Job], channel
     start = 0
     for job in jobs:
         stop = start + job.count
-        writer, header = reply_block(method, job.count, {n: c.slice(start, stop) for n, c in outputs.items()},
-                                     errors[start:stop], failure)
+        writer, header = reply_block(
+            method, job.count, {n: c.slice(start, stop) for n, c in outputs.items()}, errors[start:stop], failure
+        )
         send_reply(channel, event_fd, job.id, writer, header, wake=False)
         start = stop
     if batch is not None:
         whole = segment is None or segment[2] == len(executor.servable.methods[segment[0]].stages)
-        batch.stats.record(method if segment is None else segment[0], [batch.queued.get(job.id, 0) for job in jobs],
-                           timings, total, sum(batch.read_ns.get(job.id, 0) for job in jobs),
-                           time.perf_counter_ns() - replying, whole)
+        batch.stats.record(
+            method if segment is None else segment[0],
+            [batch.queued.get(job.id, 0) for job in jobs],
+            timings,
+            total,
+            sum(batch.read_ns.get(job.id, 0) for job in jobs),
+            time.perf_counter_ns() - replying,
+            whole,
+        )
 
 
 def _is_segment(executor: MethodExecutor, segment: Optional[tuple[str, int, int]]) -> bool:
@@ -124,8 +145,9 @@ def _run_whole(executor: MethodExecutor, method: str, jobs: list[Job], total: in
     return executor.run_columns(method, _joined(jobs, executor.servable.methods[method].input_names), total, timings)
 
 
-def _run_segment(executor: MethodExecutor, segment: tuple[str, int, int], jobs: list[Job], total: int,
-                 timings: list) -> tuple:
+def _run_segment(
+    executor: MethodExecutor, segment: tuple[str, int, int], jobs: list[Job], total: int, timings: list
+) -> tuple:
     """A segment job (num_parallel_workers): its inputs are values named by reference, and so are the values it
     hands on."""
     name, first, last = segment
@@ -159,17 +181,27 @@ def _stacked(column: Column) -> Column:
 
 def _crossing_failure(method: str) -> Callable[[str, Any], str]:
     """The text of an instance whose value a segment hands on cannot go to another process."""
+
     def text(name: str, value: Any) -> str:
         stage, _, index = name.partition(".")
         kind = f"numpy array of {value.dtype}" if isinstance(value, np.ndarray) else str(type(value))
-        return (f"Method '{method}' stage {stage} output {index} cannot go to another worker process "
-                f"(num_parallel_workers): unsupported type {kind}, a value handed on between processes must be a "
-                f"numpy array, str, bytes or a scalar")
+        return (
+            f"Method '{method}' stage {stage} output {index} cannot go to another worker process "
+            f"(num_parallel_workers): unsupported type {kind}, a value handed on between processes must be a "
+            f"numpy array, str, bytes or a scalar"
+        )
+
     return text
 
 
-def serve(executor: MethodExecutor, channel: ShmChannel, event_fd: int, max_items: int, max_delay_s: float,
-          stats: Optional[WorkerStats] = None) -> None:
+def serve(
+    executor: MethodExecutor,
+    channel: ShmChannel,
+    event_fd: int,
+    max_items: int,
+    max_delay_s: float,
+    stats: Optional[WorkerStats] = None,
+) -> None:
     """Take batches of jobs until the channel is closed; jobs of one method in a batch run together, through
     the fast lane when they qualify for it. Each execution is counted in ``stats``."""
     stats = stats if stats is not None else WorkerStats()
@@ -186,12 +218,15 @@ def serve(executor: MethodExecutor, channel: ShmChannel, event_fd: int, max_item
         if lane.run(entries, queued):
             notify(event_fd)
             continue
-        answer_batch(executor, entries, channel, event_fd,
-                     _Batch(stats, {entry[0]: ns for entry, ns in zip(entries, queued)}))
+        answer_batch(
+            executor, entries, channel, event_fd, _Batch(stats, {entry[0]: ns for entry, ns in zip(entries, queued)})
+        )
 
 
-DROPPED_TEXTS = {DROPPED_CANCELLED: "the request was cancelled before its work started",
-                 DROPPED_DEADLINE: "the request's deadline passed before its work started"}
+DROPPED_TEXTS = {
+    DROPPED_CANCELLED: "the request was cancelled before its work started",
+    DROPPED_DEADLINE: "the request's deadline passed before its work started",
+}
 
 
 def drop_unwanted(channel: ShmChannel, event_fd: int, entries: list, queued: list[int]) -> tuple[list, list[int]]:
@@ -207,8 +242,13 @@ def drop_unwanted(channel: ShmChannel, event_fd: int, entries: list, queued: lis
             continue
         word = blocks.job_word(channel.view, offset)
         budget_ms = word & blocks.JOB_BUDGET_MS
-        code = DROPPED_CANCELLED if word & blocks.JOB_CANCELLED else \
-            DROPPED_DEADLINE if budget_ms and waited > budget_ms * 1_000_000 else None
+        code = (
+            DROPPED_CANCELLED
+            if word & blocks.JOB_CANCELLED
+            else DROPPED_DEADLINE
+            if budget_ms and waited > budget_ms * 1_000_000
+            else None
+        )
         if code is None:
             kept.append(entry)
             waits.append(waited)
@@ -220,8 +260,9 @@ def drop_unwanted(channel: ShmChannel, event_fd: int, entries: list, queued: lis
     return kept, waits
 
 
-def answer_batch(executor: MethodExecutor, entries: list, channel: ShmChannel, event_fd: int,
-                 batch: Optional[_Batch] = None) -> None:
+def answer_batch(
+    executor: MethodExecutor, entries: list, channel: ShmChannel, event_fd: int, batch: Optional[_Batch] = None
+) -> None:
     """The general path over a popped batch: every job read (one that cannot be read, whatever it holds, fails
     alone and the worker goes on), then the jobs of each method run together."""
     jobs = []
@@ -247,20 +288,36 @@ def main() -> None:
     control = WorkerChannel(socket.socket(fileno=args.control_fd))
     try:
         channel = ShmChannel.attach(args.shm_fd)
-        executor = load_servable(args.servable_directory, args.name, args.version, args.device_type,
-                                 args.device_id, args.max_batch_size or None, bool(args.python_only))
+        executor = load_servable(
+            args.servable_directory,
+            args.name,
+            args.version,
+            args.device_type,
+            args.device_id,
+            args.max_batch_size or None,
+            bool(args.python_only),
+        )
     except Exception as exc:
         control.send(contract.failed_message(str(exc)))
         control.close()
         raise SystemExit(1)
     seldon = executor.servable.seldon
     directory = os.path.join(os.path.abspath(args.servable_directory), args.name)
-    control.send(contract.ready_message(os.getpid(), method_signatures(executor),
-                                        seldon.report(directory) if seldon is not None else None))
+    control.send(
+        contract.ready_message(
+            os.getpid(), method_signatures(executor), seldon.report(directory) if seldon is not None else None
+        )
+    )
     stats = WorkerStats()
     threading.Thread(target=_watch_master, args=(control, stats), daemon=True, name="master-watch").start()
-    serve(executor, channel, args.event_fd, batch_limit(executor, args.max_batch_size),
-          args.max_batch_delay_ms / 1000.0, stats)
+    serve(
+        executor,
+        channel,
+        args.event_fd,
+        batch_limit(executor, args.max_batch_size),
+        args.max_batch_delay_ms / 1000.0,
+        stats,
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ request's same-shaped tensors arrive, and how a batching model's outputs leave) 
 values (str, bytes, arrays of differing shapes, what Python stages return; None for an instance that failed).
 Model stages take stacked columns whole, gathering rows into batch buffers in C; Python stages take rows.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional, Union
@@ -62,6 +63,6 @@ class Column:
         for chunk in self.chunks:
             end = at + len(chunk)
             if end > start and at < stop:
-                out.append(chunk[max(start - at, 0):min(stop, end) - at])
+                out.append(chunk[max(start - at, 0) : min(stop, end) - at])
             at = end
         return Column(out)

@@ -5,6 +5,7 @@ Values travel between stages as columns (mindserve._workers.columns). An instanc
 out of the later stages; the others go on. Model stages see all live instances at once, so the model runner
 can batch them: stacked columns go to the model whole, other values one instance at a time.
 """
+
 from __future__ import annotations
 
 import time
@@ -55,9 +56,9 @@ class MethodExecutor:
         self.servable = servable
         self.runners = runners
 
-    def run_columns(self, method_name: str, inputs: dict[str, Column], count: int,
-                    timings: Optional[list[tuple[str, int]]] = None) \
-            -> tuple[dict[str, Column], list[Optional[ServingError]]]:
+    def run_columns(
+        self, method_name: str, inputs: dict[str, Column], count: int, timings: Optional[list[tuple[str, int]]] = None
+    ) -> tuple[dict[str, Column], list[Optional[ServingError]]]:
         """Run a method on ``count`` instances given as one column per input. Returns one column per output
         (the value of a failed instance is None) and the error of each instance, None for those that
         succeeded. Stacked columns go through model stages whole, batched in C. Each stage run appends its
@@ -67,13 +68,21 @@ class MethodExecutor:
         # slots[s][k] is output k of stage s over all instances; stage 0 is the method inputs
         slots: dict[int, list] = {0: [inputs[name] for name in method.input_names]}
         self._run_stages(method, 1, len(method.stages), slots, errors, count, timings)
-        outputs = {name: slots[p.stage][p.index] if p.stage in slots else Column.of_values([None] * count)
-                   for name, p in zip(method.output_names, method.outputs)}
+        outputs = {
+            name: slots[p.stage][p.index] if p.stage in slots else Column.of_values([None] * count)
+            for name, p in zip(method.output_names, method.outputs)
+        }
         return outputs, errors
 
-    def run_segment(self, method_name: str, first: int, last: int, given: dict[tuple[int, int], Column],
-                    count: int, timings: Optional[list[tuple[str, int]]] = None) \
-            -> tuple[dict[tuple[int, int], Column], list[Optional[ServingError]]]:
+    def run_segment(
+        self,
+        method_name: str,
+        first: int,
+        last: int,
+        given: dict[tuple[int, int], Column],
+        count: int,
+        timings: Optional[list[tuple[str, int]]] = None,
+    ) -> tuple[dict[tuple[int, int], Column], list[Optional[ServingError]]]:
         """Run stages ``first`` to ``last`` (counted from 1, as error texts count them) of a method on ``count``
         instances, from the values ``given`` by reference (stage, output index; stage 0: the method inputs) that
         these stages use. Returns the values of these stages that later stages or the method outputs use (the
@@ -86,12 +95,20 @@ class MethodExecutor:
             slots.setdefault(stage, [None] * width)[index] = column
         self._run_stages(method, first, last, slots, errors, count, timings)
         empty = Column.of_values([None] * count)
-        return {ref: slots[ref[0]][ref[1]] if ref[0] in slots else empty
-                for ref in segment_outputs(method, first, last)}, errors
+        return {
+            ref: slots[ref[0]][ref[1]] if ref[0] in slots else empty for ref in segment_outputs(method, first, last)
+        }, errors
 
-    def _run_stages(self, method: MethodDefinition, first: int, last: int, slots: dict[int, list],
-                    errors: list[Optional[ServingError]], count: int,
-                    timings: Optional[list[tuple[str, int]]]) -> None:
+    def _run_stages(
+        self,
+        method: MethodDefinition,
+        first: int,
+        last: int,
+        slots: dict[int, list],
+        errors: list[Optional[ServingError]],
+        count: int,
+        timings: Optional[list[tuple[str, int]]],
+    ) -> None:
         """Stages ``first`` to ``last`` of ``method``, each adding its output columns to ``slots``; an instance
         that fails in one drops out of the later ones."""
         for index in range(first, last + 1):
@@ -102,8 +119,9 @@ class MethodExecutor:
             args = [slots[p.stage][p.index] for p in stage.args]
             began = time.perf_counter_ns()
             outcome = self._model_columns(stage, args, errors) if stage.is_model and len(live) == count else None
-            slots[index] = outcome if outcome is not None else self._run_rows(method, index, stage, args, live,
-                                                                              errors, count)
+            slots[index] = (
+                outcome if outcome is not None else self._run_rows(method, index, stage, args, live, errors, count)
+            )
             if timings is not None:
                 timings.append((stage_label(index, stage.is_model), time.perf_counter_ns() - began))
 
@@ -121,8 +139,16 @@ class MethodExecutor:
             errors[i] = failure
         return columns
 
-    def _run_rows(self, method: MethodDefinition, index: int, stage: StageDefinition, args: list[Column],
-                  live: list[int], errors: list, count: int) -> list[Column]:
+    def _run_rows(
+        self,
+        method: MethodDefinition,
+        index: int,
+        stage: StageDefinition,
+        args: list[Column],
+        live: list[int],
+        errors: list,
+        count: int,
+    ) -> list[Column]:
         """A stage over the live instances one by one (or in lists, for batch Python stages); its outputs as
         columns of per-instance values, None for instances that failed."""
         rows = [column.rows() for column in args]
@@ -143,13 +169,17 @@ class MethodExecutor:
         return [Column.of_values(v) for v in values]
 
     @staticmethod
-    def _failure(method: MethodDefinition, index: int, stage: StageDefinition, message: str,
-                 exc: Optional[BaseException] = None) -> ServingError:
+    def _failure(
+        method: MethodDefinition, index: int, stage: StageDefinition, message: str, exc: Optional[BaseException] = None
+    ) -> ServingError:
         """A stage's failure on an instance: the client's error when the stage raised InputError (a bad input),
         a failure of the servable otherwise."""
         code = INVALID_INPUTS if isinstance(exc, InputError) else SYSTEM_ERROR
-        return ServingError(code, f"Call {stage.tag} Failed, method: '{method.name}', stage index(begin with "
-                                  f"1): {index}, error msg: {message}")
+        return ServingError(
+            code,
+            f"Call {stage.tag} Failed, method: '{method.name}', stage index(begin with "
+            f"1): {index}, error msg: {message}",
+        )
 
     def _as_outputs(self, method: MethodDefinition, index: int, stage: StageDefinition, out: Any):
         """One instance's stage result as a tuple of ``outputs_count`` values, or the error for a wrong count."""
@@ -161,9 +191,14 @@ class MethodExecutor:
         if isinstance(out, (tuple, list)) and len(out) == count:
             return tuple(out)
         got = len(out) if isinstance(out, (tuple, list)) else 1
-        return self._failure(method, index, stage, f"The outputs number {got} of one instance returned by "
-                                                   f"{stage.tag} is not equal to the outputs number {count} registered "
-                                                   f"in method {method.name}")
+        return self._failure(
+            method,
+            index,
+            stage,
+            f"The outputs number {got} of one instance returned by "
+            f"{stage.tag} is not equal to the outputs number {count} registered "
+            f"in method {method.name}",
+        )
 
     def _call_one(self, method: MethodDefinition, index: int, stage: StageDefinition, args: tuple):
         try:
@@ -182,7 +217,7 @@ class MethodExecutor:
         step = stage.batch_size or len(args)
         outcomes: list = []
         for start in range(0, len(args), step):
-            outcomes.extend(self._call_chunk(method, index, stage, args[start:start + step]))
+            outcomes.extend(self._call_chunk(method, index, stage, args[start : start + step]))
         return outcomes
 
     def _call_chunk(self, method: MethodDefinition, index: int, stage: StageDefinition, chunk: list[tuple]) -> list:
@@ -197,14 +232,20 @@ class MethodExecutor:
                 if len(got) > len(chunk):
                     break
         except Exception as exc:
-            rest = chunk[len(got):]
+            rest = chunk[len(got) :]
             if len(rest) <= 1:
                 return got + [self._failure(method, index, stage, _message(exc), exc)] * len(rest)
             half = len(rest) // 2  # isolate the instance that raised: each half on its own
-            return got + self._call_chunk(method, index, stage, rest[:half]) \
+            return (
+                got
+                + self._call_chunk(method, index, stage, rest[:half])
                 + self._call_chunk(method, index, stage, rest[half:])
+            )
         if len(got) != len(chunk):
             count = "more than" if len(got) > len(chunk) else f"{len(got)}, not"
-            got = [self._failure(method, index, stage, f"{stage.tag} returned {count} the {len(chunk)} instances "
-                                                       f"provided to it")] * len(chunk)
+            got = [
+                self._failure(
+                    method, index, stage, f"{stage.tag} returned {count} the {len(chunk)} instances provided to it"
+                )
+            ] * len(chunk)
         return got

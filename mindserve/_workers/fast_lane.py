@@ -13,6 +13,7 @@ inputs that do not fit the model, more instances than one run takes, outputs the
 leaves the batch untouched for the general path, which also gives every error its exact text: both paths
 answer every job the same way.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,18 +57,27 @@ def _plan(executor: MethodExecutor, method: MethodDefinition) -> Optional[_Plan]
     if runner is None or not runner.model.with_batch_dim:
         return None
     session = runner.sessions[0]
-    if len(stage.args) != len(session.inputs) or any(p.stage != 0 for p in stage.args) \
-            or any(p.stage != 1 for p in method.outputs):
+    if (
+        len(stage.args) != len(session.inputs)
+        or any(p.stage != 0 for p in stage.args)
+        or any(p.stage != 1 for p in method.outputs)
+    ):
         return None
-    return _Plan(runner, tuple(method.input_names), tuple(method.input_names[p.index] for p in stage.args),
-                 tuple(p.index for p in method.outputs), tuple(method.output_names))
+    return _Plan(
+        runner,
+        tuple(method.input_names),
+        tuple(method.input_names[p.index] for p in stage.args),
+        tuple(p.index for p in method.outputs),
+        tuple(method.output_names),
+    )
 
 
 class FastLane:
     """Runs batches through the fast lane when they qualify (see the module docstring)."""
 
-    def __init__(self, executor: MethodExecutor, channel: ShmChannel, event_fd: int,
-                 stats: Optional[WorkerStats] = None):
+    def __init__(
+        self, executor: MethodExecutor, channel: ShmChannel, event_fd: int, stats: Optional[WorkerStats] = None
+    ):
         self._executor = executor
         self._stats = stats
         self._stage = stage_label(1, True)
@@ -102,8 +112,9 @@ class FastLane:
             if len(self._shapes) >= _CACHE_LIMIT:
                 self._shapes.clear()
             try:
-                self._shapes[key] = runner.check_column(index, runner.sessions[0].inputs[index],
-                                                        (column.dtype, column.row_shape))
+                self._shapes[key] = runner.check_column(
+                    index, runner.sessions[0].inputs[index], (column.dtype, column.row_shape)
+                )
             except ServingError:
                 self._shapes[key] = None
         return self._shapes[key]
@@ -128,8 +139,14 @@ class FastLane:
             return False  # the general path runs the rows again in parts, so that only those that fail carry it
         self._answer(entries, kinds, plan, ran, total)
         if self._stats is not None:
-            self._stats.record(method, queued or [0] * len(entries), [(self._stage, replying - running)], total,
-                               running - began, time.perf_counter_ns() - replying)
+            self._stats.record(
+                method,
+                queued or [0] * len(entries),
+                [(self._stage, replying - running)],
+                total,
+                running - began,
+                time.perf_counter_ns() - replying,
+            )
         return True
 
     def _answer(self, entries: list, kinds: list[jobs.JobKind], plan: _Plan, ran, total: int) -> None:
@@ -167,8 +184,7 @@ class FastLane:
             return None
         method = kinds[0].method
         plan = self._method_plan(method)
-        if plan is None or any(k.method != method or any(n not in k.inputs for n in plan.method_inputs)
-                               for k in kinds):
+        if plan is None or any(k.method != method or any(n not in k.inputs for n in plan.method_inputs) for k in kinds):
             return None
         runner = plan.runner
         total = sum(k.instances for k in kinds)
@@ -180,8 +196,11 @@ class FastLane:
             found = [k.inputs.get(name) for k in kinds]
             columns = [c for c in found if c is not None]
             first = columns[0] if columns else None
-            if first is None or len(columns) < len(found) or any(c.dtype != first.dtype or
-                                                                  c.row_shape != first.row_shape for c in columns):
+            if (
+                first is None
+                or len(columns) < len(found)
+                or any(c.dtype != first.dtype or c.row_shape != first.row_shape for c in columns)
+            ):
                 return None
             shape = self._instance_shape(runner, index, first)
             if shape is None:
@@ -189,11 +208,14 @@ class FastLane:
             feeds.append(self._feed(entries, columns, kinds, shape, fixed or total))
         return kinds, plan, feeds, total
 
-    def _feed(self, entries: list, columns: list[blocks.StackedColumn], kinds: list[jobs.JobKind], shape: tuple,
-              rows: int) -> np.ndarray:
+    def _feed(
+        self, entries: list, columns: list[blocks.StackedColumn], kinds: list[jobs.JobKind], shape: tuple, rows: int
+    ) -> np.ndarray:
         """One model input over the batch: the job's own rows when one job fills the run, else gathered."""
-        pieces = [np.frombuffer(self._view, c.dtype, k.instances * math.prod(c.row_shape), offset + c.start)
-                  for (_, offset, _, _), c, k in zip(entries, columns, kinds)]
+        pieces = [
+            np.frombuffer(self._view, c.dtype, k.instances * math.prod(c.row_shape), offset + c.start)
+            for (_, offset, _, _), c, k in zip(entries, columns, kinds)
+        ]
         return stack_rows(pieces, rows, shape, columns[0].dtype)
 
     def _reply(self, job_id: int, count: int, names: tuple, outputs: list[np.ndarray], codes: list[int]) -> None:

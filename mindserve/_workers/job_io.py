@@ -1,5 +1,6 @@
 """Reading jobs out of the request arena and writing replies into the reply arena (the worker's side of the
 message blocks of mindserve._transport.blocks)."""
+
 from __future__ import annotations
 
 import os
@@ -55,8 +56,13 @@ def _stacked_output(column: Column) -> Optional[tuple[list[np.ndarray], tuple, i
     return [np.ascontiguousarray(p) for p in column.chunks], kind[1], _dtypes.CODE_OF[kind[0]]
 
 
-def reply_block(method: str, count: int, outputs: dict[str, Column], errors: list[Optional[ServingError]],
-                failure: Optional[Callable[[str, Any], str]] = None) -> tuple[blocks.BlockWriter, dict]:
+def reply_block(
+    method: str,
+    count: int,
+    outputs: dict[str, Column],
+    errors: list[Optional[ServingError]],
+    failure: Optional[Callable[[str, Any], str]] = None,
+) -> tuple[blocks.BlockWriter, dict]:
     """The reply to one job of ``count`` instances: outputs stacked where every instance succeeded and the
     column is stacked, else one value per successful instance; errors as [index, code, message]. A value that
     cannot cross to the master fails its instance with the text ``failure(output name, value)`` (by default that
@@ -77,8 +83,10 @@ def reply_block(method: str, count: int, outputs: dict[str, Column], errors: lis
             try:
                 converted[i] = to_output_value(value)
             except TypeError as exc:
-                errors[i] = ServingError(SYSTEM_ERROR, failure(name, value) if failure is not None
-                                         else f"Method '{method}' output '{name}': {exc}")
+                errors[i] = ServingError(
+                    SYSTEM_ERROR,
+                    failure(name, value) if failure is not None else f"Method '{method}' output '{name}': {exc}",
+                )
         values[name] = converted
     if stacked and any(errors):  # an output value failed to convert: report the others per instance too
         for name, (pieces, _, _) in stacked.items():
@@ -89,8 +97,7 @@ def reply_block(method: str, count: int, outputs: dict[str, Column], errors: lis
     for name, (pieces, row_shape, code) in stacked.items():
         out[name] = blocks.stacked_descriptor(writer, pieces, row_shape, code)
     for name, column_values in values.items():
-        out[name] = ["e", [blocks.value_descriptor(writer, v)
-                           for v, err in zip(column_values, errors) if err is None]]
+        out[name] = ["e", [blocks.value_descriptor(writer, v) for v, err in zip(column_values, errors) if err is None]]
     return writer, {"n": count, "err": jobs.error_entries(errors), "out": out}
 
 
@@ -102,16 +109,25 @@ def notify(event_fd: int) -> None:
         pass
 
 
-def send_reply(channel: ShmChannel, event_fd: int, job_id: int, writer: blocks.BlockWriter, header: dict,
-               wake: bool = True) -> None:
+def send_reply(
+    channel: ShmChannel, event_fd: int, job_id: int, writer: blocks.BlockWriter, header: dict, wake: bool = True
+) -> None:
     """Write a reply block and queue its completion, waking the master unless ``wake`` is False (the caller
     then calls ``notify`` once for several replies)."""
     head, size = writer.encode(header)
     send_encoded(channel, event_fd, job_id, header["n"], writer, head, size, wake)
 
 
-def send_encoded(channel: ShmChannel, event_fd: int, job_id: int, count: int, writer: blocks.BlockWriter,
-                 head: bytes, size: int, wake: bool = False) -> None:
+def send_encoded(
+    channel: ShmChannel,
+    event_fd: int,
+    job_id: int,
+    count: int,
+    writer: blocks.BlockWriter,
+    head: bytes,
+    size: int,
+    wake: bool = False,
+) -> None:
     """``send_reply`` for a header already encoded (``head`` and ``size`` as ``writer.encode`` gives them) for a
     job of ``count`` instances. While the reply arena is full it wakes the master, which frees reply blocks as
     it takes them, and waits."""
@@ -124,17 +140,22 @@ def send_encoded(channel: ShmChannel, event_fd: int, job_id: int, count: int, wr
             time.sleep(ARENA_WAIT_S)
         except MessageTooBig:
             limit = channel.max_message(REPLIES)
-            error = ServingError(SYSTEM_ERROR, f"the outputs of the request ({size} bytes) exceed the worker's "
-                                               f"shared memory for replies ({limit} bytes); raise shm_size_mb")
+            error = ServingError(
+                SYSTEM_ERROR,
+                f"the outputs of the request ({size} bytes) exceed the worker's "
+                f"shared memory for replies ({limit} bytes); raise shm_size_mb",
+            )
             send_error(channel, event_fd, job_id, count, error, wake)
             return
     writer.write(channel.view, offset, head)
     channel.push_done(job_id, offset, size, event_fd if wake else -1)
 
 
-def send_error(channel: ShmChannel, event_fd: int, job_id: int, count: int, error: ServingError,
-               wake: bool = True) -> None:
+def send_error(
+    channel: ShmChannel, event_fd: int, job_id: int, count: int, error: ServingError, wake: bool = True
+) -> None:
     """Fail every instance of a job with ``error``."""
     writer = blocks.BlockWriter()
-    send_reply(channel, event_fd, job_id, writer,
-               {"n": count, "err": jobs.error_entries([error] * count), "out": {}}, wake)
+    send_reply(
+        channel, event_fd, job_id, writer, {"n": count, "err": jobs.error_entries([error] * count), "out": {}}, wake
+    )

@@ -1,5 +1,6 @@
 """Loads one version of a servable inside a worker: imports its servable_config.py, loads the declared models
 on the worker's device and checks them against the stages that use them."""
+
 from __future__ import annotations
 
 import importlib
@@ -37,8 +38,9 @@ def import_servable_config(servable_directory: str, name: str, version: int = 0)
         frames = traceback.extract_tb(exc.__traceback__)
         own = os.path.join(directory, name) + os.sep
         where = next((f for f in reversed(frames) if os.path.abspath(f.filename).startswith(own)), frames[-1])
-        raise RuntimeError(f"import {name}.servable_config failed, {exc} ({os.path.basename(where.filename)}, "
-                           f"line {where.lineno})") from exc
+        raise RuntimeError(
+            f"import {name}.servable_config failed, {exc} ({os.path.basename(where.filename)}, line {where.lineno})"
+        ) from exc
     return servable
 
 
@@ -50,20 +52,31 @@ def _bind(runner: ModelRunner):
                 raise RuntimeError(result.message)
             outputs.append(result)
         return outputs
+
     return run
 
 
 def _not_here(model: definition.Model):
     def run(subgraph: int, instances: list) -> list:
-        raise RuntimeError(f"Model({model.key}).call() failed: the model is not loaded in this process, which runs "
-                           f"Python stages only (num_parallel_workers is above the number of device ids); a model "
-                           f"runs as a stage of its own (add_stage), or set num_parallel_workers to at most the "
-                           f"number of device ids to call it from a Python stage")
+        raise RuntimeError(
+            f"Model({model.key}).call() failed: the model is not loaded in this process, which runs "
+            f"Python stages only (num_parallel_workers is above the number of device ids); a model "
+            f"runs as a stage of its own (add_stage), or set num_parallel_workers to at most the "
+            f"number of device ids to call it from a Python stage"
+        )
+
     return run
 
 
-def load_servable(servable_directory: str, name: str, version: int, device_type: Optional[str],
-                  device_id: int, max_batch_size: Optional[int] = None, python_only: bool = False) -> MethodExecutor:
+def load_servable(
+    servable_directory: str,
+    name: str,
+    version: int,
+    device_type: Optional[str],
+    device_id: int,
+    max_batch_size: Optional[int] = None,
+    python_only: bool = False,
+) -> MethodExecutor:
     """Everything a worker needs to run the servable's methods; raises RuntimeError with a text for the user.
     A ``python_only`` worker (one of num_parallel_workers' extra processes) imports the servable but loads no
     model: it runs Python stages only, and Model.call from one fails with a text that says so."""
@@ -74,8 +87,10 @@ def load_servable(servable_directory: str, name: str, version: int, device_type:
             model._runner = _not_here(model)
         return MethodExecutor(servable, {})
     if servable.models and version == 0:
-        raise RuntimeError(f"There is no valid version directory of models while there are models declared in "
-                           f"servable_config.py, servable directory: {servable_directory}, servable name: {name}")
+        raise RuntimeError(
+            f"There is no valid version directory of models while there are models declared in "
+            f"servable_config.py, servable directory: {servable_directory}, servable name: {name}"
+        )
     runners: dict[definition.Model, ModelRunner] = {}
     folder = version_path(servable_directory, name, version)
     for model in servable.models:
@@ -87,9 +102,11 @@ def load_servable(servable_directory: str, name: str, version: int, device_type:
                     raise RuntimeError(f"model file '{path}' not exist")
                 sessions.append(_backends.load_model(model.model_format, path, device_type, device_id, model.options))
             except Exception as exc:
-                raise RuntimeError(f"Load model failed, servable directory: '{servable_directory}', servable name: "
-                                   f"'{name}', model file: '{file}', version number {version}, load error details: "
-                                   f"{exc}") from exc
+                raise RuntimeError(
+                    f"Load model failed, servable directory: '{servable_directory}', servable name: "
+                    f"'{name}', model file: '{file}', version number {version}, load error details: "
+                    f"{exc}"
+                ) from exc
         runner = ModelRunner(model, sessions, max_batch_size)
         if model.inputs_count is not None and model.outputs_count is not None:
             runner.check_counts(model.inputs_count, model.outputs_count)
@@ -104,8 +121,12 @@ def batch_limit(executor: MethodExecutor, max_batch_size: int) -> int:
     splits it into runs of a model's batch size)."""
     if max_batch_size:
         return max_batch_size
-    sizes = [runner.fixed_batch_size(session) or 0 for runner in executor.runners.values()
-             if runner.model.with_batch_dim for session in runner.sessions]
+    sizes = [
+        runner.fixed_batch_size(session) or 0
+        for runner in executor.runners.values()
+        if runner.model.with_batch_dim
+        for session in runner.sessions
+    ]
     return max(sizes, default=0)
 
 
@@ -154,8 +175,13 @@ def method_signatures(executor: MethodExecutor) -> dict:
     signatures = {}
     for m in executor.servable.methods.values():
         input_specs, output_specs = _method_specs(executor, m)
-        signatures[m.name] = {"inputs": m.input_names, "outputs": m.output_names,
-                              "input_specs": input_specs, "output_specs": output_specs, **method_plan(m)}
+        signatures[m.name] = {
+            "inputs": m.input_names,
+            "outputs": m.output_names,
+            "input_specs": input_specs,
+            "output_specs": output_specs,
+            **method_plan(m),
+        }
     return signatures
 
 
@@ -163,6 +189,10 @@ def method_plan(method: definition.MethodDefinition) -> dict:
     """What the master needs to run a method as segments over several processes without importing the servable
     (mindserve._supervision.segments): each stage's kind and the values it uses, and the values that are the
     method's outputs, as ``[stage, index]`` references (stage 0: the method inputs; stages counted from 1)."""
-    return {"stages": [{"model": stage.is_model, "args": [[p.stage, p.index] for p in stage.args],
-                        "outputs": stage.outputs_count} for stage in method.stages],
-            "output_refs": [[p.stage, p.index] for p in method.outputs]}
+    return {
+        "stages": [
+            {"model": stage.is_model, "args": [[p.stage, p.index] for p in stage.args], "outputs": stage.outputs_count}
+            for stage in method.stages
+        ],
+        "output_refs": [[p.stage, p.index] for p in method.outputs],
+    }

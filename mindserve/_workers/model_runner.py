@@ -1,5 +1,6 @@
 """Runs a declared model on lists of instances: checks each instance's inputs against the model, stacks them
 into batches of the model's batch size (padding a fixed batch), runs, and splits the outputs back."""
+
 from __future__ import annotations
 
 import math
@@ -17,8 +18,9 @@ from mindserve._workers.columns import Column
 InstanceResult = Union[tuple, ServingError]
 
 
-def isolated(run: Callable[[int, int], Union[list, ServingError]], start: int, stop: int) \
-        -> list[tuple[int, int, Union[list, ServingError]]]:
+def isolated(
+    run: Callable[[int, int], Union[list, ServingError]], start: int, stop: int
+) -> list[tuple[int, int, Union[list, ServingError]]]:
     """``run(start, stop)`` over rows [start, stop), as ``(start, stop, outcome)`` spans. When a run of several
     rows fails, each half runs again on its own (and so on down to single rows), so that only the rows that make
     the runtime fail carry its error: a batch may hold instances of several requests, and one client's bad
@@ -64,16 +66,23 @@ class ModelRunner:
         """Raise when add_stage's argument or output counts differ from the model's (checked at load). add_stage
         runs subgraph 0, so only that one is checked: other subgraphs may take and give other counts."""
         session = self.sessions[0]
-        for what, given, actual in (("inputs", inputs_count, len(session.inputs)),
-                                    ("outputs", outputs_count, len(session.outputs))):
+        for what, given, actual in (
+            ("inputs", inputs_count, len(session.inputs)),
+            ("outputs", outputs_count, len(session.outputs)),
+        ):
             if given != actual:
-                raise RuntimeError(f"The {what} count {given} in register_method not equal to the count {actual} "
-                                   f"defined in model, model info: {self.model.key}, subgraph: 0")
+                raise RuntimeError(
+                    f"The {what} count {given} in register_method not equal to the count {actual} "
+                    f"defined in model, model info: {self.model.key}, subgraph: 0"
+                )
 
     def _session(self, subgraph: int) -> BackendSession:
         if isinstance(subgraph, bool) or not isinstance(subgraph, int) or not 0 <= subgraph < len(self.sessions):
-            raise ServingError(FAILED, f"Model({self.model.key}).call() failed: The model does not have subgraph of "
-                                       f"index {subgraph}, the subgraph count of the model is {len(self.sessions)}")
+            raise ServingError(
+                FAILED,
+                f"Model({self.model.key}).call() failed: The model does not have subgraph of "
+                f"index {subgraph}, the subgraph count of the model is {len(self.sessions)}",
+            )
         return self.sessions[subgraph]
 
     def _instance_shape(self, spec: TensorSpec) -> tuple[int, ...]:
@@ -83,29 +92,38 @@ class ModelRunner:
         """What follows MindSpore's text of a mismatch (clients may match its start): the model input by name,
         what it takes and what it was given, in numpy's terms."""
         file = self.model.files[0] if len(self.model.files) == 1 else self.model.key
-        return (f": input '{spec.name}' of model {file} takes "
-                f"{_numpy_terms(_dtypes.NUMPY_OF.get(spec.dtype, 'unknown'), self._instance_shape(spec))}, given "
-                f"{given}")
+        return (
+            f": input '{spec.name}' of model {file} takes "
+            f"{_numpy_terms(_dtypes.NUMPY_OF.get(spec.dtype, 'unknown'), self._instance_shape(spec))}, given "
+            f"{given}"
+        )
 
     def _check_input(self, index: int, spec: TensorSpec, value) -> np.ndarray:
         """The instance's value for model input ``index``, reshaped to the model's instance shape; raises
         ServingError(INVALID_INPUTS) with MindSpore Serving's texts when dtype or size differ."""
         if not isinstance(value, np.ndarray) or _dtypes.code_of_array(value) != spec.dtype:
-            raise ServingError(INVALID_INPUTS, f"Given model input {index} data type {_type_name(value)} not match the "
-                                               f"data type {_dtypes.NAME_OF.get(spec.dtype)} defined in model"
-                                               + self._takes(spec, _value_terms(value)))
+            raise ServingError(
+                INVALID_INPUTS,
+                f"Given model input {index} data type {_type_name(value)} not match the "
+                f"data type {_dtypes.NAME_OF.get(spec.dtype)} defined in model"
+                + self._takes(spec, _value_terms(value)),
+            )
         shape = self._instance_shape(spec)
         if all(d >= 0 for d in shape):
             expected = math.prod(shape) * value.itemsize
             if value.nbytes != expected:
-                raise ServingError(INVALID_INPUTS, f"Given model input {index} size {value.nbytes} not match the size "
-                                                   f"{expected} defined in model"
-                                                   + self._takes(spec, _value_terms(value)))
+                raise ServingError(
+                    INVALID_INPUTS,
+                    f"Given model input {index} size {value.nbytes} not match the size "
+                    f"{expected} defined in model" + self._takes(spec, _value_terms(value)),
+                )
             return value.reshape(shape)
         if len(value.shape) != len(shape) or any(d >= 0 and d != g for d, g in zip(shape, value.shape)):
-            raise ServingError(INVALID_INPUTS, f"Given model input {index} shape {list(value.shape)} not match the "
-                                               f"shape {list(shape)} defined in model"
-                                               + self._takes(spec, _value_terms(value)))
+            raise ServingError(
+                INVALID_INPUTS,
+                f"Given model input {index} shape {list(value.shape)} not match the "
+                f"shape {list(shape)} defined in model" + self._takes(spec, _value_terms(value)),
+            )
         return value
 
     @staticmethod
@@ -120,19 +138,28 @@ class ModelRunner:
         dtype, row_shape = kind
         given_terms = _numpy_terms(dtype, row_shape)
         if _dtypes.CODE_OF.get(dtype) != spec.dtype:
-            raise ServingError(INVALID_INPUTS, f"Given model input {index} data type {_type_name(np.empty(0, dtype))} "
-                                               f"not match the data type {_dtypes.NAME_OF.get(spec.dtype)} defined "
-                                               f"in model" + self._takes(spec, given_terms))
+            raise ServingError(
+                INVALID_INPUTS,
+                f"Given model input {index} data type {_type_name(np.empty(0, dtype))} "
+                f"not match the data type {_dtypes.NAME_OF.get(spec.dtype)} defined "
+                f"in model" + self._takes(spec, given_terms),
+            )
         shape = self._instance_shape(spec)
         if all(d >= 0 for d in shape):
             given, expected = math.prod(row_shape) * dtype.itemsize, math.prod(shape) * dtype.itemsize
             if given != expected:
-                raise ServingError(INVALID_INPUTS, f"Given model input {index} size {given} not match the size "
-                                                   f"{expected} defined in model" + self._takes(spec, given_terms))
+                raise ServingError(
+                    INVALID_INPUTS,
+                    f"Given model input {index} size {given} not match the size "
+                    f"{expected} defined in model" + self._takes(spec, given_terms),
+                )
             return shape
         if len(row_shape) != len(shape) or any(d >= 0 and d != g for d, g in zip(shape, row_shape)):
-            raise ServingError(INVALID_INPUTS, f"Given model input {index} shape {list(row_shape)} not match the "
-                                               f"shape {list(shape)} defined in model" + self._takes(spec, given_terms))
+            raise ServingError(
+                INVALID_INPUTS,
+                f"Given model input {index} shape {list(row_shape)} not match the "
+                f"shape {list(shape)} defined in model" + self._takes(spec, given_terms),
+            )
         return row_shape
 
     def run_columns(self, columns: list[Column]) -> Optional[tuple[list[Column], dict[int, ServingError]]]:
@@ -143,8 +170,12 @@ class ModelRunner:
         session = self.sessions[0]
         found = [c.stacked_type() for c in columns]
         kinds = [kind for kind in found if kind is not None]
-        if not self.model.with_batch_dim or len(columns) != len(session.inputs) or len(kinds) < len(found) \
-                or not columns:
+        if (
+            not self.model.with_batch_dim
+            or len(columns) != len(session.inputs)
+            or len(kinds) < len(found)
+            or not columns
+        ):
             return None
         count = columns[0].count
         shapes = [self.check_column(k, spec, kind) for k, (spec, kind) in enumerate(zip(session.inputs, kinds))]
@@ -154,8 +185,10 @@ class ModelRunner:
         errors: dict[int, ServingError] = {}
 
         def run(start: int, stop: int) -> Union[list, ServingError]:
-            feeds = [stack_rows(c.pieces(start, stop), fixed or stop - start, shape, kind[0])
-                     for c, shape, kind in zip(columns, shapes, kinds)]
+            feeds = [
+                stack_rows(c.pieces(start, stop), fixed or stop - start, shape, kind[0])
+                for c, shape, kind in zip(columns, shapes, kinds)
+            ]
             return self.run_rows(session, feeds, stop - start)
 
         for start in range(0, count, step):
@@ -176,8 +209,10 @@ class ModelRunner:
             return ServingError(FAILED, f"Model({self.model.key}) run failed: {exc}")
         for j, out in enumerate(outputs):
             if out.ndim == 0 or out.shape[0] < rows:
-                return ServingError(FAILED, f"Model({self.model.key}) output {j} shape {list(out.shape)} has no batch "
-                                            f"dim of {rows} instances")
+                return ServingError(
+                    FAILED,
+                    f"Model({self.model.key}) output {j} shape {list(out.shape)} has no batch dim of {rows} instances",
+                )
         return [out[:rows] for out in outputs]
 
     def run(self, subgraph: int, instances: Sequence[tuple]) -> list[InstanceResult]:
@@ -188,9 +223,12 @@ class ModelRunner:
         checked: list[list[np.ndarray]] = [[] for _ in instances]
         for i, inputs in enumerate(instances):
             if len(inputs) != len(session.inputs):
-                results[i] = ServingError(FAILED, f"Model({self.model.key}).call() failed: The inputs count "
-                                                  f"{len(inputs)} of instance {i} is not equal to the inputs count "
-                                                  f"{len(session.inputs)} of the model")
+                results[i] = ServingError(
+                    FAILED,
+                    f"Model({self.model.key}).call() failed: The inputs count "
+                    f"{len(inputs)} of instance {i} is not equal to the inputs count "
+                    f"{len(session.inputs)} of the model",
+                )
                 continue
             try:
                 checked[i] = [self._check_input(k, spec, v) for k, (spec, v) in enumerate(zip(session.inputs, inputs))]

@@ -7,6 +7,7 @@
 Exit codes: 0 done (for ``serve``: stopped by SIGINT or SIGTERM), 1 failed (``serve`` could not start, or
 ``infer`` got an error back), 2 bad arguments or configuration (nothing was started or sent).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,10 @@ EXIT_USAGE = 2
 
 
 def _serve_epilog() -> str:
-    variables = "\n".join([f"  {name:35} {text}" for name, _, text in _config.ENV_VARS] +
-                          [f"  {name:35} {text}" for name, text in access_settings.ENV_VARS])
+    variables = "\n".join(
+        [f"  {name:35} {text}" for name, _, text in _config.ENV_VARS]
+        + [f"  {name:35} {text}" for name, text in access_settings.ENV_VARS]
+    )
     return f"""\
 Settings, later ones win: defaults, then the --config file, then environment variables, then options.
 
@@ -106,20 +109,35 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mindserve {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    serve = commands.add_parser("serve", help="serve servables over gRPC and REST until Ctrl-C or SIGTERM",
-                                description="Serve servables over gRPC and REST until Ctrl-C or SIGTERM.",
-                                epilog=_serve_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve = commands.add_parser(
+        "serve",
+        help="serve servables over gRPC and REST until Ctrl-C or SIGTERM",
+        description="Serve servables over gRPC and REST until Ctrl-C or SIGTERM.",
+        epilog=_serve_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument("--config", metavar="FILE", help="a YAML file of settings (see below)")
     serve.add_argument("--servable-directory", metavar="DIR", help="the folder holding the servables")
-    serve.add_argument("--grpc-address", metavar="ADDRESS",
-                       help=f"host:port or unix:/path (default {_config.DEFAULT_GRPC_ADDRESS}); off turns gRPC off")
-    serve.add_argument("--rest-address", metavar="ADDRESS",
-                       help=f"host:port or unix:/path (default {_config.DEFAULT_REST_ADDRESS}); off turns REST off")
-    serve.add_argument("--metrics-address", metavar="ADDRESS",
-                       help=f"host:port or unix:/path of GET /metrics (default {_config.DEFAULT_METRICS_ADDRESS}); "
-                            f"off turns it off")
-    serve.add_argument("--port-offset", metavar="N",
-                       help="added to the default ports (5500, 1500, 8002), for another instance on this host")
+    serve.add_argument(
+        "--grpc-address",
+        metavar="ADDRESS",
+        help=f"host:port or unix:/path (default {_config.DEFAULT_GRPC_ADDRESS}); off turns gRPC off",
+    )
+    serve.add_argument(
+        "--rest-address",
+        metavar="ADDRESS",
+        help=f"host:port or unix:/path (default {_config.DEFAULT_REST_ADDRESS}); off turns REST off",
+    )
+    serve.add_argument(
+        "--metrics-address",
+        metavar="ADDRESS",
+        help=f"host:port or unix:/path of GET /metrics (default {_config.DEFAULT_METRICS_ADDRESS}); off turns it off",
+    )
+    serve.add_argument(
+        "--port-offset",
+        metavar="N",
+        help="added to the default ports (5500, 1500, 8002), for another instance on this host",
+    )
     serve.add_argument("--log-level", metavar="LEVEL", help="debug, info (the default), warning or error")
 
     # listed here for `mindserve --help`; its arguments are parsed by _infer_parser (see main)
@@ -128,26 +146,43 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _infer_parser() -> argparse.ArgumentParser:
-    infer = argparse.ArgumentParser(prog="mindserve infer",
-                                    description="Call METHOD of SERVABLE at ADDRESS with one instance made of the "
-                                                "name=value inputs, and print the result.",
-                                    epilog=INFER_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    infer = argparse.ArgumentParser(
+        prog="mindserve infer",
+        description="Call METHOD of SERVABLE at ADDRESS with one instance made of the "
+        "name=value inputs, and print the result.",
+        epilog=INFER_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     infer.add_argument("address", metavar="ADDRESS", help="host:port or unix:/path of the gRPC server")
     infer.add_argument("servable", metavar="SERVABLE")
     infer.add_argument("method", metavar="METHOD")
     infer.add_argument("inputs", metavar="name=value", nargs="*", help="an input of the method (see Values)")
-    infer.add_argument("--version", type=int, default=0, metavar="N",
-                       help="the servable version (default 0: the newest running)")
+    infer.add_argument(
+        "--version", type=int, default=0, metavar="N", help="the servable version (default 0: the newest running)"
+    )
     infer.add_argument("--ca", metavar="FILE", help="CA certificate (PEM) to trust the server's; turns TLS on")
     infer.add_argument("--cert", metavar="FILE", help="client certificate (PEM), for mutual TLS")
     infer.add_argument("--key", metavar="FILE", help="its private key (PEM)")
-    infer.add_argument("--header", action="append", default=[], metavar="KEY=VALUE",
-                       help="metadata sent with the call, e.g. a restricted group's key (repeatable)")
+    infer.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="metadata sent with the call, e.g. a restricted group's key (repeatable)",
+    )
     infer.add_argument("--token", metavar="TOKEN", help="a bearer token, sent as 'authorization: Bearer TOKEN'")
-    infer.add_argument("--dtype", action="append", default=[], metavar="NAME=TYPE",
-                       help="the numpy type of an input (float32, int64, ...), whatever the metadata says")
-    infer.add_argument("--instances", metavar="FILE",
-                       help="a JSON array of objects, one instance each (name=value inputs add to every one)")
+    infer.add_argument(
+        "--dtype",
+        action="append",
+        default=[],
+        metavar="NAME=TYPE",
+        help="the numpy type of an input (float32, int64, ...), whatever the metadata says",
+    )
+    infer.add_argument(
+        "--instances",
+        metavar="FILE",
+        help="a JSON array of objects, one instance each (name=value inputs add to every one)",
+    )
     return infer
 
 
@@ -161,19 +196,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print("mindserve infer: error: --version: expected an int >= 0", file=sys.stderr)
             return EXIT_USAGE
         from mindserve.cli.infer import infer
-        return infer(args.address, args.servable, args.method, args.inputs, version=args.version, ca=args.ca,
-                     cert=args.cert, key=args.key, headers=args.header, token=args.token, dtypes=args.dtype,
-                     instances_file=args.instances)
+
+        return infer(
+            args.address,
+            args.servable,
+            args.method,
+            args.inputs,
+            version=args.version,
+            ca=args.ca,
+            cert=args.cert,
+            key=args.key,
+            headers=args.header,
+            token=args.token,
+            dtypes=args.dtype,
+            instances_file=args.instances,
+        )
     args = _parser().parse_args(argv)
     try:
-        serve_config = _config.load_config(args.config, options={
-            "servable_directory": args.servable_directory, "grpc_address": args.grpc_address,
-            "rest_address": args.rest_address, "metrics": args.metrics_address, "port_offset": args.port_offset,
-            "log_level": args.log_level})
+        serve_config = _config.load_config(
+            args.config,
+            options={
+                "servable_directory": args.servable_directory,
+                "grpc_address": args.grpc_address,
+                "rest_address": args.rest_address,
+                "metrics": args.metrics_address,
+                "port_offset": args.port_offset,
+                "log_level": args.log_level,
+            },
+        )
     except _config.ConfigError as exc:
         print(f"mindserve serve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     for warning in serve_config.warnings:
         print(f"mindserve serve: warning: {warning}", file=sys.stderr)
     from mindserve.cli.serve import serve
+
     return serve(serve_config)

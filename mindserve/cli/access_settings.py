@@ -20,6 +20,7 @@ YAML::
 
 Secrets belong in the environment or in files: one written in the YAML file itself is taken, with a warning.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,10 +30,21 @@ from mindserve._access.config import AccessConfig, JWTConfig
 from mindserve._access.policy import AccessPolicy
 
 ACCESS_KEYS = ("restricted", "jwt", "client_certificates", "consumers", "token_ttl_s")
-JWT_KEYS = ("secret", "secret_env", "secret_file", "public_key_file", "algorithms", "audience", "issuer",
-            "groups_claim", "leeway_s")
-SECRET_WARNING = ("{origin}: a secret written in the configuration file; it belongs in the environment "
-                  "({env_key}) or in a file ({file_key})")
+JWT_KEYS = (
+    "secret",
+    "secret_env",
+    "secret_file",
+    "public_key_file",
+    "algorithms",
+    "audience",
+    "issuer",
+    "groups_claim",
+    "leeway_s",
+)
+SECRET_WARNING = (
+    "{origin}: a secret written in the configuration file; it belongs in the environment "
+    "({env_key}) or in a file ({file_key})"
+)
 
 ENV_VARS = (
     ("MINDSERVE_AUTH_RESTRICTED", "GROUPS:HEADER=VALUE[;...], e.g. inference:infer-key=s3cret"),
@@ -97,8 +109,9 @@ class _Reader:
             return value
         if key.endswith("_file"):
             return _read_file(entry[key], f"{origin}.{key}", self.base)
-        self.warnings.append(SECRET_WARNING.format(origin=f"{origin}.{key}", env_key=f"{name}_env",
-                                                   file_key=f"{name}_file"))
+        self.warnings.append(
+            SECRET_WARNING.format(origin=f"{origin}.{key}", env_key=f"{name}_env", file_key=f"{name}_file")
+        )
         return _text(entry[key], f"{origin}.{key}")
 
 
@@ -108,8 +121,9 @@ def _restricted_text(text: str, origin: str) -> dict:
         groups, colon, pair = part.partition(":")
         header, equals, value = pair.partition("=")
         if not colon or not equals or not groups or not header or not value:
-            raise AccessSettingError(f"{origin}: expected GROUPS:HEADER=VALUE (several joined by ';'), got "
-                                     f"'{groups}:...'")
+            raise AccessSettingError(
+                f"{origin}: expected GROUPS:HEADER=VALUE (several joined by ';'), got '{groups}:...'"
+            )
         restricted[groups.strip()] = (header.strip(), value)
     return restricted
 
@@ -126,31 +140,36 @@ def _named(section: dict, key: str, origin: str, what: str) -> list[tuple[str, A
     return [(str(name), entry, f"{where}.{name}") for name, entry in value.items()]
 
 
-def read_access(document: Any, origin: str, base: str, environ: Mapping[str, str]) \
-        -> tuple[Optional[AccessConfig], list[str]]:
+def read_access(
+    document: Any, origin: str, base: str, environ: Mapping[str, str]
+) -> tuple[Optional[AccessConfig], list[str]]:
     """The AccessConfig of an ``access:`` section (None when absent) with the environment's overrides, checked
     as the server would check it, and the warnings to print."""
     reader = _Reader(environ, base)
     section = {} if document is None else _mapping(document, origin, "a mapping of access settings", ACCESS_KEYS)
     restricted: dict = {}
     for groups, entry, where in _named(section, "restricted", origin, "a mapping of groups to keys"):
-        entry = _mapping(entry, where, "a mapping with header and value_env, value_file or value",
-                         ("header", "value", "value_env", "value_file"))
+        entry = _mapping(
+            entry,
+            where,
+            "a mapping with header and value_env, value_file or value",
+            ("header", "value", "value_env", "value_file"),
+        )
         restricted[groups] = (_text(entry.get("header"), f"{where}.header"), reader.secret(entry, where, "value"))
     if environ.get("MINDSERVE_AUTH_RESTRICTED"):
         restricted = _restricted_text(environ["MINDSERVE_AUTH_RESTRICTED"], "MINDSERVE_AUTH_RESTRICTED")
     jwt = _jwt(section.get("jwt"), f"{origin}.jwt", reader, environ)
     certificates: dict[str, tuple] = {}
-    for identity, opened, where in _named(section, "client_certificates", origin, "a mapping of identities to "
-                                          "groups"):
+    for identity, opened, where in _named(section, "client_certificates", origin, "a mapping of identities to groups"):
         listed: Any = [opened] if isinstance(opened, str) else opened
         if not isinstance(listed, list) or not all(isinstance(g, str) for g in listed):
             raise AccessSettingError(f"{where}: expected a list of groups, got {opened!r}")
         certificates[identity] = tuple(listed)
     consumers = {}
     for key, entry, where in _named(section, "consumers", origin, "a mapping of consumer keys"):
-        entry = _mapping(entry, where, "a mapping with secret_env, secret_file or secret",
-                         ("secret", "secret_env", "secret_file"))
+        entry = _mapping(
+            entry, where, "a mapping with secret_env, secret_file or secret", ("secret", "secret_env", "secret_file")
+        )
         consumers[key] = reader.secret(entry, where, "secret")
     if environ.get("MINDSERVE_AUTH_CONSUMERS"):
         consumers = {}
@@ -164,8 +183,9 @@ def read_access(document: Any, origin: str, base: str, environ: Mapping[str, str
         raise AccessSettingError(f"{origin}.token_ttl_s: expected a number of seconds in (0, 86400], got {ttl!r}")
     if not (restricted or jwt or certificates or consumers):
         return None, reader.warnings
-    config = AccessConfig(restricted=restricted, jwt=jwt, client_certificates=certificates, consumers=consumers,
-                          token_ttl_s=float(ttl))
+    config = AccessConfig(
+        restricted=restricted, jwt=jwt, client_certificates=certificates, consumers=consumers, token_ttl_s=float(ttl)
+    )
     try:
         AccessPolicy(config)  # every check the server makes at start, made now: a bad setting starts nothing
     except RuntimeError as exc:
@@ -175,17 +195,22 @@ def read_access(document: Any, origin: str, base: str, environ: Mapping[str, str
 
 def _jwt(document: Any, origin: str, reader: _Reader, environ: Mapping[str, str]) -> Optional[JWTConfig]:
     entry = dict(_mapping(document, origin, "a mapping of JWT settings", JWT_KEYS)) if document is not None else {}
-    env = {name[len("MINDSERVE_AUTH_JWT_"):].lower(): environ[name] for name, _ in ENV_VARS
-           if name.startswith("MINDSERVE_AUTH_JWT_") and environ.get(name)}
+    env = {
+        name[len("MINDSERVE_AUTH_JWT_") :].lower(): environ[name]
+        for name, _ in ENV_VARS
+        if name.startswith("MINDSERVE_AUTH_JWT_") and environ.get(name)
+    }
     if not entry and not env:
         return None
     secret: Optional[str] = None
     public_key: Optional[str] = None
     if "secret" in env or "secret_file" in env:
-        entry = {k: v for k, v in entry.items() if k not in ("secret", "secret_env", "secret_file",
-                                                              "public_key_file")}
-        secret = env["secret"] if "secret" in env else _read_file(env["secret_file"], "MINDSERVE_AUTH_JWT_SECRET_FILE",
-                                                                   os.getcwd())
+        entry = {k: v for k, v in entry.items() if k not in ("secret", "secret_env", "secret_file", "public_key_file")}
+        secret = (
+            env["secret"]
+            if "secret" in env
+            else _read_file(env["secret_file"], "MINDSERVE_AUTH_JWT_SECRET_FILE", os.getcwd())
+        )
     elif "public_key_file" in env:
         entry = {k: v for k, v in entry.items() if k not in ("secret", "secret_env", "secret_file")}
         entry["public_key_file"] = env["public_key_file"]
@@ -206,6 +231,12 @@ def _jwt(document: Any, origin: str, reader: _Reader, environ: Mapping[str, str]
     leeway = entry.get("leeway_s", 30)
     if isinstance(leeway, bool) or not isinstance(leeway, (int, float)) or not 0 <= leeway <= 3600:
         raise AccessSettingError(f"{origin}.leeway_s: expected a number of seconds in [0, 3600], got {leeway!r}")
-    return JWTConfig(secret=secret, public_key=public_key, algorithms=tuple(algorithms),
-                     audience=env.get("audience", entry.get("audience")), issuer=env.get("issuer", entry.get("issuer")),
-                     groups_claim=groups_claim, leeway_s=float(leeway))
+    return JWTConfig(
+        secret=secret,
+        public_key=public_key,
+        algorithms=tuple(algorithms),
+        audience=env.get("audience", entry.get("audience")),
+        issuer=env.get("issuer", entry.get("issuer")),
+        groups_claim=groups_claim,
+        leeway_s=float(leeway),
+    )

@@ -8,6 +8,7 @@ misspelt setting must not be silently ignored.
 
 This module reads files and directories only: it never imports servable code or starts anything.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,15 +35,40 @@ MAX_STREAM_MEMORY_MB = 1 << 20
 DEFAULT_DEVICE_IDS = _defaults.DEVICE_IDS
 # The servables that come with a checkout (``servables/`` beside the ``mindserve`` package); an installation
 # that is not editable has none there.
-BUNDLED_SERVABLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                                 "servables")
+BUNDLED_SERVABLES = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "servables"
+)
 
-TOP_KEYS = ("servable_directory", "servables", "grpc_address", "rest_address", "metrics", "tls", "max_msg_mb_size",
-            "max_enqueued_requests", "max_request_instances", "access", "ava", "allow_client_shm",
-            "client_shm_owners", "max_stream_memory_mb", "log_level", "port_offset")
+TOP_KEYS = (
+    "servable_directory",
+    "servables",
+    "grpc_address",
+    "rest_address",
+    "metrics",
+    "tls",
+    "max_msg_mb_size",
+    "max_enqueued_requests",
+    "max_request_instances",
+    "access",
+    "ava",
+    "allow_client_shm",
+    "client_shm_owners",
+    "max_stream_memory_mb",
+    "log_level",
+    "port_offset",
+)
 AVA_KEYS = ("servable", "method", "version", "batch_size")
-SERVABLE_KEYS = ("name", "directory", "version", "device_ids", "device_type", "max_batch_size",
-                 "max_batch_delay_ms", "shm_size_mb", "num_parallel_workers")
+SERVABLE_KEYS = (
+    "name",
+    "directory",
+    "version",
+    "device_ids",
+    "device_type",
+    "max_batch_size",
+    "max_batch_delay_ms",
+    "shm_size_mb",
+    "num_parallel_workers",
+)
 TLS_KEYS = ("certificate", "private_key", "ca", "verify_client")
 
 # Environment variables, each with the setting it overrides and how its text is read. An empty variable
@@ -60,8 +86,11 @@ ENV_VARS = (
     ("MINDSERVE_MAX_MSG_MB_SIZE", "max_msg_mb_size", "largest request or reply, MB (1 to 512)"),
     ("MINDSERVE_MAX_ENQUEUED_REQUESTS", "max_enqueued_requests", "requests that may wait, over all servables"),
     ("MINDSERVE_MAX_REQUEST_INSTANCES", "max_request_instances", "instances one request may carry"),
-    ("MINDSERVE_MAX_STREAM_MEMORY_MB", "max_stream_memory_mb", "memory all streams may hold: answers not yet "
-                                                               "sent, frames not yet run, MB"),
+    (
+        "MINDSERVE_MAX_STREAM_MEMORY_MB",
+        "max_stream_memory_mb",
+        "memory all streams may hold: answers not yet sent, frames not yet run, MB",
+    ),
     ("MINDSERVE_LOG_LEVEL", "log_level", "debug, info (the default), warning or error"),
     ("MINDSERVE_PORT_OFFSET", "port_offset", "added to the default ports, for another instance on this host"),
     ("MINDSERVE_TLS_CERTIFICATE", "tls.certificate", "server certificate (PEM); turns TLS on"),
@@ -141,6 +170,7 @@ def _fail(setting: _Setting, expected: str) -> ConfigError:
 
 # ---- checks of single values; each returns the clean value or raises ConfigError naming the setting ----
 
+
 def _int(setting: _Setting, low: int, high: Optional[int] = None) -> int:
     value = setting.value
     ok = isinstance(value, int) and not isinstance(value, bool) and low <= value and (high is None or value <= high)
@@ -214,16 +244,18 @@ def _media_stream(setting: _Setting) -> Optional[MediaStreamConfig]:
     value = setting.value
     if value is None:
         return None
-    _check_keys(_mapping(value, setting.origin, "a mapping with servable, method, version, batch_size"), AVA_KEYS,
-                f"{setting.origin}.")
+    _check_keys(
+        _mapping(value, setting.origin, "a mapping with servable, method, version, batch_size"),
+        AVA_KEYS,
+        f"{setting.origin}.",
+    )
     for key in ("servable", "method"):
         if key not in value:
             raise ConfigError(f"{setting.origin}: missing key '{key}'")
         if not isinstance(value[key], str) or not value[key]:
             raise _fail(_Setting(value[key], f"{setting.origin}.{key}", setting.base), "a name")
     version = _int(_Setting(value.get("version", 0), f"{setting.origin}.version", setting.base), 0)
-    batch = _int(_Setting(value.get("batch_size", 1), f"{setting.origin}.batch_size", setting.base), 1,
-                 MAX_MEDIA_BATCH)
+    batch = _int(_Setting(value.get("batch_size", 1), f"{setting.origin}.batch_size", setting.base), 1, MAX_MEDIA_BATCH)
     return MediaStreamConfig(value["servable"], value["method"], version, batch)
 
 
@@ -246,8 +278,11 @@ def _device_ids(setting: _Setting) -> tuple:
     value = setting.value
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value]  # one device may be written without a list
-    if not isinstance(value, list) or not value or \
-            any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in value):
+    if (
+        not isinstance(value, list)
+        or not value
+        or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in value)
+    ):
         raise _fail(setting, "a list of non-negative ints")
     if len(set(value)) != len(value):
         raise ConfigError(f"{setting.origin}: device ids must differ, got {value!r}")
@@ -265,6 +300,7 @@ def _device_type(setting: _Setting) -> Optional[str]:
 
 # ---- reading the layers ----
 
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, except that a key given twice in one mapping is an error (the second would
     silently win otherwise)."""
@@ -275,8 +311,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, (str, int, float, bool)) or key is None:
                 if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r}", key_node.start_mark)
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
                 seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -341,10 +376,18 @@ def _address_text(text: str) -> Any:
 
 # how the text of an environment variable or option becomes the value a YAML file would give
 _TEXT_READERS: dict[str, Callable[[str], Any]] = {
-    "device_ids": _list_of_ints, "max_msg_mb_size": _int_text, "max_enqueued_requests": _int_text,
-    "max_request_instances": _int_text, "max_stream_memory_mb": _int_text, "port_offset": _int_text,
-    "tls.verify_client": _bool_text, "grpc_address": _address_text, "rest_address": _address_text,
-    "metrics": _address_text, "allow_client_shm": _bool_text, "client_shm_owners": _owners_text,
+    "device_ids": _list_of_ints,
+    "max_msg_mb_size": _int_text,
+    "max_enqueued_requests": _int_text,
+    "max_request_instances": _int_text,
+    "max_stream_memory_mb": _int_text,
+    "port_offset": _int_text,
+    "tls.verify_client": _bool_text,
+    "grpc_address": _address_text,
+    "rest_address": _address_text,
+    "metrics": _address_text,
+    "allow_client_shm": _bool_text,
+    "client_shm_owners": _owners_text,
 }
 
 
@@ -372,8 +415,11 @@ class _Layers:
             origin = f"{path}: {key}"
             if key == "tls":
                 if value is not None:  # tls: null is no TLS
-                    _check_keys(_mapping(value, origin, "a mapping with certificate, private_key, ca, "
-                                                        "verify_client"), TLS_KEYS, f"{origin}.")
+                    _check_keys(
+                        _mapping(value, origin, "a mapping with certificate, private_key, ca, verify_client"),
+                        TLS_KEYS,
+                        f"{origin}.",
+                    )
                     self.tls = {k: _Setting(v, f"{origin}.{k}", base) for k, v in value.items()}
                     self.tls_origin = origin
             elif key == "servables":
@@ -396,8 +442,7 @@ class _Layers:
             if isinstance(item, str):
                 item = {"name": item}  # a bare name: default settings
             if not isinstance(item, dict):
-                raise ConfigError(f"{item_origin}: expected a servable name or a mapping of its settings, "
-                                  f"got {item!r}")
+                raise ConfigError(f"{item_origin}: expected a servable name or a mapping of its settings, got {item!r}")
             _check_keys(item, SERVABLE_KEYS, f"{item_origin}.")
             if "name" not in item:
                 raise ConfigError(f"{item_origin}: missing key 'name'")
@@ -417,7 +462,7 @@ class _Layers:
         elif key in ("device_ids", "device_type"):
             self.every_servable[key] = setting
         elif key.startswith("tls."):
-            self.tls[key[len("tls."):]] = setting
+            self.tls[key[len("tls.") :]] = setting
             self.tls_origin = self.tls_origin or origin
         else:
             self.top[key] = setting
@@ -425,14 +470,17 @@ class _Layers:
 
 # ---- from the layers to a ServeConfig ----
 
+
 def default_servable_directory(cwd: str, bundled: str = BUNDLED_SERVABLES) -> str:
     """``servables/`` in the current directory when there is one, else the checkout's bundled servables."""
     for candidate in (os.path.join(cwd, "servables"), bundled):
         if os.path.isdir(candidate):
             return os.path.normpath(candidate)
-    raise ConfigError(f"no servable directory: neither '{os.path.join(cwd, 'servables')}' nor the bundled "
-                      f"'{bundled}' exists; give one with --servable-directory, MINDSERVE_SERVABLE_DIRECTORY "
-                      f"or servable_directory in a --config file")
+    raise ConfigError(
+        f"no servable directory: neither '{os.path.join(cwd, 'servables')}' nor the bundled "
+        f"'{bundled}' exists; give one with --servable-directory, MINDSERVE_SERVABLE_DIRECTORY "
+        f"or servable_directory in a --config file"
+    )
 
 
 def _is_servable(directory: str, name: str) -> bool:
@@ -448,8 +496,11 @@ def _directory(setting: _Setting) -> str:
 
 def _version_folders(path: str) -> list[int]:
     """The servable's version numbers, as the server reads them (all-digit folder names, > 0)."""
-    return sorted(int(e) for e in os.listdir(path)
-                  if e.isdigit() and e.isascii() and int(e) > 0 and os.path.isdir(os.path.join(path, e)))
+    return sorted(
+        int(e)
+        for e in os.listdir(path)
+        if e.isdigit() and e.isascii() and int(e) > 0 and os.path.isdir(os.path.join(path, e))
+    )
 
 
 class _Resolver:
@@ -462,8 +513,9 @@ class _Resolver:
         """The top-level servable directory, looked up only when some servable needs it."""
         if self._directory is None:
             setting = self.layers.top.get("servable_directory")
-            self._directory = _directory(setting) if setting else default_servable_directory(self.layers.cwd,
-                                                                                             self.bundled)
+            self._directory = (
+                _directory(setting) if setting else default_servable_directory(self.layers.cwd, self.bundled)
+            )
         return self._directory
 
     def servables(self) -> tuple:
@@ -471,14 +523,15 @@ class _Resolver:
         entries = layers.servables
         if entries is None:  # none listed: every servable in the directory, with default settings
             directory = self.servable_directory()
-            origin = layers.top["servable_directory"].origin if "servable_directory" in layers.top \
-                else "servable directory"
+            origin = (
+                layers.top["servable_directory"].origin if "servable_directory" in layers.top else "servable directory"
+            )
             names = sorted(n for n in os.listdir(directory) if _is_servable(directory, n))
             if not names:
-                raise ConfigError(f"{origin}: no servables in '{directory}' (a servable is a folder holding "
-                                  f"servable_config.py)")
-            entries = [{"name": _Setting(n, origin, layers.cwd), "": _Setting(n, origin, layers.cwd)}
-                       for n in names]
+                raise ConfigError(
+                    f"{origin}: no servables in '{directory}' (a servable is a folder holding servable_config.py)"
+                )
+            entries = [{"name": _Setting(n, origin, layers.cwd), "": _Setting(n, origin, layers.cwd)} for n in names]
         result: list[ServableSettings] = []
         seen: dict[tuple, str] = {}
         for entry in entries:
@@ -486,8 +539,10 @@ class _Resolver:
             settings = self._servable(entry)
             key = (settings.directory, settings.name, settings.version)
             if key in seen:
-                raise ConfigError(f"{entry[''].origin}: servable '{settings.name}' version {settings.version} "
-                                  f"is already listed as {seen[key]}")
+                raise ConfigError(
+                    f"{entry[''].origin}: servable '{settings.name}' version {settings.version} "
+                    f"is already listed as {seen[key]}"
+                )
             seen[key] = entry[""].origin
             result.append(settings)
         return tuple(result)
@@ -498,29 +553,38 @@ class _Resolver:
             raise _fail(entry["name"], "a servable name (a folder name)")
         directory = _directory(entry["directory"]) if "directory" in entry else self.servable_directory()
         if not _is_servable(directory, name):
-            raise ConfigError(f"{entry['name'].origin}: no servable '{name}' in '{directory}' (no file "
-                              f"'{os.path.join(directory, name, 'servable_config.py')}')")
+            raise ConfigError(
+                f"{entry['name'].origin}: no servable '{name}' in '{directory}' (no file "
+                f"'{os.path.join(directory, name, 'servable_config.py')}')"
+            )
         version = 0
         if "version" in entry:
             version = _int(entry["version"], 0)
             # 0 is the newest version; another must have its folder (the server would refuse it later)
             if version and version not in _version_folders(os.path.join(directory, name)):
-                raise ConfigError(f"{entry['version'].origin}: servable '{name}' has no version folder "
-                                  f"'{os.path.join(directory, name, str(version))}'")
+                raise ConfigError(
+                    f"{entry['version'].origin}: servable '{name}' has no version folder "
+                    f"'{os.path.join(directory, name, str(version))}'"
+                )
         elif _version_folders(os.path.join(directory, name)):
             version = _version_folders(os.path.join(directory, name))[-1]
         return ServableSettings(
-            directory=directory, name=name, version=version,
+            directory=directory,
+            name=name,
+            version=version,
             device_ids=_device_ids(entry["device_ids"]) if "device_ids" in entry else DEFAULT_DEVICE_IDS,
             device_type=_device_type(entry["device_type"]) if "device_type" in entry else None,
-            max_batch_size=_int(entry["max_batch_size"], 0, 1 << 20) if "max_batch_size" in entry
+            max_batch_size=_int(entry["max_batch_size"], 0, 1 << 20)
+            if "max_batch_size" in entry
             else _defaults.MAX_BATCH_SIZE,
-            max_batch_delay_ms=_number(entry["max_batch_delay_ms"], 0, 60000) if "max_batch_delay_ms" in entry
+            max_batch_delay_ms=_number(entry["max_batch_delay_ms"], 0, 60000)
+            if "max_batch_delay_ms" in entry
             else _defaults.MAX_BATCH_DELAY_MS,
-            shm_size_mb=_int(entry["shm_size_mb"], 4, 1 << 20) if "shm_size_mb" in entry
-            else _defaults.SHM_SIZE_MB,
-            num_parallel_workers=_int(entry["num_parallel_workers"], 0, 64) if "num_parallel_workers" in entry
-            else _defaults.NUM_PARALLEL_WORKERS)
+            shm_size_mb=_int(entry["shm_size_mb"], 4, 1 << 20) if "shm_size_mb" in entry else _defaults.SHM_SIZE_MB,
+            num_parallel_workers=_int(entry["num_parallel_workers"], 0, 64)
+            if "num_parallel_workers" in entry
+            else _defaults.NUM_PARALLEL_WORKERS,
+        )
 
     def tls(self) -> Optional[TLSSettings]:
         tls = self.layers.tls
@@ -528,15 +592,19 @@ class _Resolver:
             return None
         for key in ("certificate", "private_key"):
             if key not in tls:
-                raise ConfigError(f"{self._missing_origin(key)}: missing (TLS needs a certificate and a "
-                                  f"private_key)")
+                raise ConfigError(f"{self._missing_origin(key)}: missing (TLS needs a certificate and a private_key)")
         ca = _file(tls["ca"]) if "ca" in tls and tls["ca"].value is not None else None
         verify_client = _bool(tls["verify_client"]) if "verify_client" in tls else False
         if verify_client and ca is None:
-            raise ConfigError(f"{tls['verify_client'].origin}: verify_client needs a ca (the CA that client "
-                              f"certificates come from)")
-        return TLSSettings(certificate=_file(tls["certificate"]), private_key=_file(tls["private_key"]), ca=ca,
-                           verify_client=verify_client)
+            raise ConfigError(
+                f"{tls['verify_client'].origin}: verify_client needs a ca (the CA that client certificates come from)"
+            )
+        return TLSSettings(
+            certificate=_file(tls["certificate"]),
+            private_key=_file(tls["private_key"]),
+            ca=ca,
+            verify_client=verify_client,
+        )
 
     def _missing_origin(self, key: str) -> str:
         """Where a missing TLS setting should have been: the file's tls section, or its variable."""
@@ -546,9 +614,13 @@ class _Resolver:
         return f"{origin}.{key}"
 
 
-def load_config(config_file: Optional[str] = None, environ: Optional[Mapping[str, str]] = None,
-                options: Optional[Mapping[str, Optional[str]]] = None, cwd: Optional[str] = None,
-                bundled_directory: str = BUNDLED_SERVABLES) -> ServeConfig:
+def load_config(
+    config_file: Optional[str] = None,
+    environ: Optional[Mapping[str, str]] = None,
+    options: Optional[Mapping[str, Optional[str]]] = None,
+    cwd: Optional[str] = None,
+    bundled_directory: str = BUNDLED_SERVABLES,
+) -> ServeConfig:
     """The validated settings of ``mindserve serve``; raises ConfigError naming the first bad one.
 
     Args:
@@ -575,10 +647,12 @@ def load_config(config_file: Optional[str] = None, environ: Optional[Mapping[str
     resolver = _Resolver(layers, bundled_directory)
     # port_offset moves the default addresses (another instance on this host); an address given is used as given
     offset = _int(top["port_offset"], 0, MAX_PORT_OFFSET) if "port_offset" in top else 0
-    grpc_address = _address(top["grpc_address"]) if "grpc_address" in top \
-        else _offset_port(DEFAULT_GRPC_ADDRESS, offset)
-    rest_address = _address(top["rest_address"]) if "rest_address" in top \
-        else _offset_port(DEFAULT_REST_ADDRESS, offset)
+    grpc_address = (
+        _address(top["grpc_address"]) if "grpc_address" in top else _offset_port(DEFAULT_GRPC_ADDRESS, offset)
+    )
+    rest_address = (
+        _address(top["rest_address"]) if "rest_address" in top else _offset_port(DEFAULT_REST_ADDRESS, offset)
+    )
     if grpc_address is None and rest_address is None:
         raise ConfigError("grpc_address and rest_address are both off: nothing would answer requests")
     if grpc_address is not None and grpc_address == rest_address:
@@ -586,26 +660,33 @@ def load_config(config_file: Optional[str] = None, environ: Optional[Mapping[str
     metrics_address = _address(top["metrics"]) if "metrics" in top else _offset_port(DEFAULT_METRICS_ADDRESS, offset)
     for other, name in ((grpc_address, "grpc_address"), (rest_address, "rest_address")):
         if metrics_address is not None and metrics_address == other:
-            raise ConfigError(f"{top['metrics'].origin if 'metrics' in top else 'metrics'}: the same address as "
-                              f"{name} ({other})")
+            raise ConfigError(
+                f"{top['metrics'].origin if 'metrics' in top else 'metrics'}: the same address as {name} ({other})"
+            )
     try:
         access, warnings = read_access(layers.access.value, layers.access.origin, layers.access.base, environ)
     except AccessSettingError as exc:
         raise ConfigError(str(exc)) from None
     return ServeConfig(
-        access=access, warnings=tuple(warnings),
-        grpc_address=grpc_address, rest_address=rest_address, metrics_address=metrics_address,
+        access=access,
+        warnings=tuple(warnings),
+        grpc_address=grpc_address,
+        rest_address=rest_address,
+        metrics_address=metrics_address,
         media_stream=_media_stream(top["ava"]) if "ava" in top else None,
         allow_client_shm=_bool(top["allow_client_shm"]) if "allow_client_shm" in top else False,
         client_shm_owners=_owners(top["client_shm_owners"]) if "client_shm_owners" in top else (),
-        max_msg_mb_size=_int(top["max_msg_mb_size"], 1, 512) if "max_msg_mb_size" in top
-        else DEFAULT_MAX_MSG_MB_SIZE,
-        max_enqueued_requests=_int(top["max_enqueued_requests"], 1) if "max_enqueued_requests" in top
+        max_msg_mb_size=_int(top["max_msg_mb_size"], 1, 512) if "max_msg_mb_size" in top else DEFAULT_MAX_MSG_MB_SIZE,
+        max_enqueued_requests=_int(top["max_enqueued_requests"], 1)
+        if "max_enqueued_requests" in top
         else DEFAULT_MAX_ENQUEUED_REQUESTS,
-        max_request_instances=_int(top["max_request_instances"], 1) if "max_request_instances" in top
+        max_request_instances=_int(top["max_request_instances"], 1)
+        if "max_request_instances" in top
         else DEFAULT_MAX_REQUEST_INSTANCES,
         max_stream_memory_mb=_int(top["max_stream_memory_mb"], 1, MAX_STREAM_MEMORY_MB)
-        if "max_stream_memory_mb" in top else DEFAULT_MAX_STREAM_MEMORY_MB,
+        if "max_stream_memory_mb" in top
+        else DEFAULT_MAX_STREAM_MEMORY_MB,
         log_level=_log_level(top["log_level"]) if "log_level" in top else "info",
         tls=resolver.tls(),
-        servables=resolver.servables())
+        servables=resolver.servables(),
+    )

@@ -2,6 +2,7 @@
 
 Needs only the client side (grpcio, protobuf, numpy): it never imports the server.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,10 +23,22 @@ EXIT_FAILED = 1  # the server (or the connection) answered with an error
 EXIT_USAGE = 2  # the arguments cannot make a request
 
 
-def infer(address: str, servable: str, method: str, inputs: Sequence[str], version: int = 0,
-          ca: Optional[str] = None, cert: Optional[str] = None, key: Optional[str] = None,
-          headers: Sequence[str] = (), token: Optional[str] = None, dtypes: Sequence[str] = (),
-          instances_file: Optional[str] = None, out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> int:
+def infer(
+    address: str,
+    servable: str,
+    method: str,
+    inputs: Sequence[str],
+    version: int = 0,
+    ca: Optional[str] = None,
+    cert: Optional[str] = None,
+    key: Optional[str] = None,
+    headers: Sequence[str] = (),
+    token: Optional[str] = None,
+    dtypes: Sequence[str] = (),
+    instances_file: Optional[str] = None,
+    out: Optional[TextIO] = None,
+    err: Optional[TextIO] = None,
+) -> int:
     """Send ``inputs`` (``name=value`` texts) as one instance; print one ``name=value ...`` line per instance
     on ``out``, or the error on ``err``. ``headers`` (``KEY=VALUE`` texts) and ``token`` (a bearer token) go with
     the call as metadata. Numbers written in JSON take the input's data type from the method's metadata;
@@ -45,8 +58,7 @@ def infer(address: str, servable: str, method: str, inputs: Sequence[str], versi
         instance = parse_inputs(inputs)
         from_json = json_names(inputs)
         explicit = parse_dtypes(dtypes)
-        instances = [{**item, **instance} for item in read_instances(instances_file)] if instances_file \
-            else [instance]
+        instances = [{**item, **instance} for item in read_instances(instances_file)] if instances_file else [instance]
         if instances_file:
             from_json |= {name for item in instances for name in item if name not in instance}
     except InputError as exc:
@@ -60,8 +72,9 @@ def infer(address: str, servable: str, method: str, inputs: Sequence[str], versi
     for header in headers:
         name, equals, value = header.partition("=")
         if not equals or not name.strip():
-            return usage_error(f"--header: expected KEY=VALUE, got '{name}...'" if equals else
-                               "--header: expected KEY=VALUE")
+            return usage_error(
+                f"--header: expected KEY=VALUE, got '{name}...'" if equals else "--header: expected KEY=VALUE"
+            )
         metadata[name.strip().lower()] = value
     if token is not None:
         if not token.strip():
@@ -71,8 +84,9 @@ def infer(address: str, servable: str, method: str, inputs: Sequence[str], versi
     if ca is not None or cert is not None:
         ssl_config = SSLConfig(certificate=cert, private_key=key, custom_ca=ca)
     try:
-        with Client(address, servable, method, version_number=version, ssl_config=ssl_config,
-                    headers=metadata or None) as client:
+        with Client(
+            address, servable, method, version_number=version, ssl_config=ssl_config, headers=metadata or None
+        ) as client:
             try:
                 types = client.input_types(timeout=30) if from_json else {}
             except RuntimeError:  # no metadata from this server (an older one, or MindSpore's): values as written

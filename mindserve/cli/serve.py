@@ -1,5 +1,6 @@
 """``mindserve serve``: start the servables and the servers of a :class:`ServeConfig`, say where it listens and
 what is ready, and serve until SIGINT or SIGTERM, then stop cleanly (exit code 0)."""
+
 from __future__ import annotations
 
 import logging
@@ -57,12 +58,16 @@ def _ready_lines(config: ServeConfig, servables: list) -> list[str]:
     for name, version, directory, device_ids, methods, python_workers in servables:
         devices = ", ".join(str(i) for i in device_ids)
         plural = "s" if len(device_ids) > 1 else ""
-        lines.append(f"servable {name} version {version} from {os.path.join(directory, name)} on device{plural} "
-                     f"{devices}: methods {', '.join(methods)}")
+        lines.append(
+            f"servable {name} version {version} from {os.path.join(directory, name)} on device{plural} "
+            f"{devices}: methods {', '.join(methods)}"
+        )
         if python_workers:  # num_parallel_workers past the device workers
-            lines.append(f"servable {name} version {version}: {len(python_workers)} Python-stage worker process"
-                         f"{'es' if len(python_workers) > 1 else ''} (pid {', '.join(python_workers)}) beside the "
-                         f"device worker{plural}")
+            lines.append(
+                f"servable {name} version {version}: {len(python_workers)} Python-stage worker process"
+                f"{'es' if len(python_workers) > 1 else ''} (pid {', '.join(python_workers)}) beside the "
+                f"device worker{plural}"
+            )
     tls = " (TLS)" if config.tls else ""
     if config.grpc_address:
         lines.append(f"gRPC listening on {config.grpc_address}{tls}")
@@ -92,19 +97,32 @@ def _what_is_on(config: ServeConfig) -> list[str]:
         access = config.access
         policy = AccessPolicy(access)
         guarded = [group for group in GROUPS if policy.guards(group)]
-        ways = [way for way, on in (("keys", access.restricted), ("bearer tokens", access.jwt),
-                                    ("client certificates", access.client_certificates),
-                                    ("consumers' tokens", access.consumers)) if on]
+        ways = [
+            way
+            for way, on in (
+                ("keys", access.restricted),
+                ("bearer tokens", access.jwt),
+                ("client certificates", access.client_certificates),
+                ("consumers' tokens", access.consumers),
+            )
+            if on
+        ]
         open_groups = [group for group in GROUPS if group not in guarded]
-        lines.append(f"access control: {', '.join(guarded) or 'no group'} guarded ({', '.join(ways)})"
-                     + (f"; open: {', '.join(open_groups)}" if open_groups else ""))
+        lines.append(
+            f"access control: {', '.join(guarded) or 'no group'} guarded ({', '.join(ways)})"
+            + (f"; open: {', '.join(open_groups)}" if open_groups else "")
+        )
         if config.metrics_address and METRICS in guarded:
-            lines.append("metrics need credentials too: give the scraper a token or key (access: in serving.yaml, "
-                         "MINDSERVE_AUTH_*)")
+            lines.append(
+                "metrics need credentials too: give the scraper a token or key (access: in serving.yaml, "
+                "MINDSERVE_AUTH_*)"
+            )
     if config.allow_client_shm:
         owners = ", ".join(str(owner) for owner in config.client_shm_owners)
-        lines.append("client shared memory: on (Triton's regions, MindSpore's shm_data, media-stream frames), files "
-                     "of this user" + (f" and of {owners}" if owners else ""))
+        lines.append(
+            "client shared memory: on (Triton's regions, MindSpore's shm_data, media-stream frames), files "
+            "of this user" + (f" and of {owners}" if owners else "")
+        )
     return lines
 
 
@@ -130,22 +148,47 @@ def serve(config: ServeConfig, out: Optional[TextIO] = None, err: Optional[TextI
         server.context.set_max_stream_memory_mb(config.max_stream_memory_mb)
         if config.client_shm_owners:
             server.context.set_client_shm_owners(list(config.client_shm_owners))
-        server.start_servables([
-            server.ServableStartConfig(servable_directory=s.directory, servable_name=s.name, device_ids=s.device_ids,
-                                       version_number=s.version, device_type=s.device_type,
-                                       max_batch_size=s.max_batch_size, max_batch_delay_ms=s.max_batch_delay_ms,
-                                       shm_size_mb=s.shm_size_mb, num_parallel_workers=s.num_parallel_workers)
-            for s in config.servables])
+        server.start_servables(
+            [
+                server.ServableStartConfig(
+                    servable_directory=s.directory,
+                    servable_name=s.name,
+                    device_ids=s.device_ids,
+                    version_number=s.version,
+                    device_type=s.device_type,
+                    max_batch_size=s.max_batch_size,
+                    max_batch_delay_ms=s.max_batch_delay_ms,
+                    shm_size_mb=s.shm_size_mb,
+                    num_parallel_workers=s.num_parallel_workers,
+                )
+                for s in config.servables
+            ]
+        )
         ssl_config = None
         if config.tls:
-            ssl_config = server.SSLConfig(certificate=config.tls.certificate, private_key=config.tls.private_key,
-                                          custom_ca=config.tls.ca, verify_client=config.tls.verify_client)
+            ssl_config = server.SSLConfig(
+                certificate=config.tls.certificate,
+                private_key=config.tls.private_key,
+                custom_ca=config.tls.ca,
+                verify_client=config.tls.verify_client,
+            )
         if config.grpc_address:
-            server.start_grpc_server(config.grpc_address, config.max_msg_mb_size, ssl_config, access=config.access,
-                                     media_stream=config.media_stream, allow_client_shm=config.allow_client_shm)
+            server.start_grpc_server(
+                config.grpc_address,
+                config.max_msg_mb_size,
+                ssl_config,
+                access=config.access,
+                media_stream=config.media_stream,
+                allow_client_shm=config.allow_client_shm,
+            )
         if config.rest_address:
-            server.start_restful_server(config.rest_address, config.max_msg_mb_size, ssl_config,
-                                        access=config.access, allow_client_shm=config.allow_client_shm)
+            server.start_restful_server(
+                config.rest_address,
+                config.max_msg_mb_size,
+                ssl_config,
+                access=config.access,
+                allow_client_shm=config.allow_client_shm,
+            )
         if config.metrics_address:
             server.start_metrics_server(config.metrics_address, ssl_config, access=config.access)
         started = master.call(_started_servables(master))
@@ -171,5 +214,14 @@ def serve(config: ServeConfig, out: Optional[TextIO] = None, err: Optional[TextI
 async def _started_servables(master: Master) -> list:
     """(name, version, directory, device ids, method names, pids of the Python-stage workers) of each running
     servable version, read on the master's loop (which owns the dispatcher), in the order they were started."""
-    return [(g.name, g.version, g.specs[0].servable_directory, [s.device_id for s in g.specs], list(g.methods),
-             [str(w.pid) for w in g.python_workers]) for g in master.worker_groups]
+    return [
+        (
+            g.name,
+            g.version,
+            g.specs[0].servable_directory,
+            [s.device_id for s in g.specs],
+            list(g.methods),
+            [str(w.pid) for w in g.python_workers],
+        )
+        for g in master.worker_groups
+    ]

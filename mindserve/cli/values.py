@@ -12,6 +12,7 @@ Numbers written in JSON then take the data type the method's metadata gives its 
 sent to an FP32 input become float32; ``--dtype name=TYPE`` sets one explicitly. An ``--instances`` file is a
 JSON array of objects, one instance each, with JSON values typed the same way.
 """
+
 from __future__ import annotations
 
 import json
@@ -158,8 +159,9 @@ def parse_dtypes(items: Sequence[str]) -> dict:
         except TypeError:
             dtype = None
         if not sep or not name or dtype is None or dtype.kind not in "biuf":
-            raise InputError(f"--dtype: expected name=TYPE with a numeric numpy type (float32, int64, bool, ...), "
-                             f"got {item!r}")
+            raise InputError(
+                f"--dtype: expected name=TYPE with a numeric numpy type (float32, int64, bool, ...), got {item!r}"
+            )
         dtypes[name] = dtype
     return dtypes
 
@@ -175,8 +177,12 @@ def typed(instance: dict, from_json: set, types: dict, explicit: dict) -> dict:
         target = explicit.get(name)
         if target is None and name in from_json:
             wanted = types.get(name)
-            if wanted is not None and wanted != value.dtype and np.can_cast(value.dtype, wanted, "same_kind") \
-                    or (wanted is not None and value.dtype.kind in "iu" and wanted.kind == "f"):
+            if (
+                wanted is not None
+                and wanted != value.dtype
+                and np.can_cast(value.dtype, wanted, "same_kind")
+                or (wanted is not None and value.dtype.kind in "iu" and wanted.kind == "f")
+            ):
                 target = wanted
         if target is not None:
             if target.kind in "iu" and value.size and value.dtype.kind in "iuf":

@@ -10,6 +10,7 @@ Example::
 
 The process keeps serving after the script ends, until ``stop()``, SIGINT or SIGTERM.
 """
+
 from __future__ import annotations
 
 import logging as _logging
@@ -29,9 +30,21 @@ from mindserve.server import context, register
 if _typing.TYPE_CHECKING:  # (only the documented names are this module's: see tests/e2e/test_public_api.py)
     from typing import Optional, Sequence, Union
 
-__all__ = ["AccessConfig", "JWTConfig", "MediaStreamConfig", "ServableStartConfig", "ServerHandle", "SSLConfig",
-           "context", "register", "start_servables", "start_grpc_server", "start_restful_server",
-           "start_metrics_server", "stop"]
+__all__ = [
+    "AccessConfig",
+    "JWTConfig",
+    "MediaStreamConfig",
+    "ServableStartConfig",
+    "ServerHandle",
+    "SSLConfig",
+    "context",
+    "register",
+    "start_servables",
+    "start_grpc_server",
+    "start_restful_server",
+    "start_metrics_server",
+    "stop",
+]
 
 
 def _configure_logging() -> None:
@@ -53,18 +66,22 @@ def start_servables(servable_configs: Union[ServableStartConfig, Sequence[Servab
     configs = [servable_configs] if isinstance(servable_configs, ServableStartConfig) else list(servable_configs)
     for config in configs:
         if not isinstance(config, ServableStartConfig):
-            raise RuntimeError(f"The item of parameter 'servable_configs' should be ServableStartConfig, but "
-                               f"actually {type(config)}")
+            raise RuntimeError(
+                f"The item of parameter 'servable_configs' should be ServableStartConfig, but actually {type(config)}"
+            )
     _configure_logging()
     master = _get_master()
     master.call(master.start_servables(configs))
 
 
-def start_grpc_server(address: str, max_msg_mb_size: int = _defaults.MAX_MSG_MB_SIZE,
-                      ssl_config: Optional[SSLConfig] = None,
-                      access: Optional[AccessConfig] = None,
-                      media_stream: Optional[MediaStreamConfig] = None,
-                      allow_client_shm: bool = False) -> ServerHandle:
+def start_grpc_server(
+    address: str,
+    max_msg_mb_size: int = _defaults.MAX_MSG_MB_SIZE,
+    ssl_config: Optional[SSLConfig] = None,
+    access: Optional[AccessConfig] = None,
+    media_stream: Optional[MediaStreamConfig] = None,
+    allow_client_shm: bool = False,
+) -> ServerHandle:
     """Serve MSService, the Open Inference Protocol (``inference.GRPCInferenceService``), gRPC health and server
     reflection on ``address``: ``"host:port"`` or ``"unix:/path"`` (a socket file only the owner may use).
     ``max_msg_mb_size`` in [1, 512] bounds request and reply sizes; ``ssl_config`` turns on TLS; ``access``
@@ -83,15 +100,24 @@ def start_grpc_server(address: str, max_msg_mb_size: int = _defaults.MAX_MSG_MB_
     _check_bool("allow_client_shm", allow_client_shm)
     _configure_logging()
     master = _get_master()
-    return ServerHandle("gRPC", master, master.call(master.start_grpc_server(address, max_msg_mb_size, ssl_config,
-                                                                              access, media_stream,
-                                                                              allow_client_shm)))
+    return ServerHandle(
+        "gRPC",
+        master,
+        master.call(
+            master.start_grpc_server(address, max_msg_mb_size, ssl_config, access, media_stream, allow_client_shm)
+        ),
+    )
 
 
-def start_restful_server(address: str, max_msg_mb_size: int = _defaults.MAX_MSG_MB_SIZE,
-                         ssl_config: Optional[SSLConfig] = None, idle_timeout: float = _defaults.IDLE_TIMEOUT_S,
-                         max_connections: int = _defaults.MAX_CONNECTIONS,
-                         access: Optional[AccessConfig] = None, allow_client_shm: bool = False) -> ServerHandle:
+def start_restful_server(
+    address: str,
+    max_msg_mb_size: int = _defaults.MAX_MSG_MB_SIZE,
+    ssl_config: Optional[SSLConfig] = None,
+    idle_timeout: float = _defaults.IDLE_TIMEOUT_S,
+    max_connections: int = _defaults.MAX_CONNECTIONS,
+    access: Optional[AccessConfig] = None,
+    allow_client_shm: bool = False,
+) -> ServerHandle:
     """Serve HTTP/1.1 REST on ``address``: ``"host:port"`` or ``"unix:/path"`` (a socket file only the owner may
     use, removed at stop), with TLS (mutual TLS with ``verify_client``) when ``ssl_config`` is given.
 
@@ -120,12 +146,22 @@ def start_restful_server(address: str, max_msg_mb_size: int = _defaults.MAX_MSG_
     _require_aiohttp()
     _configure_logging()
     master = _get_master()
-    return ServerHandle("REST", master, master.call(master.start_restful_server(
-        address, max_msg_mb_size, ssl_config, float(idle_timeout), max_connections, access, allow_client_shm)))
+    return ServerHandle(
+        "REST",
+        master,
+        master.call(
+            master.start_restful_server(
+                address, max_msg_mb_size, ssl_config, float(idle_timeout), max_connections, access, allow_client_shm
+            )
+        ),
+    )
 
 
-def start_metrics_server(address: str = _defaults.METRICS_ADDRESS, ssl_config: Optional[SSLConfig] = None,
-                         access: Optional[AccessConfig] = None) -> ServerHandle:
+def start_metrics_server(
+    address: str = _defaults.METRICS_ADDRESS,
+    ssl_config: Optional[SSLConfig] = None,
+    access: Optional[AccessConfig] = None,
+) -> ServerHandle:
     """Serve Prometheus metrics, ``GET /metrics`` in the text format, on ``address`` (``"host:port"`` or
     ``"unix:/path"``), with TLS when ``ssl_config`` is given and ``access`` guarding the group ``metrics``.
 

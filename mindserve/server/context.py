@@ -1,4 +1,5 @@
 """Server-wide settings, as MindSpore Serving's ``mindspore_serving.server.context`` offers them."""
+
 from __future__ import annotations
 
 from typing import Sequence as _Sequence
@@ -10,8 +11,13 @@ from mindserve._frontends.shared_memory.owners import owner_uids as _owner_uids
 from mindserve._frontends.stream_memory import MAX_STREAM_MEMORY_MB as _MAX_STREAM_MEMORY_MB
 from mindserve._master import get_master as _get_master
 
-__all__ = ["set_max_enqueued_requests", "set_max_request_instances", "set_max_stream_memory_mb",
-           "set_worker_restart_wait", "set_client_shm_owners"]
+__all__ = [
+    "set_max_enqueued_requests",
+    "set_max_request_instances",
+    "set_max_stream_memory_mb",
+    "set_worker_restart_wait",
+    "set_client_shm_owners",
+]
 
 
 def set_max_enqueued_requests(max_enqueued_requests: int) -> None:

@@ -16,8 +16,8 @@ Classifier/Predict with a method. A stage raises ``InputError`` for a bad client
 answered as the client's error (INVALID_ARGUMENT, HTTP 400) rather than a failure of the servable.
 ``version_path()`` is the folder of the version being served, for a stage's own files.
 """
+
 from mindserve._servable.definition import InputError, Model, add_stage, declare_model, register_method, version_path
 from mindserve._servable.seldon import seldon_classifier
 
-__all__ = ["InputError", "Model", "add_stage", "declare_model", "register_method", "seldon_classifier",
-           "version_path"]
+__all__ = ["InputError", "Model", "add_stage", "declare_model", "register_method", "seldon_classifier", "version_path"]

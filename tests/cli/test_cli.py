@@ -1,6 +1,7 @@
 """The `mindserve` command: `serve` as a real process (a YAML file, the defaults with environment overrides, the
 console script), `infer` against it with every kind of value, errors, SIGINT / SIGTERM, bad configuration; and
 the parsing of infer's values in this process."""
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,14 @@ SETOSA = [5.1, 3.5, 1.4, 0.2]
 def start_serve(tmp_path, command: list, env: dict | None = None) -> ServerProcess:
     """Run a `serve` command in ``tmp_path`` until it prints its ready line; stderr goes to tmp_path/stderr."""
     stderr = open(tmp_path / "stderr", "w")
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=str(tmp_path),
-                            env={**os.environ, "MINDSERVE_METRICS_ADDRESS": "off", **(env or {})})
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        cwd=str(tmp_path),
+        env={**os.environ, "MINDSERVE_METRICS_ADDRESS": "off", **(env or {})},
+    )
     stderr.close()
     server = ServerProcess(proc, "")
     try:
@@ -95,7 +102,8 @@ def test_serve_prints_the_ready_servables_and_the_address(served):
         f"servable digits version 1 from {BUNDLED_SERVABLES}/digits on device 0: methods classify_top1, "
         f"classify_top5, classify_top1_batch\n"
         f"gRPC listening on {served.address}\n"
-        f"{READY}")
+        f"{READY}"
+    )
 
 
 def test_infer_json_arrays(served):
@@ -107,8 +115,11 @@ def test_infer_npy_files(served, tmp_path):
     np.save(tmp_path / "x1.npy", np.full((2, 2), 1.25, np.float32))
     np.save(tmp_path / "x2.npy", np.eye(2, dtype=np.float32))
     done = infer(served.address, "add", "add_common", "x1=@x1.npy", "x2=@x2.npy", "--version", "1", cwd=tmp_path)
-    assert (done.returncode, done.stdout, done.stderr) == (0, "y=array([[2.25, 1.25], [1.25, 2.25]], dtype=float32)\n",
-                                                           "")
+    assert (done.returncode, done.stdout, done.stderr) == (
+        0,
+        "y=array([[2.25, 1.25], [1.25, 2.25]], dtype=float32)\n",
+        "",
+    )
 
 
 def test_infer_numbers_and_a_plain_string(served):
@@ -130,15 +141,21 @@ def test_infer_types_json_numbers_as_the_metadata_says(served):
     # add_common feeds the FP32 model directly: its metadata says FP32, so JSON integers are sent as float32
     done = infer(served.address, "add", "add_common", "x1=[[1, 2], [3, 4]]", "x2=[[1, 1], [1, 1]]")
     assert (done.returncode, done.stdout, done.stderr) == (0, "y=array([[2., 3.], [4., 5.]], dtype=float32)\n", "")
-    done = infer(served.address, "add", "add_common", "x1=[[1, 2], [3, 4]]", "x2=[[1, 1], [1, 1]]", "--dtype",
-                 "x2=float64")
+    done = infer(
+        served.address, "add", "add_common", "x1=[[1, 2], [3, 4]]", "x2=[[1, 1], [1, 1]]", "--dtype", "x2=float64"
+    )
     assert (done.returncode, done.stdout) == (1, "")
-    assert done.stderr == "error: Given model input 1 data type kMSI_Float64 not match the data type kMSI_Float32 " \
-                          "defined in model: input 'x2' of model tensor_add.onnx takes float32 [2, 2], given float64 " \
-                          "[2, 2]\n"
+    assert (
+        done.stderr == "error: Given model input 1 data type kMSI_Float64 not match the data type kMSI_Float32 "
+        "defined in model: input 'x2' of model tensor_add.onnx takes float32 [2, 2], given float64 "
+        "[2, 2]\n"
+    )
     done = infer(served.address, "add", "add_common", "x1=1", "x2=1", "--dtype", "x1=str")
-    assert (done.returncode, done.stderr) == (2, "mindserve infer: error: --dtype: expected name=TYPE with a numeric "
-                                                 "numpy type (float32, int64, bool, ...), got 'x1=str'\n")
+    assert (done.returncode, done.stderr) == (
+        2,
+        "mindserve infer: error: --dtype: expected name=TYPE with a numeric "
+        "numpy type (float32, int64, bool, ...), got 'x1=str'\n",
+    )
 
 
 def test_infer_several_instances_from_a_file(served, tmp_path):
@@ -150,19 +167,25 @@ def test_infer_several_instances_from_a_file(served, tmp_path):
     assert all(line.endswith("puid='p'") for line in lines)
     (tmp_path / "bad.json").write_text('{"x": 1}')
     done = infer(served.address, "iris", "predict", "--instances", "bad.json", cwd=tmp_path)
-    assert (done.returncode, done.stderr) == (2, "mindserve infer: error: --instances: 'bad.json' must hold a JSON "
-                                                 "array of objects (one per instance)\n")
+    assert (done.returncode, done.stderr) == (
+        2,
+        "mindserve infer: error: --instances: 'bad.json' must hold a JSON array of objects (one per instance)\n",
+    )
 
 
 def test_infer_prints_errors_from_the_server_with_exit_code_1(served):
     done = infer(served.address, "digits", "classify_top1", "image=not an image")
     assert (done.returncode, done.stdout) == (1, "")
-    assert done.stderr == "error: Call Function 'digits.preprocess' Failed, method: 'classify_top1', stage index" \
-                          "(begin with 1): 1, error msg: image must be the bytes of an encoded image, got str\n"
+    assert (
+        done.stderr == "error: Call Function 'digits.preprocess' Failed, method: 'classify_top1', stage index"
+        "(begin with 1): 1, error msg: image must be the bytes of an encoded image, got str\n"
+    )
     done = infer(served.address, "add", "subtract", "x1=1", "x2=1")
     assert (done.returncode, done.stdout) == (1, "")
-    assert done.stderr == "error: Request servable(add) method(subtract) , method is not available: servable add " \
-                          "has methods add_cast, add_common\n"
+    assert (
+        done.stderr == "error: Request servable(add) method(subtract) , method is not available: servable add "
+        "has methods add_cast, add_common\n"
+    )
 
 
 def test_infer_errors_before_sending_and_without_a_server(tmp_path):
@@ -176,20 +199,28 @@ def test_infer_errors_before_sending_and_without_a_server(tmp_path):
 
 def test_sigint_stops_a_unix_socket_server_and_its_workers(tmp_path):
     socket_file = str(tmp_path / "mindserve.sock")
-    (tmp_path / "serving.yaml").write_text(f"servables: [{{name: add, device_ids: [0, 1]}}]\n"
-                                           f"grpc_address: unix:{socket_file}\nrest_address: null\n")
-    server = start_serve(tmp_path, [*PYTHON_M, "serve", "--config", "serving.yaml"],
-                         env={"MINDSERVE_SERVABLE_DIRECTORY": BUNDLED_SERVABLES})
+    (tmp_path / "serving.yaml").write_text(
+        f"servables: [{{name: add, device_ids: [0, 1]}}]\ngrpc_address: unix:{socket_file}\nrest_address: null\n"
+    )
+    server = start_serve(
+        tmp_path,
+        [*PYTHON_M, "serve", "--config", "serving.yaml"],
+        env={"MINDSERVE_SERVABLE_DIRECTORY": BUNDLED_SERVABLES},
+    )
     try:
         assert server.output.startswith(
-            f"servable add version 1 from {BUNDLED_SERVABLES}/add on devices 0, 1: methods add_common, add_cast\n")
+            f"servable add version 1 from {BUNDLED_SERVABLES}/add on devices 0, 1: methods add_common, add_cast\n"
+        )
         assert len(child_pids(server.proc.pid)) == 2
         done = infer(f"unix:{socket_file}", "add", "add_cast", "x1=[[1, 1], [1, 1]]", "x2=[[true, false], [1, 2]]")
         assert (done.returncode, done.stdout) == (2, "")
         assert done.stderr == "mindserve infer: error: x2: a JSON array may not mix bools and numbers\n"
         done = infer(f"unix:{socket_file}", "add", "add_cast", "x1=[[1, 1], [1, 1]]", "x2=[[1, 2], [3, 4.5]]")
-        assert (done.returncode, done.stdout, done.stderr) == (0, "y=array([[2. , 3. ], [4. , 5.5]], dtype=float32)\n",
-                                                               "")
+        assert (done.returncode, done.stdout, done.stderr) == (
+            0,
+            "y=array([[2. , 3. ], [4. , 5.5]], dtype=float32)\n",
+            "",
+        )
         assert_stops(server, signal.SIGINT, socket_file)
     finally:
         server.stop(signal.SIGKILL)
@@ -199,23 +230,40 @@ def test_the_default_serve_with_the_console_script_until_sigterm(tmp_path):
     """No arguments: every bundled servable, gRPC and REST (here on free ports through the environment; the
     defaults 127.0.0.1:5500 and 1500 are asserted in test_cli_config)."""
     grpc_port, rest_port = free_port(), free_port()
-    server = start_serve(tmp_path, [CONSOLE_SCRIPT, "serve"],
-                         env={"MINDSERVE_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}",
-                              "MINDSERVE_REST_ADDRESS": f"127.0.0.1:{rest_port}"})
+    server = start_serve(
+        tmp_path,
+        [CONSOLE_SCRIPT, "serve"],
+        env={"MINDSERVE_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}", "MINDSERVE_REST_ADDRESS": f"127.0.0.1:{rest_port}"},
+    )
     try:
         lines = server.output.splitlines()
         served = {line.split()[1] for line in lines if line.startswith("servable ")}
         assert {"add", "add_sub", "digits", "iris"} <= served
-        assert f"servable add_sub version 1 from {BUNDLED_SERVABLES}/add_sub on device 0: methods " \
-               f"add_sub_only_model, add_sub_complex, add_sub_call_model" in lines
-        assert lines[-3:] == [f"gRPC listening on 127.0.0.1:{grpc_port}",
-                              f"REST listening on http://127.0.0.1:{rest_port}", READY.strip()]
+        assert (
+            f"servable add_sub version 1 from {BUNDLED_SERVABLES}/add_sub on device 0: methods "
+            f"add_sub_only_model, add_sub_complex, add_sub_call_model" in lines
+        )
+        assert lines[-3:] == [
+            f"gRPC listening on 127.0.0.1:{grpc_port}",
+            f"REST listening on http://127.0.0.1:{rest_port}",
+            READY.strip(),
+        ]
         with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/v2/health/ready", timeout=10) as reply:
             assert reply.status == 200
-        done = infer(f"127.0.0.1:{grpc_port}", "add_sub", "add_sub_complex", "x1=[[1.5, 1], [1, 1]]",
-                     "x2=[[1.0, 1], [1, 1]]", "x3=[[0.0, 0], [0, 4]]", command=[CONSOLE_SCRIPT])
+        done = infer(
+            f"127.0.0.1:{grpc_port}",
+            "add_sub",
+            "add_sub_complex",
+            "x1=[[1.5, 1], [1, 1]]",
+            "x2=[[1.0, 1], [1, 1]]",
+            "x3=[[0.0, 0], [0, 4]]",
+            command=[CONSOLE_SCRIPT],
+        )
         assert (done.returncode, done.stdout, done.stderr) == (
-            0, "y=array([[4.5, 4. ], [4. , 0. ]], dtype=float32)\n", "")
+            0,
+            "y=array([[4.5, 4. ], [4. , 0. ]], dtype=float32)\n",
+            "",
+        )
         assert_stops(server, signal.SIGTERM)
     finally:
         server.stop(signal.SIGKILL)
@@ -223,17 +271,39 @@ def test_the_default_serve_with_the_console_script_until_sigterm(tmp_path):
 
 def test_mutual_tls_from_environment_variables(tmp_path, tls_files):
     grpc_port, rest_port = free_port(), free_port()
-    server = start_serve(tmp_path, [*PYTHON_M, "serve"], env={
-        "MINDSERVE_SERVABLE_DIRECTORY": BUNDLED_SERVABLES, "MINDSERVE_SERVABLES": "add",
-        "MINDSERVE_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}", "MINDSERVE_REST_ADDRESS": f"127.0.0.1:{rest_port}",
-        "MINDSERVE_TLS_CERTIFICATE": tls_files["server.pem"], "MINDSERVE_TLS_PRIVATE_KEY": tls_files["server.key"],
-        "MINDSERVE_TLS_CA": tls_files["ca.pem"], "MINDSERVE_TLS_VERIFY_CLIENT": "true"})
+    server = start_serve(
+        tmp_path,
+        [*PYTHON_M, "serve"],
+        env={
+            "MINDSERVE_SERVABLE_DIRECTORY": BUNDLED_SERVABLES,
+            "MINDSERVE_SERVABLES": "add",
+            "MINDSERVE_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}",
+            "MINDSERVE_REST_ADDRESS": f"127.0.0.1:{rest_port}",
+            "MINDSERVE_TLS_CERTIFICATE": tls_files["server.pem"],
+            "MINDSERVE_TLS_PRIVATE_KEY": tls_files["server.key"],
+            "MINDSERVE_TLS_CA": tls_files["ca.pem"],
+            "MINDSERVE_TLS_VERIFY_CLIENT": "true",
+        },
+    )
     try:
-        assert server.output.splitlines()[-3:] == [f"gRPC listening on 127.0.0.1:{grpc_port} (TLS)",
-                                                   f"REST listening on https://127.0.0.1:{rest_port}", READY.strip()]
+        assert server.output.splitlines()[-3:] == [
+            f"gRPC listening on 127.0.0.1:{grpc_port} (TLS)",
+            f"REST listening on https://127.0.0.1:{rest_port}",
+            READY.strip(),
+        ]
         inputs = ("x1=[[1, 2], [3, 4]]", "x2=[[1, 1], [1, 1]]")
-        done = infer(f"localhost:{grpc_port}", "add", "add_cast", *inputs, "--ca", tls_files["ca.pem"],
-                     "--cert", tls_files["client.pem"], "--key", tls_files["client.key"])
+        done = infer(
+            f"localhost:{grpc_port}",
+            "add",
+            "add_cast",
+            *inputs,
+            "--ca",
+            tls_files["ca.pem"],
+            "--cert",
+            tls_files["client.pem"],
+            "--key",
+            tls_files["client.key"],
+        )
         assert (done.returncode, done.stdout, done.stderr) == (0, "y=array([[2., 3.], [4., 5.]], dtype=float32)\n", "")
         done = infer(f"localhost:{grpc_port}", "add", "add_cast", *inputs, "--ca", tls_files["ca.pem"])
         assert (done.returncode, done.stdout) == (1, "")  # no client certificate: refused
@@ -245,12 +315,19 @@ def test_mutual_tls_from_environment_variables(tmp_path, tls_files):
 
 def test_bad_configuration_exits_2_before_anything_starts(tmp_path):
     (tmp_path / "serving.yaml").write_text("servables:\n  - add\n  - name: iris\n    device_ids: x\n")
-    done = subprocess.run([*PYTHON_M, "serve", "--config", "serving.yaml"], capture_output=True, text=True,
-                          timeout=60, cwd=str(tmp_path), env={**os.environ, "MINDSERVE_SERVABLE_DIRECTORY":
-                                                              BUNDLED_SERVABLES})
+    done = subprocess.run(
+        [*PYTHON_M, "serve", "--config", "serving.yaml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(tmp_path),
+        env={**os.environ, "MINDSERVE_SERVABLE_DIRECTORY": BUNDLED_SERVABLES},
+    )
     assert (done.returncode, done.stdout) == (2, "")
-    assert done.stderr == "mindserve serve: error: serving.yaml: servables[1].device_ids: expected a list of " \
-                          "non-negative ints, got 'x'\n"
+    assert (
+        done.stderr == "mindserve serve: error: serving.yaml: servables[1].device_ids: expected a list of "
+        "non-negative ints, got 'x'\n"
+    )
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -274,21 +351,25 @@ def test_a_failing_start_exits_1_and_stops_what_had_started(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         address = "127.0.0.1:%d" % busy.getsockname()[1]
-        done = subprocess.run([*PYTHON_M, "serve", "--servable-directory", linked, "--grpc-address", address,
-                               "--rest-address", "off"], capture_output=True, text=True, timeout=60,
-                              cwd=str(tmp_path), env={**os.environ, "MINDSERVE_SERVABLES": "add,iris",
-                                                      "MINDSERVE_METRICS_ADDRESS": "off"})
+        done = subprocess.run(
+            [*PYTHON_M, "serve", "--servable-directory", linked, "--grpc-address", address, "--rest-address", "off"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=str(tmp_path),
+            env={**os.environ, "MINDSERVE_SERVABLES": "add,iris", "MINDSERVE_METRICS_ADDRESS": "off"},
+        )
     assert (done.returncode, done.stdout) == (1, "")
     assert "servable iris version 1 ready on 1 worker(s)" in done.stderr  # the servables had started
     last = done.stderr.splitlines()[-1]
-    assert last == f"mindserve serve: error: gRPC server failed to listen on {address}: the address is already in " \
-                   f"use"
+    assert last == f"mindserve serve: error: gRPC server failed to listen on {address}: the address is already in use"
     assert "chttp2" not in done.stderr, done.stderr  # gRPC's C++ log line about the bind is not printed
     assert "Traceback" not in done.stderr
     assert processes_mentioning(linked) == []
 
 
 # ---- the command line in this process ----
+
 
 def test_version_and_argument_errors(capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -303,8 +384,10 @@ def test_version_and_argument_errors(capsys):
     assert main(["infer", "127.0.0.1:1", "add", "add_common", "--ca", "/nonexistent.pem"]) == 2
     assert capsys.readouterr().err == "mindserve infer: error: --ca: file '/nonexistent.pem' does not exist\n"
     assert main(["serve", "--grpc-address", "off", "--rest-address", "off"]) == 2
-    assert capsys.readouterr().err == "mindserve serve: error: grpc_address and rest_address are both off: " \
-                                      "nothing would answer requests\n"
+    assert (
+        capsys.readouterr().err == "mindserve serve: error: grpc_address and rest_address are both off: "
+        "nothing would answer requests\n"
+    )
     with pytest.raises(SystemExit) as exit_info:
         main([])
     assert exit_info.value.code == 2
@@ -325,7 +408,7 @@ def test_values_typed_as_in_mindspore_rest(tmp_path):
     check_array(parse_value("x", "[[true], [false]]"), np.array([[True], [False]]))
     check_array(parse_value("x", "[]"), np.zeros((0,), np.float32))
     check_array(parse_value("x", "[[], []]"), np.zeros((2, 0), np.float32))
-    check_array(parse_value("x", "[2147483647, -2147483648]"), np.array([2 ** 31 - 1, -2 ** 31], np.int32))
+    check_array(parse_value("x", "[2147483647, -2147483648]"), np.array([2**31 - 1, -(2**31)], np.int32))
     assert parse_value("x", "hello world") == "hello world"
     assert parse_value("x", '"42"') == "42"
     assert parse_value("x", '"@name"') == "@name"
@@ -343,16 +426,19 @@ def test_values_typed_as_in_mindspore_rest(tmp_path):
     assert list(instance) == ["a", "b", "c"] and instance["b"] == "x=y" and instance["c"] == ""
 
 
-@pytest.mark.parametrize("text, message", [
-    ("[[1], [1, 2]]", "x: a JSON array must be rectangular (nested lists of equal lengths)"),
-    ("[1, [2]]", "x: a JSON array must be rectangular (nested lists of equal lengths)"),
-    ("[1, true]", "x: a JSON array may not mix bools and numbers"),
-    ('["a", "b"]', 'x: a JSON array may hold numbers or bools, got "a"'),
-    ("[null]", "x: a JSON array may hold numbers or bools, got null"),
-    ("[2147483648]", "x: 2147483648 does not fit int32 (write it as a float, or send a .npy file)"),
-    ("@", "x: '@' must be followed by a file name"),
-    ("@/nonexistent/file.png", "x: cannot read '/nonexistent/file.png': No such file or directory"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[[1], [1, 2]]", "x: a JSON array must be rectangular (nested lists of equal lengths)"),
+        ("[1, [2]]", "x: a JSON array must be rectangular (nested lists of equal lengths)"),
+        ("[1, true]", "x: a JSON array may not mix bools and numbers"),
+        ('["a", "b"]', 'x: a JSON array may hold numbers or bools, got "a"'),
+        ("[null]", "x: a JSON array may hold numbers or bools, got null"),
+        ("[2147483648]", "x: 2147483648 does not fit int32 (write it as a float, or send a .npy file)"),
+        ("@", "x: '@' must be followed by a file name"),
+        ("@/nonexistent/file.png", "x: cannot read '/nonexistent/file.png': No such file or directory"),
+    ],
+)
 def test_value_errors(text, message):
     with pytest.raises(InputError) as info:
         parse_value("x", text)
@@ -379,5 +465,7 @@ def test_results_print_on_one_line_by_output_name():
     assert format_value(np.arange(3)) == "array([0, 1, 2])"
     assert format_value("7") == "'7'" and format_value(b"\x00") == "b'\\x00'"
     assert format_value(["a", "b"]) == "['a', 'b']"
-    assert format_instance({"scores": np.array([0.5], np.float32), "label": "7"}) == \
-        "label='7' scores=array([0.5], dtype=float32)"
+    assert (
+        format_instance({"scores": np.array([0.5], np.float32), "label": "7"})
+        == "label='7' scores=array([0.5], dtype=float32)"
+    )

@@ -1,6 +1,7 @@
 """deploy/: every Kubernetes manifest validates (offline, strict) against the Kubernetes schemas, the KServe
 resources use only fields of KServe's CRDs, and what the manifests and the Dockerfile say of ports, probes,
 users and the termination grace agrees with what `mindserve serve` serves and how long its stop takes."""
+
 from __future__ import annotations
 
 import json
@@ -30,22 +31,85 @@ SHUTDOWN_S = _master.DRAIN_GRACE_S + _master.DRAIN_LINGER_MAX_S + _master.LISTEN
 # server would drop or refuse).
 KSERVE_FIELDS = {
     ("ServingRuntime", "spec"): {
-        "affinity", "annotations", "builtInAdapter", "containers", "disabled", "grpcDataEndpoint", "grpcEndpoint",
-        "hostIPC", "httpDataEndpoint", "imagePullSecrets", "labels", "multiModel", "nodeSelector",
-        "protocolVersions", "replicas", "resourceClaims", "schedulerName", "storageHelper", "supportedModelFormats",
-        "tolerations", "volumes", "workerSpec"},
+        "affinity",
+        "annotations",
+        "builtInAdapter",
+        "containers",
+        "disabled",
+        "grpcDataEndpoint",
+        "grpcEndpoint",
+        "hostIPC",
+        "httpDataEndpoint",
+        "imagePullSecrets",
+        "labels",
+        "multiModel",
+        "nodeSelector",
+        "protocolVersions",
+        "replicas",
+        "resourceClaims",
+        "schedulerName",
+        "storageHelper",
+        "supportedModelFormats",
+        "tolerations",
+        "volumes",
+        "workerSpec",
+    },
     ("ServingRuntime", "spec.supportedModelFormats[]"): {"autoSelect", "name", "priority", "version"},
     ("InferenceService", "spec"): {"canary", "explainer", "predictor", "tracing", "transformer"},
     ("InferenceService", "spec.predictor"): {
-        "activeDeadlineSeconds", "affinity", "annotations", "autoScaling", "batcher", "canaryTrafficPercent",
-        "containerConcurrency", "containers", "deploymentStrategy", "imagePullSecrets", "initContainers", "labels",
-        "logger", "maxReplicas", "minReplicas", "model", "nodeSelector", "priorityClassName", "resources",
-        "scaleMetric", "scaleMetricType", "scaleTarget", "securityContext", "serviceAccountName",
-        "terminationGracePeriodSeconds", "timeout", "tolerations", "volumes", "workerSpec"},
+        "activeDeadlineSeconds",
+        "affinity",
+        "annotations",
+        "autoScaling",
+        "batcher",
+        "canaryTrafficPercent",
+        "containerConcurrency",
+        "containers",
+        "deploymentStrategy",
+        "imagePullSecrets",
+        "initContainers",
+        "labels",
+        "logger",
+        "maxReplicas",
+        "minReplicas",
+        "model",
+        "nodeSelector",
+        "priorityClassName",
+        "resources",
+        "scaleMetric",
+        "scaleMetricType",
+        "scaleTarget",
+        "securityContext",
+        "serviceAccountName",
+        "terminationGracePeriodSeconds",
+        "timeout",
+        "tolerations",
+        "volumes",
+        "workerSpec",
+    },
     ("InferenceService", "spec.predictor.model"): {
-        "args", "command", "env", "envFrom", "image", "imagePullPolicy", "livenessProbe", "modelFormat", "name",
-        "ports", "protocolVersion", "readinessProbe", "resources", "runtime", "runtimeVersion", "securityContext",
-        "startupProbe", "storage", "storageUri", "volumeMounts", "workingDir"},
+        "args",
+        "command",
+        "env",
+        "envFrom",
+        "image",
+        "imagePullPolicy",
+        "livenessProbe",
+        "modelFormat",
+        "name",
+        "ports",
+        "protocolVersion",
+        "readinessProbe",
+        "resources",
+        "runtime",
+        "runtimeVersion",
+        "securityContext",
+        "startupProbe",
+        "storage",
+        "storageUri",
+        "volumeMounts",
+        "workingDir",
+    },
     ("InferenceService", "spec.predictor.model.modelFormat"): {"name", "version"},
 }
 KSERVE_PROTOCOLS = {"v1", "v2", "grpc-v1", "grpc-v2"}
@@ -81,17 +145,23 @@ def served_config(container: dict):
     return load_config(environ=env, cwd=REPO)
 
 
-@pytest.mark.parametrize("where, doc", KUBERNETES, ids=[f"{w}:{d['kind']}/{d['metadata']['name']}"
-                                                        for w, d in KUBERNETES])
+@pytest.mark.parametrize(
+    "where, doc", KUBERNETES, ids=[f"{w}:{d['kind']}/{d['metadata']['name']}" for w, d in KUBERNETES]
+)
 def test_every_kubernetes_manifest_is_valid(where, doc):
     kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
 
 def test_the_kinds_a_deployment_needs_are_there():
     kinds = sorted((d["kind"], d["metadata"]["name"]) for _, d in KUBERNETES)
-    assert kinds == [("Deployment", "mindserve"), ("HorizontalPodAutoscaler", "mindserve"),
-                     ("PersistentVolumeClaim", "mindserve-servables"), ("PodDisruptionBudget", "mindserve"),
-                     ("Service", "mindserve"), ("Service", "mindserve-headless")]
+    assert kinds == [
+        ("Deployment", "mindserve"),
+        ("HorizontalPodAutoscaler", "mindserve"),
+        ("PersistentVolumeClaim", "mindserve-servables"),
+        ("PodDisruptionBudget", "mindserve"),
+        ("Service", "mindserve"),
+        ("Service", "mindserve-headless"),
+    ]
 
 
 def test_probes_ports_and_scrape_annotations_match_what_mindserve_serve_serves():
@@ -100,16 +170,22 @@ def test_probes_ports_and_scrape_annotations_match_what_mindserve_serve_serves()
     (container,) = pod["spec"]["containers"]
     config = served_config(container)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": port_of(config.grpc_address), "http": port_of(config.rest_address),
-                     "metrics": port_of(config.metrics_address)}
+    assert ports == {
+        "grpc": port_of(config.grpc_address),
+        "http": port_of(config.rest_address),
+        "metrics": port_of(config.metrics_address),
+    }
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["grpc"]["port"] == ports["grpc"], probe
     # readiness follows the workers (""), liveness the process: names the health service keeps
     assert container["readinessProbe"]["grpc"].get("service", "") == ""
     assert container["livenessProbe"]["grpc"]["service"] == container["startupProbe"]["grpc"]["service"] == LIVENESS
     annotations = pod["metadata"]["annotations"]
-    assert (annotations["prometheus.io/scrape"], int(annotations["prometheus.io/port"]),
-            annotations["prometheus.io/path"]) == ("true", ports["metrics"], "/metrics")
+    assert (
+        annotations["prometheus.io/scrape"],
+        int(annotations["prometheus.io/port"]),
+        annotations["prometheus.io/path"],
+    ) == ("true", ports["metrics"], "/metrics")
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert {"/dev/shm", "/servables"} <= mounts
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
@@ -154,8 +230,12 @@ def _check_fields(kind: str, path: str, value, where: str) -> None:
 
 @pytest.mark.parametrize("where, doc", KSERVE, ids=[f"{w}:{d['kind']}" for w, d in KSERVE])
 def test_kserve_resources_use_only_fields_of_kserve_crds(where, doc):
-    assert doc["apiVersion"] == {"ServingRuntime": "serving.kserve.io/v1alpha1",
-                                 "InferenceService": "serving.kserve.io/v1beta1"}[doc["kind"]]
+    assert (
+        doc["apiVersion"]
+        == {"ServingRuntime": "serving.kserve.io/v1alpha1", "InferenceService": "serving.kserve.io/v1beta1"}[
+            doc["kind"]
+        ]
+    )
     assert set(doc) == {"apiVersion", "kind", "metadata", "spec"}
     _check_fields(doc["kind"], "", doc, where)
     # containers are Kubernetes containers: validated as the containers of a pod
@@ -177,12 +257,16 @@ def test_the_inference_service_uses_the_runtime_with_the_v2_protocol():
     # KServe routes HTTP to the container's port (8080), and models arrive in /mnt/models
     assert [p["containerPort"] for p in container["ports"]] == [port_of(config.rest_address)] == [8080]
     assert {e["name"]: e["value"] for e in container["env"]}["MINDSERVE_SERVABLE_DIRECTORY"] == "/mnt/models"
-    assert container["readinessProbe"]["grpc"]["port"] == container["livenessProbe"]["grpc"]["port"] \
+    assert (
+        container["readinessProbe"]["grpc"]["port"]
+        == container["livenessProbe"]["grpc"]["port"]
         == port_of(config.grpc_address)
+    )
     assert int(runtime["spec"]["annotations"]["prometheus.kserve.io/port"]) == port_of(config.metrics_address)
 
 
 # ---- the Dockerfile ----
+
 
 def dockerfile() -> list[tuple[str, str]]:
     """(instruction, arguments) of deploy/Dockerfile, continuation lines joined, comments dropped."""
@@ -206,7 +290,7 @@ def test_the_dockerfile_installs_the_package_and_serves_as_a_non_root_user():
     instructions = dockerfile()
     stages = [i for i, (op, _) in enumerate(instructions) if op == "FROM"]
     assert len(stages) == 2
-    final = instructions[stages[-1]:]
+    final = instructions[stages[-1] :]
     users = [args for op, args in final if op == "USER"]
     assert users and users[-1].split(":")[0] not in ("0", "root")
     entrypoint = [json.loads(args) for op, args in final if op == "ENTRYPOINT"]
@@ -238,6 +322,11 @@ def _docker_daemon() -> bool:
 
 @pytest.mark.skipif(not _docker_daemon(), reason="no Docker daemon on this machine: the image is not built here")
 def test_the_image_builds():
-    done = subprocess.run(["docker", "build", "-f", "deploy/Dockerfile", "-t", "mindserve:test", "."], cwd=REPO,
-                          capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(
+        ["docker", "build", "-f", "deploy/Dockerfile", "-t", "mindserve:test", "."],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert done.returncode == 0, done.stderr[-4000:]

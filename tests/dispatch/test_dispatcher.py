@@ -1,6 +1,7 @@
 """The dispatcher in process, over in-memory worker groups (the WorkerGroup protocol), with no worker process:
 routing by servable, method and version, the documented error texts, readiness and change notices, the bound
 on waiting requests, and what it notes for metrics."""
+
 from __future__ import annotations
 
 import asyncio
@@ -35,24 +36,29 @@ def test_a_version_asked_for_by_number_runs_there_or_nowhere():
     assert dead.value.message == "Request servable(add) method(add) version(2) , servable is not available"
     with pytest.raises(NotServed) as missing:
         dispatcher.resolve("add", "add", 3)
-    assert missing.value.message == ("Request servable(add) method(add) version(3) , servable is not available: "
-                                     "the served versions of add are 1, 2")
+    assert missing.value.message == (
+        "Request servable(add) method(add) version(3) , servable is not available: the served versions of add are 1, 2"
+    )
 
 
 def test_unknown_servables_and_methods_get_mindspore_texts_with_what_is_served():
     dispatcher = dispatcher_of(FakeGroup("add", 1), FakeGroup("echo", 1, {"echo": ECHO}))
     with pytest.raises(NotServed) as servable:
         dispatcher.resolve("ad", "add", 0)
-    assert servable.value.message == ("Request servable(ad) method(add) , servable is not available: servable 'ad' "
-                                      "is not served; served: add, echo")
+    assert servable.value.message == (
+        "Request servable(ad) method(add) , servable is not available: servable 'ad' is not served; served: add, echo"
+    )
     with pytest.raises(NotServed) as method:
         dispatcher.resolve("add", "sub", 0)
-    assert method.value.message == ("Request servable(add) method(sub) , method is not available: servable add "
-                                    "has methods add")
+    assert method.value.message == (
+        "Request servable(add) method(sub) , method is not available: servable add has methods add"
+    )
     with pytest.raises(NotServed) as nothing:
         Dispatcher().resolve("add", "add", 0)
-    assert nothing.value.message == ("Request servable(add) method(add) , servable is not available: servable "
-                                     "'add' is not served; no servable is served")
+    assert nothing.value.message == (
+        "Request servable(add) method(add) , servable is not available: servable "
+        "'add' is not served; no servable is served"
+    )
 
 
 def test_run_answers_one_result_per_instance_from_the_group():
@@ -61,6 +67,7 @@ def test_run_answers_one_result_per_instance_from_the_group():
 
     async def scenario():
         return await dispatcher.run(dispatcher.resolve("add", "add", 0), [X, X, X])
+
     results = asyncio.run(scenario())
     assert isinstance(results, InstanceResults) and list(results) == [X, X, X]
     assert group.calls == [("add", 3, 0)]
@@ -84,6 +91,7 @@ def test_waiting_requests_are_bounded_and_the_one_over_is_refused_at_once():
         group.release.set()
         assert [list(r) for r in await asyncio.gather(*held)] == [[X], [X]]
         assert dispatcher.enqueued_requests == 0
+
     asyncio.run(scenario())
 
 
@@ -99,6 +107,7 @@ def test_a_cancelled_request_leaves_no_count_behind():
         with pytest.raises(asyncio.CancelledError):
             await task
         assert dispatcher.enqueued_requests == 0 and dispatcher.pending() == {("add", 1): 0}
+
     asyncio.run(scenario())
 
 
@@ -123,16 +132,21 @@ def test_open_inference_model_names_resolve_to_a_method():
     assert dispatcher.find_method("add.sub") == ("add", "sub")
     with pytest.raises(NotServed) as two:
         dispatcher.find_method("add")
-    assert two.value.message == ("Model 'add' is not found: servable add has 2 methods, name one as "
-                                 "'add.<method>' (add, sub)")
+    assert two.value.message == (
+        "Model 'add' is not found: servable add has 2 methods, name one as 'add.<method>' (add, sub)"
+    )
     with pytest.raises(NotServed) as none:
         dispatcher.find_method("add.mul")
-    assert none.value.message == ("Model 'add.mul' is not found, models are named 'servable.method', or "
-                                  "'servable' for a servable with a single method: servable add has methods add, sub")
+    assert none.value.message == (
+        "Model 'add.mul' is not found, models are named 'servable.method', or "
+        "'servable' for a servable with a single method: servable add has methods add, sub"
+    )
     with pytest.raises(NotServed) as elsewhere:
         dispatcher.find_method("sub.add")
-    assert elsewhere.value.message == ("Model 'sub.add' is not found, models are named 'servable.method', or "
-                                       "'servable' for a servable with a single method")
+    assert elsewhere.value.message == (
+        "Model 'sub.add' is not found, models are named 'servable.method', or "
+        "'servable' for a servable with a single method"
+    )
 
 
 def test_too_many_instances_are_refused_before_anything_is_made():
@@ -158,6 +172,7 @@ def test_what_the_dispatcher_notes_for_metrics():
     async def scenario():
         await one("add")
         await one("nosuch")
+
     asyncio.run(scenario())
     series = dispatcher.requests.series
     assert series[("add", "1", "add", "ms")].failures == {"stage_failed": 1}

@@ -1,6 +1,7 @@
 """What the master makes of a worker's statistics: a snapshot read back equals what the worker counted, totals
 add up exactly, and a snapshot that is not the expected shape (a worker runs user code) is dropped whole, never
 trusted, and never names a method the servable did not report."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,8 +13,14 @@ from mindserve._metrics.worker_stats import WorkerStats, stage_label
 
 def counted() -> WorkerStats:
     stats = WorkerStats()
-    stats.record("predict", [50_000, 2_000_000], [(stage_label(1, False), 30_000), (stage_label(2, True), 900_000)],
-                 5, 10_000, 20_000)
+    stats.record(
+        "predict",
+        [50_000, 2_000_000],
+        [(stage_label(1, False), 30_000), (stage_label(2, True), 900_000)],
+        5,
+        10_000,
+        20_000,
+    )
     stats.record("predict", [1_000], [(stage_label(1, False), 40_000), (stage_label(2, True), 700_000)], 1, 1, 2)
     return stats
 
@@ -49,18 +56,65 @@ def test_histogram_buckets_are_cumulative_for_prometheus():
     assert cumulative[-2] == 3 and cumulative[-1] == 4  # past 30 s: only in +Inf
 
 
-@pytest.mark.parametrize("snapshot", [
-    None, [], "x", {"predict": None}, {"predict": {}},
-    {"predict": {"q": [[1], 1], "s": {}, "b": [[0] * 10, 0], "x": 1, "i": 1, "j": 1, "c": [0, 0, 0], "bb": {}}},
-    {"predict": {"q": [[0] * 18, 0], "s": {}, "b": [[0] * 10, 0], "x": -1, "i": 1, "j": 1, "c": [0, 0, 0],
-                 "bb": {}}},
-    {"predict": {"q": [[0] * 18, 0], "s": {"1:model": [["x"] * 18, 0]}, "b": [[0] * 10, 0], "x": 1, "i": 1,
-                 "j": 1, "c": [0, 0, 0], "bb": {}}},
-    {"predict": {"q": [[0] * 18, 0], "s": {}, "b": [[0] * 10, 0], "x": 1, "i": 1, "j": 1, "c": [0, 0, 0],
-                 "bb": {"-1": [1, 1, 1, 1]}}},
-    {"predict": {"q": [[0] * 18, 0], "s": {"x" * 1000: [[0] * 18, 0]}, "b": [[0] * 10, 0], "x": True, "i": 1,
-                 "j": 1, "c": [0, 0, 0], "bb": {}}},
-])
+@pytest.mark.parametrize(
+    "snapshot",
+    [
+        None,
+        [],
+        "x",
+        {"predict": None},
+        {"predict": {}},
+        {"predict": {"q": [[1], 1], "s": {}, "b": [[0] * 10, 0], "x": 1, "i": 1, "j": 1, "c": [0, 0, 0], "bb": {}}},
+        {
+            "predict": {
+                "q": [[0] * 18, 0],
+                "s": {},
+                "b": [[0] * 10, 0],
+                "x": -1,
+                "i": 1,
+                "j": 1,
+                "c": [0, 0, 0],
+                "bb": {},
+            }
+        },
+        {
+            "predict": {
+                "q": [[0] * 18, 0],
+                "s": {"1:model": [["x"] * 18, 0]},
+                "b": [[0] * 10, 0],
+                "x": 1,
+                "i": 1,
+                "j": 1,
+                "c": [0, 0, 0],
+                "bb": {},
+            }
+        },
+        {
+            "predict": {
+                "q": [[0] * 18, 0],
+                "s": {},
+                "b": [[0] * 10, 0],
+                "x": 1,
+                "i": 1,
+                "j": 1,
+                "c": [0, 0, 0],
+                "bb": {"-1": [1, 1, 1, 1]},
+            }
+        },
+        {
+            "predict": {
+                "q": [[0] * 18, 0],
+                "s": {"x" * 1000: [[0] * 18, 0]},
+                "b": [[0] * 10, 0],
+                "x": True,
+                "i": 1,
+                "j": 1,
+                "c": [0, 0, 0],
+                "bb": {},
+            }
+        },
+    ],
+)
 def test_a_malformed_snapshot_is_dropped(snapshot):
     assert read_snapshot(snapshot, {"predict"}) == {}
 

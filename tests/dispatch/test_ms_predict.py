@@ -1,6 +1,7 @@
 """MindSpore Serving's one prediction (mindserve._frontends.mindspore.predict), whatever door carries it (gRPC
 Predict, REST /model), in process over in-memory servable versions: the request's checks, each instance checked
 on its own, the valid ones run and merged back in order, MindSpore's texts, what the metrics count."""
+
 from __future__ import annotations
 
 import asyncio
@@ -14,8 +15,9 @@ from mindserve._metrics import requests as request_metrics
 from mindserve._tensor import RawTensor
 from support.fake_groups import FakeGroup, dispatcher_of
 
-MISSING_X2 = ("Cannot find input x2 in instance input , servable add, method add: the method takes x1, x2; "
-              "the instance gives x1")
+MISSING_X2 = (
+    "Cannot find input x2 in instance input , servable add, method add: the method takes x1, x2; the instance gives x1"
+)
 
 
 def tensor_of(name: str, value) -> RawTensor:
@@ -30,8 +32,10 @@ def predict_all(dispatcher, instances: list, servable: str = "add", method: str 
         route = predict.resolve(dispatcher, servable, method, version, len(instances))
         names = route.signature.inputs
         checked = predict.check_instances(
-            instances, lambda i, instance: predict.instance_inputs(instance, names, servable, method, tensor_of))
+            instances, lambda i, instance: predict.instance_inputs(instance, names, servable, method, tensor_of)
+        )
         return await predict.run(dispatcher, route, checked)
+
     return asyncio.run(scenario())
 
 
@@ -48,9 +52,15 @@ def test_valid_instances_run_together_and_come_back_in_order():
 
 def test_a_bad_instance_fails_alone_in_its_place_with_mindspore_texts():
     group = FakeGroup("add", 1)
-    outcomes = predict_all(dispatcher_of(group), [{"x1": [1, 2]}, {"x1": [5, 6], "x2": [7, 8]},
-                                                  {"x1": [1, 2], "x2": [3, 4], "x3": [0, 0]},
-                                                  {"x1": [1, 2], "x2": "no"}])
+    outcomes = predict_all(
+        dispatcher_of(group),
+        [
+            {"x1": [1, 2]},
+            {"x1": [5, 6], "x2": [7, 8]},
+            {"x1": [1, 2], "x2": [3, 4], "x3": [0, 0]},
+            {"x1": [1, 2], "x2": "no"},
+        ],
+    )
     assert isinstance(outcomes[0], InvalidInput)
     assert outcomes[0].message == MISSING_X2
     assert values(outcomes[1]) == {"x1": [5, 6], "x2": [7, 8]}
@@ -86,13 +96,16 @@ def test_a_request_with_a_bad_instance_counts_as_failed_for_its_reason():
     async def one(instances: list) -> None:
         with dispatcher.requests.tallied(request_metrics.REST_MS):
             route = predict.resolve(dispatcher, "add", "add", 0, len(instances))
-            checked = predict.check_instances(instances, lambda i, instance: predict.instance_inputs(
-                instance, route.signature.inputs, "add", "add", tensor_of))
+            checked = predict.check_instances(
+                instances,
+                lambda i, instance: predict.instance_inputs(instance, route.signature.inputs, "add", "add", tensor_of),
+            )
             await predict.run(dispatcher, route, checked)
 
     async def scenario():
         await one([{"x1": [1, 2], "x2": [3, 4]}])
         await one([{"x1": [1, 2]}, {"x1": [1, 2], "x2": [3, 4]}])
+
     asyncio.run(scenario())
     series = dispatcher.requests.series[("add", "1", "add", "rest_ms")]
     assert (series.success, series.failures) == (1, {"invalid_input": 1})

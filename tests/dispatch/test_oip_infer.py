@@ -1,6 +1,7 @@
 """The Open Inference Protocol's one inference (mindserve._frontends.oip.infer), whatever transport carries it,
 in process over in-memory servable versions: model names, versions, inputs cut into instances with their checks,
 outputs selected and stacked, errors typed with their texts."""
+
 from __future__ import annotations
 
 import asyncio
@@ -15,8 +16,12 @@ from mindserve._servable.signature import MethodSignature, TensorSpec
 from mindserve._tensor import RawTensor
 from support.fake_groups import FakeGroup, dispatcher_of
 
-SUM = MethodSignature(("x1", "x2"), ("y", "x1"), (TensorSpec(11, (2,)), TensorSpec(11, (2,))),
-                      (TensorSpec(11, (2,)), TensorSpec(11, (2,))))
+SUM = MethodSignature(
+    ("x1", "x2"),
+    ("y", "x1"),
+    (TensorSpec(11, (2,)), TensorSpec(11, (2,))),
+    (TensorSpec(11, (2,)), TensorSpec(11, (2,))),
+)
 
 
 def add(instance: dict) -> dict:
@@ -60,10 +65,13 @@ def test_a_model_that_is_not_served_is_answered_before_its_inputs_are_made():
 
     def never():
         raise AssertionError("the inputs were made")
+
     with pytest.raises(NotServed) as missing:
         asyncio.run(infer(dispatcher, "sub", "", never, []))
-    assert missing.value.message == ("Model 'sub' is not found, models are named 'servable.method', or 'servable' "
-                                     "for a servable with a single method")
+    assert missing.value.message == (
+        "Model 'sub' is not found, models are named 'servable.method', or 'servable' "
+        "for a servable with a single method"
+    )
     with pytest.raises(NotServed) as version:
         asyncio.run(infer(dispatcher, "add", "7", never, []))
     assert version.value.message == "Model 'add' version 7 is not found, running versions: 1"
@@ -74,8 +82,10 @@ def test_inputs_are_checked_before_anything_runs():
     dispatcher = dispatcher_of(group)
     with pytest.raises(InvalidInput) as missing:
         run(dispatcher, "add", "", [raw("x1", X1)])
-    assert missing.value.message == ("Cannot find input x2 in request inputs , servable add, method sum: the method "
-                                     "takes x1, x2; the request gives x1")
+    assert missing.value.message == (
+        "Cannot find input x2 in request inputs , servable add, method sum: the method "
+        "takes x1, x2; the request gives x1"
+    )
     with pytest.raises(InvalidInput) as rows:
         run(dispatcher, "add", "", [raw("x1", X1), raw("x2", X2[:2])])
     assert "input dim 0 (instances) is 2, but input x1 has 3" in rows.value.message
@@ -88,9 +98,12 @@ def test_inputs_are_checked_before_anything_runs():
 def test_the_first_failed_instance_fails_the_inference():
     def failing(instance: dict):
         if np.frombuffer(instance["x1"].data, np.float32)[0] == 2.0:
-            return StageFailed("Call Function 'add.check' Failed, method: 'sum', stage index(begin with 1): 1, "
-                               "error msg: x1 is too large")
+            return StageFailed(
+                "Call Function 'add.check' Failed, method: 'sum', stage index(begin with 1): 1, "
+                "error msg: x1 is too large"
+            )
         return add(instance)
+
     dispatcher = dispatcher_of(FakeGroup("add", 1, {"sum": SUM}, answer=failing))
     with pytest.raises(StageFailed) as failed:
         run(dispatcher, "add", "", [raw("x1", X1), raw("x2", X2)])

@@ -1,4 +1,5 @@
 """The typed error family (mindserve._errors): raised below the frontends, mapped once per transport."""
+
 from __future__ import annotations
 
 import pytest
@@ -33,8 +34,22 @@ from mindserve._errors import (
 from mindserve._frontends.grpc.status import GRPC_STATUS
 from mindserve._frontends.rest.common import HTTP_STATUS
 
-KINDS = (InvalidInput, NotServed, NoLiveWorker, QueueFull, StageFailed, WorkerLost, Internal, Unauthenticated,
-         PermissionDenied, KeyRequired, AlreadyExists, FeatureDisabled, DeadlineExceeded, Cancelled)
+KINDS = (
+    InvalidInput,
+    NotServed,
+    NoLiveWorker,
+    QueueFull,
+    StageFailed,
+    WorkerLost,
+    Internal,
+    Unauthenticated,
+    PermissionDenied,
+    KeyRequired,
+    AlreadyExists,
+    FeatureDisabled,
+    DeadlineExceeded,
+    Cancelled,
+)
 
 
 def test_every_kind_has_an_answer_on_every_transport():
@@ -43,32 +58,54 @@ def test_every_kind_has_an_answer_on_every_transport():
 
 def test_dropped_work_answers_with_its_reason():
     import grpc
+
     assert [(GRPC_STATUS[k], HTTP_STATUS[k]) for k in (DeadlineExceeded, Cancelled)] == [
-        (grpc.StatusCode.DEADLINE_EXCEEDED, 504), (grpc.StatusCode.CANCELLED, 499)]
+        (grpc.StatusCode.DEADLINE_EXCEEDED, 504),
+        (grpc.StatusCode.CANCELLED, 499),
+    ]
     late, gone = from_worker(DROPPED_DEADLINE, "late"), from_worker(DROPPED_CANCELLED, "gone")
     assert (type(late), late.code, type(gone), gone.code) == (DeadlineExceeded, FAILED, Cancelled, FAILED)
 
 
 def test_access_errors_answer_as_triton_and_oauth_do():
     import grpc
+
     assert [(GRPC_STATUS[k], HTTP_STATUS[k]) for k in (Unauthenticated, PermissionDenied, KeyRequired)] == [
-        (grpc.StatusCode.UNAUTHENTICATED, 401), (grpc.StatusCode.PERMISSION_DENIED, 403),
-        (grpc.StatusCode.UNAUTHENTICATED, 403)]
+        (grpc.StatusCode.UNAUTHENTICATED, 401),
+        (grpc.StatusCode.PERMISSION_DENIED, 403),
+        (grpc.StatusCode.UNAUTHENTICATED, 403),
+    ]
 
 
-@pytest.mark.parametrize("kind, code", [(InvalidInput, INVALID_INPUTS), (NotServed, SERVABLE_UNAVAILABLE),
-                                        (NoLiveWorker, SERVABLE_UNAVAILABLE), (QueueFull, FAILED),
-                                        (StageFailed, SYSTEM_ERROR), (WorkerLost, WORKER_UNAVAILABLE),
-                                        (Internal, SYSTEM_ERROR)])
+@pytest.mark.parametrize(
+    "kind, code",
+    [
+        (InvalidInput, INVALID_INPUTS),
+        (NotServed, SERVABLE_UNAVAILABLE),
+        (NoLiveWorker, SERVABLE_UNAVAILABLE),
+        (QueueFull, FAILED),
+        (StageFailed, SYSTEM_ERROR),
+        (WorkerLost, WORKER_UNAVAILABLE),
+        (Internal, SYSTEM_ERROR),
+    ],
+)
 def test_each_kind_keeps_its_msservice_code(kind, code):
     error = kind("text")
     assert (error.code, error.message, str(error), kind_of(error)) == (code, "text", "text", kind)
     assert kind("text", 7).code == 7  # a code of its own where MSService's replies have another
 
 
-@pytest.mark.parametrize("code, kind", [(INVALID_INPUTS, InvalidInput), (WORKER_UNAVAILABLE, WorkerLost),
-                                        (SERVABLE_UNAVAILABLE, NoLiveWorker), (FAILED, StageFailed),
-                                        (SYSTEM_ERROR, StageFailed), (99, StageFailed)])
+@pytest.mark.parametrize(
+    "code, kind",
+    [
+        (INVALID_INPUTS, InvalidInput),
+        (WORKER_UNAVAILABLE, WorkerLost),
+        (SERVABLE_UNAVAILABLE, NoLiveWorker),
+        (FAILED, StageFailed),
+        (SYSTEM_ERROR, StageFailed),
+        (99, StageFailed),
+    ],
+)
 def test_errors_from_workers_and_untyped_errors_are_kinds_by_code(code, kind):
     error = from_worker(code, "text")
     assert (type(error), error.code, error.message) == (kind, code, "text")
@@ -80,7 +117,9 @@ def test_the_dispatcher_tells_not_served_from_no_live_worker():
     with pytest.raises(NotServed) as info:
         dispatcher.resolve("nope", "predict", 0)
     assert (info.value.code, info.value.message) == (
-        SERVABLE_UNAVAILABLE, "Request servable(nope) method(predict) , servable is not available: servable 'nope' is "
-                              "not served; no servable is served")
+        SERVABLE_UNAVAILABLE,
+        "Request servable(nope) method(predict) , servable is not available: servable 'nope' is "
+        "not served; no servable is served",
+    )
     with pytest.raises(NotServed, match=r"version\(3\) , servable is not available"):
         dispatcher.resolve("nope", "predict", 3)

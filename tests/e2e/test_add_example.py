@@ -1,4 +1,5 @@
 """MindSpore Serving's add example, served from the bundled servables directory."""
+
 import numpy as np
 import pytest
 
@@ -26,9 +27,11 @@ def test_int32_instance_fails_alone_in_add_common_and_add_cast_accepts_it(add_se
     instances = _instances()
     instances[1] = {"x1": np.ones((2, 2), np.int32), "x2": np.ones((2, 2), np.int32)}
     result = Client(add_server.address, "add", "add_common").infer(instances)
-    assert result[1] == {"error": "Given model input 0 data type kMSI_Int32 not match the data type kMSI_Float32 "
-                                  "defined in model: input 'x1' of model tensor_add.onnx takes float32 [2, 2], given "
-                                  "int32 [2, 2]"}
+    assert result[1] == {
+        "error": "Given model input 0 data type kMSI_Int32 not match the data type kMSI_Float32 "
+        "defined in model: input 'x1' of model tensor_add.onnx takes float32 [2, 2], given "
+        "int32 [2, 2]"
+    }
     np.testing.assert_array_equal(result[0]["y"], np.full((2, 2), 2, np.float32))
     np.testing.assert_array_equal(result[2]["y"], np.full((2, 2), 6, np.float32))
 

@@ -1,5 +1,6 @@
 """A serving process's life: stop() from the script, SIGTERM and SIGINT, draining requests in flight, and a master
 that is killed outright."""
+
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from support.processes import child_pids, free_port, pid_alive, start_server
 
 pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
 
-SLOW_CONFIG = '''
+SLOW_CONFIG = """
 import os
 import time
 from mindserve.server import register
@@ -30,7 +31,7 @@ def sleep_then_double(x):
 @register.register_method(output_names=["y"])
 def slow(x):
     return register.add_stage(sleep_then_double, x, outputs_count=1)
-'''
+"""
 
 
 @pytest.fixture
@@ -75,7 +76,9 @@ def test_stop_called_by_the_script_ends_the_process(servable_dir, tmp_path):
     sock = tmp_path / "self_stop.sock"
     flag = tmp_path / "stop-now"
     address = f"unix:{sock}"
-    server = start_server(tmp_path, f"""
+    server = start_server(
+        tmp_path,
+        f"""
         import os, time
         server.start_servables(server.ServableStartConfig({servable_dir!r}, "echo", device_ids=(0, 1)))
         server.start_grpc_server({address!r})
@@ -84,7 +87,9 @@ def test_stop_called_by_the_script_ends_the_process(servable_dir, tmp_path):
             time.sleep(0.05)
         server.stop()
         print("STOPPED", flush=True)
-    """, address)
+    """,
+        address,
+    )
     try:
         assert sock.exists()
         assert (sock.stat().st_mode & 0o777) == 0o600
@@ -106,7 +111,9 @@ def test_a_script_that_dies_of_an_exception_stops_its_workers_and_exits_non_zero
     # a new user's typo after start_servables: the traceback, then the end of the process, never a hang
     sock = tmp_path / "dies.sock"
     address = f"unix:{sock}"
-    server = start_server(tmp_path, f"""
+    server = start_server(
+        tmp_path,
+        f"""
         import os, time
         server.start_servables(server.ServableStartConfig({servable_dir!r}, "echo", device_ids=0))
         server.start_grpc_server({address!r})
@@ -114,7 +121,9 @@ def test_a_script_that_dies_of_an_exception_stops_its_workers_and_exits_non_zero
         while not os.path.exists({str(tmp_path / "go")!r}):
             time.sleep(0.05)
         undefined_name_here
-    """, address)
+    """,
+        address,
+    )
     try:
         pids = set(child_pids(server.proc.pid))
         assert pids
@@ -138,11 +147,15 @@ def test_signal_stops_the_server(servable_dir, tmp_path, sig):
     sock = tmp_path / "signal.sock"
     unix_address = f"unix:{sock}"
     address = f"127.0.0.1:{free_port()}"
-    server = start_server(tmp_path, f"""
+    server = start_server(
+        tmp_path,
+        f"""
         server.start_servables(server.ServableStartConfig({servable_dir!r}, "echo", device_ids=(0, 1)))
         server.start_grpc_server({address!r})
         server.start_grpc_server({unix_address!r})
-    """, address)
+    """,
+        address,
+    )
     try:
         pids = _worker_pids(address, 2)
         assert pids == set(child_pids(server.proc.pid))
@@ -158,10 +171,14 @@ def test_signal_stops_the_server(servable_dir, tmp_path, sig):
 
 def test_sigterm_drains_requests_in_flight(slow_dir, tmp_path):
     address = f"127.0.0.1:{free_port()}"
-    server = start_server(tmp_path, f"""
+    server = start_server(
+        tmp_path,
+        f"""
         server.start_servables(server.ServableStartConfig({slow_dir!r}, "slow", device_ids=0))
         server.start_grpc_server({address!r})
-    """, address)
+    """,
+        address,
+    )
     try:
         x = np.array([[1, -2], [3, 4]], np.int32)
         pending = Client(address, "slow", "slow").infer_async({"x": x})
@@ -183,10 +200,14 @@ def test_second_sigterm_while_draining_is_harmless(slow_dir, tmp_path):
     """A second SIGTERM (or Ctrl-C pressed twice) while the first one drains: the request in flight still gets
     its result, and the process ends as after one signal, without a traceback."""
     address = f"127.0.0.1:{free_port()}"
-    server = start_server(tmp_path, f"""
+    server = start_server(
+        tmp_path,
+        f"""
         server.start_servables(server.ServableStartConfig({slow_dir!r}, "slow", device_ids=0))
         server.start_grpc_server({address!r})
-    """, address)
+    """,
+        address,
+    )
     try:
         x = np.array([0.5, 8.0], np.float32)
         pending = Client(address, "slow", "slow").infer_async({"x": x})
@@ -206,10 +227,14 @@ def test_second_sigterm_while_draining_is_harmless(slow_dir, tmp_path):
 
 def test_workers_exit_when_the_master_is_killed(servable_dir, tmp_path):
     address = f"unix:{tmp_path}/killed.sock"
-    server = start_server(tmp_path, f"""
+    server = start_server(
+        tmp_path,
+        f"""
         server.start_servables(server.ServableStartConfig({servable_dir!r}, "echo", device_ids=(0, 1)))
         server.start_grpc_server({address!r})
-    """, address)
+    """,
+        address,
+    )
     try:
         pids = _worker_pids(address, 2)
     finally:
@@ -258,12 +283,11 @@ for round_ in (1, 2):
     print("ROUND", round_, flush=True)
 print("DONE", flush=True)
 """)
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
-                          cwd=str(tmp_path))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
     assert (done.returncode, done.stdout) == (0, "ROUND 1\nROUND 2\nDONE\n"), done.stderr
 
 
-HELD_CONFIG = '''
+HELD_CONFIG = """
 import os
 import time
 from mindserve.server import register
@@ -282,7 +306,7 @@ def held(x):
 @register.register_method(output_names=["y"])
 def echo(x):
     return register.add_stage(held, x, outputs_count=1)
-'''
+"""
 
 
 def test_sigterm_turns_health_not_serving_at_once_then_drains_then_exits(tmp_path):
@@ -296,10 +320,14 @@ def test_sigterm_turns_health_not_serving_at_once_then_drains_then_exits(tmp_pat
     folder = servables.write(root, "held", HELD_CONFIG)
     hold, started = os.path.join(folder, "hold"), os.path.join(folder, "started")
     address = f"127.0.0.1:{free_port()}"
-    server = start_server(tmp_path, f"""
+    server = start_server(
+        tmp_path,
+        f"""
         server.start_servables(server.ServableStartConfig({root!r}, "held", device_ids=0))
         server.start_grpc_server({address!r})
-    """, address)
+    """,
+        address,
+    )
     channel = grpc.insecure_channel(address)
     health = health_pb2_grpc.HealthStub(channel)
     try:
@@ -311,14 +339,18 @@ def test_sigterm_turns_health_not_serving_at_once_then_drains_then_exits(tmp_pat
         _wait_for_file(started)
         server.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 10
-        while health.Check(health_pb2.HealthCheckRequest(), timeout=10).status \
-                != health_pb2.HealthCheckResponse.NOT_SERVING:
+        while (
+            health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
+            != health_pb2.HealthCheckResponse.NOT_SERVING
+        ):
             assert time.monotonic() < deadline, "health did not turn NOT_SERVING"
             time.sleep(0.02)
         assert server.proc.poll() is None  # still running: the request in flight holds the drain
         refused = Client(address, "held", "echo").infer({"x": x})
-        assert refused == {"error": "Grpc Error, (14, 'unavailable'), the server is shutting down: send the request "
-                                    "again, to another replica"}
+        assert refused == {
+            "error": "Grpc Error, (14, 'unavailable'), the server is shutting down: send the request "
+            "again, to another replica"
+        }
         os.unlink(hold)
         result = pending.result(timeout=20)
         code = server.proc.wait(30)

@@ -3,6 +3,7 @@ and serving.yaml blocks are taken from README.md itself, and each `$ ` command o
 splits it) with the project's venv first on PATH (as `. .venv/bin/activate` puts it) and must print exactly what
 the README shows. Substitutions, so that the test never meets another server or depends on a home folder: free
 ports for 5600 and 5602, and the test's folder for /home/me."""
+
 from __future__ import annotations
 
 import os
@@ -25,7 +26,7 @@ def walkthrough() -> str:
     with open(os.path.join(REPO, "README.md")) as f:
         text = f.read()
     start = text.index(SECTION)
-    return text[start:text.index("\n## ", start + len(SECTION))]
+    return text[start : text.index("\n## ", start + len(SECTION))]
 
 
 def blocks(section: str, language: str) -> list[str]:
@@ -78,22 +79,24 @@ def test_the_walkthrough_prints_what_the_readme_shows(folder):
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
 
     def expected(lines: list[str]) -> list[str]:
-        return [line.replace("5600", str(port)).replace("5602", str(metrics_port)).replace("/home/me", str(tmp))
-                for line in lines]
+        return [
+            line.replace("5600", str(port)).replace("5602", str(metrics_port)).replace("/home/me", str(tmp))
+            for line in lines
+        ]
 
     server = None
     try:
         for command, printed in steps:
             command = command.replace("5600", str(port))
             if command.startswith("mindserve serve"):
-                proc = subprocess.Popen(shlex.split(command), cwd=tmp, env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.DEVNULL, text=True)
+                proc = subprocess.Popen(
+                    shlex.split(command), cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+                )
                 server = ServerProcess(proc, f"127.0.0.1:{port}")
                 server.read_until("ready; Ctrl-C or SIGTERM stops it\n", 90)
                 assert server.output.splitlines() == expected(printed)
                 continue
-            done = subprocess.run(shlex.split(command), cwd=tmp, env=env, capture_output=True, text=True,
-                                  timeout=120)
+            done = subprocess.run(shlex.split(command), cwd=tmp, env=env, capture_output=True, text=True, timeout=120)
             assert (done.stdout + done.stderr).splitlines() == expected(printed), command
     finally:
         if server is not None:

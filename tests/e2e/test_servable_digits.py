@@ -5,6 +5,7 @@ be exactly what ONNX Runtime computes in this process from the digit's own level
 The served model classifies the 450 held-out digits with accuracy 0.9822 (442 right); the test asserts the
 floor ACCURACY_FLOOR = 0.95.
 """
+
 from __future__ import annotations
 
 import io
@@ -65,10 +66,11 @@ def scores_of():
         scores = []
         for start in range(0, len(x), MODEL_BATCH):
             padded = np.zeros((MODEL_BATCH, 64), np.float32)
-            chunk = x[start:start + MODEL_BATCH]
-            padded[:len(chunk)] = chunk
-            scores.append(session.run(["scores"], {"x": padded})[0][:len(chunk)])
+            chunk = x[start : start + MODEL_BATCH]
+            padded[: len(chunk)] = chunk
+            scores.append(session.run(["scores"], {"x": padded})[0][: len(chunk)])
         return np.concatenate(scores)
+
     return run
 
 
@@ -93,7 +95,7 @@ def test_held_out_accuracy(digits_address, digits, held_out, scores_of):
     client = Client(digits_address, "digits", "classify_top1_batch")
     labels = []
     for start in range(0, len(held_out), 100):
-        result = client.infer([{"image": png_of(digits.data[i])} for i in held_out[start:start + 100]])
+        result = client.infer([{"image": png_of(digits.data[i])} for i in held_out[start : start + 100]])
         assert all(list(item) == ["label"] for item in result), result
         labels += [item["label"] for item in result]
     assert labels == expected
@@ -106,7 +108,8 @@ def test_classify_top1_answers_as_the_batch_method(digits_address, digits, held_
     indexes = held_out[1::9]
     expected = [str(ranked(s)[0]) for s in scores_of(digits.data[indexes])]
     result = Client(digits_address, "digits", "classify_top1").infer(
-        [{"image": png_of(digits.data[i], side=24)} for i in indexes])
+        [{"image": png_of(digits.data[i], side=24)} for i in indexes]
+    )
     assert [item["label"] for item in result] == expected
 
 
@@ -114,7 +117,8 @@ def test_classify_top5_labels_and_scores(digits_address, digits, held_out, score
     indexes = held_out[::15]
     scores = scores_of(digits.data[indexes])
     result = Client(digits_address, "digits", "classify_top5").infer(
-        [{"image": png_of(digits.data[i], side=8)} for i in indexes])
+        [{"image": png_of(digits.data[i], side=8)} for i in indexes]
+    )
     for item, row in zip(result, scores):
         assert sorted(item) == ["labels", "scores"], item
         best = ranked(row)[:5]
@@ -139,8 +143,10 @@ def test_rgb_jpeg_of_another_size_is_converted(digits_address, digits, scores_of
     assert expected == digits.target[7]
 
 
-@pytest.mark.parametrize("method, stage", [("classify_top1", "preprocess"), ("classify_top5", "preprocess"),
-                                           ("classify_top1_batch", "preprocess_batch")])
+@pytest.mark.parametrize(
+    "method, stage",
+    [("classify_top1", "preprocess"), ("classify_top5", "preprocess"), ("classify_top1_batch", "preprocess_batch")],
+)
 def test_undecodable_image_fails_with_its_reason(digits_address, digits, scores_of, method, stage):
     good = png_of(digits.data[3])
     result = Client(digits_address, "digits", method).infer([{"image": good}, {"image": b"\x89PNG not really"}])
@@ -157,7 +163,8 @@ def test_bad_image_fails_alone_in_a_batch_stage(digits_address, digits, scores_o
     call (other clients' too, when requests are batched together) still get their labels."""
     good = png_of(digits.data[3])
     result = Client(digits_address, "digits", "classify_top1_batch").infer(
-        [{"image": b"not an image"}, {"image": good}, {"image": b""}, {"image": good}])
+        [{"image": b"not an image"}, {"image": good}, {"image": b""}, {"image": good}]
+    )
     error = STAGE_ERROR.format(stage="preprocess_batch", method="classify_top1_batch") + UNDECODABLE
     label = {"label": str(ranked(scores_of(digits.data[3:4])[0])[0])}
     assert result == [{"error": error}, label, {"error": error}, label]
@@ -166,7 +173,8 @@ def test_bad_image_fails_alone_in_a_batch_stage(digits_address, digits, scores_o
 def test_truncated_png_and_str_input(digits_address, digits):
     good = png_of(digits.data[3])
     result = Client(digits_address, "digits", "classify_top1").infer(
-        [{"image": good[:len(good) // 2]}, {"image": "0004_4.png"}, {"image": good}])
+        [{"image": good[: len(good) // 2]}, {"image": "0004_4.png"}, {"image": good}]
+    )
     error = STAGE_ERROR.format(stage="preprocess", method="classify_top1")
     assert result[0] == {"error": error + UNDECODABLE}
     assert result[1] == {"error": error + "image must be the bytes of an encoded image, got str"}
@@ -193,6 +201,6 @@ def test_example_client_labels_the_test_images(digits_address, digits, scores_of
     expected = [str(ranked(s)[0]) for s in scores_of(digits.data[indexes])]
     right = sum(label == str(digits.target[i]) for label, i in zip(expected, indexes))
     lines = run_example_client("digits", digits_address, TEST_IMAGES).splitlines()
-    assert lines[:len(names)] == [f"{name}: {label}" for name, label in zip(names, expected)]
+    assert lines[: len(names)] == [f"{name}: {label}" for name, label in zip(names, expected)]
     assert lines[len(names)] == f"accuracy: {right}/{len(names)} = {right / len(names):.4f}"
     assert re.fullmatch(rf"top5 of {names[0]}: \[\{{.*", lines[len(names) + 1])

@@ -1,5 +1,6 @@
 """The bundled iris servable, served by its example script: labels and probabilities exactly as ONNX Runtime
 computes them in this process from the same model file, prediction ids, input handling and errors."""
+
 from __future__ import annotations
 
 import os
@@ -43,13 +44,14 @@ def reference():
     def run(rows: np.ndarray) -> tuple[list[str], np.ndarray]:
         labels, probabilities = [], []
         for start in range(0, len(rows), MODEL_BATCH):
-            chunk = rows[start:start + MODEL_BATCH]
+            chunk = rows[start : start + MODEL_BATCH]
             padded = np.zeros((MODEL_BATCH, 4), np.float32)
-            padded[:len(chunk)] = chunk
+            padded[: len(chunk)] = chunk
             label, probability = session.run(["label", "probabilities"], {"x": padded})
-            labels += [CLASS_NAMES[i] for i in label[:len(chunk)]]
-            probabilities.append(probability[:len(chunk)])
+            labels += [CLASS_NAMES[i] for i in label[: len(chunk)]]
+            probabilities.append(probability[: len(chunk)])
         return labels, np.concatenate(probabilities)
+
     return run
 
 
@@ -64,7 +66,7 @@ def test_predict_all_flowers_in_requests_of_several_sizes(iris_address, referenc
     client = Client(iris_address, "iris", "predict")
     served, start = [], 0
     for size in (1, 7, 8, 9, 125):  # 150 in all; sizes around the model batch of 8
-        served += client.infer([{"x": row} for row in rows[start:start + size]])
+        served += client.infer([{"x": row} for row in rows[start : start + size]])
         start += size
     assert len(served) == 150
     for i, item in enumerate(served):
@@ -84,7 +86,8 @@ def test_predict_with_puid_echoes_the_clients_ids(iris_address, reference):
     puids = [f"flower-{i}" for i in range(len(rows))]
     puids[3] = "fleur-ü-\u82b1"  # any str, not only ASCII
     result = Client(iris_address, "iris", "predict_with_puid").infer(
-        [{"x": row, "puid": puid} for row, puid in zip(rows, puids)])
+        [{"x": row, "puid": puid} for row, puid in zip(rows, puids)]
+    )
     assert [item["puid"] for item in result] == puids
     assert [item["label"] for item in result] == labels
     np.testing.assert_array_equal(np.stack([item["probabilities"] for item in result]), probabilities)
@@ -92,8 +95,11 @@ def test_predict_with_puid_echoes_the_clients_ids(iris_address, reference):
 
 def test_x_of_other_numeric_types_and_shapes_is_cast_to_float32(iris_address, reference):
     values = [[5.1, 3.5, 1.4, 0.2], [6.0, 2.2, 4.0, 1.0], [6.3, 3.3, 6.0, 2.5]]
-    given = [np.array(values[0], np.float64), np.array(values[1], np.float64).reshape(1, 4),
-             np.array([6, 3, 6, 2], np.int64)]
+    given = [
+        np.array(values[0], np.float64),
+        np.array(values[1], np.float64).reshape(1, 4),
+        np.array([6, 3, 6, 2], np.int64),
+    ]
     labels, probabilities = reference(np.array([values[0], values[1], [6, 3, 6, 2]], np.float32))
     result = Client(iris_address, "iris", "predict").infer([{"x": x} for x in given])
     assert [item["label"] for item in result] == labels == ["setosa", "versicolor", "virginica"]
@@ -101,34 +107,46 @@ def test_x_of_other_numeric_types_and_shapes_is_cast_to_float32(iris_address, re
         np.testing.assert_array_equal(item["probabilities"], expected)
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"x": np.ones(3, np.float32), "puid": "a"},
-     "x must hold 4 measurements (sepal length, sepal width, petal length, petal width in cm), got shape [3]"),
-    ({"x": np.ones((2, 4), np.float32), "puid": "a"},
-     "x must hold 4 measurements (sepal length, sepal width, petal length, petal width in cm), got shape [2, 4]"),
-    ({"x": "5.1, 3.5, 1.4, 0.2", "puid": "a"}, "x must be a numeric array of the 4 measurements, got str"),
-    ({"x": np.ones(4, bool), "puid": "a"},
-     "x must be a numeric array of the 4 measurements, got a numpy array of bool"),
-    ({"x": np.array([5.1, np.nan, 1.4, 0.2]), "puid": "a"}, "x must hold finite numbers"),
-    ({"x": np.ones(4, np.float32), "puid": b"\xff"}, "puid must be UTF-8 text"),
-    ({"x": np.ones(4, np.float32), "puid": 3}, "puid must be a non-empty str, got ndarray"),
-    ({"x": np.ones(4, np.float32), "puid": ""}, "puid must be a non-empty str, got ''"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (
+            {"x": np.ones(3, np.float32), "puid": "a"},
+            "x must hold 4 measurements (sepal length, sepal width, petal length, petal width in cm), got shape [3]",
+        ),
+        (
+            {"x": np.ones((2, 4), np.float32), "puid": "a"},
+            "x must hold 4 measurements (sepal length, sepal width, petal length, petal width in cm), got shape [2, 4]",
+        ),
+        ({"x": "5.1, 3.5, 1.4, 0.2", "puid": "a"}, "x must be a numeric array of the 4 measurements, got str"),
+        (
+            {"x": np.ones(4, bool), "puid": "a"},
+            "x must be a numeric array of the 4 measurements, got a numpy array of bool",
+        ),
+        ({"x": np.array([5.1, np.nan, 1.4, 0.2]), "puid": "a"}, "x must hold finite numbers"),
+        ({"x": np.ones(4, np.float32), "puid": b"\xff"}, "puid must be UTF-8 text"),
+        ({"x": np.ones(4, np.float32), "puid": 3}, "puid must be a non-empty str, got ndarray"),
+        ({"x": np.ones(4, np.float32), "puid": ""}, "puid must be a non-empty str, got ''"),
+    ],
+)
 def test_bad_instance_fails_alone_with_its_reason(iris_address, reference, bad, message):
     good = np.array([5.9, 3.0, 5.1, 1.8], np.float32)
     labels, probabilities = reference(good[None])
     result = Client(iris_address, "iris", "predict_with_puid").infer([bad, {"x": good, "puid": "good"}])
-    assert result[0] == {"error": STAGE_ERROR.format(stage="measurements_and_puid", method="predict_with_puid")
-                         + message}
+    assert result[0] == {
+        "error": STAGE_ERROR.format(stage="measurements_and_puid", method="predict_with_puid") + message
+    }
     assert result[1]["label"] == labels[0] and result[1]["puid"] == "good"
     np.testing.assert_array_equal(result[1]["probabilities"], probabilities[0])
 
 
 def test_predict_refuses_bad_x_too(iris_address):
     result = Client(iris_address, "iris", "predict").infer([{"x": np.ones(5, np.float32)}, {"x": np.ones(4)}])
-    assert result[0] == {"error": STAGE_ERROR.format(stage="measurements", method="predict")
-                         + "x must hold 4 measurements (sepal length, sepal width, petal length, petal width in "
-                           "cm), got shape [5]"}
+    assert result[0] == {
+        "error": STAGE_ERROR.format(stage="measurements", method="predict")
+        + "x must hold 4 measurements (sepal length, sepal width, petal length, petal width in "
+        "cm), got shape [5]"
+    }
     assert result[1]["label"] in CLASS_NAMES
 
 

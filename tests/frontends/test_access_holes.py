@@ -11,6 +11,7 @@ different access configuration on each address:
 - a credential header given twice is refused alike on both transports;
 - the token endpoints back off a client address whose secret checks keep failing.
 """
+
 from __future__ import annotations
 
 import base64
@@ -51,15 +52,16 @@ KEY_DENIED = "This API is restricted, expecting header 'infer-key'"
 TOKEN_DENIED = "a valid bearer token is required (Authorization: Bearer <token>)"
 BAD_CONSUMER = "unknown consumer, or wrong secret"
 X = np.arange(4, dtype=np.float32).reshape(1, 2, 2)
-BIG = 90 << 20     # bytes of one hostile message (the server takes up to 100 MB)
-CALLS = 4          # at once
+BIG = 90 << 20  # bytes of one hostile message (the server takes up to 100 MB)
+CALLS = 4  # at once
 GROWTH_LIMIT = 100 << 20  # what the master may grow by while refusing CALLS x BIG bytes (it grew by all before)
 
 # the client certificates' names, and what each opens (see the server's client_certificates)
 CERTS: dict[str, dict[str, Any]] = {
     "dns": dict(sans=[San("DNS", "DNS.Example.com")]),
-    "spelled_as_dns": dict(sans=[San("email", "dns.example.com"), San("URI", "dns.example.com")],
-                           common_name="nobody.example"),
+    "spelled_as_dns": dict(
+        sans=[San("email", "dns.example.com"), San("URI", "dns.example.com")], common_name="nobody.example"
+    ),
     "ip": dict(sans=[San("IP", "10.1.2.3")]),
     "spelled_as_ip": dict(sans=[San("DNS", "10.1.2.3"), San("email", "10.1.2.3"), San("URI", "10.1.2.3")]),
     "email": dict(sans=[San("email", "mail@Example.COM")]),
@@ -68,9 +70,13 @@ CERTS: dict[str, dict[str, Any]] = {
     "spelled_as_uri": dict(sans=[San("DNS", "spiffe://example.com/app"), San("email", "spiffe://example.com/app")]),
     "common_name": dict(common_name="cn-only.example"),
 }
-CERTIFICATE_GROUPS = {"dns.example.com": ("inference", "health"), "10.1.2.3": ("metadata",),
-                      "mail@example.com": ("inference",), "spiffe://example.com/app": ("inference",),
-                      "cn-only.example": ("inference",)}
+CERTIFICATE_GROUPS = {
+    "dns.example.com": ("inference", "health"),
+    "10.1.2.3": ("metadata",),
+    "mail@example.com": ("inference",),
+    "spiffe://example.com/app": ("inference",),
+    "cn-only.example": ("inference",),
+}
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +87,9 @@ def server(tmp_path_factory):
     server_files = ca.issue(tmp, "server", [San("IP", "127.0.0.1"), San("DNS", "localhost")])
     names = ("keys", "keys_rest", "jwt", "jwt_rest", "mtls", "mtls_rest", "consumers_rest")
     a = dict(zip(names, free_addresses(len(names))))
-    process = start_server(tmp, f"""
+    process = start_server(
+        tmp,
+        f"""
         keys = server.AccessConfig(restricted={{"inference": ("infer-key", "s3cret")}})
         hs = server.AccessConfig(jwt=server.JWTConfig(secret={SECRET!r}))
         certs = server.AccessConfig(restricted={{"health": ("probe-key", "p")}},
@@ -90,14 +98,16 @@ def server(tmp_path_factory):
         mutual = server.SSLConfig({server_files.certificate!r}, {server_files.private_key!r}, custom_ca={ca_file!r},
                                   verify_client=True)
         server.start_servables(server.ServableStartConfig({BUNDLED_SERVABLES!r}, "add", device_ids=0))
-        server.start_grpc_server({a['keys']!r}, access=keys)
-        server.start_restful_server({a['keys_rest']!r}, access=keys)
-        server.start_grpc_server({a['jwt']!r}, access=hs)
-        server.start_restful_server({a['jwt_rest']!r}, access=hs)
-        server.start_grpc_server({a['mtls']!r}, ssl_config=mutual, access=certs)
-        server.start_restful_server({a['mtls_rest']!r}, ssl_config=mutual, access=certs)
-        server.start_restful_server({a['consumers_rest']!r}, access=consumers)
-    """, a["keys"])
+        server.start_grpc_server({a["keys"]!r}, access=keys)
+        server.start_restful_server({a["keys_rest"]!r}, access=keys)
+        server.start_grpc_server({a["jwt"]!r}, access=hs)
+        server.start_restful_server({a["jwt_rest"]!r}, access=hs)
+        server.start_grpc_server({a["mtls"]!r}, ssl_config=mutual, access=certs)
+        server.start_restful_server({a["mtls_rest"]!r}, ssl_config=mutual, access=certs)
+        server.start_restful_server({a["consumers_rest"]!r}, access=consumers)
+    """,
+        a["keys"],
+    )
     process.addresses = a
     process.ca = ca_file
     process.certs = {name: ca.issue(tmp, name, **spec) for name, spec in CERTS.items()}
@@ -106,6 +116,7 @@ def server(tmp_path_factory):
 
 
 # ---- clients ----------------------------------------------------------------------------------------------------
+
 
 def channel(server, name: str, cert: str = "") -> grpc.Channel:
     """A channel to the server's address ``name``; with ``cert``, mutual TLS with that client certificate."""
@@ -136,7 +147,8 @@ def infer_request(x: np.ndarray = X) -> oip.ModelInferRequest:
 
 def grpc_infer(ch: grpc.Channel, metadata=()) -> np.ndarray:
     reply = oip.ModelInferResponse.FromString(
-        ch.unary_unary(MODEL_INFER)(infer_request().SerializeToString(), metadata=metadata, timeout=60))
+        ch.unary_unary(MODEL_INFER)(infer_request().SerializeToString(), metadata=metadata, timeout=60)
+    )
     return np.frombuffer(reply.raw_output_contents[0], np.float32).reshape(X.shape)
 
 
@@ -147,14 +159,19 @@ def grpc_refusal(call) -> tuple:
 
 
 def rest_infer(server, name: str, headers=None, context=None):
-    body = {"inputs": [{"name": n, "shape": list(X.shape), "datatype": "FP32", "data": X.ravel().tolist()}
-                       for n in ("x1", "x2")]}
-    return http_request(server.addresses[name], "POST", "/v2/models/add.add_common/infer", body,
-                        headers=headers, context=context)
+    body = {
+        "inputs": [
+            {"name": n, "shape": list(X.shape), "datatype": "FP32", "data": X.ravel().tolist()} for n in ("x1", "x2")
+        ]
+    }
+    return http_request(
+        server.addresses[name], "POST", "/v2/models/add.add_common/infer", body, headers=headers, context=context
+    )
 
 
-def rest_with_headers(server, name: str, method: str, path: str, headers: list, body: bytes = b"") \
-        -> tuple[int, dict, dict]:
+def rest_with_headers(
+    server, name: str, method: str, path: str, headers: list, body: bytes = b""
+) -> tuple[int, dict, dict]:
     """A request whose headers (a list of pairs) may name one header twice, which a dict cannot."""
     host, port = server.addresses[name].rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=60)
@@ -171,6 +188,7 @@ def rest_with_headers(server, name: str, method: str, path: str, headers: list, 
 
 
 # ---- unauthenticated messages are refused unread --------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def big_messages() -> dict:
@@ -212,6 +230,7 @@ def unary_call(server, name: str, method: str, data: bytes, cert: str = ""):
     def call() -> tuple:
         with channel(server, name, cert) as ch:
             return grpc_refusal(lambda: ch.unary_unary(method)(data, timeout=60))
+
     return call
 
 
@@ -225,7 +244,9 @@ def test_unauthenticated_unary_calls_are_refused_before_their_message_is_read(se
     with channel(server, "keys") as ch:
         for _ in range(3):  # refused one after another on one connection: its flow control is not used up
             assert grpc_refusal(lambda: ch.unary_unary(method)(data, timeout=60)) == (
-                grpc.StatusCode.UNAUTHENTICATED, KEY_DENIED)
+                grpc.StatusCode.UNAUTHENTICATED,
+                KEY_DENIED,
+            )
         np.testing.assert_array_equal(grpc_infer(ch, (("infer-key", "s3cret"),)), 2 * X)  # served as before
 
 
@@ -238,6 +259,7 @@ def test_unauthenticated_streams_are_refused_before_their_first_message_is_read(
             for _ in range(3):
                 sent.append(len(data))
                 yield data
+
         with channel(server, "keys") as ch:
             return grpc_refusal(lambda: next(ch.stream_stream(STREAM_INFER)(requests(), timeout=60)))
 
@@ -245,20 +267,25 @@ def test_unauthenticated_streams_are_refused_before_their_first_message_is_read(
     assert outcomes == [(grpc.StatusCode.UNAUTHENTICATED, KEY_DENIED)] * CALLS
     assert grown < GROWTH_LIMIT, f"the master grew by {grown >> 20} MB refusing streams of {sum(sent) >> 20} MB"
     with channel(server, "keys") as ch:
-        replies = ch.stream_stream(STREAM_INFER)(iter([infer_request().SerializeToString()]),
-                                                 metadata=(("infer-key", "s3cret"),), timeout=60)
+        replies = ch.stream_stream(STREAM_INFER)(
+            iter([infer_request().SerializeToString()]), metadata=(("infer-key", "s3cret"),), timeout=60
+        )
         reply = oip.ModelStreamInferResponse.FromString(next(replies))
         assert reply.error_message == ""
-        np.testing.assert_array_equal(np.frombuffer(reply.infer_response.raw_output_contents[0], np.float32),
-                                      2 * X.ravel())
+        np.testing.assert_array_equal(
+            np.frombuffer(reply.infer_response.raw_output_contents[0], np.float32), 2 * X.ravel()
+        )
 
 
 def test_a_certificate_is_checked_before_the_message_is_read(server, big_messages):
     data = big_messages["infer"]
     # the "ip" certificate opens metadata, not inference: the check needs the TLS identity, inside the handler
     outcomes, grown = refused_at_once(server, [unary_call(server, "mtls", MODEL_INFER, data, "ip")] * CALLS)
-    assert outcomes == [(grpc.StatusCode.UNAUTHENTICATED,
-                         "a client certificate that opens the group 'inference' is required")] * CALLS
+    assert (
+        outcomes
+        == [(grpc.StatusCode.UNAUTHENTICATED, "a client certificate that opens the group 'inference' is required")]
+        * CALLS
+    )
     assert grown < GROWTH_LIMIT, f"the master grew by {grown >> 20} MB refusing {CALLS * len(data) >> 20} MB"
     with channel(server, "mtls", "dns") as ch:  # a certificate that opens inference: its message read, served
         np.testing.assert_array_equal(grpc_infer(ch), 2 * X)
@@ -268,8 +295,11 @@ def test_a_certificate_admits_calls_of_every_kind(server):
     """Admitted by its certificate, a call of each kind gets its one message (unary) or its stream as before."""
     with channel(server, "mtls", "dns") as ch:
         np.testing.assert_array_equal(grpc_infer(ch), 2 * X)  # unary-unary
-        watch = ch.unary_stream(WATCH, request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-                                response_deserializer=health_pb2.HealthCheckResponse.FromString)
+        watch = ch.unary_stream(
+            WATCH,
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
         replies = watch(health_pb2.HealthCheckRequest(), timeout=30)  # unary-stream (health: opened by "dns")
         assert next(replies).status == health_pb2.HealthCheckResponse.SERVING
         replies.cancel()
@@ -279,28 +309,44 @@ def test_a_certificate_admits_calls_of_every_kind(server):
         # a unary method takes its first message, as grpc does; none at all is an error, not a wait
         as_stream = ch.stream_unary(MODEL_INFER)
         reply = oip.ModelInferResponse.FromString(
-            as_stream(iter([infer_request().SerializeToString(), b"never read"]), timeout=60))
+            as_stream(iter([infer_request().SerializeToString(), b"never read"]), timeout=60)
+        )
         assert np.frombuffer(reply.raw_output_contents[0], np.float32).tolist() == (2 * X).ravel().tolist()
         assert grpc_refusal(lambda: as_stream(iter([]), timeout=60)) == (
-            grpc.StatusCode.INTERNAL, "the call ended before its request message")
+            grpc.StatusCode.INTERNAL,
+            "the call ended before its request message",
+        )
     with channel(server, "mtls", "ip") as ch:
-        reply = oip.ModelMetadataResponse.FromString(ch.unary_unary(MODEL_METADATA)(
-            oip.ModelMetadataRequest(name="add.add_common").SerializeToString(), timeout=30))
+        reply = oip.ModelMetadataResponse.FromString(
+            ch.unary_unary(MODEL_METADATA)(
+                oip.ModelMetadataRequest(name="add.add_common").SerializeToString(), timeout=30
+            )
+        )
         assert reply.name == "add.add_common"
         watch = ch.unary_stream(WATCH, request_serializer=health_pb2.HealthCheckRequest.SerializeToString)
-        assert grpc_refusal(lambda: next(watch(health_pb2.HealthCheckRequest(), timeout=30))) == \
-            (grpc.StatusCode.UNAUTHENTICATED, "This API is restricted, expecting header 'probe-key'")
+        assert grpc_refusal(lambda: next(watch(health_pb2.HealthCheckRequest(), timeout=30))) == (
+            grpc.StatusCode.UNAUTHENTICATED,
+            "This API is restricted, expecting header 'probe-key'",
+        )
 
 
 # ---- certificate identities by SAN type -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("cert, opens", [
-    ("dns", "inference"), ("spelled_as_dns", None),
-    ("ip", "metadata"), ("spelled_as_ip", None),
-    ("email", "inference"), ("spelled_as_email", None),
-    ("uri", "inference"), ("spelled_as_uri", None),
-    ("common_name", "inference"),
-])
+
+@pytest.mark.parametrize(
+    "cert, opens",
+    [
+        ("dns", "inference"),
+        ("spelled_as_dns", None),
+        ("ip", "metadata"),
+        ("spelled_as_ip", None),
+        ("email", "inference"),
+        ("spelled_as_email", None),
+        ("uri", "inference"),
+        ("spelled_as_uri", None),
+        ("common_name", "inference"),
+    ],
+)
 def test_certificate_names_are_matched_by_their_type(server, cert, opens):
     infer_text = "a client certificate that opens the group 'inference' is required"
     metadata_text = "a client certificate that opens the group 'metadata' is required"
@@ -314,8 +360,10 @@ def test_certificate_names_are_matched_by_their_type(server, cert, opens):
         if opens == "metadata":
             assert oip.ModelMetadataResponse.FromString(metadata(request, timeout=30)).name == "add.add_common"
         else:
-            assert grpc_refusal(lambda: metadata(request, timeout=30)) == (grpc.StatusCode.UNAUTHENTICATED,
-                                                                           metadata_text)
+            assert grpc_refusal(lambda: metadata(request, timeout=30)) == (
+                grpc.StatusCode.UNAUTHENTICATED,
+                metadata_text,
+            )
     context = tls_context(server, cert)
     reply = rest_infer(server, "mtls_rest", context=context)
     if opens == "inference":
@@ -330,9 +378,16 @@ def test_certificate_names_are_matched_by_their_type(server, cert, opens):
 
 
 def test_configured_names_are_typed_by_their_form():
-    policy = AccessPolicy(AccessConfig(client_certificates={
-        "Host.Example.com": ("inference",), "::1": ("metadata",), "a@Example.com": ("statistics",),
-        "urn:example:app": ("shared-memory",)}))
+    policy = AccessPolicy(
+        AccessConfig(
+            client_certificates={
+                "Host.Example.com": ("inference",),
+                "::1": ("metadata",),
+                "a@Example.com": ("statistics",),
+                "urn:example:app": ("shared-memory",),
+            }
+        )
+    )
     assert policy.admits_identities("inference", [("DNS", "host.example.COM")])
     assert policy.admits_identities("inference", [("CN", "Host.Example.com")])
     assert not policy.admits_identities("inference", [("CN", "host.example.com")])  # a common name exactly
@@ -345,11 +400,14 @@ def test_configured_names_are_typed_by_their_form():
     assert not policy.admits_identities("shared-memory", [("URI", "URN:example:app"), ("DNS", "urn:example:app")])
     with pytest.raises(RuntimeError) as info:
         AccessPolicy(AccessConfig(client_certificates={"": ("inference",)}))
-    assert str(info.value) == ("access: client_certificates maps names (a DNS name, an IP address, an email "
-                               "address, a URI or a common name) to groups, not ''")
+    assert str(info.value) == (
+        "access: client_certificates maps names (a DNS name, an IP address, an email "
+        "address, a URI or a common name) to groups, not ''"
+    )
 
 
 # ---- JWT time claims --------------------------------------------------------------------------------------------
+
 
 def signed(**claims) -> str:
     return jwt.encode({"sub": "tester", "scope": "inference metadata", **claims}, SECRET, algorithm="HS256")
@@ -363,25 +421,33 @@ def _soon() -> int:
     return int(time.time()) + 300
 
 
-@pytest.mark.parametrize("claims, bad", [
-    pytest.param(lambda: {"exp": 10 ** 400}, "exp", id="exp 10**400"),
-    pytest.param(lambda: {"exp": str(_soon())}, "exp", id="exp a numeric string"),
-    pytest.param(lambda: {"exp": True}, "exp", id="exp true"),
-    pytest.param(lambda: {"exp": 1e300}, "exp", id="exp 1e300"),
-    pytest.param(lambda: {"exp": 2 ** 53 + 1}, "exp", id="exp past 2**53"),
-    pytest.param(lambda: {"exp": [_soon()]}, "exp", id="exp a list"),
-    pytest.param(lambda: {"exp": _soon(), "nbf": "0"}, "nbf", id="nbf a string"),
-    pytest.param(lambda: {"exp": _soon(), "nbf": -5}, "nbf", id="nbf negative"),
-    pytest.param(lambda: {"exp": _soon(), "iat": 10 ** 400}, "iat", id="iat 10**400"),
-])
+@pytest.mark.parametrize(
+    "claims, bad",
+    [
+        pytest.param(lambda: {"exp": 10**400}, "exp", id="exp 10**400"),
+        pytest.param(lambda: {"exp": str(_soon())}, "exp", id="exp a numeric string"),
+        pytest.param(lambda: {"exp": True}, "exp", id="exp true"),
+        pytest.param(lambda: {"exp": 1e300}, "exp", id="exp 1e300"),
+        pytest.param(lambda: {"exp": 2**53 + 1}, "exp", id="exp past 2**53"),
+        pytest.param(lambda: {"exp": [_soon()]}, "exp", id="exp a list"),
+        pytest.param(lambda: {"exp": _soon(), "nbf": "0"}, "nbf", id="nbf a string"),
+        pytest.param(lambda: {"exp": _soon(), "nbf": -5}, "nbf", id="nbf negative"),
+        pytest.param(lambda: {"exp": _soon(), "iat": 10**400}, "iat", id="iat 10**400"),
+    ],
+)
 def test_time_claims_must_be_numbers_in_range(server, claims, bad):
     headers = {"authorization": f"Bearer {signed(**claims())}"}
     with channel(server, "jwt") as ch:
-        assert grpc_refusal(lambda: grpc_infer(ch, tuple(headers.items()))) == (grpc.StatusCode.UNAUTHENTICATED,
-                                                                                claim_text(bad))
+        assert grpc_refusal(lambda: grpc_infer(ch, tuple(headers.items()))) == (
+            grpc.StatusCode.UNAUTHENTICATED,
+            claim_text(bad),
+        )
     reply = http_request(server.addresses["jwt_rest"], "GET", "/v2/models/add.add_common", headers=headers)
-    assert (reply.status, reply.json(), reply.headers["WWW-Authenticate"]) == (401, {"error": claim_text(bad)},
-                                                                              "Bearer")
+    assert (reply.status, reply.json(), reply.headers["WWW-Authenticate"]) == (
+        401,
+        {"error": claim_text(bad)},
+        "Bearer",
+    )
     reply = rest_infer(server, "jwt_rest", headers)
     assert (reply.status, reply.json()) == (401, {"error": claim_text(bad)})
 
@@ -397,7 +463,9 @@ def test_time_claims_in_range_are_taken_as_before(server):
         issued_later = {"authorization": f"Bearer {signed(exp=now + 600, iat=now + 300)}"}
         for refused in (expired, not_yet, issued_later):
             assert grpc_refusal(lambda: grpc_infer(ch, tuple(refused.items()))) == (
-                grpc.StatusCode.UNAUTHENTICATED, TOKEN_DENIED)
+                grpc.StatusCode.UNAUTHENTICATED,
+                TOKEN_DENIED,
+            )
             reply = http_request(server.addresses["jwt_rest"], "GET", "/v2/models/add.add_common", headers=refused)
             assert (reply.status, reply.json()) == (401, {"error": TOKEN_DENIED})
     reply = rest_infer(server, "jwt_rest", headers)
@@ -406,16 +474,29 @@ def test_time_claims_in_range_are_taken_as_before(server):
 
 # ---- a credential given twice ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, headers, text", [
-    ("keys", [("infer-key", "s3cret"), ("infer-key", "s3cret")], "the header 'infer-key' is given more than once"),
-    ("keys", [("infer-key", "wrong"), ("infer-key", "s3cret")], "the header 'infer-key' is given more than once"),
-    ("keys", [("infer-key", "s3cret"), ("triton-grpc-protocol-infer-key", "s3cret")],
-     "the header 'infer-key' is given more than once"),
-    ("jwt", [("authorization", "Bearer forged"), ("authorization", "Bearer {good}")],
-     "the header 'authorization' is given more than once"),
-    ("jwt", [("authorization", "Bearer {good}"), ("authorization", "Bearer forged")],
-     "the header 'authorization' is given more than once"),
-])
+
+@pytest.mark.parametrize(
+    "name, headers, text",
+    [
+        ("keys", [("infer-key", "s3cret"), ("infer-key", "s3cret")], "the header 'infer-key' is given more than once"),
+        ("keys", [("infer-key", "wrong"), ("infer-key", "s3cret")], "the header 'infer-key' is given more than once"),
+        (
+            "keys",
+            [("infer-key", "s3cret"), ("triton-grpc-protocol-infer-key", "s3cret")],
+            "the header 'infer-key' is given more than once",
+        ),
+        (
+            "jwt",
+            [("authorization", "Bearer forged"), ("authorization", "Bearer {good}")],
+            "the header 'authorization' is given more than once",
+        ),
+        (
+            "jwt",
+            [("authorization", "Bearer {good}"), ("authorization", "Bearer forged")],
+            "the header 'authorization' is given more than once",
+        ),
+    ],
+)
 def test_a_credential_given_twice_is_refused_alike_on_both_transports(server, name, headers, text):
     good = signed(exp=_soon())
     headers = [(key, value.format(good=good)) for key, value in headers]
@@ -423,10 +504,22 @@ def test_a_credential_given_twice_is_refused_alike_on_both_transports(server, na
         assert grpc_refusal(lambda: grpc_infer(ch, tuple(headers))) == (grpc.StatusCode.UNAUTHENTICATED, text)
     rest_headers = [(key, value) for key, value in headers if not key.startswith("triton-grpc-protocol-")]
     if len(rest_headers) == 2:  # (REST has no Triton-prefixed form)
-        body = json.dumps({"inputs": [{"name": n, "shape": list(X.shape), "datatype": "FP32",
-                                       "data": X.ravel().tolist()} for n in ("x1", "x2")]}).encode()
-        status, answer, _ = rest_with_headers(server, f"{name}_rest", "POST", "/v2/models/add.add_common/infer",
-                                              rest_headers + [("Content-Type", "application/json")], body)
+        body = json.dumps(
+            {
+                "inputs": [
+                    {"name": n, "shape": list(X.shape), "datatype": "FP32", "data": X.ravel().tolist()}
+                    for n in ("x1", "x2")
+                ]
+            }
+        ).encode()
+        status, answer, _ = rest_with_headers(
+            server,
+            f"{name}_rest",
+            "POST",
+            "/v2/models/add.add_common/infer",
+            rest_headers + [("Content-Type", "application/json")],
+            body,
+        )
         assert (status, answer) == (401, {"error": text})
     # the credential given once is taken as before
     single = ("infer-key", "s3cret") if name == "keys" else ("authorization", f"Bearer {good}")
@@ -440,15 +533,23 @@ def test_oauth_token_refuses_two_authorization_headers(server):
     basic = "Basic " + base64.b64encode(b"app:app-secret").decode()
     form = b"grant_type=client_credentials"
     content = ("Content-Type", "application/x-www-form-urlencoded")
-    status, body, headers = rest_with_headers(server, "consumers_rest", "POST", "/oauth/token",
-                                              [("Authorization", basic), ("Authorization", basic), content], form)
+    status, body, headers = rest_with_headers(
+        server,
+        "consumers_rest",
+        "POST",
+        "/oauth/token",
+        [("Authorization", basic), ("Authorization", basic), content],
+        form,
+    )
     assert (status, body) == (401, {"error": "the header 'authorization' is given more than once"})
-    status, body, _ = rest_with_headers(server, "consumers_rest", "POST", "/oauth/token",
-                                        [("Authorization", basic), content], form)
+    status, body, _ = rest_with_headers(
+        server, "consumers_rest", "POST", "/oauth/token", [("Authorization", basic), content], form
+    )
     assert status == 200 and body["token_type"] == "bearer"
 
 
 # ---- the token endpoints' back-off -----------------------------------------------------------------------------
+
 
 def token_status(server, secret: str, source: str = "127.0.0.1") -> tuple[int, dict, dict]:
     """GET /token from the address ``source`` (any 127.x address reaches the server's 127.0.0.1)."""
@@ -469,9 +570,17 @@ def test_failed_secrets_back_a_client_off(server):
         assert token_status(server, "wrong")[:2] == (401, {"error": BAD_CONSUMER})
     status, body, headers = token_status(server, "app-secret")  # the right secret too: not checked now
     assert (status, body, headers["Retry-After"]) == (429, {"error": backed_off.format(1)}, "1")
-    status, body, _ = rest_with_headers(server, "consumers_rest", "POST", "/oauth/token", [
-        ("Authorization", "Basic " + base64.b64encode(b"app:app-secret").decode()),
-        ("Content-Type", "application/x-www-form-urlencoded")], b"grant_type=client_credentials")
+    status, body, _ = rest_with_headers(
+        server,
+        "consumers_rest",
+        "POST",
+        "/oauth/token",
+        [
+            ("Authorization", "Basic " + base64.b64encode(b"app:app-secret").decode()),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        b"grant_type=client_credentials",
+    )
     assert (status, body) == (429, {"error": backed_off.format(1)})
     # another client is not backed off
     assert token_status(server, "app-secret", "127.0.0.2")[0] == 200
@@ -487,8 +596,9 @@ def test_failed_secrets_back_a_client_off(server):
 
 def test_the_back_off_table_is_bounded_and_forgets():
     now = [0.0]
-    backoff = FailureBackoff(allowed=2, window_s=10, first_backoff_s=1, max_backoff_s=4, capacity=3,
-                             clock=lambda: now[0])
+    backoff = FailureBackoff(
+        allowed=2, window_s=10, first_backoff_s=1, max_backoff_s=4, capacity=3, clock=lambda: now[0]
+    )
     for client in ("a", "a", "b", "c"):
         backoff.failed(client)
     assert backoff.retry_after("a") == 1 and backoff.retry_after("b") == 0
@@ -513,8 +623,9 @@ def test_an_ipv6_client_is_backed_off_by_its_network():
     from mindserve._frontends.rest.access import _client
 
     # (stand-ins for web.Request with the one attribute _client reads: hence the ignores)
-    assert _client(SimpleNamespace(remote="2001:db8::5")) == _client(  # type: ignore[arg-type]
-        SimpleNamespace(remote="2001:db8::ffff:1")) == "2001:db8::/64"  # type: ignore[arg-type]
+    first = SimpleNamespace(remote="2001:db8::5")
+    second = SimpleNamespace(remote="2001:db8::ffff:1")
+    assert _client(first) == _client(second) == "2001:db8::/64"  # type: ignore[arg-type]
     assert _client(SimpleNamespace(remote="::ffff:10.0.0.1")) == "10.0.0.1"  # type: ignore[arg-type]
     assert _client(SimpleNamespace(remote="127.0.0.2")) == "127.0.0.2"  # type: ignore[arg-type]
     assert _client(SimpleNamespace(remote=None)) == ""  # type: ignore[arg-type]

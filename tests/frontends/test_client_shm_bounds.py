@@ -3,6 +3,7 @@ media-stream frames): off unless the server allows it, and then only files of th
 the operator lists; every read bounded before it starts by what the tensor or frame uses and by max_msg_mb_size,
 large reads off the event loop (the master's peak RSS measured, ServerLive timed while they run); region names at
 most 255 bytes. Each repro of the issue is a test, and the other doors still answer afterwards."""
+
 from __future__ import annotations
 
 import os
@@ -26,7 +27,7 @@ from support.processes import free_addresses, start_server
 
 pytestmark = pytest.mark.server
 
-PROBE_CONFIG = '''
+PROBE_CONFIG = """
 import numpy as np
 from mindserve.server import register
 
@@ -49,16 +50,22 @@ def probe(frame):
 @register.register_method(output_names=["y"])
 def total(x):
     return register.add_stage(sum_of, x, outputs_count=1)
-'''
+"""
 LISTED = 65534  # "nobody": the owner the server lists by name
 UNLISTED = 12345
 MAX_READ = 100 << 20  # the servers' max_msg_mb_size (the default, 100)
-DISABLED = ("client shared memory is disabled: start the server with allow_client_shm=True to use it "
-            "(allow_client_shm: true in serving.yaml, or MINDSERVE_ALLOW_CLIENT_SHM=true)")
-BAD_KEY = ("the key names no shared memory the server may use: an shm_open name of a regular file in /dev/shm "
-           "owned by the server's user or by an owner listed in client_shm_owners")
-NOT_OWNED = ("the shared memory region named by handle_name is owned by a user the server does not take files of: "
-             "its own, or one listed in client_shm_owners")
+DISABLED = (
+    "client shared memory is disabled: start the server with allow_client_shm=True to use it "
+    "(allow_client_shm: true in serving.yaml, or MINDSERVE_ALLOW_CLIENT_SHM=true)"
+)
+BAD_KEY = (
+    "the key names no shared memory the server may use: an shm_open name of a regular file in /dev/shm "
+    "owned by the server's user or by an owner listed in client_shm_owners"
+)
+NOT_OWNED = (
+    "the shared memory region named by handle_name is owned by a user the server does not take files of: "
+    "its own, or one listed in client_shm_owners"
+)
 PROCESS_MEDIA_STREAM = f"/{media.SERVICE_NAME}/ProcessMediaStream"
 GROWTH_LIMIT_KB = 64 << 10  # what a refused or row-read request may add to the master's peak RSS
 
@@ -68,14 +75,18 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("shm_bounds")
     servables.write(str(root / "servables"), "shmprobe", PROBE_CONFIG)
     address, closed = free_addresses(2)
-    process = start_server(root, f"""
+    process = start_server(
+        root,
+        f"""
         server.context.set_client_shm_owners(["nobody"])
         server.start_servables([server.ServableStartConfig({BUNDLED_SERVABLES!r}, "add", device_ids=0),
                                 server.ServableStartConfig({str(root / "servables")!r}, "shmprobe", device_ids=0,
                                                            shm_size_mb=512)])
         server.start_grpc_server({address!r}, allow_client_shm=True)
         server.start_grpc_server({closed!r})
-    """, address)
+    """,
+        address,
+    )
     process.closed = closed
     yield process
     process.stop()
@@ -124,9 +135,11 @@ class LiveProbe:
 
     def __init__(self, address: str):
         self._channel = grpc.insecure_channel(address)
-        self._live = self._channel.unary_unary("/inference.GRPCInferenceService/ServerLive",
-                                               request_serializer=oip.ServerLiveRequest.SerializeToString,
-                                               response_deserializer=oip.ServerLiveResponse.FromString)
+        self._live = self._channel.unary_unary(
+            "/inference.GRPCInferenceService/ServerLive",
+            request_serializer=oip.ServerLiveRequest.SerializeToString,
+            response_deserializer=oip.ServerLiveResponse.FromString,
+        )
         self._stop = threading.Event()
         self.slowest, self.count = 0.0, 0
         self.error: Optional[BaseException] = None
@@ -157,18 +170,33 @@ class LiveProbe:
 
 # ---- media streams ----
 
-def media_messages(name: Optional[str], length: int, width: int, height: int, stride: int, references,
-                   method: str = "probe") -> list:
+
+def media_messages(
+    name: Optional[str], length: int, width: int, height: int, stride: int, references, method: str = "probe"
+) -> list:
     fmt = media.VideoFrameSampleFormat
-    descriptor = {"media_descriptor": {"timescale": 90000, "video_frame_sample_format": {
-        "encoding": fmt.RAW, "pixel_format": fmt.RGB24, "dimensions": {"width": width, "height": height},
-        "stride_bytes": stride}}, "extension_configuration": f'{{"servable": "shmprobe", "method": "{method}"}}'}
+    descriptor = {
+        "media_descriptor": {
+            "timescale": 90000,
+            "video_frame_sample_format": {
+                "encoding": fmt.RAW,
+                "pixel_format": fmt.RGB24,
+                "dimensions": {"width": width, "height": height},
+                "stride_bytes": stride,
+            },
+        },
+        "extension_configuration": f'{{"servable": "shmprobe", "method": "{method}"}}',
+    }
     if name is not None:
         descriptor["shared_memory_buffer_transfer_properties"] = {"handle_name": name, "length_bytes": length}
     messages = [media.MediaStreamMessage(sequence_number=1, media_stream_descriptor=descriptor)]
     for k, (offset, size) in enumerate(references):
-        messages.append(media.MediaStreamMessage(sequence_number=k + 2, media_sample={
-            "timestamp": k, "content_reference": {"address_offset": offset, "length_bytes": size}}))
+        messages.append(
+            media.MediaStreamMessage(
+                sequence_number=k + 2,
+                media_sample={"timestamp": k, "content_reference": {"address_offset": offset, "length_bytes": size}},
+            )
+        )
     return messages
 
 
@@ -176,8 +204,11 @@ def stream(address: str, messages: list) -> tuple[list, Optional[grpc.RpcError]]
     """The replies of a media stream, and the status that ended it (None: OK)."""
     got = []
     with grpc.insecure_channel(address) as ch:
-        call = ch.stream_stream(PROCESS_MEDIA_STREAM, request_serializer=media.MediaStreamMessage.SerializeToString,
-                                response_deserializer=media.MediaStreamMessage.FromString)
+        call = ch.stream_stream(
+            PROCESS_MEDIA_STREAM,
+            request_serializer=media.MediaStreamMessage.SerializeToString,
+            response_deserializer=media.MediaStreamMessage.FromString,
+        )
         try:
             for reply in call(iter(messages), timeout=60):
                 got.append(reply)
@@ -248,8 +279,9 @@ def test_a_raw_frame_reads_its_rows_never_its_stride_gaps(server, files):
     peak_reset(pid)
     before = peak_kb(pid)
     with LiveProbe(server.address) as live:
-        replies, ended = stream(server.address, media_messages(name, height * stride, 1, height, stride,
-                                                               [(0, height * stride)] * 3))
+        replies, ended = stream(
+            server.address, media_messages(name, height * stride, 1, height, stride, [(0, height * stride)] * 3)
+        )
     assert ended is None and labels(replies) == ["3000x1 1,2,3 7,8,9"] * 3
     assert peak_kb(pid) - before < GROWTH_LIMIT_KB
     assert live.error is None and live.count > 0 and live.slowest < 1.0
@@ -260,27 +292,35 @@ def test_large_frames_are_read_off_the_loop_and_bounded_by_max_msg_mb_size(serve
     width, height, stride = 1024, 1024, 3200
     name, path = files(2 * height * stride)
     frame = np.zeros((height, stride), np.uint8)
-    frame[0, :3], frame[-1, (width - 1) * 3:width * 3] = (9, 8, 7), (4, 5, 6)
-    frame[:, width * 3:] = 255  # the padding is never read: it would not show anyway, but it must not count
+    frame[0, :3], frame[-1, (width - 1) * 3 : width * 3] = (9, 8, 7), (4, 5, 6)
+    frame[:, width * 3 :] = 255  # the padding is never read: it would not show anyway, but it must not count
     with open(path, "r+b") as f:
         os.pwrite(f.fileno(), frame.tobytes(), height * stride)
-    replies, ended = stream(server.address, media_messages(name, 2 * height * stride, width, height, stride,
-                                                           [(height * stride, height * stride), (0, height * stride)]))
+    replies, ended = stream(
+        server.address,
+        media_messages(
+            name, 2 * height * stride, width, height, stride, [(height * stride, height * stride), (0, height * stride)]
+        ),
+    )
     assert ended is None and labels(replies) == ["1024x1024 9,8,7 4,5,6", "1024x1024 0,0,0 0,0,0"]
     # a frame whose rows are more than a message may carry (100 MB): refused before anything is read
     width = 8192
     height = MAX_READ // (width * 3) + 1  # rows of 3-byte pixels: just past 100 MB
     name, _ = files(width * 3 * height)
-    replies, ended = stream(server.address, media_messages(name, width * 3 * height, width, height, 0,
-                                                           [(0, width * 3 * height)]))
+    replies, ended = stream(
+        server.address, media_messages(name, width * 3 * height, width, height, 0, [(0, width * 3 * height)])
+    )
     assert ended is not None, replies
-    assert len(replies) == 1 and (ended.code(), ended.details()) == \
-        (grpc.StatusCode.OUT_OF_RANGE, f"a frame of {width * 3 * height} bytes in shared memory is more than the "
-                                       f"{MAX_READ} a message may carry on this server (max_msg_mb_size)")
+    assert len(replies) == 1 and (ended.code(), ended.details()) == (
+        grpc.StatusCode.OUT_OF_RANGE,
+        f"a frame of {width * 3 * height} bytes in shared memory is more than the "
+        f"{MAX_READ} a message may carry on this server (max_msg_mb_size)",
+    )
     assert name not in ended.details()
 
 
 # ---- Triton's regions ----
+
 
 def region_input(name: str, shape: list, datatype: str, region: str, size: int, offset: int = 0):
     tensor = triton_grpc.InferInput(name, shape, datatype)
@@ -296,8 +336,10 @@ def test_a_huge_declared_region_input_is_refused_before_it_is_read(server, files
     name, _ = files(size)
     triton = triton_grpc.InferenceServerClient(server.address)
     triton.register_system_shared_memory("huge", f"/{name}", size)
-    expected = (f"input x1: {size} bytes in shared memory would bring the request to {size} bytes, more than the "
-                f"{MAX_READ} a request may carry on this server (max_msg_mb_size)")
+    expected = (
+        f"input x1: {size} bytes in shared memory would bring the request to {size} bytes, more than the "
+        f"{MAX_READ} a request may carry on this server (max_msg_mb_size)"
+    )
     pid = server.proc.pid
     peak_reset(pid)
     before = peak_kb(pid)
@@ -320,8 +362,10 @@ def test_a_huge_declared_region_input_is_refused_before_it_is_read(server, files
     # a declared byte size other than the tensor's is refused before the read too (the tensor's size is checked)
     with pytest.raises(InferenceServerException) as refused:
         triton.infer("add.add_common", [region_input(n, [1, 2, 2], "FP32", "huge", 15) for n in ("x1", "x2")])
-    assert refused.value.message() == ("Instances input x1 check failed, detail: Tensor check failed: input data "
-                                       "size 15 invalid, shape [1, 2, 2] of kMSI_Float32 needs 16 bytes")
+    assert refused.value.message() == (
+        "Instances input x1 check failed, detail: Tensor check failed: input data "
+        "size 15 invalid, shape [1, 2, 2] of kMSI_Float32 needs 16 bytes"
+    )
     triton.unregister_system_shared_memory("huge")
 
 
@@ -332,11 +376,14 @@ def test_the_inputs_of_one_request_read_at_most_max_msg_mb_size_in_all(server, f
     triton.register_system_shared_memory("two", f"/{name}", 2 * rows * 4)
     try:
         with pytest.raises(InferenceServerException) as refused:
-            triton.infer("add.add_common", [region_input(n, [1, rows], "FP32", "two", rows * 4, k * rows * 4)
-                                            for k, n in enumerate(("x1", "x2"))])
+            triton.infer(
+                "add.add_common",
+                [region_input(n, [1, rows], "FP32", "two", rows * 4, k * rows * 4) for k, n in enumerate(("x1", "x2"))],
+            )
         assert refused.value.message() == (
             f"input x2: {rows * 4} bytes in shared memory would bring the request to {2 * rows * 4} bytes, more than "
-            f"the {MAX_READ} a request may carry on this server (max_msg_mb_size)")
+            f"the {MAX_READ} a request may carry on this server (max_msg_mb_size)"
+        )
     finally:
         triton.unregister_system_shared_memory("two")
 
@@ -353,8 +400,9 @@ def test_server_live_answers_while_large_region_inputs_are_read(server, files):
     try:
         with LiveProbe(server.address) as live:
             for _ in range(4):
-                result = triton.infer("shmprobe.total", [region_input("x", [1, side, side], "FP32", "big",
-                                                                      side * side * 4)])
+                result = triton.infer(
+                    "shmprobe.total", [region_input("x", [1, side, side], "FP32", "big", side * side * 4)]
+                )
                 results.append(result.as_numpy("y").tolist())
     finally:
         triton.unregister_system_shared_memory("big")
@@ -368,8 +416,10 @@ def test_region_names_are_at_most_255_bytes(server, files):
     for long_name, length in (("n" * 256, 256), ("\u00e9" * 128, 256), ("x" * (10 << 20), 10 << 20)):
         with pytest.raises(InferenceServerException) as refused:
             triton.register_system_shared_memory(long_name, f"/{name}", 64)
-        assert (refused.value.status(), refused.value.message()) == \
-            ("StatusCode.INVALID_ARGUMENT", f"a shared memory region's name is at most 255 bytes, this one is {length}")
+        assert (refused.value.status(), refused.value.message()) == (
+            "StatusCode.INVALID_ARGUMENT",
+            f"a shared memory region's name is at most 255 bytes, this one is {length}",
+        )
     triton.register_system_shared_memory("n" * 255, f"/{name}", 64)
     assert list(triton.get_system_shared_memory_status().regions) == ["n" * 255]
     triton.unregister_system_shared_memory()
@@ -381,11 +431,14 @@ def test_region_names_are_at_most_255_bytes(server, files):
 
 # ---- MindSpore's shm_data ----
 
+
 def predict(address: str, request: ms.PredictRequest) -> ms.PredictReply:
     with grpc.insecure_channel(address) as ch:
-        call = ch.unary_unary("/mindspore.serving.proto.MSService/Predict",
-                              request_serializer=ms.PredictRequest.SerializeToString,
-                              response_deserializer=ms.PredictReply.FromString)
+        call = ch.unary_unary(
+            "/mindspore.serving.proto.MSService/Predict",
+            request_serializer=ms.PredictRequest.SerializeToString,
+            response_deserializer=ms.PredictReply.FromString,
+        )
         return call(request, timeout=60)
 
 
@@ -396,8 +449,9 @@ def ms_request(name: str, dims_of_instances: list, data_size: int, bytes_size: i
         instance = request.instances.add()
         x1 = instance.items["x1"]
         x1.dtype, x1.shape.dims[:] = ms.MS_UINT8, dims
-        x1.shm_data.CopyFrom(ms.ShmTensorData(memory_key=f"/{name}", bytes_size=bytes_size, data_offset=0,
-                                              data_size=data_size))
+        x1.shm_data.CopyFrom(
+            ms.ShmTensorData(memory_key=f"/{name}", bytes_size=bytes_size, data_offset=0, data_size=data_size)
+        )
         x2 = instance.items["x2"]
         x2.dtype, x2.shape.dims[:], x2.data = ms.MS_FLOAT32, [2, 2], np.ones((2, 2), np.float32).tobytes()
     return request
@@ -411,8 +465,10 @@ def test_shm_data_of_a_gibibyte_is_refused_before_it_is_read(server, files):
     peak_reset(pid)
     before = peak_kb(pid)
     reply = predict(server.address, ms_request(name, [[size], [size]], data_size=size, bytes_size=size))
-    refused = (f"input x1: {size} bytes in shared memory would bring the request to {size} bytes, more than the "
-               f"{MAX_READ} a request may carry on this server (max_msg_mb_size)")
+    refused = (
+        f"input x1: {size} bytes in shared memory would bring the request to {size} bytes, more than the "
+        f"{MAX_READ} a request may carry on this server (max_msg_mb_size)"
+    )
     assert [e.error_msg.decode() for e in reply.error_msg] == [refused]
     assert peak_kb(pid) - before < GROWTH_LIMIT_KB
     # the other doors still answer

@@ -1,6 +1,7 @@
 """The drain keeps its promise under load on both transports, and the REST server's connections are bounded:
 silent or slow clients are closed after the idle timeout, connections past the cap are refused, and what is not
 HTTP gets a JSON answer that echoes nothing."""
+
 from __future__ import annotations
 
 import http.client
@@ -34,11 +35,15 @@ def _predict_request() -> bytes:
 
 def _start(tmp_path, rest_options: str = ""):
     address, rest = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    server = start_server(tmp_path, f"""
+    server = start_server(
+        tmp_path,
+        f"""
         server.start_servables(server.ServableStartConfig({BUNDLED_SERVABLES!r}, "add", device_ids=0))
         server.start_grpc_server({address!r})
         server.start_restful_server({rest!r}{rest_options})
-    """, address)
+    """,
+        address,
+    )
     server.rest = rest
     return server
 
@@ -188,12 +193,15 @@ def test_connections_past_the_cap_are_refused_with_503(tmp_path):
         server.stop()
 
 
-@pytest.mark.parametrize("data", [
-    b"\x16\x03\x01\x02\x00secret-bytes\r\n\r\n",                         # TLS to a plain port
-    b"GET /v2 HTTP/1.1\r\nHost: x\r\nBad Header secret-bytes\r\n\r\n",    # a malformed header
-    b"POST /v2/models/add.add_common/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-    b"zz secret-bytes\r\n",                                               # a malformed chunk
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x16\x03\x01\x02\x00secret-bytes\r\n\r\n",  # TLS to a plain port
+        b"GET /v2 HTTP/1.1\r\nHost: x\r\nBad Header secret-bytes\r\n\r\n",  # a malformed header
+        b"POST /v2/models/add.add_common/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"zz secret-bytes\r\n",  # a malformed chunk
+    ],
+)
 def test_what_is_not_http_gets_a_json_400_that_echoes_nothing(tmp_path, data):
     server = _start(tmp_path)
     try:
@@ -203,7 +211,8 @@ def test_what_is_not_http_gets_a_json_400_that_echoes_nothing(tmp_path, data):
         # (HTTP/1.0 in the status line where the request line itself could not be read)
         assert head.startswith((b"HTTP/1.1 400 Bad Request\r\n", b"HTTP/1.0 400 Bad Request\r\n")), answer
         assert b"application/json" in head and b"Server: mindserve" in head and b"secret" not in answer
-        assert json.loads(body) == {"error": "The request is not valid HTTP/1.1: a malformed request line, header or "
-                                             "chunk"}
+        assert json.loads(body) == {
+            "error": "The request is not valid HTTP/1.1: a malformed request line, header or chunk"
+        }
     finally:
         server.stop()

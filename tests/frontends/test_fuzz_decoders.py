@@ -7,6 +7,7 @@ Examples are derandomized (the same ones every run, so CI is repeatable); ``MIND
 draws 2000 new ones per test for a longer hunt. The C readers have coverage-guided fuzzers of their own
 (native/fuzz).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,10 +28,21 @@ from support.rest import request as http_request
 
 pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
 
-settings.register_profile("ci", max_examples=120, deadline=None, derandomize=True, database=None,
-                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-settings.register_profile("explore", max_examples=2000, deadline=None, database=None,
-                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+settings.register_profile(
+    "ci",
+    max_examples=120,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.register_profile(
+    "explore",
+    max_examples=2000,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 PROFILE = os.environ.get("MINDSERVE_FUZZ_PROFILE", "ci")
 
 PREDICT = "/mindspore.serving.proto.MSService/Predict"
@@ -44,12 +56,16 @@ X = np.arange(4, dtype=np.float32).reshape(2, 2)
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fuzz")
     address, rest = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    process = start_server(tmp, f"""
+    process = start_server(
+        tmp,
+        f"""
         server.start_servables([server.ServableStartConfig({BUNDLED_SERVABLES!r}, "add", device_ids=0),
                                 server.ServableStartConfig({BUNDLED_SERVABLES!r}, "iris", device_ids=0)])
         server.start_grpc_server({address!r})
         server.start_restful_server({rest!r})
-    """, address)
+    """,
+        address,
+    )
     process.rest = rest
     process.workers = sorted(child_pids(process.proc.pid))
     yield process
@@ -98,8 +114,7 @@ def _check_predict_reply(data: bytes) -> None:
 NAMES = st.sampled_from(["add", "iris", "", "nope", "add\x00", "a" * 300])
 METHODS = st.sampled_from(["add_common", "add_cast", "predict", "predict_with_puid", "", "zz"])
 INPUTS = st.sampled_from(["x1", "x2", "x", "puid", "", "\u00e9"])
-DIMS = st.lists(st.one_of(st.integers(-3, 5), st.sampled_from([0, 1 << 31, (1 << 63) - 1, -(1 << 63)])),
-                max_size=20)
+DIMS = st.lists(st.one_of(st.integers(-3, 5), st.sampled_from([0, 1 << 31, (1 << 63) - 1, -(1 << 63)])), max_size=20)
 DTYPES = st.one_of(st.integers(0, 15), st.sampled_from([16, 1 << 20, (1 << 31) - 1, -1]))
 
 
@@ -120,8 +135,11 @@ def hostile_tensors(draw) -> pb.Tensor:
 
 @st.composite
 def hostile_predicts(draw) -> bytes:
-    request = pb.PredictRequest(servable_spec=pb.ServableSpec(
-        name=draw(NAMES), method_name=draw(METHODS), version_number=draw(st.sampled_from([0, 1, 2, (1 << 64) - 1]))))
+    request = pb.PredictRequest(
+        servable_spec=pb.ServableSpec(
+            name=draw(NAMES), method_name=draw(METHODS), version_number=draw(st.sampled_from([0, 1, 2, (1 << 64) - 1]))
+        )
+    )
     for _ in range(draw(st.integers(0, 4))):
         instance = request.instances.add()
         for name in draw(st.lists(INPUTS, max_size=3, unique=True)):
@@ -153,8 +171,9 @@ DATATYPES = st.sampled_from(["FP32", "FP64", "INT64", "INT32", "UINT8", "BOOL", 
 
 @st.composite
 def hostile_model_infers(draw) -> bytes:
-    request = oip.ModelInferRequest(model_name=draw(MODELS), model_version=draw(st.sampled_from(["", "1", "x", "9"])),
-                                    id=draw(st.text(max_size=8)))
+    request = oip.ModelInferRequest(
+        model_name=draw(MODELS), model_version=draw(st.sampled_from(["", "1", "x", "9"])), id=draw(st.text(max_size=8))
+    )
     raw = draw(st.booleans())
     for _ in range(draw(st.integers(0, 3))):
         tensor = request.inputs.add(name=draw(INPUTS), datatype=draw(DATATYPES))
@@ -192,22 +211,26 @@ def test_oip_grpc_hostile_values(channel, data):
 
 JSON_VALUES = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(-(1 << 70), 1 << 70), st.floats(), st.text(max_size=8)),
-    lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(st.text(max_size=6), children,
-                                                                                max_size=4)),
-    max_leaves=20)
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
+    max_leaves=20,
+)
 
 
 @st.composite
 def v2_bodies(draw) -> dict:
     inputs = []
     for _ in range(draw(st.integers(0, 3))):
-        entry = {"name": draw(st.one_of(INPUTS, JSON_VALUES)), "datatype": draw(st.one_of(DATATYPES, JSON_VALUES)),
-                 "shape": draw(st.one_of(DIMS, JSON_VALUES))}
+        entry = {
+            "name": draw(st.one_of(INPUTS, JSON_VALUES)),
+            "datatype": draw(st.one_of(DATATYPES, JSON_VALUES)),
+            "shape": draw(st.one_of(DIMS, JSON_VALUES)),
+        }
         if draw(st.booleans()):
             entry["data"] = draw(JSON_VALUES)
         if draw(st.booleans()):
-            entry["parameters"] = draw(st.one_of(st.fixed_dictionaries({"binary_data_size": JSON_VALUES}),
-                                                 JSON_VALUES))
+            entry["parameters"] = draw(st.one_of(st.fixed_dictionaries({"binary_data_size": JSON_VALUES}), JSON_VALUES))
         inputs.append(entry)
     body: dict = {"inputs": inputs}
     if draw(st.booleans()):
@@ -228,15 +251,20 @@ def _check_http(reply: Reply) -> None:
 @given(model=MODELS, body=st.one_of(v2_bodies(), JSON_VALUES))
 def test_v2_rest_hostile_json(server, model, body):
     path = f"/v2/models/{model or 'add'}/infer"
-    _check_http(http_request(server.rest, "POST", path, json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"}))
+    _check_http(
+        http_request(server.rest, "POST", path, json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    )
 
 
 @settings(settings.get_profile(PROFILE))
-@given(data=st.binary(max_size=400),
-       header_length=st.one_of(st.none(), st.integers(-5, 500).map(str),
-                               st.text(st.characters(min_codepoint=32, max_codepoint=255, exclude_characters="\x7f"),
-                                       max_size=4)))
+@given(
+    data=st.binary(max_size=400),
+    header_length=st.one_of(
+        st.none(),
+        st.integers(-5, 500).map(str),
+        st.text(st.characters(min_codepoint=32, max_codepoint=255, exclude_characters="\x7f"), max_size=4),
+    ),
+)
 def test_v2_rest_any_bytes(server, data, header_length):
     """(header values travel as Latin-1 bytes: those above 127 are not UTF-8, which the server must survive)"""
     headers = {"Content-Type": "application/octet-stream"}
@@ -246,11 +274,15 @@ def test_v2_rest_any_bytes(server, data, header_length):
 
 
 @settings(settings.get_profile(PROFILE))
-@given(path=st.sampled_from(["/model/add:add_common", "/model/iris:predict", "/model/add/version/1:add_cast",
-                             "/model/nope:x"]),
-       body=st.one_of(st.fixed_dictionaries({"instances": st.lists(st.dictionaries(INPUTS, JSON_VALUES, max_size=3),
-                                                                    max_size=3)}),
-                      JSON_VALUES))
+@given(
+    path=st.sampled_from(
+        ["/model/add:add_common", "/model/iris:predict", "/model/add/version/1:add_cast", "/model/nope:x"]
+    ),
+    body=st.one_of(
+        st.fixed_dictionaries({"instances": st.lists(st.dictionaries(INPUTS, JSON_VALUES, max_size=3), max_size=3)}),
+        JSON_VALUES,
+    ),
+)
 def test_mindspore_rest_hostile_json(server, path, body):
     _check_http(http_request(server.rest, "POST", path, json.dumps(body).encode()))
 

@@ -1,5 +1,6 @@
 """Standard gRPC health checking (grpc.health.v1) following worker liveness, and server reflection describing
 every service on the port, through the registry's own client-side helpers."""
+
 from __future__ import annotations
 
 import os
@@ -21,9 +22,14 @@ pytestmark = pytest.mark.server  # starts real server processes (see tests/conft
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
-SERVICES = ["grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection", "inference.GRPCInferenceService",
-            "io.seldon.api.rpc.Classifier", "microsoft.azure.media.live_video_analytics.extensibility.grpc.v1."
-            "MediaGraphExtension", "mindspore.serving.proto.MSService"]
+SERVICES = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+    "inference.GRPCInferenceService",
+    "io.seldon.api.rpc.Classifier",
+    "microsoft.azure.media.live_video_analytics.extensibility.grpc.v1.MediaGraphExtension",
+    "mindspore.serving.proto.MSService",
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +40,9 @@ def health_server(servable_dir, tmp_path_factory) -> Iterator[ServerProcess]:
     root = servables.make_probe_and_hold(str(tmp_path_factory.mktemp("health_servables")))
     address = f"127.0.0.1:{free_port()}"
     hold_file = str(tmp / "hold")
-    server = start_server(tmp, f"""
+    server = start_server(
+        tmp,
+        f"""
         import os
         os.environ["MINDSERVE_TEST_HOLD_FILE"] = {hold_file!r}
         server.start_servables([
@@ -43,7 +51,10 @@ def health_server(servable_dir, tmp_path_factory) -> Iterator[ServerProcess]:
             server.ServableStartConfig({servable_dir!r}, "versioned", device_ids=0, version_number=2),
             server.ServableStartConfig({root!r}, "hold", device_ids=0)])
         server.start_grpc_server({address!r})
-    """, address, timeout=120)
+    """,
+        address,
+        timeout=120,
+    )
     server.hold_file = hold_file
     yield server
     if os.path.exists(hold_file):
@@ -61,8 +72,18 @@ def check(channel: grpc.Channel, service: str) -> int:
     return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=30).status
 
 
-ALL_NAMES = ["", "liveness", "add", "add.add_common", "add.add_cast", "versioned", "versioned.predict", "hold",
-             "hold.echo", *SERVICES]
+ALL_NAMES = [
+    "",
+    "liveness",
+    "add",
+    "add.add_common",
+    "add.add_cast",
+    "versioned",
+    "versioned.predict",
+    "hold",
+    "hold.echo",
+    *SERVICES,
+]
 
 
 @pytest.mark.parametrize("service", ALL_NAMES)
@@ -75,8 +96,10 @@ def test_check_unknown_service(channel, service):
     with pytest.raises(grpc.RpcError) as info:
         check(channel, service)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
-    assert info.value.details() == (f"unknown service '{service}': health is kept for '' (the server), "
-                                    f"'liveness', the gRPC services, each servable and each 'servable.method'")
+    assert info.value.details() == (
+        f"unknown service '{service}': health is kept for '' (the server), "
+        f"'liveness', the gRPC services, each servable and each 'servable.method'"
+    )
 
 
 @pytest.mark.parametrize("rpc", ["Check", "Watch"])
@@ -88,8 +111,10 @@ def test_malformed_health_request_is_invalid_argument(channel, rpc):
         if rpc == "Watch":
             next(result)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert info.value.details() == ("the request is not a valid HealthCheckRequest message: HealthCheckRequest: field "
-                                    "number 2 (wire type 0) has an unknown number or a wrong wire type")
+    assert info.value.details() == (
+        "the request is not a valid HealthCheckRequest message: HealthCheckRequest: field "
+        "number 2 (wire type 0) has an unknown number or a wrong wire type"
+    )
 
 
 def worker_pid(server: ServerProcess, name: str) -> int:
@@ -143,21 +168,40 @@ def test_reflection_describes_the_services(channel):
     oip = pool.FindServiceByName("inference.GRPCInferenceService")
     assert [(m.name, m.input_type.full_name, m.output_type.full_name) for m in oip.methods] == [
         (rpc, f"inference.{rpc}Request", f"inference.{rpc}Response")
-        for rpc in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
-                    "ModelStatistics")] + [("ModelStreamInfer", "inference.ModelInferRequest",
-                                            "inference.ModelStreamInferResponse")] + [
-        (f"{kind}SharedMemory{rpc}", f"inference.{kind}SharedMemory{rpc}Request",
-         f"inference.{kind}SharedMemory{rpc}Response") for kind in ("System", "Cuda")
-        for rpc in ("Status", "Register", "Unregister")]
+        for rpc in (
+            "ServerLive",
+            "ServerReady",
+            "ModelReady",
+            "ServerMetadata",
+            "ModelMetadata",
+            "ModelInfer",
+            "ModelStatistics",
+        )
+    ] + [("ModelStreamInfer", "inference.ModelInferRequest", "inference.ModelStreamInferResponse")] + [
+        (
+            f"{kind}SharedMemory{rpc}",
+            f"inference.{kind}SharedMemory{rpc}Request",
+            f"inference.{kind}SharedMemory{rpc}Response",
+        )
+        for kind in ("System", "Cuda")
+        for rpc in ("Status", "Register", "Unregister")
+    ]
     infer_request = pool.FindMessageTypeByName("inference.ModelInferRequest")
     assert [(f.name, f.number) for f in infer_request.fields] == [
-        ("model_name", 1), ("model_version", 2), ("id", 3), ("parameters", 4), ("inputs", 5), ("outputs", 6),
-        ("raw_input_contents", 7)]
+        ("model_name", 1),
+        ("model_version", 2),
+        ("id", 3),
+        ("parameters", 4),
+        ("inputs", 5),
+        ("outputs", 6),
+        ("raw_input_contents", 7),
+    ]
     infer_response = pool.FindMessageTypeByName("inference.ModelInferResponse")
     assert infer_response.fields_by_name["raw_output_contents"].number == 6
     seldon = pool.FindServiceByName("io.seldon.api.rpc.Classifier")
     assert [(m.name, m.input_type.full_name, m.output_type.full_name) for m in seldon.methods] == [
-        ("Predict", "io.seldon.api.rpc.ClassificationRequest", "io.seldon.api.rpc.ClassificationReply")]
+        ("Predict", "io.seldon.api.rpc.ClassificationRequest", "io.seldon.api.rpc.ClassificationReply")
+    ]
     predict = pool.FindServiceByName("mindspore.serving.proto.MSService").methods_by_name["Predict"]
     assert predict.input_type.full_name == "mindspore.serving.proto.PredictRequest"
     assert predict.output_type.full_name == "mindspore.serving.proto.PredictReply"
@@ -171,9 +215,11 @@ def test_a_call_built_from_reflection_alone(channel):
     pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
     request_class = message_factory.GetMessageClass(pool.FindMessageTypeByName("inference.ModelReadyRequest"))
     response_class = message_factory.GetMessageClass(pool.FindMessageTypeByName("inference.ModelReadyResponse"))
-    call = channel.unary_unary("/inference.GRPCInferenceService/ModelReady",
-                               request_serializer=request_class.SerializeToString,
-                               response_deserializer=response_class.FromString)
+    call = channel.unary_unary(
+        "/inference.GRPCInferenceService/ModelReady",
+        request_serializer=request_class.SerializeToString,
+        response_deserializer=response_class.FromString,
+    )
     assert call(request_class(name="versioned", version="2"), timeout=30).ready is True
     assert call(request_class(name="versioned", version="3"), timeout=30).ready is False
 
@@ -183,6 +229,8 @@ def test_malformed_reflection_request_is_invalid_argument(channel):
     with pytest.raises(grpc.RpcError) as info:
         list(call(iter([b"\x48\x01"]), timeout=30))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert info.value.details() == ("the request is not a valid ServerReflectionRequest message: "
-                                    "ServerReflectionRequest: field number 9 (wire type 0) has an unknown number or a "
-                                    "wrong wire type")
+    assert info.value.details() == (
+        "the request is not a valid ServerReflectionRequest message: "
+        "ServerReflectionRequest: field number 9 (wire type 0) has an unknown number or a "
+        "wrong wire type"
+    )

@@ -5,6 +5,7 @@ takes, hundreds of thousands of empty instances, a megabyte of model name, one b
 chunk or in a model run shared with good ones. Every one gets a clear error; the worker processes stay the same;
 the next normal request is answered correctly.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,8 +59,10 @@ def lookup(i):
 
 
 def _dims_text(name: str, ndims: int) -> str:
-    return (f"Instances input {name} check failed, detail: Tensor check failed: input shape has {ndims} dimensions, "
-            f"more than the limit 16")
+    return (
+        f"Instances input {name} check failed, detail: Tensor check failed: input shape has {ndims} dimensions, "
+        f"more than the limit 16"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +73,16 @@ def server(tmp_path_factory):
     (root / "guard" / "servable_config.py").write_text(GUARD_CONFIG)
     model_files.lookup_model(str(root / "guard" / "1" / "lookup.onnx"))
     address, rest = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    process = start_server(tmp, f"""
+    process = start_server(
+        tmp,
+        f"""
         server.start_servables([server.ServableStartConfig({BUNDLED_SERVABLES!r}, "add", device_ids=0),
                                 server.ServableStartConfig({str(root)!r}, "guard", device_ids=0)])
         server.start_grpc_server({address!r})
         server.start_restful_server({rest!r})
-    """, address)
+    """,
+        address,
+    )
     process.rest = rest
     yield process
     process.stop()
@@ -129,12 +136,10 @@ def test_a_tensor_of_too_many_dims_is_refused_on_every_protocol(server, channel,
         request.raw_input_contents.append(data)
     with pytest.raises(grpc.RpcError) as info:
         channel.unary_unary(MODEL_INFER)(request.SerializeToString(), timeout=60)
-    assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
-                                                         _dims_text("x1", ndims + 1))
+    assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, _dims_text("x1", ndims + 1))
 
     # KServe v2 REST, JSON data with a shape of that many dims
-    body = {"inputs": [{"name": n, "shape": [1, *shape], "datatype": "FP32", "data": [1.0, 1.0]}
-                       for n in ("x1", "x2")]}
+    body = {"inputs": [{"name": n, "shape": [1, *shape], "datatype": "FP32", "data": [1.0, 1.0]} for n in ("x1", "x2")]}
     reply = http_request(server.rest, "POST", "/v2/models/add.add_common/infer", body)
     assert (reply.status, reply.json()) == (400, {"error": _dims_text("x1", ndims + 1)})
 
@@ -182,10 +187,12 @@ def test_three_hundred_thousand_empty_instances_are_refused_before_they_are_read
         data = b"\x49" + bytes(8) + data
     reply = pb.PredictReply.FromString(channel.unary_unary(PREDICT)(data, timeout=60))
     assert [(e.error_code, e.error_msg.decode()) for e in reply.error_msg] == [
-        (2, "Instances count 300000 of request exceeds the limit 10000, servable: add, method: add_common")]
+        (2, "Instances count 300000 of request exceeds the limit 10000, servable: add, method: add_common")
+    ]
     assert reply.servable_spec == spec
     assert oip.ServerLiveResponse.FromString(
-        channel.unary_unary(SERVER_LIVE)(oip.ServerLiveRequest().SerializeToString(), timeout=10)).live
+        channel.unary_unary(SERVER_LIVE)(oip.ServerLiveRequest().SerializeToString(), timeout=10)
+    ).live
     assert sorted(child_pids(server.proc.pid)) == workers
     _add_serves(server)
 
@@ -197,8 +204,9 @@ def test_the_instance_limit_is_counted_on_every_protocol(server, channel):
     tensor = pb.Tensor(shape=pb.TensorShape(dims=[2, 2]), dtype=pb.MS_FLOAT32, data=row.tobytes())
     spec = pb.ServableSpec(name="add", method_name="add_common")
     for count, error in ((10000, None), (10001, text)):
-        reply = pb.PredictReply.FromString(channel.unary_unary(PREDICT)(_many_instances(count, spec, tensor),
-                                                                        timeout=60))
+        reply = pb.PredictReply.FromString(
+            channel.unary_unary(PREDICT)(_many_instances(count, spec, tensor), timeout=60)
+        )
         if error is None:
             assert (len(reply.instances), list(reply.error_msg)) == (10000, [])
             assert np.frombuffer(reply.instances[-1].items["y"].data, np.float32).tolist() == [2.0] * 4
@@ -211,8 +219,9 @@ def test_the_instance_limit_is_counted_on_every_protocol(server, channel):
     with pytest.raises(grpc.RpcError) as info:
         channel.unary_unary(MODEL_INFER)(request.SerializeToString(), timeout=60)
     assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, text)
-    body: dict[str, list] = {"inputs": [{"name": n, "shape": [10001, 2, 2], "datatype": "FP32", "data": [1.0] * 40004}
-                       for n in ("x1", "x2")]}
+    body: dict[str, list] = {
+        "inputs": [{"name": n, "shape": [10001, 2, 2], "datatype": "FP32", "data": [1.0] * 40004} for n in ("x1", "x2")]
+    }
     reply = http_request(server.rest, "POST", "/v2/models/add.add_common/infer", body)
     assert (reply.status, reply.json()) == (400, {"error": text})
     body = {"instances": [{"x1": row.tolist(), "x2": row.tolist()}] * 10001}
@@ -223,18 +232,29 @@ def test_the_instance_limit_is_counted_on_every_protocol(server, channel):
 def test_empty_instances_under_the_limit_are_answered(server, channel):
     """Requests of many instances are parsed off the event loop: they are answered like any other."""
     spec = pb.ServableSpec(name="guard", method_name="double")
-    one = pb.Instance(items={"x": pb.Tensor(shape=pb.TensorShape(dims=[3]), dtype=pb.MS_FLOAT32,
-                                            data=np.ones(3, np.float32).tobytes())}).SerializeToString()
+    one = pb.Instance(
+        items={
+            "x": pb.Tensor(shape=pb.TensorShape(dims=[3]), dtype=pb.MS_FLOAT32, data=np.ones(3, np.float32).tobytes())
+        }
+    ).SerializeToString()
     bad = pb.Instance(items={"x": pb.Tensor(shape=pb.TensorShape(dims=[0]), dtype=pb.MS_FLOAT32)}).SerializeToString()
     spec_bytes = spec.SerializeToString()
-    data = b"\x0a" + varint(len(spec_bytes)) + spec_bytes + (b"\x12" + varint(len(one)) + one) * 2000 \
-        + b"\x12" + varint(len(bad)) + bad
+    data = (
+        b"\x0a"
+        + varint(len(spec_bytes))
+        + spec_bytes
+        + (b"\x12" + varint(len(one)) + one) * 2000
+        + b"\x12"
+        + varint(len(bad))
+        + bad
+    )
     reply = pb.PredictReply.FromString(channel.unary_unary(PREDICT)(data, timeout=60))
     assert len(reply.instances) == 2001 and len(reply.error_msg) == 2001
     assert [e.error_code for e in reply.error_msg[:2000]] == [0] * 2000
     assert reply.error_msg[2000].error_msg.decode() == (
         "Call Function 'guard.check_rows' Failed, method: 'double', stage index(begin with 1): 1, error msg: x must "
-        "hold 3 measurements, got 0")
+        "hold 3 measurements, got 0"
+    )
     assert np.frombuffer(reply.instances[1999].items["y"].data, np.float32).tolist() == [2.0] * 3
 
 
@@ -249,20 +269,25 @@ def test_a_megabyte_model_name_is_not_found_with_a_short_text(server, channel):
     with pytest.raises(grpc.RpcError) as info:
         channel.unary_unary(MODEL_INFER)(request.SerializeToString(), timeout=60)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
-    assert info.value.details() == (f"Model '{CLIPPED}' is not found, models are named 'servable.method', or "
-                                    f"'servable' for a servable with a single method")
+    assert info.value.details() == (
+        f"Model '{CLIPPED}' is not found, models are named 'servable.method', or "
+        f"'servable' for a servable with a single method"
+    )
 
     request = pb.PredictRequest(servable_spec=pb.ServableSpec(name=LONG, method_name="add_common"))
     request.instances.add()
     reply = pb.PredictReply.FromString(channel.unary_unary(PREDICT)(request.SerializeToString(), timeout=60))
     assert [e.error_msg.decode() for e in reply.error_msg] == [
         f"Request servable({CLIPPED}) method(add_common) , servable is not available: servable '{CLIPPED}' is not "
-        f"served; served: add, guard"]
+        f"served; served: add, guard"
+    ]
 
     body = {"inputs": [{"name": n, "shape": [1], "datatype": "FP32", "data": [1.0]} for n in ("x1", "x2", LONG)]}
     reply = http_request(server.rest, "POST", "/v2/models/add.add_common/infer", body)
-    assert (reply.status, reply.json()) == (400, {
-        "error": f"Unexpected input {CLIPPED} in request inputs , servable add, method add_common takes x1, x2"})
+    assert (reply.status, reply.json()) == (
+        400,
+        {"error": f"Unexpected input {CLIPPED} in request inputs , servable add, method add_common takes x1, x2"},
+    )
     _add_serves(server)
 
 
@@ -274,8 +299,10 @@ def test_a_bad_instance_in_a_batch_stage_fails_alone(server):
     results = Client(server.address, "guard", "double").infer(instances)
     for i, result in enumerate(results):
         if i == 5:
-            assert result == {"error": "Call Function 'guard.check_rows' Failed, method: 'double', stage index(begin "
-                                       "with 1): 1, error msg: x must hold 3 measurements, got 1"}
+            assert result == {
+                "error": "Call Function 'guard.check_rows' Failed, method: 'double', stage index(begin "
+                "with 1): 1, error msg: x must hold 3 measurements, got 1"
+            }
         else:
             np.testing.assert_array_equal(result["y"], np.full(3, 2 * i, np.float32))
 
@@ -301,11 +328,15 @@ def test_bad_instances_of_one_client_do_not_fail_those_of_others(tmp_path):
     (root / "guard" / "servable_config.py").write_text(GUARD_CONFIG)
     model_files.lookup_model(str(root / "guard" / "1" / "lookup.onnx"))
     address = f"127.0.0.1:{free_port()}"
-    process = start_server(tmp_path, f"""
+    process = start_server(
+        tmp_path,
+        f"""
         server.start_servables(server.ServableStartConfig({str(root)!r}, "guard", device_ids=0,
                                                           max_batch_delay_ms=50))
         server.start_grpc_server({address!r})
-    """, address)
+    """,
+        address,
+    )
     try:
         clients = [Client(address, "guard", "double") for _ in range(8)]
         sent = [[{"x": np.full(3, 10 * c + k, np.float32)} for k in range(2)] for c in range(8)]
@@ -327,17 +358,25 @@ def test_the_instance_limit_is_a_setting(tmp_path):
     (root / "guard" / "servable_config.py").write_text(GUARD_CONFIG)
     model_files.lookup_model(str(root / "guard" / "1" / "lookup.onnx"))
     address = f"127.0.0.1:{free_port()}"
-    process = start_server(tmp_path, f"""
+    process = start_server(
+        tmp_path,
+        f"""
         server.start_servables(server.ServableStartConfig({str(root)!r}, "guard", device_ids=0))
         server.context.set_max_request_instances(3)
         server.start_grpc_server({address!r})
-    """, address)
+    """,
+        address,
+    )
     try:
         client = Client(address, "guard", "lookup")
-        assert [r["y"].tolist() for r in client.infer([{"i": np.int64(k)} for k in range(3)])] == \
-            [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
-        assert client.infer([{"i": np.int64(k)} for k in range(4)]) == \
-            {"error": "Instances count 4 of request exceeds the limit 3, servable: guard, method: lookup"}
+        assert [r["y"].tolist() for r in client.infer([{"i": np.int64(k)} for k in range(3)])] == [
+            [0.0, 1.0],
+            [2.0, 3.0],
+            [4.0, 5.0],
+        ]
+        assert client.infer([{"i": np.int64(k)} for k in range(4)]) == {
+            "error": "Instances count 4 of request exceeds the limit 3, servable: guard, method: lookup"
+        }
     finally:
         process.stop()
 
@@ -345,10 +384,13 @@ def test_the_instance_limit_is_a_setting(tmp_path):
 def test_a_header_that_is_not_utf8_is_answered_400(server):
     """aiohttp gives header bytes that are not UTF-8 as surrogate escapes; echoed, they must still encode."""
     import socket
+
     host, port = server.rest.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(b"POST /v2/models/add.add_common/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
-                     b"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: \xa1\r\n\r\n")
+        sock.sendall(
+            b"POST /v2/models/add.add_common/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+            b"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: \xa1\r\n\r\n"
+        )
         answer = b""
         while b"\r\n\r\n" not in answer or not answer.endswith(b"}"):
             chunk = sock.recv(4096)
@@ -357,5 +399,7 @@ def test_a_header_that_is_not_utf8_is_answered_400(server):
             answer += chunk
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400 "), answer
-    assert json.loads(body) == {"error": "Inference-Header-Content-Length '\\udca1' invalid: it should be the byte "
-                                         "size of the JSON at the start of the 0-byte body"}
+    assert json.loads(body) == {
+        "error": "Inference-Header-Content-Length '\\udca1' invalid: it should be the byte "
+        "size of the JSON at the start of the 0-byte body"
+    }

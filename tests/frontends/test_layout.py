@@ -1,6 +1,7 @@
 """The frontends' walls, read from the imports of every module (ast, nothing is imported): a transport folder
 (grpc/, rest/) imports no other transport folder, and what the protocols share (the protocol cores, the tensor
 checks, listening, admission) imports no transport at all, so that each transport is a door over one core."""
+
 from __future__ import annotations
 
 import ast
@@ -31,7 +32,7 @@ def imported_modules(source: str, module: str, is_package: bool = False) -> set[
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - (node.level - 1)]
+                base = base[: len(base) - (node.level - 1)]
                 origin = ".".join(base + ([node.module] if node.module else []))
             else:
                 origin = node.module or ""
@@ -67,10 +68,16 @@ def _frontend_modules() -> list[Path]:
 def test_every_frontend_module_is_read():
     modules = {_module_name(path) for path in _frontend_modules()}
     # the rooms the walls are about, present under the names the test reads
-    for expected in ("mindserve._frontends.grpc.ms_service", "mindserve._frontends.rest.server",
-                     "mindserve._frontends.rest.ms_routes", "mindserve._frontends.mindspore.predict",
-                     "mindserve._frontends.oip.infer", "mindserve._frontends.tensor_checks",
-                     "mindserve._frontends.listen", "mindserve._frontends.admission"):
+    for expected in (
+        "mindserve._frontends.grpc.ms_service",
+        "mindserve._frontends.rest.server",
+        "mindserve._frontends.rest.ms_routes",
+        "mindserve._frontends.mindspore.predict",
+        "mindserve._frontends.oip.infer",
+        "mindserve._frontends.tensor_checks",
+        "mindserve._frontends.listen",
+        "mindserve._frontends.admission",
+    ):
         assert expected in modules
 
 
@@ -93,20 +100,31 @@ def test_the_check_sees_every_form_of_import():
     shared_module = FRONTENDS / "oip" / "example.py"
     assert violations(grpc_module, "from mindserve._frontends.rest import common\n") == [
         "mindserve._frontends.grpc.example imports mindserve._frontends.rest",
-        "mindserve._frontends.grpc.example imports mindserve._frontends.rest.common"]
+        "mindserve._frontends.grpc.example imports mindserve._frontends.rest.common",
+    ]
     assert violations(grpc_module, "import mindserve._frontends.rest.server as s\n") == [
-        "mindserve._frontends.grpc.example imports mindserve._frontends.rest.server"]
+        "mindserve._frontends.grpc.example imports mindserve._frontends.rest.server"
+    ]
     assert violations(grpc_module, "from ..rest.common import dumps\n") == [
         "mindserve._frontends.grpc.example imports mindserve._frontends.rest.common",
-        "mindserve._frontends.grpc.example imports mindserve._frontends.rest.common.dumps"]
+        "mindserve._frontends.grpc.example imports mindserve._frontends.rest.common.dumps",
+    ]
     assert violations(rest_package, "from ..grpc.server import _read\n") == [
         "mindserve._frontends.rest imports mindserve._frontends.grpc.server",
-        "mindserve._frontends.rest imports mindserve._frontends.grpc.server._read"]
+        "mindserve._frontends.rest imports mindserve._frontends.grpc.server._read",
+    ]
     assert violations(grpc_module, "def late():\n    from mindserve._frontends.rest import server\n") == [
         "mindserve._frontends.grpc.example imports mindserve._frontends.rest",
-        "mindserve._frontends.grpc.example imports mindserve._frontends.rest.server"]
+        "mindserve._frontends.grpc.example imports mindserve._frontends.rest.server",
+    ]
     assert violations(shared_module, "from mindserve._frontends import grpc\n") == [
-        "mindserve._frontends.oip.example imports mindserve._frontends.grpc"]
+        "mindserve._frontends.oip.example imports mindserve._frontends.grpc"
+    ]
     # within one's own folder, and from the shared modules, imports are free
-    assert violations(grpc_module, "from mindserve._frontends.grpc.status import status_of\n"
-                                   "from mindserve._frontends.oip import infer\n") == []
+    assert (
+        violations(
+            grpc_module,
+            "from mindserve._frontends.grpc.status import status_of\nfrom mindserve._frontends.oip import infer\n",
+        )
+        == []
+    )

@@ -2,6 +2,7 @@
 and REST, MindSpore's REST form), /metrics counts exactly those requests, instances, executions and failures by
 reason; histograms agree with the counters; a worker killed with SIGKILL is a restart; label values are only
 registered names or "unknown"."""
+
 from __future__ import annotations
 
 import http.client
@@ -33,9 +34,10 @@ class UnixConnection(http.client.HTTPConnection):
         self.sock = socket.socket(socket.AF_UNIX)
         self.sock.connect(self._path)
 
+
 pytestmark = pytest.mark.server
 
-METER_CONFIG = '''
+METER_CONFIG = """
 import os
 import time
 
@@ -98,7 +100,7 @@ def checked(x1, x2):
 @register.register_method(output_names=["y"])
 def held(x):
     return register.add_stage(hold, x, outputs_count=1)
-'''
+"""
 
 ONES = np.ones((2,), np.float32)
 
@@ -119,7 +121,9 @@ def meter(tmp_path_factory):
     hold = root / "hold"
     os.environ["METER_HOLD_FILE"] = str(hold)  # the server process inherits it
     grpc_address, guarded, rest, metrics = free_addresses(4)
-    process = start_server(root, f"""
+    process = start_server(
+        root,
+        f"""
         server.start_servables(server.ServableStartConfig({str(root)!r}, "meter", device_ids=0))
         server.context.set_max_enqueued_requests(3)
         server.context.set_worker_restart_wait(0)
@@ -128,7 +132,9 @@ def meter(tmp_path_factory):
                                  access=server.AccessConfig(restricted={{"inference": ("infer-key", "k")}}))
         server.start_restful_server({rest!r})
         server.start_metrics_server({metrics!r})
-    """, grpc_address)
+    """,
+        grpc_address,
+    )
     process.rest, process.guarded, process.metrics, process.hold = rest, guarded, metrics, hold
     yield process
     process.stop()
@@ -181,8 +187,7 @@ def test_requests_are_counted_by_door_method_and_outcome(meter):
     # every request is one observation of the duration histogram of its series
     for method, protocol, count in (("add", "ms", 3), ("add", "v2", 2), ("pipeline", "ms", 1)):
         assert delta("mindserve_request_duration_seconds_count", **model_labels(method, protocol)) == count
-        assert delta("mindserve_request_duration_seconds_bucket", **model_labels(method, protocol, le="+Inf")) \
-            == count
+        assert delta("mindserve_request_duration_seconds_bucket", **model_labels(method, protocol, le="+Inf")) == count
 
     # instances and executions: 3 x 4 + 2 + 1 + 1 instances of add (one execution each: nothing batches them)
     assert delta("mindserve_inference_count_total", **model_labels("add")) == 16
@@ -209,14 +214,18 @@ def test_requests_are_counted_by_door_method_and_outcome(meter):
 def test_refused_requests_count_as_unauthenticated(meter):
     before = scrape(meter.metrics)
     refused = Client(meter.guarded, "meter", "add").infer({"x1": ONES, "x2": ONES})
-    assert refused == {"error": "Grpc Error, (16, 'unauthenticated'), This API is restricted, expecting header "
-                                "'infer-key'"}
+    assert refused == {
+        "error": "Grpc Error, (16, 'unauthenticated'), This API is restricted, expecting header 'infer-key'"
+    }
     served = Client(meter.guarded, "meter", "add", headers={"infer-key": "k"}).infer({"x1": ONES, "x2": ONES})
     assert served[0]["y"].tolist() == [2.0, 2.0]
     after = scrape(meter.metrics)
     labels = dict(servable="unknown", version="unknown", method="unknown", protocol="ms", reason="unauthenticated")
-    assert value(after, "mindserve_request_failure_total", **labels) \
-        - value(before, "mindserve_request_failure_total", **labels) == 1
+    assert (
+        value(after, "mindserve_request_failure_total", **labels)
+        - value(before, "mindserve_request_failure_total", **labels)
+        == 1
+    )
 
 
 def _wait_for_file(path, what: str) -> None:
@@ -235,11 +244,17 @@ def test_queue_full_and_cancelled_requests_and_pending_gauge(meter):
         # a request whose client gives up (its deadline passes): the server counts it (see below)
         assert held.infer({"x": ONES}, timeout=0.5) in (
             {"error": "Grpc Error, (4, 'deadline exceeded'), Deadline Exceeded"},
-            {"error": "Request servable(meter) method(held) , the request's deadline passed before its answer was "
-                      "ready (work not started by then is dropped)"})
+            {
+                "error": "Request servable(meter) method(held) , the request's deadline passed before its answer was "
+                "ready (work not started by then is dropped)"
+            },
+        )
         third = held.infer_async({"x": ONES})
-        wait_until(lambda: value(scrape(meter.metrics), "mindserve_pending_requests", servable="meter",
-                                 version="1") == 3, "three requests pending", 30)
+        wait_until(
+            lambda: value(scrape(meter.metrics), "mindserve_pending_requests", servable="meter", version="1") == 3,
+            "three requests pending",
+            30,
+        )
         assert "enqueued requests count exceeds the limit 3" in held.infer({"x": ONES})["error"]
     finally:
         os.unlink(meter.hold)
@@ -254,8 +269,11 @@ def test_queue_full_and_cancelled_requests_and_pending_gauge(meter):
     failure = "mindserve_request_failure_total"
     # (the client's deadline: the server answers it "deadline" at that moment, or finds the call "cancelled" when
     # the client's own timer wins the race by the loopback's latency)
-    assert delta(failure, **model_labels("held", "ms", reason="cancelled")) \
-        + delta(failure, **model_labels("held", "ms", reason="deadline")) == 1
+    assert (
+        delta(failure, **model_labels("held", "ms", reason="cancelled"))
+        + delta(failure, **model_labels("held", "ms", reason="deadline"))
+        == 1
+    )
     assert delta(failure, **model_labels("held", "ms", reason="queue_full")) == 1
     assert delta("mindserve_request_success_total", **model_labels("held", "ms")) == 3
     assert value(after, "mindserve_pending_requests", servable="meter", version="1") == 0
@@ -268,21 +286,30 @@ def test_a_killed_worker_counts_as_a_restart_and_its_request_as_worker_lost(mete
     try:
         call = Client(meter.address, "meter", "held").infer_async({"x": ONES})
         _wait_for_file(started, "the held request to run")
-        pid, = worker_pids(meter, "meter")
+        (pid,) = worker_pids(meter, "meter")
         os.kill(pid, signal.SIGKILL)
         assert "was not completed" in call.result()["error"]
     finally:
         os.unlink(meter.hold)
         os.unlink(started)
-    wait_until(lambda: value(scrape(meter.metrics), "mindserve_worker_up", servable="meter", version="1",
-                             device="0") == 1, "the worker to be restarted", 60)
+    wait_until(
+        lambda: value(scrape(meter.metrics), "mindserve_worker_up", servable="meter", version="1", device="0") == 1,
+        "the worker to be restarted",
+        60,
+    )
     after = scrape(meter.metrics)
     device = dict(servable="meter", version="1", device="0")
-    assert value(after, "mindserve_worker_restarts_total", **device) \
-        - value(before, "mindserve_worker_restarts_total", **device) == 1
+    assert (
+        value(after, "mindserve_worker_restarts_total", **device)
+        - value(before, "mindserve_worker_restarts_total", **device)
+        == 1
+    )
     labels = model_labels("held", "ms", reason="worker_lost")
-    assert value(after, "mindserve_request_failure_total", **labels) \
-        - value(before, "mindserve_request_failure_total", **labels) == 1
+    assert (
+        value(after, "mindserve_request_failure_total", **labels)
+        - value(before, "mindserve_request_failure_total", **labels)
+        == 1
+    )
     # what the dead worker had reported stays counted: counters never go back
     for key, old in before.items():
         if key[0] in ("mindserve_inference_count_total", "mindserve_execution_count_total"):
@@ -305,12 +332,16 @@ def test_the_metrics_server_answers_only_get_metrics(meter):
 def test_metrics_over_a_unix_socket_guarded_by_access(tmp_path):
     socket_file = tmp_path / "metrics.sock"
     grpc_address = f"127.0.0.1:{free_port()}"
-    process = start_server(tmp_path, f"""
+    process = start_server(
+        tmp_path,
+        f"""
         access = server.AccessConfig(restricted={{"metrics": ("metrics-key", "m")}})
         server.start_grpc_server({grpc_address!r})
         handle = server.start_metrics_server("unix:{socket_file}", access=access)
         assert (handle.address, handle.port) == ("unix:{socket_file}", None)
-    """, grpc_address)
+    """,
+        grpc_address,
+    )
     try:
         assert unix_request(str(socket_file), "GET", "/metrics").status == 403
         connection = UnixConnection(str(socket_file))
@@ -330,8 +361,7 @@ def test_tritonclient_reads_statistics_over_grpc_and_rest(meter):
     before = triton_grpc.InferenceServerClient(meter.address).get_inference_statistics("meter.add", as_json=True)
     for count in (1, 3, 3):
         client.infer([{"x1": ONES, "x2": ONES}] * count)
-    grpc_stats = triton_grpc.InferenceServerClient(meter.address).get_inference_statistics("meter.add",
-                                                                                           as_json=True)
+    grpc_stats = triton_grpc.InferenceServerClient(meter.address).get_inference_statistics("meter.add", as_json=True)
     http_client = triton_http.InferenceServerClient(meter.rest)
     rest_stats = http_client.get_inference_statistics("meter.add", "1")
     (old,), (new,), (rest,) = before["model_stats"], grpc_stats["model_stats"], rest_stats["model_stats"]
@@ -350,19 +380,25 @@ def test_tritonclient_reads_statistics_over_grpc_and_rest(meter):
     assert rest["execution_count"] == int(new["execution_count"])
     assert rest["last_inference"] >= int(new["last_inference"]) > 0
     sizes = {b["batch_size"]: b["compute_infer"]["count"] for b in rest["batch_stats"]}
-    assert sizes[3] - {int(b["batch_size"]): int(b["compute_infer"].get("count", 0))
-                       for b in old.get("batch_stats", [])}.get(3, 0) == 2
+    assert (
+        sizes[3]
+        - {int(b["batch_size"]): int(b["compute_infer"].get("count", 0)) for b in old.get("batch_stats", [])}.get(3, 0)
+        == 2
+    )
     every = http_client.get_inference_statistics()["model_stats"]
-    assert {(m["name"], m["version"]) for m in every} == {(f"meter.{m}", "1") for m in
-                                                          ("add", "pipeline", "broken", "checked", "held")}
+    assert {(m["name"], m["version"]) for m in every} == {
+        (f"meter.{m}", "1") for m in ("add", "pipeline", "broken", "checked", "held")
+    }
 
 
 def test_statistics_of_a_model_or_version_not_served_are_not_found(meter):
     with pytest.raises(Exception, match="Model 'nosuch' is not found"):
         triton_grpc.InferenceServerClient(meter.address).get_inference_statistics("nosuch")
     reply = request(meter.rest, "GET", "/v2/models/meter.add/versions/9/stats")
-    assert (reply.status, reply.json()) == (404, {"error": "Model 'meter.add' version 9 is not found, running "
-                                                           "versions: 1"})
+    assert (reply.status, reply.json()) == (
+        404,
+        {"error": "Model 'meter.add' version 9 is not found, running versions: 1"},
+    )
 
 
 def test_metrics_over_tls(tmp_path):
@@ -372,11 +408,15 @@ def test_metrics_over_tls(tmp_path):
 
     files = make_tls_files(tmp_path)
     grpc_address, metrics = free_addresses(2)
-    process = start_server(tmp_path, f"""
+    process = start_server(
+        tmp_path,
+        f"""
         server.start_grpc_server({grpc_address!r})
         tls = server.SSLConfig(certificate={files["server.pem"]!r}, private_key={files["server.key"]!r})
         server.start_metrics_server({metrics!r}, ssl_config=tls)
-    """, grpc_address)
+    """,
+        grpc_address,
+    )
     try:
         context = ssl.create_default_context(cafile=files["ca.pem"])
         port = metrics.rpartition(":")[2]

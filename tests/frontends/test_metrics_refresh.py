@@ -1,6 +1,7 @@
 """A storm of scrapes costs one question to the workers per interval: scrapes reuse the workers' totals while
 they are younger than the maximum age, scrapes that arrive during a question share its answer, and a scraper
 that leaves does not cancel the question the others wait for. The master's own request counts stay live."""
+
 from __future__ import annotations
 
 import asyncio
@@ -41,6 +42,7 @@ def test_scrapes_within_the_maximum_age_reuse_the_workers_totals():
         assert dispatcher.asked == 2
         await metrics.exposition(refresh=False)  # (a caller that wants no question at all)
         assert dispatcher.asked == 2
+
     asyncio.run(scenario())
 
 
@@ -55,6 +57,7 @@ def test_concurrent_scrapes_share_one_question_and_a_leaving_scraper_cancels_not
         bodies = await asyncio.gather(*others)
         assert all(b"mindserve_build_info" in body for body in bodies)
         assert dispatcher.asked == 1
+
     asyncio.run(scenario())
 
 
@@ -66,6 +69,7 @@ def test_a_failed_question_is_asked_again_by_the_next_scrape():
         async def broken() -> dict:
             dispatcher.asked += 1
             raise RuntimeError("the workers are gone")
+
         dispatcher.worker_stats = broken  # type: ignore[method-assign]
         try:
             await metrics.exposition()
@@ -76,4 +80,5 @@ def test_a_failed_question_is_asked_again_by_the_next_scrape():
         del dispatcher.worker_stats
         await metrics.exposition()
         assert dispatcher.asked == 2
+
     asyncio.run(scenario())

@@ -1,6 +1,7 @@
 """MindSpore Serving's shared memory form in MSService.Predict (Tensor.shm_data, Instance.output_buffers), from a
 client built from the proto, on a server that allows client shared memory: inputs read from the client's memory,
 outputs written into its buffers with MindSpore's rules, and every bad case answered per instance."""
+
 from __future__ import annotations
 
 import os
@@ -22,12 +23,16 @@ X = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
 @pytest.fixture(scope="module")
 def ms_server(tmp_path_factory):
     allowed, closed = free_addresses(2)
-    process = start_server(tmp_path_factory.mktemp("ms_shm"), f"""
+    process = start_server(
+        tmp_path_factory.mktemp("ms_shm"),
+        f"""
         server.start_servables([server.ServableStartConfig({BUNDLED_SERVABLES!r}, "add", device_ids=0),
                                 server.ServableStartConfig({BUNDLED_SERVABLES!r}, "iris", device_ids=0)])
         server.start_grpc_server({allowed!r}, allow_client_shm=True)
         server.start_grpc_server({closed!r})
-    """, allowed)
+    """,
+        allowed,
+    )
     process.closed = closed
     yield process
     process.stop()
@@ -46,9 +51,11 @@ def memory():
 
 def predict(address, request) -> pb.PredictReply:
     with grpc.insecure_channel(address) as channel:
-        call = channel.unary_unary("/mindspore.serving.proto.MSService/Predict",
-                                   request_serializer=pb.PredictRequest.SerializeToString,
-                                   response_deserializer=pb.PredictReply.FromString)
+        call = channel.unary_unary(
+            "/mindspore.serving.proto.MSService/Predict",
+            request_serializer=pb.PredictRequest.SerializeToString,
+            response_deserializer=pb.PredictReply.FromString,
+        )
         return call(request, timeout=30)
 
 
@@ -93,21 +100,34 @@ def test_shm_data_inputs_and_output_buffers(ms_server, memory):
     reply = predict(ms_server.address, add_request(key, buffers={"y": shm(key, 64)}))
     assert not reply.error_msg
     answered = reply.instances[0].items["y"]
-    assert (answered.WhichOneof("tensor_data"), answered.shm_data, list(answered.shape.dims), answered.dtype) == \
-        ("shm_data", shm(key, 64), [2, 2], pb.MS_FLOAT32)
+    assert (answered.WhichOneof("tensor_data"), answered.shm_data, list(answered.shape.dims), answered.dtype) == (
+        "shm_data",
+        shm(key, 64),
+        [2, 2],
+        pb.MS_FLOAT32,
+    )
     np.testing.assert_array_equal(np.frombuffer(read(path, 64, 16), np.float32).reshape(2, 2), X * 11)
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("undeclared", "Instance 0 has an output buffer for 'z', which is not an output of the method: y"),
-    ("data_size", "Output y is 16 bytes, its output buffer's data_size is 8"),
-    ("input_size", "Instances input x1 check failed, detail: Tensor check failed: shm_data data_size 8 does not match "
-                   "the size 16 of its shape [2, 2] and data type float32"),
-    ("outside", "input x1: [250, 250 + 16) reaches outside shared memory region 'shm_data' of 256 bytes"),
-    ("too_big", "shared memory region 'shm_data': its file holds 256 bytes, less than offset 0 + byte_size 512"),
-    ("hostile", "the key names no shared memory the server may use: an shm_open name of a regular file in /dev/shm "
-                "owned by the server's user or by an owner listed in client_shm_owners"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("undeclared", "Instance 0 has an output buffer for 'z', which is not an output of the method: y"),
+        ("data_size", "Output y is 16 bytes, its output buffer's data_size is 8"),
+        (
+            "input_size",
+            "Instances input x1 check failed, detail: Tensor check failed: shm_data data_size 8 does not match "
+            "the size 16 of its shape [2, 2] and data type float32",
+        ),
+        ("outside", "input x1: [250, 250 + 16) reaches outside shared memory region 'shm_data' of 256 bytes"),
+        ("too_big", "shared memory region 'shm_data': its file holds 256 bytes, less than offset 0 + byte_size 512"),
+        (
+            "hostile",
+            "the key names no shared memory the server may use: an shm_open name of a regular file in /dev/shm "
+            "owned by the server's user or by an owner listed in client_shm_owners",
+        ),
+    ],
+)
 def test_bad_shared_memory_requests(ms_server, memory, case, expected):
     key, _ = memory
     request = add_request(key)
@@ -137,17 +157,21 @@ def test_str_outputs_never_go_to_shared_memory(ms_server, memory):
     x.data = np.array([5.1, 3.5, 1.4, 0.2], np.float32).tobytes()
     instance.output_buffers["label"].CopyFrom(shm(key, 0, size=6))
     reply = predict(ms_server.address, request)
-    assert [e.error_msg.decode() for e in reply.error_msg] == \
-        ["Output label is str: str and bytes outputs cannot be written to shared memory"]
+    assert [e.error_msg.decode() for e in reply.error_msg] == [
+        "Output label is str: str and bytes outputs cannot be written to shared memory"
+    ]
 
 
 def test_a_server_without_client_shared_memory_refuses_the_form(ms_server, memory):
     key, _ = memory
-    disabled = ("client shared memory is disabled: start the server with allow_client_shm=True to use it "
-                "(allow_client_shm: true in serving.yaml, or MINDSERVE_ALLOW_CLIENT_SHM=true)")
+    disabled = (
+        "client shared memory is disabled: start the server with allow_client_shm=True to use it "
+        "(allow_client_shm: true in serving.yaml, or MINDSERVE_ALLOW_CLIENT_SHM=true)"
+    )
     reply = predict(ms_server.closed, add_request(key))
-    assert [e.error_msg.decode() for e in reply.error_msg] == \
-        [f"Instances input x1 check failed, detail: Tensor check failed: {disabled}"]
+    assert [e.error_msg.decode() for e in reply.error_msg] == [
+        f"Instances input x1 check failed, detail: Tensor check failed: {disabled}"
+    ]
     reply = predict(ms_server.closed, add_request(key, x1_shared=False, buffers={"y": shm(key, 64)}))
     assert [e.error_msg.decode() for e in reply.error_msg] == [disabled]
 
@@ -160,8 +184,13 @@ def test_the_client_sends_and_receives_large_tensors_through_its_shared_memory(m
     real = client._predict
 
     def spy(request, **kwargs):  # what travelled: references, not bytes
-        sent.append([(n, t.WhichOneof("tensor_data"), dict(i.output_buffers)) for i in request.instances
-                     for n, t in sorted(i.items.items())])
+        sent.append(
+            [
+                (n, t.WhichOneof("tensor_data"), dict(i.output_buffers))
+                for i in request.instances
+                for n, t in sorted(i.items.items())
+            ]
+        )
         return real(request, **kwargs)
 
     monkeypatch.setattr(client, "_predict", spy)
@@ -181,12 +210,15 @@ def test_the_client_sends_and_receives_large_tensors_through_its_shared_memory(m
 def test_the_client_option_needs_a_local_server_that_allows_it(ms_server):
     from mindserve.client import Client
 
-    with pytest.raises(RuntimeError, match="shared_memory needs a server on this host: a unix: or loopback address, "
-                                           "not 192.0.2.1:5500"):
+    with pytest.raises(
+        RuntimeError, match="shared_memory needs a server on this host: a unix: or loopback address, not 192.0.2.1:5500"
+    ):
         Client("192.0.2.1:5500", "add", "add_common", shared_memory=True)
     with Client(ms_server.closed, "add", "add_common", shared_memory=True, shared_memory_threshold=16) as client:
-        assert client.infer({"x1": X, "x2": X}) == {"error": "Instances input x1 check failed, detail: Tensor check "
-                                                             "failed: client shared memory is disabled: start the "
-                                                             "server with allow_client_shm=True to use it "
-                                                             "(allow_client_shm: true in serving.yaml, or "
-                                                             "MINDSERVE_ALLOW_CLIENT_SHM=true)"}
+        assert client.infer({"x1": X, "x2": X}) == {
+            "error": "Instances input x1 check failed, detail: Tensor check "
+            "failed: client shared memory is disabled: start the "
+            "server with allow_client_shm=True to use it "
+            "(allow_client_shm: true in serving.yaml, or "
+            "MINDSERVE_ALLOW_CLIENT_SHM=true)"
+        }

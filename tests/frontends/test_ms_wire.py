@@ -1,6 +1,7 @@
 """The wire-level reader of common Predict requests (native/predict_wire.c through ms_wire): it must agree
 with protobuf on every request it takes, and leave everything else (anything protobuf would read differently,
 refuse, or that is not uniform) to the protobuf path by returning None. Plus ms_gather_at's bounds."""
+
 import random
 
 import numpy as np
@@ -64,8 +65,10 @@ ONE_INPUT = {"x1": _tensor(), "x2": _tensor()}
 
 def _as_protobuf(data: bytes, names=("x1", "x2")) -> list[dict]:
     request = pb.PredictRequest.FromString(data)
-    return [{n: (inst.items[n].dtype, tuple(inst.items[n].shape.dims), inst.items[n].data) for n in names}
-            for inst in request.instances]
+    return [
+        {n: (inst.items[n].dtype, tuple(inst.items[n].shape.dims), inst.items[n].data) for n in names}
+        for inst in request.instances
+    ]
 
 
 def _as_read(instances: StackedInputs) -> list[dict]:
@@ -73,6 +76,7 @@ def _as_read(instances: StackedInputs) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- common requests
+
 
 def test_head_names_the_servable_and_counts_instances():
     data = _request([{"x1": np.ones(2, np.float32), "x2": np.ones(2, np.float32)}] * 3, version=7)
@@ -84,8 +88,10 @@ def test_head_names_the_servable_and_counts_instances():
 
 def test_common_request_reads_exactly_what_protobuf_reads():
     rng = np.random.default_rng(1)
-    instances = [{"x1": rng.standard_normal((2, 3)).astype(np.float32), "x2": rng.integers(-9, 9, 4).astype(np.int64)}
-                 for _ in range(5)]
+    instances = [
+        {"x1": rng.standard_normal((2, 3)).astype(np.float32), "x2": rng.integers(-9, 9, 4).astype(np.int64)}
+        for _ in range(5)
+    ]
     data = _request(instances)
     read = _read(data)
     assert isinstance(read, StackedInputs) and len(read) == 5
@@ -94,8 +100,23 @@ def test_common_request_reads_exactly_what_protobuf_reads():
     assert read.inputs["x2"].dtype == _dtypes.MS_INT64
 
 
-@pytest.mark.parametrize("dtype", [np.bool_, np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64,
-                                   np.uint64, np.float16, np.float32, np.float64])
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        np.bool_,
+        np.int8,
+        np.uint8,
+        np.int16,
+        np.uint16,
+        np.int32,
+        np.uint32,
+        np.int64,
+        np.uint64,
+        np.float16,
+        np.float32,
+        np.float64,
+    ],
+)
 def test_every_numeric_dtype_is_common(dtype):
     data = _request([{"x1": np.zeros((3,), dtype), "x2": np.ones((1, 1), dtype)}] * 2)
     assert _as_read(_read(data)) == _as_protobuf(data)
@@ -120,8 +141,9 @@ def test_random_requests_agree_with_protobuf():
     for _ in range(200):
         shapes = {n: tuple(int(d) for d in rng.integers(1, 4, rng.integers(0, 4))) for n in ("x1", "x2")}
         dtypes = {n: codes[rng.integers(len(codes))] for n in shapes}
-        instances = [{n: rng.integers(0, 2, shapes[n]).astype(dtypes[n]) for n in shapes}
-                     for _ in range(int(rng.integers(1, 6)))]
+        instances = [
+            {n: rng.integers(0, 2, shapes[n]).astype(dtypes[n]) for n in shapes} for _ in range(int(rng.integers(1, 6)))
+        ]
         data = _request(instances, version=int(rng.integers(0, 3)))
         assert _as_read(_read(data)) == _as_protobuf(data)
 
@@ -152,34 +174,47 @@ NOT_COMMON = {
     "data too short": _wire([_instance({"x1": _tensor(data=b"\0" * 7), "x2": _tensor()})]),
     "data too long": _wire([_instance({"x1": _tensor(data=b"\0" * 9), "x2": _tensor()})]),
     "empty data": _wire([_instance({"x1": _tensor(dims=(0,), data=b""), "x2": _tensor()})]),
-    "negative dim": _wire([_instance({"x1": _tensor(dims=(2 ** 64 - 2,)), "x2": _tensor()})]),
-    "dims overflowing": _wire([_instance({"x1": _tensor(dims=(2 ** 62, 2 ** 62, 4)), "x2": _tensor()})]),
+    "negative dim": _wire([_instance({"x1": _tensor(dims=(2**64 - 2,)), "x2": _tensor()})]),
+    "dims overflowing": _wire([_instance({"x1": _tensor(dims=(2**62, 2**62, 4)), "x2": _tensor()})]),
     "nine dims": _wire([_instance({"x1": _tensor(dims=(1,) * 9, data=b"\0" * 4), "x2": _tensor()})]),
     "bytes_val": _wire([_instance({"x1": _tensor(extra=_field(4, 2, b"a")), "x2": _tensor()})]),
     "shm_data": _wire([_instance({"x1": _tensor(extra=_field(5, 2, b"")), "x2": _tensor()})]),
     "dtype twice": _wire([_instance({"x1": _tensor(extra=_field(2, 0, varint(11))), "x2": _tensor()})]),
     "shape twice": _wire([_instance({"x1": _tensor(extra=_field(1, 2, b"")), "x2": _tensor()})]),
-    "shapes differ across instances": _wire([_instance(ONE_INPUT),
-                                             _instance({"x1": _tensor(dims=(1, 2)), "x2": _tensor()})]),
-    "dtypes differ across instances": _wire([_instance(ONE_INPUT),
-                                             _instance({"x1": _tensor(dtype=6), "x2": _tensor()})]),
+    "shapes differ across instances": _wire(
+        [_instance(ONE_INPUT), _instance({"x1": _tensor(dims=(1, 2)), "x2": _tensor()})]
+    ),
+    "dtypes differ across instances": _wire(
+        [_instance(ONE_INPUT), _instance({"x1": _tensor(dtype=6), "x2": _tensor()})]
+    ),
     "key missing in an entry": _wire([_instance(ONE_INPUT) + _field(1, 2, _field(2, 2, _tensor()))]),
     "value missing in an entry": _wire([_instance({"x1": _tensor()}) + _field(1, 2, _field(1, 2, b"x2"))]),
     "fixed64 wire type": _wire([_instance(ONE_INPUT)]) + b"\x11" + b"\0" * 8,
     "length past the end": _wire([_instance(ONE_INPUT)])[:-3],
-    "varint too long": _wire([_instance({"x1": _field(1, 2, _field(1, 2, b"\x02")) + _field(2, 0, b"\x8b" +
-                                                                                          b"\x80" * 9 + b"\x00")
-                                         + _field(3, 2, b"\0" * 8), "x2": _tensor()})]),
-    "varint past 64 bits": _wire([_instance({"x1": _tensor(dims=(2,)), "x2": _tensor()})],
-                                 spec=_field(3, 0, b"\xff" * 9 + b"\x02")),
+    "varint too long": _wire(
+        [
+            _instance(
+                {
+                    "x1": _field(1, 2, _field(1, 2, b"\x02"))
+                    + _field(2, 0, b"\x8b" + b"\x80" * 9 + b"\x00")
+                    + _field(3, 2, b"\0" * 8),
+                    "x2": _tensor(),
+                }
+            )
+        ]
+    ),
+    "varint past 64 bits": _wire(
+        [_instance({"x1": _tensor(dims=(2,)), "x2": _tensor()})], spec=_field(3, 0, b"\xff" * 9 + b"\x02")
+    ),
     "field number 0": _wire([_instance(ONE_INPUT)]) + b"\x02\x00",
 }
 
 
 def test_the_request_the_uncommon_cases_start_from_is_common():
     assert _as_read(_read(_wire([_instance(ONE_INPUT)]))) == _as_protobuf(_wire([_instance(ONE_INPUT)]))
-    same_dtype_with_ten_byte_varint = _field(1, 2, _field(1, 2, b"\x02")) + _field(2, 0, b"\x8b" + b"\x80" * 8 +
-                                                                                    b"\x00") + _field(3, 2, b"\0" * 8)
+    same_dtype_with_ten_byte_varint = (
+        _field(1, 2, _field(1, 2, b"\x02")) + _field(2, 0, b"\x8b" + b"\x80" * 8 + b"\x00") + _field(3, 2, b"\0" * 8)
+    )
     data = _wire([_instance({"x1": same_dtype_with_ten_byte_varint, "x2": _tensor()})])
     assert _as_read(_read(data)) == _as_protobuf(data)
 
@@ -212,10 +247,18 @@ def test_mutated_requests_never_crash_and_agree_with_protobuf_when_taken():
 
 # ---------------------------------------------------------------------------------------------- ms_gather_at
 
+
 def _gather_at(dst: np.ndarray, src: bytes, offsets: list, row_size: int) -> int:
     offs = np.array(offsets, np.uint64)
-    return lib.ms_gather_at(ffi.from_buffer(dst, require_writable=True), dst.nbytes, ffi.from_buffer(src), len(src),
-                            ffi.from_buffer("uint64_t[]", offs), len(offsets), row_size)
+    return lib.ms_gather_at(
+        ffi.from_buffer(dst, require_writable=True),
+        dst.nbytes,
+        ffi.from_buffer(src),
+        len(src),
+        ffi.from_buffer("uint64_t[]", offs),
+        len(offsets),
+        row_size,
+    )
 
 
 def test_gather_at_copies_rows_in_order():
@@ -224,8 +267,7 @@ def test_gather_at_copies_rows_in_order():
     assert dst.tobytes() == b"ghabde"
 
 
-@pytest.mark.parametrize("offsets, row_size, dst_size", [([7], 2, 2), ([2 ** 64 - 1], 2, 2), ([0, 0], 2, 3),
-                                                         ([0], 9, 9)])
+@pytest.mark.parametrize("offsets, row_size, dst_size", [([7], 2, 2), ([2**64 - 1], 2, 2), ([0, 0], 2, 3), ([0], 9, 9)])
 def test_gather_at_refuses_rows_outside_either_buffer(offsets, row_size, dst_size):
     dst = np.full(dst_size, 0xAB, np.uint8)
     assert _gather_at(dst, b"abcdefgh", offsets, row_size) == -1
@@ -242,10 +284,11 @@ def test_block_writer_places_gathered_rows_as_a_stacked_column():
     buffer = bytearray(size)
     writer.write(memoryview(buffer), 0, head)
     start = align(PREFIX.size + len(head)) + at
-    assert np.frombuffer(bytes(buffer[start:start + 24]), np.float32).tolist() == [0, 0, 1, 1, 2, 2]
+    assert np.frombuffer(bytes(buffer[start : start + 24]), np.float32).tolist() == [0, 0, 1, 1, 2, 2]
 
 
 # ---------------------------------------------------------------------------------------------- instance counts
+
 
 def test_instances_are_counted_past_fields_the_reader_does_not_know():
     spec = _field(1, 2, b"add") + _field(2, 2, b"add_common")
@@ -260,14 +303,17 @@ def test_the_count_of_a_request_without_spec_or_instances():
     assert ms_wire.count_instances(_field(2, 2, b"") * 5) == (5, b"")
 
 
-@pytest.mark.parametrize("data", [
-    _field(1, 2, b"add")[:-1],                 # a length past the end
-    _field(7, 1, bytes(7)),                     # a fixed64 cut short
-    _field(7, 5, bytes(3)),                     # a fixed32 cut short
-    varint(7 << 3 | 3) + varint(7 << 3 | 4),   # a group
-    b"\x80",                                    # a tag cut short
-    varint(0 << 3 | 2) + b"\0",                 # field number 0
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        _field(1, 2, b"add")[:-1],  # a length past the end
+        _field(7, 1, bytes(7)),  # a fixed64 cut short
+        _field(7, 5, bytes(3)),  # a fixed32 cut short
+        varint(7 << 3 | 3) + varint(7 << 3 | 4),  # a group
+        b"\x80",  # a tag cut short
+        varint(0 << 3 | 2) + b"\0",  # field number 0
+    ],
+)
 def test_wire_data_that_cannot_be_stepped_over_is_not_counted(data):
     assert ms_wire.count_instances(data) is None
 

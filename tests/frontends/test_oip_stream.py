@@ -1,6 +1,7 @@
 """ModelStreamInfer (KServe/Triton's bidirectional stream) as tritonclient.grpc streams: responses in request
 order with their ids, in-band errors that leave the stream going, Triton's error mode that ends it, the
 outstanding responses after a half-close, a bound on requests in flight per stream, and the metrics."""
+
 from __future__ import annotations
 
 import os
@@ -19,7 +20,7 @@ from support.processes import free_addresses, start_server, wait_until
 
 pytestmark = pytest.mark.server
 
-HELD_CONFIG = '''
+HELD_CONFIG = """
 import os
 import time
 from mindserve.server import register
@@ -37,7 +38,7 @@ def held(x):
 @register.register_method(output_names=["y"])
 def echo(x):
     return register.add_stage(held, x, outputs_count=1)
-'''
+"""
 STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
 
 
@@ -46,12 +47,16 @@ def stream_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("stream")
     servables.write(str(root / "servables"), "held", HELD_CONFIG)
     address, metrics = free_addresses(2)
-    process = start_server(root, f"""
+    process = start_server(
+        root,
+        f"""
         server.start_servables([server.ServableStartConfig({BUNDLED_SERVABLES!r}, "add", device_ids=0),
                                 server.ServableStartConfig({str(root / "servables")!r}, "held", device_ids=0)])
         server.start_grpc_server({address!r})
         server.start_metrics_server({metrics!r})
-    """, address)
+    """,
+        address,
+    )
     process.metrics = metrics
     process.hold = root / "servables" / "held" / "hold"
     yield process
@@ -75,9 +80,11 @@ def add_request(value: float, request_id: str, shape=(1, 2, 2)):
 
 def raw_stream(address: str, requests, metadata=()):
     channel = grpc.insecure_channel(address)
-    call = channel.stream_stream(STREAM, request_serializer=lambda r: r if isinstance(r, bytes)
-                                 else r.SerializeToString(),
-                                 response_deserializer=oip.ModelStreamInferResponse.FromString)
+    call = channel.stream_stream(
+        STREAM,
+        request_serializer=lambda r: r if isinstance(r, bytes) else r.SerializeToString(),
+        response_deserializer=oip.ModelStreamInferResponse.FromString,
+    )
     return channel, call(iter(requests), metadata=metadata, timeout=60)
 
 
@@ -96,8 +103,10 @@ def test_tritonclient_stream_answers_in_order_with_ids_and_in_band_errors(stream
     for i, (result, error) in enumerate(got):
         if i == 7:
             assert result is None
-            assert str(error) == ("Given model input 0 size 36 not match the size 16 defined in model: input 'x1' of "
-                                  "model tensor_add.onnx takes float32 [2, 2], given float32 [3, 3]")
+            assert str(error) == (
+                "Given model input 0 size 36 not match the size 16 defined in model: input 'x1' of "
+                "model tensor_add.onnx takes float32 [2, 2], given float32 [3, 3]"
+            )
             continue
         assert error is None
         assert result.get_response().id == f"r{i}"
@@ -105,16 +114,19 @@ def test_tritonclient_stream_answers_in_order_with_ids_and_in_band_errors(stream
 
 
 def test_an_in_band_error_names_the_model_and_the_request_id(stream_server):
-    channel, answers = raw_stream(stream_server.address, [add_request(1, "a"), add_request(1, "b", (1, 3)),
-                                                          b"\xff\xff", add_request(2, "c")])
+    channel, answers = raw_stream(
+        stream_server.address, [add_request(1, "a"), add_request(1, "b", (1, 3)), b"\xff\xff", add_request(2, "c")]
+    )
     with channel:
         got = list(answers)
     assert [a.infer_response.id for a in got] == ["a", "b", "", "c"]
     assert got[0].error_message == "" and got[3].error_message == ""
     assert got[1].error_message.startswith("Given model input 0 size 12 not match the size 16")
     assert got[1].infer_response.model_name == "add.add_common"
-    assert got[2].error_message == ("the request is not a valid ModelInferRequest message: Error parsing message "
-                                    "with type 'inference.ModelInferRequest'")
+    assert got[2].error_message == (
+        "the request is not a valid ModelInferRequest message: Error parsing message "
+        "with type 'inference.ModelInferRequest'"
+    )
     assert np.frombuffer(got[3].infer_response.raw_output_contents[0], np.float32).tolist() == [4.0] * 4
 
 

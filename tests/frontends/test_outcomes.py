@@ -2,6 +2,7 @@
 refusals, a client that goes away), each transport's one mapping of failures to answers (gRPC's status and text,
 REST's status and body) noting the reason, and what the dispatcher notes itself (route and instances' results,
 never a failure the door answers)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -102,34 +103,47 @@ def test_the_first_failure_noted_is_the_one_counted():
 def test_grpc_maps_each_failure_once_and_notes_its_reason():
     metrics = RequestMetrics()
     answers = []
-    for exc in (InvalidMessage("bad field"), NotServed("no such servable"), QueueFull("full"),
-                ZeroDivisionError("division by zero")):
+    for exc in (
+        InvalidMessage("bad field"),
+        NotServed("no such servable"),
+        QueueFull("full"),
+        ZeroDivisionError("division by zero"),
+    ):
         with metrics.tallied("v2"):
             try:
                 raise exc
             except Exception as caught:
                 answers.append(failure_status("ModelInfer", caught))
-    assert answers == [(grpc.StatusCode.INVALID_ARGUMENT, "bad field"), (grpc.StatusCode.NOT_FOUND, "no such servable"),
-                       (grpc.StatusCode.RESOURCE_EXHAUSTED, "full"),
-                       (grpc.StatusCode.INTERNAL, "ModelInfer failed: division by zero")]
-    assert failures(metrics, "v2") == {"success": 0, "invalid_input": 1, "not_found": 1, "queue_full": 1,
-                                       "internal": 1}
+    assert answers == [
+        (grpc.StatusCode.INVALID_ARGUMENT, "bad field"),
+        (grpc.StatusCode.NOT_FOUND, "no such servable"),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "full"),
+        (grpc.StatusCode.INTERNAL, "ModelInfer failed: division by zero"),
+    ]
+    assert failures(metrics, "v2") == {"success": 0, "invalid_input": 1, "not_found": 1, "queue_full": 1, "internal": 1}
 
 
 def test_rest_maps_each_failure_once_and_notes_its_reason():
     metrics = RequestMetrics()
     answers = []
-    for exc in (HttpError(413, "too large"), HttpError(500, "broken"), NotServed("no such servable"),
-                ZeroDivisionError("division by zero")):
+    for exc in (
+        HttpError(413, "too large"),
+        HttpError(500, "broken"),
+        NotServed("no such servable"),
+        ZeroDivisionError("division by zero"),
+    ):
         with metrics.tallied("rest_ms"):
             try:
                 raise exc
             except Exception as caught:
                 response = failure_response("Predict", caught, "error_msg")
                 answers.append((response.status, json.loads(response.text or "")))
-    assert answers == [(413, {"error_msg": "too large"}), (500, {"error_msg": "broken"}),
-                       (404, {"error_msg": "no such servable"}),
-                       (500, {"error_msg": "Predict failed: division by zero"})]
+    assert answers == [
+        (413, {"error_msg": "too large"}),
+        (500, {"error_msg": "broken"}),
+        (404, {"error_msg": "no such servable"}),
+        (500, {"error_msg": "Predict failed: division by zero"}),
+    ]
     assert failures(metrics, "rest_ms") == {"success": 0, "invalid_input": 1, "internal": 2, "not_found": 1}
 
 
@@ -147,6 +161,7 @@ def test_the_dispatcher_notes_route_and_results_and_leaves_failures_to_the_door(
             await dispatcher.run(dispatcher.resolve("add", "add", 0), [X])
         with dispatcher.requests.tallied("ms"):
             await dispatcher.run(dispatcher.resolve("ok", "add", 0), [X])
+
     asyncio.run(scenario())
     series = dispatcher.requests.series
     assert series[("add", "1", "add", "ms")].failures == {"stage_failed": 1}

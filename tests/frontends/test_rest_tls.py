@@ -1,6 +1,7 @@
 """HTTPS for the REST frontend with the same SSLConfig as gRPC: one-way TLS (tritonclient.http and plain HTTPS),
 mutual TLS on TCP and on a unix socket, and the refusals: a plaintext client, a client without a certificate or
 with one from another CA, a client that does not trust the server's CA."""
+
 from __future__ import annotations
 
 import ssl
@@ -43,11 +44,13 @@ def client_context(tls_files, ca: str = "ca.pem", cert: str = "", key: str = "")
 
 
 def test_one_way_tls(tls_server, tls_files):
-    reply = request(tls_server.addresses["tls"], "POST", "/model/add:add_common", ADD_BODY,
-                    context=client_context(tls_files))
+    reply = request(
+        tls_server.addresses["tls"], "POST", "/model/add:add_common", ADD_BODY, context=client_context(tls_files)
+    )
     assert (reply.status, reply.json()) == (200, ADD_REPLY)
-    with th.InferenceServerClient(tls_server.addresses["tls"], ssl=True,
-                                  ssl_options={"ca_certs": tls_files["ca.pem"]}) as client:
+    with th.InferenceServerClient(
+        tls_server.addresses["tls"], ssl=True, ssl_options={"ca_certs": tls_files["ca.pem"]}
+    ) as client:
         assert client.is_server_ready()
         x = np.arange(4, dtype=np.float32).reshape(1, 2, 2)
         inputs = [th.InferInput(name, [1, 2, 2], "FP32") for name in ("x1", "x2")]
@@ -70,8 +73,9 @@ def test_mutual_tls(tls_server, tls_files):
 REFUSED = (ssl.SSLError, ConnectionError)
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"cert": "stranger.pem", "key": "stranger.key"}],
-                         ids=["no_certificate", "certificate_of_another_ca"])
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"cert": "stranger.pem", "key": "stranger.key"}], ids=["no_certificate", "certificate_of_another_ca"]
+)
 def test_mutual_tls_refuses_clients_without_a_certificate_from_the_ca(tls_server, tls_files, kwargs):
     context = client_context(tls_files, **kwargs)
     with pytest.raises(REFUSED):
@@ -82,8 +86,9 @@ def test_mutual_tls_refuses_clients_without_a_certificate_from_the_ca(tls_server
 
 def test_client_that_does_not_trust_the_server_refuses_it(tls_server, tls_files):
     with pytest.raises(ssl.SSLCertVerificationError):
-        request(tls_server.addresses["tls"], "GET", "/v2/health/live",
-                context=client_context(tls_files, "other_ca.pem"))
+        request(
+            tls_server.addresses["tls"], "GET", "/v2/health/live", context=client_context(tls_files, "other_ca.pem")
+        )
 
 
 @pytest.mark.parametrize("listener", ["tls", "mtls"])

@@ -1,6 +1,7 @@
 """Clients' system shared memory through tritonclient's own utilities, over gRPC and REST: inputs, outputs, both,
 status, unregister; off by default; CUDA answered; and every hostile registration and use refused with a clear
 error that never repeats the key, the server serving on."""
+
 from __future__ import annotations
 
 import os
@@ -24,7 +25,7 @@ from support.rest import request
 
 pytestmark = pytest.mark.server
 
-HELD_CONFIG = '''
+HELD_CONFIG = """
 import os
 import re
 import time
@@ -44,7 +45,7 @@ def held(x):
 @register.register_method(output_names=["y"])
 def plus_one(x):
     return register.add_stage(held, x, outputs_count=1)
-'''
+"""
 X = np.arange(8, dtype=np.float32).reshape(2, 2, 2)
 
 
@@ -53,14 +54,18 @@ def shm_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("shm")
     folder = servables.write(str(root / "servables"), "held", HELD_CONFIG)
     grpc_address, rest, closed, closed_rest = free_addresses(4)
-    process = start_server(root, f"""
+    process = start_server(
+        root,
+        f"""
         server.start_servables([server.ServableStartConfig({BUNDLED_SERVABLES!r}, "add", device_ids=0),
                                 server.ServableStartConfig({str(root / "servables")!r}, "held", device_ids=0)])
         server.start_grpc_server({grpc_address!r}, allow_client_shm=True)
         server.start_restful_server({rest!r}, allow_client_shm=True)
         server.start_grpc_server({closed!r})
         server.start_restful_server({closed_rest!r})
-    """, grpc_address)
+    """,
+        grpc_address,
+    )
     process.rest, process.closed, process.closed_rest = rest, closed, closed_rest
     process.hold, process.started = os.path.join(folder, "hold"), os.path.join(folder, "started")
     yield process
@@ -87,8 +92,10 @@ def regions():
 
 
 def clients(server):
-    return [(triton_grpc.InferenceServerClient(server.address), triton_grpc),
-            (triton_http.InferenceServerClient(server.rest), triton_http)]
+    return [
+        (triton_grpc.InferenceServerClient(server.address), triton_grpc),
+        (triton_http.InferenceServerClient(server.rest), triton_http),
+    ]
 
 
 @pytest.fixture(params=["grpc", "rest"])
@@ -110,8 +117,11 @@ def add_inputs(module, shared: bool, region: str = "in"):
 
 
 def requested(module, shared: bool, region: str = "out", size: int = X.nbytes):
-    out = module.InferRequestedOutput("y") if module is triton_grpc else module.InferRequestedOutput("y",
-                                                                                                     binary_data=True)
+    out = (
+        module.InferRequestedOutput("y")
+        if module is triton_grpc
+        else module.InferRequestedOutput("y", binary_data=True)
+    )
     if shared:
         out.set_shared_memory(region, size)
     return out
@@ -125,8 +135,9 @@ def test_inputs_outputs_or_both_in_shared_memory(client, regions, inputs_shared,
     shm.set_shared_memory_region(in_handle, [X, X * 2])
     triton.register_system_shared_memory("in", in_key, 2 * X.nbytes)
     triton.register_system_shared_memory("out", out_key, X.nbytes)
-    result = triton.infer("add.add_common", add_inputs(module, inputs_shared),
-                          outputs=[requested(module, output_shared)])
+    result = triton.infer(
+        "add.add_common", add_inputs(module, inputs_shared), outputs=[requested(module, output_shared)]
+    )
     if output_shared:
         if module is triton_grpc:  # the output's raw entry is kept, empty, so that indexes line up
             assert list(result.get_response().raw_output_contents) == [b""]
@@ -173,27 +184,38 @@ def test_cuda_shared_memory_is_answered_not_offered(client):
 
 def test_servers_started_without_it_refuse_client_shared_memory(shm_server, regions):
     key, _ = regions(64)
-    disabled = ("client shared memory is disabled: start the server with allow_client_shm=True to use it "
-                "(allow_client_shm: true in serving.yaml, or MINDSERVE_ALLOW_CLIENT_SHM=true)")
+    disabled = (
+        "client shared memory is disabled: start the server with allow_client_shm=True to use it "
+        "(allow_client_shm: true in serving.yaml, or MINDSERVE_ALLOW_CLIENT_SHM=true)"
+    )
     closed = triton_grpc.InferenceServerClient(shm_server.closed)
     with pytest.raises(InferenceServerException) as refused:
         closed.register_system_shared_memory("a", key, 64)
     assert refused.value.status() == "StatusCode.UNAVAILABLE" and disabled in refused.value.message()
     with pytest.raises(InferenceServerException, match=re.escape(disabled)):
         closed.infer("add.add_common", add_inputs(triton_grpc, True))
-    reply = request(shm_server.closed_rest, "POST", "/v2/systemsharedmemory/region/a/register",
-                    {"key": key, "offset": 0, "byte_size": 64})
+    reply = request(
+        shm_server.closed_rest,
+        "POST",
+        "/v2/systemsharedmemory/region/a/register",
+        {"key": key, "offset": 0, "byte_size": 64},
+    )
     assert (reply.status, reply.json()) == (400, {"error": disabled})
     metadata = triton_grpc.InferenceServerClient(shm_server.closed).get_server_metadata()
     assert "system_shared_memory" not in metadata.extensions
-    assert "system_shared_memory" not in triton_http.InferenceServerClient(shm_server.closed_rest) \
-        .get_server_metadata()["extensions"]
-    assert "system_shared_memory" in triton_grpc.InferenceServerClient(shm_server.address) \
-        .get_server_metadata().extensions
+    assert (
+        "system_shared_memory"
+        not in triton_http.InferenceServerClient(shm_server.closed_rest).get_server_metadata()["extensions"]
+    )
+    assert (
+        "system_shared_memory" in triton_grpc.InferenceServerClient(shm_server.address).get_server_metadata().extensions
+    )
 
 
-BAD_KEY = ("the key names no shared memory the server may use: an shm_open name of a regular file in /dev/shm "
-           "owned by the server's user or by an owner listed in client_shm_owners")
+BAD_KEY = (
+    "the key names no shared memory the server may use: an shm_open name of a regular file in /dev/shm "
+    "owned by the server's user or by an owner listed in client_shm_owners"
+)
 
 
 def _register_error(triton, name, key, size, offset=0) -> str:
@@ -216,8 +238,20 @@ def test_hostile_keys_are_refused_without_being_repeated(client, regions, tmp_pa
     directory = f"/dir-{uuid.uuid4().hex}"
     os.mkdir(f"/dev/shm{directory}")
     try:
-        for hostile in (own, f"/{own}", f"/dev/shm{key}", f"//{bare}", f"/../shm/{bare}", "..", "/", "",
-                        f"/missing-{uuid.uuid4().hex}", link, directory, str(elsewhere)):
+        for hostile in (
+            own,
+            f"/{own}",
+            f"/dev/shm{key}",
+            f"//{bare}",
+            f"/../shm/{bare}",
+            "..",
+            "/",
+            "",
+            f"/missing-{uuid.uuid4().hex}",
+            link,
+            directory,
+            str(elsewhere),
+        ):
             message = _register_error(triton, "h", hostile, 8)
             assert BAD_KEY in message, hostile
             assert not (hostile.strip("/") and hostile.strip("/") in message), message
@@ -233,8 +267,9 @@ def test_hostile_keys_are_refused_without_being_repeated(client, regions, tmp_pa
 def test_bad_sizes_duplicates_and_limits(client, regions):
     triton, module = client
     key, _ = regions(64)
-    assert "shared memory region 'big': its file holds 64 bytes, less than offset 8 + byte_size 64" in \
-        _register_error(triton, "big", key, 64, offset=8)
+    assert "shared memory region 'big': its file holds 64 bytes, less than offset 8 + byte_size 64" in _register_error(
+        triton, "big", key, 64, offset=8
+    )
     triton.register_system_shared_memory("a", key, 64)
     message = _register_error(triton, "a", key, 8)
     assert "shared memory region 'a' is already registered" in message
@@ -242,18 +277,26 @@ def test_bad_sizes_duplicates_and_limits(client, regions):
         with pytest.raises(InferenceServerException) as taken:
             triton.register_system_shared_memory("a", key, 8)
         assert taken.value.status() == "StatusCode.ALREADY_EXISTS"
-        assert "should be a non-negative offset and a positive size" in _register_error(triton, "o", key, 8,
-                                                                                        offset=2 ** 64 - 1)
+        assert "should be a non-negative offset and a positive size" in _register_error(
+            triton, "o", key, 8, offset=2**64 - 1
+        )
     for k in range(63):
         triton.register_system_shared_memory(f"r{k}", key, 1, offset=k)
-    assert "64 shared memory regions are registered, the most this server takes: unregister one first" in \
-        _register_error(triton, "one-more", key, 1)
+    assert (
+        "64 shared memory regions are registered, the most this server takes: unregister one first"
+        in _register_error(triton, "one-more", key, 1)
+    )
 
 
 def test_rest_registration_with_bad_values(shm_server, regions):
     key, _ = regions(64)
-    for body in ({"key": key, "offset": -1, "byte_size": 8}, {"key": key, "byte_size": "8"}, {"key": 5},
-                 [key], {"key": key, "byte_size": 8, "extra": 1}):
+    for body in (
+        {"key": key, "offset": -1, "byte_size": 8},
+        {"key": key, "byte_size": "8"},
+        {"key": 5},
+        [key],
+        {"key": key, "byte_size": 8, "extra": 1},
+    ):
         reply = request(shm_server.rest, "POST", "/v2/systemsharedmemory/region/x/register", body)
         assert reply.status == 400, body
     assert request(shm_server.rest, "POST", "/v2/systemsharedmemory/unregister", None).status == 200
@@ -273,9 +316,11 @@ def _raw_infer(address, parameters: dict, raw: bool = False):
         if raw:
             request_.raw_input_contents.append(X.tobytes())
     with grpc.insecure_channel(address) as channel:
-        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
-                                   request_serializer=oip.ModelInferRequest.SerializeToString,
-                                   response_deserializer=oip.ModelInferResponse.FromString)
+        call = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=oip.ModelInferRequest.SerializeToString,
+            response_deserializer=oip.ModelInferResponse.FromString,
+        )
         with pytest.raises(grpc.RpcError) as refused:
             call(request_, timeout=30)
     return refused.value.code(), refused.value.details()
@@ -287,33 +332,48 @@ def test_tensors_that_name_regions_wrongly(shm_server, regions):
     key, handle = regions(2 * X.nbytes)
     triton.register_system_shared_memory("in", key, 2 * X.nbytes)
     invalid = grpc.StatusCode.INVALID_ARGUMENT
-    assert _raw_infer(shm_server.address, {"shared_memory_region": 5, "shared_memory_byte_size": 32}) == \
-        (invalid, "input x1: shared_memory_region should be a region's name, a string")
-    assert _raw_infer(shm_server.address, {"shared_memory_region": "in", "shared_memory_byte_size": True}) == \
-        (invalid, "input x1: shared_memory_byte_size should be an integer >= 0")
-    assert _raw_infer(shm_server.address, {"shared_memory_region": "in", "shared_memory_byte_size": 32,
-                                           "shared_memory_offset": -3}) == \
-        (invalid, "input x1: shared_memory_offset should be an integer >= 0")
-    assert _raw_infer(shm_server.address, {"shared_memory_region": "nope", "shared_memory_byte_size": 32}) == \
-        (invalid, "Unable to find shared memory region: 'nope'")
-    assert _raw_infer(shm_server.address, {"shared_memory_region": "in", "shared_memory_byte_size": 32,
-                                           "shared_memory_offset": 48}) == \
-        (invalid, "input x1: [48, 48 + 32) reaches outside shared memory region 'in' of 64 bytes")
-    assert _raw_infer(shm_server.address, {"shared_memory_region": "in", "shared_memory_byte_size": 16}) == \
-        (invalid, "Instances input x1 check failed, detail: Tensor check failed: input data size 16 invalid, shape "
-                  "[2, 2, 2] of kMSI_Float32 needs 32 bytes")
-    assert _raw_infer(shm_server.address, {"shared_memory_byte_size": 16}) == \
-        (invalid, "input x1: shared_memory_offset and shared_memory_byte_size need shared_memory_region")
-    code, details = _raw_infer(shm_server.address, {"shared_memory_region": "in", "shared_memory_byte_size": 32},
-                               raw=True)
-    assert (code, details) == (invalid, "raw_input_contents holds 2 entries for 0 inputs not in shared memory: it "
-                                        "needs one per such input, in the order of inputs")
+    assert _raw_infer(shm_server.address, {"shared_memory_region": 5, "shared_memory_byte_size": 32}) == (
+        invalid,
+        "input x1: shared_memory_region should be a region's name, a string",
+    )
+    assert _raw_infer(shm_server.address, {"shared_memory_region": "in", "shared_memory_byte_size": True}) == (
+        invalid,
+        "input x1: shared_memory_byte_size should be an integer >= 0",
+    )
+    assert _raw_infer(
+        shm_server.address, {"shared_memory_region": "in", "shared_memory_byte_size": 32, "shared_memory_offset": -3}
+    ) == (invalid, "input x1: shared_memory_offset should be an integer >= 0")
+    assert _raw_infer(shm_server.address, {"shared_memory_region": "nope", "shared_memory_byte_size": 32}) == (
+        invalid,
+        "Unable to find shared memory region: 'nope'",
+    )
+    assert _raw_infer(
+        shm_server.address, {"shared_memory_region": "in", "shared_memory_byte_size": 32, "shared_memory_offset": 48}
+    ) == (invalid, "input x1: [48, 48 + 32) reaches outside shared memory region 'in' of 64 bytes")
+    assert _raw_infer(shm_server.address, {"shared_memory_region": "in", "shared_memory_byte_size": 16}) == (
+        invalid,
+        "Instances input x1 check failed, detail: Tensor check failed: input data size 16 invalid, shape "
+        "[2, 2, 2] of kMSI_Float32 needs 32 bytes",
+    )
+    assert _raw_infer(shm_server.address, {"shared_memory_byte_size": 16}) == (
+        invalid,
+        "input x1: shared_memory_offset and shared_memory_byte_size need shared_memory_region",
+    )
+    code, details = _raw_infer(
+        shm_server.address, {"shared_memory_region": "in", "shared_memory_byte_size": 32}, raw=True
+    )
+    assert (code, details) == (
+        invalid,
+        "raw_input_contents holds 2 entries for 0 inputs not in shared memory: it "
+        "needs one per such input, in the order of inputs",
+    )
     # an output region too small names the bytes needed
     out_key, _ = regions(16)
     triton.register_system_shared_memory("small", out_key, 16)
     with pytest.raises(InferenceServerException, match="output y needs 32 bytes, its shared_memory_byte_size is 16"):
-        triton.infer("add.add_common", add_inputs(triton_grpc, False),
-                     outputs=[requested(triton_grpc, True, "small", 16)])
+        triton.infer(
+            "add.add_common", add_inputs(triton_grpc, False), outputs=[requested(triton_grpc, True, "small", 16)]
+        )
     # a file cut short after registration: a clear error, no crash
     shm.set_shared_memory_region(handle, [X, X])
     os.truncate(f"/dev/shm{key}", 8)
@@ -339,8 +399,11 @@ def test_unregistering_a_region_in_use_takes_effect_when_the_request_finishes(sh
     y.set_shared_memory("io", 8, offset=8)
     open(shm_server.hold, "w").close()
     outcome: dict[str, object] = {}
-    call = threading.Thread(target=lambda: outcome.update(result=triton_grpc.InferenceServerClient(
-        shm_server.address).infer("held.plus_one", [x], outputs=[y])))
+    call = threading.Thread(
+        target=lambda: outcome.update(
+            result=triton_grpc.InferenceServerClient(shm_server.address).infer("held.plus_one", [x], outputs=[y])
+        )
+    )
     try:
         call.start()
         wait_until(lambda: os.path.exists(shm_server.started), "the request to run", 30)

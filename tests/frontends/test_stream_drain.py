@@ -1,6 +1,7 @@
 """Streams at a real stop (SIGTERM): a media stream's acknowledged frames of an incomplete batch are run and
 answered before the stream ends UNAVAILABLE with the shutting-down text, and an idle ModelStreamInfer stream
 ends the same way after its answers, at once rather than cut off when the listener closes."""
+
 from __future__ import annotations
 
 import json
@@ -26,13 +27,28 @@ MEDIA = "/microsoft.azure.media.live_video_analytics.extensibility.grpc.v1.Media
 
 def _media_messages(hold: threading.Event):
     fmt = pb.VideoFrameSampleFormat
-    yield pb.MediaStreamMessage(sequence_number=1, media_stream_descriptor={
-        "media_descriptor": {"timescale": 90000, "video_frame_sample_format": {
-            "encoding": fmt.RAW, "pixel_format": fmt.RGB24, "dimensions": {"width": 64, "height": 48}}},
-        "extension_configuration": json.dumps({"servable": "frames", "method": "intensity", "batch_size": 4})})
+    yield pb.MediaStreamMessage(
+        sequence_number=1,
+        media_stream_descriptor={
+            "media_descriptor": {
+                "timescale": 90000,
+                "video_frame_sample_format": {
+                    "encoding": fmt.RAW,
+                    "pixel_format": fmt.RGB24,
+                    "dimensions": {"width": 64, "height": 48},
+                },
+            },
+            "extension_configuration": json.dumps({"servable": "frames", "method": "intensity", "batch_size": 4}),
+        },
+    )
     for sequence, value in ((2, 250), (3, 10)):
-        yield pb.MediaStreamMessage(sequence_number=sequence, media_sample={
-            "timestamp": 100 * sequence, "content_bytes": {"bytes": np.full((48, 64, 3), value, np.uint8).tobytes()}})
+        yield pb.MediaStreamMessage(
+            sequence_number=sequence,
+            media_sample={
+                "timestamp": 100 * sequence,
+                "content_bytes": {"bytes": np.full((48, 64, 3), value, np.uint8).tobytes()},
+            },
+        )
     hold.wait(60)  # no half-close: the batch of 4 stays incomplete
 
 
@@ -55,39 +71,53 @@ def _collect(call, into: queue.Queue) -> None:
 
 
 def test_a_stop_answers_the_frames_a_media_stream_acknowledged_then_ends_the_streams_unavailable(tmp_path):
-    address, = free_addresses(1)
-    server = start_server(tmp_path, f"""
+    (address,) = free_addresses(1)
+    server = start_server(
+        tmp_path,
+        f"""
         server.start_servables([server.ServableStartConfig({BUNDLED_SERVABLES!r}, "frames", device_ids=0),
                                 server.ServableStartConfig({BUNDLED_SERVABLES!r}, "add", device_ids=0)])
         server.start_grpc_server({address!r})
-    """, address)
+    """,
+        address,
+    )
     hold = threading.Event()
     media_replies: queue.Queue = queue.Queue()
     oip_replies: queue.Queue = queue.Queue()
     threads = []
     try:
         with grpc.insecure_channel(address) as channel:
-            media = channel.stream_stream(MEDIA, request_serializer=lambda m: m.SerializeToString(),
-                                          response_deserializer=pb.MediaStreamMessage.FromString)(
-                _media_messages(hold), timeout=60)
+            media = channel.stream_stream(
+                MEDIA,
+                request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=pb.MediaStreamMessage.FromString,
+            )(_media_messages(hold), timeout=60)
             requests: queue.Queue = queue.Queue()
             requests.put(_add_request("a"))
-            stream = channel.stream_stream(STREAM, request_serializer=lambda r: r.SerializeToString(),
-                                           response_deserializer=oip.ModelStreamInferResponse.FromString)(
-                iter(requests.get, None), timeout=60)
-            threads = [threading.Thread(target=_collect, args=(media, media_replies)),
-                       threading.Thread(target=_collect, args=(stream, oip_replies))]
+            stream = channel.stream_stream(
+                STREAM,
+                request_serializer=lambda r: r.SerializeToString(),
+                response_deserializer=oip.ModelStreamInferResponse.FromString,
+            )(iter(requests.get, None), timeout=60)
+            threads = [
+                threading.Thread(target=_collect, args=(media, media_replies)),
+                threading.Thread(target=_collect, args=(stream, oip_replies)),
+            ]
             for thread in threads:
                 thread.start()
             got = [media_replies.get(timeout=30) for _ in range(3)]
-            assert [(r.sequence_number, r.ack_sequence_number, len(r.media_sample.inferences)) for r in got] == \
-                [(1, 1, 0), (2, 2, 0), (3, 3, 0)]  # both frames acknowledged, their batch incomplete
+            assert [(r.sequence_number, r.ack_sequence_number, len(r.media_sample.inferences)) for r in got] == [
+                (1, 1, 0),
+                (2, 2, 0),
+                (3, 3, 0),
+            ]  # both frames acknowledged, their batch incomplete
             assert oip_replies.get(timeout=30).infer_response.id == "a"
             code = server.stop(signal.SIGTERM)
             last, end = media_replies.get(timeout=30), media_replies.get(timeout=30)
             assert (last.sequence_number, last.ack_sequence_number, last.media_sample.timestamp) == (4, 0, 300)
-            assert [(i.extensions["sequence_number"], i.classification.tag.value)
-                    for i in last.media_sample.inferences] == [("2", "light"), ("3", "dark")]
+            assert [
+                (i.extensions["sequence_number"], i.classification.tag.value) for i in last.media_sample.inferences
+            ] == [("2", "light"), ("3", "dark")]
             assert end == ("end", grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
             assert oip_replies.get(timeout=30) == ("end", grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
             requests.put(None)

@@ -3,6 +3,7 @@ real gRPC clients: ModelStreamInfer clients that never read their 4 MB answers, 
 batches never complete with PNG frames that decode to 5.9 MB, hold at most the budget (master RSS measured),
 other calls still answer, and everything goes back once the clients cancel; a frame larger than a stream's
 share ends its stream RESOURCE_EXHAUSTED."""
+
 from __future__ import annotations
 
 import io
@@ -34,7 +35,7 @@ INFER = "/inference.GRPCInferenceService/ModelInfer"
 LIVE = "/inference.GRPCInferenceService/ServerLive"
 MEDIA = "/microsoft.azure.media.live_video_analytics.extensibility.grpc.v1.MediaGraphExtension/ProcessMediaStream"
 
-SIZED_CONFIG = '''
+SIZED_CONFIG = """
 import numpy as np
 from mindserve.server import register
 
@@ -46,7 +47,7 @@ def zeros(n):
 @register.register_method(output_names=["y"])
 def sized(n):
     return register.add_stage(zeros, n, outputs_count=1)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +55,17 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("stream_memory")
     servables.write(str(root / "servables"), "sized", SIZED_CONFIG)
     address, metrics = free_addresses(2)
-    process = start_server(root, f"""
+    process = start_server(
+        root,
+        f"""
         server.start_servables([server.ServableStartConfig({str(root / "servables")!r}, "sized", device_ids=0),
                                 server.ServableStartConfig({BUNDLED_SERVABLES!r}, "frames", device_ids=0)])
         server.context.set_max_stream_memory_mb({BUDGET // MB})
         server.start_grpc_server({address!r})
         server.start_metrics_server({metrics!r})
-    """, address)
+    """,
+        address,
+    )
     process.metrics = metrics
     yield process
     process.stop()
@@ -98,8 +103,11 @@ def answer_size(response: oip.ModelInferResponse) -> int:
 
 def other_calls_answer(channel: grpc.Channel) -> None:
     """ServerLive and a ModelInfer answer (within a generous deadline: a stall of seconds fails)."""
-    live = channel.unary_unary(LIVE, request_serializer=lambda r: r.SerializeToString(),
-                               response_deserializer=oip.ServerLiveResponse.FromString)
+    live = channel.unary_unary(
+        LIVE,
+        request_serializer=lambda r: r.SerializeToString(),
+        response_deserializer=oip.ServerLiveResponse.FromString,
+    )
     assert live(oip.ServerLiveRequest(), timeout=10).live
     infer = channel.unary_unary(INFER, response_deserializer=oip.ModelInferResponse.FromString)
     assert answer_size(infer(sized_request(1000), timeout=10)) == 1000
@@ -161,14 +169,19 @@ def test_model_stream_infer_clients_that_never_read_hold_at_most_the_budget(serv
         wait_until(lambda: stream_memory(server) == 0, "the cancelled streams to give their memory back", 30)
         # a new stream works, and reads its answers
         call = channel.stream_stream(STREAM, response_deserializer=oip.ModelStreamInferResponse.FromString)
-        got = list(call(iter([sized_request(ANSWER, "a"), sized_request(10, "b"), sized_request(ANSWER, "c")]),
-                        timeout=30))
-        assert [(r.error_message, r.infer_response.id, answer_size(r.infer_response)) for r in got] == \
-            [("", "a", ANSWER), ("", "b", 10), ("", "c", ANSWER)]
+        got = list(
+            call(iter([sized_request(ANSWER, "a"), sized_request(10, "b"), sized_request(ANSWER, "c")]), timeout=30)
+        )
+        assert [(r.error_message, r.infer_response.id, answer_size(r.infer_response)) for r in got] == [
+            ("", "a", ANSWER),
+            ("", "b", 10),
+            ("", "c", ANSWER),
+        ]
         assert stream_memory(server) == 0
 
 
 # ---- media streams ----
+
 
 def png(side: int) -> bytes:
     buffer = io.BytesIO()
@@ -178,15 +191,21 @@ def png(side: int) -> bytes:
 
 def descriptor(batch_size: int) -> pb.MediaStreamMessage:
     fmt = pb.VideoFrameSampleFormat
-    return pb.MediaStreamMessage(sequence_number=1, media_stream_descriptor={
-        "media_descriptor": {"timescale": 90000, "video_frame_sample_format": {"encoding": fmt.PNG}},
-        "extension_configuration": json.dumps({"servable": "frames", "method": "intensity",
-                                               "batch_size": batch_size})})
+    return pb.MediaStreamMessage(
+        sequence_number=1,
+        media_stream_descriptor={
+            "media_descriptor": {"timescale": 90000, "video_frame_sample_format": {"encoding": fmt.PNG}},
+            "extension_configuration": json.dumps(
+                {"servable": "frames", "method": "intensity", "batch_size": batch_size}
+            ),
+        },
+    )
 
 
 def frame(sequence: int, data: bytes) -> pb.MediaStreamMessage:
-    return pb.MediaStreamMessage(sequence_number=sequence, media_sample={"timestamp": sequence,
-                                                                         "content_bytes": {"bytes": data}})
+    return pb.MediaStreamMessage(
+        sequence_number=sequence, media_sample={"timestamp": sequence, "content_bytes": {"bytes": data}}
+    )
 
 
 class MediaClient:
@@ -199,9 +218,11 @@ class MediaClient:
         self.replies: list = []
         self.ended = None
         messages = [descriptor(batch_size)] + [frame(k, data) for k in range(2, 2 + frames)]
-        self.call = self.channel.stream_stream(MEDIA, request_serializer=lambda m: m.SerializeToString(),
-                                               response_deserializer=pb.MediaStreamMessage.FromString)(
-            self._send(messages), timeout=60)
+        self.call = self.channel.stream_stream(
+            MEDIA,
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=pb.MediaStreamMessage.FromString,
+        )(self._send(messages), timeout=60)
         self.reader = threading.Thread(target=self._read)
         self.reader.start()
 
@@ -252,7 +273,7 @@ def test_media_batches_that_never_complete_hold_at_most_the_budget(server):
             # the latest when a stream's third frame came, so frames 2 and 3 have their inferences, each once
             for client in clients:
                 run = client.run()
-                assert run == [2, 3, 4, 5][:len(run)] and len(run) >= 2, run
+                assert run == [2, 3, 4, 5][: len(run)] and len(run) >= 2, run
                 assert client.ended is None
             other_calls_answer(channel)
             assert _status(pid, "VmHWM") - baseline < BUDGET + SLACK
@@ -268,8 +289,11 @@ def test_a_frame_larger_than_a_streams_share_ends_it_resource_exhausted(server):
     data = png(6000)  # 108 MB decoded
     message = frame(2, data)
     with grpc.insecure_channel(server.address) as channel:
-        call = channel.stream_stream(MEDIA, request_serializer=lambda m: m.SerializeToString(),
-                                     response_deserializer=pb.MediaStreamMessage.FromString)
+        call = channel.stream_stream(
+            MEDIA,
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=pb.MediaStreamMessage.FromString,
+        )
         replies = call(iter([descriptor(1), message]), timeout=30)
         got = []
         with pytest.raises(grpc.RpcError) as ended:
@@ -279,6 +303,7 @@ def test_a_frame_larger_than_a_streams_share_ends_it_resource_exhausted(server):
         assert (ended.value.code(), ended.value.details()) == (
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"a 6000x6000 frame takes {message.ByteSize() + 3 * 6000 * 6000 * 3} bytes of the server's stream memory "
-            f"to read and decode, more than one stream may hold: {SHARE} bytes, half of max_stream_memory_mb")
+            f"to read and decode, more than one stream may hold: {SHARE} bytes, half of max_stream_memory_mb",
+        )
         other_calls_answer(channel)
     assert stream_memory(server) == 0

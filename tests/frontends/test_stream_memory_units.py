@@ -2,6 +2,7 @@
 without a server: reservations within a stream's share and the budget, waiters served in order, a stream kept
 back by its own share holding up no other, held-back batches started before anyone waits, everything given back
 when a stream ends or a wait is cancelled, and the drain stopping a reader in the middle of a read."""
+
 from __future__ import annotations
 
 import asyncio
@@ -36,6 +37,7 @@ def test_reservations_within_the_share_and_the_budget_are_granted_at_once():
         assert (memory.used, a.held, b.held) == (10, 0, 10)
         first.release()  # again: harmless
         assert memory.used == 10
+
     run(scenario())
 
 
@@ -53,6 +55,7 @@ def test_a_reservation_is_at_most_a_streams_share_and_a_stream_holds_at_most_its
         big.resize(49)
         await settle()
         assert waiting.done() and share.held == 50
+
     run(scenario())
 
 
@@ -73,6 +76,7 @@ def test_charges_never_wait_and_past_the_budget_everyone_waits_in_order():
         await settle()
         assert [w.done() for w in waits] == [True, True]
         assert memory.used == 45 + 30 + 5
+
     run(scenario())
 
 
@@ -86,6 +90,7 @@ def test_a_stream_kept_back_by_its_own_share_holds_up_no_other():
         await settle()
         assert (blocked.done(), free.done()) == (False, True)
         blocked.cancel()
+
     run(scenario())
 
 
@@ -103,6 +108,7 @@ def test_a_cancelled_wait_leaves_the_queue_and_lets_the_next_go():
         first.cancel()
         await settle()
         assert second.done() and behind.nbytes == 5 and memory.used == 100
+
     run(scenario())
 
 
@@ -124,6 +130,7 @@ def test_a_closed_stream_gives_everything_back_and_its_waits_end():
         assert (memory.used, a.held) == (55, 0)
         tickets[0].resize(99)  # a late answer of the ended stream counts nothing
         assert memory.used == 55 and a.close() == 0
+
     run(scenario())
 
 
@@ -151,6 +158,7 @@ def test_held_back_batches_are_started_before_anyone_waits():
         media.close()
         await settle()
         assert budget.done()
+
     run(scenario())
 
 
@@ -167,6 +175,7 @@ def test_a_new_limit_applies_to_the_waiters():
         memory.set_limit(300)
         await settle()
         assert later.done() and memory.per_stream == 150
+
     run(scenario())
 
 
@@ -218,6 +227,7 @@ def test_the_drain_stops_a_reader_in_the_middle_of_a_read_and_starts_what_it_hol
         assert flushed == ["flush"]  # what the stream held back is started as the reading ends
         assert [a async for a in answers.answers()] == [b"ONE", b"TWO"]
         assert share.held == 6  # the answers' tickets (their stream gives them back when it ends)
+
     run(scenario())
 
 
@@ -240,6 +250,7 @@ def test_the_reader_ends_at_a_half_close_or_when_start_says_so_and_gives_its_rea
 
         assert await read_into(OrderedAnswers(4), Closed(), stop, share) is None
         assert share.held == 0
+
     run(scenario())
 
 
@@ -253,14 +264,18 @@ def test_a_budget_of_a_byte_or_two_still_lets_every_stream_go_on(limit):
             await asyncio.wait_for(ticket.grow_to(5), 5)
             ticket.release()
         assert memory.used == 0
+
     run(scenario())
 
 
-@pytest.mark.parametrize("given, message", [
-    (0, "Parameter 'max_stream_memory_mb' should be in range [1,1048576]"),
-    (1 << 21, "Parameter 'max_stream_memory_mb' should be in range [1,1048576]"),
-    (True, "Parameter 'max_stream_memory_mb' should be int, but actually <class 'bool'>"),
-])
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        (0, "Parameter 'max_stream_memory_mb' should be in range [1,1048576]"),
+        (1 << 21, "Parameter 'max_stream_memory_mb' should be in range [1,1048576]"),
+        (True, "Parameter 'max_stream_memory_mb' should be int, but actually <class 'bool'>"),
+    ],
+)
 def test_the_setting_is_checked_before_anything_starts(given, message):
     from mindserve.server import context
 

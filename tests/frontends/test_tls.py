@@ -1,5 +1,6 @@
 """TLS and mutual TLS on TCP and unix sockets with real certificates (trustme), refused connections, the message
 size limit, start_grpc_server's argument checks and the unix socket file's permissions."""
+
 from __future__ import annotations
 
 import json
@@ -65,10 +66,14 @@ def small_msg_server(tmp_path_factory) -> Iterator[ServerProcess]:
     """The bundled add servable on a plaintext TCP port with max_msg_mb_size=1."""
     tmp = tmp_path_factory.mktemp("small_msg_server")
     address = f"127.0.0.1:{free_port()}"
-    server = start_server(tmp, f"""
+    server = start_server(
+        tmp,
+        f"""
         server.start_servables(server.ServableStartConfig({BUNDLED_SERVABLES!r}, "add", device_ids=0))
         server.start_grpc_server({address!r}, max_msg_mb_size=1)
-    """, address)
+    """,
+        address,
+    )
     yield server
     server.stop()
 
@@ -78,6 +83,7 @@ def client(address: str, ssl_config=None) -> Client:
 
 
 # --- one-way TLS --------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("transport", ["tcp", "unix"])
 def test_one_way_tls(tls_server, tls_files, transport):
@@ -103,6 +109,7 @@ def test_tls_client_that_does_not_trust_the_server_ca_is_refused(tls_server, tls
 
 
 # --- mutual TLS ---------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("transport", ["tcp", "unix"])
 def test_mutual_tls_client_with_certificate_from_the_ca(tls_server, tls_files, transport):
@@ -133,11 +140,13 @@ def test_refusals_leave_the_server_serving(tls_server, tls_files):
     for _ in range(3):
         assert_refused(client(address, SSLConfig(custom_ca=f["ca.pem"])).infer(add_instances()))
         assert_refused(client(address).infer(add_instances()))
-    assert_add_results(client(address, SSLConfig(f["client.pem"], f["client.key"], f["ca.pem"])).infer(
-        add_instances(2)), 2)
+    assert_add_results(
+        client(address, SSLConfig(f["client.pem"], f["client.key"], f["ca.pem"])).infer(add_instances(2)), 2
+    )
 
 
 # --- plaintext and TLS mixed up -----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("listener", ["tls_tcp", "tls_unix", "mtls_tcp", "mtls_unix"])
 def test_plaintext_client_on_tls_port_is_refused(tls_server, listener):
@@ -157,6 +166,7 @@ def test_tls_client_on_plaintext_port_is_refused(small_msg_server, tls_files):
 
 # --- message size limit -------------------------------------------------------------------------------------------
 
+
 def test_request_over_the_message_size_limit(small_msg_server):
     c = client(small_msg_server.address)
     big = {"x1": np.ones((300_000,), np.float32), "x2": np.ones((2, 2), np.float32)}  # 1.2 MB > 1 MiB
@@ -174,15 +184,18 @@ def test_request_under_the_message_size_limit_reaches_the_servable(small_msg_ser
     c = client(small_msg_server.address)
     result = c.infer({"x1": np.ones((230_000,), np.float32), "x2": np.ones((2, 2), np.float32)})
     # the only instance failed: the whole request failed with its error
-    assert result == {"error": "Given model input 0 size 920000 not match the size 16 defined in model: input 'x1' of "
-                               "model tensor_add.onnx takes float32 [2, 2], given float32 [230000]"}
+    assert result == {
+        "error": "Given model input 0 size 920000 not match the size 16 defined in model: input 'x1' of "
+        "model tensor_add.onnx takes float32 [2, 2], given float32 [230000]"
+    }
 
 
 # --- unix socket file ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("listener", ["tls_unix", "mtls_unix"])
 def test_unix_socket_file_is_owner_only(tls_server, listener):
-    path = tls_server.addresses[listener][len("unix:"):]
+    path = tls_server.addresses[listener][len("unix:") :]
     mode = os.stat(path).st_mode
     assert stat.S_ISSOCK(mode)
     assert stat.S_IMODE(mode) == 0o600
@@ -191,7 +204,7 @@ def test_unix_socket_file_is_owner_only(tls_server, listener):
 
 # --- argument checks ----------------------------------------------------------------------------------------------
 
-CHECK_SCRIPT = r'''
+CHECK_SCRIPT = r"""
 import json
 import threading
 from mindserve import server
@@ -229,18 +242,19 @@ attempt("address_no_host", lambda: server.start_grpc_server(":5500"))
 # none of these may have started anything: the process ends by itself, with no other thread running
 results["threads"] = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
 print(json.dumps(results))
-'''
+"""
 
 
 def test_start_grpc_server_and_ssl_config_argument_checks(tls_files, tmp_path):
     f = tls_files
-    header = (f"ADDRESS = '127.0.0.1:{free_port()}'\nCERT = {f['server.pem']!r}\nKEY = {f['server.key']!r}\n"
-              f"CA = {f['ca.pem']!r}\n"
-              f"from mindserve.client import SSLConfig as _C\nCLIENT_SSL = _C(custom_ca=CA)\n")
+    header = (
+        f"ADDRESS = '127.0.0.1:{free_port()}'\nCERT = {f['server.pem']!r}\nKEY = {f['server.key']!r}\n"
+        f"CA = {f['ca.pem']!r}\n"
+        f"from mindserve.client import SSLConfig as _C\nCLIENT_SSL = _C(custom_ca=CA)\n"
+    )
     script = tmp_path / "checks.py"
     script.write_text(header + textwrap.dedent(CHECK_SCRIPT))
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
-                          cwd=str(tmp_path))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
     assert done.returncode == 0, done.stdout + done.stderr
     results = json.loads(done.stdout.strip().splitlines()[-1])
     in_range = "Parameter 'max_msg_mb_size' should be in range [1,512]"
@@ -258,7 +272,7 @@ def test_start_grpc_server_and_ssl_config_argument_checks(tls_files, tmp_path):
         "key_int": "Parameter 'private_key' should be str, but actually <class 'int'>",
         "address_empty": "Parameter 'address' should be a non-empty str, but actually ''",
         "address_abstract": "unix-abstract: addresses are not supported: they cannot be protected by file "
-                            "permissions; use unix:/path",
+        "permissions; use unix:/path",
         "address_no_port": "the address 'localhost' should be 'host:port' or 'unix:/path'",
         "address_bad_port": "the address 'localhost:abc' should be 'host:port' or 'unix:/path'",
         "address_port_too_big": "the address '127.0.0.1:65536' should be 'host:port' or 'unix:/path'",
@@ -267,12 +281,15 @@ def test_start_grpc_server_and_ssl_config_argument_checks(tls_files, tmp_path):
     }
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"certificate": "c.pem"}, "The certificate and private_key should be passed at the same time"),
-    ({"private_key": "k.pem"}, "The certificate and private_key should be passed at the same time"),
-    ({"custom_ca": 3}, "Parameter 'custom_ca' should be str, but actually <class 'int'>"),
-    ({"custom_ca": ""}, "Parameter 'custom_ca' should not be empty str"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"certificate": "c.pem"}, "The certificate and private_key should be passed at the same time"),
+        ({"private_key": "k.pem"}, "The certificate and private_key should be passed at the same time"),
+        ({"custom_ca": 3}, "Parameter 'custom_ca' should be str, but actually <class 'int'>"),
+        ({"custom_ca": ""}, "Parameter 'custom_ca' should not be empty str"),
+    ],
+)
 def test_client_ssl_config_checks(kwargs, message):
     with pytest.raises(RuntimeError) as info:
         SSLConfig(**kwargs)

@@ -1,5 +1,6 @@
 """Client value round trips through the echo servable (a Python stage that returns its input), over TCP and a
 unix socket, sync and async; client-side input and constructor errors; unreachable servers."""
+
 from __future__ import annotations
 
 import time
@@ -13,8 +14,20 @@ from support.processes import ServerProcess, free_port, start_server
 
 pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
 
-NUMERIC_DTYPES = [np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
-                  np.float16, np.float32, np.float64]
+NUMERIC_DTYPES = [
+    np.bool_,
+    np.int8,
+    np.int16,
+    np.int32,
+    np.int64,
+    np.uint8,
+    np.uint16,
+    np.uint32,
+    np.uint64,
+    np.float16,
+    np.float32,
+    np.float64,
+]
 SHAPES = [(1,), (3,), (2, 3), (2, 1, 4), (1, 1, 1, 5)]
 EMPTY_SHAPES = [(0,), (0, 3), (3, 0, 2)]
 
@@ -26,10 +39,14 @@ def unix_echo_server(servable_dir, tmp_path_factory) -> Iterator[ServerProcess]:
     """The echo servable served on a unix socket only."""
     tmp = tmp_path_factory.mktemp("echo_unix")
     address = f"unix:{tmp}/x.sock"
-    server = start_server(tmp, f"""
+    server = start_server(
+        tmp,
+        f"""
         server.start_servables(server.ServableStartConfig({servable_dir!r}, "echo", device_ids=0))
         server.start_grpc_server({address!r})
-    """, address)
+    """,
+        address,
+    )
     yield server
     server.stop()
 
@@ -100,6 +117,7 @@ def echo(address: str, call, value):
 
 # --- numeric arrays ---------------------------------------------------------------------------------------------
 
+
 def assert_echoes(client, call, arrays) -> None:
     """Send one instance per array to the echo method; each comes back exactly, in order."""
     result = call(client, [{"x": a} for a in arrays])
@@ -169,7 +187,7 @@ NUMPY_SCALARS = [
     (np.bool_(True), np.bool_, True),
     (np.uint16(65535), np.uint16, 65535),
     (np.float64(-2.25), np.float64, -2.25),
-    (np.int64(-(2 ** 63)), np.int64, -(2 ** 63)),
+    (np.int64(-(2**63)), np.int64, -(2**63)),
     (np.float16(0.5), np.float16, 0.5),
 ]
 
@@ -186,11 +204,21 @@ def test_numpy_scalars_become_0d_arrays(address, call):
         assert y.item() == expected
 
 
-@pytest.mark.parametrize("value, dtype", [
-    (True, np.bool_), (False, np.bool_),
-    (0, np.int64), (-7, np.int64), (2 ** 63 - 1, np.int64), (-(2 ** 63), np.int64),
-    (1.5, np.float64), (-0.1, np.float64), (1e300, np.float64),
-], ids=repr)
+@pytest.mark.parametrize(
+    "value, dtype",
+    [
+        (True, np.bool_),
+        (False, np.bool_),
+        (0, np.int64),
+        (-7, np.int64),
+        (2**63 - 1, np.int64),
+        (-(2**63), np.int64),
+        (1.5, np.float64),
+        (-0.1, np.float64),
+        (1e300, np.float64),
+    ],
+    ids=repr,
+)
 def test_python_scalars_become_one_element_arrays(address, call, value, dtype):
     got = echo(address, call, value)
     assert isinstance(got, np.ndarray)
@@ -203,23 +231,29 @@ def test_python_scalars_become_one_element_arrays(address, call, value, dtype):
 def test_python_int_out_of_int64_range_is_refused(echo_server):
     client = Client(echo_server.address, "echo", "echo")
     with pytest.raises(RuntimeError) as info:
-        client.infer({"x": 2 ** 63})
-    assert str(info.value) == f"The value {2 ** 63} of input 'x' is out of the int64 range"
+        client.infer({"x": 2**63})
+    assert str(info.value) == f"The value {2**63} of input 'x' is out of the int64 range"
 
 
 # --- str and bytes ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("value", ["abc", "", "héllo wörld — 你好 🙂", "a\x00b", "line\nbreak " * 1000],
-                         ids=["ascii", "empty", "non-ascii", "nul", "long"])
+
+@pytest.mark.parametrize(
+    "value",
+    ["abc", "", "héllo wörld — 你好 🙂", "a\x00b", "line\nbreak " * 1000],
+    ids=["ascii", "empty", "non-ascii", "nul", "long"],
+)
 def test_str_round_trips_as_str(address, call, value):
     got = echo(address, call, value)
     assert type(got) is str
     assert got == value
 
 
-@pytest.mark.parametrize("value", [b"abc", b"", b"\x00\x01\x00\xff\xfe\x00", bytes(range(256)) * 40,
-                                   "é".encode("latin-1")],
-                         ids=["ascii", "empty", "zeros", "all-bytes", "not-utf8"])
+@pytest.mark.parametrize(
+    "value",
+    [b"abc", b"", b"\x00\x01\x00\xff\xfe\x00", bytes(range(256)) * 40, "é".encode("latin-1")],
+    ids=["ascii", "empty", "zeros", "all-bytes", "not-utf8"],
+)
 def test_bytes_round_trip_as_bytes(address, call, value):
     got = echo(address, call, value)
     assert type(got) is bytes
@@ -242,6 +276,7 @@ def test_two_inputs_of_different_kinds(address, call):
 
 
 # --- instances ----------------------------------------------------------------------------------------------------
+
 
 def test_one_dict_is_one_instance(address, call):
     client = Client(address, "echo", "echo")
@@ -279,25 +314,50 @@ def test_tuple_of_instances_is_accepted(echo_server):
 
 # --- client-side input errors -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("instances, message", [
-    ([1], "instance should be a map"),
-    (["x"], "instance should be a map"),
-    ([{"x": 1}, [("x", 1)]], "instance should be a map"),
-    (5, "instance should be a map"),
-    ({"x": ("a", "b")}, "The list of input 'x' is not a tensor of numbers or bools (numpy makes it <U1); send str "
-                        "and bytes values one per input"),
-    ({"x": None}, "Not support value type <class 'NoneType'> of input 'x'"),
-    ({"x": {"a": 1}}, "Not support value type <class 'dict'> of input 'x'"),
-    ({"x": 1 + 2j}, "Not support value type <class 'complex'> of input 'x'"),
-    ({"x": np.array(["abc"])}, "Unknown data type <U3 of input 'x': send numbers, bools, str or bytes"),
-    ({"x": np.array([b"ab"])}, "Unknown data type |S2 of input 'x': send numbers, bools, str or bytes"),
-    ({"x": np.array([1, "a"], dtype=object)}, "Unknown data type object of input 'x': send numbers, bools, str or "
-                                              "bytes"),
-    ({"x": np.array([1 + 1j], np.complex64)}, "Unknown data type complex64 of input 'x': send numbers, bools, str "
-                                              "or bytes"),
-    ({1: np.ones(2)}, "instance key should be str, but actually <class 'int'>"),
-], ids=["int", "str", "second-list", "bare-int", "str-tuple", "none", "dict", "complex",
-        "unicode-array", "bytes-array", "object-array", "complex-array", "int-key"])
+
+@pytest.mark.parametrize(
+    "instances, message",
+    [
+        ([1], "instance should be a map"),
+        (["x"], "instance should be a map"),
+        ([{"x": 1}, [("x", 1)]], "instance should be a map"),
+        (5, "instance should be a map"),
+        (
+            {"x": ("a", "b")},
+            "The list of input 'x' is not a tensor of numbers or bools (numpy makes it <U1); send str "
+            "and bytes values one per input",
+        ),
+        ({"x": None}, "Not support value type <class 'NoneType'> of input 'x'"),
+        ({"x": {"a": 1}}, "Not support value type <class 'dict'> of input 'x'"),
+        ({"x": 1 + 2j}, "Not support value type <class 'complex'> of input 'x'"),
+        ({"x": np.array(["abc"])}, "Unknown data type <U3 of input 'x': send numbers, bools, str or bytes"),
+        ({"x": np.array([b"ab"])}, "Unknown data type |S2 of input 'x': send numbers, bools, str or bytes"),
+        (
+            {"x": np.array([1, "a"], dtype=object)},
+            "Unknown data type object of input 'x': send numbers, bools, str or bytes",
+        ),
+        (
+            {"x": np.array([1 + 1j], np.complex64)},
+            "Unknown data type complex64 of input 'x': send numbers, bools, str or bytes",
+        ),
+        ({1: np.ones(2)}, "instance key should be str, but actually <class 'int'>"),
+    ],
+    ids=[
+        "int",
+        "str",
+        "second-list",
+        "bare-int",
+        "str-tuple",
+        "none",
+        "dict",
+        "complex",
+        "unicode-array",
+        "bytes-array",
+        "object-array",
+        "complex-array",
+        "int-key",
+    ],
+)
 def test_input_errors_raise_before_sending(echo_server, instances, message):
     # (one instance: nothing else could be sent, so the client raises; see test_first_hour for several)
     assert str(np.array(["abc"]).dtype) == "<U3"
@@ -310,19 +370,39 @@ def test_input_errors_raise_before_sending(echo_server, instances, message):
     assert str(info.value) == message
 
 
-@pytest.mark.parametrize("args, message", [
-    ((1, "echo", "echo"), "Parameter 'address' should be str, but actually <class 'int'>"),
-    (("", "echo", "echo"), "Parameter 'address' should not be empty str"),
-    (("127.0.0.1:1", "", "echo"), "Parameter 'servable_name' should not be empty str"),
-    (("127.0.0.1:1", None, "echo"), "Parameter 'servable_name' should be str, but actually <class 'NoneType'>"),
-    (("127.0.0.1:1", "echo", ""), "Parameter 'method_name' should not be empty str"),
-    (("127.0.0.1:1", "echo", b"echo"), "Parameter 'method_name' should be str, but actually <class 'bytes'>"),
-    (("127.0.0.1:1", "echo", "echo", -1), "Parameter 'version_number' should be >= 0"),
-    (("127.0.0.1:1", "echo", "echo", 1.0), "Parameter 'version_number' should be int, but actually <class 'float'>"),
-    (("127.0.0.1:1", "echo", "echo", True), "Parameter 'version_number' should be int, but actually <class 'bool'>"),
-    (("127.0.0.1:1", "echo", "echo", 0, "tls"), "The type of ssl_config should be type of SSLConfig"),
-], ids=["address-int", "address-empty", "servable-empty", "servable-none", "method-empty", "method-bytes",
-        "version-negative", "version-float", "version-bool", "ssl-str"])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((1, "echo", "echo"), "Parameter 'address' should be str, but actually <class 'int'>"),
+        (("", "echo", "echo"), "Parameter 'address' should not be empty str"),
+        (("127.0.0.1:1", "", "echo"), "Parameter 'servable_name' should not be empty str"),
+        (("127.0.0.1:1", None, "echo"), "Parameter 'servable_name' should be str, but actually <class 'NoneType'>"),
+        (("127.0.0.1:1", "echo", ""), "Parameter 'method_name' should not be empty str"),
+        (("127.0.0.1:1", "echo", b"echo"), "Parameter 'method_name' should be str, but actually <class 'bytes'>"),
+        (("127.0.0.1:1", "echo", "echo", -1), "Parameter 'version_number' should be >= 0"),
+        (
+            ("127.0.0.1:1", "echo", "echo", 1.0),
+            "Parameter 'version_number' should be int, but actually <class 'float'>",
+        ),
+        (
+            ("127.0.0.1:1", "echo", "echo", True),
+            "Parameter 'version_number' should be int, but actually <class 'bool'>",
+        ),
+        (("127.0.0.1:1", "echo", "echo", 0, "tls"), "The type of ssl_config should be type of SSLConfig"),
+    ],
+    ids=[
+        "address-int",
+        "address-empty",
+        "servable-empty",
+        "servable-none",
+        "method-empty",
+        "method-bytes",
+        "version-negative",
+        "version-float",
+        "version-bool",
+        "ssl-str",
+    ],
+)
 def test_client_constructor_checks(args, message):
     with pytest.raises(RuntimeError) as info:
         Client(*args)
@@ -331,13 +411,16 @@ def test_client_constructor_checks(args, message):
 
 # --- unreachable servers -------------------------------------------------------------------------------------------
 
+
 def test_unreachable_servers_give_unavailable(tmp_path):
     addresses = [f"127.0.0.1:{free_port()}", f"unix:{tmp_path}/nobody-here.sock"]
     for address in addresses:
         client = Client(address, "echo", "echo")
-        for result in (client.infer([{"x": np.ones(2, np.float32)}]),
-                       client.infer_async([{"x": np.ones(2, np.float32)}]).result(timeout=60),
-                       client.infer({"x": "text"})):
+        for result in (
+            client.infer([{"x": np.ones(2, np.float32)}]),
+            client.infer_async([{"x": np.ones(2, np.float32)}]).result(timeout=60),
+            client.infer({"x": "text"}),
+        ):
             assert isinstance(result, dict), result
             assert list(result) == ["error"]
             assert result["error"].startswith(UNAVAILABLE + ", "), result
@@ -346,18 +429,22 @@ def test_unreachable_servers_give_unavailable(tmp_path):
 
 # ------------------------------------------------- lists and Python scalars typed from the method's metadata
 
-@pytest.mark.parametrize("value, wanted, expected", [
-    ([1, 2], np.float32, np.float32),      # integers to a float input
-    ([1.5, 2.0], np.float32, np.float32),  # floats to a narrower float
-    ([1, 2], np.int32, np.int32),          # integers that fit
-    ([1, 300], np.uint8, np.int64),        # 300 does not fit uint8: left as numpy types it
-    ([-1], np.uint32, np.int64),           # nor does -1
-    ([1.5], np.int32, np.float64),         # a float never becomes an integer
-    ([True, False], np.float32, np.bool_),  # bools stay bools
-    ([1, 2], None, np.int64),              # nothing known: numpy's type
-    (3, np.float32, np.float32),           # a Python scalar too (a 1-element array)
-    (2.5, np.int64, np.float64),
-])
+
+@pytest.mark.parametrize(
+    "value, wanted, expected",
+    [
+        ([1, 2], np.float32, np.float32),  # integers to a float input
+        ([1.5, 2.0], np.float32, np.float32),  # floats to a narrower float
+        ([1, 2], np.int32, np.int32),  # integers that fit
+        ([1, 300], np.uint8, np.int64),  # 300 does not fit uint8: left as numpy types it
+        ([-1], np.uint32, np.int64),  # nor does -1
+        ([1.5], np.int32, np.float64),  # a float never becomes an integer
+        ([True, False], np.float32, np.bool_),  # bools stay bools
+        ([1, 2], None, np.int64),  # nothing known: numpy's type
+        (3, np.float32, np.float32),  # a Python scalar too (a 1-element array)
+        (2.5, np.int64, np.float64),
+    ],
+)
 def test_lists_and_scalars_take_the_data_type_the_method_takes_when_no_value_changes(value, wanted, expected):
     from mindserve._proto import ms_service_pb2 as pb
     from mindserve.client._convert import fill_tensor, value_of

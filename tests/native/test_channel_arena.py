@@ -1,6 +1,7 @@
 """The ring allocator of the native channel's two message arenas (native/arena.c) against its model in Python
 (support/channel.py's RingModel): alignment, filling, out-of-order release, wrap-around, the window the ring
 keeps to, and every release that is refused."""
+
 from __future__ import annotations
 
 import random
@@ -14,6 +15,7 @@ from support.channel import ALIGN, U64_MAX, RingModel, align_up, arena_model
 
 # -------------------------------------------------------------------------------------------------------- arenas
 
+
 def try_alloc(ch: ShmChannel, which: int, size: int):
     try:
         return ch.alloc(which, size)
@@ -24,7 +26,7 @@ def try_alloc(ch: ShmChannel, which: int, size: int):
 
 
 def arena_bytes(ch: ShmChannel, model: RingModel) -> bytes:
-    return bytes(ch.view[model.offset:model.offset + model.capacity])
+    return bytes(ch.view[model.offset : model.offset + model.capacity])
 
 
 @pytest.mark.parametrize("which", [REQUESTS, REPLIES])
@@ -121,7 +123,7 @@ def test_wrap_around_keeps_every_block_intact(channel, which):
             # release the oldest, or sometimes a younger block first (reclaimed later), and try again
             victim = order[0] if rng.random() < 0.7 or len(order) < 3 else order[rng.randrange(1, 3)]
             vtag, vsize = live.pop(victim)
-            assert bytes(view[victim:victim + vsize]) == pattern(vtag, vsize), "a block was overwritten"
+            assert bytes(view[victim : victim + vsize]) == pattern(vtag, vsize), "a block was overwritten"
             channel.release(which, victim)
             model.release(victim)
             order.remove(victim)
@@ -130,12 +132,12 @@ def test_wrap_around_keeps_every_block_intact(channel, which):
             assert got + size <= offset - ALIGN or offset + other_size <= got - ALIGN
         wraps += got < last
         last = got
-        view[got:got + size] = pattern(tag, size)
+        view[got : got + size] = pattern(tag, size)
         live[got] = (tag, size)
         order.append(got)
     for offset in list(order):
         vtag, vsize = live.pop(offset)
-        assert bytes(view[offset:offset + vsize]) == pattern(vtag, vsize)
+        assert bytes(view[offset : offset + vsize]) == pattern(vtag, vsize)
         channel.release(which, offset)
     assert wraps > 10 and fulls > 100  # the loop did go round the ring, and through full arenas
     assert model.skipped  # and skipped ends of the ring
@@ -151,7 +153,7 @@ def test_a_message_larger_than_the_arena_is_too_big(channel, which):
     biggest = channel.max_message(which)
     assert biggest == model.capacity - ALIGN
     out = ffi.new("uint64_t *", 12345)
-    for size in (biggest + 1, model.capacity, U64_MAX, U64_MAX - 63, 2 ** 63):
+    for size in (biggest + 1, model.capacity, U64_MAX, U64_MAX - 63, 2**63):
         assert lib.ms_alloc(channel.layout, which, size, out) == lib.MS_ETOOBIG
         assert out[0] == 12345
     with pytest.raises(MessageTooBig):
@@ -176,14 +178,30 @@ def test_releasing_anything_but_a_live_block_is_refused_and_writes_nothing(chann
     keep = channel.alloc(REQUESTS, 0)
     channel.release(REQUESTS, b)  # released, not reclaimed: `a` is live in front of it
     reply = channel.alloc(REPLIES, 64)
-    channel.view[a:a + 300] = b"\x01" * 300
+    channel.view[a : a + 300] = b"\x01" * 300
     snapshot = arena_bytes(channel, requests), arena_bytes(channel, replies), bytes(channel.view[:4096])
 
-    bad = [a + 1, a + 8, a + 32, a + 63, a - ALIGN, a + ALIGN, a + 128,  # misaligned, or not a block's data
-           b,  # released already
-           0, 8, ALIGN, requests.offset, requests.offset + requests.capacity,
-           requests.offset + requests.capacity + ALIGN, U64_MAX, U64_MAX - 63, 2 ** 63, 2 ** 32 * ALIGN,
-           reply]  # a live block, of the other arena
+    bad = [
+        a + 1,
+        a + 8,
+        a + 32,
+        a + 63,
+        a - ALIGN,
+        a + ALIGN,
+        a + 128,  # misaligned, or not a block's data
+        b,  # released already
+        0,
+        8,
+        ALIGN,
+        requests.offset,
+        requests.offset + requests.capacity,
+        requests.offset + requests.capacity + ALIGN,
+        U64_MAX,
+        U64_MAX - 63,
+        2**63,
+        2**32 * ALIGN,
+        reply,
+    ]  # a live block, of the other arena
     for offset in bad:
         assert lib.ms_release(channel.layout, REQUESTS, offset) == lib.MS_EINVAL, offset
     for offset in (a, keep, 0, U64_MAX, replies.offset + replies.capacity):
@@ -213,9 +231,23 @@ def test_contains_never_overflows(channel):
     model = arena_model(channel, REQUESTS)
     start, end = model.offset + ALIGN, model.offset + model.capacity
     inside = [(start, model.capacity - ALIGN), (start, 0), (end, 0), (end - 1, 1), (start + 64, 100)]
-    outside = [(start - 1, 0), (model.offset, 0), (start, model.capacity - ALIGN + 1), (end, 1), (end + 1, 0),
-               (U64_MAX, 0), (U64_MAX, 1), (U64_MAX, U64_MAX), (start, U64_MAX), (start, U64_MAX - start + 1),
-               (U64_MAX - 63, 64), (2 ** 63, 2 ** 63), (end - 1, U64_MAX), (0, 0), (0, end)]
+    outside = [
+        (start - 1, 0),
+        (model.offset, 0),
+        (start, model.capacity - ALIGN + 1),
+        (end, 1),
+        (end + 1, 0),
+        (U64_MAX, 0),
+        (U64_MAX, 1),
+        (U64_MAX, U64_MAX),
+        (start, U64_MAX),
+        (start, U64_MAX - start + 1),
+        (U64_MAX - 63, 64),
+        (2**63, 2**63),
+        (end - 1, U64_MAX),
+        (0, 0),
+        (0, end),
+    ]
     for offset, size in inside:
         assert lib.ms_contains(channel.layout, REQUESTS, offset, size) == 1, (offset, size)
     for offset, size in outside:
@@ -253,12 +285,12 @@ def test_the_ring_wraps_early_while_the_live_blocks_fit_in_its_window():
             offset = ch.alloc(REQUESTS, 1 << 20)
             for other, _ in live:
                 assert offset + (1 << 20) <= other or other + (1 << 20) <= offset
-            ch.view[offset:offset + 8] = i.to_bytes(8, "little")
+            ch.view[offset : offset + 8] = i.to_bytes(8, "little")
             live.append((offset, i))
             highest = max(highest, offset + (1 << 20) - start)
         assert highest <= WINDOW + (1 << 20) + 4096
         for offset, i in live:  # no block was handed out twice while alive
-            assert int.from_bytes(ch.view[offset:offset + 8], "little") == i
+            assert int.from_bytes(ch.view[offset : offset + 8], "little") == i
     finally:
         ch.unmap()
         ch.close_fd()

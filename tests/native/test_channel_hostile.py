@@ -4,6 +4,7 @@ headers is ChannelBroken, never an access outside the segment; and what the mast
 
 Every call that could block is made from a thread joined with a generous timeout (support/channel.py's Call),
 so that a hang fails the test instead of stalling the run; no test asserts how long anything took."""
+
 from __future__ import annotations
 
 import ast
@@ -42,6 +43,7 @@ pytestmark = pytest.mark.server  # starts real server processes (see tests/conft
 # word naming its owner's pid, no pointer: garbage there only makes the master wait (within its bound) or find
 # the channel broken (the tests of the lock in test_channel_lock.py, and the scribbling worker below).
 
+
 def header_bytes(ch: ShmChannel) -> bytes:
     return bytes(ffi.buffer(header(ch)))
 
@@ -56,14 +58,14 @@ def test_the_layout_in_the_header_is_read_once_at_attach(channel):
         # every layout field of the header turned to garbage: what a worker would write to steer the master
         h.magic, h.size = 0, U64_MAX
         for queue in (h.jobs, h.done):
-            queue.entries.offset, queue.entries.capacity = U64_MAX - 63, 2 ** 62
+            queue.entries.offset, queue.entries.capacity = U64_MAX - 63, 2**62
         for arena in (h.requests, h.replies):
             arena.offset, arena.capacity = SEG * 16, U64_MAX - 63
         # both sides carry on with the layout they took at init and attach
         for n in range(3):
             offset = channel.alloc(REQUESTS, 100)
             assert offset == requests.alloc(100)
-            channel.view[offset:offset + 5] = b"hello"
+            channel.view[offset : offset + 5] = b"hello"
             channel.push_job(n, offset, 5, 1)
             [(job_id, at, size, _)] = Call(worker.pop_batch, 0, 0).result()
             assert (job_id, at, size) == (n, offset, 5) and worker.contains(REQUESTS, at, size)
@@ -114,24 +116,27 @@ def test_garbage_queue_positions_are_corrupt_never_out_of_bounds(channel, queue)
     h = header(channel)
     q = getattr(h, queue)
     push = (lambda: channel.push_job(7, 0, 0, 1)) if queue == "jobs" else (lambda: channel.push_done(7, 0, 0, -1))
-    takes = [channel.take_jobs, lambda: channel.pop_batch(0, 0), lambda: channel.pop_batch(4, 60.0)] \
-        if queue == "jobs" else [channel.pop_done]
-    for head, tail in [(0, QUEUE_CAPACITY + 1), (5, 0), (0, U64_MAX), (2 ** 63, 0), (U64_MAX, QUEUE_CAPACITY)]:
+    takes = (
+        [channel.take_jobs, lambda: channel.pop_batch(0, 0), lambda: channel.pop_batch(4, 60.0)]
+        if queue == "jobs"
+        else [channel.pop_done]
+    )
+    for head, tail in [(0, QUEUE_CAPACITY + 1), (5, 0), (0, U64_MAX), (2**63, 0), (U64_MAX, QUEUE_CAPACITY)]:
         q.head, q.tail = head, tail  # more queued than the entry array holds
         corrupt(push)
         for take in takes:
             corrupt(take)
         assert (q.head, q.tail) == (head, tail)  # refused: nothing moved
     # positions anywhere in the 64-bit range are fine while they are consistent: the index wraps in the array
-    for head in (U64_MAX, 2 ** 63 + 5, U64_MAX - QUEUE_CAPACITY + 3):
+    for head in (U64_MAX, 2**63 + 5, U64_MAX - QUEUE_CAPACITY + 3):
         q.head = q.tail = head
         push()
-        assert q.tail == (head + 1) % 2 ** 64
+        assert q.tail == (head + 1) % 2**64
         got = Call(takes[0]).result()
         assert [e[0] for e in got] == [7]
-        assert (q.head, q.tail) == ((head + 1) % 2 ** 64,) * 2
+        assert (q.head, q.tail) == ((head + 1) % 2**64,) * 2
     # a full queue of stale entries: all of them come back, read from inside the array only
-    q.head, q.tail = 2 ** 63, 2 ** 63 + QUEUE_CAPACITY
+    q.head, q.tail = 2**63, 2**63 + QUEUE_CAPACITY
     with pytest.raises(ArenaFull):
         push()
     assert len(Call(takes[0]).result()) == QUEUE_CAPACITY
@@ -145,7 +150,7 @@ def test_a_corrupt_job_queue_ends_a_batch_wait(channel):
         channel.push_job(1, 0, 0, 1)
         waiting = Call(worker.pop_batch, 10, 60.0)
         time.sleep(0.05)
-        header(channel).jobs.tail = 2 ** 40  # garbage while the worker waits for a fuller batch
+        header(channel).jobs.tail = 2**40  # garbage while the worker waits for a fuller batch
         channel.set_backlog(True)  # anything that wakes it: it then finds the garbage
         with pytest.raises(ChannelBroken, match=r"status -7"):
             waiting.result()
@@ -162,8 +167,7 @@ def test_garbage_block_headers_never_move_the_ring_outside_the_arena(channel, wh
     size_word = ffi.cast("uint64_t *", ffi.from_buffer(channel.view))
     magic_word = ffi.cast("uint32_t *", ffi.from_buffer(channel.view))
     at = (first - ALIGN) // 8
-    bad_sizes = [0, 1, 63, need + 1, need - 64 + 8, 3 * need + ALIGN, model.capacity, U64_MAX - 63, 2 ** 63,
-                 U64_MAX]
+    bad_sizes = [0, 1, 63, need + 1, need - 64 + 8, 3 * need + ALIGN, model.capacity, U64_MAX - 63, 2**63, U64_MAX]
     for size in bad_sizes:
         size_word[at] = size
         with pytest.raises(ChannelBroken, match=r"^arena allocation failed \(status -7\)$"):
@@ -355,15 +359,22 @@ def test_a_hostile_worker_scribbling_everywhere_never_takes_the_master_outside_t
     process writes garbage all over the header (the lock word included), the queues and the arenas' block
     headers.
     Every call returns or raises ChannelBroken / ArenaFull / ValueError ...; the master survives."""
-    master = subprocess.Popen([sys.executable, "-c", textwrap.dedent(GUARDED_MASTER), str(channel.fd),
-                               str(SEG), "7", "20000"], pass_fds=(channel.fd,), stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    master = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(GUARDED_MASTER), str(channel.fd), str(SEG), "7", "20000"],
+        pass_fds=(channel.fd,),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     hostile = None
     try:
         assert read_line(master) == b"ready"
-        hostile = subprocess.Popen([sys.executable, "-c", textwrap.dedent(HOSTILE_WORKER), str(channel.fd), "11",
-                                    str(master.pid)], pass_fds=(channel.fd,), stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE)
+        hostile = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(HOSTILE_WORKER), str(channel.fd), "11", str(master.pid)],
+            pass_fds=(channel.fd,),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         assert read_line(hostile) == b"scribbling"
         assert master.stdin is not None
         master.stdin.write(b"go\n")
@@ -381,6 +392,7 @@ def test_a_hostile_worker_scribbling_everywhere_never_takes_the_master_outside_t
 
 # ------------------------------------------------------------------------------------- the master's supervision
 
+
 class SleepingWorker:
     """The master's job flow (mindserve._transport.job_flow) over a real channel, whose worker is a sleeper (no
     servable) that the flow's ``on_broken`` kills, as WorkerProcess does: what the master does when the channel
@@ -390,6 +402,7 @@ class SleepingWorker:
         import asyncio
 
         from mindserve._transport.job_flow import JobFlow
+
         self.loop = asyncio.new_event_loop()
         self.channel = ShmChannel.create(SEG, "the test")
         self.process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -398,6 +411,7 @@ class SleepingWorker:
     def job(self, size: int = 100):
         from mindserve._tensor import RawTensor
         from mindserve._transport.job_flow import Job
+
         return Job("m", [{"x": RawTensor(9, (size,), bytes(size))}], self.loop.create_future())
 
     def killed(self) -> bool:

@@ -4,6 +4,7 @@ workers killed while they wait.
 
 Every call that could block is made from a thread joined with a generous timeout (support/channel.py's Call),
 so that a hang fails the test instead of stalling the run; no test asserts how long anything took."""
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,13 @@ TIMED_OUT = r"status -8\)$"  # a live owner kept the lock past the master's boun
 
 def master_calls(ch: ShmChannel) -> list:
     """Every call of the master's that takes the lock (set_backlog raises nothing: its status is returned)."""
-    return [lambda: ch.push_job(1, 0, 0, 1), ch.pop_done, ch.take_jobs, ch.close,
-            lambda: _check_status(lib.ms_channel_set_backlog(ch.layout, 1))]
+    return [
+        lambda: ch.push_job(1, 0, 0, 1),
+        ch.pop_done,
+        ch.take_jobs,
+        ch.close,
+        lambda: _check_status(lib.ms_channel_set_backlog(ch.layout, 1)),
+    ]
 
 
 def _check_status(status: int) -> None:
@@ -48,7 +54,7 @@ def dead_pid() -> int:
     """A pid no process can have: above the kernel's pid_max (and inside the lock word's 30 pid bits)."""
     with open("/proc/sys/kernel/pid_max") as f:
         pid_max = int(f.read())
-    assert pid_max + 1 < 2 ** 30
+    assert pid_max + 1 < 2**30
     return pid_max + 1
 
 
@@ -87,9 +93,13 @@ HOLD_LOCK = """
 
 
 def hold_lock(channel: ShmChannel) -> subprocess.Popen:
-    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(HOLD_LOCK), str(channel.fd)],
-                             pass_fds=(channel.fd,), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE)
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(HOLD_LOCK), str(channel.fd)],
+        pass_fds=(channel.fd,),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert read_line(child) == b"locked"
     return child
 
@@ -144,9 +154,13 @@ CONTEND = """
 def test_two_processes_hammering_the_lock_lose_nothing(channel):
     """Contention both ways: the child's completions and the master's pops and pushes all go through."""
     total = 20_000
-    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(CONTEND), str(channel.fd), str(total)],
-                             pass_fds=(channel.fd,), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE)
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(CONTEND), str(channel.fd), str(total)],
+        pass_fds=(channel.fd,),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         assert read_line(child) == b"ready"
         tell(child, b"go")
@@ -226,8 +240,20 @@ def test_a_live_worker_keeping_the_lock_gets_the_master_a_timeout_not_a_hang(cha
         worker.unmap()
 
 
-@pytest.mark.parametrize("word", ["dead pid", "dead pid, waiters", "waiters only", "all ones", "bit 30",
-                                  "bit 30 and own pid", "own pid", "own pid, waiters", "live pid"])
+@pytest.mark.parametrize(
+    "word",
+    [
+        "dead pid",
+        "dead pid, waiters",
+        "waiters only",
+        "all ones",
+        "bit 30",
+        "bit 30 and own pid",
+        "own pid",
+        "own pid, waiters",
+        "live pid",
+    ],
+)
 def test_garbage_in_the_lock_word_breaks_the_channel_within_the_bound(channel, word):
     """What a worker may write into a free lock word: a word naming no process breaks the channel (status -5);
     one naming a live process (the master's own pid included) makes the master's call wait out its bound
@@ -235,10 +261,15 @@ def test_garbage_in_the_lock_word_breaks_the_channel_within_the_bound(channel, w
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         value, expected = {
-            "dead pid": (dead_pid(), BROKEN), "dead pid, waiters": (dead_pid() | LOCK_WAITERS, BROKEN),
-            "waiters only": (LOCK_WAITERS, BROKEN), "all ones": (2 ** 32 - 1, BROKEN), "bit 30": (1 << 30, BROKEN),
-            "bit 30 and own pid": ((1 << 30) | os.getpid(), BROKEN), "own pid": (os.getpid(), TIMED_OUT),
-            "own pid, waiters": (os.getpid() | LOCK_WAITERS, TIMED_OUT), "live pid": (sleeper.pid, TIMED_OUT),
+            "dead pid": (dead_pid(), BROKEN),
+            "dead pid, waiters": (dead_pid() | LOCK_WAITERS, BROKEN),
+            "waiters only": (LOCK_WAITERS, BROKEN),
+            "all ones": (2**32 - 1, BROKEN),
+            "bit 30": (1 << 30, BROKEN),
+            "bit 30 and own pid": ((1 << 30) | os.getpid(), BROKEN),
+            "own pid": (os.getpid(), TIMED_OUT),
+            "own pid, waiters": (os.getpid() | LOCK_WAITERS, TIMED_OUT),
+            "live pid": (sleeper.pid, TIMED_OUT),
         }[word]
         h = header(channel)
         h.lock = value
@@ -315,14 +346,14 @@ def test_a_worker_killed_while_waiting_does_not_break_the_channel(channel):
         child = start_child(ECHO_WORKER, channel, efd)
         try:
             offset = channel.alloc(REQUESTS, 5)
-            channel.view[offset:offset + 5] = b"hello"
+            channel.view[offset : offset + 5] = b"hello"
             channel.push_job(3, offset, 5, 1)
             ready, _, _ = select.select([efd], [], [], HANG_S)
             assert ready
             os.eventfd_read(efd)
             [(job_id, at, size, _)] = channel.pop_done()
             assert job_id == 3
-            assert bytes(channel.view[at:at + size]) == b"ollehhello" + (3).to_bytes(8, "little") + b"\1"
+            assert bytes(channel.view[at : at + size]) == b"ollehhello" + (3).to_bytes(8, "little") + b"\1"
             channel.close()
             assert finish(child) == (0, b"", b"")
         finally:

@@ -3,6 +3,7 @@ process that dies holding the lock breaks the channel.
 
 Every call that could block is made from a thread joined with a generous timeout (support/channel.py's Call),
 so that a hang fails the test instead of stalling the run; no test asserts how long anything took."""
+
 from __future__ import annotations
 
 import os
@@ -23,6 +24,7 @@ from support.channel import ECHO_WORKER, HANG_S, Call, attached, finish, kill, r
 pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
 
 # ------------------------------------------------------------------------------------------- two real processes
+
 
 def test_two_processes_round_trip_thousands_of_jobs(channel):
     efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -47,8 +49,9 @@ def test_two_processes_round_trip_thousands_of_jobs(channel):
             assert job_id in jobs and job_id not in answered
             request_offset, request, job_weight = jobs.pop(job_id)
             assert channel.contains(REPLIES, offset, size)
-            assert bytes(view[offset:offset + size]) == (request[::-1] + request + job_id.to_bytes(8, "little")
-                                                         + bytes([job_weight]))
+            assert bytes(view[offset : offset + size]) == (
+                request[::-1] + request + job_id.to_bytes(8, "little") + bytes([job_weight])
+            )
             answered.add(job_id)
             channel.release(REPLIES, offset)
             channel.release(REQUESTS, request_offset)
@@ -69,7 +72,7 @@ def test_two_processes_round_trip_thousands_of_jobs(channel):
                     break
                 except ArenaFull:
                     drain(wait=True)
-            view[offset:offset + size] = request
+            view[offset : offset + size] = request
             jobs[job_id] = (offset, request, weight)
             while True:
                 try:
@@ -105,9 +108,13 @@ LOCK_AND_DIE = """
 def test_a_process_dying_with_the_lock_breaks_the_channel(channel, death):
     waiter = attached(channel)  # waits in pop_batch meanwhile
     pusher = attached(channel)
-    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(LOCK_AND_DIE), str(channel.fd)],
-                             pass_fds=(channel.fd,), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE)
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(LOCK_AND_DIE), str(channel.fd)],
+        pass_fds=(channel.fd,),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         waiting = Call(waiter.pop_batch, 0, 0)
         assert read_line(child) == b"locked"
@@ -126,8 +133,14 @@ def test_a_process_dying_with_the_lock_breaks_the_channel(channel, death):
             blocked.result()
         with pytest.raises(ChannelBroken):
             waiting.result()  # woken once the death was noticed
-        for call in (lambda: channel.push_job(2, 0, 0, 1), channel.pop_done, channel.take_jobs,
-                     lambda: channel.pop_batch(0, 0), lambda: channel.push_done(1, 0, 0, -1), channel.close):
+        for call in (
+            lambda: channel.push_job(2, 0, 0, 1),
+            channel.pop_done,
+            channel.take_jobs,
+            lambda: channel.pop_batch(0, 0),
+            lambda: channel.push_done(1, 0, 0, -1),
+            channel.close,
+        ):
             with pytest.raises(ChannelBroken):
                 Call(call).result()
         assert lib.ms_channel_lock(channel.layout, 0) == lib.MS_EBROKEN
@@ -143,9 +156,13 @@ def test_a_process_dying_with_the_lock_breaks_the_channel(channel, death):
 
 
 def test_a_process_dying_with_the_lock_while_nobody_waits(channel):
-    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(LOCK_AND_DIE), str(channel.fd)],
-                             pass_fds=(channel.fd,), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE)
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(LOCK_AND_DIE), str(channel.fd)],
+        pass_fds=(channel.fd,),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         assert read_line(child) == b"locked"
         child.kill()

@@ -3,6 +3,7 @@ entry bounds of a batch, batching deadlines, close, a full queue, and the eventf
 
 Every call that could block is made from a thread joined with a generous timeout (support/channel.py's Call),
 so that a hang fails the test instead of stalling the run; no test asserts how long anything took."""
+
 from __future__ import annotations
 
 import errno
@@ -16,6 +17,7 @@ from mindserve._transport.shm_channel import QUEUE_CAPACITY, ArenaFull, ChannelC
 from support.channel import U64_MAX, Call, attached
 
 # -------------------------------------------------------------------------------------------------------- queues
+
 
 def test_jobs_come_out_in_fifo_order_unchanged(channel):
     jobs = [(i * 7919 % 1000, 4096 + 64 * i, i, 1 + i % 3) for i in range(20)] + [(U64_MAX, U64_MAX, U64_MAX, 1)]
@@ -49,7 +51,7 @@ def test_out_capacity_limits_the_entries_taken(channel):
     assert lib.ms_pop_batch(base, 0, 0, out, 2, count) == lib.MS_OK
     assert count[0] == 2 and [out[0].id, out[1].id] == [0, 1]
     # a delay does not wait once the output is full
-    call = Call(lambda: (lib.ms_pop_batch(base, 100, 60 * 10 ** 9, out, 2, count), count[0], out[0].id))
+    call = Call(lambda: (lib.ms_pop_batch(base, 100, 60 * 10**9, out, 2, count), count[0], out[0].id))
     assert call.result() == (lib.MS_OK, 2, 2)
     assert lib.ms_take_jobs(base, out, 1, count) == lib.MS_OK
     assert count[0] == 1 and out[0].id == 4

@@ -1,6 +1,7 @@
 """The native channel's segment and layout (native/segment.c, channel.c) through cffi and through ShmChannel:
 segments that leave no name behind and are owner-only, the refusals of a segment that cannot be made, the
 channel's set-up, and the checks of a header at attach."""
+
 from __future__ import annotations
 
 import errno
@@ -19,6 +20,7 @@ ENTRY_SIZE = ffi.sizeof("ms_entry")
 
 
 # ------------------------------------------------------------------------------------------------------ segment
+
 
 def test_create_leaves_no_name_in_dev_shm_and_is_owner_only(monkeypatch):
     token = "5e9" * 10 + "ab"
@@ -45,10 +47,10 @@ def test_create_leaves_no_name_in_dev_shm_and_is_owner_only(monkeypatch):
         try:
             assert not os.path.exists(name)
             assert not os.path.samestat(os.fstat(first.fd), os.fstat(second.fd))
-            first.view[SEG - 4:] = b"abcd"
-            assert bytes(second.view[SEG - 4:]) == b"\0\0\0\0"
-            second.view[SEG - 8:SEG - 4] = b"wxyz"
-            assert bytes(first.view[SEG - 8:]) == b"\0\0\0\0abcd"
+            first.view[SEG - 4 :] = b"abcd"
+            assert bytes(second.view[SEG - 4 :]) == b"\0\0\0\0"
+            second.view[SEG - 8 : SEG - 4] = b"wxyz"
+            assert bytes(first.view[SEG - 8 :]) == b"\0\0\0\0abcd"
         finally:
             second.close_fd()
             second.unmap()
@@ -116,7 +118,8 @@ def test_segment_larger_than_dev_shm_fails_with_enospc_and_leaves_nothing(monkey
     assert str(info.value) == (
         f"cannot reserve {too_big >> 20} MB of shared memory for worker of big v1: /dev/shm has not enough room; "
         f"lower shm_size_mb in ServableStartConfig or give the machine (or container: --shm-size) more shared "
-        f"memory")
+        f"memory"
+    )
 
 
 def test_create_refuses_a_size_larger_than_the_free_shared_memory(monkeypatch):
@@ -136,9 +139,11 @@ def test_create_refuses_a_size_larger_than_the_free_shared_memory(monkeypatch):
     with pytest.raises(RuntimeError) as info:
         ShmChannel.create(8 << 20, "worker of add v1")
     message = str(info.value)
-    assert message == ("cannot reserve 8 MB of shared memory for worker of add v1: /dev/shm has 3 MB free; lower "
-                       "shm_size_mb in ServableStartConfig or give the machine (or container: --shm-size) more "
-                       "shared memory")
+    assert message == (
+        "cannot reserve 8 MB of shared memory for worker of add v1: /dev/shm has 3 MB free; lower "
+        "shm_size_mb in ServableStartConfig or give the machine (or container: --shm-size) more "
+        "shared memory"
+    )
     assert "worker of add v1" in message and "shm_size_mb" in message
     assert created == []  # refused before anything was made
 
@@ -161,15 +166,28 @@ def test_create_reports_other_system_errors_naming_the_owner(monkeypatch):
 
 # --------------------------------------------------------------------------------------- channel set-up and check
 
+
 def check(base, size: int) -> int:
     """ms_channel_attach's verdict on the segment at ``base``, into a scratch view."""
     return lib.ms_channel_attach(ffi.new("ms_view *"), base, size)
 
 
 def layout_of(view) -> tuple:
-    return (view.size, view.jobs.offset, view.jobs.capacity, view.done.offset, view.done.capacity,
-            view.requests.offset, view.requests.capacity, view.requests.head, view.requests.tail,
-            view.replies.offset, view.replies.capacity, view.replies.head, view.replies.tail)
+    return (
+        view.size,
+        view.jobs.offset,
+        view.jobs.capacity,
+        view.done.offset,
+        view.done.capacity,
+        view.requests.offset,
+        view.requests.capacity,
+        view.requests.head,
+        view.requests.tail,
+        view.replies.offset,
+        view.replies.capacity,
+        view.replies.head,
+        view.replies.tail,
+    )
 
 
 def test_channel_init_refuses_a_small_segment_and_bad_queue_capacities():
@@ -240,11 +258,14 @@ def header_fields(ch: ShmChannel) -> dict:
     replies = arena_model(ch, REPLIES)
     queue_bytes = align_up(QUEUE_CAPACITY * ENTRY_SIZE)
     jobs_offset = requests.offset - 2 * queue_bytes
-    return {"magic": 0, "size": 1,
-            "jobs": find_pair(jobs_offset, QUEUE_CAPACITY),
-            "done": find_pair(jobs_offset + queue_bytes, QUEUE_CAPACITY),
-            "requests": find_pair(requests.offset, requests.capacity),
-            "replies": find_pair(replies.offset, replies.capacity)}
+    return {
+        "magic": 0,
+        "size": 1,
+        "jobs": find_pair(jobs_offset, QUEUE_CAPACITY),
+        "done": find_pair(jobs_offset + queue_bytes, QUEUE_CAPACITY),
+        "requests": find_pair(requests.offset, requests.capacity),
+        "replies": find_pair(replies.offset, replies.capacity),
+    }
 
 
 def test_check_refuses_headers_that_point_outside_the_segment(channel):
@@ -255,17 +276,28 @@ def test_check_refuses_headers_that_point_outside_the_segment(channel):
     bad = [(fields["magic"], words[0] ^ 1), (fields["size"], size + 64), (fields["size"], size - 64)]
     for queue in ("jobs", "done"):
         at = fields[queue]
-        bad += [(at, 0),  # inside the header
-                (at, size), (at, size - ENTRY_SIZE), (at, U64_MAX - 63),  # entries past the end
-                (at + 1, 0), (at + 1, 2 ** 62),  # no entries; capacity * entry size overflows
-                (at + 1, (size - words[at]) // ENTRY_SIZE + 1)]
+        bad += [
+            (at, 0),  # inside the header
+            (at, size),
+            (at, size - ENTRY_SIZE),
+            (at, U64_MAX - 63),  # entries past the end
+            (at + 1, 0),
+            (at + 1, 2**62),  # no entries; capacity * entry size overflows
+            (at + 1, (size - words[at]) // ENTRY_SIZE + 1),
+        ]
     for arena in ("requests", "replies"):
         at = fields[arena]
-        bad += [(at, words[at] + 8),  # misaligned
-                (at, size), (at, size - 64), (at, U64_MAX - 63),
-                (at + 1, 0), (at + 1, ALIGN),  # less than two headers
-                (at + 1, words[at + 1] + 8),  # misaligned
-                (at + 1, size - words[at] + 64), (at + 1, U64_MAX - 63)]
+        bad += [
+            (at, words[at] + 8),  # misaligned
+            (at, size),
+            (at, size - 64),
+            (at, U64_MAX - 63),
+            (at + 1, 0),
+            (at + 1, ALIGN),  # less than two headers
+            (at + 1, words[at + 1] + 8),  # misaligned
+            (at + 1, size - words[at] + 64),
+            (at + 1, U64_MAX - 63),
+        ]
     for index, value in bad:
         saved = words[index]
         words[index] = value

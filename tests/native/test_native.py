@@ -1,5 +1,6 @@
 """The C core through cffi: gathering instance rows into a batch buffer and scattering them back, with every
 size checked before anything is written; and stack_rows, the worker's Python face of the gather."""
+
 import numpy as np
 import pytest
 
@@ -18,8 +19,14 @@ def _gather(dst: np.ndarray, row_size: int, rows: list, sizes=None, count=None) 
     srcs = ffi.new("void *[]", keep) if keep else ffi.NULL
     sizes = [r.nbytes for r in rows] if sizes is None else sizes
     size_array = ffi.new("size_t[]", sizes) if sizes else ffi.NULL
-    return lib.ms_gather_rows(ffi.from_buffer(dst, require_writable=True), dst.nbytes, row_size, srcs, size_array,
-                              len(rows) if count is None else count)
+    return lib.ms_gather_rows(
+        ffi.from_buffer(dst, require_writable=True),
+        dst.nbytes,
+        row_size,
+        srcs,
+        size_array,
+        len(rows) if count is None else count,
+    )
 
 
 def _scatter(src: np.ndarray, row_size: int, dsts: list, sizes=None, count=None) -> int:
@@ -27,8 +34,9 @@ def _scatter(src: np.ndarray, row_size: int, dsts: list, sizes=None, count=None)
     dst_array = ffi.new("void *[]", keep) if keep else ffi.NULL
     sizes = [d.nbytes for d in dsts] if sizes is None else sizes
     size_array = ffi.new("size_t[]", sizes) if sizes else ffi.NULL
-    return lib.ms_scatter_rows(ffi.from_buffer(src), src.nbytes, row_size, dst_array, size_array,
-                               len(dsts) if count is None else count)
+    return lib.ms_scatter_rows(
+        ffi.from_buffer(src), src.nbytes, row_size, dst_array, size_array, len(dsts) if count is None else count
+    )
 
 
 def _filled(nbytes: int) -> np.ndarray:
@@ -36,6 +44,7 @@ def _filled(nbytes: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------- gather
+
 
 def test_gather_copies_rows_exactly_and_zeroes_padding():
     rows = [bytes(range(i * 8, i * 8 + 8)) for i in range(3)]
@@ -85,12 +94,15 @@ def test_gather_more_rows_than_fit_fails():
     assert (dst == FILL).all()
 
 
-@pytest.mark.parametrize("row_size, count", [
-    (2 ** 63, 2),                      # count * row_size wraps to 0
-    (8, (SIZE_MAX // 8) + 2),          # wraps to 8: would "fit" an 8-byte buffer
-    (SIZE_MAX, SIZE_MAX),              # wraps to 1
-    (1 << 32, 1 << 32),                # wraps to 0 on 64 bits
-])
+@pytest.mark.parametrize(
+    "row_size, count",
+    [
+        (2**63, 2),  # count * row_size wraps to 0
+        (8, (SIZE_MAX // 8) + 2),  # wraps to 8: would "fit" an 8-byte buffer
+        (SIZE_MAX, SIZE_MAX),  # wraps to 1
+        (1 << 32, 1 << 32),  # wraps to 0 on 64 bits
+    ],
+)
 def test_gather_count_times_row_size_overflow_fails(row_size, count):
     # only two sizes exist: the check must refuse before it reads sizes[count - 1] or any source (an 8-byte
     # buffer: the second size already overflows it, so the third, which does not exist, is never read;
@@ -98,8 +110,9 @@ def test_gather_count_times_row_size_overflow_fails(row_size, count):
     dst = _filled(8)
     sizes = ffi.new("size_t[]", [row_size, row_size])
     srcs = ffi.new("void *[]", [ffi.NULL, ffi.NULL])
-    assert lib.ms_gather_rows(ffi.from_buffer(dst, require_writable=True), dst.nbytes, row_size, srcs, sizes,
-                              count) == -1
+    assert (
+        lib.ms_gather_rows(ffi.from_buffer(dst, require_writable=True), dst.nbytes, row_size, srcs, sizes, count) == -1
+    )
     assert (dst == FILL).all()
 
 
@@ -120,12 +133,13 @@ def test_gather_into_empty_buffer():
 
 # ---------------------------------------------------------------------------------------------------- scatter
 
+
 def test_scatter_copies_rows_and_ignores_padding():
     src = np.arange(5 * 6, dtype=np.uint8)
     dsts = [_filled(6) for _ in range(3)]
     assert _scatter(src, 6, dsts) == 0
     for i, d in enumerate(dsts):
-        np.testing.assert_array_equal(d, src[i * 6:(i + 1) * 6])
+        np.testing.assert_array_equal(d, src[i * 6 : (i + 1) * 6])
 
 
 def test_scatter_destination_of_wrong_size_fails_and_writes_nothing():
@@ -148,7 +162,7 @@ def test_scatter_count_times_row_size_overflow_fails():
     sizes = ffi.new("size_t[]", [8, 8])
     dsts = ffi.new("void *[]", [ffi.NULL, ffi.NULL])
     assert lib.ms_scatter_rows(ffi.from_buffer(src), src.nbytes, 8, dsts, sizes, (SIZE_MAX // 8) + 2) == -1
-    assert lib.ms_scatter_rows(ffi.from_buffer(src), src.nbytes, 2 ** 63, dsts, sizes, 2) == -1
+    assert lib.ms_scatter_rows(ffi.from_buffer(src), src.nbytes, 2**63, dsts, sizes, 2) == -1
 
 
 def test_gather_then_scatter_round_trip():
@@ -165,8 +179,24 @@ def test_gather_then_scatter_round_trip():
 
 # ---------------------------------------------------------------------------------------------------- stack_rows
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int8, np.uint8, np.int16, np.uint16,
-                                   np.int32, np.uint32, np.int64, np.uint64, np.bool_])
+
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        np.float32,
+        np.float64,
+        np.float16,
+        np.int8,
+        np.uint8,
+        np.int16,
+        np.uint16,
+        np.int32,
+        np.uint32,
+        np.int64,
+        np.uint64,
+        np.bool_,
+    ],
+)
 def test_stack_rows_dtypes_with_padding(dtype):
     rng = np.random.default_rng(11)
     rows = [(rng.integers(0, 100, (2, 3)) % (2 if dtype is np.bool_ else 100)).astype(dtype) for _ in range(3)]
@@ -237,26 +267,36 @@ def test_stack_rows_empty_row_shape():
 
 # ---------------------------------------------------------------------------------------------------- interleave
 
+
 def _interleave_reference(head: bytes, count: int, prefixes: list, columns: list, row_sizes: list) -> bytes:
     """Record i is head, then for each part k its prefix and row i of column k (pure Python)."""
-    return b"".join(head + b"".join(p + bytes(c[i * r:(i + 1) * r]) for p, c, r in zip(prefixes, columns, row_sizes))
-                    for i in range(count))
+    return b"".join(
+        head + b"".join(p + bytes(c[i * r : (i + 1) * r]) for p, c, r in zip(prefixes, columns, row_sizes))
+        for i in range(count)
+    )
 
 
-def _interleave(dst: np.ndarray, head: bytes, count: int, prefixes: list, columns: list, row_sizes: list,
-                dst_size=None) -> int:
+def _interleave(
+    dst: np.ndarray, head: bytes, count: int, prefixes: list, columns: list, row_sizes: list, dst_size=None
+) -> int:
     """Call ms_interleave_rows on ``dst``; an empty head or prefix goes as NULL (its size is 0: never read)."""
     head_ptr = ffi.new("char[]", head) if head else ffi.NULL
     keep = [ffi.new("char[]", p) if p else ffi.NULL for p in prefixes]
     cols = [ffi.from_buffer(c) if len(c) else ffi.NULL for c in columns]
     parts = len(prefixes)
-    return lib.ms_interleave_rows(ffi.from_buffer(dst, require_writable=True),
-                                  dst.nbytes if dst_size is None else dst_size, head_ptr, len(head), count, parts,
-                                  ffi.new("void *[]", keep) if parts else ffi.NULL,
-                                  ffi.new("size_t[]", [len(p) for p in prefixes]) if parts else ffi.NULL,
-                                  ffi.new("void *[]", cols) if parts else ffi.NULL,
-                                  ffi.new("size_t[]", row_sizes) if parts else ffi.NULL,
-                                  ffi.new("size_t[]", [len(c) for c in columns]) if parts else ffi.NULL)
+    return lib.ms_interleave_rows(
+        ffi.from_buffer(dst, require_writable=True),
+        dst.nbytes if dst_size is None else dst_size,
+        head_ptr,
+        len(head),
+        count,
+        parts,
+        ffi.new("void *[]", keep) if parts else ffi.NULL,
+        ffi.new("size_t[]", [len(p) for p in prefixes]) if parts else ffi.NULL,
+        ffi.new("void *[]", cols) if parts else ffi.NULL,
+        ffi.new("size_t[]", row_sizes) if parts else ffi.NULL,
+        ffi.new("size_t[]", [len(c) for c in columns]) if parts else ffi.NULL,
+    )
 
 
 def _record(head: bytes, prefixes: list, row_sizes: list) -> int:
@@ -272,8 +312,8 @@ def test_interleave_one_part(count):
     assert len(expected) == count * _record(head, [prefix], [row])
     dst = _filled(len(expected) + 9)  # room to spare: what is past the records stays as it was
     assert _interleave(dst, head, count, [prefix], [column], [row]) == len(expected)
-    assert dst[:len(expected)].tobytes() == expected
-    assert (dst[len(expected):] == FILL).all()
+    assert dst[: len(expected)].tobytes() == expected
+    assert (dst[len(expected) :] == FILL).all()
 
 
 @pytest.mark.parametrize("count", [1, 2, 4, 9])
@@ -287,8 +327,10 @@ def test_interleave_two_parts_of_different_row_sizes(count):
     # every record is framed alike: the head and prefixes at the same place in each, row i of each column in it
     record = _record(head, prefixes, rows)
     for i in range(count):
-        one = expected[i * record:(i + 1) * record]
-        assert one == head + prefixes[0] + columns[0][i * 8:(i + 1) * 8] + prefixes[1] + columns[1][i * 3:(i + 1) * 3]
+        one = expected[i * record : (i + 1) * record]
+        assert (
+            one == head + prefixes[0] + columns[0][i * 8 : (i + 1) * 8] + prefixes[1] + columns[1][i * 3 : (i + 1) * 3]
+        )
     dst = _filled(len(expected))  # exactly the size needed
     assert _interleave(dst, head, count, prefixes, columns, rows) == count * record
     assert dst.tobytes() == expected
@@ -302,10 +344,19 @@ def test_interleave_rows_from_numpy_columns():
     expected = _interleave_reference(b"H", 6, prefixes, columns, [8, 8])
     dst = _filled(len(expected))
     keep = [ffi.new("char[]", p) for p in prefixes]
-    written = lib.ms_interleave_rows(ffi.from_buffer(dst, require_writable=True), dst.nbytes, b"H", 1, 6, 2,
-                                     ffi.new("void *[]", keep), ffi.new("size_t[]", [7, 2]),
-                                     ffi.new("void *[]", [ffi.from_buffer(ys), ffi.from_buffer(ns)]),
-                                     ffi.new("size_t[]", [8, 8]), ffi.new("size_t[]", [ys.nbytes, ns.nbytes]))
+    written = lib.ms_interleave_rows(
+        ffi.from_buffer(dst, require_writable=True),
+        dst.nbytes,
+        b"H",
+        1,
+        6,
+        2,
+        ffi.new("void *[]", keep),
+        ffi.new("size_t[]", [7, 2]),
+        ffi.new("void *[]", [ffi.from_buffer(ys), ffi.from_buffer(ns)]),
+        ffi.new("size_t[]", [8, 8]),
+        ffi.new("size_t[]", [ys.nbytes, ns.nbytes]),
+    )
     assert written == 6 * (1 + 7 + 8 + 2 + 8)
     assert dst.tobytes() == expected
 
@@ -361,30 +412,59 @@ def test_interleave_into_empty_buffer():
     assert _interleave(dst, b"h", 1, [b"p"], [b"r"], [1]) == -1
 
 
-@pytest.mark.parametrize("prefix_sizes, row_sizes", [
-    ([SIZE_MAX, 1], [1, 1]),           # a prefix of SIZE_MAX bytes: the record size wraps
-    ([1, 1], [SIZE_MAX - 2, 1]),       # head + prefix + row wraps to 0
-    ([2 ** 63, 2 ** 63], [0, 0]),      # two halves of 2^64
-    ([0, 0], [2 ** 63, 2 ** 63 + 1]),  # wraps to 1
-])
+@pytest.mark.parametrize(
+    "prefix_sizes, row_sizes",
+    [
+        ([SIZE_MAX, 1], [1, 1]),  # a prefix of SIZE_MAX bytes: the record size wraps
+        ([1, 1], [SIZE_MAX - 2, 1]),  # head + prefix + row wraps to 0
+        ([2**63, 2**63], [0, 0]),  # two halves of 2^64
+        ([0, 0], [2**63, 2**63 + 1]),  # wraps to 1
+    ],
+)
 def test_interleave_record_size_overflow_fails(prefix_sizes, row_sizes):
     # the pointers are NULL: the check must refuse before it reads any prefix or column
     dst = _filled(64)
     nulls = ffi.new("void *[]", [ffi.NULL, ffi.NULL])
-    assert lib.ms_interleave_rows(ffi.from_buffer(dst, require_writable=True), dst.nbytes, b"h", 1, 1, 2, nulls,
-                                  ffi.new("size_t[]", prefix_sizes), nulls, ffi.new("size_t[]", row_sizes),
-                                  ffi.new("size_t[]", [SIZE_MAX, SIZE_MAX])) == lib.MS_EINVAL
+    assert (
+        lib.ms_interleave_rows(
+            ffi.from_buffer(dst, require_writable=True),
+            dst.nbytes,
+            b"h",
+            1,
+            1,
+            2,
+            nulls,
+            ffi.new("size_t[]", prefix_sizes),
+            nulls,
+            ffi.new("size_t[]", row_sizes),
+            ffi.new("size_t[]", [SIZE_MAX, SIZE_MAX]),
+        )
+        == lib.MS_EINVAL
+    )
     assert (dst == FILL).all()
 
 
-@pytest.mark.parametrize("count", [(SIZE_MAX // 8) + 2, 2 ** 61 + 1, SIZE_MAX])
+@pytest.mark.parametrize("count", [(SIZE_MAX // 8) + 2, 2**61 + 1, SIZE_MAX])
 def test_interleave_count_times_record_overflow_fails(count):
     # record 8: count * 8 wraps to a small number that a 64-byte buffer would "fit"
     dst = _filled(64)
     nulls = ffi.new("void *[]", [ffi.NULL])
-    assert lib.ms_interleave_rows(ffi.from_buffer(dst, require_writable=True), dst.nbytes, b"hh", 2, count, 1, nulls,
-                                  ffi.new("size_t[]", [0]), nulls, ffi.new("size_t[]", [6]),
-                                  ffi.new("size_t[]", [SIZE_MAX])) == lib.MS_EINVAL
+    assert (
+        lib.ms_interleave_rows(
+            ffi.from_buffer(dst, require_writable=True),
+            dst.nbytes,
+            b"hh",
+            2,
+            count,
+            1,
+            nulls,
+            ffi.new("size_t[]", [0]),
+            nulls,
+            ffi.new("size_t[]", [6]),
+            ffi.new("size_t[]", [SIZE_MAX]),
+        )
+        == lib.MS_EINVAL
+    )
     assert (dst == FILL).all()
 
 
@@ -393,6 +473,6 @@ def test_interleave_refuses_a_column_short_of_rows(short):
     """A column that holds fewer than ``count`` rows is refused before anything is read or written."""
     ys = np.arange(6, dtype="<f8")
     dst = _filled(6 * (1 + 8))
-    assert _interleave(dst, b"", 6, [b"P"], [ys.tobytes()[:ys.nbytes - 8 * (short + 1)]], [8]) == lib.MS_EINVAL
+    assert _interleave(dst, b"", 6, [b"P"], [ys.tobytes()[: ys.nbytes - 8 * (short + 1)]], [8]) == lib.MS_EINVAL
     assert (dst == FILL).all()
     assert _interleave(dst, b"", 6, [b"P"], [ys.tobytes()], [8]) == 6 * 9

@@ -2,6 +2,7 @@
 segments, a second mapping, calls made from a thread joined with a generous timeout (a hang fails the test instead
 of stalling the run), child processes that share a channel, the channel's header as cffi sees it, and the model of
 an arena's ring. No test asserts how long anything took."""
+
 from __future__ import annotations
 
 import select
@@ -16,7 +17,7 @@ import pytest
 from mindserve._native import ffi
 from mindserve._transport.shm_channel import ShmChannel
 
-U64_MAX = 2 ** 64 - 1
+U64_MAX = 2**64 - 1
 ALIGN = 64
 SEG = 1 << 20  # small segments: the tests are about the bookkeeping, not the bytes
 HANG_S = 10.0  # a call that has not returned after this long is taken to hang
@@ -24,7 +25,6 @@ HANG_S = 10.0  # a call that has not returned after this long is taken to hang
 
 def align_up(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
-
 
 
 def attached(ch: ShmChannel) -> ShmChannel:
@@ -57,6 +57,7 @@ class Call:
 
 
 # ---------------------------------------------------------------------------------------------- the arena model
+
 
 class RingModel:
     """What native/arena.c is specified to do, in Python: blocks carved in ring order (64-byte header, data
@@ -109,7 +110,6 @@ def arena_model(ch: ShmChannel, which: int) -> RingModel:
     return RingModel(first - ALIGN, ch.max_message(which) + ALIGN)
 
 
-
 def header(ch: ShmChannel):
     """The shared header of a channel, as cffi sees it (the fields a hostile worker would write)."""
     return ffi.cast("ms_channel *", ch._base)
@@ -117,10 +117,15 @@ def header(ch: ShmChannel):
 
 # ------------------------------------------------------------------------------------------- child processes
 
+
 def start_child(code: str, channel: ShmChannel, *fds: int) -> subprocess.Popen:
     """A Python child running ``code`` with the channel's fd (and ``fds``) in sys.argv[1:]."""
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), str(channel.fd), *map(str, fds)],
-                            pass_fds=(channel.fd, *fds), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), str(channel.fd), *map(str, fds)],
+        pass_fds=(channel.fd, *fds),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def read_line(child: subprocess.Popen) -> bytes:

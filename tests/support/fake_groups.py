@@ -1,5 +1,6 @@
 """Servable versions in memory, for testing the dispatcher and the protocol cores without a worker process: a
 FakeGroup implements the dispatcher's WorkerGroup protocol (mindserve._dispatch.worker_group)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -18,8 +19,15 @@ class FakeGroup:
     """A servable version's workers in memory: answers each instance with its own inputs, or with what
     ``answer`` makes of them; ``up`` and ``restarting`` say what a real group would of its processes."""
 
-    def __init__(self, name: str, version: int, methods: Optional[dict] = None, up: bool = True,
-                 restarting: bool = False, answer: Optional[Callable] = None):
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        methods: Optional[dict] = None,
+        up: bool = True,
+        restarting: bool = False,
+        answer: Optional[Callable] = None,
+    ):
         self.name, self.version = name, version
         self.methods = methods if methods is not None else {"add": ADD}
         self.seldon: Optional[dict] = None

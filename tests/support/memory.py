@@ -1,5 +1,6 @@
 """A process's memory as /proc shows it: its resident set (VmRSS) and the peak of it (VmHWM), which can be started
 again from the current RSS, so that a test measures the peak of what it did alone."""
+
 from __future__ import annotations
 
 

@@ -4,6 +4,7 @@
 (``private_pool.message_class``), typed as a plain ``type``: mypy would see none of their fields or methods
 (``FromString``, ``inputs``...). Here the same modules are typed as ``Any``, as mypy sees the modules protoc writes
 (``ms_service_pb2``, skipped by the mypy settings in pyproject.toml)."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """Reading a server's Prometheus metrics in the tests."""
+
 from __future__ import annotations
 
 import time
@@ -33,5 +34,8 @@ def value(samples: dict, name: str, **labels) -> float:
 
 def pending(address: str, servable: str) -> float:
     """The requests handed to the workers of a servable (all its versions) and not yet answered."""
-    return sum(v for (name, labels), v in scrape(address).items()
-               if name == "mindserve_pending_requests" and dict(labels)["servable"] == servable)
+    return sum(
+        v
+        for (name, labels), v in scrape(address).items()
+        if name == "mindserve_pending_requests" and dict(labels)["servable"] == servable
+    )

@@ -1,4 +1,5 @@
 """Small ONNX models the tests serve, built with the onnx package at test time."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,8 +27,9 @@ def offset_model(path: str, offset: float) -> None:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])
     const = numpy_helper.from_array(np.array([offset], np.float32), "offset")
-    graph = helper.make_graph([helper.make_node("Add", ["x", "offset"], ["y"])], "offset", [x], [y],
-                              initializer=[const])
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "offset"], ["y"])], "offset", [x], [y], initializer=[const]
+    )
     _save(graph, path)
 
 
@@ -43,9 +45,9 @@ def batch_probe_model(path: str, batch_dim=None) -> None:
     nodes = [
         helper.make_node("Mul", ["x", "two"], ["y"]),
         helper.make_node("Shape", ["x"], ["shape"]),
-        helper.make_node("Gather", ["shape", "zero"], ["rows"], axis=0),       # [1]: the batch size
+        helper.make_node("Gather", ["shape", "zero"], ["rows"], axis=0),  # [1]: the batch size
         helper.make_node("Slice", ["shape", "zero", "one_end"], ["rows_dim"]),  # [1], same value
-        helper.make_node("Expand", ["rows", "rows_dim"], ["n"]),               # [rows] filled with rows
+        helper.make_node("Expand", ["rows", "rows_dim"], ["n"]),  # [rows] filled with rows
     ]
     one_end = numpy_helper.from_array(np.array([1], np.int64), "one_end")
     graph = helper.make_graph(nodes, "batch_probe", [x], [y, n], initializer=[two, zero, one_end])
@@ -58,6 +60,7 @@ def lookup_model(path: str, rows: int = 5) -> None:
     i = helper.make_tensor_value_info("i", TensorProto.INT64, ["N"])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])
     table = numpy_helper.from_array(np.arange(rows * 2, dtype=np.float32).reshape(rows, 2), "table")
-    graph = helper.make_graph([helper.make_node("Gather", ["table", "i"], ["y"], axis=0)], "lookup", [i], [y],
-                              initializer=[table])
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "i"], ["y"], axis=0)], "lookup", [i], [y], initializer=[table]
+    )
     _save(graph, path)

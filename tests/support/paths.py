@@ -1,4 +1,5 @@
 """Where things are in the repository: its root, and the bundled servables."""
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """Processes of the tests: free ports, the children of a process, server scripts run in their own process
 (``start_server``, ``ServerProcess``), their worker processes, and bounded waits."""
+
 from __future__ import annotations
 
 import os
@@ -128,10 +129,12 @@ def start_server(tmp_path, body: str, address: str, timeout: float = 90) -> Serv
     """Run a server script (``body`` runs after ``from mindserve import server``; it must start a server on
     ``address``) in a new process and wait until it serves."""
     script = tmp_path / f"server_{abs(hash((body, address)))}.py"
-    script.write_text("import sys\nfrom mindserve import server\n" + textwrap.dedent(body)
-                      + "\nprint('READY', flush=True)\n")
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, cwd=str(tmp_path))
+    script.write_text(
+        "import sys\nfrom mindserve import server\n" + textwrap.dedent(body) + "\nprint('READY', flush=True)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(tmp_path)
+    )
     server = ServerProcess(proc, address)
     try:
         server.read_until("READY", timeout)

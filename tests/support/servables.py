@@ -1,4 +1,5 @@
 """Writes the servable directories the tests serve (servable_config.py files and ONNX models)."""
+
 from __future__ import annotations
 
 import os
@@ -6,7 +7,7 @@ import textwrap
 
 from support import model_files
 
-ECHO_CONFIG = '''
+ECHO_CONFIG = """
 import os
 import numpy as np
 from mindserve.server import register
@@ -80,9 +81,9 @@ def double(x):
 @register.register_method(output_names=["y"])
 def double_all(x):
     return register.add_stage(double_batch, x, outputs_count=1, batch_size=0)
-'''
+"""
 
-BATCH_CONFIG = '''
+BATCH_CONFIG = """
 from mindserve.server import register
 
 fixed = register.declare_model(model_file="probe_fixed4.onnx", model_format="ONNX", with_batch_dim=True)
@@ -122,9 +123,9 @@ def add_by_call(x1, x2):
 @register.register_method(output_names=["a", "b", "c"])
 def add_by_call_many(x1, x2):
     return register.add_stage(call_many, x1, x2, outputs_count=3)
-'''
+"""
 
-VERSIONED_CONFIG = '''
+VERSIONED_CONFIG = """
 from mindserve.server import register
 
 model = register.declare_model(model_file="offset.onnx", model_format="ONNX", with_batch_dim=True)
@@ -133,7 +134,7 @@ model = register.declare_model(model_file="offset.onnx", model_format="ONNX", wi
 @register.register_method(output_names=["y"])
 def predict(x):
     return register.add_stage(model, x, outputs_count=1)
-'''
+"""
 
 
 def write(root: str, name: str, config: str) -> str:
@@ -160,7 +161,7 @@ def make_all(root: str) -> str:
     return root
 
 
-PROBE_CONFIG = '''
+PROBE_CONFIG = """
 import os
 import time
 
@@ -217,11 +218,11 @@ def wait_while_exists(path):
 @register.register_method(output_names=["path"])
 def wait_for_file(path):
     return register.add_stage(wait_while_exists, path, outputs_count=1)
-'''
+"""
 
 # Blocks at import while the file named by $MINDSERVE_TEST_HOLD_FILE exists (at most 120 s): a restarted worker
 # then stays down until the test removes the file, so "no live worker" can be observed without racing the restart.
-HOLD_CONFIG = '''
+HOLD_CONFIG = """
 import os
 import time
 from mindserve.server import register
@@ -239,7 +240,7 @@ def identity(x):
 @register.register_method(output_names=["y"])
 def echo(x):
     return register.add_stage(identity, x, outputs_count=1)
-'''
+"""
 
 
 def make_probe_and_hold(root: str) -> str:
@@ -253,7 +254,7 @@ def make_probe_and_hold(root: str) -> str:
 # Batching across requests: every batch stage below (batch_size=0) gets all the instances its worker runs
 # together and answers, per instance, its input unchanged, the number of instances it was given ("batch") and
 # the worker's pid.
-RECORD_CONFIG = '''
+RECORD_CONFIG = """
 import os
 import numpy as np
 from mindserve.server import register
@@ -268,12 +269,12 @@ def record_batch(instances):
 @register.register_method(output_names=["y", "batch", "pid"])
 def record(x):
     return register.add_stage(record_batch, x, outputs_count=3, batch_size=0)
-'''
+"""
 
 # probe_dynamic.onnx: y = x * 2, n = the rows of the run ([N, 2] float32 in, see model_files.batch_probe_model),
 # declared with a batch dim; probe_whole.onnx: the same graph declared without one (an instance is the whole
 # [rows, 2] input). The batch stage after the model records how the instances were run together.
-MODEL_RECORD_CONFIG = '''
+MODEL_RECORD_CONFIG = """
 import os
 import numpy as np
 from mindserve.server import register
@@ -298,10 +299,10 @@ def dynamic_batch(x):
 def whole_instance(x):
     y, n = register.add_stage(whole, x, outputs_count=2)
     return register.add_stage(record_batch, y, n, outputs_count=4, batch_size=0)
-'''
+"""
 
 # probe_fixed2.onnx: the probe model with a fixed batch size of 2.
-FIXED_RECORD_CONFIG = '''
+FIXED_RECORD_CONFIG = """
 import os
 import numpy as np
 from mindserve.server import register
@@ -319,7 +320,7 @@ def record_batch(instances):
 def fixed_batch(x):
     y, n = register.add_stage(fixed, x, outputs_count=2)
     return register.add_stage(record_batch, y, n, outputs_count=4, batch_size=0)
-'''
+"""
 
 
 def make_batching(root: str) -> str:
@@ -340,7 +341,7 @@ def make_batching(root: str) -> str:
 # servable_config.py (atomically) and waits until the test creates release-K there (at most 60 s); other values
 # pass at once. Like HOLD_CONFIG, the import waits while $MINDSERVE_TEST_HOLD_FILE exists (at most 120 s), so a
 # restarted worker stays down until the test lets it start.
-BLOCK_CONFIG = '''
+BLOCK_CONFIG = """
 import os
 import time
 import numpy as np
@@ -371,7 +372,7 @@ def wait_for_release(x):
 @register.register_method(output_names=["y", "pid"])
 def hold(x):
     return register.add_stage(wait_for_release, x, outputs_count=2)
-'''
+"""
 
 
 def make_blocker(root: str, name: str = "blocker", version: int = 1) -> str:
@@ -388,7 +389,7 @@ def make_blocker(root: str, name: str = "blocker", version: int = 1) -> str:
 # $MINDSERVE_TEST_STAGE_DIR, then waits (at most 20 s) until release-K exists there, or, when x[1] = -1, until
 # `rendezvous` other stages have started too (proving that they run at the same time), and writes its end time.
 # Every Python stage reports its pid and whether ONNX Runtime is imported in its process (a model is loaded).
-PARALLEL_CONFIG = '''
+PARALLEL_CONFIG = """
 import os
 import sys
 import time
@@ -488,7 +489,7 @@ def model_then_post(x):
     y = register.add_stage(model, x, outputs_count=1)
     doubled, _ = register.add_stage(post, y, outputs_count=2)
     return doubled, y
-'''
+"""
 
 
 def make_parallel(root: str, versions=(1,), offset: float = 1.0) -> str:

@@ -1,4 +1,5 @@
 """TLS for the tests: certificates made by trustme, and the bundled add servable behind TLS listeners."""
+
 from __future__ import annotations
 
 import pathlib
@@ -41,13 +42,19 @@ def start_tls_server(tmp: pathlib.Path, tls_files: dict, start: str, addresses: 
     client must present a certificate from tls_files' CA) for the names in ``mutual``, one-way TLS for the others.
     The server is waited for on the first address; ``server.addresses`` is ``addresses``."""
     f = tls_files
-    starts = "".join(f"        server.{start}({address!r}, ssl_config={'mutual' if name in mutual else 'one_way'})\n"
-                     for name, address in addresses.items())
-    server = start_server(tmp, f"""
-        one_way = server.SSLConfig({f['server.pem']!r}, {f['server.key']!r})
-        mutual = server.SSLConfig({f['server.pem']!r}, {f['server.key']!r}, custom_ca={f['ca.pem']!r},
+    starts = "".join(
+        f"        server.{start}({address!r}, ssl_config={'mutual' if name in mutual else 'one_way'})\n"
+        for name, address in addresses.items()
+    )
+    server = start_server(
+        tmp,
+        f"""
+        one_way = server.SSLConfig({f["server.pem"]!r}, {f["server.key"]!r})
+        mutual = server.SSLConfig({f["server.pem"]!r}, {f["server.key"]!r}, custom_ca={f["ca.pem"]!r},
                                   verify_client=True)
         server.start_servables(server.ServableStartConfig({BUNDLED_SERVABLES!r}, "add", device_ids=0))
-{starts}""", next(iter(addresses.values())))
+{starts}""",
+        next(iter(addresses.values())),
+    )
     server.addresses = addresses
     return server

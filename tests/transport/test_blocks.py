@@ -3,6 +3,7 @@ value per instance; and a block whose header lies about its bytes gives BlockErr
 never a read outside [offset, offset + size). Every block here sits inside a larger buffer whose bytes around it
 are tempting (valid data, the rest of a JSON header), so that a reader that strayed outside would succeed
 instead of raising."""
+
 from __future__ import annotations
 
 import itertools
@@ -32,7 +33,7 @@ def place(writer: BlockWriter, header: dict, tail: int = 256) -> tuple[bytearray
     head, size = writer.encode(header)
     buf = bytearray([GUARD]) * (OFFSET + size + tail)
     writer.write(memoryview(buf), OFFSET, head)
-    assert buf[:OFFSET] == bytearray([GUARD]) * OFFSET and buf[OFFSET + size:] == bytearray([GUARD]) * tail
+    assert buf[:OFFSET] == bytearray([GUARD]) * OFFSET and buf[OFFSET + size :] == bytearray([GUARD]) * tail
     return buf, size
 
 
@@ -80,6 +81,7 @@ def raw(code: int, array_or_bytes, shape=None) -> RawTensor:
 
 # -------------------------------------------------------------------------------------------------- round trips
 
+
 def test_same_shaped_raw_tensors_are_stacked_and_read_back():
     xs = [raw(F32, np.arange(6, dtype="<f4").reshape(2, 3) + 10 * i) for i in range(4)]
     ys = [raw(_dtypes.MS_INT64, np.array(-i, "<i8")) for i in range(4)]
@@ -125,8 +127,11 @@ def test_differing_shapes_and_dtypes_become_one_value_per_instance():
     writer = BlockWriter()
     desc = blocks.raw_column(writer, [raw(_dtypes.MS_FLOAT64, v) for v in values])
     mixed_desc = blocks.raw_column(writer, [raw(F32, mixed[0]), raw(_dtypes.MS_INT32, mixed[1])])
-    assert desc[0] == "e" and [d[:2] for d in desc[1]] == [[_dtypes.MS_FLOAT64, [2]], [_dtypes.MS_FLOAT64, [3]],
-                                                           [_dtypes.MS_FLOAT64, []]]
+    assert desc[0] == "e" and [d[:2] for d in desc[1]] == [
+        [_dtypes.MS_FLOAT64, [2]],
+        [_dtypes.MS_FLOAT64, [3]],
+        [_dtypes.MS_FLOAT64, []],
+    ]
     assert [d[2] % 64 for d in desc[1] + mixed_desc[1]] == [0] * 5  # every value 64-byte aligned
     buf, size = place(writer, {"n": 3, "in": {"v": desc, "m": mixed_desc}})
     reader = BlockReader(memoryview(buf), OFFSET, size)
@@ -138,7 +143,9 @@ def test_differing_shapes_and_dtypes_become_one_value_per_instance():
         assert got.dtype == expected.dtype and got.shape == expected.shape
         np.testing.assert_array_equal(got, expected)
     assert [(r.dtype, r.shape, bytes(r.data)) for r in blocks.raw_rows(reader, mixed_desc, 2)] == [
-        (F32, (2,), mixed[0].tobytes()), (_dtypes.MS_INT32, (2,), mixed[1].tobytes())]
+        (F32, (2,), mixed[0].tobytes()),
+        (_dtypes.MS_INT32, (2,), mixed[1].tobytes()),
+    ]
 
 
 def test_strings_and_bytes_are_per_instance_values():
@@ -153,15 +160,20 @@ def test_strings_and_bytes_are_per_instance_values():
     assert [reader.value(*d) for d in per_instance_column(reader, s_desc, 2)] == ["héllo wörld", ""]
     assert [reader.value(*d) for d in per_instance_column(reader, b_desc, 2)] == [b"\x00\xff\x10"] * 2
     assert [(r.dtype, bytes(r.data)) for r in blocks.raw_rows(reader, s_desc, 2)] == [
-        (_dtypes.MS_STRING, "héllo wörld".encode()), (_dtypes.MS_STRING, b"")]
+        (_dtypes.MS_STRING, "héllo wörld".encode()),
+        (_dtypes.MS_STRING, b""),
+    ]
 
 
 def test_worker_side_descriptors_round_trip():
     writer = BlockWriter()
     pieces = [np.arange(6, dtype="<f4").reshape(2, 3), np.full((1, 3), -1, "<f4")]
     stacked = blocks.stacked_descriptor(writer, pieces, (3,), F32)
-    values = [blocks.value_descriptor(writer, np.array([[1, 2]], "<i4")), blocks.value_descriptor(writer, "tëxt"),
-              blocks.value_descriptor(writer, b"\x01\x02")]
+    values = [
+        blocks.value_descriptor(writer, np.array([[1, 2]], "<i4")),
+        blocks.value_descriptor(writer, "tëxt"),
+        blocks.value_descriptor(writer, b"\x01\x02"),
+    ]
     assert stacked == ["s", F32, [3], 0]
     assert values[1][:2] == [_dtypes.MS_STRING, []] and values[1][3] == len("tëxt".encode())
     buf, size = place(writer, {"n": 3, "out": {"y": stacked, "v": ["e", values]}})
@@ -186,11 +198,13 @@ def test_empty_tensors_and_an_empty_block():
     reader = reader_of({}, size=64)  # a header and no data at all
     assert reader.header == {}
     assert reader.column(["e", [[_dtypes.MS_BYTES, [], 0, 0]]], 1) == [(_dtypes.MS_BYTES, (), OFFSET + 64, 0)]
-    assert block_error(reader.column, ["e", [[_dtypes.MS_BYTES, [], 0, 1]]], 1) == \
-        "tensor reaches past its message block"
+    assert (
+        block_error(reader.column, ["e", [[_dtypes.MS_BYTES, [], 0, 1]]], 1) == "tensor reaches past its message block"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ hostile blocks
+
 
 @pytest.mark.parametrize("size", [0, 1, 7])
 def test_a_block_shorter_than_its_prefix(size):
@@ -201,17 +215,31 @@ def test_a_block_shorter_than_its_prefix(size):
 def test_a_header_reaching_past_the_block():
     head = b'{"n":1}'
     # the block ends one byte before the header does; the buffer goes on with the header's last byte
-    assert block_error(reader_of, head, b"", None, PREFIX.size + len(head) - 1) == \
-        "message header reaches past its block"
+    assert (
+        block_error(reader_of, head, b"", None, PREFIX.size + len(head) - 1) == "message header reaches past its block"
+    )
     # a length one past the block's end, where the buffer holds more bytes
-    assert block_error(reader_of, head, b"", len(head) + 1, PREFIX.size + len(head)) == \
-        "message header reaches past its block"
-    for head_len in (57, 2 ** 31, 2 ** 32 - 1):
+    assert (
+        block_error(reader_of, head, b"", len(head) + 1, PREFIX.size + len(head))
+        == "message header reaches past its block"
+    )
+    for head_len in (57, 2**31, 2**32 - 1):
         assert block_error(reader_of, head, b"", head_len, 64) == "message header reaches past its block"
 
 
-@pytest.mark.parametrize("head", [b'{"n":', b"", b"\xff\xfe", b"{'n': 1}", b'{"n":1}}', b"[" * 100_000 + b"]" * 100_000,
-                                  b'{"a":' * 50_000 + b"1" + b"}" * 50_000, b"1" * 5000])
+@pytest.mark.parametrize(
+    "head",
+    [
+        b'{"n":',
+        b"",
+        b"\xff\xfe",
+        b"{'n': 1}",
+        b'{"n":1}}',
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+        b"1" * 5000,
+    ],
+)
 def test_a_header_that_is_not_json(head):
     message = block_error(reader_of, head)
     assert message.startswith("message header is not JSON: ")
@@ -239,13 +267,20 @@ def test_stacked_rows_reaching_past_the_block():
     assert reader.column(["s", F32, [2], 0], 4) == (F32, (2,), OFFSET + 64)
     assert reader.column(["s", F32, [2], 8], 3) == (F32, (2,), OFFSET + 72)  # ends right at the block's end
     assert stacked_column(reader, ["s", F32, [], 28], 1)[2] + 4 == end
-    for desc, count in [(["s", F32, [2], 0], 5), (["s", F32, [2], 8], 4), (["s", F32, [2], 32], 1),
-                        (["s", F32, [], 29], 1), (["s", F32, [9], 0], 1), (["s", _dtypes.MS_FLOAT64, [2], 0], 3),
-                        (["s", F32, [2], 2 ** 64], 1), (["s", F32, [2 ** 62, 2 ** 62], 0], 1)]:
+    for desc, count in [
+        (["s", F32, [2], 0], 5),
+        (["s", F32, [2], 8], 4),
+        (["s", F32, [2], 32], 1),
+        (["s", F32, [], 29], 1),
+        (["s", F32, [9], 0], 1),
+        (["s", _dtypes.MS_FLOAT64, [2], 0], 3),
+        (["s", F32, [2], 2**64], 1),
+        (["s", F32, [2**62, 2**62], 0], 1),
+    ]:
         assert block_error(reader.column, desc, count) == "tensor reaches past its message block", desc
 
 
-BAD_OFFSETS = [-1, -64, -(2 ** 63), True, False, 0.0, 1.5, float("nan"), float("inf"), "0", None, [0], {"o": 0}]
+BAD_OFFSETS = [-1, -64, -(2**63), True, False, 0.0, 1.5, float("nan"), float("inf"), "0", None, [0], {"o": 0}]
 
 
 @pytest.mark.parametrize("offset", BAD_OFFSETS, ids=repr)
@@ -253,8 +288,10 @@ def test_offsets_that_are_not_natural_numbers(offset):
     reader = reader_of({}, floats(16), tail=floats(16))
     assert block_error(reader.column, ["s", F32, [2], offset], 1) == "tensor reaches past its message block"
     assert block_error(reader.column, ["e", [[F32, [2], offset, 8]]], 1) == "tensor reaches past its message block"
-    assert block_error(reader.column, ["e", [[_dtypes.MS_BYTES, [], offset, 0]]], 1) == \
-        "tensor reaches past its message block"
+    assert (
+        block_error(reader.column, ["e", [[_dtypes.MS_BYTES, [], offset, 0]]], 1)
+        == "tensor reaches past its message block"
+    )
 
 
 @pytest.mark.parametrize("nbytes", [0, 4, 7, 9, 16])
@@ -264,8 +301,9 @@ def test_nbytes_that_do_not_match_the_dtype_and_shape(nbytes):
     assert block_error(reader.column, ["e", [desc]], 1) == f"tensor descriptor {desc!r} does not match its byte size"
     empty = [F32, [0, 3], 0, nbytes]
     if nbytes:
-        assert block_error(reader.column, ["e", [empty]], 1) \
-            == f"tensor descriptor {empty!r} does not match its byte size"
+        assert (
+            block_error(reader.column, ["e", [empty]], 1) == f"tensor descriptor {empty!r} does not match its byte size"
+        )
 
 
 @pytest.mark.parametrize("nbytes", [-1, -8, True, 8.0, "8", None, [8]], ids=repr)
@@ -275,24 +313,29 @@ def test_nbytes_that_are_not_natural_numbers(nbytes):
         assert block_error(reader.column, ["e", [desc]], 1) == f"bad tensor descriptor {desc!r}"
 
 
-@pytest.mark.parametrize("code", [0, 13, 14, 15, -1, 99, 2 ** 64, True, False, 11.0, "11", None, [11], {"c": 11}],
-                         ids=repr)
+@pytest.mark.parametrize(
+    "code", [0, 13, 14, 15, -1, 99, 2**64, True, False, 11.0, "11", None, [11], {"c": 11}], ids=repr
+)
 def test_unknown_dtype_codes_in_a_stacked_column(code):
     reader = reader_of({}, floats(16))
     desc = ["s", code, [2], 0]
     assert block_error(reader.column, desc, 1) == f"bad stacked column {desc!r}"
 
 
-@pytest.mark.parametrize("code", [0, 15, -1, 99, 2 ** 64, True, False, 11.0, 13.0, 14.0, "13", None, [11], {"c": 11}],
-                         ids=repr)
+@pytest.mark.parametrize(
+    "code", [0, 15, -1, 99, 2**64, True, False, 11.0, 13.0, 14.0, "13", None, [11], {"c": 11}], ids=repr
+)
 def test_unknown_dtype_codes_in_a_value(code):
     reader = reader_of({}, floats(16))
     desc = [code, [2], 0, 8]
     assert block_error(reader.column, ["e", [desc]], 1) == f"bad tensor descriptor {desc!r}"
 
 
-@pytest.mark.parametrize("shape", [[-1, 4], [2, -3], [2.0], [True], [None], [[2]], "abc", None, 5, {"d": 2},
-                                   [-1] * 300], ids=lambda s: repr(s)[:30])
+@pytest.mark.parametrize(
+    "shape",
+    [[-1, 4], [2, -3], [2.0], [True], [None], [[2]], "abc", None, 5, {"d": 2}, [-1] * 300],
+    ids=lambda s: repr(s)[:30],
+)
 def test_shapes_that_are_not_lists_of_natural_numbers(shape):
     reader = reader_of({}, floats(16))
     expected = f"bad tensor shape {str(shape)[:200]}"
@@ -312,8 +355,23 @@ def test_a_value_column_whose_count_does_not_match():
     assert message == f"bad column descriptor {str(long)[:200]}" and len(message) == len("bad column descriptor ") + 200
 
 
-@pytest.mark.parametrize("desc", [["s", F32, [2]], ["s", F32, [2], 0, 0], ["x", F32, [2], 0], ["e"], ["e", "abc"],
-                                  ["e", [], 0], {"s": 1}, "s", None, 5, []], ids=repr)
+@pytest.mark.parametrize(
+    "desc",
+    [
+        ["s", F32, [2]],
+        ["s", F32, [2], 0, 0],
+        ["x", F32, [2], 0],
+        ["e"],
+        ["e", "abc"],
+        ["e", [], 0],
+        {"s": 1},
+        "s",
+        None,
+        5,
+        [],
+    ],
+    ids=repr,
+)
 def test_malformed_column_descriptors(desc):
     reader = reader_of({}, floats(16))
     assert block_error(reader.column, desc, 1) == f"bad column descriptor {str(desc)[:200]}"
@@ -335,7 +393,7 @@ def test_a_string_value_that_is_not_utf8():
 # ------------------------------------------------------------------------------------------- confinement, fuzzed
 
 CODES = [*range(-1, 16), True, 11.0, "11", None, [11]]
-SHAPES = [[], [0], [1], [2], [3, 2], [2, 0, 5], [2 ** 40], [-1], [1.0], None, "2"]
+SHAPES = [[], [0], [1], [2], [3, 2], [2, 0, 5], [2**40], [-1], [1.0], None, "2"]
 
 
 def check_confined(reader: BlockReader, start: int, end: int, desc, count: int) -> None:
@@ -370,7 +428,7 @@ def test_random_descriptors_never_reach_outside_the_block():
     start, end = OFFSET + 64, OFFSET + size
 
     def offset():
-        return rng.choice([0, 1, 8, 64, 100, 199, 200, 201, 2 ** 63, -8, rng.randrange(0, 260), True, 2.0])
+        return rng.choice([0, 1, 8, 64, 100, 199, 200, 201, 2**63, -8, rng.randrange(0, 260), True, 2.0])
 
     for _ in range(3000):
         count = rng.randrange(0, 5)
@@ -380,9 +438,14 @@ def test_random_descriptors_never_reach_outside_the_block():
             values = []
             for _ in range(count + (rng.random() < 0.1)):
                 code, shape = rng.choice(CODES), rng.choice(SHAPES)
-                nbytes = rng.choice([0, 1, 4, 8, 24, 200, -1, 2 ** 64, rng.randrange(0, 210)])
-                if rng.random() < 0.5 and isinstance(code, int) and code in _dtypes.NUMPY_OF \
-                        and isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape):
+                nbytes = rng.choice([0, 1, 4, 8, 24, 200, -1, 2**64, rng.randrange(0, 210)])
+                if (
+                    rng.random() < 0.5
+                    and isinstance(code, int)
+                    and code in _dtypes.NUMPY_OF
+                    and isinstance(shape, list)
+                    and all(isinstance(d, int) and d >= 0 for d in shape)
+                ):
                     nbytes = math.prod(shape) * _dtypes.NUMPY_OF[code].itemsize  # consistent, maybe too big
                 values.append([code, shape, offset(), nbytes])
             desc = ["e", values]
@@ -391,11 +454,12 @@ def test_random_descriptors_never_reach_outside_the_block():
 
 def test_corrupted_blocks_give_block_error_or_a_confined_read():
     writer = BlockWriter()
-    columns = {"x": blocks.raw_column(writer, [raw(F32, np.arange(4, dtype="<f4") + i) for i in range(3)]),
-               "s": blocks.raw_column(writer, [raw(_dtypes.MS_STRING, f"value {i}".encode()) for i in range(3)])}
+    columns = {
+        "x": blocks.raw_column(writer, [raw(F32, np.arange(4, dtype="<f4") + i) for i in range(3)]),
+        "s": blocks.raw_column(writer, [raw(_dtypes.MS_STRING, f"value {i}".encode()) for i in range(3)]),
+    }
     buf, size = place(writer, {"m": "predict", "n": 3, "in": columns}, tail=0)
-    head_end = OFFSET + PREFIX.size + len(json.dumps({"m": "predict", "n": 3, "in": columns},
-                                                     separators=(",", ":")))
+    head_end = OFFSET + PREFIX.size + len(json.dumps({"m": "predict", "n": 3, "in": columns}, separators=(",", ":")))
     rng = random.Random(11)
     replacements = b'0123456789-.,:[]{}"esntx \xff'
     for _ in range(1500):
@@ -410,7 +474,7 @@ def test_corrupted_blocks_give_block_error_or_a_confined_read():
             continue
         header = reader.header
         assert isinstance(header, dict)
-        head_len, _ = PREFIX.unpack(block[OFFSET:OFFSET + PREFIX.size])
+        head_len, _ = PREFIX.unpack(block[OFFSET : OFFSET + PREFIX.size])
         inputs = header.get("in")
         if isinstance(inputs, dict):
             for desc in inputs.values():
@@ -418,6 +482,7 @@ def test_corrupted_blocks_give_block_error_or_a_confined_read():
 
 
 # ------------------------------------------------------------------------------------- header caches (fast reads)
+
 
 def test_block_header_gives_the_header_bytes_and_the_data_start():
     view, size = hand_made({"n": 1}, floats(4), tail=floats(16))
@@ -449,36 +514,44 @@ def test_stacked_columns_spans_and_the_size_they_need():
     found = blocks.stacked_columns(columns, 4, 64)
     assert found is not None
     spans, needed = found
-    assert spans == {"y": blocks.StackedColumn(np.dtype("<f4"), F32, (2, 3), 64, 96),
-                     "n": blocks.StackedColumn(np.dtype("<i8"), _dtypes.MS_INT64, (), 192, 32),
-                     "e": blocks.StackedColumn(np.dtype("<f4"), F32, (0,), 128, 0)}
+    assert spans == {
+        "y": blocks.StackedColumn(np.dtype("<f4"), F32, (2, 3), 64, 96),
+        "n": blocks.StackedColumn(np.dtype("<i8"), _dtypes.MS_INT64, (), 192, 32),
+        "e": blocks.StackedColumn(np.dtype("<f4"), F32, (0,), 128, 0),
+    }
     assert needed == 64 + 128 + 32
     assert blocks.stacked_columns({}, 3, 128) == ({}, 128)
-    assert blocks.stacked_columns({"y": ["s", F32, [2], 0]}, 0, 64) == \
-        ({"y": blocks.StackedColumn(np.dtype("<f4"), F32, (2,), 64, 0)}, 64)
+    assert blocks.stacked_columns({"y": ["s", F32, [2], 0]}, 0, 64) == (
+        {"y": blocks.StackedColumn(np.dtype("<f4"), F32, (2,), 64, 0)},
+        64,
+    )
 
 
-@pytest.mark.parametrize("columns, count", [
-    ({"y": ["e", [[F32, [2], 0, 8]]]}, 1),  # one value per instance
-    ({"y": ["s", F32, [2], 0], "z": ["e", []]}, 0),
-    ({"y": ["s", F32, [2]]}, 1),
-    ({"y": ["s", F32, [2], 0, 0]}, 1),
-    ({"y": ["s", _dtypes.MS_STRING, [], 0]}, 1),
-    ({"y": ["s", True, [2], 0]}, 1),
-    ({"y": ["s", 11.0, [2], 0]}, 1),
-    ({"y": ["s", F32, [-1], 0]}, 1),
-    ({"y": ["s", F32, [2.0], 0]}, 1),
-    ({"y": ["s", F32, "2", 0]}, 1),
-    ({"y": ["s", F32, [2], -64]}, 1),
-    ({"y": ["s", F32, [2], True]}, 1),
-    ({"y": ["s", F32, [2], 0.0]}, 1),
-    ({"y": ["s", F32, [2], 0]}, -1),
-    ({"y": ["s", F32, [2], 0]}, True),
-    ({"y": ["s", F32, [2], 0]}, 1.0),
-    ({"y": ["s", F32, [2], 0]}, None),
-    ([["s", F32, [2], 0]], 1),
-    (None, 1),
-], ids=repr)
+@pytest.mark.parametrize(
+    "columns, count",
+    [
+        ({"y": ["e", [[F32, [2], 0, 8]]]}, 1),  # one value per instance
+        ({"y": ["s", F32, [2], 0], "z": ["e", []]}, 0),
+        ({"y": ["s", F32, [2]]}, 1),
+        ({"y": ["s", F32, [2], 0, 0]}, 1),
+        ({"y": ["s", _dtypes.MS_STRING, [], 0]}, 1),
+        ({"y": ["s", True, [2], 0]}, 1),
+        ({"y": ["s", 11.0, [2], 0]}, 1),
+        ({"y": ["s", F32, [-1], 0]}, 1),
+        ({"y": ["s", F32, [2.0], 0]}, 1),
+        ({"y": ["s", F32, "2", 0]}, 1),
+        ({"y": ["s", F32, [2], -64]}, 1),
+        ({"y": ["s", F32, [2], True]}, 1),
+        ({"y": ["s", F32, [2], 0.0]}, 1),
+        ({"y": ["s", F32, [2], 0]}, -1),
+        ({"y": ["s", F32, [2], 0]}, True),
+        ({"y": ["s", F32, [2], 0]}, 1.0),
+        ({"y": ["s", F32, [2], 0]}, None),
+        ([["s", F32, [2], 0]], 1),
+        (None, 1),
+    ],
+    ids=repr,
+)
 def test_stacked_columns_refuses_anything_else(columns, count):
     assert blocks.stacked_columns(columns, count, 64) is None
 
@@ -494,6 +567,7 @@ def stacked_reply(ys: np.ndarray, ns: np.ndarray) -> bytes:
     """A reply in which every instance succeeded, its outputs stacked (as the worker writes one)."""
     from mindserve._workers.columns import Column
     from mindserve._workers.job_io import reply_block
+
     writer, header = reply_block("m", len(ys), {"y": Column([ys]), "n": Column([ns])}, [None] * len(ys))
     assert header["err"] == [] and header["out"]["y"][0] == "s" and header["out"]["n"][0] == "s"
     return reply_bytes(writer, header)
@@ -501,8 +575,13 @@ def stacked_reply(ys: np.ndarray, ns: np.ndarray) -> bytes:
 
 def decoded(results) -> list:
     from mindserve._errors import ServingError
-    return [(r.code, r.message) if isinstance(r, ServingError) else
-            {n: (t.dtype, tuple(t.shape), bytes(t.data)) for n, t in r.items()} for r in results]
+
+    return [
+        (r.code, r.message)
+        if isinstance(r, ServingError)
+        else {n: (t.dtype, tuple(t.shape), bytes(t.data)) for n, t in r.items()}
+        for r in results
+    ]
 
 
 def expected_rows(ys: np.ndarray, ns: np.ndarray) -> list:
@@ -517,6 +596,7 @@ def test_a_stacked_reply_is_read_whole():
     from mindserve._tensor import StackedResults
     from mindserve._transport.jobs import decode_reply as _decode_reply
     from mindserve._transport.jobs import stacked_reply as _stacked_reply
+
     data = stacked_reply(YS, NS)
     results = _stacked_reply(memoryview(data), 3, ["y", "n"])
     assert isinstance(results, StackedResults) and len(results) == 3
@@ -534,6 +614,7 @@ FRESH_ROWS = itertools.count(101)
 def test_a_truncated_reply_is_not_read_through_the_cached_header(cut, big_first):
     from mindserve._transport.jobs import decode_reply as _decode_reply
     from mindserve._transport.jobs import stacked_reply as _stacked_reply
+
     # rows of a length no other test uses: a header never seen before, so that which block comes first decides
     # what is parsed (and cached) from it
     ys, ns = np.arange(3 * next(FRESH_ROWS), dtype="<f4").reshape(3, -1) - 7.5, NS
@@ -556,13 +637,15 @@ def test_a_truncated_reply_inside_a_larger_buffer():
     # the master copies each reply out on its own, but the size check must not lean on that: what follows the
     # block in the same buffer is not part of it
     from mindserve._transport.jobs import stacked_reply as _stacked_reply
+
     data = stacked_reply(YS + 300, NS)
-    view = memoryview(data + bytes(64))[:len(data) - 1]
+    view = memoryview(data + bytes(64))[: len(data) - 1]
     assert _stacked_reply(view, 3, ["y", "n"]) is None
 
 
 def test_replies_of_one_header_each_read_their_own_bytes():
     from mindserve._transport.jobs import decode_reply as _decode_reply
+
     first, second = stacked_reply(YS, NS), stacked_reply(YS * -3, NS * 5)
     assert first[:64] == second[:64]  # the same header
     a = _decode_reply(memoryview(first), 3, ["y", "n"])
@@ -578,6 +661,7 @@ def test_a_reply_with_errors_is_not_stacked():
     from mindserve._transport.jobs import stacked_reply as _stacked_reply
     from mindserve._workers.columns import Column
     from mindserve._workers.job_io import reply_block
+
     error = ServingError(FAILED, "instance 1 failed")
     writer, header = reply_block("m", 3, {"y": Column([YS]), "n": Column([NS])}, [None, error, None])
     data = reply_bytes(writer, header)
@@ -591,6 +675,7 @@ def test_a_reply_failing_every_instance_is_not_stacked():
     from mindserve._errors import SYSTEM_ERROR
     from mindserve._transport.jobs import decode_reply as _decode_reply
     from mindserve._transport.jobs import stacked_reply as _stacked_reply
+
     header = {"n": 2, "err": [[0, SYSTEM_ERROR, "bad"], [1, SYSTEM_ERROR, "bad"]], "out": {}}
     data = reply_bytes(BlockWriter(), header)
     assert _stacked_reply(memoryview(data), 2, ["y"]) is None
@@ -602,6 +687,7 @@ def test_stacked_columns_with_errors_listed_are_not_read_as_stacked():
     # read of all of them) is the general reader's to judge: it reads a row per successful instance
     from mindserve._transport.jobs import decode_reply as _decode_reply
     from mindserve._transport.jobs import stacked_reply as _stacked_reply
+
     writer = BlockWriter()
     header = {"n": 2, "err": [[0, 1, "x"]], "out": {"y": blocks.stacked_descriptor(writer, [YS[:2]], (2, 2), F32)}}
     data = reply_bytes(writer, header)
@@ -612,18 +698,25 @@ def test_stacked_columns_with_errors_listed_are_not_read_as_stacked():
 def test_a_reply_of_values_per_instance_is_not_stacked():
     from mindserve._transport.jobs import decode_reply as _decode_reply
     from mindserve._transport.jobs import stacked_reply as _stacked_reply
+
     writer = BlockWriter()
-    header = {"n": 2, "err": [], "out": {"y": ["e", [blocks.value_descriptor(writer, "ab"),
-                                                     blocks.value_descriptor(writer, YS[0])]]}}
+    header = {
+        "n": 2,
+        "err": [],
+        "out": {"y": ["e", [blocks.value_descriptor(writer, "ab"), blocks.value_descriptor(writer, YS[0])]]},
+    }
     data = reply_bytes(writer, header)
     assert _stacked_reply(memoryview(data), 2, ["y"]) is None
-    assert decoded(_decode_reply(memoryview(data), 2, ["y"])) == [{"y": (_dtypes.MS_STRING, (), b"ab")},
-                                                                  {"y": (F32, (2, 2), YS[0].tobytes())}]
+    assert decoded(_decode_reply(memoryview(data), 2, ["y"])) == [
+        {"y": (_dtypes.MS_STRING, (), b"ab")},
+        {"y": (F32, (2, 2), YS[0].tobytes())},
+    ]
 
 
 def test_a_stacked_reply_that_does_not_match_its_job():
     from mindserve._transport.jobs import decode_reply as _decode_reply
     from mindserve._transport.jobs import stacked_reply as _stacked_reply
+
     data = stacked_reply(YS, NS)
     for count in (2, 4):
         assert _stacked_reply(memoryview(data), count, ["y", "n"]) is None
@@ -638,6 +731,7 @@ def test_runs_of_one_error_travel_as_one_entry_and_come_back_per_instance():
     from mindserve._transport.jobs import error_entries
     from mindserve._workers.columns import Column
     from mindserve._workers.job_io import reply_block
+
     a, b = ServingError(FAILED, "a"), ServingError(INVALID_INPUTS, "b")
     errors = [None, a, ServingError(FAILED, "a"), a, None, b, a, a]
     assert error_entries(errors) == [[1, FAILED, "a", 3], [5, INVALID_INPUTS, "b"], [6, FAILED, "a", 7]]
@@ -647,20 +741,31 @@ def test_runs_of_one_error_travel_as_one_entry_and_come_back_per_instance():
     writer, header = reply_block("m", 8, {"y": Column([ys])}, errors)
     results = _decode_reply(memoryview(reply_bytes(writer, header)), 8, ["y"])
     assert [(r.code, r.message) if isinstance(r, ServingError) else bytes(r["y"].data) for r in results] == [
-        ys[0].tobytes(), (FAILED, "a"), (FAILED, "a"), (FAILED, "a"), ys[4].tobytes(), (INVALID_INPUTS, "b"),
-        (FAILED, "a"), (FAILED, "a")]
+        ys[0].tobytes(),
+        (FAILED, "a"),
+        (FAILED, "a"),
+        (FAILED, "a"),
+        ys[4].tobytes(),
+        (INVALID_INPUTS, "b"),
+        (FAILED, "a"),
+        (FAILED, "a"),
+    ]
 
 
-@pytest.mark.parametrize("entry", [
-    [0, 1, "x", 2],        # a run past the job's instances
-    [1, 1, "x", 0],        # a run that ends before it starts
-    [0, 1, "x", True],     # not an index
-    [0, "1", "x"],         # a code that is not an int
-    [0, 1, 7],             # a message that is not text
-    [0, 1, "x", 1, 1],     # too long
-])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        [0, 1, "x", 2],  # a run past the job's instances
+        [1, 1, "x", 0],  # a run that ends before it starts
+        [0, 1, "x", True],  # not an index
+        [0, "1", "x"],  # a code that is not an int
+        [0, 1, 7],  # a message that is not text
+        [0, 1, "x", 1, 1],  # too long
+    ],
+)
 def test_bad_error_entries_are_refused(entry):
     from mindserve._transport.jobs import decode_reply as _decode_reply
+
     data = reply_bytes(BlockWriter(), {"n": 2, "err": [entry], "out": {}})
     with pytest.raises(BlockError, match="bad error entry in reply"):
         _decode_reply(memoryview(data), 2, ["y"])

@@ -1,5 +1,6 @@
 """The message format (mindserve._transport.jobs): the fast readers and the general ones agree on every header,
 well-formed or hostile; the fast one either reads a message exactly as the general one does or leaves it."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,9 @@ from mindserve import _dtypes
 from mindserve._tensor import RawTensor, StackedInput, StackedInputs
 from mindserve._transport import blocks, jobs
 
-PROFILE = settings(max_examples=300, deadline=None, derandomize=True, database=None,
-                   suppress_health_check=[HealthCheck.too_slow])
+PROFILE = settings(
+    max_examples=300, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 F32 = _dtypes.MS_FLOAT32
 
 
@@ -69,19 +71,29 @@ def test_a_job_of_values_is_left_to_the_general_reader():
     assert _fast_job(block) is None and _general_job(block) == "not stacked"
 
 
-JSON = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-3, 70), st.floats(allow_nan=False),
-                              st.text(max_size=3)),
-                    lambda inner: st.one_of(st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=2), inner,
-                                                                                          max_size=3)),
-                    max_leaves=12)
-DESCS = st.one_of(st.tuples(st.just("s"), st.sampled_from([F32, 1, 8, 13, 99, True, 11.0]),
-                            st.lists(st.integers(-1, 4), max_size=3), st.integers(-64, 256)).map(list), JSON)
+JSON = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-3, 70), st.floats(allow_nan=False), st.text(max_size=3)),
+    lambda inner: st.one_of(st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=2), inner, max_size=3)),
+    max_leaves=12,
+)
+DESCS = st.one_of(
+    st.tuples(
+        st.just("s"),
+        st.sampled_from([F32, 1, 8, 13, 99, True, 11.0]),
+        st.lists(st.integers(-1, 4), max_size=3),
+        st.integers(-64, 256),
+    ).map(list),
+    JSON,
+)
 
 
 @PROFILE
-@given(method=st.one_of(st.text(max_size=3), JSON), count=st.one_of(st.integers(-1, 5), JSON),
-       inputs=st.one_of(st.dictionaries(st.sampled_from(["x", "y"]), DESCS, max_size=2), JSON),
-       data=st.integers(0, 256))
+@given(
+    method=st.one_of(st.text(max_size=3), JSON),
+    count=st.one_of(st.integers(-1, 5), JSON),
+    inputs=st.one_of(st.dictionaries(st.sampled_from(["x", "y"]), DESCS, max_size=2), JSON),
+    data=st.integers(0, 256),
+)
 def test_the_fast_job_reader_agrees_with_the_general_one(method, count, inputs, data):
     head = json.dumps({"m": method, "n": count, "in": inputs}).encode()
     start = blocks.align(blocks.PREFIX.size + len(head))
@@ -107,5 +119,6 @@ def test_the_stacked_reply_reader_agrees_with_the_general_one(count, err, rows, 
     except blocks.BlockError:
         general = None
     if stacked is not None:
-        assert general is not None and [{n: bytes(t.data) for n, t in r.items()} for r in stacked] == \
-            [{n: bytes(t.data) for n, t in r.items()} for r in general]
+        assert general is not None and [{n: bytes(t.data) for n, t in r.items()} for r in stacked] == [
+            {n: bytes(t.data) for n, t in r.items()} for r in general
+        ]

@@ -6,6 +6,7 @@ shared memory has no name and owner-only access.
 No timing is asserted: a batch that must form is made to wait for its last instance with a long delay (the
 delay is only a bound), and what a stage saw is read from its outputs.
 """
+
 import os
 import re
 import stat
@@ -60,7 +61,9 @@ def waiting_server(batching_dir, tmp_path_factory):
     waits up to 60 s for its batch to fill (one worker each)."""
     tmp = tmp_path_factory.mktemp("waiting_server")
     address = f"127.0.0.1:{free_port()}"
-    server = start_server(tmp, f"""
+    server = start_server(
+        tmp,
+        f"""
         server.start_servables([
             server.ServableStartConfig({batching_dir!r}, "recorder", device_ids=0, max_batch_size=4,
                                        max_batch_delay_ms=60000),
@@ -69,12 +72,15 @@ def waiting_server(batching_dir, tmp_path_factory):
             server.ServableStartConfig({batching_dir!r}, "fixedrec", device_ids=0, max_batch_size=3,
                                        max_batch_delay_ms=60000)])
         server.start_grpc_server({address!r})
-    """, address)
+    """,
+        address,
+    )
     yield server
     assert server.stop() == 0, server.output
 
 
 # ---------------------------------------------------------------------------------------------------- Python stage
+
 
 def test_single_instance_requests_run_as_one_batch(waiting_server):
     client = Client(waiting_server.address, "recorder", "record")
@@ -88,8 +94,12 @@ def test_single_instance_requests_run_as_one_batch(waiting_server):
 def test_instances_of_different_types_share_a_batch(waiting_server):
     """A Python batch stage takes instances of any dtype and shape together; each gets its own value back."""
     client = Client(waiting_server.address, "recorder", "record")
-    xs = [np.arange(6, dtype=np.int16).reshape(2, 3), np.array([1.25, -2.5], np.float64),
-          np.array(7, np.int64), np.array([[True, False]])]
+    xs = [
+        np.arange(6, dtype=np.int16).reshape(2, 3),
+        np.array([1.25, -2.5], np.float64),
+        np.array(7, np.int64),
+        np.array([[True, False]]),
+    ]
     pending = [client.infer_async({"x": x}) for x in xs]
     for result, x in zip(_results(pending), xs):
         _check_record(result, [x], batch=4)
@@ -112,6 +122,7 @@ def test_request_larger_than_max_batch_size_runs_alone_and_whole(waiting_server)
 
 
 # ---------------------------------------------------------------------------------------------------- model stage
+
 
 def _check_model(result, xs: list, n, batch: int) -> None:
     """A probe model reply (y = x * 2, n = what the model ran on) followed by the recording batch stage."""
@@ -175,8 +186,10 @@ def test_fixed_batch_model_splits_a_request_across_runs(waiting_server):
     """A request of 1 instance and one of 2 (3 instances, model batch size 2): one model run holds rows of both
     requests and the other ends with a padding row; order within each request is kept."""
     client = Client(waiting_server.address, "fixedrec", "fixed_batch")
-    requests = [[np.array([0.5, 1.5], np.float32)], [np.array([2.0, -4.0], np.float32),
-                                                     np.array([-8.25, 16.0], np.float32)]]
+    requests = [
+        [np.array([0.5, 1.5], np.float32)],
+        [np.array([2.0, -4.0], np.float32), np.array([-8.25, 16.0], np.float32)],
+    ]
     pending = [client.infer_async([{"x": x} for x in xs]) for xs in requests]
     for result, xs in zip(_results(pending), requests):
         _check_model(result, xs, n=lambda _: 2, batch=3)
@@ -184,17 +197,22 @@ def test_fixed_batch_model_splits_a_request_across_runs(waiting_server):
 
 # ---------------------------------------------------------------------------------------------------- no delay
 
+
 @pytest.fixture(scope="module")
 def small_shm_server(batching_dir, tmp_path_factory):
     """recorder with the default batching (no delay: each batch is whatever is queued) and the smallest shared
     memory, 4 MB: about 2 MB per arena, so about 1 MB per job."""
     tmp = tmp_path_factory.mktemp("small_shm_server")
     address = f"127.0.0.1:{free_port()}"
-    server = start_server(tmp, f"""
+    server = start_server(
+        tmp,
+        f"""
         server.start_servables(server.ServableStartConfig({batching_dir!r}, "recorder", device_ids=0,
                                                           shm_size_mb=4))
         server.start_grpc_server({address!r})
-    """, address)
+    """,
+        address,
+    )
     yield server
     assert server.stop() == 0, server.output
 
@@ -210,10 +228,12 @@ def test_without_delay_nothing_waits_for_more(small_shm_server):
 
 # ---------------------------------------------------------------------------------------------------- job size
 
+
 def _job_limit(shm_size_mb: int) -> int:
     """The most request bytes one job may hold in a worker with ``shm_size_mb`` of shared memory: half the
     request arena, so that two jobs can be queued at once (mindserve._supervision.worker_process._split)."""
     from mindserve._transport.shm_channel import REQUESTS, ShmChannel
+
     channel = ShmChannel.create(shm_size_mb << 20, "the test")
     try:
         return channel.max_message(REQUESTS) // 2
@@ -232,8 +252,11 @@ def test_request_larger_than_a_job_is_split_and_answered_in_order(small_shm_serv
     rows = 100 * 1024  # 400 KB of float32 per instance: two fit in a job, three do not
     assert 2 * _instance_bytes(np.empty(rows, np.float32)) <= limit < 3 * _instance_bytes(np.empty(rows, np.float32))
     xs = [np.random.default_rng(i).standard_normal(rows).astype(np.float32) for i in range(8)]
-    result = Client(small_shm_server.address, "recorder", "record").infer_async(
-        [{"x": x} for x in xs]).result(RESULT_TIMEOUT_S)
+    result = (
+        Client(small_shm_server.address, "recorder", "record")
+        .infer_async([{"x": x} for x in xs])
+        .result(RESULT_TIMEOUT_S)
+    )
     assert isinstance(result, list) and len(result) == 8, result
     for item, x in zip(result, xs):
         np.testing.assert_array_equal(item["y"], x)
@@ -249,8 +272,10 @@ def test_instance_larger_than_a_job_fails_alone(small_shm_server):
     limit = _job_limit(4)
     big = np.arange(limit // 4 + 1, dtype=np.float32)  # more data than a job can hold
     small: list[np.ndarray] = [np.array([1.0, 2.0], np.float32), np.array([3, 4, 5], np.int8)]
-    expected = (f"instance 1 of {_instance_bytes(big)} bytes exceeds the worker's shared memory for requests "
-                f"({limit} bytes per job); raise shm_size_mb in ServableStartConfig")
+    expected = (
+        f"instance 1 of {_instance_bytes(big)} bytes exceeds the worker's shared memory for requests "
+        f"({limit} bytes per job); raise shm_size_mb in ServableStartConfig"
+    )
     client = Client(small_shm_server.address, "recorder", "record")
     result = client.infer_async([{"x": small[0]}, {"x": big}, {"x": small[1]}]).result(RESULT_TIMEOUT_S)
     assert isinstance(result, list) and len(result) == 3, result
@@ -259,11 +284,13 @@ def test_instance_larger_than_a_job_fails_alone(small_shm_server):
         assert item["y"].dtype == x.dtype
         np.testing.assert_array_equal(item["y"], x)
     # alone in its request, the same instance fails the whole request with the same text
-    assert client.infer_async({"x": big}).result(RESULT_TIMEOUT_S) == {"error": expected.replace("instance 1 ",
-                                                                                                 "instance 0 ")}
+    assert client.infer_async({"x": big}).result(RESULT_TIMEOUT_S) == {
+        "error": expected.replace("instance 1 ", "instance 0 ")
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- shared memory
+
 
 def _shm_names() -> set:
     return {name for name in os.listdir("/dev/shm") if name.startswith("mindserve-")}
@@ -296,20 +323,25 @@ def _shm_fds(pid: int) -> dict:
 
 def test_shared_memory_has_no_name_and_owner_only_access(batching_dir, tmp_path):
     address = f"127.0.0.1:{free_port()}"
-    server = start_server(tmp_path, f"""
+    server = start_server(
+        tmp_path,
+        f"""
         server.start_servables(server.ServableStartConfig({batching_dir!r}, "recorder", device_ids=0,
                                                           shm_size_mb=4))
         server.start_grpc_server({address!r})
-    """, address)
+    """,
+        address,
+    )
     try:
         x = np.array([1, 2, 3], np.int32)
-        pid = _check_record(Client(address, "recorder", "record").infer_async({"x": x}).result(RESULT_TIMEOUT_S),
-                            [x], batch=1)
+        pid = _check_record(
+            Client(address, "recorder", "record").infer_async({"x": x}).result(RESULT_TIMEOUT_S), [x], batch=1
+        )
         assert pid in child_pids(server.proc.pid)
         assert _lingering_shm() == set()
         segments = _shm_fds(pid)
         assert len(segments) == 1, segments
-        (path, target), = segments.items()
+        ((path, target),) = segments.items()
         assert re.fullmatch(r"/dev/shm/mindserve-[0-9a-f]{32} \(deleted\)", target), target  # random, unlinked
         info = os.stat(path)  # follows the link to the segment itself
         assert stat.S_ISREG(info.st_mode)
@@ -325,16 +357,21 @@ def test_shared_memory_has_no_name_and_owner_only_access(batching_dir, tmp_path)
 
 # ---------------------------------------------------------------------------------------------------- bounded queue
 
+
 def test_request_past_the_queue_bound_is_refused(batching_dir, tmp_path):
     """max_enqueued_requests=1: of two concurrent requests (the first waits up to 3 s for a second instance to
     fill its batch of 2), one is refused at once and the other gets its result."""
     address = f"127.0.0.1:{free_port()}"
-    server = start_server(tmp_path, f"""
+    server = start_server(
+        tmp_path,
+        f"""
         server.context.set_max_enqueued_requests(1)
         server.start_servables(server.ServableStartConfig({batching_dir!r}, "recorder", device_ids=0,
                                                           max_batch_size=2, max_batch_delay_ms=3000))
         server.start_grpc_server({address!r})
-    """, address)
+    """,
+        address,
+    )
     try:
         client = Client(address, "recorder", "record")
         xs = [np.array([1.5], np.float32), np.array([-2.5], np.float32)]
@@ -357,11 +394,15 @@ def test_queue_bound_counts_requests_until_answered(tmp_path):
     requests are taken again."""
     folder = servables.make_blocker(str(tmp_path / "servables"))
     address = f"127.0.0.1:{free_port()}"
-    server = start_server(tmp_path, f"""
+    server = start_server(
+        tmp_path,
+        f"""
         server.context.set_max_enqueued_requests(2)
         server.start_servables(server.ServableStartConfig({str(tmp_path / "servables")!r}, "blocker", device_ids=0))
         server.start_grpc_server({address!r})
-    """, address)
+    """,
+        address,
+    )
     try:
         client = Client(address, "blocker", "hold")
         held = client.infer_async({"x": np.array([1], np.int64)})
@@ -395,15 +436,19 @@ def test_queue_bound_counts_requests_until_answered(tmp_path):
     assert code == 0, server.output
 
 
-@pytest.mark.parametrize("value, message", [
-    (0, "Parameter 'max_enqueued_requests' should be >= 1"),
-    (-5, "Parameter 'max_enqueued_requests' should be >= 1"),
-    ("a", "Parameter 'max_enqueued_requests' should be int, but actually <class 'str'>"),
-    (True, "Parameter 'max_enqueued_requests' should be int, but actually <class 'bool'>"),
-    (2.0, "Parameter 'max_enqueued_requests' should be int, but actually <class 'float'>"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (0, "Parameter 'max_enqueued_requests' should be >= 1"),
+        (-5, "Parameter 'max_enqueued_requests' should be >= 1"),
+        ("a", "Parameter 'max_enqueued_requests' should be int, but actually <class 'str'>"),
+        (True, "Parameter 'max_enqueued_requests' should be int, but actually <class 'bool'>"),
+        (2.0, "Parameter 'max_enqueued_requests' should be int, but actually <class 'float'>"),
+    ],
+)
 def test_set_max_enqueued_requests_checks_its_argument(value, message):
     from mindserve.server import context
+
     with pytest.raises(RuntimeError) as info:
         context.set_max_enqueued_requests(value)
     assert str(info.value) == message
@@ -411,30 +456,48 @@ def test_set_max_enqueued_requests_checks_its_argument(value, message):
 
 # ---------------------------------------------------------------------------------------------------- arguments
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"max_batch_size": -1}, "Parameter 'max_batch_size' should be in range [0,1048576]"),
-    ({"max_batch_size": (1 << 20) + 1}, "Parameter 'max_batch_size' should be in range [0,1048576]"),
-    ({"max_batch_size": "4"}, "Parameter 'max_batch_size' should be int, but actually <class 'str'>"),
-    ({"max_batch_size": 4.0}, "Parameter 'max_batch_size' should be int, but actually <class 'float'>"),
-    ({"max_batch_size": True}, "Parameter 'max_batch_size' should be int, but actually <class 'bool'>"),
-    ({"max_batch_delay_ms": -1}, "Parameter 'max_batch_delay_ms' should be a number in [0, 60000], but actually -1"),
-    ({"max_batch_delay_ms": 60000.5},
-     "Parameter 'max_batch_delay_ms' should be a number in [0, 60000], but actually 60000.5"),
-    ({"max_batch_delay_ms": float("nan")},
-     "Parameter 'max_batch_delay_ms' should be a number in [0, 60000], but actually nan"),
-    ({"max_batch_delay_ms": "10"},
-     "Parameter 'max_batch_delay_ms' should be a number in [0, 60000], but actually '10'"),
-    ({"max_batch_delay_ms": True},
-     "Parameter 'max_batch_delay_ms' should be a number in [0, 60000], but actually True"),
-    ({"max_batch_delay_ms": None},
-     "Parameter 'max_batch_delay_ms' should be a number in [0, 60000], but actually None"),
-    ({"shm_size_mb": 3}, "Parameter 'shm_size_mb' should be in range [4,1048576]"),
-    ({"shm_size_mb": 0}, "Parameter 'shm_size_mb' should be in range [4,1048576]"),
-    ({"shm_size_mb": 64.0}, "Parameter 'shm_size_mb' should be int, but actually <class 'float'>"),
-    ({"shm_size_mb": False}, "Parameter 'shm_size_mb' should be int, but actually <class 'bool'>"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"max_batch_size": -1}, "Parameter 'max_batch_size' should be in range [0,1048576]"),
+        ({"max_batch_size": (1 << 20) + 1}, "Parameter 'max_batch_size' should be in range [0,1048576]"),
+        ({"max_batch_size": "4"}, "Parameter 'max_batch_size' should be int, but actually <class 'str'>"),
+        ({"max_batch_size": 4.0}, "Parameter 'max_batch_size' should be int, but actually <class 'float'>"),
+        ({"max_batch_size": True}, "Parameter 'max_batch_size' should be int, but actually <class 'bool'>"),
+        (
+            {"max_batch_delay_ms": -1},
+            "Parameter 'max_batch_delay_ms' should be a number in [0, 60000], but actually -1",
+        ),
+        (
+            {"max_batch_delay_ms": 60000.5},
+            "Parameter 'max_batch_delay_ms' should be a number in [0, 60000], but actually 60000.5",
+        ),
+        (
+            {"max_batch_delay_ms": float("nan")},
+            "Parameter 'max_batch_delay_ms' should be a number in [0, 60000], but actually nan",
+        ),
+        (
+            {"max_batch_delay_ms": "10"},
+            "Parameter 'max_batch_delay_ms' should be a number in [0, 60000], but actually '10'",
+        ),
+        (
+            {"max_batch_delay_ms": True},
+            "Parameter 'max_batch_delay_ms' should be a number in [0, 60000], but actually True",
+        ),
+        (
+            {"max_batch_delay_ms": None},
+            "Parameter 'max_batch_delay_ms' should be a number in [0, 60000], but actually None",
+        ),
+        ({"shm_size_mb": 3}, "Parameter 'shm_size_mb' should be in range [4,1048576]"),
+        ({"shm_size_mb": 0}, "Parameter 'shm_size_mb' should be in range [4,1048576]"),
+        ({"shm_size_mb": 64.0}, "Parameter 'shm_size_mb' should be int, but actually <class 'float'>"),
+        ({"shm_size_mb": False}, "Parameter 'shm_size_mb' should be int, but actually <class 'bool'>"),
+    ],
+)
 def test_batching_arguments_are_checked(kwargs, message):
     from mindserve.server import ServableStartConfig
+
     with pytest.raises(RuntimeError) as info:
         ServableStartConfig("servables", "add", **kwargs)
     assert str(info.value) == message
@@ -442,8 +505,8 @@ def test_batching_arguments_are_checked(kwargs, message):
 
 def test_batching_arguments_accepted():
     from mindserve.server import ServableStartConfig
-    config = ServableStartConfig("servables", "add", max_batch_size=1 << 20, max_batch_delay_ms=60000,
-                                 shm_size_mb=4)
+
+    config = ServableStartConfig("servables", "add", max_batch_size=1 << 20, max_batch_delay_ms=60000, shm_size_mb=4)
     assert (config.max_batch_size, config.max_batch_delay_ms, config.shm_size_mb) == (1 << 20, 60000.0, 4)
     config = ServableStartConfig("servables", "add", max_batch_delay_ms=2.5)
     assert (config.max_batch_size, config.max_batch_delay_ms, config.shm_size_mb) == (0, 2.5, 64)

@@ -3,6 +3,7 @@ way the master writes them, popped as the worker pops them, answered by FastLane
 (read_job + _run_method), and the replies decoded as the master decodes them. Both paths must answer every job
 alike, byte for byte and error text for error text; the fast lane either answers a whole batch or leaves it
 untouched for the general path."""
+
 from __future__ import annotations
 
 import itertools
@@ -36,7 +37,7 @@ F32, I64 = _dtypes.MS_FLOAT32, _dtypes.MS_INT64
 # variable batch; add: y = x1 + x2 on [N, 2]; add_any: the same on [N, M] (any row length: rows of different
 # lengths pass every check and fail in ONNX Runtime); whole: the probe model declared without a batch dim;
 # text: y = x * 2 and x as strings (see _text_model).
-CONFIG = '''
+CONFIG = """
 from mindserve.server import register
 
 fixed = register.declare_model(model_file="probe_fixed4.onnx", model_format="ONNX", with_batch_dim=True)
@@ -112,7 +113,7 @@ def unused_input(x, extra):
 @register.register_method(output_names=["y", "t"])
 def as_text(x):
     return register.add_stage(text, x, outputs_count=2)
-'''
+"""
 
 
 def _text_model(path: str) -> None:
@@ -122,8 +123,10 @@ def _text_model(path: str) -> None:
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])
     t = helper.make_tensor_value_info("t", TensorProto.STRING, ["N", 2])
     two = numpy_helper.from_array(np.array([2.0], np.float32), "two")
-    nodes = [helper.make_node("Mul", ["x", "two"], ["y"]),
-             helper.make_node("Cast", ["x"], ["t"], to=TensorProto.STRING)]
+    nodes = [
+        helper.make_node("Mul", ["x", "two"], ["y"]),
+        helper.make_node("Cast", ["x"], ["t"], to=TensorProto.STRING),
+    ]
     model_files._save(helper.make_graph(nodes, "text", [x], [y, t], initializer=[two]), path)
 
 
@@ -168,6 +171,7 @@ def executor_max2(servable_root):
 
 # ---------------------------------------------------------------------------------------------------- harness
 
+
 class Worker:
     """A channel with the master's side (jobs in, replies out) and the worker's (popped batches answered by the
     fast lane or the general path), all in this process."""
@@ -196,7 +200,7 @@ class Worker:
     def push_block(self, block: bytes, size: int, count: int, method: str) -> int:
         """Queue a hand-made job: ``block`` copied into a block of its own, the job entry saying ``size``."""
         offset = self.channel.alloc(REQUESTS, max(size, len(block), 1))
-        self.channel.view[offset:offset + len(block)] = block
+        self.channel.view[offset : offset + len(block)] = block
         return self._queue(offset, size, count, method)
 
     def _queue(self, offset: int, size: int, count: int, method: str) -> int:
@@ -219,7 +223,7 @@ class Worker:
         for job_id, offset, size, _ in self.channel.pop_done():
             request_offset, count, method = self._jobs.pop(job_id)
             assert self.channel.contains(REPLIES, offset, size)
-            data = bytes(self.channel.view[offset:offset + size])
+            data = bytes(self.channel.view[offset : offset + size])
             self.channel.release(REQUESTS, request_offset)
             self.channel.release(REPLIES, offset)
             known = self.executor.servable.methods.get(method)
@@ -336,6 +340,7 @@ def probe_results(x: np.ndarray, rows: int, names=("y", "n")) -> list:
 
 # -------------------------------------------------------------------------------------------- the fast lane answers
 
+
 def test_one_stacked_job(worker):
     x = xs(3)
     (result,) = both_paths(worker, [("probe_dynamic", stacked(x=x))])
@@ -419,6 +424,7 @@ def test_special_float_bits_come_back_exactly(worker):
 
 # ---------------------------------------------------------------------------------------- left to the general path
 
+
 def test_jobs_of_two_methods_in_one_batch(worker):
     x, x1, x2 = xs(2, seed=90), xs(1, seed=91), xs(1, seed=92)
     results = general_only(worker, [("probe_dynamic", stacked(x=x)), ("add_xy", stacked(x1=x1, x2=x2))])
@@ -434,36 +440,51 @@ def test_a_method_with_a_python_stage(worker, method):
 
 def test_a_model_without_batch_dim(worker):
     x = xs(3, seed=110, row=(1, 2))  # each instance is a whole input of [rows, 2]: one row here
-    result, = general_only(worker, [("whole_instance", stacked(x=x))])
+    (result,) = general_only(worker, [("whole_instance", stacked(x=x))])
     assert result == [{"y": tensor(r * np.float32(2)), "n": tensor(np.array([1], np.int64))} for r in x]
 
 
 def test_a_method_output_that_is_a_method_input(worker):
     x = xs(2, seed=120)
-    result, = general_only(worker, [("echo_input", stacked(x=x))])
+    (result,) = general_only(worker, [("echo_input", stacked(x=x))])
     assert result == [{"y": tensor(r * np.float32(2)), "x": tensor(r)} for r in x]
 
 
 def test_an_unknown_method(worker):
-    result, = general_only(worker, [("nope", stacked(x=xs(2)))])
+    (result,) = general_only(worker, [("nope", stacked(x=xs(2)))])
     assert result == [(SYSTEM_ERROR, "unknown method nope")] * 2
 
 
 def test_string_instances(worker):
-    result, = general_only(worker, [("probe_dynamic", listed(x=["ab", "c"]))])
-    assert result == [(INVALID_INPUTS, "Given model input 0 data type kMSI_String not match the data type "
-                                       "kMSI_Float32 defined in model: input 'x' of model probe_dynamic.onnx takes "
-                                       "float32 [2], given str")] * 2
+    (result,) = general_only(worker, [("probe_dynamic", listed(x=["ab", "c"]))])
+    assert (
+        result
+        == [
+            (
+                INVALID_INPUTS,
+                "Given model input 0 data type kMSI_String not match the data type "
+                "kMSI_Float32 defined in model: input 'x' of model probe_dynamic.onnx takes "
+                "float32 [2], given str",
+            )
+        ]
+        * 2
+    )
 
 
 def test_instances_of_differing_shapes(worker):
-    rows = [np.array([1.5, -2.0], np.float32), np.array([1.0, 2.0, 3.0], np.float32),
-            np.array([[4.0, 8.0]], np.float32)]
-    result, = general_only(worker, [("probe_dynamic", listed(x=rows))])
+    rows = [
+        np.array([1.5, -2.0], np.float32),
+        np.array([1.0, 2.0, 3.0], np.float32),
+        np.array([[4.0, 8.0]], np.float32),
+    ]
+    (result,) = general_only(worker, [("probe_dynamic", listed(x=rows))])
     assert result == [
         {"y": tensor(rows[0] * 2), "n": tensor(np.array(2, np.int64))},
-        (INVALID_INPUTS, "Given model input 0 size 12 not match the size 8 defined in model: input 'x' of model "
-                         "probe_dynamic.onnx takes float32 [2], given float32 [3]"),
+        (
+            INVALID_INPUTS,
+            "Given model input 0 size 12 not match the size 8 defined in model: input 'x' of model "
+            "probe_dynamic.onnx takes float32 [2], given float32 [3]",
+        ),
         {"y": tensor(rows[2].reshape(2) * 2), "n": tensor(np.array(2, np.int64))},
     ]
 
@@ -474,8 +495,10 @@ def test_a_stacked_job_batched_with_one_that_is_not(worker):
     results = general_only(worker, [("probe_dynamic", stacked(x=x)), ("probe_dynamic", listed(x=rows))])
     # the method's column is not stacked: the instances of both jobs are checked one by one, then run as one
     # group (all of instance shape [2])
-    assert results == [probe_results(x, 4), [{"y": tensor(r.reshape(2) * 2), "n": tensor(np.array(4, np.int64))}
-                                             for r in rows]]
+    assert results == [
+        probe_results(x, 4),
+        [{"y": tensor(r.reshape(2) * 2), "n": tensor(np.array(4, np.int64))} for r in rows],
+    ]
 
 
 def test_jobs_whose_row_shapes_differ(worker):
@@ -487,7 +510,7 @@ def test_jobs_whose_row_shapes_differ(worker):
 
 def test_more_instances_than_the_fixed_batch(worker):
     x = xs(5, seed=150)
-    result, = general_only(worker, [("probe_fixed", stacked(x=x))])
+    (result,) = general_only(worker, [("probe_fixed", stacked(x=x))])
     assert result == probe_results(x, 4)  # runs of 4 and 1 padded to 4
 
 
@@ -499,7 +522,7 @@ def test_jobs_together_over_the_fixed_batch(worker):
 
 def test_more_instances_than_max_batch_size(worker_max2):
     x = xs(3, seed=170)
-    result, = general_only(worker_max2, [("probe_dynamic", stacked(x=x))])
+    (result,) = general_only(worker_max2, [("probe_dynamic", stacked(x=x))])
     assert result == probe_results(x[:2], 2) + probe_results(x[2:], 1)  # runs of 2 and 1
 
 
@@ -511,25 +534,52 @@ def test_jobs_together_over_max_batch_size(worker_max2):
 
 def test_an_input_of_another_dtype(worker):
     x = xs(3, seed=190, dtype=np.float64)
-    result, = general_only(worker, [("probe_dynamic", stacked(x=x))])
-    assert result == [(INVALID_INPUTS, "Given model input 0 data type kMSI_Float64 not match the data type "
-                                       "kMSI_Float32 defined in model: input 'x' of model probe_dynamic.onnx takes "
-                                       "float32 [2], given float64 [2]")] * 3
+    (result,) = general_only(worker, [("probe_dynamic", stacked(x=x))])
+    assert (
+        result
+        == [
+            (
+                INVALID_INPUTS,
+                "Given model input 0 data type kMSI_Float64 not match the data type "
+                "kMSI_Float32 defined in model: input 'x' of model probe_dynamic.onnx takes "
+                "float32 [2], given float64 [2]",
+            )
+        ]
+        * 3
+    )
 
 
 def test_an_input_of_another_size(worker):
     x = xs(2, seed=200, row=(3,))
-    result, = general_only(worker, [("probe_dynamic", stacked(x=x))])
-    assert result == [(INVALID_INPUTS, "Given model input 0 size 12 not match the size 8 defined in model: input 'x' "
-                                       "of model probe_dynamic.onnx takes float32 [2], given float32 [3]")] * 2
+    (result,) = general_only(worker, [("probe_dynamic", stacked(x=x))])
+    assert (
+        result
+        == [
+            (
+                INVALID_INPUTS,
+                "Given model input 0 size 12 not match the size 8 defined in model: input 'x' "
+                "of model probe_dynamic.onnx takes float32 [2], given float32 [3]",
+            )
+        ]
+        * 2
+    )
 
 
 def test_a_second_input_of_another_dtype(worker):
     x1, x2 = xs(2, seed=210), xs(2, seed=211, dtype=np.int64)
-    result, = general_only(worker, [("add_xy", stacked(x1=x1, x2=x2))])
-    assert result == [(INVALID_INPUTS, "Given model input 1 data type kMSI_Int64 not match the data type "
-                                       "kMSI_Float32 defined in model: input 'x2' of model add.onnx takes float32 "
-                                       "[2], given int64 [2]")] * 2
+    (result,) = general_only(worker, [("add_xy", stacked(x1=x1, x2=x2))])
+    assert (
+        result
+        == [
+            (
+                INVALID_INPUTS,
+                "Given model input 1 data type kMSI_Int64 not match the data type "
+                "kMSI_Float32 defined in model: input 'x2' of model add.onnx takes float32 "
+                "[2], given int64 [2]",
+            )
+        ]
+        * 2
+    )
 
 
 def test_an_input_that_fits_after_one_that_does_not_is_still_refused(worker):
@@ -537,10 +587,17 @@ def test_an_input_that_fits_after_one_that_does_not_is_still_refused(worker):
     # kind that fits stays accepted
     bad, good = xs(2, seed=220, dtype=np.float64), xs(2, seed=221)
     for _ in range(2):
-        assert general_only(worker, [("probe_dynamic", stacked(x=bad))]) == \
-            [[(INVALID_INPUTS, "Given model input 0 data type kMSI_Float64 not match the data type kMSI_Float32 "
-                               "defined in model: input 'x' of model probe_dynamic.onnx takes float32 [2], given "
-                               "float64 [2]")] * 2]
+        assert general_only(worker, [("probe_dynamic", stacked(x=bad))]) == [
+            [
+                (
+                    INVALID_INPUTS,
+                    "Given model input 0 data type kMSI_Float64 not match the data type kMSI_Float32 "
+                    "defined in model: input 'x' of model probe_dynamic.onnx takes float32 [2], given "
+                    "float64 [2]",
+                )
+            ]
+            * 2
+        ]
         assert both_paths(worker, [("probe_dynamic", stacked(x=good))]) == [probe_results(good, 2)]
 
 
@@ -562,11 +619,12 @@ def test_a_job_of_too_many_dims_fails_alone(worker, ndims):
 
 
 def test_a_job_without_an_input_of_the_model(worker):
-    result, = general_only(worker, [("add_xy", stacked(x1=xs(2)))])
+    (result,) = general_only(worker, [("add_xy", stacked(x1=xs(2)))])
     assert result == [(SYSTEM_ERROR, "job without input x2")] * 2
 
 
 # ---------------------------------------------------------------------------------------------------- run-time failures
+
 
 def _run_failure(worker: Worker, jobs: list) -> list:
     """A batch whose model run fails: the fast lane answers a single row itself, and leaves several rows to the
@@ -604,6 +662,7 @@ def test_the_same_model_runs_rows_that_fit(worker):
 
 
 # ---------------------------------------------------------------------------------------------------- job headers
+
 
 def _block_of(method: str, instances) -> tuple[bytes, Job]:
     """A job's whole block, as the master writes it."""
@@ -681,12 +740,15 @@ def test_job_headers_are_shared_by_jobs_of_one_kind():
 
 # ---------------------------------------------------------------------------------------------------- outputs
 
+
 def test_an_output_that_no_reply_carries(worker):
     # the strings come out as numpy arrays of objects: each instance fails with the general path's text, in both
     x = xs(2, seed=310)
     results = both_paths(worker, [("as_text", stacked(x=x)), ("as_text", stacked(x=x[:1]))])
-    text = ("Method 'as_text' output 't': unsupported type numpy array of object, a method output must be a numpy "
-            "array, str, bytes or a scalar")
+    text = (
+        "Method 'as_text' output 't': unsupported type numpy array of object, a method output must be a numpy "
+        "array, str, bytes or a scalar"
+    )
     assert results == [[(SYSTEM_ERROR, text)] * 2, [(SYSTEM_ERROR, text)]]
 
 

@@ -1,5 +1,6 @@
 """MindIR models served through MindSpore: networks exported by MindSpore at test time (``mindspore.export``),
 served by a real server with one CPU worker, called with the client; results checked against numpy."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -28,7 +29,7 @@ B = np.array([0.25, -1.0], np.float32)
 #   add_mul.mindir        (x1, x2 float32 [2, 2]) -> (x1 + x2, x1 * x2)
 #   scale.mindir          x float32 [2] -> x * 3                          (subgraph 0 of a two-file model)
 #   shift.mindir          (x, y float32 [2]) -> (x - y, (x + y, x))        (subgraph 1: a nested tuple output)
-EXPORT_SCRIPT = '''
+EXPORT_SCRIPT = """
 import sys
 import numpy as np
 import mindspore as ms
@@ -72,7 +73,7 @@ export(Dense(), "dense_dynamic", Tensor(shape=[None, 3], dtype=f32), Tensor(shap
 export(AddMul(), "add_mul", Tensor(np.zeros((2, 2), np.float32)), Tensor(np.zeros((2, 2), np.float32)))
 export(Scale(), "scale", Tensor(np.zeros(2, np.float32)))
 export(Shift(), "shift", Tensor(np.zeros(2, np.float32)), Tensor(np.zeros(2, np.float32)))
-'''
+"""
 
 
 def export_models(folder: str, script_dir: str) -> None:
@@ -83,12 +84,17 @@ def export_models(folder: str, script_dir: str) -> None:
     script = os.path.join(script_dir, "export_mindir.py")
     with open(script, "w") as f:
         f.write("import json\n" + EXPORT_SCRIPT)
-    done = subprocess.run([sys.executable, script, folder, json.dumps(W.tolist()), json.dumps(B.tolist())],
-                          capture_output=True, text=True, timeout=120, cwd=script_dir)
+    done = subprocess.run(
+        [sys.executable, script, folder, json.dumps(W.tolist()), json.dumps(B.tolist())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=script_dir,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-CONFIG = '''
+CONFIG = """
 from mindserve.server import register
 
 dense_fixed = register.declare_model(model_file="dense_fixed4.mindir", model_format="MindIR", with_batch_dim=True,
@@ -135,7 +141,7 @@ def call_missing(x):
 @register.register_method(output_names=["y"])
 def missing_subgraph(x):
     return register.add_stage(call_missing, x, outputs_count=1)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -152,10 +158,14 @@ def address(mindir_root, tmp_path_factory):
     """msnet served on TCP by one CPU worker."""
     tmp = tmp_path_factory.mktemp("mindir_server")
     address = f"127.0.0.1:{free_port()}"
-    server = start_server(tmp, f"""
+    server = start_server(
+        tmp,
+        f"""
         server.start_servables(server.ServableStartConfig({mindir_root!r}, "msnet", device_ids=(0,)))
         server.start_grpc_server({address!r})
-    """, address)
+    """,
+        address,
+    )
     yield address
     server.stop()
 
@@ -203,20 +213,28 @@ def test_model_without_batch_dim_two_outputs(address):
 def test_input_dtype_and_size_come_from_the_mindir_file(address):
     """The specs read from the file check each instance: a bad one fails alone."""
     good = _dense_instances(1)[0]
-    results = Client(address, "msnet", "dense").infer([
-        {"x": good["x"].astype(np.float64), "k": good["k"]},
-        {"x": np.zeros(4, np.float32), "k": good["k"]},
-        {"x": good["x"], "k": np.int64(1)},
-        good,
-    ])
-    assert results[0] == {"error": "Given model input 0 data type kMSI_Float64 not match the data type kMSI_Float32 "
-                                   "defined in model: input 'x' of model dense_fixed4.mindir takes float32 [3], given "
-                                   "float64 [3]"}
-    assert results[1] == {"error": "Given model input 0 size 16 not match the size 12 defined in model: input 'x' of "
-                                   "model dense_fixed4.mindir takes float32 [3], given float32 [4]"}
-    assert results[2]["error"] == ("Given model input 1 data type kMSI_Int64 not match the data type "
-                                   "kMSI_Int32 defined in model: input 'k' of model dense_fixed4.mindir takes int32 "
-                                   "[], given int64 []")
+    results = Client(address, "msnet", "dense").infer(
+        [
+            {"x": good["x"].astype(np.float64), "k": good["k"]},
+            {"x": np.zeros(4, np.float32), "k": good["k"]},
+            {"x": good["x"], "k": np.int64(1)},
+            good,
+        ]
+    )
+    assert results[0] == {
+        "error": "Given model input 0 data type kMSI_Float64 not match the data type kMSI_Float32 "
+        "defined in model: input 'x' of model dense_fixed4.mindir takes float32 [3], given "
+        "float64 [3]"
+    }
+    assert results[1] == {
+        "error": "Given model input 0 size 16 not match the size 12 defined in model: input 'x' of "
+        "model dense_fixed4.mindir takes float32 [3], given float32 [4]"
+    }
+    assert results[2]["error"] == (
+        "Given model input 1 data type kMSI_Int64 not match the data type "
+        "kMSI_Int32 defined in model: input 'k' of model dense_fixed4.mindir takes int32 "
+        "[], given int64 []"
+    )
     _assert_dense(results[3:], [good])
 
 
@@ -237,12 +255,14 @@ def test_subgraph_one_through_model_call(address):
 
 def test_subgraph_out_of_range(address):
     result = Client(address, "msnet", "missing_subgraph").infer({"x": np.zeros(2, np.float32)})
-    assert result == {"error": "Call Function 'msnet.call_missing' Failed, method: 'missing_subgraph', stage "
-                               "index(begin with 1): 1, error msg: Model(scale.mindir;shift.mindir).call() failed: "
-                               "The model does not have subgraph of index 2, the subgraph count of the model is 2"}
+    assert result == {
+        "error": "Call Function 'msnet.call_missing' Failed, method: 'missing_subgraph', stage "
+        "index(begin with 1): 1, error msg: Model(scale.mindir;shift.mindir).call() failed: "
+        "The model does not have subgraph of index 2, the subgraph count of the model is 2"
+    }
 
 
-BAD_CONFIG = '''
+BAD_CONFIG = """
 from mindserve.server import register
 
 model = register.declare_model(model_file="broken.mindir", model_format="MindIR", with_batch_dim=False)
@@ -251,7 +271,7 @@ model = register.declare_model(model_file="broken.mindir", model_format="MindIR"
 @register.register_method(output_names=["y"])
 def predict(x):
     return register.add_stage(model, x, outputs_count=1)
-'''
+"""
 
 
 def test_bad_mindir_file_fails_start(tmp_path):
@@ -262,16 +282,18 @@ def test_bad_mindir_file_fails_start(tmp_path):
     with open(model, "wb") as f:
         f.write(b"this is not a MindIR model")
     outcome = run_start(tmp_path, start_call(root, "broken"))
-    assert outcome.error == (f"Load model failed, servable directory: '{root}', servable name: 'broken', model file: "
-                             f"'broken.mindir', version number 1, load error details: '{model}' is not a MindIR model "
-                             f"file (it does not parse as MindSpore's ModelProto with a graph)")
+    assert outcome.error == (
+        f"Load model failed, servable directory: '{root}', servable name: 'broken', model file: "
+        f"'broken.mindir', version number 1, load error details: '{model}' is not a MindIR model "
+        f"file (it does not parse as MindSpore's ModelProto with a graph)"
+    )
     assert_clean_failure(outcome)
 
 
 # Runs in a process of its own (MindSpore's device and threads are set once per process): the device checks,
 # then loads servable msopts (two MindIR models, thread_num 2) with MindSpore's threads_num wrapped to record
 # its calls, then a model that asks for other threads. Prints one JSON line.
-BACKEND_SCRIPT = '''
+BACKEND_SCRIPT = """
 import json
 import sys
 import mindspore as ms
@@ -305,14 +327,14 @@ report["specs"] = [[[s.name, s.dtype, list(s.shape)] for s in session.inputs + s
                    for runner in executor.runners.values() for session in runner.sessions]
 report["other_threads"] = error_of(None, {"thread_num": 3})
 print("REPORT " + json.dumps(report))
-'''
+"""
 
-OPTIONS_CONFIG = '''
+OPTIONS_CONFIG = """
 from mindserve.server import register
 
 fixed = register.declare_model(model_file="dense_fixed4.mindir", model_format="MindIR", options={"thread_num": 2})
 dynamic = register.declare_model(model_file="dense_dynamic.mindir", model_format="MindIR", options={"thread_num": 2})
-'''
+"""
 
 
 def test_backend_devices_and_threads(mindir_root, tmp_path):
@@ -320,25 +342,38 @@ def test_backend_devices_and_threads(mindir_root, tmp_path):
     path = servables.write(root, "msopts", OPTIONS_CONFIG)
     os.symlink(os.path.join(mindir_root, "msnet", "1"), os.path.join(path, "1"))
     model = os.path.join(path, "1", "add_mul.mindir")
-    done = subprocess.run([sys.executable, "-c", BACKEND_SCRIPT, root, model], capture_output=True, text=True,
-                          timeout=120, cwd=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-c", BACKEND_SCRIPT, root, model],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(tmp_path),
+    )
     lines = [line for line in done.stdout.splitlines() if line.startswith("REPORT ")]
     assert done.returncode == 0 and lines, done.stdout + done.stderr
-    report = json.loads(lines[0][len("REPORT "):])
+    report = json.loads(lines[0][len("REPORT ") :])
     version = importlib.metadata.version("mindspore")
     for device in ("GPU", "Ascend"):
-        assert report[device.lower()] == (f"device type {device} is not available in the installed MindSpore "
-                                          f"{version}: it needs MindSpore built for {device}, on a machine with that "
-                                          f"device")
-    assert report["precision"] == ("option 'precision_mode' 'force_fp16' needs device type Ascend (a CANN precision "
-                                   "mode); on CPU only 'origin' is supported")
+        assert report[device.lower()] == (
+            f"device type {device} is not available in the installed MindSpore "
+            f"{version}: it needs MindSpore built for {device}, on a machine with that "
+            f"device"
+        )
+    assert report["precision"] == (
+        "option 'precision_mode' 'force_fp16' needs device type Ascend (a CANN precision "
+        "mode); on CPU only 'origin' is supported"
+    )
     # both models asked for 2 threads: MindSpore's per-process setting was made once, with 2
     assert report["calls"] == [2] and report["configured"] is True
     f32, i32 = 11, 6
-    assert sorted(report["specs"]) == sorted([
-        [["x", f32, [4, 3]], ["k", i32, [4]], ["output_0", f32, [4, 2]], ["output_1", i32, [4]]],
-        [["x", f32, [-1, 3]], ["k", i32, [-1]], ["output_0", f32, [-1, 2]], ["output_1", i32, [-1]]],
-    ])
-    assert report["other_threads"] == ("option 'thread_num' 3 differs from 2 of a MindIR model loaded before in this "
-                                       "worker; MindSpore sets it once per process, so the MindIR models of a servable "
-                                       "must use the same value")
+    assert sorted(report["specs"]) == sorted(
+        [
+            [["x", f32, [4, 3]], ["k", i32, [4]], ["output_0", f32, [4, 2]], ["output_1", i32, [4]]],
+            [["x", f32, [-1, 3]], ["k", i32, [-1]], ["output_0", f32, [-1, 2]], ["output_1", i32, [-1]]],
+        ]
+    )
+    assert report["other_threads"] == (
+        "option 'thread_num' 3 differs from 2 of a MindIR model loaded before in this "
+        "worker; MindSpore sets it once per process, so the MindIR models of a servable "
+        "must use the same value"
+    )

@@ -1,5 +1,6 @@
 """Per-model options (declare_model(..., options=...)), ONNX Runtime's device choice, and models of several
 subgraphs (declare_model with a list of files, Model.call(..., subgraph=i)) served from ONNX files."""
+
 from __future__ import annotations
 
 import os
@@ -38,6 +39,7 @@ def raises(text: str):
 # declaring options
 # ============================================================================================================
 
+
 def test_defaults_per_format(svc):
     onnx = definition.declare_model("a.onnx", "ONNX")
     mindir_model = definition.declare_model("a.mindir", "MindIR")
@@ -57,26 +59,46 @@ ONNX_OPTIONS = "thread_num, inter_op_num_threads, graph_optimization_level"
 MINDIR_OPTIONS = "thread_num, precision_mode"
 
 
-@pytest.mark.parametrize("fmt, options, text", [
-    ("ONNX", {"thread_nums": 2},
-     f"option 'thread_nums' is not supported for model format ONNX, supported options: {ONNX_OPTIONS}"),
-    ("ONNX", {"precision_mode": "origin"},
-     f"option 'precision_mode' is not supported for model format ONNX, supported options: {ONNX_OPTIONS}"),
-    ("MindIR", {"graph_optimization_level": "all"},
-     f"option 'graph_optimization_level' is not supported for model format MindIR, supported options: "
-     f"{MINDIR_OPTIONS}"),
-    ("MindIR", {1: 2}, f"option 1 is not supported for model format MindIR, supported options: {MINDIR_OPTIONS}"),
-    ("ONNX", {"thread_num": 0}, "option 'thread_num' should be an int >= 1, but given 0"),
-    ("MindIR", {"thread_num": "2"}, "option 'thread_num' should be an int >= 1, but given '2'"),
-    ("ONNX", {"thread_num": True}, "option 'thread_num' should be an int >= 1, but given True"),
-    ("ONNX", {"inter_op_num_threads": 1.0}, "option 'inter_op_num_threads' should be an int >= 1, but given 1.0"),
-    ("ONNX", {"graph_optimization_level": "max"},
-     "option 'graph_optimization_level' should be one of 'disable_all', 'basic', 'extended', 'all', but given 'max'"),
-    ("MindIR", {"precision_mode": "fp16"},
-     "option 'precision_mode' should be one of 'origin', 'force_fp16', 'allow_fp32_to_fp16', 'allow_mix_precision', "
-     "'must_keep_origin_dtype', 'force_fp32', 'allow_fp32_to_bf16', 'allow_mix_precision_fp16', "
-     "'allow_mix_precision_bf16', but given 'fp16'"),
-])
+@pytest.mark.parametrize(
+    "fmt, options, text",
+    [
+        (
+            "ONNX",
+            {"thread_nums": 2},
+            f"option 'thread_nums' is not supported for model format ONNX, supported options: {ONNX_OPTIONS}",
+        ),
+        (
+            "ONNX",
+            {"precision_mode": "origin"},
+            f"option 'precision_mode' is not supported for model format ONNX, supported options: {ONNX_OPTIONS}",
+        ),
+        (
+            "MindIR",
+            {"graph_optimization_level": "all"},
+            f"option 'graph_optimization_level' is not supported for model format MindIR, supported options: "
+            f"{MINDIR_OPTIONS}",
+        ),
+        ("MindIR", {1: 2}, f"option 1 is not supported for model format MindIR, supported options: {MINDIR_OPTIONS}"),
+        ("ONNX", {"thread_num": 0}, "option 'thread_num' should be an int >= 1, but given 0"),
+        ("MindIR", {"thread_num": "2"}, "option 'thread_num' should be an int >= 1, but given '2'"),
+        ("ONNX", {"thread_num": True}, "option 'thread_num' should be an int >= 1, but given True"),
+        ("ONNX", {"inter_op_num_threads": 1.0}, "option 'inter_op_num_threads' should be an int >= 1, but given 1.0"),
+        (
+            "ONNX",
+            {"graph_optimization_level": "max"},
+            "option 'graph_optimization_level' should be one of 'disable_all', 'basic', 'extended', 'all', but given "
+            "'max'",
+        ),
+        (
+            "MindIR",
+            {"precision_mode": "fp16"},
+            "option 'precision_mode' should be one of 'origin', 'force_fp16', 'allow_fp32_to_fp16', "
+            "'allow_mix_precision', "
+            "'must_keep_origin_dtype', 'force_fp32', 'allow_fp32_to_bf16', 'allow_mix_precision_fp16', "
+            "'allow_mix_precision_bf16', but given 'fp16'",
+        ),
+    ],
+)
 def test_bad_options_name_the_option_and_the_model(svc, fmt, options, text):
     with raises(f"Declare model a.model;b.model failed, {text}"):
         definition.declare_model(["a.model", "b.model"], fmt, options=options)
@@ -86,20 +108,24 @@ def test_bad_options_name_the_option_and_the_model(svc, fmt, options, text):
 
 def test_bad_option_fails_start(tmp_path):
     root = str(tmp_path / "servables")
-    config = ONNX_SUBGRAPH_CONFIG.replace('options={"thread_num": 2, "graph_optimization_level": "basic"}',
-                                          'options={"thread_num": -1}')
+    config = ONNX_SUBGRAPH_CONFIG.replace(
+        'options={"thread_num": 2, "graph_optimization_level": "basic"}', 'options={"thread_num": -1}'
+    )
     path = servables.write(root, "svc", config)
     with open(os.path.join(path, "servable_config.py")) as f:
         line = next(n for n, text in enumerate(f, start=1) if "declare_model" in text)
     outcome = run_start(tmp_path, start_call(root))
-    assert outcome.error == ("import svc.servable_config failed, Declare model add.onnx;offset.onnx failed, option "
-                             f"'thread_num' should be an int >= 1, but given -1 (servable_config.py, line {line})")
+    assert outcome.error == (
+        "import svc.servable_config failed, Declare model add.onnx;offset.onnx failed, option "
+        f"'thread_num' should be an int >= 1, but given -1 (servable_config.py, line {line})"
+    )
     assert_clean_failure(outcome)
 
 
 # ============================================================================================================
 # backends: options applied, device choice, a missing package
 # ============================================================================================================
+
 
 def test_onnx_session_options_applied(tmp_path):
     path = str(tmp_path / "add.onnx")
@@ -109,8 +135,9 @@ def test_onnx_session_options_applied(tmp_path):
     applied = session.session.get_session_options()
     assert (applied.intra_op_num_threads, applied.inter_op_num_threads) == (1, 1)
     assert applied.graph_optimization_level.name == "ORT_ENABLE_ALL"
-    options = check_options("onnx", {"thread_num": 3, "inter_op_num_threads": 2,
-                                     "graph_optimization_level": "disable_all"})
+    options = check_options(
+        "onnx", {"thread_num": 3, "inter_op_num_threads": 2, "graph_optimization_level": "disable_all"}
+    )
     session = _backends.load_model("onnx", path, "CPU", 0, options)
     assert isinstance(session, onnx_runtime.OnnxSession)
     applied = session.session.get_session_options()
@@ -125,8 +152,7 @@ def test_onnx_session_options_applied(tmp_path):
 def test_onnx_optimization_levels(tmp_path, level, name):
     path = str(tmp_path / "add.onnx")
     model_files.add_model(path)
-    session = _backends.load_model("onnx", path, None, 0,
-                                   check_options("onnx", {"graph_optimization_level": level}))
+    session = _backends.load_model("onnx", path, None, 0, check_options("onnx", {"graph_optimization_level": level}))
     assert isinstance(session, onnx_runtime.OnnxSession)
     assert session.session.get_session_options().graph_optimization_level.name == name
 
@@ -134,23 +160,35 @@ def test_onnx_optimization_levels(tmp_path, level, name):
 CPU_ONLY = ["AzureExecutionProvider", "CPUExecutionProvider"]
 
 
-@pytest.mark.parametrize("device_type, available, providers", [
-    (None, CPU_ONLY, ["CPUExecutionProvider"]),
-    ("cpu", CPU_ONLY, ["CPUExecutionProvider"]),
-    ("GPU", ["CUDAExecutionProvider", "CPUExecutionProvider"], [("CUDAExecutionProvider", {"device_id": 3})]),
-    ("ascend", ["CANNExecutionProvider", "CPUExecutionProvider"], [("CANNExecutionProvider", {"device_id": 3})]),
-])
+@pytest.mark.parametrize(
+    "device_type, available, providers",
+    [
+        (None, CPU_ONLY, ["CPUExecutionProvider"]),
+        ("cpu", CPU_ONLY, ["CPUExecutionProvider"]),
+        ("GPU", ["CUDAExecutionProvider", "CPUExecutionProvider"], [("CUDAExecutionProvider", {"device_id": 3})]),
+        ("ascend", ["CANNExecutionProvider", "CPUExecutionProvider"], [("CANNExecutionProvider", {"device_id": 3})]),
+    ],
+)
 def test_onnx_provider_for_device(device_type, available, providers):
     assert onnx_runtime.providers_for(device_type, 3, available) == providers
 
 
-@pytest.mark.parametrize("device_type, text", [
-    ("gpu", "device type gpu needs ONNX Runtime's CUDAExecutionProvider, which this onnxruntime build does not have "
-            "(it has AzureExecutionProvider, CPUExecutionProvider); install onnxruntime-gpu"),
-    ("ascend", "device type ascend needs ONNX Runtime's CANNExecutionProvider, which this onnxruntime build does not "
-               "have (it has AzureExecutionProvider, CPUExecutionProvider); install onnxruntime-cann"),
-    ("tpu", "Unsupported device type 'tpu', only support 'Ascend', 'GPU', 'CPU' and None, case ignored"),
-])
+@pytest.mark.parametrize(
+    "device_type, text",
+    [
+        (
+            "gpu",
+            "device type gpu needs ONNX Runtime's CUDAExecutionProvider, which this onnxruntime build does not have "
+            "(it has AzureExecutionProvider, CPUExecutionProvider); install onnxruntime-gpu",
+        ),
+        (
+            "ascend",
+            "device type ascend needs ONNX Runtime's CANNExecutionProvider, which this onnxruntime build does not "
+            "have (it has AzureExecutionProvider, CPUExecutionProvider); install onnxruntime-cann",
+        ),
+        ("tpu", "Unsupported device type 'tpu', only support 'Ascend', 'GPU', 'CPU' and None, case ignored"),
+    ],
+)
 def test_onnx_provider_missing(device_type, text):
     with raises(text):
         onnx_runtime.providers_for(device_type, 0, CPU_ONLY)
@@ -164,15 +202,18 @@ def test_onnx_gpu_refused_by_this_build(tmp_path):
     model_files.add_model(path)
     available = onnxruntime.get_available_providers()
     assert "CUDAExecutionProvider" not in available
-    with raises(f"device type gpu needs ONNX Runtime's CUDAExecutionProvider, which this onnxruntime build does not "
-                f"have (it has {', '.join(available)}); install onnxruntime-gpu"):
+    with raises(
+        f"device type gpu needs ONNX Runtime's CUDAExecutionProvider, which this onnxruntime build does not "
+        f"have (it has {', '.join(available)}); install onnxruntime-gpu"
+    ):
         _backends.load_model("onnx", path, "gpu", 0, check_options("onnx", {}))
 
 
 def test_mindspore_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "mindspore", None)  # makes `import mindspore` raise ImportError
-    with raises("model format MindIR needs MindSpore, which is not installed: pip install 'mindserve[mindir]' "
-                "(or mindspore)"):
+    with raises(
+        "model format MindIR needs MindSpore, which is not installed: pip install 'mindserve[mindir]' (or mindspore)"
+    ):
         _backends.load_model("mindir", "/nonexistent/net.mindir", None, 0, check_options("mindir", {}))
 
 
@@ -186,26 +227,29 @@ def test_mindir_file_name_checked(monkeypatch):
 # subgraphs
 # ============================================================================================================
 
+
 def test_subgraph_argument_checks(svc):
     model = definition.declare_model(["a.onnx", "b.onnx"], "ONNX")
-    with raises("Model(a.onnx;b.onnx).call() failed: The model does not have subgraph of index 2, the subgraph count "
-                "of the model is 2"):
+    with raises(
+        "Model(a.onnx;b.onnx).call() failed: The model does not have subgraph of index 2, the subgraph count "
+        "of the model is 2"
+    ):
         model.call(1, subgraph=2)
     with raises("Model(a.onnx;b.onnx).call() failed: parameter 'subgraph' should be >= 0, but actually -1"):
         model.call(1, subgraph=-1)
-    with raises("Model(a.onnx;b.onnx).call() failed: parameter 'subgraph' should be int, but actually "
-                "<class 'str'>"):
+    with raises("Model(a.onnx;b.onnx).call() failed: parameter 'subgraph' should be int, but actually <class 'str'>"):
         model.call(1, subgraph="1")  # type: ignore[arg-type]  # on purpose
-    with raises("Model(a.onnx;b.onnx).call() failed: parameter 'subgraph' should be int, but actually "
-                "<class 'bool'>"):
+    with raises("Model(a.onnx;b.onnx).call() failed: parameter 'subgraph' should be int, but actually <class 'bool'>"):
         model.call(1, subgraph=True)
-    with raises("Model(a.onnx;b.onnx).call() failed: the model is not loaded, Model.call can only be used in a stage "
-                "run by a serving worker"):
+    with raises(
+        "Model(a.onnx;b.onnx).call() failed: the model is not loaded, Model.call can only be used in a stage "
+        "run by a serving worker"
+    ):
         model.call(1, subgraph=1)
 
 
 # Subgraph 0: y = x1 + x2 on float32 [2, 2]; subgraph 1: y = x + 1 on float32 [N, 2] (another input count).
-ONNX_SUBGRAPH_CONFIG = '''
+ONNX_SUBGRAPH_CONFIG = """
 from mindserve.server import register
 
 model = register.declare_model(model_file=["add.onnx", "offset.onnx"], model_format="ONNX", with_batch_dim=False,
@@ -260,7 +304,7 @@ def subgraph_five(x):
 @register.register_method(output_names=["y"])
 def subgraph_one_with_two_inputs(x):
     return register.add_stage(bad_count, x, outputs_count=1)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -277,10 +321,14 @@ def subgraph_root(tmp_path_factory) -> str:
 def address(subgraph_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("subgraph_server")
     address = f"127.0.0.1:{free_port()}"
-    server = start_server(tmp, f"""
+    server = start_server(
+        tmp,
+        f"""
         server.start_servables(server.ServableStartConfig({subgraph_root!r}, "svc", device_ids=(0,)))
         server.start_grpc_server({address!r})
-    """, address)
+    """,
+        address,
+    )
     yield address
     server.stop()
 
@@ -329,10 +377,14 @@ def test_both_subgraphs_in_one_stage(address):
 
 def test_subgraph_errors(address):
     result = Client(address, "svc", "subgraph_five").infer({"x": X1})
-    assert result == {"error": "Call Function 'svc.bad_index' Failed, method: 'subgraph_five', stage index(begin with "
-                               "1): 1, error msg: Model(add.onnx;offset.onnx).call() failed: The model does not have "
-                               "subgraph of index 5, the subgraph count of the model is 2"}
+    assert result == {
+        "error": "Call Function 'svc.bad_index' Failed, method: 'subgraph_five', stage index(begin with "
+        "1): 1, error msg: Model(add.onnx;offset.onnx).call() failed: The model does not have "
+        "subgraph of index 5, the subgraph count of the model is 2"
+    }
     result = Client(address, "svc", "subgraph_one_with_two_inputs").infer({"x": X1})
-    assert result == {"error": "Call Function 'svc.bad_count' Failed, method: 'subgraph_one_with_two_inputs', stage "
-                               "index(begin with 1): 1, error msg: Model(add.onnx;offset.onnx).call() failed: The "
-                               "inputs count 2 of instance 0 is not equal to the inputs count 1 of the model"}
+    assert result == {
+        "error": "Call Function 'svc.bad_count' Failed, method: 'subgraph_one_with_two_inputs', stage "
+        "index(begin with 1): 1, error msg: Model(add.onnx;offset.onnx).call() failed: The "
+        "inputs count 2 of instance 0 is not equal to the inputs count 1 of the model"
+    }

@@ -2,6 +2,7 @@
 KServe's ``timeout`` parameter expired) is dropped before it runs, while a held request keeps the worker busy; the
 client gets DEADLINE_EXCEEDED (504 over REST), the dropped work is counted with its reason, and a stage that logs
 every instance it runs proves that it never ran."""
+
 from __future__ import annotations
 
 import os
@@ -23,7 +24,7 @@ from support.rest import request as http_request
 
 pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
 
-GATE_CONFIG = '''
+GATE_CONFIG = """
 import os
 import time
 from mindserve.server import register
@@ -42,7 +43,7 @@ def gate(x):
 @register.register_method(output_names=["y"])
 def pass_through(x):
     return register.add_stage(gate, x, outputs_count=1)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -52,19 +53,25 @@ def gated(tmp_path_factory):
     folder = servables.write(root, "gate", GATE_CONFIG)
     os.makedirs(os.path.join(folder, "1"))
     address, rest, metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    server = start_server(tmp, f"""
+    server = start_server(
+        tmp,
+        f"""
         server.start_servables(server.ServableStartConfig({root!r}, "gate", device_ids=0, max_batch_size=1))
         server.start_grpc_server({address!r})
         server.start_restful_server({rest!r})
         server.start_metrics_server({metrics!r})
-    """, address)
+    """,
+        address,
+    )
     server.folder, server.rest, server.metrics = folder, rest, metrics
     yield server
     server.stop()
 
 
-DROPPED = ("Request servable(gate) method(pass_through) , the request's deadline passed before its answer was "
-           "ready (work not started by then is dropped)")
+DROPPED = (
+    "Request servable(gate) method(pass_through) , the request's deadline passed before its answer was "
+    "ready (work not started by then is dropped)"
+)
 
 
 def ran(server) -> list:
@@ -92,8 +99,15 @@ def x(marker: int) -> dict:
 
 
 def failures(server, protocol: str, reason: str) -> float:
-    return value(scrape(server.metrics), "mindserve_request_failure_total", servable="gate", version="1",
-                 method="pass_through", protocol=protocol, reason=reason)
+    return value(
+        scrape(server.metrics),
+        "mindserve_request_failure_total",
+        servable="gate",
+        version="1",
+        method="pass_through",
+        protocol=protocol,
+        reason=reason,
+    )
 
 
 def test_a_request_whose_grpc_deadline_passes_in_the_queue_never_runs(gated):
@@ -115,12 +129,18 @@ def test_a_cancelled_call_is_dropped_from_the_queue(gated):
     held = Held(gated, 20)
     channel = grpc.insecure_channel(gated.address)
     try:
-        predict = channel.unary_unary(PREDICT, request_serializer=pb.PredictRequest.SerializeToString,
-                                      response_deserializer=pb.PredictReply.FromString)
+        predict = channel.unary_unary(
+            PREDICT,
+            request_serializer=pb.PredictRequest.SerializeToString,
+            response_deserializer=pb.PredictReply.FromString,
+        )
         request, _ = build_request("gate", "pass_through", 0, x(21), {})
         call = predict.future(request)
-        wait_until(lambda: value(scrape(gated.metrics), "mindserve_pending_requests", servable="gate",
-                                 version="1") == 2, "the second request to queue behind the first", 30)
+        wait_until(
+            lambda: value(scrape(gated.metrics), "mindserve_pending_requests", servable="gate", version="1") == 2,
+            "the second request to queue behind the first",
+            30,
+        )
         assert call.cancel()
         # the server has taken the cancel (and marked the queued job) once it counts the request as cancelled
         wait_until(lambda: failures(gated, "ms", "cancelled") == cancelled + 1, "the cancel to reach the server", 30)
@@ -145,9 +165,15 @@ def test_kserve_timeout_parameter_answers_deadline_exceeded_and_drops_the_work(g
         assert late.value.status() == "StatusCode.DEADLINE_EXCEEDED"
         assert late.value.message() == DROPPED
         assert waited < 20  # answered at its deadline, not when the worker frees (released below)
-        reply = http_request(gated.rest, "POST", "/v2/models/gate/infer", {
-            "parameters": {"timeout": 300_000},
-            "inputs": [{"name": "x", "shape": [1, 1], "datatype": "INT64", "data": [32]}]})
+        reply = http_request(
+            gated.rest,
+            "POST",
+            "/v2/models/gate/infer",
+            {
+                "parameters": {"timeout": 300_000},
+                "inputs": [{"name": "x", "shape": [1, 1], "datatype": "INT64", "data": [32]}],
+            },
+        )
         assert (reply.status, reply.json()) == (504, {"error": DROPPED})
     finally:
         held.release()
@@ -159,8 +185,16 @@ def test_kserve_timeout_parameter_answers_deadline_exceeded_and_drops_the_work(g
 
 @pytest.mark.parametrize("timeout", [-1, 1.5, "soon", True])
 def test_a_bad_timeout_parameter_is_named(gated, timeout):
-    reply = http_request(gated.rest, "POST", "/v2/models/gate/infer", {
-        "parameters": {"timeout": timeout},
-        "inputs": [{"name": "x", "shape": [1, 1], "datatype": "INT64", "data": [1]}]})
-    assert (reply.status, reply.json()) == (400, {"error": f"The request parameter 'timeout' should be a "
-                                                           f"non-negative integer of microseconds, got {timeout!r}"})
+    reply = http_request(
+        gated.rest,
+        "POST",
+        "/v2/models/gate/infer",
+        {
+            "parameters": {"timeout": timeout},
+            "inputs": [{"name": "x", "shape": [1, 1], "datatype": "INT64", "data": [1]}],
+        },
+    )
+    assert (reply.status, reply.json()) == (
+        400,
+        {"error": f"The request parameter 'timeout' should be a non-negative integer of microseconds, got {timeout!r}"},
+    )

@@ -1,5 +1,6 @@
 """Registration-time errors (servable_config.py declarations, checked in this process) and start-time errors
 (``server.start_servables``, each run in its own process: the master is never started inside pytest)."""
+
 from __future__ import annotations
 
 import os
@@ -78,14 +79,17 @@ def test_stage_tag(svc):
     assert svc.methods["m"].stages[0].tag == "Function 'custom'"
 
 
-@pytest.mark.parametrize("names, text", [
-    (1, "Parameter 'output_names' should be str or tuple/list of str, but actually <class 'int'>"),
-    (None, "Parameter 'output_names' should be str or tuple/list of str, but actually <class 'NoneType'>"),
-    (["y", 2], "The item of parameter 'output_names' should be str, but actually <class 'int'>"),
-    (["y", ""], "The item of parameter 'output_names' should not be empty str"),
-    ("", "The item of parameter 'output_names' should not be empty str"),
-    (["y", "z", "y"], "The item value 'y' in parameter 'output_names' should not be repeated"),
-])
+@pytest.mark.parametrize(
+    "names, text",
+    [
+        (1, "Parameter 'output_names' should be str or tuple/list of str, but actually <class 'int'>"),
+        (None, "Parameter 'output_names' should be str or tuple/list of str, but actually <class 'NoneType'>"),
+        (["y", 2], "The item of parameter 'output_names' should be str, but actually <class 'int'>"),
+        (["y", ""], "The item of parameter 'output_names' should not be empty str"),
+        ("", "The item of parameter 'output_names' should not be empty str"),
+        (["y", "z", "y"], "The item value 'y' in parameter 'output_names' should not be repeated"),
+    ],
+)
 def test_output_names_checks(svc, names, text):
     with raises(text):
         definition.register_method(output_names=names)
@@ -99,9 +103,11 @@ def test_duplicate_method(svc):
 
     first = svc.methods["m"]
     with raises("Method m has been registered more than once."):
+
         @definition.register_method(output_names=["y"])
         def m(x):  # noqa: F811
             return x
+
     assert svc.methods["m"] is first
 
 
@@ -109,31 +115,41 @@ def test_duplicate_method(svc):
 def test_method_parameter_kinds(svc, kind):
     # (three variants of one function m, as the error texts name it: hence the ignores)
     if kind == "var_positional":
+
         def m(x, *args):
             return x
+
         text = "'m' input args cannot be VAR_POSITIONAL !"
     elif kind == "var_keyword":
+
         def m(x, **kwargs):  # type: ignore[misc]
             return x
+
         text = "'m' input kwargs cannot be VAR_KEYWORD !"
     else:
+
         def m(x, *, y):  # type: ignore[misc]
             return x
+
         text = "'m' input y cannot be KEYWORD_ONLY !"
     with raises(text):
         definition.register_method(output_names=["y"])(m)
     assert "m" not in svc.methods
 
 
-NOT_PLACEHOLDER_ARG = ("Method 'm': each value of parameter *args is a placeholder for data and must come from the "
-                       "method inputs or the outputs of add_stage")
+NOT_PLACEHOLDER_ARG = (
+    "Method 'm': each value of parameter *args is a placeholder for data and must come from the "
+    "method inputs or the outputs of add_stage"
+)
 
 
 def test_add_stage_with_non_placeholder_argument(svc):
     with raises(NOT_PLACEHOLDER_ARG):
+
         @definition.register_method(output_names=["y"])
         def m(x):
             return definition.add_stage(f2, x, 1.0, outputs_count=1)  # type: ignore[arg-type]  # on purpose
+
     assert "m" not in svc.methods
 
 
@@ -147,6 +163,7 @@ def test_add_stage_with_placeholder_of_another_method(svc):
 
     assert isinstance(saved[0], Placeholder)
     with raises(NOT_PLACEHOLDER_ARG):
+
         @definition.register_method(output_names=["y"])
         def m(x):
             return definition.add_stage(f2, x, saved[0], outputs_count=1)
@@ -159,9 +176,11 @@ def test_add_stage_outside_a_method(svc):
 
 def test_add_stage_outside_a_method_after_a_failed_registration(svc):
     with pytest.raises(ZeroDivisionError):
+
         @definition.register_method(output_names=["y"])
         def m(x):
             return 1 / 0
+
     with raises("add_stage can only be called inside a function decorated by register_method"):
         definition.add_stage(f1, Placeholder(None, 0, 0), outputs_count=1)  # type: ignore[arg-type]  # no method
     assert svc.methods == {}
@@ -170,6 +189,7 @@ def test_add_stage_outside_a_method_after_a_failed_registration(svc):
 @pytest.mark.parametrize("count", [0, -1, True, 1.0, "1", None])
 def test_outputs_count_checks(svc, count):
     with raises(f"Method 'm': parameter 'outputs_count' should be an int >= 1, but actually {count!r}"):
+
         @definition.register_method(output_names=["y"])
         def m(x):
             return definition.add_stage(f1, x, outputs_count=count)
@@ -178,6 +198,7 @@ def test_outputs_count_checks(svc, count):
 @pytest.mark.parametrize("batch_size", [-1, -8, True, 2.0, "4"])
 def test_batch_size_checks(svc, batch_size):
     with raises(f"Method 'm': parameter 'batch_size' should be None or an int >= 0, but actually {batch_size!r}"):
+
         @definition.register_method(output_names=["y"])
         def m(x):
             return definition.add_stage(f1, x, outputs_count=1, batch_size=batch_size)
@@ -195,15 +216,20 @@ def test_batch_size_zero_and_n_are_accepted(svc):
 
 def test_function_argument_count_mismatch(svc):
     with raises("function f input args count 1 not match the count 2 registered in method 'm'"):
+
         @definition.register_method(output_names=["y"])
         def m(x1, x2):
             def f(a):
                 return a
+
             return definition.add_stage(f, x1, x2, outputs_count=1)
+
     with raises("function f2 input args count 2 not match the count 1 registered in method 'm'"):
+
         @definition.register_method(output_names=["y"])
         def m(x1, x2):  # noqa: F811
             return definition.add_stage(f2, x1, outputs_count=1)
+
     assert svc.methods == {}
 
 
@@ -220,20 +246,27 @@ def test_function_with_var_args_takes_any_count(svc):
 
 def test_returned_count_mismatch(svc):
     with raises("Method return output size 1 not match registered 2, method 'm'"):
+
         @definition.register_method(output_names=["y", "z"])
         def m(x):
             return definition.add_stage(f1, x, outputs_count=1)
+
     with raises("Method return output size 2 not match registered 1, method 'm'"):
+
         @definition.register_method(output_names=["y"])
         def m(x1, x2):  # noqa: F811
             return definition.add_stage(f2, x1, x2, outputs_count=2)
+
     assert svc.methods == {}
 
 
 @pytest.mark.parametrize("returned", ["none", "number", "mixed", "list"])
 def test_returning_a_non_placeholder(svc, returned):
-    with raises("Method 'm': each value returned is a placeholder for data and must come from the method inputs or "
-                "the outputs of add_stage"):
+    with raises(
+        "Method 'm': each value returned is a placeholder for data and must come from the method inputs or "
+        "the outputs of add_stage"
+    ):
+
         @definition.register_method(output_names=["y", "z"])
         def m(x):
             if returned == "none":
@@ -243,6 +276,7 @@ def test_returning_a_non_placeholder(svc, returned):
             if returned == "mixed":
                 return x, 2
             return [x, x]
+
     assert svc.methods == {}
 
 
@@ -269,15 +303,25 @@ def test_same_model_file_declared_twice(svc):
     assert model.key == "b.onnx;c.onnx" and model.files == ("b.onnx", "c.onnx")
 
 
-@pytest.mark.parametrize("kwargs, text", [
-    (dict(model_file=[]), "Declare model failed, model files size cannot be 0"),
-    (dict(model_file=1), "Parameter 'model_file' should be str or tuple/list of str, but actually <class 'int'>"),
-    (dict(model_file=["a.onnx", "a.onnx"]), "The item value 'a.onnx' in parameter 'model_file' should not be repeated"),
-    (dict(model_file="a.onnx", with_batch_dim="yes"),
-     "Parameter 'with_batch_dim' should be bool, but actually <class 'str'>"),
-    (dict(model_file="a.onnx", options=[("a", 1)]),
-     "Parameter 'options' should be dict, but actually <class 'list'>"),
-])
+@pytest.mark.parametrize(
+    "kwargs, text",
+    [
+        (dict(model_file=[]), "Declare model failed, model files size cannot be 0"),
+        (dict(model_file=1), "Parameter 'model_file' should be str or tuple/list of str, but actually <class 'int'>"),
+        (
+            dict(model_file=["a.onnx", "a.onnx"]),
+            "The item value 'a.onnx' in parameter 'model_file' should not be repeated",
+        ),
+        (
+            dict(model_file="a.onnx", with_batch_dim="yes"),
+            "Parameter 'with_batch_dim' should be bool, but actually <class 'str'>",
+        ),
+        (
+            dict(model_file="a.onnx", options=[("a", 1)]),
+            "Parameter 'options' should be dict, but actually <class 'list'>",
+        ),
+    ],
+)
 def test_declare_model_argument_checks(svc, kwargs, text):
     with raises(text):
         definition.declare_model(model_format="ONNX", **kwargs)
@@ -289,18 +333,25 @@ def test_model_from_another_servable(svc):
     foreign = definition.declare_model("a.onnx", "ONNX")
     servable = definition.begin_servable("svc")
     definition.declare_model("a.onnx", "ONNX")  # a new registry: the file name is free again
-    with raises("Check failed in method 'm', the parameter 'stage' of add_stage must be function or Model returned by "
-                "declare_model, and ensure that interface 'declare_model' can take effect when importing "
-                "servable_config.py by the serving server"):
+    with raises(
+        "Check failed in method 'm', the parameter 'stage' of add_stage must be function or Model returned by "
+        "declare_model, and ensure that interface 'declare_model' can take effect when importing "
+        "servable_config.py by the serving server"
+    ):
+
         @definition.register_method(output_names=["y"])
         def m(x1, x2):
             return definition.add_stage(foreign, x1, x2, outputs_count=1)
+
     assert servable.methods == {}
 
 
 def test_stage_that_is_neither_function_nor_model(svc):
-    with raises("Check failed in method 'm', the parameter 'stage' of add_stage must be function or Model returned by "
-                "declare_model, now is <class 'str'>"):
+    with raises(
+        "Check failed in method 'm', the parameter 'stage' of add_stage must be function or Model returned by "
+        "declare_model, now is <class 'str'>"
+    ):
+
         @definition.register_method(output_names=["y"])
         def m(x):
             return definition.add_stage("f1", x, outputs_count=1)  # type: ignore[arg-type]  # on purpose
@@ -314,24 +365,32 @@ def test_model_used_with_different_counts(svc):
         return definition.add_stage(model, x1, x2, outputs_count=1)
 
     with raises("Method 'm2': inputs count 1 of model a.onnx not match the count 2 used by an earlier add_stage"):
+
         @definition.register_method(output_names=["y"])
         def m2(x):
             return definition.add_stage(model, x, outputs_count=1)
+
     with raises("Method 'm3': outputs count 2 of model a.onnx not match the count 1 used by an earlier add_stage"):
+
         @definition.register_method(output_names=["y", "z"])
         def m3(x1, x2):
             return definition.add_stage(model, x1, x2, outputs_count=2)
+
     assert (model.inputs_count, model.outputs_count) == (2, 1)
     assert list(svc.methods) == ["m1"]
 
 
 def test_model_call_outside_a_worker(svc):
     model = definition.declare_model("a.onnx", "ONNX")
-    with raises("Model(a.onnx).call() failed: the model is not loaded, Model.call can only be used in a stage run by "
-                "a serving worker"):
+    with raises(
+        "Model(a.onnx).call() failed: the model is not loaded, Model.call can only be used in a stage run by "
+        "a serving worker"
+    ):
         model.call(1, 2)
-    with raises("Model(a.onnx).call() failed: no inputs provided, the inputs can be call(x1, x2) for single instance "
-                "or call([[x1, x2], [x1, x2]]) for multi instances."):
+    with raises(
+        "Model(a.onnx).call() failed: no inputs provided, the inputs can be call(x1, x2) for single instance "
+        "or call([[x1, x2], [x1, x2]]) for multi instances."
+    ):
         model.call()
 
 
@@ -339,7 +398,7 @@ def test_model_call_outside_a_worker(svc):
 # start-time errors: each start in its own process
 # ============================================================================================================
 
-ADD_CONFIG = '''
+ADD_CONFIG = """
 from mindserve.server import register
 
 model = register.declare_model(model_file="add.onnx", model_format="ONNX", with_batch_dim=False)
@@ -348,9 +407,9 @@ model = register.declare_model(model_file="add.onnx", model_format="ONNX", with_
 @register.register_method(output_names=["y"])
 def add(x1, x2):
     return register.add_stage(model, x1, x2, outputs_count=1)
-'''
+"""
 
-PYTHON_ONLY_CONFIG = '''
+PYTHON_ONLY_CONFIG = """
 from mindserve.server import register
 
 
@@ -361,7 +420,7 @@ def identity(x):
 @register.register_method(output_names=["y"])
 def echo(x):
     return register.add_stage(identity, x, outputs_count=1)
-'''
+"""
 
 
 def make_servable(root, name: str = "svc", config: str = ADD_CONFIG, versions=(1,), model: Optional[str] = "add.onnx"):
@@ -382,8 +441,10 @@ def root(tmp_path):
 
 def test_missing_servable_folder(tmp_path, root):
     outcome = run_start(tmp_path, start_call(root))
-    assert outcome.error == (f"Check servable config failed, directory '{os.path.join(root, 'svc')}' not exist, "
-                             f"servable directory '{root}', servable name 'svc'")
+    assert outcome.error == (
+        f"Check servable config failed, directory '{os.path.join(root, 'svc')}' not exist, "
+        f"servable directory '{root}', servable name 'svc'"
+    )
     assert_clean_failure(outcome)
 
 
@@ -391,16 +452,20 @@ def test_missing_servable_config(tmp_path, root):
     path = make_servable(root)
     os.remove(os.path.join(path, "servable_config.py"))
     outcome = run_start(tmp_path, start_call(root))
-    assert outcome.error == (f"Check servable config failed, file '{os.path.join(path, 'servable_config.py')}' not "
-                             f"exist, servable directory '{root}', servable name 'svc'")
+    assert outcome.error == (
+        f"Check servable config failed, file '{os.path.join(path, 'servable_config.py')}' not "
+        f"exist, servable directory '{root}', servable name 'svc'"
+    )
     assert_clean_failure(outcome)
 
 
 def test_missing_version_folder(tmp_path, root):
     make_servable(root, versions=(1, 2))
     outcome = run_start(tmp_path, start_call(root, version_number=3))
-    assert outcome.error == (f"Start servable failed: There is no specified version directory of models, specified "
-                             f"version number: 3, servable directory: '{root}', servable name: 'svc'")
+    assert outcome.error == (
+        f"Start servable failed: There is no specified version directory of models, specified "
+        f"version number: 3, servable directory: '{root}', servable name: 'svc'"
+    )
     assert_clean_failure(outcome)
 
 
@@ -420,33 +485,41 @@ def test_servable_config_raises_at_import(tmp_path, root):
 def test_servable_config_imports_a_missing_module(tmp_path, root):
     path = make_servable(root, config="import not_a_module_of_mindserve_tests\n" + ADD_CONFIG)
     outcome = run_start(tmp_path, start_call(root))
-    assert outcome.error == ("import svc.servable_config failed, No module named 'not_a_module_of_mindserve_tests' "
-                             "(servable_config.py, line 1)")
+    assert outcome.error == (
+        "import svc.servable_config failed, No module named 'not_a_module_of_mindserve_tests' "
+        "(servable_config.py, line 1)"
+    )
     assert os.path.exists(os.path.join(path, "servable_config.py"))
     assert_clean_failure(outcome)
 
 
 def test_registration_error_in_servable_config(tmp_path, root):
-    config = ADD_CONFIG + '''
+    config = (
+        ADD_CONFIG
+        + """
 
 @register.register_method(output_names=["y"])
 def add(x1, x2):
     return register.add_stage(model, x1, x2, outputs_count=1)
-'''
+"""
+    )
     make_servable(root, config=config)
     outcome = run_start(tmp_path, start_call(root))
     assert outcome.error is not None, outcome.output
-    assert outcome.error.startswith("import svc.servable_config failed, Method add has been registered more than "
-                                    "once. ("), outcome.error
+    assert outcome.error.startswith(
+        "import svc.servable_config failed, Method add has been registered more than once. ("
+    ), outcome.error
     assert_clean_failure(outcome)
 
 
 def test_model_file_missing_in_version_folder(tmp_path, root):
     path = make_servable(root, model="other.onnx")
     outcome = run_start(tmp_path, start_call(root))
-    assert outcome.error == (f"Load model failed, servable directory: '{root}', servable name: 'svc', model file: "
-                             f"'add.onnx', version number 1, load error details: model file "
-                             f"'{os.path.join(path, '1', 'add.onnx')}' not exist")
+    assert outcome.error == (
+        f"Load model failed, servable directory: '{root}', servable name: 'svc', model file: "
+        f"'add.onnx', version number 1, load error details: model file "
+        f"'{os.path.join(path, '1', 'add.onnx')}' not exist"
+    )
     assert_clean_failure(outcome)
 
 
@@ -456,50 +529,64 @@ def test_model_file_that_is_not_a_model(tmp_path, root):
         f.write(b"this is not an onnx model")
     outcome = run_start(tmp_path, start_call(root))
     assert outcome.error is not None, outcome.output
-    assert outcome.error.startswith(f"Load model failed, servable directory: '{root}', servable name: 'svc', model "
-                                    f"file: 'add.onnx', version number 1, load error details: "), outcome.error
+    assert outcome.error.startswith(
+        f"Load model failed, servable directory: '{root}', servable name: 'svc', model "
+        f"file: 'add.onnx', version number 1, load error details: "
+    ), outcome.error
     assert_clean_failure(outcome)
 
 
 def test_models_declared_but_no_version_folder(tmp_path, root):
     make_servable(root, versions=())
     outcome = run_start(tmp_path, start_call(root))
-    assert outcome.error == (f"There is no valid version directory of models while there are models declared in "
-                             f"servable_config.py, servable directory: {root}, servable name: svc")
+    assert outcome.error == (
+        f"There is no valid version directory of models while there are models declared in "
+        f"servable_config.py, servable directory: {root}, servable name: svc"
+    )
     assert_clean_failure(outcome)
 
 
 def test_stage_input_count_not_matching_model(tmp_path, root):
     make_servable(root, config=ADD_CONFIG.replace("add_stage(model, x1, x2,", "add_stage(model, x1,"))
     outcome = run_start(tmp_path, start_call(root))
-    assert outcome.error == ("The inputs count 1 in register_method not equal to the count 2 defined in model, model "
-                             "info: add.onnx, subgraph: 0")
+    assert outcome.error == (
+        "The inputs count 1 in register_method not equal to the count 2 defined in model, model "
+        "info: add.onnx, subgraph: 0"
+    )
     assert_clean_failure(outcome)
 
 
 def test_stage_output_count_not_matching_model(tmp_path, root):
-    config = ADD_CONFIG.replace('output_names=["y"]', 'output_names=["y", "z"]').replace("outputs_count=1",
-                                                                                           "outputs_count=2")
+    config = ADD_CONFIG.replace('output_names=["y"]', 'output_names=["y", "z"]').replace(
+        "outputs_count=1", "outputs_count=2"
+    )
     make_servable(root, config=config)
     outcome = run_start(tmp_path, start_call(root))
-    assert outcome.error == ("The outputs count 2 in register_method not equal to the count 1 defined in model, "
-                             "model info: add.onnx, subgraph: 0")
+    assert outcome.error == (
+        "The outputs count 2 in register_method not equal to the count 1 defined in model, "
+        "model info: add.onnx, subgraph: 0"
+    )
     assert_clean_failure(outcome)
 
 
-@pytest.mark.parametrize("kwargs, text", [
-    (dict(device_ids=-1), "The item value '-1' in parameter 'device_ids' should be >= 0"),
-    (dict(device_ids=(0, -2)), "The item value '-2' in parameter 'device_ids' should be >= 0"),
-    (dict(device_ids=(0, 0)), "The item value in parameter 'device_ids' should not be repeated: [0, 0]"),
-    (dict(device_ids=()), "Parameter 'device_ids' should be int or tuple/list of int, but actually ()"),
-    (dict(device_ids="0"), "Parameter 'device_ids' should be int or tuple/list of int, but actually '0'"),
-    (dict(device_ids=True), "Parameter 'device_ids' should be int or tuple/list of int, but actually True"),
-    (dict(device_type="tpu"), "Unsupported device type 'tpu', only support 'Ascend', 'GPU', 'CPU' and None, case "
-                              "ignored"),
-    (dict(version_number=-1), "Parameter 'version_number' should be >= 0"),
-    (dict(version_number="1"), "Parameter 'version_number' should be int, but actually <class 'str'>"),
-    (dict(num_parallel_workers=65), "Parameter 'num_parallel_workers' should be in range [0,64]"),
-])
+@pytest.mark.parametrize(
+    "kwargs, text",
+    [
+        (dict(device_ids=-1), "The item value '-1' in parameter 'device_ids' should be >= 0"),
+        (dict(device_ids=(0, -2)), "The item value '-2' in parameter 'device_ids' should be >= 0"),
+        (dict(device_ids=(0, 0)), "The item value in parameter 'device_ids' should not be repeated: [0, 0]"),
+        (dict(device_ids=()), "Parameter 'device_ids' should be int or tuple/list of int, but actually ()"),
+        (dict(device_ids="0"), "Parameter 'device_ids' should be int or tuple/list of int, but actually '0'"),
+        (dict(device_ids=True), "Parameter 'device_ids' should be int or tuple/list of int, but actually True"),
+        (
+            dict(device_type="tpu"),
+            "Unsupported device type 'tpu', only support 'Ascend', 'GPU', 'CPU' and None, case ignored",
+        ),
+        (dict(version_number=-1), "Parameter 'version_number' should be >= 0"),
+        (dict(version_number="1"), "Parameter 'version_number' should be int, but actually <class 'str'>"),
+        (dict(num_parallel_workers=65), "Parameter 'num_parallel_workers' should be in range [0,64]"),
+    ],
+)
 def test_servable_start_config_checks(tmp_path, root, kwargs, text):
     make_servable(root)
     outcome = run_start(tmp_path, start_call(root, **kwargs))
@@ -512,8 +599,9 @@ def test_servable_start_config_name_checks(tmp_path, root):
     assert outcome.error == "Parameter 'servable_name' should not be empty str"
     assert_clean_failure(outcome)
     outcome = run_start(tmp_path, "server.start_servables(['svc'])")
-    assert outcome.error == ("The item of parameter 'servable_configs' should be ServableStartConfig, but actually "
-                             "<class 'str'>")
+    assert outcome.error == (
+        "The item of parameter 'servable_configs' should be ServableStartConfig, but actually <class 'str'>"
+    )
     assert_clean_failure(outcome)
 
 
@@ -521,19 +609,24 @@ def test_failed_servable_stops_the_others_started_with_it(tmp_path, root):
     """Of several servables started together, one fails: the workers of the others are stopped too."""
     make_servable(root, name="good", config=PYTHON_ONLY_CONFIG, versions=())
     make_servable(root, name="svc", model="other.onnx")
-    body = (f"server.start_servables([server.ServableStartConfig({root!r}, 'good', device_ids=(0, 1)),\n"
-            f"                        server.ServableStartConfig({root!r}, 'svc', device_ids=(0, 1))])")
+    body = (
+        f"server.start_servables([server.ServableStartConfig({root!r}, 'good', device_ids=(0, 1)),\n"
+        f"                        server.ServableStartConfig({root!r}, 'svc', device_ids=(0, 1))])"
+    )
     outcome = run_start(tmp_path, body)
     assert outcome.error is not None, outcome.output
-    assert outcome.error.startswith(f"Load model failed, servable directory: '{root}', servable name: 'svc', model "
-                                    f"file: 'add.onnx'"), outcome.error
+    assert outcome.error.startswith(
+        f"Load model failed, servable directory: '{root}', servable name: 'svc', model file: 'add.onnx'"
+    ), outcome.error
     assert_clean_failure(outcome)
 
 
 def test_same_servable_version_started_twice(tmp_path, root):
     make_servable(root)
-    body = (f"server.start_servables([server.ServableStartConfig({root!r}, 'svc', device_ids=0),\n"
-            f"                        server.ServableStartConfig({root!r}, 'svc', device_ids=1)])")
+    body = (
+        f"server.start_servables([server.ServableStartConfig({root!r}, 'svc', device_ids=0),\n"
+        f"                        server.ServableStartConfig({root!r}, 'svc', device_ids=1)])"
+    )
     outcome = run_start(tmp_path, body)
     assert outcome.error == "servable svc version 1 has already been started"
     assert_clean_failure(outcome)
@@ -548,7 +641,7 @@ def test_start_works_after_a_failed_start(tmp_path, root):
         import numpy as np
         from mindserve.client import Client
         from support.model_files import add_model
-        add_model({os.path.join(path, '1', 'add.onnx')!r}, batch_dim=2)
+        add_model({os.path.join(path, "1", "add.onnx")!r}, batch_dim=2)
         {start_call(root, device_ids=(0, 1))}
         server.start_grpc_server({address!r})
         result = Client({address!r}, "svc", "add").infer([{{"x1": np.ones((2, 2), np.float32),

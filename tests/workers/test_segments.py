@@ -1,5 +1,6 @@
 """The master's plan of a method run as segments (num_parallel_workers), from a worker's report, and the values of
 a request's instances as they move between segments (in process)."""
+
 import numpy as np
 
 from mindserve._errors import StageFailed
@@ -7,12 +8,17 @@ from mindserve._supervision.segments import MethodPlan, Segment, Values, plan_me
 from mindserve._tensor import RawTensor, StackedInput, StackedInputs, StackedOutput, StackedResults
 
 # steps(x): check = py(x); y = model(check); text, raw = py(y); z = py(y); outputs z, text, raw, x
-STEPS = {"inputs": ["x"], "outputs": ["y", "text", "raw", "x"],
-         "stages": [{"model": False, "args": [[0, 0]], "outputs": 1},
-                    {"model": True, "args": [[1, 0]], "outputs": 1},
-                    {"model": False, "args": [[2, 0]], "outputs": 2},
-                    {"model": False, "args": [[2, 0]], "outputs": 1}],
-         "output_refs": [[4, 0], [3, 0], [3, 1], [0, 0]]}
+STEPS = {
+    "inputs": ["x"],
+    "outputs": ["y", "text", "raw", "x"],
+    "stages": [
+        {"model": False, "args": [[0, 0]], "outputs": 1},
+        {"model": True, "args": [[1, 0]], "outputs": 1},
+        {"model": False, "args": [[2, 0]], "outputs": 2},
+        {"model": False, "args": [[2, 0]], "outputs": 1},
+    ],
+    "output_refs": [[4, 0], [3, 0], [3, 1], [0, 0]],
+}
 
 
 def test_a_method_is_planned_as_runs_of_stages_of_one_kind():
@@ -21,26 +27,39 @@ def test_a_method_is_planned_as_runs_of_stages_of_one_kind():
     assert plan.segments == (
         Segment(1, 1, False, "steps#1-1", ("x",), ("1.0",)),
         Segment(2, 2, True, "steps#2-2", ("1.0",), ("2.0",)),
-        Segment(3, 4, False, "steps#3-4", ("2.0",), ("3.0", "3.1", "4.0")))
+        Segment(3, 4, False, "steps#3-4", ("2.0",), ("3.0", "3.1", "4.0")),
+    )
     assert plan.outputs == (("y", "4.0"), ("text", "3.0"), ("raw", "3.1"), ("x", "x"))
 
 
 def test_a_value_used_later_is_handed_on_past_the_next_segment():
     # pre makes a and b; the model uses a; post uses the model's output and b
-    report = {"inputs": ["x", "w"], "outputs": ["out"],
-              "stages": [{"model": False, "args": [[0, 0]], "outputs": 2},
-                         {"model": True, "args": [[1, 0], [0, 1]], "outputs": 1},
-                         {"model": False, "args": [[2, 0], [1, 1]], "outputs": 1}],
-              "output_refs": [[3, 0]]}
+    report = {
+        "inputs": ["x", "w"],
+        "outputs": ["out"],
+        "stages": [
+            {"model": False, "args": [[0, 0]], "outputs": 2},
+            {"model": True, "args": [[1, 0], [0, 1]], "outputs": 1},
+            {"model": False, "args": [[2, 0], [1, 1]], "outputs": 1},
+        ],
+        "output_refs": [[3, 0]],
+    }
     plan = plan_method("m", report)
     assert plan is not None
     assert [(s.needs, s.hands_on) for s in plan.segments] == [
-        (("x",), ("1.0", "1.1")), (("w", "1.0"), ("2.0",)), (("1.1", "2.0"), ("3.0",))]
+        (("x",), ("1.0", "1.1")),
+        (("w", "1.0"), ("2.0",)),
+        (("1.1", "2.0"), ("3.0",)),
+    ]
 
 
 def test_python_stages_only_make_one_segment_without_a_model():
-    report = {"inputs": ["x"], "outputs": ["y"], "stages": [{"model": False, "args": [[0, 0]], "outputs": 1}] * 2,
-              "output_refs": [[2, 0]]}
+    report = {
+        "inputs": ["x"],
+        "outputs": ["y"],
+        "stages": [{"model": False, "args": [[0, 0]], "outputs": 1}] * 2,
+        "output_refs": [[2, 0]],
+    }
     plan = plan_method("m", report)
     assert plan is not None and not plan.has_model and len(plan.segments) == 1
 
@@ -96,8 +115,12 @@ def _group(plans: dict, device_alive: bool, python_alive: bool):
 
 
 def test_readiness_needs_a_device_worker_for_model_stages_and_any_worker_without_them():
-    python_only = {"inputs": ["x"], "outputs": ["y"], "stages": [{"model": False, "args": [[0, 0]], "outputs": 1}],
-                   "output_refs": [[1, 0]]}
+    python_only = {
+        "inputs": ["x"],
+        "outputs": ["y"],
+        "stages": [{"model": False, "args": [[0, 0]], "outputs": 1}],
+        "output_refs": [[1, 0]],
+    }
     # a Python-stage worker down: still ready while the device worker lives (it runs Python stages too)
     assert _group({"steps": STEPS}, device_alive=True, python_alive=False).ready
     # the device worker down: not ready for a servable with model stages, whatever runs its Python stages

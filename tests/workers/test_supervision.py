@@ -7,6 +7,7 @@ started-K and waits until the test creates release-K, so the test knows which wo
 decides when it ends; x = 0 passes at once. While the hold file exists a (re)starting worker waits in its import,
 so a killed worker stays down until the test lets it come back.
 """
+
 import os
 import signal
 import textwrap
@@ -28,19 +29,31 @@ RESULT_TIMEOUT_S = 30
 class Blocker:
     """A server of the blocker servable, its folder (marker files) and its hold file."""
 
-    def __init__(self, tmp_path, device_ids, script_tail: str = "", version: int = 1, request_version: int = 0,
-                 shm_size_mb: int = 64):
+    def __init__(
+        self,
+        tmp_path,
+        device_ids,
+        script_tail: str = "",
+        version: int = 1,
+        request_version: int = 0,
+        shm_size_mb: int = 64,
+    ):
         root = str(tmp_path / "servables")
         self.folder = servables.make_blocker(root, version=version)
         self.hold_file = str(tmp_path / "hold")
         self.address = f"127.0.0.1:{free_port()}"
-        self.server = start_server(tmp_path, textwrap.dedent(f"""
+        self.server = start_server(
+            tmp_path,
+            textwrap.dedent(f"""
             import os
             os.environ["MINDSERVE_TEST_HOLD_FILE"] = {self.hold_file!r}
             server.start_servables(server.ServableStartConfig({root!r}, "blocker", device_ids={device_ids!r},
                                                               max_batch_size=1, shm_size_mb={shm_size_mb}))
             server.start_grpc_server({self.address!r})
-        """) + textwrap.dedent(script_tail), self.address)
+        """)
+            + textwrap.dedent(script_tail),
+            self.address,
+        )
         self.client = Client(self.address, "blocker", "hold", version_number=request_version)
 
     def send(self, *keys: int):
@@ -70,13 +83,18 @@ class Blocker:
     def through_master(self) -> None:
         """A round trip that the master answers by itself: requests sent before it have been received."""
         result = self.ping()
-        assert result == {"error": "Request servable(blocker) method(no_such_method) , method is not available: "
-                                   "servable blocker has methods hold"}
+        assert result == {
+            "error": "Request servable(blocker) method(no_such_method) , method is not available: "
+            "servable blocker has methods hold"
+        }
 
     def ping(self):
         """What the master answers (without a worker) to a request for a method the servable does not have."""
-        return Client(self.address, "blocker", "no_such_method").infer_async(
-            {"x": np.zeros(1, np.int64)}).result(RESULT_TIMEOUT_S)
+        return (
+            Client(self.address, "blocker", "no_such_method")
+            .infer_async({"x": np.zeros(1, np.int64)})
+            .result(RESULT_TIMEOUT_S)
+        )
 
     def wait_for_pid(self, exclude: set, timeout: float = 30) -> int:
         """Send x = 0 requests until a worker whose pid is not in ``exclude`` answers one; its pid."""
@@ -106,8 +124,10 @@ def _check_hold(result, keys, pid: int) -> None:
 
 
 def _exited(device: int, version: int = 1) -> dict:
-    return {"error": f"worker of servable blocker version {version} on device {device} exited unexpectedly (exit "
-                     f"code -9), the request was not completed"}
+    return {
+        "error": f"worker of servable blocker version {version} on device {device} exited unexpectedly (exit "
+        f"code -9), the request was not completed"
+    }
 
 
 def _wait_gone(pid: int, timeout: float = 20) -> None:
@@ -120,15 +140,20 @@ def _wait_gone(pid: int, timeout: float = 20) -> None:
 def _mapped_segments(pid: int) -> set:
     """The mindserve shared-memory segments that process ``pid`` has mapped."""
     with open(f"/proc/{pid}/maps") as f:
-        return {line.split(None, 5)[5].strip() for line in f
-                if len(line.split(None, 5)) == 6 and line.split(None, 5)[5].startswith("/dev/shm/mindserve-")}
+        return {
+            line.split(None, 5)[5].strip()
+            for line in f
+            if len(line.split(None, 5)) == 6 and line.split(None, 5)[5].startswith("/dev/shm/mindserve-")
+        }
 
 
 def _lingering_shm(timeout: float = 10) -> set:
     """mindserve-* names in /dev/shm that stay (a name exists only while a segment is being created, maybe by
     another server on this machine: one seen now must be gone within ``timeout`` seconds)."""
+
     def names():
         return {n for n in os.listdir("/dev/shm") if n.startswith("mindserve-")}
+
     seen = names()
     deadline = time.monotonic() + timeout
     while seen and time.monotonic() < deadline:
@@ -141,8 +166,9 @@ def _lingering_shm(timeout: float = 10) -> set:
 # version_number 0. (A versioned servable asked with version_number 0 is left out for now: a request queued on the
 # worker when it died is answered naming the servable's version, "version(1) ", one that comes later naming none.)
 @pytest.mark.parametrize("version, request_version", [(0, 0), (1, 1)], ids=["unversioned", "version-1"])
-def test_killed_worker_fails_its_batch_and_the_requests_behind_it_wait_for_its_replacement(tmp_path, version,
-                                                                                          request_version):
+def test_killed_worker_fails_its_batch_and_the_requests_behind_it_wait_for_its_replacement(
+    tmp_path, version, request_version
+):
     blocker = Blocker(tmp_path, device_ids=0, version=version, request_version=request_version)
     try:
         a = blocker.send(1)
@@ -272,7 +298,8 @@ def test_stop_ends_a_worker_that_is_still_restarting(tmp_path):
             time.sleep(0.05)
         [starting] = set(child_pids(blocker.server.proc.pid)) - {old}
         assert blocker.send(0).result(RESULT_TIMEOUT_S) == {
-            "error": "Request servable(blocker) method(hold) , servable is not available"}
+            "error": "Request servable(blocker) method(hold) , servable is not available"
+        }
         code = blocker.server.stop(timeout=30)  # the hold file stays: the start cannot finish
         _wait_gone(starting)
     finally:
@@ -306,14 +333,18 @@ def test_workers_exit_when_the_master_is_killed_with_requests_queued(tmp_path):
 @pytest.mark.parametrize("how", ["SIGTERM", "stop()"])
 def test_stop_drains_requests_queued_in_the_worker(tmp_path, how):
     stop_flag = tmp_path / "stop-now"
-    tail = f"""
+    tail = (
+        f"""
         import time
         print("READY", flush=True)
         while not os.path.exists({str(stop_flag)!r}):
             time.sleep(0.02)
         server.stop()
         print("STOPPED", flush=True)
-    """ if how == "stop()" else ""
+    """
+        if how == "stop()"
+        else ""
+    )
     blocker = Blocker(tmp_path, device_ids=0, script_tail=tail)
     try:
         a = blocker.send(1)
@@ -355,12 +386,17 @@ def test_a_worker_killed_while_eight_clients_send_fails_only_its_requests_in_fli
     from support.paths import BUNDLED_SERVABLES
 
     address = f"127.0.0.1:{free_port()}"
-    server = start_server(tmp_path, f"""
+    server = start_server(
+        tmp_path,
+        f"""
         server.start_servables(server.ServableStartConfig({BUNDLED_SERVABLES!r}, "add", device_ids=0))
         server.start_grpc_server({address!r})
-    """, address)
-    exited = ("worker of servable add version 1 on device 0 exited unexpectedly (exit code -9), the request was not "
-              "completed")
+    """,
+        address,
+    )
+    exited = (
+        "worker of servable add version 1 on device 0 exited unexpectedly (exit code -9), the request was not completed"
+    )
     x = np.ones((2, 2), np.float32)
     outcomes: list = []
     killed = threading.Event()

@@ -1,5 +1,6 @@
 """Device workers: versions, several devices, batching by the model's batch size, Python batch stages, and what
 happens when a worker process is killed."""
+
 import os
 import signal
 import time
@@ -13,7 +14,7 @@ from support.processes import child_pids, free_port, pid_alive, start_server
 
 pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
 
-SLOW_CONFIG = '''
+SLOW_CONFIG = """
 import os
 import time
 import numpy as np
@@ -38,7 +39,7 @@ def slow(x):
 @register.register_method(output_names=["pid"])
 def worker_pid(x):
     return register.add_stage(pid, x, outputs_count=1)
-'''
+"""
 
 
 def _ask_pid(address: str, servable: str, timeout: float = 20):
@@ -54,18 +55,23 @@ def _pid_of(address: str, servable: str) -> int:
 
 # ---------------------------------------------------------------------------------------------------- versions
 
+
 @pytest.fixture(scope="module")
 def versions_server(servable_dir, tmp_path_factory):
     """versioned started twice, as version 1 and version 2, in one server."""
     tmp = tmp_path_factory.mktemp("versions_server")
     address = f"127.0.0.1:{free_port()}"
-    server = start_server(tmp, f"""
+    server = start_server(
+        tmp,
+        f"""
         server.start_servables([server.ServableStartConfig({servable_dir!r}, "versioned", device_ids=0,
                                                            version_number=1),
                                 server.ServableStartConfig({servable_dir!r}, "versioned", device_ids=0,
                                                            version_number=2)])
         server.start_grpc_server({address!r})
-    """, address)
+    """,
+        address,
+    )
     yield server
     assert server.stop() == 0
 
@@ -75,11 +81,15 @@ def pair_server(servable_dir, tmp_path_factory):
     """echo on devices 0 and 1, and versioned started with version_number=0."""
     tmp = tmp_path_factory.mktemp("pair_server")
     address = f"127.0.0.1:{free_port()}"
-    server = start_server(tmp, f"""
+    server = start_server(
+        tmp,
+        f"""
         server.start_servables([server.ServableStartConfig({servable_dir!r}, "echo", device_ids=(0, 1)),
                                 server.ServableStartConfig({servable_dir!r}, "versioned", device_ids=0)])
         server.start_grpc_server({address!r})
-    """, address)
+    """,
+        address,
+    )
     yield server
     assert server.stop() == 0
 
@@ -101,8 +111,10 @@ def test_two_versions_in_one_server(versions_server, version, offset):
 
 def test_unknown_version_is_not_available(versions_server):
     result = _versioned(versions_server.address, 3)
-    assert result == {"error": "Request servable(versioned) method(predict) version(3) , servable is not available: "
-                               "the served versions of versioned are 1, 2"}
+    assert result == {
+        "error": "Request servable(versioned) method(predict) version(3) , servable is not available: "
+        "the served versions of versioned are 1, 2"
+    }
 
 
 def test_version_number_zero_at_start_serves_the_newest(pair_server):
@@ -113,10 +125,12 @@ def test_version_number_zero_at_start_serves_the_newest(pair_server):
         np.testing.assert_array_equal(result[1]["y"], np.array([12.0, 2.25], np.float32))
     assert _versioned(pair_server.address, 1) == {
         "error": "Request servable(versioned) method(predict) version(1) , servable is not available: the served "
-                 "versions of versioned are 2"}
+        "versions of versioned are 2"
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- devices
+
 
 def test_two_device_workers_are_both_used(pair_server):
     pids = [_pid_of(pair_server.address, "echo") for _ in range(6)]
@@ -126,6 +140,7 @@ def test_two_device_workers_are_both_used(pair_server):
 
 
 # ---------------------------------------------------------------------------------------------------- batching
+
 
 def _xs(count: int) -> list:
     return [np.array([i + 0.5, -2.0 * i], np.float32) for i in range(count)]
@@ -153,8 +168,9 @@ def test_dynamic_batch_runs_all_instances_at_once(echo_server):
 
 
 def test_batched_add_keeps_instance_order(echo_server):
-    instances = [{"x1": np.array([i, 2 * i], np.float32), "x2": np.array([100 * i, -0.5], np.float32)}
-                 for i in range(5)]
+    instances = [
+        {"x1": np.array([i, 2 * i], np.float32), "x2": np.array([100 * i, -0.5], np.float32)} for i in range(5)
+    ]
     result = Client(echo_server.address, "batch", "add_batched").infer(instances)
     assert isinstance(result, list) and len(result) == 5, result
     for item, inst in zip(result, instances):
@@ -205,6 +221,7 @@ def test_python_batch_stage_with_batch_size_zero_gets_all(echo_server):
 
 # ---------------------------------------------------------------------------------------------------- killed workers
 
+
 @pytest.fixture(scope="module")
 def crash_server(tmp_path_factory):
     """echo and slow (a stage that sleeps 5 s), one worker each on device 0 (their own server: the tests kill
@@ -214,11 +231,15 @@ def crash_server(tmp_path_factory):
     servables.write(root, "slow", SLOW_CONFIG)
     servables.write(root, "echo", servables.ECHO_CONFIG)
     address = f"127.0.0.1:{free_port()}"
-    server = start_server(tmp, f"""
+    server = start_server(
+        tmp,
+        f"""
         server.start_servables([server.ServableStartConfig({root!r}, "echo", device_ids=0),
                                 server.ServableStartConfig({root!r}, "slow", device_ids=0)])
         server.start_grpc_server({address!r})
-    """, address)
+    """,
+        address,
+    )
     server.servables = root
     yield server
     assert server.stop() == 0
@@ -249,7 +270,8 @@ def test_idle_worker_killed_is_restarted(crash_server):
         assert result["error"] in (
             "Request servable(echo) method(worker_pid) , servable is not available",
             "worker of servable echo version 0 on device 0 exited unexpectedly (exit code -9), the request was not "
-            "completed"), result
+            "completed",
+        ), result
     else:
         assert int(result[0]["pid"][0]) != old
     new = _wait_for_new_worker(address, "echo", old)
@@ -274,10 +296,13 @@ def test_worker_killed_mid_request_fails_it_with_a_clear_error(crash_server):
     os.kill(old, signal.SIGKILL)
     result = pending.result(timeout=10)
     assert time.monotonic() - start < 10
-    assert result == {"error": "worker of servable slow version 0 on device 0 exited unexpectedly (exit code -9), "
-                               "the request was not completed"}
+    assert result == {
+        "error": "worker of servable slow version 0 on device 0 exited unexpectedly (exit code -9), "
+        "the request was not completed"
+    }
     # the other servable's worker was not disturbed
     np.testing.assert_array_equal(
-        Client(address, "echo", "echo").infer({"x": np.arange(3, dtype=np.int64)})[0]["y"], np.arange(3))
+        Client(address, "echo", "echo").infer({"x": np.arange(3, dtype=np.int64)})[0]["y"], np.arange(3)
+    )
     new = _wait_for_new_worker(address, "slow", old)
     assert new in child_pids(crash_server.proc.pid)

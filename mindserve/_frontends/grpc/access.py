@@ -9,6 +9,7 @@ behavior aborts without asking for a message. With client certificates configure
 against its verified TLS identity (the auth context exists only once a behavior runs): then the method's handler
 is made request-streaming too, and its behavior checks the identity first and reads the one request message
 only once the identity admits the call, then runs the method's own behavior on it."""
+
 from __future__ import annotations
 
 import inspect
@@ -27,8 +28,13 @@ from mindserve._metrics.requests import RequestMetrics
 TRITON_PREFIX = "triton-grpc-protocol-"  # Triton's clients send header "<key>" of a restricted API with it
 # the auth context's properties of a verified peer certificate, by type (grpc's "x509_subject_alternative_name"
 # lists every SAN without its type, so it is not read)
-_AUTH_PROPERTIES = (("x509_common_name", CN), ("peer_dns", DNS), ("peer_ip", IP), ("peer_email", EMAIL),
-                    ("peer_uri", URI))
+_AUTH_PROPERTIES = (
+    ("x509_common_name", CN),
+    ("peer_dns", DNS),
+    ("peer_ip", IP),
+    ("peer_email", EMAIL),
+    ("peer_uri", URI),
+)
 NO_REQUEST = "the call ended before its request message"
 
 Check = Callable[[grpc.aio.ServicerContext], Awaitable[None]]
@@ -43,29 +49,35 @@ def _metadata_reader(metadata: Optional[tuple]) -> Callable[[str], list[str]]:
 
     def header(name: str) -> list[str]:
         return values.get(name, []) + values.get(TRITON_PREFIX + name, [])
+
     return header
 
 
 def _identities(context: grpc.aio.ServicerContext) -> list[Identity]:
     """The typed names a verified client certificate carries: its common name and subject alternative names."""
     auth = context.auth_context() or {}
-    return [(kind, value.decode(errors="replace") if isinstance(value, bytes) else str(value))
-            for prop, kind in _AUTH_PROPERTIES for value in auth.get(prop, ())]
+    return [
+        (kind, value.decode(errors="replace") if isinstance(value, bytes) else str(value))
+        for prop, kind in _AUTH_PROPERTIES
+        for value in auth.get(prop, ())
+    ]
 
 
 def _request_streaming(handler: grpc.RpcMethodHandler, behavior: Callable) -> grpc.RpcMethodHandler:
     """A handler with ``handler``'s response kind and (de)serializers whose request side is a stream, running
     ``behavior(request_iterator, context)``: grpc then reads no message until the behavior asks for one."""
-    make = grpc.stream_stream_rpc_method_handler if handler.response_streaming else \
-        grpc.stream_unary_rpc_method_handler
-    return make(behavior, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+    make = grpc.stream_stream_rpc_method_handler if handler.response_streaming else grpc.stream_unary_rpc_method_handler
+    return make(
+        behavior, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+    )
 
 
 def _refusing(handler: grpc.RpcMethodHandler, refuse: Check) -> grpc.RpcMethodHandler:
     """A handler that aborts every call with ``refuse`` without reading a message of it."""
+
     async def behavior(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
         await refuse(context)  # (it aborts: context.abort raises)
+
     return _request_streaming(handler, behavior)
 
 
@@ -84,31 +96,38 @@ def _checked_first(handler: grpc.RpcMethodHandler, check: Check) -> grpc.RpcMeth
     if handler.request_streaming:
         behavior = handler.stream_stream if handler.response_streaming else handler.stream_unary
         if inspect.isasyncgenfunction(behavior):
+
             async def checked_stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 await check(context)
                 async for reply in behavior(requests, context):
                     yield reply
+
             return _request_streaming(handler, checked_stream)
 
         async def checked(requests: Any, context: grpc.aio.ServicerContext) -> Any:
             await check(context)
             return await behavior(requests, context)
+
         return _request_streaming(handler, checked)
 
     unary = handler.unary_stream if handler.response_streaming else handler.unary_unary
     if inspect.isasyncgenfunction(unary):
-        async def checked_unary_stream(requests: AsyncIterator[Any],
-                                       context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+
+        async def checked_unary_stream(
+            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
             await check(context)
             request = await _single(requests, context)
             async for reply in unary(request, context):
                 yield reply
+
         return _request_streaming(handler, checked_unary_stream)
 
     async def checked_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
         await check(context)
         request = await _single(requests, context)
         return await unary(request, context)  # (a unary_stream behavior that writes with context.write: None)
+
     return _request_streaming(handler, checked_unary)
 
 
@@ -130,8 +149,9 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             self._metrics.refused(protocol, request_metrics.reason_of(denial))
         await _abort(context, denial)
 
-    async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) \
-            -> Optional[grpc.RpcMethodHandler]:
+    async def intercept_service(
+        self, continuation: Callable, details: grpc.HandlerCallDetails
+    ) -> Optional[grpc.RpcMethodHandler]:
         handler = await continuation(details)
         if handler is None:  # no such method: gRPC answers UNIMPLEMENTED
             return None
@@ -147,11 +167,14 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
                 return handler
             denial = found
             if self._policy.uses_certificates:
+
                 async def check_certificate(context: grpc.aio.ServicerContext) -> None:
                     if not self._policy.admits_identities(group, _identities(context)):
                         await self._refuse(context, method, denial)
+
                 return _checked_first(handler, check_certificate)
 
         async def refuse(context: grpc.aio.ServicerContext) -> None:
             await self._refuse(context, method, denial)
+
         return _refusing(handler, refuse)

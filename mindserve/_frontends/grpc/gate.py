@@ -2,6 +2,7 @@
 (``mindserve._frontends.admission.admitted``: UNAVAILABLE once the server drains, counted while it runs and its
 size noted, an inference request tallied in the metrics), under the call's deadline. The behaviors take and
 return serialized messages."""
+
 from __future__ import annotations
 
 from typing import Any, Awaitable, Callable, NoReturn, Optional
@@ -24,8 +25,9 @@ async def _refuse(request: Any, context: grpc.aio.ServicerContext) -> NoReturn:
     raise AssertionError("context.abort returned")  # it raises: the call ends with that status
 
 
-def gated(admission: Admission, behavior: Behavior, metrics: Optional[RequestMetrics] = None,
-          protocol: str = "") -> Behavior:
+def gated(
+    admission: Admission, behavior: Behavior, metrics: Optional[RequestMetrics] = None, protocol: str = ""
+) -> Behavior:
     """A unary behavior that runs only while ``admission`` admits requests, counted as in progress meanwhile;
     with ``metrics``, an inference RPC counted there under ``protocol``."""
     label = protocol if metrics is not None else None
@@ -34,8 +36,9 @@ def gated(admission: Admission, behavior: Behavior, metrics: Optional[RequestMet
         # the call's deadline is the request's: work not started by then is dropped (mindserve._dispatch.deadlines)
         token = deadlines.narrow(context.time_remaining())
         try:
-            return await admitted(admission, metrics, label, behavior, _refuse, (request, context), len(request),
-                                  _reply_bytes)
+            return await admitted(
+                admission, metrics, label, behavior, _refuse, (request, context), len(request), _reply_bytes
+            )
         finally:
             deadlines.reset(token)
 

@@ -15,6 +15,7 @@ NOT_SERVING and Watch streams end.
 Both services use the registry's servicers (grpcio-health-checking, grpcio-reflection) behind handlers that take
 raw bytes, so a malformed request is refused with INVALID_ARGUMENT and a text, as on the other services.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -113,10 +114,13 @@ class HealthMonitor:
 
     def rpc_handlers(self) -> grpc.GenericRpcHandler:
         serialize = health_pb2.HealthCheckResponse.SerializeToString
-        return grpc.method_handlers_generic_handler(HEALTH_SERVICE_NAME, {
-            "Check": grpc.unary_unary_rpc_method_handler(self._check, response_serializer=serialize),
-            "Watch": grpc.unary_stream_rpc_method_handler(self._watch, response_serializer=serialize),
-        })
+        return grpc.method_handlers_generic_handler(
+            HEALTH_SERVICE_NAME,
+            {
+                "Check": grpc.unary_unary_rpc_method_handler(self._check, response_serializer=serialize),
+                "Watch": grpc.unary_stream_rpc_method_handler(self._watch, response_serializer=serialize),
+            },
+        )
 
     @staticmethod
     async def _parse(data: bytes, context: grpc.aio.ServicerContext) -> health_pb2.HealthCheckRequest:
@@ -128,9 +132,11 @@ class HealthMonitor:
     async def _check(self, data: bytes, context: grpc.aio.ServicerContext) -> health_pb2.HealthCheckResponse:
         request = await self._parse(data, context)
         if request.service not in self._current:
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"unknown service '{request.service}': health is kept for '' (the server), "
-                                f"'{LIVENESS}', the gRPC services, each servable and each 'servable.method'")
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"unknown service '{request.service}': health is kept for '' (the server), "
+                f"'{LIVENESS}', the gRPC services, each servable and each 'servable.method'",
+            )
         return await self._servicer.Check(request, context)
 
     async def _watch(self, data: bytes, context: grpc.aio.ServicerContext) -> None:
@@ -169,8 +175,15 @@ def reflection_pool() -> descriptor_pool.DescriptorPool:
     """A descriptor pool with the files of every service served. It is a pool of its own because the OIP
     messages live outside protobuf's default pool (see mindserve/_proto/grpc_inference.py)."""
     pool = descriptor_pool.DescriptorPool()
-    for file in (ms_service_pb2.DESCRIPTOR, grpc_inference.DESCRIPTOR, any_pb2.DESCRIPTOR, seldon.DESCRIPTOR,
-                 media_graph.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
+    for file in (
+        ms_service_pb2.DESCRIPTOR,
+        grpc_inference.DESCRIPTOR,
+        any_pb2.DESCRIPTOR,
+        seldon.DESCRIPTOR,
+        media_graph.DESCRIPTOR,
+        health_pb2.DESCRIPTOR,
+        reflection_pb2.DESCRIPTOR,
+    ):
         pool.AddSerializedFile(file.serialized_pb)
     return pool
 
@@ -191,5 +204,6 @@ def reflection_handler(service_names: Sequence[str]) -> grpc.GenericRpcHandler:
         async for response in servicer.ServerReflectionInfo(requests(), context):
             yield response.SerializeToString()
 
-    return grpc.method_handlers_generic_handler(REFLECTION_SERVICE_NAME, {
-        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(info)})
+    return grpc.method_handlers_generic_handler(
+        REFLECTION_SERVICE_NAME, {"ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(info)}
+    )

@@ -28,6 +28,7 @@ Any fault of a stream (a sample before the descriptor, a second descriptor, a me
 that does not match its format, a bad reference into the region, a failing method) ends that stream with a
 status and a text naming it; other streams and calls go on, and the stream's region is closed.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -92,8 +93,12 @@ def _configuration(text: str, defaults: Optional[MediaStreamConfig]) -> dict:
     """The stream's settings: the descriptor's JSON over the server's defaults."""
     settings: dict[str, Any] = {}
     if defaults is not None:
-        settings = {"servable": defaults.servable, "method": defaults.method, "version": defaults.version,
-                    "batch_size": defaults.batch_size}
+        settings = {
+            "servable": defaults.servable,
+            "method": defaults.method,
+            "version": defaults.version,
+            "batch_size": defaults.batch_size,
+        }
     if text.strip():
         try:
             given = json.loads(text)
@@ -103,15 +108,18 @@ def _configuration(text: str, defaults: Optional[MediaStreamConfig]) -> dict:
             raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, "extension_configuration should be a JSON object")
         unknown = sorted(set(given) - set(CONFIG_KEYS))
         if unknown:
-            raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"extension_configuration has the unknown key '{clip(unknown[0])}': it takes "
-                            f"{', '.join(CONFIG_KEYS)}")
+            raise StreamEnd(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"extension_configuration has the unknown key '{clip(unknown[0])}': it takes {', '.join(CONFIG_KEYS)}",
+            )
         settings.update(given)
     missing = [key for key in ("servable", "method") if key not in settings]
     if missing:
-        raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT,
-                        f"the stream names no {' and no '.join(missing)}: set extension_configuration to "
-                        f'{{"servable": ..., "method": ...}}, or give the server a default (ava: in serving.yaml)')
+        raise StreamEnd(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the stream names no {' and no '.join(missing)}: set extension_configuration to "
+            f'{{"servable": ..., "method": ...}}, or give the server a default (ava: in serving.yaml)',
+        )
     for key in ("servable", "method"):
         if not isinstance(settings[key], str) or not settings[key]:
             raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, f"extension_configuration '{key}' should be a name")
@@ -121,8 +129,10 @@ def _configuration(text: str, defaults: Optional[MediaStreamConfig]) -> dict:
         value = settings[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < low or (high and value > high):
             limit = f"{low} to {high}" if high else f"at least {low}"
-            raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, f"extension_configuration '{key}' should be an "
-                                                              f"integer {limit}, got {clip(json.dumps(value))}")
+            raise StreamEnd(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"extension_configuration '{key}' should be an integer {limit}, got {clip(json.dumps(value))}",
+            )
     return settings
 
 
@@ -130,8 +140,9 @@ class _Stream:
     """One ProcessMediaStream call's state after its descriptor: what it runs, how frames come, the batch being
     gathered, and the sequence numbers of both sides."""
 
-    def __init__(self, handler: "MediaGraphHandler", target: _Target, frame_format: FrameFormat,
-                 region: Optional[SharedRegion]):
+    def __init__(
+        self, handler: "MediaGraphHandler", target: _Target, frame_format: FrameFormat, region: Optional[SharedRegion]
+    ):
         self._handler = handler
         self.target = target
         self.format = frame_format
@@ -192,7 +203,7 @@ class _Stream:
             elif source.WhichOneof("content") == "content_bytes":
                 head = source.content_bytes.bytes
             if size is None and len(head):
-                size = frame_size.image_size(fmt, head[:frame_size.PEEK_BYTES])
+                size = frame_size.image_size(fmt, head[: frame_size.PEEK_BYTES])
                 if size is None and len(head) > frame_size.PEEK_BYTES:  # a long header: read on a thread
                     size = await self._handler.off_loop.run(frame_size.image_size, fmt, head)
             # an image in the region whose header is not in its first bytes: the most a frame may decode to
@@ -203,9 +214,11 @@ class _Stream:
         most = self.share.memory.per_stream
         if need > most:
             shape = f"{size[0]}x{size[1]} " if size is not None else ""
-            raise StreamEnd(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"a {shape}frame takes {need} bytes of the server's stream memory to read and decode, "
-                            f"more than one stream may hold: {most} bytes, half of max_stream_memory_mb")
+            raise StreamEnd(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"a {shape}frame takes {need} bytes of the server's stream memory to read and decode, "
+                f"more than one stream may hold: {most} bytes, half of max_stream_memory_mb",
+            )
         return need
 
     def flush(self) -> None:
@@ -233,18 +246,23 @@ class _Stream:
         self._check_sequence(message.sequence_number)
         payload = message.WhichOneof("payload")
         if payload == "media_stream_descriptor":
-            raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, "a second media_stream_descriptor: the stream's "
-                                                              "descriptor is its first message only")
+            raise StreamEnd(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "a second media_stream_descriptor: the stream's descriptor is its first message only",
+            )
         if payload != "media_sample":
-            raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, f"message {message.sequence_number} carries no "
-                                                              f"media_sample")
+            raise StreamEnd(
+                grpc.StatusCode.INVALID_ARGUMENT, f"message {message.sequence_number} carries no media_sample"
+            )
         sample = message.media_sample
         return message.sequence_number, sample.timestamp, sample
 
     def _check_sequence(self, sequence: int) -> None:
         if sequence != self.expected_sequence:
-            raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, f"message sequence_number {sequence}, expected "
-                                                              f"{self.expected_sequence}")
+            raise StreamEnd(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"message sequence_number {sequence}, expected {self.expected_sequence}",
+            )
         self.expected_sequence += 1
 
     def _add(self, sequence: int, timestamp: int, frame: Any, ticket: Ticket) -> Any:
@@ -262,13 +280,17 @@ class _Stream:
         content = sample.WhichOneof("content")
         if self.region is None:
             if content != "content_bytes":
-                raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, "the stream sends its frames embedded: a sample "
-                                                                  "needs content_bytes")
+                raise StreamEnd(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "the stream sends its frames embedded: a sample needs content_bytes",
+                )
             data: Any = sample.content_bytes.bytes
         else:
             if content != "content_reference":
-                raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, "the stream sends its frames through shared "
-                                                                  "memory: a sample needs content_reference")
+                raise StreamEnd(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "the stream sends its frames through shared memory: a sample needs content_reference",
+                )
             return self._shared_frame(sample.content_reference)
         return self._decode(data)
 
@@ -280,7 +302,8 @@ class _Stream:
         if region.check(offset, length) < LARGE_READ:
             return self._decode(region.read(offset, length))
         return asyncio.get_running_loop().create_task(
-            self._handler.off_loop.run(lambda: self.format.decode(region.read(offset, length))))
+            self._handler.off_loop.run(lambda: self.format.decode(region.read(offset, length)))
+        )
 
     def _decode(self, data: Any) -> Any:
         """A RAW frame decoded now (a view or a cheap copy), or the task decoding an image, off the event loop."""
@@ -314,8 +337,10 @@ class _Stream:
         with handler.dispatcher.requests.tallied(request_metrics.MEDIA_STREAM):  # (a cancelled batch counted so)
             try:
                 route = handler.dispatcher.resolve(target.servable, target.method, target.version)
-                instances = [{target.input_name: RawTensor(_dtypes.MS_UINT8, frame.shape, frame.data.cast("B"))}
-                             for frame in frames]
+                instances = [
+                    {target.input_name: RawTensor(_dtypes.MS_UINT8, frame.shape, frame.data.cast("B"))}
+                    for frame in frames
+                ]
                 results = await handler.dispatcher.run(route, instances)
                 inferences = []
                 for (sequence, timestamp, _), outcome in zip(batch, results):
@@ -333,8 +358,9 @@ class _Stream:
 
     def reply(self, ack: int, sample: Any) -> bytes:
         self.sent += 1
-        return pb.MediaStreamMessage(sequence_number=self.sent, ack_sequence_number=ack,
-                                     media_sample=sample).SerializeToString()
+        return pb.MediaStreamMessage(
+            sequence_number=self.sent, ack_sequence_number=ack, media_sample=sample
+        ).SerializeToString()
 
     def close(self) -> None:
         """The stream has ended: its batches are settled (a frame still decoding is cancelled), its memory given
@@ -381,8 +407,11 @@ class _Batch:
 def _count(frame: Any, ticket: Ticket) -> None:
     """``ticket`` counts the decoded frame from when it is decoded (its message and reading go back then)."""
     if isinstance(frame, asyncio.Future):
-        frame.add_done_callback(lambda done: ticket.resize(done.result().nbytes)
-                                if not done.cancelled() and done.exception() is None else None)
+        frame.add_done_callback(
+            lambda done: (
+                ticket.resize(done.result().nbytes) if not done.cancelled() and done.exception() is None else None
+            )
+        )
     else:
         ticket.resize(frame.nbytes)
 
@@ -390,9 +419,15 @@ def _count(frame: Any, ticket: Ticket) -> None:
 class MediaGraphHandler:
     """The MediaGraphExtension service of the gRPC servers."""
 
-    def __init__(self, dispatcher: Dispatcher, off_loop: OffLoop, admission: Admission,
-                 defaults: Optional[MediaStreamConfig] = None, regions: Optional[ClientRegions] = None,
-                 memory: Optional[StreamMemory] = None):
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        off_loop: OffLoop,
+        admission: Admission,
+        defaults: Optional[MediaStreamConfig] = None,
+        regions: Optional[ClientRegions] = None,
+        memory: Optional[StreamMemory] = None,
+    ):
         self.dispatcher = dispatcher
         self.off_loop = off_loop
         self.admission = admission
@@ -401,11 +436,11 @@ class MediaGraphHandler:
         self.memory = memory  # None: the master's stream memory (stream_memory.server_memory())
 
     def rpc_handlers(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(SERVICE_NAME, {
-            "ProcessMediaStream": grpc.stream_stream_rpc_method_handler(self.process)})
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME, {"ProcessMediaStream": grpc.stream_stream_rpc_method_handler(self.process)}
+        )
 
-    async def process(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) \
-            -> AsyncIterator[bytes]:
+    async def process(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         """One media stream (an async generator, as gRPC's stream handlers and the access check take it)."""
         stream: Optional[_Stream] = None
         end: Optional[StreamEnd] = None
@@ -422,9 +457,15 @@ class MediaGraphHandler:
             # stream then ends UNAVAILABLE, once every frame it acknowledged has been answered), and when memory
             # is short
             stream.share.set_flush(stream.flush)
-            reading = asyncio.get_running_loop().create_task(read_into(
-                answers, requests, stream.start, stream.share,
-                drained=StreamEnd(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)))
+            reading = asyncio.get_running_loop().create_task(
+                read_into(
+                    answers,
+                    requests,
+                    stream.start,
+                    stream.share,
+                    drained=StreamEnd(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN),
+                )
+            )
             try:
                 async for answer in answers.answers():
                     yield stream.reply(*answer)
@@ -453,11 +494,14 @@ class MediaGraphHandler:
         except InvalidMessage as exc:
             raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         if message.WhichOneof("payload") != "media_stream_descriptor":
-            raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, "the first message of a stream must be its "
-                                                              "media_stream_descriptor")
+            raise StreamEnd(
+                grpc.StatusCode.INVALID_ARGUMENT, "the first message of a stream must be its media_stream_descriptor"
+            )
         if message.sequence_number != 1:
-            raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, f"the descriptor's sequence_number is "
-                                                              f"{message.sequence_number}, a stream starts at 1")
+            raise StreamEnd(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the descriptor's sequence_number is {message.sequence_number}, a stream starts at 1",
+            )
         descriptor = message.media_stream_descriptor
         target = self._target(_configuration(descriptor.extension_configuration, self.defaults))
         frame_format = FrameFormat.from_descriptor(descriptor.media_descriptor)
@@ -466,11 +510,19 @@ class MediaGraphHandler:
             if self.regions is None:  # off unless the server allows client shared memory, as its other forms
                 raise StreamEnd(status_of(FeatureDisabled(DISABLED)), DISABLED)
             properties = descriptor.shared_memory_buffer_transfer_properties
-            region = SharedRegion.open(properties.handle_name, properties.length_bytes, frame_format,
-                                       self.regions.owners, self.regions.max_read)
+            region = SharedRegion.open(
+                properties.handle_name,
+                properties.length_bytes,
+                frame_format,
+                self.regions.owners,
+                self.regions.max_read,
+            )
             frame_format = region.frame_format  # frames come out of the region packed
-        reply = pb.MediaStreamMessage(sequence_number=1, ack_sequence_number=1, media_stream_descriptor={
-            "media_descriptor": {"timescale": descriptor.media_descriptor.timescale}})
+        reply = pb.MediaStreamMessage(
+            sequence_number=1,
+            ack_sequence_number=1,
+            media_stream_descriptor={"media_descriptor": {"timescale": descriptor.media_descriptor.timescale}},
+        )
         return _Stream(self, target, frame_format, region), reply.SerializeToString()
 
     def _target(self, settings: dict) -> _Target:
@@ -480,7 +532,9 @@ class MediaGraphHandler:
             raise StreamEnd(status_of(err), err.message) from None
         inputs = route.signature.inputs
         if len(inputs) != 1:
-            raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"method {route.method} of servable {route.servable} takes {len(inputs)} inputs "
-                            f"({', '.join(inputs)}); a media stream feeds one, the frame")
+            raise StreamEnd(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"method {route.method} of servable {route.servable} takes {len(inputs)} inputs "
+                f"({', '.join(inputs)}); a media stream feeds one, the frame",
+            )
         return _Target(route.servable, route.method, settings["version"], settings["batch_size"], inputs[0])

@@ -5,6 +5,7 @@ instance and output; here each output of an instance is a cached prefix (field t
 only on the output's name, dtype, shape and byte count) followed by its bytes. The layout is the wire format of
 ms_service.proto (field numbers noted inline); tests check it against protobuf's own parser.
 """
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple, Optional, Sequence, Union
@@ -52,9 +53,12 @@ class ReplyEncoder:
         else:
             shape, data_tag = raw.shape, 0x1A  # Tensor.data = 3
         dims = b"".join(varint(d) for d in shape)
-        tensor_head = (_field(0x0A, _field(0x0A, dims) if dims else b"")  # Tensor.shape = 1 {dims = 1, packed}
-                       + (bytes((0x10,)) + varint(raw.dtype) if raw.dtype else b"")  # Tensor.dtype = 2
-                       + bytes((data_tag,)) + varint(nbytes))
+        tensor_head = (
+            _field(0x0A, _field(0x0A, dims) if dims else b"")  # Tensor.shape = 1 {dims = 1, packed}
+            + (bytes((0x10,)) + varint(raw.dtype) if raw.dtype else b"")  # Tensor.dtype = 2
+            + bytes((data_tag,))
+            + varint(nbytes)
+        )
         entry_head = _field(0x0A, name.encode()) + bytes((0x12,)) + varint(len(tensor_head) + nbytes)  # key, value
         prefix = bytes((0x0A,)) + varint(len(entry_head) + len(tensor_head) + nbytes) + entry_head + tensor_head
         if len(self._prefixes) >= _PREFIX_CACHE_LIMIT:
@@ -80,8 +84,9 @@ class ReplyEncoder:
         """One ErrorMsg (PredictReply.error_msg = 4): error_code = 1, error_msg = 2; empty for a success."""
         if error is None:
             return b"\x22\x00"
-        body = (b"\x08" + varint(error.code & 0xFFFFFFFFFFFFFFFF) if error.code else b"") + \
-            (_field(0x12, error.message.encode()) if error.message else b"")
+        body = (b"\x08" + varint(error.code & 0xFFFFFFFFFFFFFFFF) if error.code else b"") + (
+            _field(0x12, error.message.encode()) if error.message else b""
+        )
         return _field(0x22, body)
 
     def encode(self, spec: bytes, outcomes: Sequence[Union[dict, ServingError]]) -> bytes:
@@ -116,8 +121,9 @@ class ReplyEncoder:
     def _encode_stacked(self, spec: bytes, count: int, outputs: dict[str, StackedOutput]) -> bytes:
         """Every instance succeeded with stacked outputs: each instance is the same prefixes around its rows,
         interleaved by the C core in one pass."""
-        key = tuple((name, out.dtype, out.row_shape, len(out.data) // count if count else 0)
-                    for name, out in outputs.items())
+        key = tuple(
+            (name, out.dtype, out.row_shape, len(out.data) // count if count else 0) for name, out in outputs.items()
+        )
         layout = self._layouts.get(key)
         if layout is None:
             if len(self._layouts) >= _PREFIX_CACHE_LIMIT:
@@ -127,27 +133,43 @@ class ReplyEncoder:
             raise ValueError("stacked outputs do not hold a row per instance")  # a defect: the reader sized them
         head_field = _field(0x0A, spec) if spec else b""
         out = bytearray(len(head_field) + count * layout.record)
-        out[:len(head_field)] = head_field
+        out[: len(head_field)] = head_field
         columns = ffi.new("void *[]", [ffi.from_buffer(o.data) for o in outputs.values()])
         column_sizes = ffi.new("size_t[]", [len(o.data) for o in outputs.values()])
-        written = lib.ms_interleave_rows(ffi.from_buffer(out, require_writable=True) + len(head_field),
-                                         len(out) - len(head_field), layout.head, len(layout.head), count,
-                                         len(key), layout.prefixes, layout.prefix_sizes, columns, layout.row_sizes,
-                                         column_sizes)
+        written = lib.ms_interleave_rows(
+            ffi.from_buffer(out, require_writable=True) + len(head_field),
+            len(out) - len(head_field),
+            layout.head,
+            len(layout.head),
+            count,
+            len(key),
+            layout.prefixes,
+            layout.prefix_sizes,
+            columns,
+            layout.row_sizes,
+            column_sizes,
+        )
         if written != len(out) - len(head_field):
             raise ValueError("reply layout does not fit its buffer")  # a defect: the buffer was sized from it
         return bytes(out)
 
     def _stacked_layout(self, key: tuple) -> "_StackedLayout":
         """The framing of one instance of a stacked reply: its head, then a prefix and a row per output."""
-        prefixes = [self._item_prefix(name, RawTensor(dtype, row_shape, b""), row)
-                    for name, dtype, row_shape, row in key]
+        prefixes = [
+            self._item_prefix(name, RawTensor(dtype, row_shape, b""), row) for name, dtype, row_shape, row in key
+        ]
         rows = [row for _, _, _, row in key]
         size = sum(len(p) for p in prefixes) + sum(rows)
         head = b"\x1a" + varint(size)  # PredictReply.instances = 3, all of one size
         kept = [ffi.new("char[]", p) for p in prefixes]  # the C arrays must outlive the layout's pointers
-        return _StackedLayout(head, len(head) + size, kept, ffi.new("void *[]", kept),
-                              ffi.new("size_t[]", [len(p) for p in prefixes]), ffi.new("size_t[]", rows))
+        return _StackedLayout(
+            head,
+            len(head) + size,
+            kept,
+            ffi.new("void *[]", kept),
+            ffi.new("size_t[]", [len(p) for p in prefixes]),
+            ffi.new("size_t[]", rows),
+        )
 
     def whole_request_error(self, spec: bytes, error: ServingError) -> bytes:
         return (_field(0x0A, spec) if spec else b"") + self._error(error)

@@ -4,6 +4,7 @@ Reply rules (``PredictReply.error_msg``): no entry when every instance succeeded
 request failed (or every instance failed with the same error); otherwise one entry per instance, code 0 for
 those that succeeded, and the instances list holds an (empty, for failures) instance for each.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,8 +45,9 @@ _KNOWN_SIZES_LIMIT = 1024
 class MSServiceHandler:
     """The Predict handler; takes and returns serialized messages so that parsing errors are its own."""
 
-    def __init__(self, dispatcher: Dispatcher, off_loop: OffLoop, admission: Admission,
-                 regions: Optional[ClientRegions] = None):
+    def __init__(
+        self, dispatcher: Dispatcher, off_loop: OffLoop, admission: Admission, regions: Optional[ClientRegions] = None
+    ):
         self._dispatcher = dispatcher
         self._regions = regions  # None: this server takes no client shared memory
         self._off_loop = off_loop
@@ -57,7 +59,8 @@ class MSServiceHandler:
     def rpc_handlers(self) -> grpc.GenericRpcHandler:
         predict = gated(self._admission, self.predict, self._dispatcher.requests, request_metrics.MS)
         return grpc.method_handlers_generic_handler(
-            SERVICE_NAME, {"Predict": grpc.unary_unary_rpc_method_handler(predict)})
+            SERVICE_NAME, {"Predict": grpc.unary_unary_rpc_method_handler(predict)}
+        )
 
     async def predict(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         counted = ms_wire.count_instances(data)
@@ -70,8 +73,11 @@ class MSServiceHandler:
         # a large request is parsed and checked on a thread: the event loop keeps answering everyone else
         large = len(data) >= OFF_LOOP_BYTES or (counted is not None and counted[0] >= OFF_LOOP_INSTANCES)
         try:
-            request = await self._off_loop.run(parse_strict, pb.PredictRequest, data) if large \
+            request = (
+                await self._off_loop.run(parse_strict, pb.PredictRequest, data)
+                if large
                 else parse_strict(pb.PredictRequest, data)
+            )
         except InvalidMessage as exc:
             await context.abort(*failure_status("Predict", exc))
         return await self._answer(request.servable_spec.SerializeToString(), self._predict(request, large))
@@ -125,8 +131,9 @@ class MSServiceHandler:
 
     async def _predict_with(self, request: pb.PredictRequest, large: bool, lease: Optional[Lease]) -> Sequence:
         spec = request.servable_spec
-        route = ms_predict.resolve(self._dispatcher, spec.name, spec.method_name, spec.version_number,
-                                   len(request.instances))
+        route = ms_predict.resolve(
+            self._dispatcher, spec.name, spec.method_name, spec.version_number, len(request.instances)
+        )
         buffers = output_buffers(request, route.signature.outputs, lease)
         inputs_of = self._inputs_of(route.signature.inputs, spec, lease)
         if large or (lease is not None and large_reads(request)):  # (shm_data reads too run off the loop)

@@ -9,6 +9,7 @@
   reply's tensor for it carries the same ``shm_data`` and no data. MindSpore's rules: each key is an output of
   the method; ``data_size`` equals the result's byte size; str and bytes outputs cannot go to shared memory.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,8 +42,11 @@ def shared_tensor(name: str, tensor: Any, lease: Optional[Lease]) -> RawTensor:
     shm = tensor.shm_data
     expected = math.prod(dims) * dtype.itemsize
     if shm.data_size != expected:
-        raise invalid_input(name, f"Tensor check failed: shm_data data_size {shm.data_size} does not match the size "
-                                  f"{expected} of its shape {list(dims)} and data type {dtype}")
+        raise invalid_input(
+            name,
+            f"Tensor check failed: shm_data data_size {shm.data_size} does not match the size "
+            f"{expected} of its shape {list(dims)} and data type {dtype}",
+        )
     what = f"input {clip(name)}"
     lease.check_read(shm.data_size, what)  # within what the request may carry, before anything is opened or read
     region = lease.by_key(shm.memory_key, shm.bytes_size)
@@ -73,10 +77,14 @@ def output_buffers(request: Any, outputs: tuple, lease: Optional[Lease]) -> dict
             raise FeatureDisabled(DISABLED)
         for name in instance.output_buffers:
             if name not in outputs:
-                raise InvalidInput(f"Instance {i} has an output buffer for '{clip(name)}', which is not an output of "
-                                   f"the method: {', '.join(outputs)}")
-        found[i] = {name: (buffer, lease.by_key(buffer.memory_key, buffer.bytes_size))
-                    for name, buffer in instance.output_buffers.items()}
+                raise InvalidInput(
+                    f"Instance {i} has an output buffer for '{clip(name)}', which is not an output of "
+                    f"the method: {', '.join(outputs)}"
+                )
+        found[i] = {
+            name: (buffer, lease.by_key(buffer.memory_key, buffer.bytes_size))
+            for name, buffer in instance.output_buffers.items()
+        }
     return found
 
 
@@ -87,13 +95,22 @@ def write_buffers(outputs: dict, buffers: dict[str, Any]) -> dict:
         raw = outputs[name]
         if raw.dtype in (_dtypes.MS_STRING, _dtypes.MS_BYTES):
             kind = "str" if raw.dtype == _dtypes.MS_STRING else "bytes"
-            raise InvalidInput(f"Output {clip(name)} is {kind}: str and bytes outputs cannot be written to shared "
-                               f"memory")
+            raise InvalidInput(
+                f"Output {clip(name)} is {kind}: str and bytes outputs cannot be written to shared memory"
+            )
         if buffer.data_size != len(raw.data):
-            raise InvalidInput(f"Output {clip(name)} is {len(raw.data)} bytes, its output buffer's data_size is "
-                               f"{buffer.data_size}")
+            raise InvalidInput(
+                f"Output {clip(name)} is {len(raw.data)} bytes, its output buffer's data_size is {buffer.data_size}"
+            )
         region.write(buffer.data_offset, memoryview(raw.data).cast("B"), f"output {clip(name)}")
-        answered[name] = SharedReply(raw.dtype, raw.shape, pb.ShmTensorData(
-            memory_key=buffer.memory_key, bytes_size=buffer.bytes_size, data_offset=buffer.data_offset,
-            data_size=buffer.data_size).SerializeToString())
+        answered[name] = SharedReply(
+            raw.dtype,
+            raw.shape,
+            pb.ShmTensorData(
+                memory_key=buffer.memory_key,
+                bytes_size=buffer.bytes_size,
+                data_offset=buffer.data_offset,
+                data_size=buffer.data_size,
+            ).SerializeToString(),
+        )
     return answered

@@ -1,5 +1,6 @@
 """MSService tensors <-> the server's RawTensor: a client's tensor through every check
 (``mindserve._frontends.tensor_checks``), an output into its reply tensor."""
+
 from __future__ import annotations
 
 from mindserve import _dtypes
@@ -20,25 +21,34 @@ def tensor_from_proto(name: str, tensor: pb.Tensor) -> RawTensor:
     dtype = _dtypes.NUMPY_OF.get(code)
     if dtype is not None:
         if tensor.bytes_val:
-            raise invalid_input(name, f"Tensor check failed: bytes_val is only for string and bytes tensors, not "
-                                      f"{_dtypes.NAME_OF[code]}")
+            raise invalid_input(
+                name,
+                f"Tensor check failed: bytes_val is only for string and bytes tensors, not {_dtypes.NAME_OF[code]}",
+            )
         data = tensor.data
         check_data_size(name, code, dims, len(data))
         return RawTensor(code, dims, data)
     if code in _TEXT_TYPES:
         if len(tensor.bytes_val) != 1:
-            raise invalid_input(name, "Instance tensor check failed: bytes or string type shape batch size can only "
-                                      "be 1")
+            raise invalid_input(
+                name, "Instance tensor check failed: bytes or string type shape batch size can only be 1"
+            )
         if dims not in ((), (1,)):
-            raise invalid_input(name, f"Instance tensor check failed: bytes or string type input shape can only be "
-                                      f"(1,) or empty, but given shape is {list(dims)}")
+            raise invalid_input(
+                name,
+                f"Instance tensor check failed: bytes or string type input shape can only be "
+                f"(1,) or empty, but given shape is {list(dims)}",
+            )
         data = tensor.bytes_val[0]
         if code == _dtypes.MS_STRING:
             check_utf8(name, data)
         return RawTensor(code, (), data)
     label = _dtypes.NAME_OF.get(code, str(code))
-    raise invalid_input(name, f"Tensor check failed: input data type {label} invalid: the data types are "
-                              f"{', '.join(f'{pb.DataType.Name(c)} {c}' for c in sorted(_dtypes.NAME_OF) if c)}")
+    raise invalid_input(
+        name,
+        f"Tensor check failed: input data type {label} invalid: the data types are "
+        f"{', '.join(f'{pb.DataType.Name(c)} {c}' for c in sorted(_dtypes.NAME_OF) if c)}",
+    )
 
 
 def tensor_to_proto(raw: RawTensor, tensor: pb.Tensor) -> None:

@@ -9,6 +9,7 @@ becomes a :class:`StackedInputs` the transport copies into shared memory with no
 Whatever is not common (errors included) returns None, and the caller parses the request with protobuf, which
 then gives the precise error: both paths answer every request the same way.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Optional
@@ -20,8 +21,9 @@ from mindserve._native import ffi, lib
 from mindserve._tensor import StackedInput, StackedInputs
 
 # the item size of each numeric DataType, 0 for the others (unknown, string, bytes)
-_ITEM_SIZES = ffi.new("uint8_t[]", [_dtypes.NUMPY_OF[c].itemsize if c in _dtypes.NUMPY_OF else 0
-                                    for c in range(lib.MS_WIRE_DTYPES)])
+_ITEM_SIZES = ffi.new(
+    "uint8_t[]", [_dtypes.NUMPY_OF[c].itemsize if c in _dtypes.NUMPY_OF else 0 for c in range(lib.MS_WIRE_DTYPES)]
+)
 _NAMES_CACHE_LIMIT = 256
 
 
@@ -42,7 +44,7 @@ def count_instances(data: bytes) -> Optional[tuple[int, bytes]]:
     head = ffi.new("ms_predict_head *")
     if lib.ms_predict_count_instances(ffi.from_buffer(data), len(data), head) != lib.MS_OK:
         return None
-    return head.instances, data[head.spec_offset:head.spec_offset + head.spec_size]
+    return head.instances, data[head.spec_offset : head.spec_offset + head.spec_size]
 
 
 def read_head(data: bytes, head=None) -> Optional[RequestHead]:
@@ -53,11 +55,11 @@ def read_head(data: bytes, head=None) -> Optional[RequestHead]:
     if lib.ms_predict_head_parse(ffi.from_buffer(data), len(data), head) != lib.MS_OK:
         return None
     try:
-        name = data[head.name_offset:head.name_offset + head.name_size].decode()
-        method = data[head.method_offset:head.method_offset + head.method_size].decode()
+        name = data[head.name_offset : head.name_offset + head.name_size].decode()
+        method = data[head.method_offset : head.method_offset + head.method_size].decode()
     except UnicodeDecodeError:  # protobuf refuses such strings: let it say so
         return None
-    spec = data[head.spec_offset:head.spec_offset + head.spec_size]
+    spec = data[head.spec_offset : head.spec_offset + head.spec_size]
     return RequestHead(spec, name, method, head.version, head.instances)
 
 
@@ -88,8 +90,9 @@ class CommonReader:
             if len(self._names) >= _NAMES_CACHE_LIMIT:
                 self._names.clear()
             encoded = [ffi.new("char[]", n.encode()) for n in names]
-            cached = _Names(encoded, ffi.new("char *[]", encoded),
-                            ffi.new("size_t[]", [len(n.encode()) for n in names]))
+            cached = _Names(
+                encoded, ffi.new("char *[]", encoded), ffi.new("size_t[]", [len(n.encode()) for n in names])
+            )
             self._names[names] = cached
         return cached
 
@@ -103,13 +106,23 @@ class CommonReader:
         names = self._encoded(input_names)
         specs = self._specs
         offsets = np.empty((n, count), np.uint64)
-        status = lib.ms_predict_common_parse(ffi.from_buffer(data), len(data), names.pointers, names.sizes, n,
-                                             _ITEM_SIZES, specs, ffi.from_buffer("uint64_t[]", offsets), count)
+        status = lib.ms_predict_common_parse(
+            ffi.from_buffer(data),
+            len(data),
+            names.pointers,
+            names.sizes,
+            n,
+            _ITEM_SIZES,
+            specs,
+            ffi.from_buffer("uint64_t[]", offsets),
+            count,
+        )
         if status != lib.MS_OK:
             return None
         inputs = {}
         for k, name in enumerate(input_names):
             spec = specs[k]
-            inputs[name] = StackedInput(spec.dtype, tuple(ffi.unpack(spec.dims, spec.ndims)), spec.row_size, data,
-                                        offsets[k])
+            inputs[name] = StackedInput(
+                spec.dtype, tuple(ffi.unpack(spec.dims, spec.ndims)), spec.row_size, data, offsets[k]
+            )
         return StackedInputs(count, inputs)

@@ -13,6 +13,7 @@ malformed request or bad inputs (MSService's texts), UNAVAILABLE when no worker 
 a full queue, INTERNAL for failures inside the servable or the server. The protocol has no per-instance error:
 the first failed instance fails the whole call.
 """
+
 from __future__ import annotations
 
 import logging
@@ -56,21 +57,38 @@ SHM_EXTENSION = "system_shared_memory"  # on a server started with allow_client_
 # has no field for FP16 (FP16 data only comes raw)
 _CONTENTS_FIELD = {
     _dtypes.MS_BOOL: "bool_contents",
-    _dtypes.MS_INT8: "int_contents", _dtypes.MS_INT16: "int_contents", _dtypes.MS_INT32: "int_contents",
+    _dtypes.MS_INT8: "int_contents",
+    _dtypes.MS_INT16: "int_contents",
+    _dtypes.MS_INT32: "int_contents",
     _dtypes.MS_INT64: "int64_contents",
-    _dtypes.MS_UINT8: "uint_contents", _dtypes.MS_UINT16: "uint_contents", _dtypes.MS_UINT32: "uint_contents",
+    _dtypes.MS_UINT8: "uint_contents",
+    _dtypes.MS_UINT16: "uint_contents",
+    _dtypes.MS_UINT32: "uint_contents",
     _dtypes.MS_UINT64: "uint64_contents",
-    _dtypes.MS_FLOAT32: "fp32_contents", _dtypes.MS_FLOAT64: "fp64_contents",
+    _dtypes.MS_FLOAT32: "fp32_contents",
+    _dtypes.MS_FLOAT64: "fp64_contents",
     _dtypes.MS_BYTES: "bytes_contents",
 }
-_ALL_CONTENTS_FIELDS = ("bool_contents", "int_contents", "int64_contents", "uint_contents", "uint64_contents",
-                        "fp32_contents", "fp64_contents", "bytes_contents")
+_ALL_CONTENTS_FIELDS = (
+    "bool_contents",
+    "int_contents",
+    "int64_contents",
+    "uint_contents",
+    "uint64_contents",
+    "fp32_contents",
+    "fp64_contents",
+    "bytes_contents",
+)
 # the numpy type each contents field holds, before narrowing to the tensor's type
-_FIELD_DTYPE = {"bool_contents": np.dtype(np.bool_), "int_contents": np.dtype("<i4"),
-                "int64_contents": np.dtype("<i8"), "uint_contents": np.dtype("<u4"),
-                "uint64_contents": np.dtype("<u8"), "fp32_contents": np.dtype("<f4"),
-                "fp64_contents": np.dtype("<f8")}
-
+_FIELD_DTYPE = {
+    "bool_contents": np.dtype(np.bool_),
+    "int_contents": np.dtype("<i4"),
+    "int64_contents": np.dtype("<i8"),
+    "uint_contents": np.dtype("<u4"),
+    "uint64_contents": np.dtype("<u8"),
+    "fp32_contents": np.dtype("<f4"),
+    "fp64_contents": np.dtype("<f8"),
+}
 
 
 def _identify(data: bytes) -> tuple[str, str]:
@@ -111,17 +129,23 @@ class _ContentsInput(InputTensor):
         name, datatype, dims, contents = self.name, self.datatype, self.shape, self._contents
         field = _CONTENTS_FIELD.get(code)
         if field is None:
-            raise invalid_input(name, f"Tensor check failed: {datatype} input data can only be given in "
-                                      f"raw_input_contents")
+            raise invalid_input(
+                name, f"Tensor check failed: {datatype} input data can only be given in raw_input_contents"
+            )
         for other in _ALL_CONTENTS_FIELDS:
             if other != field and len(getattr(contents, other)):
-                raise invalid_input(name, f"Tensor check failed: {datatype} input data belongs in "
-                                          f"contents.{field}, not contents.{other}")
+                raise invalid_input(
+                    name,
+                    f"Tensor check failed: {datatype} input data belongs in contents.{field}, not contents.{other}",
+                )
         values = getattr(contents, field)
         count = math.prod(dims)
         if len(values) != count:
-            raise invalid_input(name, f"Tensor check failed: input contents count {len(values)} invalid, shape "
-                                      f"{list(dims)} needs {count} elements")
+            raise invalid_input(
+                name,
+                f"Tensor check failed: input contents count {len(values)} invalid, shape "
+                f"{list(dims)} needs {count} elements",
+            )
         if code == _dtypes.MS_BYTES:
             return list(values)
         wide = np.fromiter(values, _FIELD_DTYPE[field], count=count)
@@ -129,8 +153,7 @@ class _ContentsInput(InputTensor):
         if target != wide.dtype:  # INT8/16 and UINT8/16 come widened to 32 bits: narrow only values that fit
             info = np.iinfo(target)
             if count and (wide.min() < info.min or wide.max() > info.max):
-                raise invalid_input(name, f"Tensor check failed: input contents value out of the range of "
-                                          f"{datatype}")
+                raise invalid_input(name, f"Tensor check failed: input contents value out of the range of {datatype}")
             wide = wide.astype(target)
         return wide.tobytes()
 
@@ -162,10 +185,17 @@ class OipServiceHandler:
             "CudaSharedMemoryRegister": _parsed(oip.CudaSharedMemoryRegisterRequest, self._cuda_register),
             "CudaSharedMemoryUnregister": _parsed(oip.CudaSharedMemoryUnregisterRequest, self._cuda_unregister),
         }
-        handlers = {name: grpc.unary_unary_rpc_method_handler(
-                        gated(self._admission, _unary(name, impl),
-                              self._dispatcher.requests if name == "ModelInfer" else None, request_metrics.V2))
-                    for name, impl in rpcs.items()}
+        handlers = {
+            name: grpc.unary_unary_rpc_method_handler(
+                gated(
+                    self._admission,
+                    _unary(name, impl),
+                    self._dispatcher.requests if name == "ModelInfer" else None,
+                    request_metrics.V2,
+                )
+            )
+            for name, impl in rpcs.items()
+        }
         stream = StreamInfer(self._model_infer, _identify, self._admission, self._dispatcher.requests)
         handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(stream.serve)
         return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
@@ -197,12 +227,23 @@ class OipServiceHandler:
     async def _model_statistics(self, request: Any) -> Any:
         reply = oip.ModelStatisticsResponse()
         for found in await statistics.model_statistics(self._dispatcher, request.name, request.version):
-            entry = reply.model_stats.add(name=found.name, version=found.version,
-                                          last_inference=found.last_inference,
-                                          inference_count=found.inference_count,
-                                          execution_count=found.execution_count)
-            for key in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit",
-                        "cache_miss"):
+            entry = reply.model_stats.add(
+                name=found.name,
+                version=found.version,
+                last_inference=found.last_inference,
+                inference_count=found.inference_count,
+                execution_count=found.execution_count,
+            )
+            for key in (
+                "success",
+                "fail",
+                "queue",
+                "compute_input",
+                "compute_infer",
+                "compute_output",
+                "cache_hit",
+                "cache_miss",
+            ):
                 _set_duration(getattr(entry.inference_stats, key), getattr(found, key, statistics.Duration()))
             for batch in found.batch_stats:
                 added = entry.batch_stats.add(batch_size=batch.batch_size)
@@ -248,14 +289,19 @@ class OipServiceHandler:
         try:
             if call is None:
                 request: Any = parse_strict(oip.ModelInferRequest, data)
-                call = InferCall(request.model_name, request.model_version, request.id,
-                                 lambda: self._inputs(request, lease),
-                                 [(o.name, parameter_values(o.parameters)) for o in request.outputs])
+                call = InferCall(
+                    request.model_name,
+                    request.model_version,
+                    request.id,
+                    lambda: self._inputs(request, lease),
+                    [(o.name, parameter_values(o.parameters)) for o in request.outputs],
+                )
                 timeout = timeout_seconds(parameter_values(request.parameters)) if request.parameters else None
             else:
                 timeout = None  # (a common request has no parameters)
-            done = await infer(self._dispatcher, call.model_name, call.model_version, call.inputs, call.outputs,
-                               lease, timeout)
+            done = await infer(
+                self._dispatcher, call.model_name, call.model_version, call.inputs, call.outputs, lease, timeout
+            )
             return encode_response(call.model_name, str(done.served_version), call.id, done.outputs)
         finally:
             if lease is not None:
@@ -269,20 +315,29 @@ class OipServiceHandler:
         raw = request.raw_input_contents
         shared: dict[int, InputTensor] = {}
         for k, tensor in enumerate(tensors_):
-            found = shared_input(lease, tensor.name, tensor.datatype, tuple(tensor.shape),
-                                 parameter_values(tensor.parameters)) if tensor.parameters else None
+            found = (
+                shared_input(
+                    lease, tensor.name, tensor.datatype, tuple(tensor.shape), parameter_values(tensor.parameters)
+                )
+                if tensor.parameters
+                else None
+            )
             if found is not None:
                 if tensor.HasField("contents"):
                     raise InvalidInput(f"Input {clip(tensor.name)} has both shared memory and contents: give one")
                 shared[k] = found
             elif raw and tensor.HasField("contents"):
-                raise InvalidInput(f"Input {clip(tensor.name)} has contents while the request uses "
-                                   f"raw_input_contents: give all inputs one way")
+                raise InvalidInput(
+                    f"Input {clip(tensor.name)} has contents while the request uses "
+                    f"raw_input_contents: give all inputs one way"
+                )
         inline = [t for k, t in enumerate(tensors_) if k not in shared]
         if raw and len(raw) != len(inline):
             others = " not in shared memory" if shared else ""
-            raise InvalidInput(f"raw_input_contents holds {len(raw)} entries for {len(inline)} inputs{others}: it "
-                               f"needs one per{' such' if shared else ''} input, in the order of inputs")
+            raise InvalidInput(
+                f"raw_input_contents holds {len(raw)} entries for {len(inline)} inputs{others}: it "
+                f"needs one per{' such' if shared else ''} input, in the order of inputs"
+            )
         given = iter(raw) if raw else None
         made: list[InputTensor] = []
         for k, tensor in enumerate(tensors_):

@@ -17,6 +17,7 @@ ModelStreamInferResponses {error_message = 1, infer_response = 2}, as ``tritoncl
 - Each request is admitted on its own: once the server drains, the stream stops reading, answers what it had
   accepted and ends UNAVAILABLE, which clients retry on another replica.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -72,8 +73,15 @@ class _Sizes:
 class StreamInfer:
     """The ModelStreamInfer behavior over one ModelInfer implementation."""
 
-    def __init__(self, infer: Infer, identify: Identify, admission: Admission, metrics: RequestMetrics,
-                 max_in_flight: int = MAX_IN_FLIGHT, memory: Optional[StreamMemory] = None):
+    def __init__(
+        self,
+        infer: Infer,
+        identify: Identify,
+        admission: Admission,
+        metrics: RequestMetrics,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        memory: Optional[StreamMemory] = None,
+    ):
         self._infer = infer
         self._identify = identify
         self._admission = admission
@@ -85,8 +93,10 @@ class StreamInfer:
     async def serve(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         """The behavior of one stream (an async generator, as gRPC's stream handlers and the access check take
         it)."""
-        error_mode = any(key == ERROR_MODE_KEY and str(value).lower() == "true"
-                         for key, value in (context.invocation_metadata() or ()))
+        error_mode = any(
+            key == ERROR_MODE_KEY and str(value).lower() == "true"
+            for key, value in (context.invocation_metadata() or ())
+        )
         share = (self._memory or server_memory()).share()
         sizes = _Sizes()
         answers = OrderedAnswers(self._max_in_flight)

@@ -10,6 +10,7 @@ returns None, and the caller parses the request with protobuf, which also gives 
 Replies: a ModelInferResponse is written directly, each output's data joined into the message once (protobuf's
 Python API would copy it into the message and again to serialize it). Both request paths answer through it.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Mapping, NamedTuple, Optional, Sequence
@@ -45,30 +46,38 @@ class InferReader:
         """The request, when it is common; None otherwise (and for strings that are not UTF-8, which protobuf
         refuses with its own error)."""
         head = self._head
-        if lib.ms_infer_common_parse(ffi.from_buffer(data), len(data), head, self._inputs, self._outputs) \
-                != lib.MS_OK:
+        if lib.ms_infer_common_parse(ffi.from_buffer(data), len(data), head, self._inputs, self._outputs) != lib.MS_OK:
             return None
         view = memoryview(data)
         try:
             inputs: list[InputTensor] = []
             for k in range(head.n_inputs):
                 spec = self._inputs[k]
-                inputs.append(RawInput(_text(data, spec.name), _text(data, spec.datatype),
-                                       tuple(spec.dims[0:spec.ndims]),
-                                       view[spec.data.offset:spec.data.offset + spec.data.size]))
+                inputs.append(
+                    RawInput(
+                        _text(data, spec.name),
+                        _text(data, spec.datatype),
+                        tuple(spec.dims[0 : spec.ndims]),
+                        view[spec.data.offset : spec.data.offset + spec.data.size],
+                    )
+                )
             outputs = [(_text(data, self._outputs[j]), _NO_PARAMETERS) for j in range(head.n_outputs)]
-            return InferCall(_text(data, head.model_name), _text(data, head.model_version), _text(data, head.id),
-                             inputs.copy, outputs)
+            return InferCall(
+                _text(data, head.model_name),
+                _text(data, head.model_version),
+                _text(data, head.id),
+                inputs.copy,
+                outputs,
+            )
         except UnicodeDecodeError:
             return None
 
 
 def _text(data: bytes, span) -> str:
-    return data[span.offset:span.offset + span.size].decode() if span.size else ""
+    return data[span.offset : span.offset + span.size].decode() if span.size else ""
 
 
-def encode_response(model_name: str, model_version: str, request_id: str, outputs: Sequence[OutputTensor]) \
-        -> bytes:
+def encode_response(model_name: str, model_version: str, request_id: str, outputs: Sequence[OutputTensor]) -> bytes:
     """A serialized ModelInferResponse: model_name = 1, model_version = 2, id = 3, outputs = 5 (InferOutputTensor
     {name = 1, datatype = 2, shape = 3 packed}), raw_output_contents = 6 (one entry per output, in order)."""
     parts: list = [text_field(0x0A, model_name), text_field(0x12, model_version), text_field(0x1A, request_id)]

@@ -8,6 +8,7 @@ gRPC's flow control (the next request is read only when there is room), never bu
   (waiting, and reading nothing more, while that does not fit);
 - once the server drains (``StreamMemory.drain``), the reader stops at once, even in the middle of a wait.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -77,8 +78,9 @@ class OrderedAnswers:
 Start = Callable[[bytes, Ticket], Awaitable[Any]]
 
 
-async def read_into(answers: OrderedAnswers, requests: AsyncIterator[bytes], start: Start, share: StreamShare,
-                    drained: Any = None) -> Any:
+async def read_into(
+    answers: OrderedAnswers, requests: AsyncIterator[bytes], start: Start, share: StreamShare, drained: Any = None
+) -> Any:
     """Feed ``answers`` from ``requests``: each request read once a slot is free and the server's stream memory
     has room, its bytes counted in ``share``, then handed to ``start``, whose answer is added. Reading stops when
     the client half-closes (result None), when ``start`` returns ``StopReading`` (its outcome), or when the server

@@ -1,6 +1,7 @@
 """``io.seldon.api.rpc.Classifier/Predict`` on the gRPC port: Seldon's own clients (with a token in the metadata
 ``oauth_token``, see access control) are answered by the servable that declares ``seldon_classifier``. Errors
 are gRPC statuses with texts, as for the other services (``unary``)."""
+
 from __future__ import annotations
 
 import grpc
@@ -25,7 +26,16 @@ class SeldonServiceHandler:
         async def predict(request):
             return await classify(self._dispatcher, request)
 
-        return grpc.method_handlers_generic_handler(SERVICE_NAME, {
-            "Predict": grpc.unary_unary_rpc_method_handler(
-                gated(self._admission, unary("Predict", parsed(pb.ClassificationRequest, predict)),
-                      self._dispatcher.requests, request_metrics.SELDON))})
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "Predict": grpc.unary_unary_rpc_method_handler(
+                    gated(
+                        self._admission,
+                        unary("Predict", parsed(pb.ClassificationRequest, predict)),
+                        self._dispatcher.requests,
+                        request_metrics.SELDON,
+                    )
+                )
+            },
+        )

@@ -1,5 +1,6 @@
 """The gRPC server of the master: one grpc.aio server per address, TCP ``host:port`` or ``unix:/path``, with
 optional TLS / mutual TLS and a message size limit."""
+
 from __future__ import annotations
 
 import errno
@@ -19,8 +20,9 @@ def server_credentials(ssl_config: SSLConfig) -> grpc.ServerCredentials:
     key = read_pem(ssl_config.private_key, "private key")
     cert = read_pem(ssl_config.certificate, "certificate")
     ca = read_pem(ssl_config.custom_ca, "CA certificate") if ssl_config.custom_ca else None
-    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
-                                       require_client_auth=ssl_config.verify_client)
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=ssl_config.verify_client
+    )
 
 
 def _check_port_free(address: str) -> None:
@@ -42,8 +44,9 @@ def _check_port_free(address: str) -> None:
                 probe.bind(sockaddr)
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
-                    raise RuntimeError(f"gRPC server failed to listen on {address}: the address is already in "
-                                       f"use") from None
+                    raise RuntimeError(
+                        f"gRPC server failed to listen on {address}: the address is already in use"
+                    ) from None
                 return  # anything else (no such interface, ...): gRPC reports it
 
 
@@ -58,20 +61,28 @@ class GrpcServer:
         self.socket_path = unix_socket_path(address)
 
     @classmethod
-    async def start(cls, address: str, handlers: Sequence[grpc.GenericRpcHandler], max_msg_mb_size: int,
-                    ssl_config: Optional[SSLConfig],
-                    interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> "GrpcServer":
+    async def start(
+        cls,
+        address: str,
+        handlers: Sequence[grpc.GenericRpcHandler],
+        max_msg_mb_size: int,
+        ssl_config: Optional[SSLConfig],
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    ) -> "GrpcServer":
         limit = max_msg_mb_size << 20
-        server = grpc.aio.server(interceptors=tuple(interceptors), options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-            ("grpc.so_reuseport", 0),  # a second server on a busy port must fail, not share it
-            # one metadata limit, not gRPC's default pair (8 KiB soft, 16 KiB hard, refusing at random between):
-            # credentials up to 16 KiB reach the access check, which answers them alike; larger ones are refused
-            # by gRPC itself with RESOURCE_EXHAUSTED
-            ("grpc.max_metadata_size", METADATA_LIMIT),
-            ("grpc.absolute_max_metadata_size", METADATA_LIMIT),
-        ])
+        server = grpc.aio.server(
+            interceptors=tuple(interceptors),
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),  # a second server on a busy port must fail, not share it
+                # one metadata limit, not gRPC's default pair (8 KiB soft, 16 KiB hard, refusing at random between):
+                # credentials up to 16 KiB reach the access check, which answers them alike; larger ones are refused
+                # by gRPC itself with RESOURCE_EXHAUSTED
+                ("grpc.max_metadata_size", METADATA_LIMIT),
+                ("grpc.absolute_max_metadata_size", METADATA_LIMIT),
+            ],
+        )
         server.add_generic_rpc_handlers(tuple(handlers))
         credentials = server_credentials(ssl_config) if ssl_config else None
         socket_path = unix_socket_path(address)

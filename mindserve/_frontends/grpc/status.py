@@ -1,5 +1,6 @@
 """How the gRPC frontends answer an error: one table from the error's kind (mindserve._errors) to its status, and
 the one place a gRPC door turns a failure into its status and text (recording it for the metrics)."""
+
 from __future__ import annotations
 
 import logging

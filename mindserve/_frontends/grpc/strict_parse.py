@@ -4,6 +4,7 @@ protobuf keeps a field of the wrong wire type (or an unknown number) as an "unkn
 field at its default, so a malformed request would parse "successfully" into something else. Here such a
 request is refused with a text that names the field.
 """
+
 from __future__ import annotations
 
 from typing import Any, Iterator, Optional, Type, TypeVar
@@ -61,5 +62,6 @@ def parse_strict(message_class: Type[M], data: bytes) -> M:
     if message.ByteSize() == size:
         return message
     found = _first_unknown(message_class.FromString(data), "")
-    raise InvalidMessage(f"the request is not a valid {kind} message: {found} has an unknown number or a wrong "
-                         f"wire type")
+    raise InvalidMessage(
+        f"the request is not a valid {kind} message: {found} has an unknown number or a wrong wire type"
+    )

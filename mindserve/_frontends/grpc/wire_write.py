@@ -1,5 +1,6 @@
 """Writing protobuf wire data directly: the small pieces the reply writers (``ms_reply``, ``oip_wire``) are made
 of, for replies whose bulk is tensor bytes that protobuf's Python API would copy twice."""
+
 from __future__ import annotations
 
 

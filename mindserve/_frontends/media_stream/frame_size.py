@@ -1,6 +1,7 @@
 """How much memory a media-stream frame takes once decoded, known before it is decoded: a RAW frame's from its
 format, an encoded image's from its header (Pillow reads the header without decoding the pixels), so that the
 stream can reserve it in the server's stream memory first (``mindserve._frontends.stream_memory``)."""
+
 from __future__ import annotations
 
 import io
@@ -21,8 +22,11 @@ DECODE_COPIES = 3
 def raw_copy_bytes(frame_format: FrameFormat) -> int:
     """The bytes of the copy decoding a RAW frame makes: none when its rows are packed RGB24 (the frame is then a
     view of the bytes read), else the HxWx3 array."""
-    if frame_format.bytes_per_pixel == 3 and frame_format.channels == (0, 1, 2) \
-            and frame_format.stride == frame_format.width * 3:
+    if (
+        frame_format.bytes_per_pixel == 3
+        and frame_format.channels == (0, 1, 2)
+        and frame_format.stride == frame_format.width * 3
+    ):
         return 0
     return frame_format.width * frame_format.height * 3
 
@@ -41,4 +45,3 @@ def image_size(frame_format: FrameFormat, data: Any) -> Optional[tuple[int, int]
     if width * height > MAX_PIXELS or width > MAX_SIDE or height > MAX_SIDE:
         return None
     return width, height
-

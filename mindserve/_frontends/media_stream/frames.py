@@ -5,6 +5,7 @@ are then decoded with it: BMP, JPG and PNG through Pillow, RAW in one of six pac
 ``stride_bytes`` apart. Every check happens before any pixel is touched, and each failure is a FrameError whose
 text names what is wrong, with the status that ends the stream.
 """
+
 from __future__ import annotations
 
 import io
@@ -62,30 +63,39 @@ class FrameFormat(NamedTuple):
         """The format a stream's MediaDescriptor gives its video frames; FrameError when it gives none, or one
         this server does not take."""
         if not media.HasField("video_frame_sample_format"):  # type: ignore[attr-defined]
-            raise FrameError("INVALID_ARGUMENT", "the media descriptor has no video_frame_sample_format: this "
-                                                 "extension takes video frames")
+            raise FrameError(
+                "INVALID_ARGUMENT",
+                "the media descriptor has no video_frame_sample_format: this extension takes video frames",
+            )
         sample = media.video_frame_sample_format  # type: ignore[attr-defined]
         if sample.encoding not in ENCODINGS:
-            raise FrameError("INVALID_ARGUMENT", f"frame encoding {sample.encoding} is not supported: send BMP, "
-                                                 f"JPG, PNG or RAW")
+            raise FrameError(
+                "INVALID_ARGUMENT", f"frame encoding {sample.encoding} is not supported: send BMP, JPG, PNG or RAW"
+            )
         width, height = sample.dimensions.width, sample.dimensions.height
         if width > MAX_SIDE or height > MAX_SIDE:
-            raise FrameError("OUT_OF_RANGE", f"frame dimensions {width}x{height} exceed the limit of "
-                                             f"{MAX_SIDE}x{MAX_SIDE}")
+            raise FrameError(
+                "OUT_OF_RANGE", f"frame dimensions {width}x{height} exceed the limit of {MAX_SIDE}x{MAX_SIDE}"
+            )
         if sample.encoding != _FORMAT.RAW:
             return cls(sample.encoding, width, height)
         layout = RAW_LAYOUTS.get(sample.pixel_format)
         if layout is None:
-            raise FrameError("INVALID_ARGUMENT", f"pixel format {_pixel_format_name(sample.pixel_format)} is not "
-                                                 f"supported for RAW frames: send {SUPPORTED_RAW}")
+            raise FrameError(
+                "INVALID_ARGUMENT",
+                f"pixel format {_pixel_format_name(sample.pixel_format)} is not "
+                f"supported for RAW frames: send {SUPPORTED_RAW}",
+            )
         if width == 0 or height == 0:
             raise FrameError("OUT_OF_RANGE", f"RAW frame dimensions {width}x{height}: both must be at least 1")
         _, bytes_per_pixel, channels = layout
         row = width * bytes_per_pixel
         stride = sample.stride_bytes or row
         if stride < row:
-            raise FrameError("INVALID_ARGUMENT", f"stride_bytes {stride} is less than a row of {width} "
-                                                 f"{layout[0]} pixels ({row} bytes)")
+            raise FrameError(
+                "INVALID_ARGUMENT",
+                f"stride_bytes {stride} is less than a row of {width} {layout[0]} pixels ({row} bytes)",
+            )
         return cls(sample.encoding, width, height, bytes_per_pixel, channels, stride)
 
     @property
@@ -119,10 +129,13 @@ class FrameFormat(NamedTuple):
     def _raw(self, data: object) -> np.ndarray:
         view = memoryview(data)  # type: ignore[arg-type]
         if view.nbytes != self.raw_size:
-            raise FrameError("INVALID_ARGUMENT", f"a {self.describe()} frame with rows of {self.stride} bytes is "
-                                                 f"{self.raw_size} bytes, the sample has {view.nbytes}")
+            raise FrameError(
+                "INVALID_ARGUMENT",
+                f"a {self.describe()} frame with rows of {self.stride} bytes is "
+                f"{self.raw_size} bytes, the sample has {view.nbytes}",
+            )
         rows = np.frombuffer(view, np.uint8).reshape(self.height, self.stride)
-        pixels = rows[:, :self.width * self.bytes_per_pixel].reshape(self.height, self.width, self.bytes_per_pixel)
+        pixels = rows[:, : self.width * self.bytes_per_pixel].reshape(self.height, self.width, self.bytes_per_pixel)
         if self.bytes_per_pixel == 3 and self.channels == (0, 1, 2):
             return np.ascontiguousarray(pixels)  # no copy when the rows are not padded
         return np.ascontiguousarray(pixels[:, :, list(self.channels)])
@@ -135,19 +148,26 @@ class FrameFormat(NamedTuple):
             with Image.open(io.BytesIO(bytes(data)), formats=[expected]) as image:  # type: ignore[call-overload]
                 width, height = image.size
                 if width * height > MAX_PIXELS or width > MAX_SIDE or height > MAX_SIDE:
-                    raise FrameError("OUT_OF_RANGE", f"the {ENCODINGS[self.encoding]} frame is {width}x{height}, "
-                                                     f"more than the limit of {MAX_SIDE}x{MAX_SIDE}")
+                    raise FrameError(
+                        "OUT_OF_RANGE",
+                        f"the {ENCODINGS[self.encoding]} frame is {width}x{height}, "
+                        f"more than the limit of {MAX_SIDE}x{MAX_SIDE}",
+                    )
                 if (self.width or self.height) and (width, height) != (self.width, self.height):
-                    raise FrameError("INVALID_ARGUMENT", f"the {ENCODINGS[self.encoding]} frame is {width}x{height}, "
-                                                         f"the descriptor says {self.width}x{self.height}")
+                    raise FrameError(
+                        "INVALID_ARGUMENT",
+                        f"the {ENCODINGS[self.encoding]} frame is {width}x{height}, "
+                        f"the descriptor says {self.width}x{self.height}",
+                    )
                 rgb = image if image.mode == "RGB" else image.convert("RGB")
                 rgb.load()
                 # read-only and C-ordered as it comes: a further copy would only raise the decoding's peak
                 # (what it holds is reserved in the stream memory: frame_size.DECODE_COPIES)
                 return np.asarray(rgb)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise FrameError("INVALID_ARGUMENT", f"the sample is not a {ENCODINGS[self.encoding]} image: "
-                                                 f"{exc}") from None
+            raise FrameError(
+                "INVALID_ARGUMENT", f"the sample is not a {ENCODINGS[self.encoding]} image: {exc}"
+            ) from None
 
 
 def expected_length(frame_format: FrameFormat) -> Optional[int]:

@@ -9,6 +9,7 @@
 - a method without ``label`` answers no inference (the sample is acknowledged all the same).
 Other outputs are ignored. An output of the wrong kind fails the stream with a text naming it.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Union
@@ -33,8 +34,10 @@ def _numbers(outputs: Mapping[str, RawTensor], name: str, count: int, width: int
     value = _value(outputs[name])
     if isinstance(value, str) or value.dtype.kind not in "biuf" or value.size != count * width:
         shape = f"{count} x {width}" if width > 1 else str(count)
-        raise StageFailed(f"output '{name}' should be {shape} number(s) for the frame's inferences, got "
-                          f"{value if isinstance(value, str) else f'{value.dtype} {list(value.shape)}'}")
+        raise StageFailed(
+            f"output '{name}' should be {shape} number(s) for the frame's inferences, got "
+            f"{value if isinstance(value, str) else f'{value.dtype} {list(value.shape)}'}"
+        )
     return value.reshape(count, width).astype(np.float64)
 
 
@@ -48,8 +51,9 @@ def frame_inferences(outputs: Mapping[str, RawTensor]) -> list[Any]:
     elif label.dtype.kind in "iu" and label.ndim <= 1:
         tags = [str(int(v)) for v in label.reshape(-1)]
     else:
-        raise StageFailed(f"output 'label' should be a string or an integer array of class ids, got {label.dtype} "
-                          f"{list(label.shape)}")
+        raise StageFailed(
+            f"output 'label' should be a string or an integer array of class ids, got {label.dtype} {list(label.shape)}"
+        )
     count = len(tags)
     confidence = _numbers(outputs, "confidence", count)[:, 0] if "confidence" in outputs else None
     boxes = _numbers(outputs, "box", count, 4) if "box" in outputs else None

@@ -7,6 +7,7 @@ Only that exact shape is read here, each field at most once, every length checke
 other message (a descriptor, a reference, inferences, unknown fields, a field twice) returns None and is
 parsed strictly by protobuf, which also gives every error its text.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Optional, Union
@@ -62,8 +63,9 @@ def _only(fields: Optional[Fields], varints: tuple, spans: tuple) -> Optional[Fi
     """``fields`` when it holds nothing but the given varint and length-delimited fields, of those kinds."""
     if fields is None or set(fields) - set(varints) - set(spans):
         return None
-    if any(not isinstance(fields[n], int) for n in varints if n in fields) \
-            or any(not isinstance(fields[n], tuple) for n in spans if n in fields):
+    if any(not isinstance(fields[n], int) for n in varints if n in fields) or any(
+        not isinstance(fields[n], tuple) for n in spans if n in fields
+    ):
         return None
     return fields
 

@@ -14,6 +14,7 @@ the gaps between them (a hostile stride costs nothing), at most what a message m
 server's ``max_msg_mb_size``). Nothing stays open after ``close``; a read in progress on another thread keeps
 the file open until it ends.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,10 +36,10 @@ from mindserve._frontends.shared_memory.client_file import (
 MAX_REGION_BYTES = 1 << 34  # 16 GiB: more is not a frame buffer
 _OPEN_ERRORS = {
     "open": "the shared memory region named by handle_name cannot be opened: it must be a regular file in /dev/shm "
-            "that the server may read",
+    "that the server may read",
     "not_regular": "the shared memory region named by handle_name is not a regular file",
     "not_owned": "the shared memory region named by handle_name is owned by a user the server does not take files "
-                 "of: its own, or one listed in client_shm_owners",
+    "of: its own, or one listed in client_shm_owners",
     "small": "the shared memory region is {size} bytes, less than its length_bytes {length}",
 }
 
@@ -54,21 +55,30 @@ class SharedRegion:
         self.max_read = max_read
 
     @classmethod
-    def open(cls, handle_name: str, length_bytes: int, frame_format: FrameFormat, owners: AbstractSet[int],
-             max_read: Optional[int] = None, shm_dir: str = SHM_DIR) -> "SharedRegion":
+    def open(
+        cls,
+        handle_name: str,
+        length_bytes: int,
+        frame_format: FrameFormat,
+        owners: AbstractSet[int],
+        max_read: Optional[int] = None,
+        shm_dir: str = SHM_DIR,
+    ) -> "SharedRegion":
         """Open the client's region, a file of one of ``owners`` (uids); FrameError (its text never repeats the
         name) when it cannot be one."""
         if not 0 < length_bytes <= MAX_REGION_BYTES:
-            raise FrameError("INVALID_ARGUMENT", f"the shared memory length_bytes {length_bytes} is not in 1 to "
-                                                 f"{MAX_REGION_BYTES}")
+            raise FrameError(
+                "INVALID_ARGUMENT", f"the shared memory length_bytes {length_bytes} is not in 1 to {MAX_REGION_BYTES}"
+            )
         bare = shm_name(handle_name)
         if bare is None:
             raise FrameError("INVALID_ARGUMENT", "the shared memory handle_name must name a file directly in /dev/shm")
         try:
             fd = open_client_file(os.path.join(shm_dir, bare), length_bytes, writable=False, owners=owners)
         except ClientFileError as error:
-            raise FrameError("INVALID_ARGUMENT", _OPEN_ERRORS[error.kind].format(size=error.size,
-                                                                                 length=length_bytes)) from None
+            raise FrameError(
+                "INVALID_ARGUMENT", _OPEN_ERRORS[error.kind].format(size=error.size, length=length_bytes)
+            ) from None
         return cls(ClientFile(fd), length_bytes, frame_format, max_read)
 
     @property
@@ -81,15 +91,21 @@ class SharedRegion:
         (FrameError otherwise): inside the region, the size of a frame of the format, and within ``max_read``."""
         # compared as Python ints (unbounded): offset + length cannot wrap around
         if offset < 0 or length <= 0 or offset > self.length or length > self.length - offset:
-            raise FrameError("INVALID_ARGUMENT", f"content_reference [{offset}, {offset} + {length}) reaches outside "
-                                                 f"the shared memory region of {self.length} bytes")
+            raise FrameError(
+                "INVALID_ARGUMENT",
+                f"content_reference [{offset}, {offset} + {length}) reaches outside "
+                f"the shared memory region of {self.length} bytes",
+            )
         expected = expected_length(self.format)
         if expected is not None and length != expected:
             raise FrameError("INVALID_ARGUMENT", f"content_reference of {length} bytes, a frame is {expected}")
         size = self.format.height * self.format.row_bytes if expected is not None else length
         if self.max_read is not None and size > self.max_read:
-            raise FrameError("OUT_OF_RANGE", f"a frame of {size} bytes in shared memory is more than the "
-                                             f"{self.max_read} a message may carry on this server (max_msg_mb_size)")
+            raise FrameError(
+                "OUT_OF_RANGE",
+                f"a frame of {size} bytes in shared memory is more than the "
+                f"{self.max_read} a message may carry on this server (max_msg_mb_size)",
+            )
         return size
 
     def read(self, offset: int, length: int) -> np.ndarray:
@@ -99,18 +115,23 @@ class SharedRegion:
         self.check(offset, length)
         fmt = self.format
         if expected_length(fmt) is not None:
+
             def read(fd: int) -> Optional[np.ndarray]:
                 return read_rows(fd, offset, fmt.height, fmt.row_bytes, fmt.stride)
         else:
+
             def read(fd: int) -> Optional[np.ndarray]:
                 return read_exact(fd, offset, length)
+
         try:
             out = self._file.use(read)
         except ClientFileError:
             raise FrameError("INVALID_ARGUMENT", "the shared memory region is closed") from None
         if out is None:
-            raise FrameError("INVALID_ARGUMENT", f"the shared memory region ends before byte {offset + length}: "
-                                                 f"the client cut its file short")
+            raise FrameError(
+                "INVALID_ARGUMENT",
+                f"the shared memory region ends before byte {offset + length}: the client cut its file short",
+            )
         return out
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ makes one input's tensor of a wire value; it encodes the outcomes (one dict of o
 instance) and maps a whole request's error. Errors are the typed ones of mindserve._errors, with MindSpore
 Serving's texts.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
@@ -38,14 +39,16 @@ def resolve(dispatcher: Dispatcher, servable: str, method: str, version: int, co
     more than the server takes) for the whole request."""
     route = dispatcher.resolve(servable, method, version)
     if not count:
-        raise InvalidInput(f"Instances count of request cannot be 0, servable: {clip(servable)}, "
-                           f"method: {clip(method)}")
+        raise InvalidInput(
+            f"Instances count of request cannot be 0, servable: {clip(servable)}, method: {clip(method)}"
+        )
     dispatcher.check_instance_count(count, servable, method)
     return route
 
 
-def instance_inputs(items: Mapping[str, Any], names: Sequence[str], servable: str, method: str,
-                    tensor_of: TensorOf) -> dict[str, RawTensor]:
+def instance_inputs(
+    items: Mapping[str, Any], names: Sequence[str], servable: str, method: str, tensor_of: TensorOf
+) -> dict[str, RawTensor]:
     """One instance's inputs: each of the method's ``names`` made by ``tensor_of`` from its wire value in
     ``items``; InvalidInput for an input missing or one the method does not take."""
     inputs = {}

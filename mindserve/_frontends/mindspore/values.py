@@ -16,6 +16,7 @@ Typing rules (MindSpore Serving's documented ones, where it has them):
 Replies: numeric tensors as JSON numbers (nested lists of their shape, a bare number for a 0-d tensor), bool as
 JSON booleans, str as JSON strings, bytes as ``{"b64": "<base64>"}``.
 """
+
 from __future__ import annotations
 
 import base64
@@ -29,11 +30,23 @@ from mindserve._frontends.tensor_checks import check_data_size, check_utf8, inva
 from mindserve._tensor import RawTensor
 
 B64_TYPES = {
-    "int8": _dtypes.MS_INT8, "int16": _dtypes.MS_INT16, "int32": _dtypes.MS_INT32, "int64": _dtypes.MS_INT64,
-    "uint8": _dtypes.MS_UINT8, "uint16": _dtypes.MS_UINT16, "uint32": _dtypes.MS_UINT32,
-    "uint64": _dtypes.MS_UINT64, "float16": _dtypes.MS_FLOAT16, "fp16": _dtypes.MS_FLOAT16,
-    "float32": _dtypes.MS_FLOAT32, "fp32": _dtypes.MS_FLOAT32, "float64": _dtypes.MS_FLOAT64,
-    "fp64": _dtypes.MS_FLOAT64, "bool": _dtypes.MS_BOOL, "str": _dtypes.MS_STRING, "bytes": _dtypes.MS_BYTES,
+    "int8": _dtypes.MS_INT8,
+    "int16": _dtypes.MS_INT16,
+    "int32": _dtypes.MS_INT32,
+    "int64": _dtypes.MS_INT64,
+    "uint8": _dtypes.MS_UINT8,
+    "uint16": _dtypes.MS_UINT16,
+    "uint32": _dtypes.MS_UINT32,
+    "uint64": _dtypes.MS_UINT64,
+    "float16": _dtypes.MS_FLOAT16,
+    "fp16": _dtypes.MS_FLOAT16,
+    "float32": _dtypes.MS_FLOAT32,
+    "fp32": _dtypes.MS_FLOAT32,
+    "float64": _dtypes.MS_FLOAT64,
+    "fp64": _dtypes.MS_FLOAT64,
+    "bool": _dtypes.MS_BOOL,
+    "str": _dtypes.MS_STRING,
+    "bytes": _dtypes.MS_BYTES,
 }
 _B64_KEYS = ("b64", "type", "shape")
 _ONE_TEXT = "Instance tensor check failed: bytes or string type shape batch size can only be 1"
@@ -55,8 +68,11 @@ def to_tensor(name: str, value: Any) -> RawTensor:
             raise invalid_input(name, _ONE_TEXT)
         return to_tensor(name, flat[0])
     if not flat:
-        raise invalid_input(name, f"Tensor check failed: the empty JSON array of shape {list(shape)} has no data "
-                                  f"type, send it as {{\"b64\": \"\", \"type\": ..., \"shape\": {list(shape)}}}")
+        raise invalid_input(
+            name,
+            f"Tensor check failed: the empty JSON array of shape {list(shape)} has no data "
+            f'type, send it as {{"b64": "", "type": ..., "shape": {list(shape)}}}',
+        )
     if types == {bool}:
         code, label = _dtypes.MS_BOOL, "bool"
     elif types == {int}:
@@ -64,29 +80,39 @@ def to_tensor(name: str, value: Any) -> RawTensor:
     elif types <= {int, float}:
         code, label = _dtypes.MS_FLOAT32, "float32"
     else:
-        raise invalid_input(name, f"Tensor check failed: the JSON array holds {json_tensors.describe(types)}: a "
-                                  f"tensor's elements are all booleans or all numbers")
+        raise invalid_input(
+            name,
+            f"Tensor check failed: the JSON array holds {json_tensors.describe(types)}: a "
+            f"tensor's elements are all booleans or all numbers",
+        )
     return RawTensor(code, shape, json_tensors.pack_numbers(name, flat, code, label))
 
 
 def _b64_object(name: str, value: dict) -> RawTensor:
     for key in value:
         if key not in _B64_KEYS:
-            raise invalid_input(name, f"Tensor check failed: unknown key '{clip(key)}' in a b64 object, it takes b64, "
-                                      f"type and shape")
+            raise invalid_input(
+                name, f"Tensor check failed: unknown key '{clip(key)}' in a b64 object, it takes b64, type and shape"
+            )
     text = value.get("b64")
     if type(text) is not str:
         raise invalid_input(name, "Tensor check failed: a b64 object needs 'b64', a JSON string of base64 data")
     type_name = value.get("type", "bytes")
     code = B64_TYPES.get(type_name) if type(type_name) is str else None
     if code is None:
-        raise invalid_input(name, f"Tensor check failed: type {clip(repr(type_name))} of a b64 object invalid, it "
-                                  f"should be one of {', '.join(B64_TYPES)}")
+        raise invalid_input(
+            name,
+            f"Tensor check failed: type {clip(repr(type_name))} of a b64 object invalid, it "
+            f"should be one of {', '.join(B64_TYPES)}",
+        )
     shape = json_tensors.check_dims(name, value["shape"]) if "shape" in value else (1,)
     text_type = code in (_dtypes.MS_STRING, _dtypes.MS_BYTES)
     if text_type and shape not in ((), (1,)):
-        raise invalid_input(name, f"Instance tensor check failed: bytes or string type input shape can only be "
-                                  f"(1,) or empty, but given shape is {list(shape)}")
+        raise invalid_input(
+            name,
+            f"Instance tensor check failed: bytes or string type input shape can only be "
+            f"(1,) or empty, but given shape is {list(shape)}",
+        )
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:

@@ -1,6 +1,7 @@
 """One Open Inference Protocol inference, whatever transport carried it (gRPC ModelInfer, REST /infer): the model
 resolved to a route, the requested outputs selected, the inputs cut into instances, the dispatcher run, the
 outputs stacked. Errors are the typed ones of mindserve._errors; each transport maps them."""
+
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
@@ -31,15 +32,21 @@ def timeout_seconds(parameters: Mapping[str, Any]) -> Optional[float]:
         return None
     value = parameters[TIMEOUT]
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise InvalidInput(f"The request parameter 'timeout' should be a non-negative integer of microseconds, got "
-                           f"{clip(repr(value))}")
+        raise InvalidInput(
+            f"The request parameter 'timeout' should be a non-negative integer of microseconds, got {clip(repr(value))}"
+        )
     return value / 1e6
 
 
-async def infer(dispatcher: Dispatcher, model_name: str, version_text: str,
-                inputs: Callable[[], Sequence[tensors.InputTensor]],
-                requested_outputs: list[tuple[str, Mapping]], lease: Optional[Lease] = None,
-                timeout: Optional[float] = None) -> Inference:
+async def infer(
+    dispatcher: Dispatcher,
+    model_name: str,
+    version_text: str,
+    inputs: Callable[[], Sequence[tensors.InputTensor]],
+    requested_outputs: list[tuple[str, Mapping]],
+    lease: Optional[Lease] = None,
+    timeout: Optional[float] = None,
+) -> Inference:
     """Run an inference request. ``inputs`` makes the request's input tensors: it is called once the model and
     the outputs are known good, so that a request for an unknown model is answered NOT_FOUND whatever its
     inputs hold. Outputs whose parameters name a shared memory region are written there (``lease`` holds the
@@ -50,8 +57,9 @@ async def infer(dispatcher: Dispatcher, model_name: str, version_text: str,
     shared = output_references(lease, requested_outputs)
     made = inputs()
     if lease is not None and lease.off_loop is not None and large_reads(made):  # a thread reads clients' memory
-        items = await lease.off_loop.run(tensors.instances, model, route.signature, made,
-                                         dispatcher.max_request_instances)
+        items = await lease.off_loop.run(
+            tensors.instances, model, route.signature, made, dispatcher.max_request_instances
+        )
     else:
         items = tensors.instances(model, route.signature, made, dispatcher.max_request_instances)
     token = deadlines.narrow(timeout)  # (``timeout``: seconds, the request's own bound within its transport's)
@@ -60,5 +68,6 @@ async def infer(dispatcher: Dispatcher, model_name: str, version_text: str,
     finally:
         deadlines.reset(token)
     outputs = [tensors.stack_output(name, results) for name in selected]
-    return Inference(route.served_version, [write_output(out, *shared[out.name]) if out.name in shared else out
-                                            for out in outputs])
+    return Inference(
+        route.served_version, [write_output(out, *shared[out.name]) if out.name in shared else out for out in outputs]
+    )

@@ -1,6 +1,7 @@
 """Models of the Open Inference Protocol: every (servable, method) is the model ``servable.method``; a servable
 with a single method also answers to its bare name. A version is a number ("" or "0": the newest version with a
 live worker). Readiness follows the workers; metadata does not need a live worker."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -13,7 +14,6 @@ from mindserve._errors import InvalidInput, NotServed, clip
 
 SERVER_NAME = "mindserve"
 PLATFORM = "mindserve"
-
 
 
 class Model:
@@ -95,18 +95,25 @@ def model_ready(dispatcher: Dispatcher, model_name: str, version_text: str) -> O
 
 
 def _tensors(names: Sequence[str], specs: Sequence[TensorSpec]) -> list[TensorMetadata]:
-    return [TensorMetadata(name, _dtypes.OIP_NAME_OF.get(spec.dtype, ""),
-                           [-1] + (list(spec.shape) if spec.shape is not None else []))
-            for name, spec in zip(names, specs)]
+    return [
+        TensorMetadata(
+            name, _dtypes.OIP_NAME_OF.get(spec.dtype, ""), [-1] + (list(spec.shape) if spec.shape is not None else [])
+        )
+        for name, spec in zip(names, specs)
+    ]
 
 
 def model_metadata(dispatcher: Dispatcher, model_name: str, version_text: str) -> ModelMetadata:
     """What the server knows of the model: its versions, and its inputs and outputs (in the version asked for)."""
     model, served = served_model(dispatcher, model_name, version_text)
     signature = served.methods[model.method]
-    return ModelMetadata(model_name, PLATFORM, [str(v) for v in model.versions()],
-                         _tensors(signature.inputs, signature.input_specs),
-                         _tensors(signature.outputs, signature.output_specs))
+    return ModelMetadata(
+        model_name,
+        PLATFORM,
+        [str(v) for v in model.versions()],
+        _tensors(signature.inputs, signature.input_specs),
+        _tensors(signature.outputs, signature.output_specs),
+    )
 
 
 def selected_outputs(requested: list[tuple[str, Mapping]], signature: MethodSignature, model: Model) -> list[str]:
@@ -118,8 +125,10 @@ def selected_outputs(requested: list[tuple[str, Mapping]], signature: MethodSign
     selected = []
     for name, parameters in requested:
         if name not in names:
-            raise InvalidInput(f"Cannot find output {clip(name)} in the outputs of servable {model.servable}, method "
-                               f"{model.method}: {', '.join(names)}")
+            raise InvalidInput(
+                f"Cannot find output {clip(name)} in the outputs of servable {model.servable}, method "
+                f"{model.method}: {', '.join(names)}"
+            )
         if name in selected:
             raise InvalidInput(f"Output {clip(name)} is requested more than once")
         if "classification" in parameters:

@@ -13,6 +13,7 @@ What each field counts, for one model (servable method) version:
 - ``last_inference``: milliseconds since the epoch of the last request (0: none yet).
 Requests that named no served model are in no model's statistics (they are in the metrics, as ``unknown``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -55,21 +56,36 @@ class ModelStatistics:
 
     def to_json(self) -> dict:
         """The document of one model's statistics in the REST answer."""
+
         def duration(d: Duration) -> dict:
             return {"count": d.count, "ns": d.ns}
 
         empty = duration(Duration())
         return {
-            "name": self.name, "version": self.version, "last_inference": self.last_inference,
-            "inference_count": self.inference_count, "execution_count": self.execution_count,
-            "inference_stats": {"success": duration(self.success), "fail": duration(self.fail),
-                                "queue": duration(self.queue), "compute_input": duration(self.compute_input),
-                                "compute_infer": duration(self.compute_infer),
-                                "compute_output": duration(self.compute_output), "cache_hit": empty,
-                                "cache_miss": empty},
-            "batch_stats": [{"batch_size": b.batch_size, "compute_input": duration(b.compute_input),
-                             "compute_infer": duration(b.compute_infer), "compute_output": duration(b.compute_output)}
-                            for b in self.batch_stats],
+            "name": self.name,
+            "version": self.version,
+            "last_inference": self.last_inference,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "inference_stats": {
+                "success": duration(self.success),
+                "fail": duration(self.fail),
+                "queue": duration(self.queue),
+                "compute_input": duration(self.compute_input),
+                "compute_infer": duration(self.compute_infer),
+                "compute_output": duration(self.compute_output),
+                "cache_hit": empty,
+                "cache_miss": empty,
+            },
+            "batch_stats": [
+                {
+                    "batch_size": b.batch_size,
+                    "compute_input": duration(b.compute_input),
+                    "compute_infer": duration(b.compute_infer),
+                    "compute_output": duration(b.compute_output),
+                }
+                for b in self.batch_stats
+            ],
         }
 
 
@@ -82,8 +98,10 @@ async def model_statistics(dispatcher: Dispatcher, model_name: str, version_text
         version = version_number(model_name, version_text)
         if version:
             if version not in versions:
-                raise NotServed(f"Model '{clip(model_name)}' version {version} is not found, running versions: "
-                                f"{', '.join(str(v) for v in versions)}")
+                raise NotServed(
+                    f"Model '{clip(model_name)}' version {version} is not found, running versions: "
+                    f"{', '.join(str(v) for v in versions)}"
+                )
             versions = [version]
         wanted = [(model_name, model.servable, model.method, v) for v in versions]
     else:
@@ -91,12 +109,16 @@ async def model_statistics(dispatcher: Dispatcher, model_name: str, version_text
         for served in dispatcher.served():
             single = len(served.methods) == 1
             for method in sorted(served.methods):
-                wanted.append((served.name if single else f"{served.name}.{method}", served.name, method,
-                               served.version))
+                wanted.append(
+                    (served.name if single else f"{served.name}.{method}", served.name, method, served.version)
+                )
     workers = await dispatcher.worker_stats()
-    return [_statistics(dispatcher, name, servable, method, version,
-                        _method_totals(workers.get((servable, version), {}), method))
-            for name, servable, method, version in wanted]
+    return [
+        _statistics(
+            dispatcher, name, servable, method, version, _method_totals(workers.get((servable, version), {}), method)
+        )
+        for name, servable, method, version in wanted
+    ]
 
 
 def _method_totals(devices: dict[int, dict[str, MethodTotals]], method: str) -> Optional[MethodTotals]:
@@ -110,8 +132,9 @@ def _method_totals(devices: dict[int, dict[str, MethodTotals]], method: str) -> 
     return merged
 
 
-def _statistics(dispatcher: Dispatcher, name: str, servable: str, method: str, version: int,
-                totals: Optional[MethodTotals]) -> ModelStatistics:
+def _statistics(
+    dispatcher: Dispatcher, name: str, servable: str, method: str, version: int, totals: Optional[MethodTotals]
+) -> ModelStatistics:
     stats = ModelStatistics(name, str(version))
     for (s, v, m, _), series in dispatcher.requests.series.items():
         if (s, v, m) == (servable, str(version), method):
@@ -123,9 +146,13 @@ def _statistics(dispatcher: Dispatcher, name: str, servable: str, method: str, v
     if totals is not None:
         stats.inference_count, stats.execution_count = totals.inferences, totals.executions
         stats.queue = Duration(totals.jobs, totals.queue.total)
-        stats.compute_input, stats.compute_infer, stats.compute_output = (Duration(totals.jobs, ns)
-                                                                          for ns in totals.compute)
-        stats.batch_stats = [BatchStatistics(size, Duration(entry[0], entry[1]), Duration(entry[0], entry[2]),
-                                             Duration(entry[0], entry[3]))
-                             for size, entry in sorted(totals.by_batch.items())]
+        stats.compute_input, stats.compute_infer, stats.compute_output = (
+            Duration(totals.jobs, ns) for ns in totals.compute
+        )
+        stats.batch_stats = [
+            BatchStatistics(
+                size, Duration(entry[0], entry[1]), Duration(entry[0], entry[2]), Duration(entry[0], entry[3])
+            )
+            for size, entry in sorted(totals.by_batch.items())
+        ]
     return stats

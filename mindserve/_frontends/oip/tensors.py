@@ -10,6 +10,7 @@
 
 Every size is checked against the data actually received before anything is made from a declared shape.
 """
+
 from __future__ import annotations
 
 import struct
@@ -75,19 +76,26 @@ def split_bytes(name: str, data: Data, dims: tuple, count: int) -> list:
     view = memoryview(data)
     while offset < size and len(items) <= count:
         if size - offset < 4:
-            raise invalid_input(name, f"Tensor check failed: BYTES input data is malformed, element {len(items)} "
-                                      f"has {size - offset} of its 4 length bytes")
+            raise invalid_input(
+                name,
+                f"Tensor check failed: BYTES input data is malformed, element {len(items)} "
+                f"has {size - offset} of its 4 length bytes",
+            )
         (length,) = _LENGTH.unpack_from(data, offset)
         offset += 4
         if length > size - offset:
-            raise invalid_input(name, f"Tensor check failed: BYTES input data is malformed, element {len(items)} "
-                                      f"declares {length} bytes, {size - offset} are left")
-        items.append(bytes(view[offset:offset + length]))
+            raise invalid_input(
+                name,
+                f"Tensor check failed: BYTES input data is malformed, element {len(items)} "
+                f"declares {length} bytes, {size - offset} are left",
+            )
+        items.append(bytes(view[offset : offset + length]))
         offset += length
     if len(items) != count or offset != size:
         held = f"more than {count}" if len(items) > count else str(len(items))
-        raise invalid_input(name, f"Tensor check failed: BYTES input data holds {held} elements, shape "
-                                  f"{list(dims)} needs {count}")
+        raise invalid_input(
+            name, f"Tensor check failed: BYTES input data holds {held} elements, shape {list(dims)} needs {count}"
+        )
     return items
 
 
@@ -100,8 +108,9 @@ def join_bytes(items: Sequence) -> bytes:
     return b"".join(parts)
 
 
-def instances(model: Model, signature: MethodSignature, tensors: Sequence[InputTensor], max_instances: int) \
-        -> Sequence[dict[str, RawTensor]]:
+def instances(
+    model: Model, signature: MethodSignature, tensors: Sequence[InputTensor], max_instances: int
+) -> Sequence[dict[str, RawTensor]]:
     """The request's inputs cut into instances along dim 0 (at most ``max_instances`` of them), every size checked
     before the data is used: a
     StackedInputs over the request's own bytes when every input is numeric (the transport copies each input
@@ -117,8 +126,10 @@ def instances(model: Model, signature: MethodSignature, tensors: Sequence[InputT
             raise missing_input(name, "request inputs", model.servable, model.method, names, list(position))
     for name in position:
         if name not in names:
-            raise InvalidInput(f"Unexpected input {clip(name)} in request inputs , servable {clip(model.servable)}, "
-                               f"method {clip(model.method)} takes {', '.join(names)}")
+            raise InvalidInput(
+                f"Unexpected input {clip(name)} in request inputs , servable {clip(model.servable)}, "
+                f"method {clip(model.method)} takes {', '.join(names)}"
+            )
     if not names:
         return [{}]
     ordered = [tensors[position[name]] for name in names]
@@ -145,11 +156,13 @@ def _instance_count(tensors: list[InputTensor], model: Model, max_instances: int
         if count is None:
             count, first = dims[0], tensor.name
         elif dims[0] != count:
-            raise invalid_input(tensor.name, f"Tensor check failed: input dim 0 (instances) is {dims[0]}, but input "
-                                             f"{first} has {count}")
+            raise invalid_input(
+                tensor.name, f"Tensor check failed: input dim 0 (instances) is {dims[0]}, but input {first} has {count}"
+            )
     if not count:  # (None: no inputs, which instances() answers before)
-        raise InvalidInput(f"Instances count of request cannot be 0, servable: {clip(model.servable)}, "
-                           f"method: {clip(model.method)}")
+        raise InvalidInput(
+            f"Instances count of request cannot be 0, servable: {clip(model.servable)}, method: {clip(model.method)}"
+        )
     if count > max_instances:
         # instances whose tensors hold no elements cost no request bytes: bound their number here
         raise too_many_instances(count, max_instances, model.servable, model.method)
@@ -161,12 +174,18 @@ def _column(tensor: InputTensor, count: int, spec: TensorSpec) -> Union[StackedI
     name, dims, datatype = tensor.name, tensor.shape, tensor.datatype
     code = _dtypes.CODE_OF_OIP_NAME.get(datatype)
     if code is None:
-        raise invalid_input(name, f"Tensor check failed: input data type {clip(datatype, 32) or '(empty)'} invalid: "
-                                  f"the data types are {', '.join(_dtypes.CODE_OF_OIP_NAME)}")
+        raise invalid_input(
+            name,
+            f"Tensor check failed: input data type {clip(datatype, 32) or '(empty)'} invalid: "
+            f"the data types are {', '.join(_dtypes.CODE_OF_OIP_NAME)}",
+        )
     if code == _dtypes.MS_BYTES:
         if dims not in ((count,), (count, 1)):
-            raise invalid_input(name, f"Tensor check failed: BYTES input shape can only be [N] or [N, 1], one "
-                                      f"element per instance, but given shape is {list(dims)}")
+            raise invalid_input(
+                name,
+                f"Tensor check failed: BYTES input shape can only be [N] or [N, 1], one "
+                f"element per instance, but given shape is {list(dims)}",
+            )
         items = tensor.bytes_items(count)
         if spec.dtype == _dtypes.MS_STRING or tensor.as_str:
             for item in items:
@@ -181,7 +200,7 @@ def _column(tensor: InputTensor, count: int, spec: TensorSpec) -> Union[StackedI
 def _rows(column: StackedInput, count: int) -> list[RawTensor]:
     """A numeric column as one tensor per instance (views of the request's bytes)."""
     row = column.row_size
-    return [RawTensor(column.dtype, column.row_shape, column.source[i * row:(i + 1) * row]) for i in range(count)]
+    return [RawTensor(column.dtype, column.row_shape, column.source[i * row : (i + 1) * row]) for i in range(count)]
 
 
 async def run(dispatcher: Dispatcher, route: Route, items: Sequence[dict[str, RawTensor]]) -> Results:
@@ -215,15 +234,19 @@ def stack_output(name: str, results: Results) -> OutputTensor:
     first = items[0]
     text = first.dtype in TEXT_TYPES
     for i, item in enumerate(items):
-        if (item.dtype in TEXT_TYPES) != text or (not text and (item.dtype != first.dtype
-                                                                 or tuple(item.shape) != tuple(first.shape))):
-            raise StageFailed(f"Output {name} of instance {i} is {_describe(item)} but that of instance 0 is "
-                              f"{_describe(first)}: the instances' outputs are stacked along dim 0 and must "
-                              f"agree in data type and shape")
+        if (item.dtype in TEXT_TYPES) != text or (
+            not text and (item.dtype != first.dtype or tuple(item.shape) != tuple(first.shape))
+        ):
+            raise StageFailed(
+                f"Output {name} of instance {i} is {_describe(item)} but that of instance 0 is "
+                f"{_describe(first)}: the instances' outputs are stacked along dim 0 and must "
+                f"agree in data type and shape"
+            )
     if text:
         return OutputTensor(name, "BYTES", [len(items)], None, [bytes(item.data) for item in items])
-    return OutputTensor(name, _dtypes.OIP_NAME_OF[first.dtype], [len(items), *first.shape],
-                        b"".join(item.data for item in items), None)
+    return OutputTensor(
+        name, _dtypes.OIP_NAME_OF[first.dtype], [len(items), *first.shape], b"".join(item.data for item in items), None
+    )
 
 
 def _describe(item: RawTensor) -> str:

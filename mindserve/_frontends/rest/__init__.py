@@ -11,6 +11,7 @@ tensors) and ``_frontends/mindspore/values.py`` (MindSpore's value types).
 
 aiohttp is an optional dependency (the ``rest`` extra): nothing here imports it until a REST server starts.
 """
+
 from __future__ import annotations
 
 MIN_AIOHTTP = (3, 9)  # AppRunner(shutdown_timeout=...) drains requests in flight at stop
@@ -21,13 +22,17 @@ def require_aiohttp() -> None:
     try:
         import aiohttp
     except ImportError:
-        raise RuntimeError("start_restful_server needs aiohttp, which is not installed: install mindserve[rest] "
-                           "(pip install 'mindserve[rest]')") from None
+        raise RuntimeError(
+            "start_restful_server needs aiohttp, which is not installed: install mindserve[rest] "
+            "(pip install 'mindserve[rest]')"
+        ) from None
     try:
         version = tuple(int(part) for part in aiohttp.__version__.split(".")[:2])
     except ValueError:
         return  # a development version: assume it is recent
     if version < MIN_AIOHTTP:
-        raise RuntimeError(f"start_restful_server needs aiohttp >= {'.'.join(map(str, MIN_AIOHTTP))}, but "
-                           f"{aiohttp.__version__} is installed: install mindserve[rest] "
-                           f"(pip install -U 'mindserve[rest]')")
+        raise RuntimeError(
+            f"start_restful_server needs aiohttp >= {'.'.join(map(str, MIN_AIOHTTP))}, but "
+            f"{aiohttp.__version__} is installed: install mindserve[rest] "
+            f"(pip install -U 'mindserve[rest]')"
+        )

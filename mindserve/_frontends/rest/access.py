@@ -1,6 +1,7 @@
 """The access check of the REST doors: an aiohttp middleware that puts each request's route in its group
 (``mindserve._access.groups``) and asks the policy before the route's handler reads the body; and the token
 endpoints of configured consumers (Seldon's flow), ``GET|POST /token`` and ``POST /oauth/token``."""
+
 from __future__ import annotations
 
 import base64
@@ -31,8 +32,9 @@ def _peer_identities(request: web.Request) -> list[Identity]:
     cert: Any = transport.get_extra_info("peercert") if transport is not None else None
     if not cert:
         return []
-    names: list[Identity] = [(CN, value) for rdn in cert.get("subject", ()) for key, value in rdn
-                             if key == "commonName"]
+    names: list[Identity] = [
+        (CN, value) for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"
+    ]
     names += [(_SAN_TYPES[kind], value) for kind, value in cert.get("subjectAltName", ()) if kind in _SAN_TYPES]
     return names
 
@@ -46,6 +48,7 @@ def _denial(request: web.Request, error: ServingError) -> web.Response:
 
 def access_middleware(policy: AccessPolicy):
     """Middleware: each request checked for its route's group before its handler runs."""
+
     @web.middleware
     async def check(request: web.Request, handler):
         resource = request.match_info.route.resource
@@ -55,15 +58,18 @@ def access_middleware(policy: AccessPolicy):
         if group == OPEN:
             return await handler(request)
         if group is None:
-            return _denial(request, PermissionDenied(f"the endpoint {resource.canonical} is not in the access "
-                                                     f"table"))
+            return _denial(request, PermissionDenied(f"the endpoint {resource.canonical} is not in the access table"))
         error = policy.decide(group, lambda name: request.headers.getall(name, []))
-        if error is not None and policy.uses_certificates and \
-                policy.admits_identities(group, _peer_identities(request)):
+        if (
+            error is not None
+            and policy.uses_certificates
+            and policy.admits_identities(group, _peer_identities(request))
+        ):
             error = None
         if error is not None:
             return _denial(request, error)
         return await handler(request)
+
     return check
 
 
@@ -132,8 +138,7 @@ class TokenRoutes:
             self._issuer.backoff.failed(_client(request))
             return _basic_challenge(error_response(401, BAD_CONSUMER))
         self._issuer.backoff.succeeded(_client(request))
-        response = json_response({"access_token": token, "token_type": "bearer",
-                                  "expires_in": int(self._issuer.ttl_s)})
+        response = json_response({"access_token": token, "token_type": "bearer", "expires_in": int(self._issuer.ttl_s)})
         response.headers["Cache-Control"] = "no-store"  # (OAuth: a token must not be kept by caches)
         return response
 

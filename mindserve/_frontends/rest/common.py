@@ -9,6 +9,7 @@ A full queue is 429 (Too Many Requests), not 503: the server and its workers are
 retry later, while 503 is kept for "no live worker", which readiness reports too; load balancers take a 503 as
 an unhealthy backend, a 429 only as back-pressure.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -89,6 +90,7 @@ Handler = Callable[..., Awaitable[web.StreamResponse]]
 def answers_errors(route: str, key: str = "error") -> Callable[[Handler], Handler]:
     """Every failure of a route answered as ``{key: text}`` with its status, never a traceback (see
     ``failure_response``; ``error_msg`` is MindSpore Serving's key, ``error`` KServe's)."""
+
     def wrap(handler: Handler) -> Handler:
         @functools.wraps(handler)
         async def handle(*args: Any) -> web.StreamResponse:
@@ -96,7 +98,9 @@ def answers_errors(route: str, key: str = "error") -> Callable[[Handler], Handle
                 return await handler(*args)
             except Exception as exc:
                 return failure_response(route, exc, key)
+
         return handle
+
     return wrap
 
 
@@ -155,8 +159,9 @@ async def _next_chunk(request: web.Request) -> bytes:
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The whole body (decompressed when the client sent Content-Encoding gzip or deflate); 413 once it passes
     ``limit`` bytes, told by Content-Length before anything is read when the client declares it."""
-    too_large = HttpError(413, f"Request body is larger than the limit of {limit} bytes (max_msg_mb_size "
-                               f"{limit >> 20})")
+    too_large = HttpError(
+        413, f"Request body is larger than the limit of {limit} bytes (max_msg_mb_size {limit >> 20})"
+    )
     length: Optional[int] = request.content_length
     if length is not None and length > limit:
         raise too_large
@@ -166,8 +171,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         try:
             chunk = await _next_chunk(request)
         except asyncio.TimeoutError:
-            raise HttpError(408, f"Request body stopped arriving: nothing came for {BODY_IDLE_TIMEOUT_S:g} s") \
-                from None
+            raise HttpError(408, f"Request body stopped arriving: nothing came for {BODY_IDLE_TIMEOUT_S:g} s") from None
         except (HttpProcessingError, RequestPayloadError) as exc:  # a broken chunked or compressed body, say
             detail = " ".join(str(exc).split())
             raise HttpError(400, f"Request body could not be read: {detail}") from None
@@ -186,8 +190,9 @@ def parse_json(data: bytes) -> Any:
     try:
         return json.loads(data)
     except json.JSONDecodeError as exc:
-        raise HttpError(400, f"The request body is not valid JSON: {exc.msg} at line {exc.lineno} column "
-                             f"{exc.colno}") from None
+        raise HttpError(
+            400, f"The request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
     except UnicodeDecodeError:
         raise HttpError(400, "The request body is not valid JSON: it is not UTF-8 text") from None
     except RecursionError:

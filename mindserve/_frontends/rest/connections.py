@@ -8,6 +8,7 @@ aiohttp gives each connection a RequestHandler made by its ``web.Server``; here 
   does not echo the bytes received, like every other error of this server, instead of aiohttp's plain text.
 The idle bound itself is aiohttp's ``keepalive_timeout`` (see RestServer.start).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -35,8 +36,10 @@ class ConnectionLimits(NamedTuple):
 def _json_bytes(status: int, message: str) -> bytes:
     body = dumps({"error": message})
     phrase = HTTPStatus(status).phrase
-    return (f"HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-            f"Connection: close\r\nServer: mindserve\r\n\r\n").encode() + body
+    return (
+        f"HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        f"Connection: close\r\nServer: mindserve\r\n\r\n"
+    ).encode() + body
 
 
 class _Refused(asyncio.Protocol):
@@ -56,8 +59,9 @@ class _JsonErrors(RequestHandler):
 
     __slots__ = ()
 
-    def handle_error(self, request: Any, status: int = 500, exc: Optional[BaseException] = None,
-                     message: Optional[str] = None) -> web.StreamResponse:
+    def handle_error(
+        self, request: Any, status: int = 500, exc: Optional[BaseException] = None, message: Optional[str] = None
+    ) -> web.StreamResponse:
         super().handle_error(request, status, exc, message)  # logs as aiohttp does; raises if a reply was sent
         if status == 400:
             text = "The request is not valid HTTP/1.1: a malformed request line, header or chunk"
@@ -65,8 +69,9 @@ class _JsonErrors(RequestHandler):
             text = "Internal server error"
         else:
             text = f"The request could not be handled: {HTTPStatus(status).phrase}"
-        response = web.Response(body=dumps({"error": text}), status=status, content_type="application/json",
-                                headers={"Server": "mindserve"})
+        response = web.Response(
+            body=dumps({"error": text}), status=status, content_type="application/json", headers={"Server": "mindserve"}
+        )
         response.force_close()
         return response
 

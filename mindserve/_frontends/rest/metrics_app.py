@@ -1,6 +1,7 @@
 """The metrics server: ``GET /metrics`` in Prometheus's text format, on its own address (Triton's and MLServer's
 habit: port 8002 by default in ``mindserve serve``), with the same TLS and access options as the other
 servers (access group ``metrics``)."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -21,11 +22,16 @@ async def _plain_errors(request: web.Request, handler):
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status == 404:
-            return web.Response(status=404, text=f"No endpoint {request.method} {request.path}; the metrics server "
-                                                 f"serves GET {METRICS_PATH}\n")
+            return web.Response(
+                status=404,
+                text=f"No endpoint {request.method} {request.path}; the metrics server serves GET {METRICS_PATH}\n",
+            )
         if exc.status == 405:
-            return web.Response(status=405, text=f"Method {request.method} is not allowed on {request.path}: use "
-                                                 f"GET\n", headers={"Allow": "GET"})
+            return web.Response(
+                status=405,
+                text=f"Method {request.method} is not allowed on {request.path}: use GET\n",
+                headers={"Allow": "GET"},
+            )
         raise
 
 

@@ -6,6 +6,7 @@ results); a failure of the whole request is ``{"error_msg": text}`` alone, with 
 such servable, version or method; 400 a malformed request; 503 no live worker; 429 the queue is full; 413 a body
 over the limit). Values and their types: see ``_frontends/mindspore/values.py``. Texts are MSService's.
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,8 +41,9 @@ class MindSporeRoutes:
 
     def add_to(self, app: web.Application) -> None:
         app.router.add_post(f"/model/{{servable:{_SEGMENT}}}:{{method:{_SEGMENT}}}", self.predict)
-        app.router.add_post(f"/model/{{servable:{_SEGMENT}}}/version/{{version:{_SEGMENT}}}:{{method:{_SEGMENT}}}",
-                            self.predict)
+        app.router.add_post(
+            f"/model/{{servable:{_SEGMENT}}}/version/{{version:{_SEGMENT}}}:{{method:{_SEGMENT}}}", self.predict
+        )
 
     @answers_errors("Predict", _KEY)
     async def predict(self, request: web.Request) -> web.Response:
@@ -87,8 +89,10 @@ def _instances(document: Any) -> list:
     if type(instances) is dict:
         return [instances]  # one instance, as MindSpore Serving takes it
     if type(instances) is not list:
-        raise HttpError(400, "'instances' should be a JSON array of instances (objects of input names and values), "
-                             "or one such object")
+        raise HttpError(
+            400,
+            "'instances' should be a JSON array of instances (objects of input names and values), or one such object",
+        )
     return instances
 
 
@@ -100,6 +104,8 @@ def _outcome(outcome: Any) -> dict:
 
 def _stacked(count: int, outputs: dict[str, StackedOutput]) -> list:
     """Every instance succeeded with stacked outputs: each output made JSON in one pass."""
-    columns = {name: ms_values.stacked_to_json(out.dtype, tuple(out.row_shape), count, out.data)
-               for name, out in outputs.items()}
+    columns = {
+        name: ms_values.stacked_to_json(out.dtype, tuple(out.row_shape), count, out.data)
+        for name, out in outputs.items()
+    }
     return [{name: column[i] for name, column in columns.items()} for i in range(count)]

@@ -1,5 +1,6 @@
 """A REST server of the master: one aiohttp application per address (``host:port`` or ``unix:/path``), with
 optional TLS / mutual TLS and a request size limit, on the master's asyncio loop."""
+
 from __future__ import annotations
 
 import logging
@@ -26,15 +27,20 @@ from mindserve._frontends.shared_memory.regions import ClientRegions
 from mindserve._metrics import requests as request_metrics
 from mindserve._metrics.requests import RequestMetrics
 
-ENDPOINTS = ("GET /v2/health/live, GET /v2/health/ready, GET /v2, GET /v2/models/{model}[/versions/{version}], "
-             "GET /v2/models/{model}[/versions/{version}]/ready, POST /v2/models/{model}[/versions/{version}]/infer, "
-             "GET /v2/models[/{model}[/versions/{version}]]/stats, POST /model/{servable}[/version/{version}]:{method}")
+ENDPOINTS = (
+    "GET /v2/health/live, GET /v2/health/ready, GET /v2, GET /v2/models/{model}[/versions/{version}], "
+    "GET /v2/models/{model}[/versions/{version}]/ready, POST /v2/models/{model}[/versions/{version}]/infer, "
+    "GET /v2/models[/{model}[/versions/{version}]]/stats, POST /model/{servable}[/version/{version}]:{method}"
+)
 
 
 def ssl_context(config: SSLConfig) -> ssl.SSLContext:
     """The server side of TLS; with ``verify_client`` a client must present a certificate from ``custom_ca``."""
-    for path, what in ((config.certificate, "certificate"), (config.private_key, "private key"),
-                       (config.custom_ca, "CA certificate")):
+    for path, what in (
+        (config.certificate, "certificate"),
+        (config.private_key, "private key"),
+        (config.custom_ca, "CA certificate"),
+    ):
         if path:
             read_pem(path, what)  # a missing or unreadable file fails with the same text as for gRPC
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -42,8 +48,10 @@ def ssl_context(config: SSLConfig) -> ssl.SSLContext:
     try:
         context.load_cert_chain(config.certificate, config.private_key)
     except ssl.SSLError as exc:
-        raise RuntimeError(f"cannot load the certificate '{config.certificate}' with the private key "
-                           f"'{config.private_key}': {exc.reason or exc}") from None
+        raise RuntimeError(
+            f"cannot load the certificate '{config.certificate}' with the private key "
+            f"'{config.private_key}': {exc.reason or exc}"
+        ) from None
     if config.custom_ca:
         try:
             context.load_verify_locations(cafile=config.custom_ca)
@@ -96,8 +104,16 @@ def _admitting(admission: Admission, metrics: RequestMetrics):
 
     @web.middleware
     async def admit(request: web.Request, handler):
-        response = await admitted(admission, metrics, _inference_protocol(request), handler, _refuse, (request,),
-                                  request.content_length or 0, _body_bytes)
+        response = await admitted(
+            admission,
+            metrics,
+            _inference_protocol(request),
+            handler,
+            _refuse,
+            (request,),
+            request.content_length or 0,
+            _body_bytes,
+        )
         if admission.closed:
             response.force_close()
         return response
@@ -117,11 +133,11 @@ async def _json_errors(request: web.Request, handler):
         key = "error_msg" if request.path.startswith("/model/") else "error"
         if isinstance(exc, web.HTTPMethodNotAllowed):
             allowed = ", ".join(sorted(exc.allowed_methods))
-            return error_response(405, f"Method {request.method} is not allowed on {request.path}: use {allowed}",
-                                  key)
+            return error_response(405, f"Method {request.method} is not allowed on {request.path}: use {allowed}", key)
         if exc.status == 404:
-            return error_response(404, f"No endpoint {request.method} {request.path}; the endpoints are "
-                                       f"{ENDPOINTS}", key)
+            return error_response(
+                404, f"No endpoint {request.method} {request.path}; the endpoints are {ENDPOINTS}", key
+            )
         return error_response(exc.status, exc.reason, key)
 
 
@@ -130,8 +146,13 @@ async def _server_header(request: web.Request, response: web.StreamResponse) -> 
     response.headers["Server"] = "mindserve"
 
 
-def make_app(dispatcher: Dispatcher, limit: int, admission: Admission,
-             policy: Optional[AccessPolicy] = None, regions: Optional[ClientRegions] = None) -> web.Application:
+def make_app(
+    dispatcher: Dispatcher,
+    limit: int,
+    admission: Admission,
+    policy: Optional[AccessPolicy] = None,
+    regions: Optional[ClientRegions] = None,
+) -> web.Application:
     middlewares = [_admitting(admission, dispatcher.requests), _json_errors]
     if policy is not None:
         middlewares.append(access_middleware(policy))
@@ -154,16 +175,36 @@ class RestServer:
         self.socket_path = socket_path
 
     @classmethod
-    async def start(cls, address: str, dispatcher: Dispatcher, max_msg_mb_size: int,
-                    ssl_config: Optional[SSLConfig], drain_grace_s: float, admission: Admission,
-                    limits: ConnectionLimits, policy: Optional[AccessPolicy] = None,
-                    regions: Optional[ClientRegions] = None) -> "RestServer":
-        return await cls.listen(address, make_app(dispatcher, max_msg_mb_size << 20, admission, policy, regions),
-                                ssl_config, drain_grace_s, limits)
+    async def start(
+        cls,
+        address: str,
+        dispatcher: Dispatcher,
+        max_msg_mb_size: int,
+        ssl_config: Optional[SSLConfig],
+        drain_grace_s: float,
+        admission: Admission,
+        limits: ConnectionLimits,
+        policy: Optional[AccessPolicy] = None,
+        regions: Optional[ClientRegions] = None,
+    ) -> "RestServer":
+        return await cls.listen(
+            address,
+            make_app(dispatcher, max_msg_mb_size << 20, admission, policy, regions),
+            ssl_config,
+            drain_grace_s,
+            limits,
+        )
 
     @classmethod
-    async def listen(cls, address: str, app: web.Application, ssl_config: Optional[SSLConfig],
-                     drain_grace_s: float, limits: ConnectionLimits, what: str = "REST server") -> "RestServer":
+    async def listen(
+        cls,
+        address: str,
+        app: web.Application,
+        ssl_config: Optional[SSLConfig],
+        drain_grace_s: float,
+        limits: ConnectionLimits,
+        what: str = "REST server",
+    ) -> "RestServer":
         """Serve ``app`` on ``address`` (``host:port`` or ``unix:/path``), with TLS when ``ssl_config`` is given;
         ``what`` names the server in errors."""
         context = ssl_context(ssl_config) if ssl_config else None
@@ -174,8 +215,13 @@ class RestServer:
         # shutdown_timeout: how long stop() lets requests in flight finish; keepalive_timeout: aiohttp arms it
         # when a connection opens and after each response, and closes a connection that has not sent a whole
         # request head by then (a slowloris client, one that connects and says nothing, an idle keep-alive)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=drain_grace_s,
-                               keepalive_timeout=limits.idle_timeout_s)
+        runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=drain_grace_s,
+            keepalive_timeout=limits.idle_timeout_s,
+        )
         sock = unix_socket(socket_path, "REST server") if socket_path else None
         await runner.setup()
         capped_connections(runner, limits.max_connections)
@@ -213,4 +259,3 @@ class RestServer:
         finally:
             if self.socket_path:
                 remove_socket_file(self.socket_path)
-

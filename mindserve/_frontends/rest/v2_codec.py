@@ -10,6 +10,7 @@ strings for BYTES. An output is answered raw when the request asks for it (the o
 parameter, or else the request's ``binary_data_output``), else as JSON; a reply with raw outputs carries the
 same header and content type ``application/octet-stream``.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,11 +36,11 @@ _OUTPUT_KEYS = ("name", "parameters")
 
 class InferRequest(NamedTuple):
     id: Optional[str]
-    inputs: list            # InputTensor each
-    outputs: list           # (name, parameters) each, as the request names them
-    binary: dict            # output name -> whether to answer it raw
-    binary_default: bool    # for the outputs the request does not name
-    parameters: dict        # the request's own (``timeout``, ...)
+    inputs: list  # InputTensor each
+    outputs: list  # (name, parameters) each, as the request names them
+    binary: dict  # output name -> whether to answer it raw
+    binary_default: bool  # for the outputs the request does not name
+    parameters: dict  # the request's own (``timeout``, ...)
 
 
 class JsonInput(InputTensor):
@@ -53,12 +54,17 @@ class JsonInput(InputTensor):
         """The elements, flat; nested data must have the tensor's shape. Counted before anything is made."""
         shape, flat = json_tensors.nested(self.name, self.data)
         if len(shape) > 1 and shape != self.shape:
-            raise invalid_input(self.name, f"Tensor check failed: input data is nested as shape {list(shape)}, but "
-                                           f"the input's shape is {list(self.shape)}")
+            raise invalid_input(
+                self.name,
+                f"Tensor check failed: input data is nested as shape {list(shape)}, but "
+                f"the input's shape is {list(self.shape)}",
+            )
         count = math.prod(self.shape)
         if len(flat) != count:
-            raise invalid_input(self.name, f"Tensor check failed: input data holds {len(flat)} elements, shape "
-                                           f"{list(self.shape)} needs {count}")
+            raise invalid_input(
+                self.name,
+                f"Tensor check failed: input data holds {len(flat)} elements, shape {list(self.shape)} needs {count}",
+            )
         return flat
 
     def numeric_data(self, code: int) -> bytes:
@@ -68,8 +74,11 @@ class JsonInput(InputTensor):
         flat = self._elements()
         types = json_tensors.kinds(flat)
         if not types <= {str}:
-            raise invalid_input(self.name, f"Tensor check failed: BYTES input data should be JSON strings, but it "
-                                           f"holds {json_tensors.describe(types - {str})}")
+            raise invalid_input(
+                self.name,
+                f"Tensor check failed: BYTES input data should be JSON strings, but it "
+                f"holds {json_tensors.describe(types - {str})}",
+            )
         return [json_tensors.encode_text(self.name, item) for item in flat]
 
 
@@ -103,8 +112,11 @@ def parse_request(body: bytes, header_length: Optional[str], lease: Optional[Lea
     text = body
     if header_length is not None:
         if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
-            raise HttpError(400, f"{HEADER_LENGTH} '{clip(header_length)}' invalid: it should be the byte size of the "
-                                 f"JSON at the start of the {len(body)}-byte body")
+            raise HttpError(
+                400,
+                f"{HEADER_LENGTH} '{clip(header_length)}' invalid: it should be the byte size of the "
+                f"JSON at the start of the {len(body)}-byte body",
+            )
         size = int(header_length)
         text, binary = body[:size], memoryview(body)[size:]
     document = _object(parse_json(text), "The inference request", _REQUEST_KEYS)
@@ -123,8 +135,10 @@ def parse_request(body: bytes, header_length: Optional[str], lease: Optional[Lea
         inputs.append(tensor)
         offset += taken
     if offset != len(binary):
-        raise InvalidInput(f"The request holds {len(binary) - offset} bytes of binary data after its JSON that no "
-                           f"input's binary_data_size claims")
+        raise InvalidInput(
+            f"The request holds {len(binary) - offset} bytes of binary data after its JSON that no "
+            f"input's binary_data_size claims"
+        )
     outputs, flags = [], {}
     outputs_doc = document.get("outputs", [])
     if type(outputs_doc) is not list:
@@ -170,9 +184,11 @@ def _input(entry: Any, k: int, binary: memoryview, offset: int, lease: Optional[
     if "data" in entry:
         raise InvalidInput(f"Input {clip(name)} has both data and parameters.binary_data_size: give one")
     if size > len(binary) - offset:
-        raise InvalidInput(f"Input {clip(name)} declares binary_data_size {size}, but {len(binary) - offset} bytes of "
-                           f"binary data are left")
-    return RawInput(name, datatype, shape, binary[offset:offset + size], as_str), size
+        raise InvalidInput(
+            f"Input {clip(name)} declares binary_data_size {size}, but {len(binary) - offset} bytes of "
+            f"binary data are left"
+        )
+    return RawInput(name, datatype, shape, binary[offset : offset + size], as_str), size
 
 
 def response(model_name: str, version: int, request: InferRequest, outputs: list[OutputTensor]) -> web.Response:
@@ -190,8 +206,9 @@ def response(model_name: str, version: int, request: InferRequest, outputs: list
             entry["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
         elif out.items is None:
-            entry["data"] = json_tensors.to_list(_dtypes.CODE_OF_OIP_NAME[out.datatype], (math.prod(out.shape),),
-                                                 out.data)
+            entry["data"] = json_tensors.to_list(
+                _dtypes.CODE_OF_OIP_NAME[out.datatype], (math.prod(out.shape),), out.data
+            )
         else:
             entry["data"] = _texts(out)
         entries.append(entry)
@@ -199,13 +216,18 @@ def response(model_name: str, version: int, request: InferRequest, outputs: list
     header = dumps(document)
     if not chunks:
         return web.Response(body=header, content_type="application/json")
-    return web.Response(body=b"".join([header, *chunks]), content_type="application/octet-stream",
-                        headers={HEADER_LENGTH: str(len(header))})
+    return web.Response(
+        body=b"".join([header, *chunks]),
+        content_type="application/octet-stream",
+        headers={HEADER_LENGTH: str(len(header))},
+    )
 
 
 def _texts(out: OutputTensor) -> list:
     try:
         return [item.decode() for item in out.items or ()]
     except UnicodeDecodeError:
-        raise InvalidInput(f"Output {out.name} holds bytes that are not UTF-8 text, which JSON cannot carry: ask for "
-                           f"it with the parameter binary_data: true") from None
+        raise InvalidInput(
+            f"Output {out.name} holds bytes that are not UTF-8 text, which JSON cannot carry: ask for "
+            f"it with the parameter binary_data: true"
+        ) from None

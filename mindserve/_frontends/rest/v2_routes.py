@@ -12,6 +12,7 @@
 
 Health answers have empty bodies; every error is ``{"error": text}`` with the status of its kind (``common``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -63,8 +64,9 @@ class V2Routes:
             for prefix in (f"/v2/{kind}", f"/v2/{kind}/region/{{region}}"):
                 app.router.add_get(prefix + "/status", self.shm_status if system else self.cuda_status)
                 app.router.add_post(prefix + "/unregister", self.shm_unregister if system else self.cuda_unregister)
-            app.router.add_post(f"/v2/{kind}/region/{{region}}/register",
-                                self.shm_register if system else self.cuda_register)
+            app.router.add_post(
+                f"/v2/{kind}/region/{{region}}/register", self.shm_register if system else self.cuda_register
+            )
 
     async def live(self, request: web.Request) -> web.Response:
         return web.Response()
@@ -80,16 +82,21 @@ class V2Routes:
     @answers_errors("ServerMetadata")
     async def server_metadata(self, request: web.Request) -> web.Response:
         extensions = EXTENSIONS + [SHM_EXTENSION] if self._regions is not None else EXTENSIONS
-        return json_response({"name": models.SERVER_NAME, "version": mindserve.__version__,
-                              "extensions": extensions})
+        return json_response({"name": models.SERVER_NAME, "version": mindserve.__version__, "extensions": extensions})
 
     @answers_errors("ModelMetadata")
     async def model_metadata(self, request: web.Request) -> web.Response:
         info = request.match_info
         metadata = models.model_metadata(self._dispatcher, info["model"], info.get("version", ""))
-        return json_response({
-            "name": metadata.name, "versions": metadata.versions, "platform": metadata.platform,
-            "inputs": [t._asdict() for t in metadata.inputs], "outputs": [t._asdict() for t in metadata.outputs]})
+        return json_response(
+            {
+                "name": metadata.name,
+                "versions": metadata.versions,
+                "platform": metadata.platform,
+                "inputs": [t._asdict() for t in metadata.inputs],
+                "outputs": [t._asdict() for t in metadata.outputs],
+            }
+        )
 
     @answers_errors("ModelReady")
     async def model_ready(self, request: web.Request) -> web.Response:
@@ -97,8 +104,9 @@ class V2Routes:
         model, served = models.served_model(self._dispatcher, info["model"], info.get("version", ""))
         if served.ready:
             return web.Response()
-        return error_response(503, f"Model '{clip(model.name)}' version {served.version} is not ready: it has no live "
-                                   f"worker")
+        return error_response(
+            503, f"Model '{clip(model.name)}' version {served.version} is not ready: it has no live worker"
+        )
 
     @answers_errors("ModelStatistics")
     async def statistics(self, request: web.Request) -> web.Response:
@@ -115,8 +123,15 @@ class V2Routes:
         try:
             parsed = v2_codec.parse_request(body, header_length, lease)
             name = request.match_info["model"]
-            done = await infer(self._dispatcher, name, request.match_info.get("version", ""), lambda: parsed.inputs,
-                               parsed.outputs, lease, timeout_seconds(parsed.parameters))
+            done = await infer(
+                self._dispatcher,
+                name,
+                request.match_info.get("version", ""),
+                lambda: parsed.inputs,
+                parsed.outputs,
+                lease,
+                timeout_seconds(parsed.parameters),
+            )
             return v2_codec.response(name, done.served_version, parsed, done.outputs)
         finally:
             if lease is not None:
@@ -133,14 +148,21 @@ class V2Routes:
     async def shm_register(self, request: web.Request) -> web.Response:
         check_content_type(request)
         document = parse_json(await read_body(request, self._limit))
-        if not isinstance(document, dict) or set(document) - {"key", "offset", "byte_size"} \
-                or not isinstance(document.get("key"), str) \
-                or any(not isinstance(document.get(k, 0), int) or isinstance(document.get(k, 0), bool)
-                       for k in ("offset", "byte_size")):
-            raise InvalidInput("The registration should be a JSON object with key (a string), offset and byte_size "
-                               "(integers)")
-        enabled(self._regions).register(request.match_info["region"], document["key"], document.get("offset", 0),
-                                         document.get("byte_size", 0))
+        if (
+            not isinstance(document, dict)
+            or set(document) - {"key", "offset", "byte_size"}
+            or not isinstance(document.get("key"), str)
+            or any(
+                not isinstance(document.get(k, 0), int) or isinstance(document.get(k, 0), bool)
+                for k in ("offset", "byte_size")
+            )
+        ):
+            raise InvalidInput(
+                "The registration should be a JSON object with key (a string), offset and byte_size (integers)"
+            )
+        enabled(self._regions).register(
+            request.match_info["region"], document["key"], document.get("offset", 0), document.get("byte_size", 0)
+        )
         return json_response({})
 
     @answers_errors("SystemSharedMemoryUnregister")

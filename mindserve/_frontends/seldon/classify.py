@@ -2,6 +2,7 @@
 data as its method's inputs, the method run, and the reply: one prediction per class, its name from the
 servable's ``classes`` and its value from the ``probabilities`` output, the request's puid echoed (a new one
 of 40 hex digits when it has none), ``modelName`` the servable and ``variation`` "default"."""
+
 from __future__ import annotations
 
 import secrets
@@ -23,11 +24,15 @@ def classifier(dispatcher: Dispatcher) -> ServedVersion:
     """The servable (its newest version) that answers Seldon's Classifier: the one that declares it."""
     declaring = {v.name: v for v in sorted(dispatcher.served(), key=lambda v: v.version) if v.seldon}
     if not declaring:
-        raise NotServed("No servable answers Seldon's Classifier: a servable declares it in servable_config.py "
-                        "with register.seldon_classifier(...)")
+        raise NotServed(
+            "No servable answers Seldon's Classifier: a servable declares it in servable_config.py "
+            "with register.seldon_classifier(...)"
+        )
     if len(declaring) > 1:
-        raise NotServed(f"Several servables answer Seldon's Classifier ({', '.join(sorted(declaring))}): serve "
-                        f"one of them on this server")
+        raise NotServed(
+            f"Several servables answer Seldon's Classifier ({', '.join(sorted(declaring))}): serve "
+            f"one of them on this server"
+        )
     return next(iter(declaring.values()))
 
 
@@ -58,10 +63,14 @@ def _probabilities(tensor: Any, declared: dict) -> list[float]:
     classes = declared["classes"]
     dtype = _dtypes.NUMPY_OF.get(tensor.dtype)
     if dtype is None or dtype.kind != "f":
-        raise StageFailed(f"Output {declared['probabilities']} of method {declared['method']} is not a float "
-                          f"tensor: Seldon's Classifier needs one probability per class")
+        raise StageFailed(
+            f"Output {declared['probabilities']} of method {declared['method']} is not a float "
+            f"tensor: Seldon's Classifier needs one probability per class"
+        )
     values = np.frombuffer(tensor.data, dtype).ravel()
     if values.size != len(classes):
-        raise StageFailed(f"Output {declared['probabilities']} of method {declared['method']} holds {values.size} "
-                          f"values for {len(classes)} classes")
+        raise StageFailed(
+            f"Output {declared['probabilities']} of method {declared['method']} holds {values.size} "
+            f"values for {len(classes)} classes"
+        )
     return [float(v) for v in values]

@@ -7,6 +7,7 @@ servable's classifying method.
   the field (float: float32, double: float64, int32: int32, ..., string: str, bytes: bytes; repeated: a 1-d
   tensor). The .proto file is compiled with protoc when the servable starts, into a descriptor pool of its own.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,13 +28,20 @@ from mindserve._tensor import RawTensor
 
 STRUCT_TYPE = "google.protobuf.Struct"
 _NUMPY_OF_FIELD = {
-    FieldDescriptor.TYPE_FLOAT: np.float32, FieldDescriptor.TYPE_DOUBLE: np.float64,
-    FieldDescriptor.TYPE_INT32: np.int32, FieldDescriptor.TYPE_SINT32: np.int32,
-    FieldDescriptor.TYPE_SFIXED32: np.int32, FieldDescriptor.TYPE_ENUM: np.int32,
-    FieldDescriptor.TYPE_INT64: np.int64, FieldDescriptor.TYPE_SINT64: np.int64,
-    FieldDescriptor.TYPE_SFIXED64: np.int64, FieldDescriptor.TYPE_UINT32: np.uint32,
-    FieldDescriptor.TYPE_FIXED32: np.uint32, FieldDescriptor.TYPE_UINT64: np.uint64,
-    FieldDescriptor.TYPE_FIXED64: np.uint64, FieldDescriptor.TYPE_BOOL: np.bool_,
+    FieldDescriptor.TYPE_FLOAT: np.float32,
+    FieldDescriptor.TYPE_DOUBLE: np.float64,
+    FieldDescriptor.TYPE_INT32: np.int32,
+    FieldDescriptor.TYPE_SINT32: np.int32,
+    FieldDescriptor.TYPE_SFIXED32: np.int32,
+    FieldDescriptor.TYPE_ENUM: np.int32,
+    FieldDescriptor.TYPE_INT64: np.int64,
+    FieldDescriptor.TYPE_SINT64: np.int64,
+    FieldDescriptor.TYPE_SFIXED64: np.int64,
+    FieldDescriptor.TYPE_UINT32: np.uint32,
+    FieldDescriptor.TYPE_FIXED32: np.uint32,
+    FieldDescriptor.TYPE_UINT64: np.uint64,
+    FieldDescriptor.TYPE_FIXED64: np.uint64,
+    FieldDescriptor.TYPE_BOOL: np.bool_,
 }
 
 
@@ -70,17 +78,33 @@ def _compile(proto_path: str) -> descriptor_pb2.FileDescriptorSet:
     try:
         from grpc_tools import protoc
     except ImportError:
-        raise RuntimeError(f"seldon_classifier: compiling request_proto '{proto_path}' needs grpcio-tools: pip "
-                           f"install 'mindserve[seldon]'") from None
+        raise RuntimeError(
+            f"seldon_classifier: compiling request_proto '{proto_path}' needs grpcio-tools: pip "
+            f"install 'mindserve[seldon]'"
+        ) from None
     include = os.path.join(os.path.dirname(protoc.__file__), "_proto")
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "types.desc")
-        done = subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{os.path.dirname(proto_path)}",
-                               f"-I{include}", f"--descriptor_set_out={out}", "--include_imports",
-                               os.path.basename(proto_path)], capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "grpc_tools.protoc",
+                f"-I{os.path.dirname(proto_path)}",
+                f"-I{include}",
+                f"--descriptor_set_out={out}",
+                "--include_imports",
+                os.path.basename(proto_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if done.returncode != 0:
-            raise RuntimeError(f"seldon_classifier: request_proto '{proto_path}' does not compile: "
-                               f"{done.stderr.strip() or done.stdout.strip()}")
+            raise RuntimeError(
+                f"seldon_classifier: request_proto '{proto_path}' does not compile: "
+                f"{done.stderr.strip() or done.stdout.strip()}"
+            )
         with open(out, "rb") as f:
             return descriptor_pb2.FileDescriptorSet.FromString(f.read())
 
@@ -93,13 +117,16 @@ def request_types(proto_path: str) -> RequestTypes:
     return types
 
 
-def inputs_of(data: Any, input_names: tuple, types: Optional[RequestTypes], servable: str, method: str) \
-        -> dict[str, RawTensor]:
+def inputs_of(
+    data: Any, input_names: tuple, types: Optional[RequestTypes], servable: str, method: str
+) -> dict[str, RawTensor]:
     """The method's inputs from a request's ``data`` (an Any); InvalidInput naming what is wrong."""
     type_name = data.type_url.rpartition("/")[2]
     if not data.type_url:
-        raise InvalidInput(f"The request has no data: send the inputs of servable {servable}, method {method} "
-                           f"({', '.join(input_names)}) as a google.protobuf.Struct in data")
+        raise InvalidInput(
+            f"The request has no data: send the inputs of servable {servable}, method {method} "
+            f"({', '.join(input_names)}) as a google.protobuf.Struct in data"
+        )
     if type_name == STRUCT_TYPE:
         struct = struct_pb2.Struct()
         _parse(struct, data.value, type_name)
@@ -128,11 +155,15 @@ def _parse(message: Any, value: bytes, type_name: str) -> None:
 def _check_names(given: set, input_names: tuple, type_name: str, servable: str, method: str) -> None:
     for name in input_names:
         if name not in given:
-            raise InvalidInput(f"Cannot find input {name} in the request data ({clip(type_name)}), servable "
-                               f"{servable}, method {method}")
+            raise InvalidInput(
+                f"Cannot find input {name} in the request data ({clip(type_name)}), servable "
+                f"{servable}, method {method}"
+            )
     for name in sorted(given - set(input_names)):
-        raise InvalidInput(f"Unexpected input {clip(name)} in the request data ({clip(type_name)}), servable "
-                           f"{servable}, method {method} takes {', '.join(input_names)}")
+        raise InvalidInput(
+            f"Unexpected input {clip(name)} in the request data ({clip(type_name)}), servable "
+            f"{servable}, method {method} takes {', '.join(input_names)}"
+        )
 
 
 def _field_tensor(name: str, field: FieldDescriptor, value: Any) -> RawTensor:
@@ -142,7 +173,9 @@ def _field_tensor(name: str, field: FieldDescriptor, value: Any) -> RawTensor:
         return RawTensor(_dtypes.MS_BYTES, (), bytes(value))
     numpy_type = _NUMPY_OF_FIELD.get(field.type)
     if numpy_type is None:
-        raise InvalidInput(f"Input {name}: a field of type {field.type} (a message, or repeated text) cannot be an "
-                           f"input; use numbers, bool, string or bytes")
+        raise InvalidInput(
+            f"Input {name}: a field of type {field.type} (a message, or repeated text) cannot be an "
+            f"input; use numbers, bool, string or bytes"
+        )
     array: np.ndarray = np.asarray(list(value) if field.label == FieldDescriptor.LABEL_REPEATED else value, numpy_type)
     return RawTensor(_dtypes.CODE_OF[array.dtype], array.shape, array.tobytes())

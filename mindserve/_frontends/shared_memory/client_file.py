@@ -5,6 +5,7 @@ the size the client declared; bytes move with ``pread`` / ``pwrite`` and never t
 cuts its file short causes a short read, never a SIGBUS in the server. Reads may run on other threads than the
 event loop (``ClientFile``): a file is closed only once the reads in progress are done, so that a descriptor
 number is never reused under a read. The callers word the errors (and never repeat the client's name in them)."""
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,15 @@ def shm_name(key: str) -> Optional[str]:
     """The file name an ``shm_open`` name stands for in /dev/shm ("frames" or "/frames"), or None for anything
     else: other slashes, ``.`` or ``..``, NUL, over 255 bytes, or the server's own prefix."""
     bare = key[1:] if key.startswith("/") else key
-    if not bare or len(bare) > MAX_NAME_BYTES or "/" in bare or bare in (".", "..") or "\0" in bare \
-            or bare.startswith(OWN_PREFIX) or name_bytes(bare) > MAX_NAME_BYTES:
+    if (
+        not bare
+        or len(bare) > MAX_NAME_BYTES
+        or "/" in bare
+        or bare in (".", "..")
+        or "\0" in bare
+        or bare.startswith(OWN_PREFIX)
+        or name_bytes(bare) > MAX_NAME_BYTES
+    ):
         return None
     return bare
 
@@ -99,7 +107,7 @@ def read_rows(fd: int, offset: int, rows: int, row: int, stride: int) -> Optiona
     out = np.empty(rows * row, np.uint8)
     view = out.data.cast("B")
     for k in range(rows):
-        if not _read_into(fd, view[k * row:(k + 1) * row], offset + k * stride):
+        if not _read_into(fd, view[k * row : (k + 1) * row], offset + k * stride):
             return None
     return out
 
@@ -136,11 +144,13 @@ class ClientFile:
 
     def size(self) -> int:
         """The file's size now (-1 when it cannot be had)."""
+
         def size_of(fd: int) -> int:
             try:
                 return os.fstat(fd).st_size
             except OSError:
                 return -1
+
         return self.use(size_of)
 
     def close(self) -> None:

@@ -1,6 +1,7 @@
 """The owners of clients' shared memory files the server takes besides its own user (``client_shm_owners``): user
 names or uids, as the operator lists them. Shared by ``mindserve.server.context`` and the command line's settings
 (so this module must stay free of server-side imports)."""
+
 from __future__ import annotations
 
 import pwd

@@ -20,6 +20,7 @@ bytes. What keeps this from being a way into the server (Triton's CVE-2025-23319
 - The server never creates, truncates or removes a client's file; an unregistered region is closed once the
   requests using it finish, and every region is closed at stop.
 """
+
 from __future__ import annotations
 
 import copy
@@ -48,8 +49,10 @@ if TYPE_CHECKING:
 
 MAX_REGIONS = 64
 MAX_TOTAL_BYTES = 1 << 36  # 64 GiB over all regions
-BAD_KEY = ("the key names no shared memory the server may use: an shm_open name of a regular file in /dev/shm "
-           "owned by the server's user or by an owner listed in client_shm_owners")
+BAD_KEY = (
+    "the key names no shared memory the server may use: an shm_open name of a regular file in /dev/shm "
+    "owned by the server's user or by an owner listed in client_shm_owners"
+)
 
 
 class RegionStatus(NamedTuple):
@@ -72,11 +75,15 @@ class Region:
         """The file offset of [offset, offset + size) of the region, after checking it lies inside."""
         # compared as Python ints (unbounded): offset + size cannot wrap around
         if offset < 0 or size < 0 or offset > self.byte_size or size > self.byte_size - offset:
-            raise InvalidInput(f"{what}: [{offset}, {offset} + {size}) reaches outside shared memory region "
-                               f"'{clip(self.name)}' of {self.byte_size} bytes")
+            raise InvalidInput(
+                f"{what}: [{offset}, {offset} + {size}) reaches outside shared memory region "
+                f"'{clip(self.name)}' of {self.byte_size} bytes"
+            )
         if self._size() < self.offset + offset + size:
-            raise InvalidInput(f"{what}: shared memory region '{clip(self.name)}' is no longer as large as it was "
-                               f"registered (its file was cut short)")
+            raise InvalidInput(
+                f"{what}: shared memory region '{clip(self.name)}' is no longer as large as it was "
+                f"registered (its file was cut short)"
+            )
         return self.offset + offset
 
     def _size(self) -> int:
@@ -115,8 +122,9 @@ def check_name(name: str) -> None:
     if not name:
         raise InvalidInput("a shared memory region needs a name")
     if len(name) > MAX_NAME_BYTES or name_bytes(name) > MAX_NAME_BYTES:
-        raise InvalidInput(f"a shared memory region's name is at most {MAX_NAME_BYTES} bytes, this one is "
-                           f"{name_bytes(name)}")
+        raise InvalidInput(
+            f"a shared memory region's name is at most {MAX_NAME_BYTES} bytes, this one is {name_bytes(name)}"
+        )
 
 
 class _Registry:
@@ -162,31 +170,38 @@ class ClientRegions:
         if bare is None:
             raise InvalidInput(BAD_KEY)
         try:
-            fd = open_client_file(os.path.join(self._dir, bare), offset + byte_size, writable=True,
-                                  owners=self.owners)
+            fd = open_client_file(os.path.join(self._dir, bare), offset + byte_size, writable=True, owners=self.owners)
         except ClientFileError as error:
             if error.kind != "small":
                 raise InvalidInput(BAD_KEY) from None
-            raise InvalidInput(f"shared memory region '{clip(name)}': its file holds {error.size} bytes, less than "
-                               f"offset {offset} + byte_size {byte_size}") from None
+            raise InvalidInput(
+                f"shared memory region '{clip(name)}': its file holds {error.size} bytes, less than "
+                f"offset {offset} + byte_size {byte_size}"
+            ) from None
         return Region(name, key, fd, offset, byte_size)
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
         check_name(name)
         if offset < 0 or byte_size <= 0 or offset >= 1 << 63 or byte_size >= 1 << 63:
-            raise InvalidInput(f"shared memory region '{clip(name)}': offset {offset} and byte_size {byte_size} should "
-                               f"be a non-negative offset and a positive size")
+            raise InvalidInput(
+                f"shared memory region '{clip(name)}': offset {offset} and byte_size {byte_size} should "
+                f"be a non-negative offset and a positive size"
+            )
         registry = self._registry
         with registry.lock:
             if name in registry.regions:
                 raise AlreadyExists(f"shared memory region '{clip(name)}' is already registered")
             if len(registry.regions) >= self._max_regions:
-                raise InvalidInput(f"{self._max_regions} shared memory regions are registered, the most this server "
-                                   f"takes: unregister one first")
+                raise InvalidInput(
+                    f"{self._max_regions} shared memory regions are registered, the most this server "
+                    f"takes: unregister one first"
+                )
             total = sum(r.byte_size for r in registry.regions.values())
             if total + byte_size > self._max_bytes:
-                raise InvalidInput(f"shared memory region '{clip(name)}' of {byte_size} bytes would bring the "
-                                   f"registered regions past {self._max_bytes} bytes")
+                raise InvalidInput(
+                    f"shared memory region '{clip(name)}' of {byte_size} bytes would bring the "
+                    f"registered regions past {self._max_bytes} bytes"
+                )
             registry.regions[name] = self._open(name, key, offset, byte_size)
 
     def unregister(self, name: str = "") -> None:
@@ -279,9 +294,11 @@ class Lease:
     def check_read(self, size: int, what: str) -> None:
         """Refuse, before anything is read, a read that would bring the request past ``max_read`` bytes."""
         if self.max_read is not None and self.read_bytes + size > self.max_read:
-            raise InvalidInput(f"{what}: {size} bytes in shared memory would bring the request to "
-                               f"{self.read_bytes + size} bytes, more than the {self.max_read} a request may carry "
-                               f"on this server (max_msg_mb_size)")
+            raise InvalidInput(
+                f"{what}: {size} bytes in shared memory would bring the request to "
+                f"{self.read_bytes + size} bytes, more than the {self.max_read} a request may carry "
+                f"on this server (max_msg_mb_size)"
+            )
 
     def read(self, region: Region, offset: int, size: int, what: str) -> np.ndarray:
         """``size`` bytes at ``offset`` of ``region``, counted against the request's bound (checked first)."""

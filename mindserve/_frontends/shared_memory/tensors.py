@@ -2,6 +2,7 @@
 ``shared_memory_region`` (string), ``shared_memory_offset`` and ``shared_memory_byte_size`` (integers) on an
 input or a requested output, as ``tritonclient``'s ``set_shared_memory`` writes them. Both transports hand
 their parameters over as plain values (``parameter_values`` for gRPC's InferParameter)."""
+
 from __future__ import annotations
 
 from typing import Any, Mapping, NamedTuple, Optional, Sequence
@@ -16,8 +17,10 @@ from mindserve._frontends.tensor_checks import check_data_size, invalid_input
 REGION = "shared_memory_region"
 OFFSET = "shared_memory_offset"
 BYTE_SIZE = "shared_memory_byte_size"
-DISABLED = ("client shared memory is disabled: start the server with allow_client_shm=True to use it "
-            "(allow_client_shm: true in serving.yaml, or MINDSERVE_ALLOW_CLIENT_SHM=true)")
+DISABLED = (
+    "client shared memory is disabled: start the server with allow_client_shm=True to use it "
+    "(allow_client_shm: true in serving.yaml, or MINDSERVE_ALLOW_CLIENT_SHM=true)"
+)
 CUDA_UNSUPPORTED = "CUDA shared memory is not supported by this server: register system shared memory instead"
 
 
@@ -87,8 +90,9 @@ class SharedInput(InputTensor):
         raise invalid_input(self.name, "Tensor check failed: BYTES inputs cannot come from shared memory here")
 
 
-def shared_input(lease: Optional[Lease], name: str, datatype: str, shape: tuple,
-                 parameters: Mapping[str, Any]) -> Optional[SharedInput]:
+def shared_input(
+    lease: Optional[Lease], name: str, datatype: str, shape: tuple, parameters: Mapping[str, Any]
+) -> Optional[SharedInput]:
     """The input when its parameters put it in shared memory (FeatureDisabled without a lease: the server was
     started without client shared memory); None otherwise."""
     if lease is None and REGION in parameters:
@@ -106,8 +110,9 @@ def large_reads(inputs: Sequence[InputTensor]) -> bool:
     return sum(t.read_size for t in inputs if isinstance(t, SharedInput)) >= LARGE_READ
 
 
-def output_references(lease: Optional[Lease], requested: list[tuple[str, Mapping[str, Any]]]) \
-        -> dict[str, tuple[Reference, Any]]:
+def output_references(
+    lease: Optional[Lease], requested: list[tuple[str, Mapping[str, Any]]]
+) -> dict[str, tuple[Reference, Any]]:
     """The requested outputs to be written into shared memory: name -> (reference, region), the regions held."""
     found = {}
     for name, parameters in requested:
