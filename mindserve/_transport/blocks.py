@@ -34,7 +34,7 @@ ALIGN = 64
 # Headers of stacked messages (one descriptor per column) are short and repeat message after message, so their
 # readers cache what they parse from them; longer headers (a descriptor or an error per instance) are not kept.
 CACHED_HEADER_LIMIT = 4096
-TEXT_CODES = (_dtypes.MS_STRING, _dtypes.MS_BYTES)
+TEXT_CODES = _dtypes.TEXT_CODES
 
 
 class BlockError(Exception):
