@@ -1,11 +1,13 @@
 """The queue honours what the client said: work whose client has gone (a gRPC deadline passed, a call cancelled,
-KServe's ``timeout`` parameter expired) is dropped before it runs, while a held request keeps the worker busy; the
-client gets DEADLINE_EXCEEDED (504 over REST), the dropped work is counted with its reason, and a stage that logs
-every instance it runs proves that it never ran."""
+KServe's ``timeout`` parameter expired, a REST client disconnected) is dropped before it runs, while a held
+request keeps the worker busy; the client gets DEADLINE_EXCEEDED (504 over REST), the dropped work is counted with
+its reason, and a stage that logs every instance it runs proves that it never ran."""
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import time
 
 import grpc
@@ -198,3 +200,27 @@ def test_a_bad_timeout_parameter_is_named(gated, timeout):
         400,
         {"error": f"The request parameter 'timeout' should be a non-negative integer of microseconds, got {timeout!r}"},
     )
+
+
+def test_a_rest_client_that_disconnects_has_its_queued_work_dropped(gated):
+    cancelled = failures(gated, "rest_v2", "cancelled")
+    held = Held(gated, 40)
+    try:
+        body = json.dumps({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "INT64", "data": [41]}]}).encode()
+        host, port = gated.rest.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as client:
+            client.sendall(
+                b"POST /v2/models/gate/infer HTTP/1.1\r\nHost: localhost\r\nContent-Type: "
+                b"application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
+            wait_until(
+                lambda: value(scrape(gated.metrics), "mindserve_pending_requests", servable="gate", version="1") == 2,
+                "the REST request to queue behind the first",
+                30,
+            )
+        # the connection is closed: the server cancels the request's handler and counts it
+        wait_until(lambda: failures(gated, "rest_v2", "cancelled") == cancelled + 1, "the disconnect to count", 30)
+    finally:
+        held.release()
+    assert Client(gated.address, "gate", "pass_through").infer(x(42))[0]["y"].tolist() == [42]
+    assert ran(gated)[-2:] == ["40", "42"] and "41" not in ran(gated)

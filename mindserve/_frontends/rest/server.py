@@ -215,12 +215,15 @@ class RestServer:
         # shutdown_timeout: how long stop() lets requests in flight finish; keepalive_timeout: aiohttp arms it
         # when a connection opens and after each response, and closes a connection that has not sent a whole
         # request head by then (a slowloris client, one that connects and says nothing, an idle keep-alive)
+        # handler_cancellation: a client that disconnects cancels its request's handler, so that the request's work
+        # not yet started is dropped, never run (mindserve._transport.job_flow), as a cancelled gRPC call's is
         runner = web.AppRunner(
             app,
             handle_signals=False,
             access_log=None,
             shutdown_timeout=drain_grace_s,
             keepalive_timeout=limits.idle_timeout_s,
+            handler_cancellation=True,
         )
         sock = unix_socket(socket_path, "REST server") if socket_path else None
         await runner.setup()
