@@ -31,6 +31,9 @@ class ServableStartConfig:
             0 (the default, as in MindSpore Serving) takes whatever is queued at once.
         shm_size_mb: shared memory per worker for requests and replies (half each); a request larger than a
             quarter of it is split into several jobs. Reserved at start: /dev/shm must have room for it.
+        max_queue_delay_ms: how long a request's work may wait to start (0, the default: no bound, as in MindSpore
+            Serving; Triton's queue policy timeout): work still queued past it is dropped unstarted and the request
+            answered DEADLINE_EXCEEDED (it also ends sooner when the request's own deadline comes first).
     """
 
     def __init__(
@@ -44,6 +47,7 @@ class ServableStartConfig:
         max_batch_size: int = _defaults.MAX_BATCH_SIZE,
         max_batch_delay_ms: float = _defaults.MAX_BATCH_DELAY_MS,
         shm_size_mb: int = _defaults.SHM_SIZE_MB,
+        max_queue_delay_ms: float = _defaults.MAX_QUEUE_DELAY_MS,
     ):
         self.servable_directory = check_str("servable_directory", servable_directory)
         self.servable_name = check_str("servable_name", servable_name)
@@ -59,6 +63,16 @@ class ServableStartConfig:
                 f"Parameter 'max_batch_delay_ms' should be a number in [0, 60000], but actually {max_batch_delay_ms!r}"
             )
         self.max_batch_delay_ms = float(max_batch_delay_ms)
+        if (
+            isinstance(max_queue_delay_ms, bool)
+            or not isinstance(max_queue_delay_ms, (int, float))
+            or not 0 <= max_queue_delay_ms <= 3_600_000
+        ):
+            raise RuntimeError(
+                f"Parameter 'max_queue_delay_ms' should be a number in [0, 3600000], but actually "
+                f"{max_queue_delay_ms!r}"
+            )
+        self.max_queue_delay_ms = float(max_queue_delay_ms)
         self.shm_size_mb = check_int("shm_size_mb", shm_size_mb, 4, 1 << 20)
         if device_ids is None:
             device_ids = _defaults.DEVICE_IDS

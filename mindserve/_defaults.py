@@ -24,4 +24,5 @@ DEVICE_IDS = (0,)
 MAX_BATCH_SIZE = 0  # 0: the model's fixed batch size, or every instance queued
 MAX_BATCH_DELAY_MS = 0.0  # 0: take what is queued at once
 SHM_SIZE_MB = 64  # shared memory per worker for requests and replies
+MAX_QUEUE_DELAY_MS = 0.0  # how long a request may wait to start (Triton's queue policy timeout); 0: no bound
 NUM_PARALLEL_WORKERS = 0  # processes for Python stages, the device workers included: 0, every method in them

@@ -131,6 +131,8 @@ class Internal(_Typed):
 # errors they become answer with FAILED)
 DROPPED_DEADLINE = 6
 DROPPED_CANCELLED = 7
+DROPPED_DEADLINE_TEXT = "the request's deadline, or the servable's max_queue_delay_ms, passed before its work started"
+DROPPED_CANCELLED_TEXT = "the request was cancelled before its work started"
 
 _KIND_OF_CODE: dict[int, type[_Typed]] = {
     INVALID_INPUTS: InvalidInput,

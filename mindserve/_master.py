@@ -111,6 +111,7 @@ class Master:
                     config.max_batch_size,
                     config.max_batch_delay_ms,
                     config.shm_size_mb,
+                    max_queue_delay_ms=config.max_queue_delay_ms,
                 )
                 for device_id in config.device_ids
             ]

@@ -47,6 +47,7 @@ class WorkerSpec:
     max_batch_delay_ms: float = _defaults.MAX_BATCH_DELAY_MS
     shm_size_mb: int = _defaults.SHM_SIZE_MB
     python_worker: int = 0
+    max_queue_delay_ms: float = _defaults.MAX_QUEUE_DELAY_MS
 
     @property
     def label(self) -> Union[int, str]:
@@ -141,7 +142,7 @@ class WorkerProcess:
             raise RuntimeError(str(header.get("error", f"worker of {spec.describe()} failed to start")))
         self.methods = header["methods"]
         self.seldon = header.get("seldon")  # how the servable answers Seldon's Classifier, if it does
-        self.flow = JobFlow(self._channel, spec.describe(), self._kill)
+        self.flow = JobFlow(self._channel, spec.describe(), self._kill, spec.max_queue_delay_ms / 1000)
         self.flow.outputs = {name: method["outputs"] for name, method in self.methods.items()}
         self.alive = True
         asyncio.get_running_loop().add_reader(self._event_fd, self._on_replies)

@@ -26,7 +26,15 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
 from mindserve._dispatch import deadlines
-from mindserve._errors import Cancelled, DeadlineExceeded, Internal, InvalidInput, ServingError
+from mindserve._errors import (
+    DROPPED_CANCELLED_TEXT,
+    DROPPED_DEADLINE_TEXT,
+    Cancelled,
+    DeadlineExceeded,
+    Internal,
+    InvalidInput,
+    ServingError,
+)
 from mindserve._tensor import RawTensor, StackedInputs
 from mindserve._transport import blocks, jobs
 from mindserve._transport.shm_channel import (
@@ -52,7 +60,7 @@ class Job:
     instances: Sequence[dict[str, RawTensor]]  # a list, or a StackedInputs read in place from the request
     future: asyncio.Future
     version: int = 0  # as the request named it (0: the newest), for error texts
-    deadline: Optional[float] = None  # the request's (time.monotonic() seconds), None: none
+    deadline: Optional[float] = None  # by when it must start (time.monotonic() seconds), None: any time
     writer: blocks.BlockWriter = field(init=False)
     head: bytes = field(init=False)
     size: int = field(init=False)
@@ -77,8 +85,9 @@ class JobFlow:
     no job): the caller ends the process, then calls ``settle``.
     """
 
-    def __init__(self, channel: ShmChannel, describe: str, on_broken: Callable[[], None]):
+    def __init__(self, channel: ShmChannel, describe: str, on_broken: Callable[[], None], queue_delay_s: float = 0):
         self.channel = channel
+        self.queue_delay_s = queue_delay_s  # how long a job may wait to start (the servable's max_queue_delay_ms)
         self.outputs: dict[str, list[str]] = {}  # method -> output names, once the worker has reported them
         self._describe = describe
         self._on_broken = on_broken
@@ -93,7 +102,10 @@ class JobFlow:
         """Run ``method`` on ``instances``; one ``dict[str, RawTensor]`` or ServingError per instance. A request
         too large for the channel's arena at once goes as several jobs."""
         loop = asyncio.get_running_loop()
-        deadline = deadlines.current()
+        deadline = deadlines.current()  # by when the jobs must start: the request's deadline, or the queue bound
+        if self.queue_delay_s:
+            queued_by = time.monotonic() + self.queue_delay_s
+            deadline = queued_by if deadline is None else min(deadline, queued_by)
         if isinstance(instances, StackedInputs) and self._stacked_per_job(instances) >= len(instances):
             # the usual case: one job, nothing to split
             job = Job(method, instances, loop.create_future(), version, deadline)
@@ -186,13 +198,13 @@ class JobFlow:
         """Whether the job is dropped rather than queued: its request was cancelled, or its deadline has passed
         (answered so); else its job word is set to the time it may still wait."""
         if job.future.done():  # cancelled: its client is gone
-            self._finish(job, Cancelled("the request was cancelled before its work started"))
+            self._finish(job, Cancelled(DROPPED_CANCELLED_TEXT))
             return True
         job.word = 0
         if job.deadline is not None:
             left = job.deadline - time.monotonic()
             if left <= 0:
-                self._finish(job, DeadlineExceeded("the request's deadline passed before its work started"))
+                self._finish(job, DeadlineExceeded(DROPPED_DEADLINE_TEXT))
                 return True
             job.word = min(math.ceil(left * 1000), blocks.JOB_BUDGET_MS)
         return False

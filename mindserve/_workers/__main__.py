@@ -26,7 +26,14 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from mindserve import _dtypes
-from mindserve._errors import DROPPED_CANCELLED, DROPPED_DEADLINE, SYSTEM_ERROR, ServingError
+from mindserve._errors import (
+    DROPPED_CANCELLED,
+    DROPPED_CANCELLED_TEXT,
+    DROPPED_DEADLINE,
+    DROPPED_DEADLINE_TEXT,
+    SYSTEM_ERROR,
+    ServingError,
+)
 from mindserve._metrics.worker_stats import WorkerStats
 from mindserve._transport import blocks
 from mindserve._transport import worker_contract as contract
@@ -224,8 +231,8 @@ def serve(
 
 
 DROPPED_TEXTS = {
-    DROPPED_CANCELLED: "the request was cancelled before its work started",
-    DROPPED_DEADLINE: "the request's deadline passed before its work started",
+    DROPPED_CANCELLED: DROPPED_CANCELLED_TEXT,
+    DROPPED_DEADLINE: DROPPED_DEADLINE_TEXT,
 }
 
 

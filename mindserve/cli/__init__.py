@@ -50,6 +50,7 @@ The --config file (YAML; unknown keys are errors; relative paths are relative to
       max_batch_delay_ms: 2              # default 0: no waiting for a batch to fill
       shm_size_mb: 64                    # shared memory per worker (default 64)
       num_parallel_workers: 4            # processes for Python stages, device workers included (0-64)
+      max_queue_delay_ms: 100            # default 0: a request's work may wait any time to start
   grpc_address: 127.0.0.1:5500           # host:port or unix:/path; null turns it off
   rest_address: 127.0.0.1:1500           # the same; null turns it off
   metrics: 127.0.0.1:8002                # GET /metrics (Prometheus); null turns it off

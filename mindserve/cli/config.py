@@ -68,6 +68,7 @@ SERVABLE_KEYS = (
     "max_batch_delay_ms",
     "shm_size_mb",
     "num_parallel_workers",
+    "max_queue_delay_ms",
 )
 TLS_KEYS = ("certificate", "private_key", "ca", "verify_client")
 
@@ -121,6 +122,7 @@ class ServableSettings:
     max_batch_delay_ms: float = _defaults.MAX_BATCH_DELAY_MS
     shm_size_mb: int = _defaults.SHM_SIZE_MB
     num_parallel_workers: int = _defaults.NUM_PARALLEL_WORKERS  # processes for Python stages, device workers too
+    max_queue_delay_ms: float = _defaults.MAX_QUEUE_DELAY_MS  # how long a request's work may wait to start
 
 
 @dataclass(frozen=True)
@@ -584,6 +586,9 @@ class _Resolver:
             num_parallel_workers=_int(entry["num_parallel_workers"], 0, 64)
             if "num_parallel_workers" in entry
             else _defaults.NUM_PARALLEL_WORKERS,
+            max_queue_delay_ms=_number(entry["max_queue_delay_ms"], 0, 3_600_000)
+            if "max_queue_delay_ms" in entry
+            else _defaults.MAX_QUEUE_DELAY_MS,
         )
 
     def tls(self) -> Optional[TLSSettings]:

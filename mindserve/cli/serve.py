@@ -160,6 +160,7 @@ def serve(config: ServeConfig, out: Optional[TextIO] = None, err: Optional[TextI
                     max_batch_delay_ms=s.max_batch_delay_ms,
                     shm_size_mb=s.shm_size_mb,
                     num_parallel_workers=s.num_parallel_workers,
+                    max_queue_delay_ms=s.max_queue_delay_ms,
                 )
                 for s in config.servables
             ]

@@ -375,7 +375,7 @@ FILE_ERRORS = [
     (
         "servables: [{name: alpha, devices: [0]}]",
         "servables[0].devices: unknown key (known keys: name, directory, version, device_ids, device_type, "
-        "max_batch_size, max_batch_delay_ms, shm_size_mb, num_parallel_workers)",
+        "max_batch_size, max_batch_delay_ms, shm_size_mb, num_parallel_workers, max_queue_delay_ms)",
     ),
     (
         "grpc_adress: 127.0.0.1:1",

@@ -85,6 +85,7 @@ class ServerProcess:
     probe_dir: Path
     servables: str
     folder: str
+    bounded: str  # (tests/workers/test_queue_deadlines.py: the servable with max_queue_delay_ms)
     tmp: Path
     ca: str
     certs: dict[str, PemFiles]

@@ -54,11 +54,15 @@ def gated(tmp_path_factory):
     root = str(tmp / "servables")
     folder = servables.write(root, "gate", GATE_CONFIG)
     os.makedirs(os.path.join(folder, "1"))
+    bounded = servables.write(root, "bounded", GATE_CONFIG)  # the same, with max_queue_delay_ms
+    os.makedirs(os.path.join(bounded, "1"))
     address, rest, metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     server = start_server(
         tmp,
         f"""
-        server.start_servables(server.ServableStartConfig({root!r}, "gate", device_ids=0, max_batch_size=1))
+        server.start_servables([server.ServableStartConfig({root!r}, "gate", device_ids=0, max_batch_size=1),
+                                server.ServableStartConfig({root!r}, "bounded", device_ids=0, max_batch_size=1,
+                                                           max_queue_delay_ms=300)])
         server.start_grpc_server({address!r})
         server.start_restful_server({rest!r})
         server.start_metrics_server({metrics!r})
@@ -66,6 +70,7 @@ def gated(tmp_path_factory):
         address,
     )
     server.folder, server.rest, server.metrics = folder, rest, metrics
+    server.bounded = bounded
     yield server
     server.stop()
 
@@ -224,3 +229,35 @@ def test_a_rest_client_that_disconnects_has_its_queued_work_dropped(gated):
         held.release()
     assert Client(gated.address, "gate", "pass_through").infer(x(42))[0]["y"].tolist() == [42]
     assert ran(gated)[-2:] == ["40", "42"] and "41" not in ran(gated)
+
+
+def test_work_queued_past_the_servables_max_queue_delay_is_answered_unstarted(gated):
+    log = os.path.join(gated.bounded, "ran.log")
+    hold = os.path.join(gated.bounded, "hold")
+    open(hold, "w").close()
+    client = Client(gated.address, "bounded", "pass_through")
+    try:
+        first = client.infer_async(x(50))
+        wait_until(lambda: os.path.exists(log) and "50" in open(log).read().split(), "the first to hold", 30)
+        second = client.infer_async(x(51))  # no deadline of its own: the servable's bound applies
+        time.sleep(0.6)  # (past the 300 ms it may wait)
+    finally:
+        os.unlink(hold)
+    assert first.result(30)[0]["y"].tolist() == [50]
+    assert second.result(30) == {
+        "error": "the request's deadline, or the servable's max_queue_delay_ms, passed before its work started"
+    }
+    assert client.infer(x(52))[0]["y"].tolist() == [52]  # (a request that waits less runs)
+    assert open(log).read().split() == ["50", "52"]
+
+
+@pytest.mark.parametrize("delay", [-1, 3_600_001, "100", True])
+def test_max_queue_delay_ms_out_of_range_is_refused_by_name(delay):
+    from mindserve.server import ServableStartConfig
+
+    with pytest.raises(RuntimeError) as refused:
+        ServableStartConfig("servables", "add", max_queue_delay_ms=delay)
+    assert (
+        str(refused.value)
+        == f"Parameter 'max_queue_delay_ms' should be a number in [0, 3600000], but actually {delay!r}"
+    )
