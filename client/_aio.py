@@ -12,16 +12,11 @@ from mindserve.client._client import (
     MODEL_METADATA,
     PREDICT,
     Instances,
+    MethodTarget,
     Result,
     SSLConfig,
-    build_request,
-    channel_credentials,
-    channel_options,
-    check_arguments,
-    check_timeout,
     grpc_error,
     input_types_of,
-    metadata_of,
     metadata_reply_class,
     metadata_request,
     needs_types,
@@ -30,9 +25,11 @@ from mindserve.client._client import (
 )
 
 
-class Client:
+class Client(MethodTarget):
     """An asyncio client of one method of one servable: the arguments of ``mindserve.client.Client`` (address,
     servable_name, method_name, version_number, ssl_config, headers, timeout), without shared memory."""
+
+    _wanted: Optional[dict[str, Optional[np.dtype]]]  # (MethodTarget's; mypy sees mindserve.client as Any)
 
     def __init__(
         self,
@@ -44,27 +41,13 @@ class Client:
         headers: Optional[Mapping[str, str]] = None,
         timeout: Optional[float] = None,
     ):
-        check_arguments(address, servable_name, method_name, version_number, ssl_config)
-        self._metadata = metadata_of(headers)
-        self.timeout = check_timeout(timeout)
-        self.address = address
-        self.servable_name = servable_name
-        self.method_name = method_name
-        self.version_number = version_number
-        self._wanted: Optional[dict[str, Optional[np.dtype]]] = None  # see the sync Client
-        options = channel_options(address, ssl_config)
-        if ssl_config is None:
-            self._channel = grpc.aio.insecure_channel(address, options=options)
-        else:
-            self._channel = grpc.aio.secure_channel(address, channel_credentials(ssl_config), options=options)
+        super().__init__(address, servable_name, method_name, version_number, ssl_config, headers, timeout)
+        self._channel = self.channel(grpc.aio.insecure_channel, grpc.aio.secure_channel)
         self._predict = self._channel.unary_unary(
             PREDICT,
             request_serializer=pb.PredictRequest.SerializeToString,
             response_deserializer=pb.PredictReply.FromString,
         )
-
-    def _timeout(self, timeout: Optional[float]) -> Optional[float]:
-        return self.timeout if timeout is None else check_timeout(timeout)
 
     async def infer(self, instances: Instances, timeout: Optional[float] = None) -> Result:
         """Call the method on one instance or a list of them: what ``mindserve.client.Client.infer`` returns (one
@@ -75,9 +58,7 @@ class Client:
                 self._wanted = await self.input_types(timeout)
             except RuntimeError:
                 self._wanted = {}
-        request, unsent = build_request(
-            self.servable_name, self.method_name, self.version_number, instances, self._wanted or {}
-        )
+        request, unsent = self._built(instances)
         if unsent and not request.instances:  # (no instance at all is sent: the server says what is wrong)
             return [unsent[i] for i in sorted(unsent)]
         try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import grpc
 import numpy as np
@@ -165,15 +165,50 @@ def channel_credentials(ssl_config: SSLConfig) -> grpc.ChannelCredentials:
     )
 
 
-def check_arguments(
-    address: str, servable_name: str, method_name: str, version_number: int, ssl_config: Optional[SSLConfig]
-) -> None:
-    check_str("address", address)
-    check_str("servable_name", servable_name)
-    check_str("method_name", method_name)
-    check_int("version_number", version_number, 0)
-    if ssl_config is not None and not isinstance(ssl_config, SSLConfig):
-        raise RuntimeError("The type of ssl_config should be type of SSLConfig")
+class MethodTarget:
+    """What both clients (this module's and ``mindserve.client.aio``'s) hold of the method they call: its address
+    and names, checked, the metadata sent with every call, the default timeout, and the data type each input takes
+    (asked of the server the first time a list or a Python scalar is sent; None: not asked yet, {} when the server
+    does not say). ``channel(insecure, secure)`` makes the gRPC channel with grpc's or grpc.aio's factories."""
+
+    _wanted: Optional[dict[str, Optional[np.dtype]]]
+
+    def __init__(
+        self,
+        address: str,
+        servable_name: str,
+        method_name: str,
+        version_number: int,
+        ssl_config: Optional[SSLConfig],
+        headers: Optional[Mapping[str, str]],
+        timeout: Optional[float],
+    ):
+        check_str("address", address)
+        check_str("servable_name", servable_name)
+        check_str("method_name", method_name)
+        check_int("version_number", version_number, 0)
+        if ssl_config is not None and not isinstance(ssl_config, SSLConfig):
+            raise RuntimeError("The type of ssl_config should be type of SSLConfig")
+        self._ssl_config = ssl_config
+        self._metadata = metadata_of(headers)
+        self.timeout = check_timeout(timeout)
+        self.address = address
+        self.servable_name = servable_name
+        self.method_name = method_name
+        self.version_number = version_number
+        self._wanted = None
+
+    def channel(self, insecure: Callable[..., Any], secure: Callable[..., Any]) -> Any:
+        options = channel_options(self.address, self._ssl_config)
+        if self._ssl_config is None:
+            return insecure(self.address, options=options)
+        return secure(self.address, channel_credentials(self._ssl_config), options=options)
+
+    def _timeout(self, timeout: Optional[float]) -> Optional[float]:
+        return self.timeout if timeout is None else check_timeout(timeout)
+
+    def _built(self, instances: Instances) -> tuple[pb.PredictRequest, dict[int, dict]]:
+        return build_request(self.servable_name, self.method_name, self.version_number, instances, self._wanted or {})
 
 
 class ClientAsyncResult:
@@ -226,7 +261,7 @@ def metadata_of(headers: Optional[Mapping[str, str]]) -> Optional[tuple[tuple[st
     return tuple((key.lower(), value) for key, value in headers.items())
 
 
-class Client:
+class Client(MethodTarget):
     """A client of one method of one servable.
 
     Args:
@@ -257,17 +292,8 @@ class Client:
         shared_memory: bool = False,
         shared_memory_threshold: int = DEFAULT_THRESHOLD,
     ):
-        check_arguments(address, servable_name, method_name, version_number, ssl_config)
-        self._metadata = metadata_of(headers)
-        self.timeout = check_timeout(timeout)
-        self.address = address
-        self.servable_name = servable_name
-        self.method_name = method_name
-        self.version_number = version_number
+        super().__init__(address, servable_name, method_name, version_number, ssl_config, headers, timeout)
         self._memory: Optional[ClientMemory] = None
-        # the data type each input takes, asked of the server the first time a list or a Python scalar is sent
-        # (None: not asked yet; {} when the server does not say)
-        self._wanted: Optional[dict[str, Optional[np.dtype]]] = None
         if shared_memory:
             if not is_local(address):
                 raise RuntimeError(
@@ -275,11 +301,7 @@ class Client:
                 )
             check_int("shared_memory_threshold", shared_memory_threshold, 1)
             self._memory = ClientMemory(shared_memory_threshold)
-        options = channel_options(address, ssl_config)
-        if ssl_config is None:
-            self._channel = grpc.insecure_channel(address, options=options)
-        else:
-            self._channel = grpc.secure_channel(address, channel_credentials(ssl_config), options=options)
+        self._channel = self.channel(grpc.insecure_channel, grpc.secure_channel)
         self._predict = self._channel.unary_unary(
             PREDICT,
             request_serializer=pb.PredictRequest.SerializeToString,
@@ -295,7 +317,7 @@ class Client:
                 self._wanted = self.input_types(timeout)
             except RuntimeError:
                 self._wanted = {}
-        return build_request(self.servable_name, self.method_name, self.version_number, instances, self._wanted or {})
+        return self._built(instances)
 
     def infer(self, instances: Instances, timeout: Optional[float] = None) -> Result:
         """Call the method on one instance (a dict of input name to value) or a list of them.
@@ -349,9 +371,6 @@ class Client:
         except grpc.RpcError as error:
             raise RuntimeError(grpc_error(error)["error"]) from None
         return input_types_of(reply)
-
-    def _timeout(self, timeout: Optional[float]) -> Optional[float]:
-        return self.timeout if timeout is None else check_timeout(timeout)
 
     def close(self) -> None:
         self._channel.close()

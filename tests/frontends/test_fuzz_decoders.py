@@ -11,15 +11,15 @@ draws 2000 new ones per test for a longer hunt. The C readers have coverage-guid
 from __future__ import annotations
 
 import json
-import os
 
 import grpc
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from mindserve._proto import ms_service_pb2 as pb
+from support.fuzz import fuzz_settings
 from support.messages import grpc_inference as oip
 from support.paths import BUNDLED_SERVABLES
 from support.processes import child_pids, free_port, start_server
@@ -28,22 +28,7 @@ from support.rest import request as http_request
 
 pytestmark = pytest.mark.server  # starts real server processes (see tests/conftest.py)
 
-settings.register_profile(
-    "ci",
-    max_examples=120,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-settings.register_profile(
-    "explore",
-    max_examples=2000,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-PROFILE = os.environ.get("MINDSERVE_FUZZ_PROFILE", "ci")
+FUZZ = fuzz_settings(120)
 
 PREDICT = "/mindspore.serving.proto.MSService/Predict"
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -147,7 +132,7 @@ def hostile_predicts(draw) -> bytes:
     return request.SerializeToString()
 
 
-@settings(settings.get_profile(PROFILE))
+@FUZZ
 @given(data=st.binary(max_size=600))
 def test_msservice_any_bytes(channel, data):
     outcome = _grpc_outcome(channel, PREDICT, data)
@@ -155,7 +140,7 @@ def test_msservice_any_bytes(channel, data):
         _check_predict_reply(outcome)
 
 
-@settings(settings.get_profile(PROFILE))
+@FUZZ
 @given(data=hostile_predicts())
 def test_msservice_hostile_values(channel, data):
     outcome = _grpc_outcome(channel, PREDICT, data)
@@ -191,7 +176,7 @@ def hostile_model_infers(draw) -> bytes:
     return request.SerializeToString()
 
 
-@settings(settings.get_profile(PROFILE))
+@FUZZ
 @given(data=st.binary(max_size=600))
 def test_oip_grpc_any_bytes(channel, data):
     outcome = _grpc_outcome(channel, MODEL_INFER, data)
@@ -199,7 +184,7 @@ def test_oip_grpc_any_bytes(channel, data):
         oip.ModelInferResponse.FromString(outcome)
 
 
-@settings(settings.get_profile(PROFILE))
+@FUZZ
 @given(data=hostile_model_infers())
 def test_oip_grpc_hostile_values(channel, data):
     outcome = _grpc_outcome(channel, MODEL_INFER, data)
@@ -247,7 +232,7 @@ def _check_http(reply: Reply) -> None:
         assert isinstance(text, str) and "Traceback" not in text
 
 
-@settings(settings.get_profile(PROFILE))
+@FUZZ
 @given(model=MODELS, body=st.one_of(v2_bodies(), JSON_VALUES))
 def test_v2_rest_hostile_json(server, model, body):
     path = f"/v2/models/{model or 'add'}/infer"
@@ -256,7 +241,7 @@ def test_v2_rest_hostile_json(server, model, body):
     )
 
 
-@settings(settings.get_profile(PROFILE))
+@FUZZ
 @given(
     data=st.binary(max_size=400),
     header_length=st.one_of(
@@ -273,7 +258,7 @@ def test_v2_rest_any_bytes(server, data, header_length):
     _check_http(http_request(server.rest, "POST", "/v2/models/add.add_common/infer", data, headers=headers))
 
 
-@settings(settings.get_profile(PROFILE))
+@FUZZ
 @given(
     path=st.sampled_from(
         ["/model/add:add_common", "/model/iris:predict", "/model/add/version/1:add_cast", "/model/nope:x"]
@@ -287,7 +272,7 @@ def test_mindspore_rest_hostile_json(server, path, body):
     _check_http(http_request(server.rest, "POST", path, json.dumps(body).encode()))
 
 
-@settings(settings.get_profile(PROFILE))
+@FUZZ
 @given(data=st.binary(max_size=400))
 def test_mindspore_rest_any_bytes(server, data):
     _check_http(http_request(server.rest, "POST", "/model/add:add_common", data))

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from mindserve._errors import InvalidInput
@@ -22,24 +22,10 @@ from mindserve._frontends.media_stream.frames import MAX_SIDE, RAW_LAYOUTS, Fram
 from mindserve._frontends.media_stream.shared_region import SharedRegion
 from mindserve._frontends.shared_memory.client_file import owner_set
 from mindserve._frontends.shared_memory.regions import ClientRegions
+from support.fuzz import fuzz_settings
 from support.messages import media_graph as pb
 
-settings.register_profile(
-    "ci",
-    max_examples=300,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-settings.register_profile(
-    "explore",
-    max_examples=2000,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-PROFILE = os.environ.get("MINDSERVE_FUZZ_PROFILE", "ci")
+FUZZ = fuzz_settings(300)
 
 FILE_BYTES = 4096
 CONTENT = (np.arange(FILE_BYTES) * 7 % 251).astype(np.uint8)  # no two neighbouring bytes alike
@@ -101,7 +87,7 @@ def _frame_format(descriptor) -> FrameFormat | None:
         return None
 
 
-@settings(settings.get_profile(PROFILE))
+@FUZZ
 @given(
     encoding=ENCODINGS,
     pixel=PIXELS,
@@ -158,7 +144,7 @@ def test_frames_from_hostile_descriptors_read_exactly_their_rows(
     assert np.array_equal(data, expected)
 
 
-@settings(settings.get_profile(PROFILE))
+@FUZZ
 @given(
     width=st.integers(1, 40),
     height=st.integers(1, 40),
@@ -175,7 +161,7 @@ def test_a_packed_frame_decodes_as_its_strided_bytes_do(width, height, padding, 
     assert np.array_equal(fmt.packed().decode(packed.reshape(-1)), fmt.decode(strided))
 
 
-@settings(settings.get_profile(PROFILE))
+@FUZZ
 @given(
     register_offset=st.one_of(st.integers(0, 64), st.integers(0, FILE_BYTES - 1)),
     byte_size=st.one_of(st.integers(1, FILE_BYTES), st.just(FILE_BYTES)),
@@ -216,7 +202,7 @@ def test_region_spans_with_hostile_offsets_and_sizes(
         regions.close()
 
 
-@settings(settings.get_profile(PROFILE))
+@FUZZ
 @given(
     name=st.one_of(st.text(max_size=300), st.text(min_size=250, max_size=260)),
     key=st.one_of(st.sampled_from(["region", "/region"]), st.text(max_size=300)),
